@@ -1,0 +1,103 @@
+//! Settings, from flags or the environment (the original's variable names).
+
+use clap::Parser;
+
+use crate::chaos::ChaosConfig;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "mock-bank",
+    version,
+    about = "A chaotic acquiring bank for testing payment gateways"
+)]
+pub struct Settings {
+    /// Postgres URL; the bank applies its migrations and seeds test cards at start.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// 0 picks a free port.
+    #[arg(long, env = "PORT", default_value_t = 8787)]
+    pub port: u16,
+    /// Share of API requests answered 500 before doing anything.
+    #[arg(long, env = "FAILURE_RATE", default_value_t = 0.05)]
+    pub failure_rate: f64,
+    #[arg(long, env = "MIN_LATENCY_MS", default_value_t = 100)]
+    pub min_latency_ms: u64,
+    #[arg(long, env = "MAX_LATENCY_MS", default_value_t = 2000)]
+    pub max_latency_ms: u64,
+    #[arg(long, env = "ERROR_AFTER_COMMIT_RATE", default_value_t = 0.0)]
+    pub error_after_commit_rate: f64,
+    #[arg(long, env = "TIMEOUT_RATE", default_value_t = 0.0)]
+    pub timeout_rate: f64,
+    /// How long a "timeout" fault holds its response.
+    #[arg(long, env = "TIMEOUT_MS", default_value_t = 30_000)]
+    pub timeout_ms: u64,
+    #[arg(long, env = "RESET_RATE", default_value_t = 0.0)]
+    pub reset_rate: f64,
+    /// Seeds the fault generator; random (and shown by GET /admin/chaos) when unset.
+    #[arg(long, env = "CHAOS_SEED")]
+    pub chaos_seed: Option<u64>,
+    /// Lifetime of an authorization.
+    #[arg(long, env = "AUTH_EXPIRY_HOURS", default_value_t = 168)]
+    pub auth_expiry_hours: u32,
+    /// How often the sweeper releases the holds of expired authorizations.
+    #[arg(long, env = "EXPIRY_SWEEP_INTERVAL_MS", default_value_t = 1000)]
+    pub expiry_sweep_interval_ms: u64,
+    /// Authorizations expired per sweeper transaction.
+    #[arg(long, env = "EXPIRY_SWEEP_BATCH", default_value_t = 100)]
+    pub expiry_sweep_batch: i64,
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 32)]
+    pub db_pool_size: u32,
+    /// How long a request waits for a pooled connection before failing.
+    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 5000)]
+    pub db_acquire_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
+    /// HTTP worker threads; 0 means one per core.
+    #[arg(long, env = "WORKERS", default_value_t = 0)]
+    pub workers: usize,
+}
+
+impl Settings {
+    /// A bank on a free local port with no faults and no latency, for tests
+    /// and the launcher; change what you need.
+    pub fn local(database_url: impl Into<String>) -> Self {
+        let calm = ChaosConfig::calm(0);
+        Self {
+            database_url: database_url.into(),
+            host: "127.0.0.1".into(),
+            port: 0,
+            failure_rate: calm.failure_rate,
+            min_latency_ms: calm.min_latency_ms,
+            max_latency_ms: calm.max_latency_ms,
+            error_after_commit_rate: calm.error_after_commit_rate,
+            timeout_rate: calm.timeout_rate,
+            timeout_ms: calm.timeout_ms,
+            reset_rate: calm.reset_rate,
+            chaos_seed: Some(calm.seed),
+            auth_expiry_hours: 168,
+            expiry_sweep_interval_ms: 1000,
+            expiry_sweep_batch: 100,
+            db_pool_size: 32,
+            db_acquire_timeout_ms: 5000,
+            shutdown_grace_seconds: 30,
+            workers: 0,
+        }
+    }
+
+    pub fn chaos(&self) -> ChaosConfig {
+        ChaosConfig {
+            failure_rate: self.failure_rate,
+            min_latency_ms: self.min_latency_ms,
+            max_latency_ms: self.max_latency_ms,
+            error_after_commit_rate: self.error_after_commit_rate,
+            timeout_rate: self.timeout_rate,
+            timeout_ms: self.timeout_ms,
+            reset_rate: self.reset_rate,
+            outage_seconds: 0,
+            seed: self.chaos_seed.unwrap_or_else(rand::random),
+        }
+    }
+}

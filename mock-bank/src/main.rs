@@ -1,0 +1,13 @@
+use clap::Parser;
+use mock_bank::{Application, Settings, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init_logging();
+    let settings = Settings::parse();
+    let application = Application::build(settings).await?;
+    tracing::info!(port = application.port(), "mock-bank listening");
+    application.run_until_stopped().await?;
+    tracing::info!("mock-bank stopped");
+    Ok(())
+}
