@@ -43,7 +43,7 @@ fn luhn_valid(digits: &str) -> bool {
             (_, doubled) => doubled,
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// A card verification value: 3 or 4 digits.

@@ -11,7 +11,7 @@ macro_rules! prefixed_id {
         impl $name {
             pub const PREFIX: &'static str = $prefix;
 
-            pub fn new() -> Self {
+            pub fn random() -> Self {
                 Self(Uuid::new_v4())
             }
 
@@ -48,7 +48,7 @@ mod tests {
 
     #[test]
     fn ids_round_trip_and_refuse_other_shapes() {
-        let id = AuthorizationId::new();
+        let id = AuthorizationId::random();
         assert_eq!(AuthorizationId::parse(&id.to_string()), Some(id));
         assert!(id.to_string().starts_with("auth_"));
         let upper = id.to_string().to_uppercase().replace("AUTH_", "auth_");

@@ -94,7 +94,7 @@ pub async fn authorize(
     if card.available_balance < request.amount.cents() {
         return Err(BankError::InsufficientFunds);
     }
-    let id = AuthorizationId::new();
+    let id = AuthorizationId::random();
     sqlx::query(
         "INSERT INTO authorizations (id, card_number, amount, expires_at) VALUES ($1, $2, $3, now() + $4)",
     )
@@ -155,7 +155,7 @@ pub(super) async fn set_state(
 /// Releases the hold of an active authorization.
 pub async fn void(conn: &mut PgConnection, id: Option<AuthorizationId>) -> Result<Void, BankError> {
     let authorization = lock_active(conn, id).await?;
-    let void_id = VoidId::new();
+    let void_id = VoidId::random();
     set_state(conn, authorization.id, AuthorizationState::Voided).await?;
     sqlx::query("INSERT INTO voids (id, authorization_id) VALUES ($1, $2)")
         .bind(void_id.0)

@@ -34,7 +34,7 @@ pub async fn capture(
     if authorization.amount != amount.cents() {
         return Err(BankError::AmountMismatch);
     }
-    let capture_id = CaptureId::new();
+    let capture_id = CaptureId::random();
     set_state(conn, authorization.id, AuthorizationState::Captured).await?;
     sqlx::query("INSERT INTO captures (id, authorization_id, amount) VALUES ($1, $2, $3)")
         .bind(capture_id.0)

@@ -43,7 +43,7 @@ pub async fn refund(
     if capture.amount != amount.cents() {
         return Err(BankError::AmountMismatch);
     }
-    let refund_id = RefundId::new();
+    let refund_id = RefundId::random();
     sqlx::query("INSERT INTO refunds (id, capture_id, amount) VALUES ($1, $2, $3)")
         .bind(refund_id.0)
         .bind(capture_id.0)

@@ -1,0 +1,155 @@
+//! Idempotency keys: replays, reuse, scoping, and what is not stored.
+
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_replay_is_byte_identical_and_marked() {
+    let bank = spawn_bank().await;
+    let key = new_key();
+    let body = json!({"card_number": HAPPY_CARD.0, "cvv": "123", "amount": 700});
+    let first = bank.post("/api/v1/authorizations", &key, &body).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert!(first.headers().get("X-Idempotent-Replayed").is_none());
+    let first_bytes = first.bytes().await.unwrap();
+
+    // Same request with its fields in another order is the same request.
+    let reordered = json!({"amount": 700, "cvv": "123", "card_number": HAPPY_CARD.0});
+    for body in [&body, &reordered] {
+        let again = bank.post("/api/v1/authorizations", &key, body).await;
+        assert_eq!(again.status(), StatusCode::OK);
+        assert_eq!(again.headers()["X-Idempotent-Replayed"], "true");
+        assert_eq!(again.bytes().await.unwrap(), first_bytes);
+    }
+    assert_eq!(bank.count("authorizations").await, 1);
+    assert_eq!(
+        bank.balances(HAPPY_CARD.0).await.1,
+        1_000_000 - 700,
+        "held once"
+    );
+}
+
+#[tokio::test]
+async fn the_same_key_with_a_different_body_is_422() {
+    let bank = spawn_bank().await;
+    let key = new_key();
+    let body = json!({"card_number": HAPPY_CARD.0, "cvv": "123", "amount": 700});
+    assert_eq!(
+        bank.post("/api/v1/authorizations", &key, &body)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let different = json!({"card_number": HAPPY_CARD.0, "cvv": "123", "amount": 701});
+    let response = bank.post("/api/v1/authorizations", &key, &different).await;
+    assert_error(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    )
+    .await;
+    assert_eq!(bank.count("authorizations").await, 1);
+}
+
+#[tokio::test]
+async fn keys_are_scoped_to_the_path() {
+    let bank = spawn_bank().await;
+    let key = new_key();
+    let authorization: Value = bank
+        .post(
+            "/api/v1/authorizations",
+            &key,
+            &json!({"card_number": HAPPY_CARD.0, "cvv": "123", "amount": 300}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let capture = bank
+        .post(
+            "/api/v1/captures",
+            &key,
+            &json!({"authorization_id": authorization["authorization_id"], "amount": 300}),
+        )
+        .await;
+    assert_eq!(capture.status(), StatusCode::OK);
+    assert!(capture.headers().get("X-Idempotent-Replayed").is_none());
+}
+
+#[tokio::test]
+async fn failures_are_not_stored_and_may_be_retried_with_their_key() {
+    let bank = spawn_bank().await;
+    let key = new_key();
+    let body = json!({"card_number": LIMITED_CARD.0, "cvv": LIMITED_CARD.1, "amount": 40_000});
+    // Hold most of the balance so the keyed request is declined.
+    let blocker = bank.approved(LIMITED_CARD, 20_000).await;
+    let declined = bank.post("/api/v1/authorizations", &key, &body).await;
+    assert_error(declined, StatusCode::PAYMENT_REQUIRED, "insufficient_funds").await;
+    assert_eq!(
+        bank.void(blocker["authorization_id"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let retried = bank.post("/api/v1/authorizations", &key, &body).await;
+    assert_eq!(retried.status(), StatusCode::OK);
+    assert!(retried.headers().get("X-Idempotent-Replayed").is_none());
+}
+
+#[tokio::test]
+async fn every_post_needs_a_key_of_1_to_255_characters() {
+    let bank = spawn_bank().await;
+    let paths = [
+        "/api/v1/authorizations",
+        "/api/v1/captures",
+        "/api/v1/voids",
+        "/api/v1/refunds",
+    ];
+    for path in paths {
+        let response = bank
+            .client
+            .post(bank.url(path))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, StatusCode::BAD_REQUEST, "missing_idempotency_key").await;
+        let response = bank.post(path, "", &json!({})).await;
+        assert_error(response, StatusCode::BAD_REQUEST, "missing_idempotency_key").await;
+        let response = bank.post(path, &"k".repeat(256), &json!({})).await;
+        assert_error(response, StatusCode::BAD_REQUEST, "invalid_idempotency_key").await;
+    }
+    let body = json!({"card_number": HAPPY_CARD.0, "cvv": "123", "amount": 1});
+    assert_eq!(
+        bank.post("/api/v1/authorizations", &"k".repeat(255), &body)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn ten_concurrent_identical_requests_execute_once() {
+    let bank = spawn_bank().await;
+    let key = new_key();
+    let body = json!({"card_number": HAPPY_CARD.0, "cvv": "123", "amount": 1234});
+    let responses =
+        join_all((0..10).map(|_| bank.post("/api/v1/authorizations", &key, &body))).await;
+    let mut bodies = Vec::new();
+    let mut replayed = 0;
+    for response in responses {
+        assert_eq!(response.status(), StatusCode::OK);
+        replayed += usize::from(response.headers().get("X-Idempotent-Replayed").is_some());
+        bodies.push(response.bytes().await.unwrap());
+    }
+    assert_eq!(replayed, 9, "one executes, nine replay");
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "all byte-identical"
+    );
+    assert_eq!(bank.count("authorizations").await, 1);
+    assert_eq!(bank.balances(HAPPY_CARD.0).await.1, 1_000_000 - 1234);
+}
