@@ -18,7 +18,6 @@ pub struct Refund {
 struct LockedCapture {
     amount: i64,
     card_number: String,
-    refunded: bool,
 }
 
 /// Returns a capture's full amount to the card, once.
@@ -29,15 +28,21 @@ pub async fn refund(
 ) -> Result<Refund, BankError> {
     let capture_id = capture_id.ok_or(BankError::CaptureNotFound)?;
     let capture: LockedCapture = sqlx::query_as(
-        "SELECT c.amount, a.card_number, EXISTS (SELECT 1 FROM refunds r WHERE r.capture_id = c.id) AS refunded \
-         FROM captures c JOIN authorizations a ON a.id = c.authorization_id \
+        "SELECT c.amount, a.card_number FROM captures c JOIN authorizations a ON a.id = c.authorization_id \
          WHERE c.id = $1 FOR UPDATE OF c",
     )
     .bind(capture_id.0)
     .fetch_optional(&mut *conn)
     .await?
     .ok_or(BankError::CaptureNotFound)?;
-    if capture.refunded {
+    // A separate statement, so that it sees a refund committed by whoever
+    // held the lock before us (the locking statement's snapshot would not).
+    let refunded: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM refunds WHERE capture_id = $1)")
+            .bind(capture_id.0)
+            .fetch_one(&mut *conn)
+            .await?;
+    if refunded {
         return Err(BankError::AlreadyRefunded);
     }
     if capture.amount != amount.cents() {

@@ -85,3 +85,29 @@ async fn a_concurrent_capture_and_void_have_one_winner() {
     assert_eq!(bank.count("captures").await + bank.count("voids").await, 5);
     assert!(bank.ledger_verifies().await);
 }
+
+/// Found by the ledger model: the refund check must see a refund committed
+/// while it waited for the capture's lock.
+#[tokio::test]
+async fn ten_concurrent_refunds_of_one_capture_give_one_200() {
+    let bank = spawn_bank().await;
+    let authorization = bank.approved(HAPPY_CARD, 1500).await;
+    let capture: serde_json::Value = bank
+        .capture(authorization["authorization_id"].as_str().unwrap(), 1500)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = capture["capture_id"].as_str().unwrap();
+    let responses = join_all((0..10).map(|_| bank.refund(id, 1500))).await;
+    let mut ok = 0;
+    for response in responses {
+        if response.status() == StatusCode::OK {
+            ok += 1;
+        } else {
+            assert_error(response, StatusCode::BAD_REQUEST, "already_refunded").await;
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(bank.balances(HAPPY_CARD.0).await, (1_000_000, 1_000_000));
+}

@@ -190,8 +190,14 @@ fn apply(model: &mut Model, (op, status, body): (Op, StatusCode, Value)) {
                 model.settle(id, "expire");
             }
         }
-        Op::Refund { capture } => {
-            let (_, card, amount) = pick(&model.captures, capture).unwrap();
+        Op::Refund { .. } => {
+            let capture_id = body["capture_id"].as_str().unwrap();
+            let (_, card, amount) = model
+                .captures
+                .iter()
+                .find(|(id, ..)| id == capture_id)
+                .cloned()
+                .unwrap();
             model.cards.entry(card).or_default().0 += amount;
         }
     }
