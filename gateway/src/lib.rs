@@ -1,1 +1,8 @@
+//! FicMart's payment gateway: authorize, capture, void and refund against the
+//! bank, surviving its own crashes. See `shared/gateway-api.md` for the API
+//! and `migrations/` for the schema.
+//!
+//! Module map:
+//! - [`domain`]: pure types and the payment state machine; no I/O.
 
+pub mod domain;

@@ -1,0 +1,30 @@
+//! The gateway's vocabulary, free of I/O: request values parsed into types
+//! that cannot hold an invalid value, and the payment state machine.
+//!
+//! - [`amount`]: [`Amount`] in integer cents under a ceiling, [`Currency`].
+//! - [`card`]: [`CardNumber`] (Luhn-checked, never printed), [`Cvv`],
+//!   [`CardExpiry`], [`CardBrand`].
+//! - [`ids`]: [`PaymentId`], [`MerchantId`], [`IdempotencyKey`], [`OrderId`],
+//!   [`CustomerId`].
+//! - [`status`]: [`PaymentStatus`], [`PaymentEvent`] and the one
+//!   [`transition`] table.
+//! - [`error`]: [`DomainError`], naming the offending request field.
+
+pub mod amount;
+pub mod card;
+pub mod error;
+pub mod ids;
+pub mod status;
+
+
+pub use amount::{Amount, Currency, MAX_AMOUNT_CENTS};
+pub use card::{CardBrand, CardExpiry, CardNumber, Cvv};
+pub use error::DomainError;
+pub use ids::{
+    CustomerId, IdempotencyKey, MAX_CUSTOMER_ID_LEN, MAX_IDEMPOTENCY_KEY_LEN, MAX_ORDER_ID_LEN,
+    MerchantId, OrderId, PaymentId,
+};
+pub use status::{
+    InvalidTransition, PaymentEvent, PaymentStatus, allowed_transitions, mermaid_state_diagram,
+    transition,
+};
