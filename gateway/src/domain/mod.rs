@@ -16,6 +16,8 @@ pub mod error;
 pub mod ids;
 pub mod status;
 
+#[cfg(test)]
+mod schema_sync;
 
 pub use amount::{Amount, Currency, MAX_AMOUNT_CENTS};
 pub use card::{CardBrand, CardExpiry, CardNumber, Cvv};
