@@ -4,5 +4,8 @@
 //!
 //! Module map:
 //! - [`domain`]: pure types and the payment state machine; no I/O.
+//! - [`cli`]: the `gateway` command line (`state-diagram`; `serve`, `migrate`
+//!   and `api-key create` are not implemented yet).
 
+pub mod cli;
 pub mod domain;
