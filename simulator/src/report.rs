@@ -1,0 +1,113 @@
+//! The benchmark's report, as text for people or JSON for scripts.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::stats::{Latency, format_ms, format_seconds};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub target: &'static str,
+    pub url: String,
+    /// Whether the simulator started the stack itself.
+    pub own_stack: bool,
+    pub cards: u32,
+    pub concurrency: u32,
+    /// Latency the bank was told to add to every API request.
+    pub added_latency_ms: u64,
+    pub total: u64,
+    pub ok: u64,
+    /// Failed requests by HTTP status, or by kind of transport error.
+    pub errors: BTreeMap<String, u64>,
+    pub elapsed_us: u64,
+    /// Successful authorizations per second of the run.
+    pub authorizations_per_second: f64,
+    /// Latency of the successful authorizations; `null` when none succeeded.
+    pub latency_us: Option<Latency>,
+    /// `GET /admin/ledger/verify` after the run, as the bank answered it.
+    pub ledger: Value,
+}
+
+impl Report {
+    pub fn ledger_ok(&self) -> bool {
+        self.ledger["ok"] == Value::Bool(true)
+    }
+}
+
+/// Successes per second; the only float in the report.
+pub fn rate(ok: u64, elapsed_us: u64) -> f64 {
+    if elapsed_us == 0 {
+        return 0.0;
+    }
+    ok as f64 * 1_000_000.0 / elapsed_us as f64
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let stack = if self.own_stack {
+            "own stack"
+        } else {
+            "running stack"
+        };
+        writeln!(f, "bench: {} at {} ({stack})", self.target, self.url)?;
+        writeln!(
+            f,
+            "  setup       {} cards, concurrency {}, calm chaos with {} ms added latency",
+            self.cards, self.concurrency, self.added_latency_ms
+        )?;
+        writeln!(f, "  requests    {}", self.total)?;
+        writeln!(f, "  ok          {}", self.ok)?;
+        let errors = if self.errors.is_empty() {
+            "none".to_owned()
+        } else {
+            self.errors
+                .iter()
+                .map(|(kind, n)| format!("{kind}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        writeln!(f, "  errors      {errors}")?;
+        writeln!(f, "  elapsed     {} s", format_seconds(self.elapsed_us))?;
+        writeln!(
+            f,
+            "  rate        {:.1} authorizations/s",
+            self.authorizations_per_second
+        )?;
+        match &self.latency_us {
+            Some(l) => writeln!(
+                f,
+                "  latency     p50 {} ms, p95 {} ms, p99 {} ms, max {} ms",
+                format_ms(l.p50_us),
+                format_ms(l.p95_us),
+                format_ms(l.p99_us),
+                format_ms(l.max_us)
+            )?,
+            None => writeln!(f, "  latency     no successful requests")?,
+        }
+        let ledger = &self.ledger;
+        if self.ledger_ok() {
+            write!(
+                f,
+                "  ledger      ok: true ({} accounts, {} entries checked)",
+                ledger["accounts_checked"], ledger["entries_checked"]
+            )
+        } else {
+            write!(f, "  ledger      NOT OK: {ledger}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_is_successes_per_second() {
+        assert_eq!(rate(500, 250_000), 2000.0);
+        assert_eq!(rate(0, 1_000_000), 0.0);
+        assert_eq!(rate(10, 0), 0.0);
+    }
+}
