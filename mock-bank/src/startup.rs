@@ -74,6 +74,9 @@ impl Application {
                     .default_service(web::to(api::not_found))
             })
             .on_connect(chaos::remember_connection_fd)
+            // actix-web treats SIGINT as a forced stop; the binary handles
+            // SIGINT and SIGTERM itself, both gracefully (see `main.rs`).
+            .disable_signals()
             .backlog(4096)
             .shutdown_timeout(settings.shutdown_grace_seconds)
             .listen(listener)?;

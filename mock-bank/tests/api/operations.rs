@@ -122,10 +122,19 @@ async fn every_response_carries_a_request_id() {
     assert_eq!(response.headers()["x-request-id"], "abc-123");
 }
 
-/// The real binary, started as a user would, stopped with SIGTERM while a
-/// request is in flight: the request finishes and the process exits 0.
+/// The real binary, started as a user would, stopped with SIGTERM or SIGINT
+/// while a request is in flight: the request finishes and the process exits 0.
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish() {
+    stop_with_signal_during_a_request("-TERM").await;
+}
+
+#[tokio::test]
+async fn sigint_lets_in_flight_requests_finish() {
+    stop_with_signal_during_a_request("-INT").await;
+}
+
+async fn stop_with_signal_during_a_request(signal: &str) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     use std::time::Duration;
