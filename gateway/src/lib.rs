@@ -4,8 +4,11 @@
 //!
 //! Module map:
 //! - [`domain`]: pure types and the payment state machine; no I/O.
+//! - [`bank`]: the HTTP client for the bank: one idempotency key per
+//!   operation, retries with backoff under a deadline, an in-flight limit.
 //! - [`cli`]: the `gateway` command line (`state-diagram`; `serve`, `migrate`
 //!   and `api-key create` are not implemented yet).
 
+pub mod bank;
 pub mod cli;
 pub mod domain;

@@ -1,0 +1,849 @@
+//! [`BankClient`]: one method per bank endpoint, each a loop of attempts
+//! under the [`RetryPolicy`]; see the module doc of [`crate::bank`] for the
+//! rules and why.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+
+use super::retry::{RetryPolicy, backoff};
+use super::wire::{
+    Authorization, AuthorizeRequest, BankErrorCode, Capture, CaptureRequest, ErrorBody, Refund,
+    RefundRequest, Void, VoidRequest,
+};
+
+/// The name of the bank's idempotency header.
+const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// What one bank call came to. Never an error: when the client gives up
+/// without an answer the outcome is [`Unknown`](BankOutcome::Unknown), and
+/// the caller resumes later with the same idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BankOutcome<T> {
+    /// A 2xx whose body parsed.
+    Done(T),
+    /// A 4xx: the bank refused, definitively.
+    Refused(Refusal),
+    /// Only transient failures until the deadline or the last attempt.
+    Unknown(UnknownReason),
+}
+
+impl<T> BankOutcome<T> {
+    /// Maps the `Done` value, keeping the other variants.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> BankOutcome<U> {
+        match self {
+            BankOutcome::Done(value) => BankOutcome::Done(f(value)),
+            BankOutcome::Refused(refusal) => BankOutcome::Refused(refusal),
+            BankOutcome::Unknown(reason) => BankOutcome::Unknown(reason),
+        }
+    }
+
+    /// The label used in metrics: `done`, `refused` or `unknown`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            BankOutcome::Done(_) => "done",
+            BankOutcome::Refused(_) => "refused",
+            BankOutcome::Unknown(_) => "unknown",
+        }
+    }
+}
+
+/// A 4xx answer of the bank: `{"error": code, "message": text}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub code: BankErrorCode,
+    pub message: String,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HTTP {} {}: {}", self.status, self.code, self.message)
+    }
+}
+
+/// Why a call ended without an answer. `attempts` counts the HTTP attempts
+/// made; 0 means nothing was sent (no in-flight slot came free in time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnknownReason {
+    DeadlinePassed { attempts: u32, last_error: String },
+    AttemptsExhausted { attempts: u32, last_error: String },
+}
+
+impl UnknownReason {
+    pub fn attempts(&self) -> u32 {
+        match self {
+            UnknownReason::DeadlinePassed { attempts, .. }
+            | UnknownReason::AttemptsExhausted { attempts, .. } => *attempts,
+        }
+    }
+
+    pub fn last_error(&self) -> &str {
+        match self {
+            UnknownReason::DeadlinePassed { last_error, .. }
+            | UnknownReason::AttemptsExhausted { last_error, .. } => last_error,
+        }
+    }
+}
+
+impl fmt::Display for UnknownReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UnknownReason::DeadlinePassed {
+                attempts,
+                last_error,
+            } => write!(
+                f,
+                "deadline passed after {attempts} attempt(s); last error: {last_error}"
+            ),
+            UnknownReason::AttemptsExhausted {
+                attempts,
+                last_error,
+            } => write!(
+                f,
+                "gave up after {attempts} attempt(s); last error: {last_error}"
+            ),
+        }
+    }
+}
+
+/// Building a [`BankClient`] failed (configuration errors only).
+#[derive(Debug, thiserror::Error)]
+pub enum BankClientError {
+    #[error("invalid bank base URL {url:?}: {reason}")]
+    InvalidBaseUrl { url: String, reason: String },
+    #[error("max_in_flight must be at least 1")]
+    ZeroMaxInFlight,
+    #[error("could not build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// The bank's HTTP client. Cheap to clone: clones share the connection pool
+/// and the in-flight limit.
+#[derive(Clone)]
+pub struct BankClient {
+    shared: Arc<Shared>,
+    policy: RetryPolicy,
+}
+
+struct Shared {
+    http: reqwest::Client,
+    base: Url,
+    permits: Semaphore,
+    max_in_flight: usize,
+}
+
+impl fmt::Debug for BankClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BankClient")
+            .field("base", &self.shared.base.as_str())
+            .field("max_in_flight", &self.shared.max_in_flight)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+/// The bank's operations, as named in logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Operation {
+    Authorize,
+    Capture,
+    Void,
+    Refund,
+    GetAuthorization,
+    GetCapture,
+    GetVoid,
+    GetRefund,
+}
+
+impl Operation {
+    fn name(self) -> &'static str {
+        match self {
+            Operation::Authorize => "authorize",
+            Operation::Capture => "capture",
+            Operation::Void => "void",
+            Operation::Refund => "refund",
+            Operation::GetAuthorization => "get_authorization",
+            Operation::GetCapture => "get_capture",
+            Operation::GetVoid => "get_void",
+            Operation::GetRefund => "get_refund",
+        }
+    }
+
+    fn method(self) -> Method {
+        match self {
+            Operation::Authorize | Operation::Capture | Operation::Void | Operation::Refund => {
+                Method::POST
+            }
+            Operation::GetAuthorization
+            | Operation::GetCapture
+            | Operation::GetVoid
+            | Operation::GetRefund => Method::GET,
+        }
+    }
+}
+
+/// How one attempt ended, as counted in `gateway_bank_attempts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttemptResult {
+    Ok,
+    Http5xx,
+    Http4xx,
+    Timeout,
+    Connect,
+    Other,
+}
+
+impl AttemptResult {
+    fn label(self) -> &'static str {
+        match self {
+            AttemptResult::Ok => "ok",
+            AttemptResult::Http5xx => "http_5xx",
+            AttemptResult::Http4xx => "http_4xx",
+            AttemptResult::Timeout => "timeout",
+            AttemptResult::Connect => "connect",
+            AttemptResult::Other => "other",
+        }
+    }
+}
+
+/// One attempt's verdict.
+enum Attempt<T> {
+    Done(T),
+    Refused(Refusal),
+    Transient {
+        result: AttemptResult,
+        status: Option<StatusCode>,
+        error: String,
+    },
+}
+
+/// Counts one HTTP attempt in `gateway_bank_in_flight` while it lives, so a
+/// cancelled call cannot leave the gauge too high.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        metrics::gauge!("gateway_bank_in_flight").increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("gateway_bank_in_flight").decrement(1.0);
+    }
+}
+
+impl BankClient {
+    /// A client for the bank at `base_url` (e.g. `http://127.0.0.1:8787`),
+    /// with at most `max_in_flight` HTTP attempts at the bank at once.
+    pub fn new(
+        base_url: &str,
+        policy: RetryPolicy,
+        max_in_flight: usize,
+    ) -> Result<Self, BankClientError> {
+        if max_in_flight == 0 {
+            return Err(BankClientError::ZeroMaxInFlight);
+        }
+        let invalid = |reason: &str| BankClientError::InvalidBaseUrl {
+            url: base_url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let mut base = Url::parse(base_url).map_err(|e| invalid(&e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(invalid("the scheme must be http or https"));
+        }
+        if base.cannot_be_a_base() || base.path_segments_mut().is_err() {
+            return Err(invalid("the URL cannot carry a path"));
+        }
+        base.set_query(None);
+        base.set_fragment(None);
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(max_in_flight)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .user_agent(concat!("ficmart-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(BankClient {
+            shared: Arc::new(Shared {
+                http,
+                base,
+                permits: Semaphore::new(max_in_flight),
+                max_in_flight,
+            }),
+            policy,
+        })
+    }
+
+    /// The same client (connection pool, in-flight limit) with another
+    /// policy, e.g. a short deadline for a request path and a long one for
+    /// the recovery worker.
+    pub fn with_policy(&self, policy: RetryPolicy) -> Self {
+        BankClient {
+            shared: Arc::clone(&self.shared),
+            policy,
+        }
+    }
+
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    /// `POST /api/v1/authorizations` with `Idempotency-Key: key`.
+    pub async fn authorize(
+        &self,
+        key: &str,
+        request: &AuthorizeRequest<'_>,
+    ) -> BankOutcome<Authorization> {
+        self.post(Operation::Authorize, &["authorizations"], key, request)
+            .await
+    }
+
+    /// `POST /api/v1/captures` with `Idempotency-Key: key`.
+    pub async fn capture(
+        &self,
+        key: &str,
+        authorization_id: &str,
+        amount_cents: i64,
+    ) -> BankOutcome<Capture> {
+        let body = CaptureRequest {
+            authorization_id,
+            amount: amount_cents,
+        };
+        self.post(Operation::Capture, &["captures"], key, &body)
+            .await
+    }
+
+    /// `POST /api/v1/voids` with `Idempotency-Key: key`.
+    pub async fn void(&self, key: &str, authorization_id: &str) -> BankOutcome<Void> {
+        let body = VoidRequest { authorization_id };
+        self.post(Operation::Void, &["voids"], key, &body).await
+    }
+
+    /// `POST /api/v1/refunds` with `Idempotency-Key: key`.
+    pub async fn refund(
+        &self,
+        key: &str,
+        capture_id: &str,
+        amount_cents: i64,
+    ) -> BankOutcome<Refund> {
+        let body = RefundRequest {
+            capture_id,
+            amount: amount_cents,
+        };
+        self.post(Operation::Refund, &["refunds"], key, &body).await
+    }
+
+    /// `GET /api/v1/authorizations/{id}` (with the extension fields).
+    pub async fn get_authorization(&self, id: &str) -> BankOutcome<Authorization> {
+        self.get(Operation::GetAuthorization, "authorizations", id)
+            .await
+    }
+
+    /// `GET /api/v1/captures/{id}` (with the extension field `refund_id`).
+    pub async fn get_capture(&self, id: &str) -> BankOutcome<Capture> {
+        self.get(Operation::GetCapture, "captures", id).await
+    }
+
+    /// `GET /api/v1/voids/{id}` (an extension of our bank).
+    pub async fn get_void(&self, id: &str) -> BankOutcome<Void> {
+        self.get(Operation::GetVoid, "voids", id).await
+    }
+
+    /// `GET /api/v1/refunds/{id}`.
+    pub async fn get_refund(&self, id: &str) -> BankOutcome<Refund> {
+        self.get(Operation::GetRefund, "refunds", id).await
+    }
+
+    /// `base/api/v1/<segments…>`, each segment percent-encoded.
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.shared.base.clone();
+        // `new` checked that the base can carry a path.
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(["api", "v1"]).extend(segments);
+        }
+        url
+    }
+
+    async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        op: Operation,
+        segments: &[&str],
+        key: &str,
+        body: &B,
+    ) -> BankOutcome<T> {
+        let Ok(key_header) = HeaderValue::from_str(key) else {
+            // The gateway makes its own keys, so this is a bug; nothing was
+            // sent, and retrying cannot help.
+            tracing::error!(
+                operation = op.name(),
+                key_len = key.len(),
+                "idempotency key is not a valid header value; not calling the bank"
+            );
+            return self.finish(
+                op,
+                key,
+                Instant::now(),
+                BankOutcome::Unknown(UnknownReason::AttemptsExhausted {
+                    attempts: 0,
+                    last_error: "the idempotency key is not a valid header value".to_owned(),
+                }),
+            );
+        };
+        // Serialised once: every retry sends the same bytes with the same
+        // key, as the bank's idempotency requires.
+        let body = match serde_json::to_vec(body) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::error!(operation = op.name(), error = %e, "could not serialise the request");
+                return self.finish(
+                    op,
+                    key,
+                    Instant::now(),
+                    BankOutcome::Unknown(UnknownReason::AttemptsExhausted {
+                        attempts: 0,
+                        last_error: format!("could not serialise the request: {e}"),
+                    }),
+                );
+            }
+        };
+        let url = self.url(segments);
+        self.execute(op, url, key, Some(key_header), Some(body))
+            .await
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        op: Operation,
+        collection: &str,
+        id: &str,
+    ) -> BankOutcome<T> {
+        let url = self.url(&[collection, id]);
+        self.execute(op, url, "", None, None).await
+    }
+
+    /// The retry loop of one call.
+    async fn execute<T: DeserializeOwned>(
+        &self,
+        op: Operation,
+        url: Url,
+        key: &str,
+        key_header: Option<HeaderValue>,
+        body: Option<Vec<u8>>,
+    ) -> BankOutcome<T> {
+        let started = Instant::now();
+        let deadline = deadline_from(started, self.policy.deadline);
+        let max_attempts = self.policy.max_attempts.max(1);
+        let mut attempts: u32 = 0;
+        let mut last_error = String::from("no attempt was made");
+
+        let outcome = loop {
+            let Some(left) = time_left(deadline) else {
+                break deadline_passed(attempts, last_error);
+            };
+            // Waiting for a slot counts against the deadline; the permit is
+            // held for this attempt only, never during a backoff sleep.
+            let permit = match tokio::time::timeout(left, self.shared.permits.acquire()).await {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_closed)) => {
+                    break BankOutcome::Unknown(UnknownReason::AttemptsExhausted {
+                        attempts,
+                        last_error: "the in-flight limiter was closed".to_owned(),
+                    });
+                }
+                Err(_elapsed) => {
+                    if attempts == 0 {
+                        last_error = "no in-flight slot came free before the deadline".to_owned();
+                    }
+                    break deadline_passed(attempts, last_error);
+                }
+            };
+            let Some(left) = time_left(deadline) else {
+                drop(permit);
+                break deadline_passed(attempts, last_error);
+            };
+            let timeout = self.policy.attempt_timeout.min(left);
+            attempts += 1;
+            let attempt_started = Instant::now();
+            let verdict = {
+                let _in_flight = InFlight::enter();
+                let verdict = self
+                    .attempt::<T>(op, &url, key_header.as_ref(), body.as_deref(), timeout)
+                    .await;
+                drop(permit);
+                verdict
+            };
+            let elapsed_ms = millis(attempt_started.elapsed());
+            let (result, status) = match &verdict {
+                Attempt::Done(_) => (AttemptResult::Ok, None),
+                Attempt::Refused(refusal) => (AttemptResult::Http4xx, Some(refusal.status)),
+                Attempt::Transient { result, status, .. } => (*result, status.map(|s| s.as_u16())),
+            };
+            metrics::counter!(
+                "gateway_bank_attempts_total",
+                "operation" => op.name(),
+                "result" => result.label(),
+            )
+            .increment(1);
+
+            match verdict {
+                Attempt::Done(value) => {
+                    tracing::debug!(
+                        operation = op.name(),
+                        key,
+                        path = url.path(),
+                        attempt = attempts,
+                        elapsed_ms,
+                        "bank attempt succeeded"
+                    );
+                    break BankOutcome::Done(value);
+                }
+                Attempt::Refused(refusal) => {
+                    tracing::info!(
+                        operation = op.name(),
+                        key,
+                        path = url.path(),
+                        attempt = attempts,
+                        status = refusal.status,
+                        code = refusal.code.as_str(),
+                        elapsed_ms,
+                        "bank refused"
+                    );
+                    break BankOutcome::Refused(refusal);
+                }
+                Attempt::Transient { error, .. } => {
+                    tracing::warn!(
+                        operation = op.name(),
+                        key,
+                        path = url.path(),
+                        attempt = attempts,
+                        status,
+                        result = result.label(),
+                        elapsed_ms,
+                        error = %error,
+                        "bank attempt failed; outcome unknown"
+                    );
+                    last_error = error;
+                }
+            }
+
+            if attempts >= max_attempts {
+                break BankOutcome::Unknown(UnknownReason::AttemptsExhausted {
+                    attempts,
+                    last_error,
+                });
+            }
+            let Some(left) = time_left(deadline) else {
+                break deadline_passed(attempts, last_error);
+            };
+            let sleep = {
+                let mut rng = rand::rng();
+                backoff(&self.policy, attempts, left, &mut rng)
+            };
+            tokio::time::sleep(sleep).await;
+        };
+        self.finish(op, key, started, outcome)
+    }
+
+    /// Records the call's metrics and final log line.
+    fn finish<T>(
+        &self,
+        op: Operation,
+        key: &str,
+        started: Instant,
+        outcome: BankOutcome<T>,
+    ) -> BankOutcome<T> {
+        let elapsed = started.elapsed();
+        metrics::counter!(
+            "gateway_bank_calls_total",
+            "operation" => op.name(),
+            "outcome" => outcome.label(),
+        )
+        .increment(1);
+        metrics::histogram!("gateway_bank_call_duration_seconds", "operation" => op.name())
+            .record(elapsed.as_secs_f64());
+        match &outcome {
+            BankOutcome::Done(_) | BankOutcome::Refused(_) => {
+                tracing::debug!(
+                    operation = op.name(),
+                    key,
+                    outcome = outcome.label(),
+                    elapsed_ms = millis(elapsed),
+                    "bank call finished"
+                );
+            }
+            BankOutcome::Unknown(reason) => {
+                tracing::warn!(
+                    operation = op.name(),
+                    key,
+                    outcome = outcome.label(),
+                    attempts = reason.attempts(),
+                    elapsed_ms = millis(elapsed),
+                    reason = %reason,
+                    "bank call ended without an answer"
+                );
+            }
+        }
+        outcome
+    }
+
+    /// One HTTP exchange, bounded by `timeout` (connect, send, and the whole
+    /// response body), classified.
+    async fn attempt<T: DeserializeOwned>(
+        &self,
+        op: Operation,
+        url: &Url,
+        key: Option<&HeaderValue>,
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Attempt<T> {
+        let mut request = self
+            .shared
+            .http
+            .request(op.method(), url.clone())
+            .timeout(timeout)
+            .header(ACCEPT, "application/json");
+        if let Some(key) = key {
+            request = request.header(IDEMPOTENCY_KEY, key.clone());
+        }
+        if let Some(body) = body {
+            request = request
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.to_vec());
+        }
+        let exchange = async {
+            let response = request.send().await?;
+            let status = response.status();
+            let bytes = response.bytes().await?;
+            Ok::<_, reqwest::Error>((status, bytes))
+        };
+        // reqwest's own timeout covers the same span; this one is a guard
+        // that holds whatever reqwest does with the body.
+        match tokio::time::timeout(timeout, exchange).await {
+            Err(_elapsed) => Attempt::Transient {
+                result: AttemptResult::Timeout,
+                status: None,
+                error: format!("no complete response within {} ms", millis(timeout)),
+            },
+            Ok(Err(e)) => Attempt::Transient {
+                result: if e.is_timeout() {
+                    AttemptResult::Timeout
+                } else if e.is_connect() {
+                    AttemptResult::Connect
+                } else {
+                    AttemptResult::Other
+                },
+                status: e.status(),
+                error: error_chain(&e),
+            },
+            Ok(Ok((status, bytes))) => classify(op, status, &bytes),
+        }
+    }
+}
+
+/// The bank's answer, classified: 2xx done (or transient if the body does
+/// not parse: a retry with the same key replays it), 4xx refused, 5xx and
+/// anything else transient.
+fn classify<T: DeserializeOwned>(op: Operation, status: StatusCode, body: &[u8]) -> Attempt<T> {
+    if status.is_success() {
+        match serde_json::from_slice::<T>(body) {
+            Ok(value) => Attempt::Done(value),
+            Err(e) => Attempt::Transient {
+                result: AttemptResult::Other,
+                status: Some(status),
+                error: format!("HTTP {status} with a body that did not parse: {e}"),
+            },
+        }
+    } else if status.is_client_error() {
+        Attempt::Refused(refusal(op, status, body))
+    } else if status.is_server_error() {
+        let code = serde_json::from_slice::<ErrorBody>(body)
+            .map(|b| format!(" {}", b.error))
+            .unwrap_or_default();
+        Attempt::Transient {
+            result: AttemptResult::Http5xx,
+            status: Some(status),
+            error: format!("HTTP {status}{code}"),
+        }
+    } else {
+        Attempt::Transient {
+            result: AttemptResult::Other,
+            status: Some(status),
+            error: format!("unexpected HTTP {status}"),
+        }
+    }
+}
+
+fn refusal(op: Operation, status: StatusCode, body: &[u8]) -> Refusal {
+    let status_text = || {
+        status
+            .canonical_reason()
+            .unwrap_or(status.as_str())
+            .to_owned()
+    };
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(parsed) => (BankErrorCode::parse(&parsed.error), parsed.message),
+        Err(_) => {
+            let text: String = String::from_utf8_lossy(body).chars().take(200).collect();
+            (BankErrorCode::Other(status_text()), text)
+        }
+    };
+    let code = if op.method() == Method::GET && status == StatusCode::NOT_FOUND {
+        BankErrorCode::NotFound
+    } else {
+        code
+    };
+    Refusal {
+        status: status.as_u16(),
+        code,
+        message,
+    }
+}
+
+fn deadline_passed<T>(attempts: u32, last_error: String) -> BankOutcome<T> {
+    BankOutcome::Unknown(UnknownReason::DeadlinePassed {
+        attempts,
+        last_error,
+    })
+}
+
+/// `started + deadline`, or a year from now for absurd deadlines.
+fn deadline_from(started: Instant, deadline: Duration) -> Instant {
+    started
+        .checked_add(deadline)
+        .or_else(|| started.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(started)
+}
+
+/// The time left before `deadline`, or `None` once it has passed.
+fn time_left(deadline: Instant) -> Option<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    (!left.is_zero()).then_some(left)
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// An error and its sources, e.g. "error sending request …: client error
+/// (Connect): tcp connect error: Connection refused (os error 111)".
+fn error_chain(error: &dyn StdError) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_sorts_statuses() {
+        let auth =
+            br#"{"authorization_id":"auth_1","status":"approved","amount":5,"currency":"USD",
+            "expires_at":"2030-01-08T10:00:00Z","created_at":"2030-01-01T10:00:00Z"}"#;
+        assert!(matches!(
+            classify::<Authorization>(Operation::Authorize, StatusCode::OK, auth),
+            Attempt::Done(_)
+        ));
+        assert!(matches!(
+            classify::<Authorization>(Operation::Authorize, StatusCode::OK, b"{\"half"),
+            Attempt::Transient {
+                result: AttemptResult::Other,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify::<Authorization>(
+                Operation::Authorize,
+                StatusCode::SERVICE_UNAVAILABLE,
+                b"{\"error\":\"internal_error\",\"message\":\"x\"}"
+            ),
+            Attempt::Transient {
+                result: AttemptResult::Http5xx,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify::<Authorization>(Operation::Authorize, StatusCode::NOT_MODIFIED, b""),
+            Attempt::Transient {
+                result: AttemptResult::Other,
+                ..
+            }
+        ));
+        let Attempt::Refused(refusal) = classify::<Authorization>(
+            Operation::Authorize,
+            StatusCode::PAYMENT_REQUIRED,
+            br#"{"error":"insufficient_funds","message":"no money"}"#,
+        ) else {
+            panic!("a 402 is a refusal");
+        };
+        assert_eq!(refusal.code, BankErrorCode::InsufficientFunds);
+        assert_eq!(refusal.message, "no money");
+    }
+
+    #[test]
+    fn unparseable_4xx_uses_the_status_text_and_get_404_is_not_found() {
+        let r = refusal(Operation::Capture, StatusCode::BAD_REQUEST, b"<html>");
+        assert_eq!(r.code, BankErrorCode::Other("Bad Request".to_owned()));
+        let r = refusal(Operation::GetCapture, StatusCode::NOT_FOUND, b"");
+        assert_eq!(r.code, BankErrorCode::NotFound);
+        let r = refusal(Operation::Void, StatusCode::NOT_FOUND, b"");
+        assert_eq!(r.code, BankErrorCode::Other("Not Found".to_owned()));
+    }
+
+    #[test]
+    fn urls_are_built_under_the_base_path() {
+        let policy = RetryPolicy::default();
+        let client = BankClient::new("http://127.0.0.1:8787", policy, 1).expect("client");
+        assert_eq!(
+            client.url(&["authorizations", "auth_1"]).as_str(),
+            "http://127.0.0.1:8787/api/v1/authorizations/auth_1"
+        );
+        let client = BankClient::new("http://bank.local/prefix/", policy, 1).expect("client");
+        assert_eq!(
+            client.url(&["captures"]).as_str(),
+            "http://bank.local/prefix/api/v1/captures"
+        );
+        // An id cannot climb out of its collection.
+        assert_eq!(
+            client.url(&["refunds", "../admin?x#y"]).as_str(),
+            "http://bank.local/prefix/api/v1/refunds/..%2Fadmin%3Fx%23y"
+        );
+    }
+
+    #[test]
+    fn bad_configuration_is_refused() {
+        let policy = RetryPolicy::default();
+        assert!(matches!(
+            BankClient::new("http://127.0.0.1:8787", policy, 0),
+            Err(BankClientError::ZeroMaxInFlight)
+        ));
+        assert!(matches!(
+            BankClient::new("not a url", policy, 1),
+            Err(BankClientError::InvalidBaseUrl { .. })
+        ));
+        assert!(matches!(
+            BankClient::new("mailto:bank@example.com", policy, 1),
+            Err(BankClientError::InvalidBaseUrl { .. })
+        ));
+    }
+}

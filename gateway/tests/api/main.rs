@@ -1,0 +1,3 @@
+//! The gateway's integration tests, one binary (one link step) for all.
+
+mod bank_client;
