@@ -1,70 +1,87 @@
-//! The `gateway` command line.
+//! The `gateway` command line: `serve` (the default), `migrate`,
+//! `api-key create`, `state-diagram`.
 
-use std::io::Write;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
 
+use crate::config::Settings;
 use crate::domain::mermaid_state_diagram;
-
-/// The status of a command that exists but does nothing yet; distinct from
-/// 1 (failure) so a script can tell "missing" from "broken".
-pub const NOT_IMPLEMENTED_EXIT: u8 = 2;
-
-const NOT_IMPLEMENTED: &str = "not implemented yet: see issue 3";
+use crate::{Application, store, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "gateway",
     version,
-    about = "FicMart's payment gateway: authorize, capture, void and refund against the bank."
+    about = "FicMart's payment gateway: authorize, capture, void and refund against the bank.",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    /// `gateway` alone serves, with these settings.
+    #[command(flatten)]
+    pub serve: Option<Settings>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print the payment state machine as a Mermaid stateDiagram-v2,
-    /// generated from the code's transition table.
-    StateDiagram,
-    /// Serve the HTTP API. NOT IMPLEMENTED YET (issue 3): prints a notice and
-    /// exits with status 2.
-    Serve,
-    /// Apply the database migrations. NOT IMPLEMENTED YET (issue 3): prints a
-    /// notice and exits with status 2.
-    Migrate,
+    /// Serve the HTTP API (the default). Applies migrations first.
+    Serve(Settings),
+    /// Apply the database migrations and exit.
+    Migrate(DatabaseArgs),
     /// Manage merchants' API keys.
     ApiKey {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
+    /// Print the payment state machine as a Mermaid stateDiagram-v2,
+    /// generated from the code's transition table.
+    StateDiagram,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ApiKeyCommand {
-    /// Create an API key for a merchant. NOT IMPLEMENTED YET (issue 3):
-    /// prints a notice and exits with status 2.
+    /// Create an API key for a merchant (created if new) and print it on
+    /// stdout. Only its hash is stored: it cannot be shown again.
     Create {
         /// The merchant's name.
         #[arg(long, value_name = "NAME")]
         merchant: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
 }
 
-/// The binary's entry point: parses the arguments (clap exits on `--help`
-/// or a usage error) and runs the command.
+/// The binary's entry point.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = run(
-        cli,
-        &mut std::io::stdout().lock(),
-        &mut std::io::stderr().lock(),
-    );
-    match result {
-        Ok(code) => ExitCode::from(code),
+    main_from(std::env::args_os())
+}
+
+/// Runs the command line given as `args` (the first is the program name),
+/// so that another binary (the simulator) can run a gateway process.
+pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("gateway: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("gateway: {error:#}");
             ExitCode::FAILURE
@@ -72,25 +89,66 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Runs `cli`, writing to `out` and `err` rather than the process's streams
-/// so tests can read what a command prints. Returns the exit status.
-pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<u8> {
-    match cli.command {
-        Command::StateDiagram => {
-            out.write_all(mermaid_state_diagram().as_bytes())
-                .and_then(|()| out.flush())
-                .context("writing the diagram to stdout")?;
-            Ok(0)
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match (cli.command, cli.serve) {
+        (Some(Command::StateDiagram), _) => {
+            print!("{}", mermaid_state_diagram());
+            Ok(())
         }
-        Command::Serve
-        | Command::Migrate
-        | Command::ApiKey {
-            command: ApiKeyCommand::Create { .. },
-        } => {
-            writeln!(err, "{NOT_IMPLEMENTED}").context("writing to stderr")?;
-            Ok(NOT_IMPLEMENTED_EXIT)
+        (Some(Command::Serve(settings)), _) | (None, Some(settings)) => serve(settings).await,
+        (None, None) => anyhow::bail!("DATABASE_URL is required to serve (see `gateway --help`)"),
+        (Some(Command::Migrate(database)), _) => {
+            let pool = store::connect(
+                &database.database_url,
+                1,
+                std::time::Duration::from_secs(10),
+            )
+            .await?;
+            store::MIGRATOR.run(&pool).await?;
+            eprintln!("gateway: migrations applied");
+            Ok(())
+        }
+        (
+            Some(Command::ApiKey {
+                command: ApiKeyCommand::Create { merchant, database },
+            }),
+            _,
+        ) => {
+            let pool = store::connect(
+                &database.database_url,
+                1,
+                std::time::Duration::from_secs(10),
+            )
+            .await?;
+            store::MIGRATOR.run(&pool).await?;
+            let mut tx = pool.begin().await?;
+            let (_, key) = store::merchants::create_api_key(&mut tx, &merchant).await?;
+            tx.commit().await?;
+            // Only the key on stdout, so that `KEY=$(gateway api-key create …)` works.
+            println!("{key}");
+            Ok(())
         }
     }
+}
+
+/// Serves until SIGTERM or SIGINT, then lets in-flight requests finish.
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    telemetry::init_logging();
+    let application = Application::build(settings).await?;
+    tracing::info!(port = application.port(), "gateway listening");
+    let handle = application.handle();
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: finishing in-flight requests"),
+            _ = interrupt.recv() => tracing::info!("SIGINT: finishing in-flight requests"),
+        }
+        handle.stop(true).await;
+    });
+    application.run_until_stopped().await?;
+    tracing::info!("gateway stopped");
+    Ok(())
 }
 
 #[cfg(test)]
@@ -99,55 +157,36 @@ mod tests {
 
     use super::*;
 
-    fn run_args(args: &[&str]) -> (u8, String, String) {
-        let cli = Cli::try_parse_from(args).expect("valid arguments");
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = run(cli, &mut out, &mut err).expect("writes to a Vec succeed");
-        (
-            code,
-            String::from_utf8(out).expect("utf-8"),
-            String::from_utf8(err).expect("utf-8"),
-        )
-    }
-
     #[test]
     fn definition_is_consistent() {
         Cli::command().debug_assert();
     }
 
     #[test]
-    fn state_diagram_prints_the_generated_diagram() {
-        let (code, out, err) = run_args(&["gateway", "state-diagram"]);
-        assert_eq!(code, 0);
-        assert_eq!(out, mermaid_state_diagram());
-        assert!(err.is_empty());
-    }
-
-    #[test]
-    fn unfinished_commands_say_so_and_exit_2() {
-        for args in [
-            &["gateway", "serve"][..],
-            &["gateway", "migrate"],
-            &["gateway", "api-key", "create", "--merchant", "FicMart"],
-        ] {
-            let (code, out, err) = run_args(args);
-            assert_eq!(code, NOT_IMPLEMENTED_EXIT, "{args:?}");
-            assert!(out.is_empty(), "{args:?}");
-            assert_eq!(err, "not implemented yet: see issue 3\n", "{args:?}");
+    fn every_command_is_in_the_help() {
+        let help = Cli::command().render_long_help().to_string();
+        for command in ["serve", "migrate", "api-key", "state-diagram"] {
+            assert!(help.contains(command), "{command} missing from\n{help}");
         }
     }
 
     #[test]
     fn api_key_create_requires_a_merchant() {
-        assert!(Cli::try_parse_from(["gateway", "api-key", "create"]).is_err());
+        let parsed = Cli::try_parse_from([
+            "gateway",
+            "api-key",
+            "create",
+            "--database-url",
+            "postgres://x",
+        ]);
+        assert!(parsed.is_err());
     }
 
     #[test]
-    fn help_admits_what_is_unfinished() {
-        let help = Cli::command().render_long_help().to_string();
-        for command in ["state-diagram", "serve", "migrate", "api-key"] {
-            assert!(help.contains(command), "{command} missing from\n{help}");
-        }
-        assert_eq!(help.matches("NOT IMPLEMENTED YET").count(), 2, "{help}");
+    fn serve_is_the_default() {
+        let cli = Cli::try_parse_from(["gateway", "--database-url", "postgres://x", "--port", "9"])
+            .unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.map(|s| s.port), Some(9));
     }
 }

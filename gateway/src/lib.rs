@@ -4,11 +4,25 @@
 //!
 //! Module map:
 //! - [`domain`]: pure types and the payment state machine; no I/O.
+//! - [`api`]: routes, parsing at the edge, errors, the OpenAPI document.
+//! - [`payments`]: the flows (tx A, bank call, tx B) and the answers they give.
+//! - [`idempotency`]: the client's keys: claim, replay, resume, purge.
 //! - [`bank`]: the HTTP client for the bank: one idempotency key per
 //!   operation, retries with backoff under a deadline, an in-flight limit.
-//! - [`cli`]: the `gateway` command line (`state-diagram`; `serve`, `migrate`
-//!   and `api-key create` are not implemented yet).
+//! - [`store`]: Postgres: payments and their history, operations, merchants.
+//! - [`config`], [`startup`], [`telemetry`]: settings, wiring, logs and metrics.
+//! - [`cli`]: the `gateway` command line.
 
+pub mod api;
 pub mod bank;
 pub mod cli;
+pub mod config;
 pub mod domain;
+pub mod idempotency;
+pub mod payments;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+
+pub use config::Settings;
+pub use startup::Application;

@@ -1,3 +1,12 @@
-//! The gateway's integration tests, one binary (one link step) for all.
+//! The gateway's integration tests, one binary (one link step) for all:
+//! a real gateway and a real mock bank over HTTP, on a real Postgres.
 
 mod bank_client;
+mod chaos;
+mod docs;
+mod helpers;
+mod idempotency;
+mod lifecycle;
+mod listing;
+mod security;
+mod validation;

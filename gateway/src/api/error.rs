@@ -1,0 +1,176 @@
+//! Every way a request fails before it becomes a payment outcome, mapped
+//! to the contract's error object. Causes go to the log, never the client.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::domain::DomainError;
+use crate::idempotency::ClaimError;
+use crate::payments::{self, view::ErrorBody};
+
+/// How long a client should wait before retrying a key that is in use.
+const IN_USE_RETRY_AFTER_SECONDS: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    Invalid {
+        param: String,
+        code: &'static str,
+        message: String,
+    },
+    #[error("the Idempotency-Key header is required on every POST")]
+    MissingIdempotencyKey,
+    #[error("a valid API key is required: Authorization: Bearer <key>")]
+    Unauthenticated,
+    #[error("no such payment")]
+    NotFound,
+    #[error("no such route")]
+    NoRoute,
+    #[error("the request body is larger than {limit_bytes} bytes")]
+    PayloadTooLarge { limit_bytes: usize },
+    #[error("a request with this Idempotency-Key is still being processed")]
+    KeyInUse,
+    #[error("this Idempotency-Key was already used with a different request")]
+    KeyReused,
+    #[error("the service is temporarily unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            param: param.into(),
+            code: "parameter_invalid",
+            message: message.into(),
+        }
+    }
+
+    fn body(&self) -> ErrorBody {
+        let message = self.to_string();
+        match self {
+            Self::Invalid { param, code, .. } => {
+                ErrorBody::new("invalid_request_error", *code, message).with_param(param.clone())
+            }
+            Self::MissingIdempotencyKey => {
+                ErrorBody::new("invalid_request_error", "missing_idempotency_key", message)
+                    .with_param("Idempotency-Key")
+            }
+            Self::Unauthenticated => {
+                ErrorBody::new("authentication_error", "invalid_api_key", message)
+            }
+            Self::NotFound | Self::NoRoute => {
+                ErrorBody::new("invalid_request_error", "resource_missing", message)
+            }
+            Self::PayloadTooLarge { .. } => {
+                ErrorBody::new("invalid_request_error", "payload_too_large", message)
+            }
+            Self::KeyInUse => {
+                ErrorBody::new("idempotency_error", "idempotency_key_in_use", message)
+            }
+            Self::KeyReused => {
+                ErrorBody::new("idempotency_error", "idempotency_key_reused", message)
+            }
+            Self::Unavailable(_) => ErrorBody::new("api_error", "service_unavailable", message),
+            Self::Internal(_) => ErrorBody::new("api_error", "internal_error", message),
+        }
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        Self::Invalid {
+            param: e.param().to_owned(),
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        // The database cannot be reached or is saturated: a retry later may
+        // succeed, and nothing was changed.
+        let unavailable = matches!(
+            e,
+            sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+        );
+        if unavailable {
+            Self::Unavailable(e)
+        } else {
+            Self::Internal(e.into())
+        }
+    }
+}
+
+impl From<payments::Error> for ApiError {
+    fn from(e: payments::Error) -> Self {
+        match e {
+            payments::Error::NotFound => Self::NotFound,
+            payments::Error::AmountMismatch { expected } => Self::invalid(
+                "amount",
+                format!("amount must equal the payment's amount ({expected} cents)"),
+            ),
+            payments::Error::Claim(ClaimError::InUse) => Self::KeyInUse,
+            payments::Error::Claim(ClaimError::Reused) => Self::KeyReused,
+            payments::Error::Claim(ClaimError::Database(e)) | payments::Error::Database(e) => {
+                e.into()
+            }
+            payments::Error::Transition(e) => Self::Internal(e.into()),
+            payments::Error::Encode(e) => Self::Internal(e.into()),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Invalid { .. } | Self::MissingIdempotencyKey => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::NotFound | Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::KeyInUse => StatusCode::CONFLICT,
+            Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            Self::Internal(cause) => tracing::error!(error = ?cause, "internal error"),
+            Self::Unavailable(cause) => tracing::warn!(error = %cause, "database unavailable"),
+            Self::Invalid { .. }
+            | Self::MissingIdempotencyKey
+            | Self::Unauthenticated
+            | Self::NotFound
+            | Self::NoRoute
+            | Self::PayloadTooLarge { .. }
+            | Self::KeyInUse
+            | Self::KeyReused => {}
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            Self::KeyInUse => {
+                response.insert_header(("Retry-After", IN_USE_RETRY_AFTER_SECONDS.to_string()));
+            }
+            Self::Unavailable(_) => {
+                response.insert_header(("Retry-After", "1"));
+            }
+            Self::Invalid { .. }
+            | Self::MissingIdempotencyKey
+            | Self::Unauthenticated
+            | Self::NotFound
+            | Self::NoRoute
+            | Self::PayloadTooLarge { .. }
+            | Self::KeyReused
+            | Self::Internal(_) => {}
+        }
+        response.json(self.body())
+    }
+}

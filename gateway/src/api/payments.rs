@@ -1,0 +1,286 @@
+//! `/v1/payments`: the routes FicMart's checkout calls.
+
+use std::collections::HashMap;
+
+use actix_web::web::{self, Data, Path};
+use actix_web::{HttpRequest, HttpResponse, get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::error::ApiError;
+use super::request::{Fields, Merchant, idempotency_key, read_json};
+use crate::domain::{
+    Amount, CardExpiry, CardNumber, Currency, CustomerId, Cvv, OrderId, PaymentId,
+};
+use crate::idempotency::fingerprint;
+use crate::payments::view::{ErrorBody, PaymentView};
+use crate::payments::{Action, AuthorizeCommand, Reply};
+use crate::startup::AppState;
+use crate::store::payments::{self as store, ListFilter};
+
+/// Listing pages: 20 unless asked, never more than 100.
+pub const DEFAULT_PAGE_SIZE: i64 = 20;
+pub const MAX_PAGE_SIZE: i64 = 100;
+
+/// The documented shape of `POST /v1/payments` (parsed field by field).
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct CreatePayment {
+    #[schema(example = "ord_1001", pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    order_id: String,
+    #[schema(example = "cus_77", pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    customer_id: String,
+    /// Integer cents, 1 to 100,000,000.
+    #[schema(example = 4999, minimum = 1, maximum = 100_000_000)]
+    amount: i64,
+    #[schema(example = "USD")]
+    currency: String,
+    card: CardInput,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct CardInput {
+    #[schema(example = "4111111111111111")]
+    number: String,
+    #[schema(example = "123")]
+    cvv: String,
+    #[schema(example = 12, minimum = 1, maximum = 12)]
+    expiry_month: i64,
+    #[schema(example = 2030)]
+    expiry_year: i64,
+}
+
+/// The optional body of capture, void and refund.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct OperationInput {
+    /// If given, must equal the payment's amount (full amounts only).
+    amount: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PaymentList {
+    pub data: Vec<PaymentView>,
+    pub has_more: bool,
+}
+
+fn parse_create(body: &Value) -> Result<AuthorizeCommand, ApiError> {
+    let fields = Fields::of(
+        body,
+        "",
+        &["order_id", "customer_id", "amount", "currency", "card"],
+    )?;
+    let card = fields.object("card", &["number", "cvv", "expiry_month", "expiry_year"])?;
+    Ok(AuthorizeCommand {
+        order_id: OrderId::parse(fields.string("order_id")?)?,
+        customer_id: CustomerId::parse(fields.string("customer_id")?)?,
+        amount: Amount::from_cents(fields.integer("amount")?)?,
+        currency: Currency::parse(fields.string("currency")?)?,
+        card_number: CardNumber::parse(card.string("number")?)?,
+        cvv: Cvv::parse(card.string("cvv")?)?,
+        expiry: CardExpiry::new(card.integer("expiry_month")?, card.integer("expiry_year")?)?,
+    })
+}
+
+fn respond(reply: Reply) -> HttpResponse {
+    let status = actix_web::http::StatusCode::from_u16(reply.status)
+        .unwrap_or(actix_web::http::StatusCode::OK);
+    let mut response = HttpResponse::build(status);
+    response.content_type("application/json");
+    if reply.replayed {
+        response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    response.body(reply.body)
+}
+
+#[utoipa::path(post, path = "/v1/payments", tag = "payments",
+    security(("api_key" = [])),
+    params(("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters")),
+    request_body = CreatePayment,
+    responses(
+        (status = 201, description = "Authorized", body = PaymentView),
+        (status = 202, description = "The bank's answer is not known yet; the payment is pending", body = PaymentView),
+        (status = 400, description = "Invalid request; nothing was created", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 402, description = "Declined; the payment exists with status declined", body = ErrorBody),
+        (status = 409, description = "idempotency_key_in_use", body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 422, description = "idempotency_key_reused", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ))]
+#[post("/payments")]
+pub async fn create_payment(
+    req: HttpRequest,
+    merchant: Merchant,
+    payload: web::Payload,
+    state: Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let key = idempotency_key(&req)?;
+    let body = read_json(payload, state.max_body_bytes).await?;
+    let command = parse_create(&body)?;
+    let hash = fingerprint("POST", req.path(), &body);
+    let reply = state
+        .gateway
+        .authorize(merchant.0, &key, &hash, &command)
+        .await?;
+    Ok(respond(reply))
+}
+
+async fn operate(
+    req: HttpRequest,
+    merchant: Merchant,
+    id: Path<String>,
+    payload: web::Payload,
+    state: Data<AppState>,
+    action: Action,
+) -> Result<HttpResponse, ApiError> {
+    let key = idempotency_key(&req)?;
+    let body = read_json(payload, state.max_body_bytes).await?;
+    let amount = if body.is_null() {
+        None
+    } else {
+        Fields::of(&body, "", &["amount"])?
+            .optional_integer("amount")?
+            .map(Amount::from_cents)
+            .transpose()?
+    };
+    let payment_id = PaymentId::parse(&id).map_err(|_| ApiError::NotFound)?;
+    let hash = fingerprint("POST", req.path(), &body);
+    let reply = state
+        .gateway
+        .operate(merchant.0, &key, &hash, payment_id, action, amount)
+        .await?;
+    Ok(respond(reply))
+}
+
+macro_rules! operation_route {
+    ($name:ident, $path:literal, $action:expr, $what:literal) => {
+        #[utoipa::path(post, path = concat!("/v1", $path), tag = "payments",
+            security(("api_key" = [])),
+            description = $what,
+            params(("id" = String, Path), ("Idempotency-Key" = String, Header)),
+            request_body(content = Option<OperationInput>),
+            responses(
+                (status = 200, body = PaymentView),
+                (status = 202, description = "The bank's answer is not known yet", body = PaymentView),
+                (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+                (status = 404, body = ErrorBody),
+                (status = 409, description = "invalid_state, authorization_expired or idempotency_key_in_use", body = ErrorBody),
+                (status = 413, body = ErrorBody),
+                (status = 422, body = ErrorBody), (status = 502, description = "the bank refused", body = ErrorBody),
+                (status = 503, body = ErrorBody),
+            ))]
+        #[post($path)]
+        pub async fn $name(
+            req: HttpRequest,
+            merchant: Merchant,
+            id: Path<String>,
+            payload: web::Payload,
+            state: Data<AppState>,
+        ) -> Result<HttpResponse, ApiError> {
+            operate(req, merchant, id, payload, state, $action).await
+        }
+    };
+}
+
+operation_route!(
+    capture_payment,
+    "/payments/{id}/capture",
+    Action::Capture,
+    "Captures the full authorized amount."
+);
+operation_route!(
+    void_payment,
+    "/payments/{id}/void",
+    Action::Void,
+    "Releases the authorization."
+);
+operation_route!(
+    refund_payment,
+    "/payments/{id}/refund",
+    Action::Refund,
+    "Refunds the full captured amount."
+);
+
+#[utoipa::path(get, path = "/v1/payments/{id}", tag = "payments", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = PaymentView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[get("/payments/{id}")]
+pub async fn get_payment(
+    merchant: Merchant,
+    id: Path<String>,
+    state: Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let payment_id = PaymentId::parse(&id).map_err(|_| ApiError::NotFound)?;
+    let mut conn = state.gateway.pool().acquire().await?;
+    let payment = store::get(&mut conn, merchant.0, payment_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let history = store::history(&mut conn, payment.id).await?;
+    Ok(HttpResponse::Ok().json(PaymentView::new(&payment, history)))
+}
+
+#[utoipa::path(get, path = "/v1/payments", tag = "payments", security(("api_key" = [])),
+    params(
+        ("order_id" = Option<String>, Query), ("customer_id" = Option<String>, Query),
+        ("limit" = Option<i64>, Query, description = "1 to 100, default 20"),
+        ("starting_after" = Option<String>, Query, description = "a payment id from the previous page"),
+    ),
+    responses((status = 200, body = PaymentList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+#[get("/payments")]
+pub async fn list_payments(
+    req: HttpRequest,
+    merchant: Merchant,
+    state: Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
+        .map_err(|_| ApiError::invalid("query", "the query string could not be parsed"))?;
+    let filter = match (query.get("order_id"), query.get("customer_id")) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "customer_id",
+                "filter by order_id or by customer_id, not both",
+            ));
+        }
+        (Some(order), None) => ListFilter::Order(OrderId::parse(order)?.as_str().to_owned()),
+        (None, Some(customer)) => {
+            ListFilter::Customer(CustomerId::parse(customer)?.as_str().to_owned())
+        }
+        (None, None) => ListFilter::All,
+    };
+    let limit = match query.get("limit") {
+        None => DEFAULT_PAGE_SIZE,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_PAGE_SIZE).contains(l))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "limit",
+                    format!("limit must be an integer from 1 to {MAX_PAGE_SIZE}"),
+                )
+            })?,
+    };
+    let mut conn = state.gateway.pool().acquire().await?;
+    let starting_after = match query.get("starting_after") {
+        None => None,
+        Some(raw) => {
+            let cursor = PaymentId::parse(raw)
+                .map_err(|_| ApiError::invalid("starting_after", "must be a payment id"))?;
+            if !store::exists(&mut conn, merchant.0, cursor).await? {
+                return Err(ApiError::invalid("starting_after", "no such payment"));
+            }
+            Some(cursor)
+        }
+    };
+    let (rows, has_more) =
+        store::list(&mut conn, merchant.0, &filter, starting_after, limit).await?;
+    let mut data = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let history = store::history(&mut conn, row.id).await?;
+        data.push(PaymentView::new(row, history));
+    }
+    Ok(HttpResponse::Ok().json(PaymentList { data, has_more }))
+}

@@ -1,0 +1,125 @@
+//! Settings for `gateway serve`: flags, or environment variables of the
+//! same name. Every limit and timeout is here, with its unit in its name.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::bank::RetryPolicy;
+use crate::payments::Leases;
+
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// The acquiring bank's base URL.
+    #[arg(long, env = "BANK_URL", default_value = "http://127.0.0.1:8787")]
+    pub bank_url: String,
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// 0 picks a free port.
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Postgres connections. No request holds one while the bank answers,
+    /// so this bounds database work, not payments in flight.
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 10)]
+    pub db_pool_size: u32,
+    /// A request that cannot get a connection this fast answers 503.
+    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2_000)]
+    pub db_acquire_timeout_ms: u64,
+    /// Bank HTTP attempts in flight at once, across all requests.
+    #[arg(long, env = "BANK_MAX_IN_FLIGHT", default_value_t = 2_048)]
+    pub bank_max_in_flight: usize,
+    #[arg(long, env = "BANK_ATTEMPT_TIMEOUT_MS", default_value_t = 3_000)]
+    pub bank_attempt_timeout_ms: u64,
+    /// Past this, a request answers 202 and the operation completes later.
+    #[arg(long, env = "BANK_DEADLINE_MS", default_value_t = 10_000)]
+    pub bank_deadline_ms: u64,
+    #[arg(long, env = "BANK_MAX_ATTEMPTS", default_value_t = 8)]
+    pub bank_max_attempts: u32,
+    #[arg(long, env = "BANK_BASE_BACKOFF_MS", default_value_t = 100)]
+    pub bank_base_backoff_ms: u64,
+    #[arg(long, env = "BANK_MAX_BACKOFF_MS", default_value_t = 2_000)]
+    pub bank_max_backoff_ms: u64,
+    /// How long a request owns its idempotency key and operation; must
+    /// exceed the bank deadline.
+    #[arg(long, env = "LEASE_MS", default_value_t = 30_000)]
+    pub lease_ms: u64,
+    /// After an unknown outcome, the earliest the operation is retried.
+    #[arg(long, env = "RETRY_UNKNOWN_AFTER_MS", default_value_t = 1_000)]
+    pub retry_unknown_after_ms: u64,
+    /// Answered idempotency keys are purged after this.
+    #[arg(long, env = "IDEMPOTENCY_RETENTION_HOURS", default_value_t = 24)]
+    pub idempotency_retention_hours: u64,
+    #[arg(long, env = "IDEMPOTENCY_PURGE_INTERVAL_MS", default_value_t = 60_000)]
+    pub idempotency_purge_interval_ms: u64,
+    /// Request bodies larger than this are refused with 413.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
+    pub max_body_bytes: usize,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
+    /// HTTP worker threads; 0 means one per core.
+    #[arg(long, env = "WORKERS", default_value_t = 0)]
+    pub workers: usize,
+}
+
+impl Settings {
+    /// Defaults with a free port: for tests and the launcher.
+    pub fn local(database_url: impl Into<String>, bank_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            bank_url: bank_url.into(),
+            host: "127.0.0.1".into(),
+            port: 0,
+            db_pool_size: 10,
+            db_acquire_timeout_ms: 2_000,
+            bank_max_in_flight: 2_048,
+            bank_attempt_timeout_ms: 3_000,
+            bank_deadline_ms: 10_000,
+            bank_max_attempts: 8,
+            bank_base_backoff_ms: 100,
+            bank_max_backoff_ms: 2_000,
+            lease_ms: 30_000,
+            retry_unknown_after_ms: 1_000,
+            idempotency_retention_hours: 24,
+            idempotency_purge_interval_ms: 60_000,
+            max_body_bytes: 16 * 1024,
+            shutdown_grace_seconds: 30,
+            workers: 0,
+        }
+    }
+
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            attempt_timeout: Duration::from_millis(self.bank_attempt_timeout_ms),
+            deadline: Duration::from_millis(self.bank_deadline_ms),
+            max_attempts: self.bank_max_attempts,
+            base_backoff: Duration::from_millis(self.bank_base_backoff_ms),
+            max_backoff: Duration::from_millis(self.bank_max_backoff_ms),
+        }
+    }
+
+    pub fn leases(&self) -> Leases {
+        Leases {
+            lease: Duration::from_millis(self.lease_ms),
+            retry_unknown_after: Duration::from_millis(self.retry_unknown_after_ms),
+        }
+    }
+
+    /// Refuses settings that would break an invariant rather than a limit.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.lease_ms <= self.bank_deadline_ms {
+            return Err(format!(
+                "LEASE_MS ({}) must exceed BANK_DEADLINE_MS ({}), or a slow request would be overtaken by its own retry",
+                self.lease_ms, self.bank_deadline_ms
+            ));
+        }
+        if self.db_pool_size == 0 || self.bank_max_in_flight == 0 || self.bank_max_attempts == 0 {
+            return Err(
+                "pool size, bank in-flight limit and bank attempts must be at least 1".into(),
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,79 @@
+//! The payment flows: authorize, capture, void, refund, and resuming any
+//! of them after an unknown outcome.
+//!
+//! Every bank call is bracketed by two short transactions and no
+//! connection is held while the bank thinks:
+//!
+//! ```text
+//! tx A: claim the idempotency key, check the state machine, move the payment
+//!       to its in-flight status, write the operation with its bank key; commit
+//! call the bank (retries, backoff, deadline); no connection held
+//! tx B: settle the operation, move the payment, append history, store the
+//!       response on the idempotency key; commit
+//! ```
+//!
+//! A crash between A and B leaves a pending operation whose lease runs
+//! out; a retry with the same key resumes it with the same bank key.
+
+mod authorize;
+mod operate;
+mod reply;
+mod settle;
+pub mod view;
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+pub use authorize::AuthorizeCommand;
+pub use operate::Action;
+pub use reply::Reply;
+
+use crate::bank::BankClient;
+use crate::idempotency::ClaimError;
+use crate::store::payments::TransitionError;
+
+/// How long a request may work on a key or an operation before another
+/// may take over, and when an unknown outcome may be retried.
+#[derive(Debug, Clone, Copy)]
+pub struct Leases {
+    /// Must exceed the bank call's deadline, or a slow request would be
+    /// overtaken by its own retry.
+    pub lease: Duration,
+    /// After an unknown outcome, the earliest the operation is retried.
+    pub retry_unknown_after: Duration,
+}
+
+/// The gateway's core: a pool, the bank, and the lease timings.
+#[derive(Clone)]
+pub struct Gateway {
+    pool: PgPool,
+    bank: BankClient,
+    leases: Leases,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no such payment")]
+    NotFound,
+    #[error("amount must equal the payment's amount ({expected} cents)")]
+    AmountMismatch { expected: i64 },
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("state machine refused a transition it had allowed: {0}")]
+    Transition(#[from] TransitionError),
+    #[error("a response could not be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl Gateway {
+    pub fn new(pool: PgPool, bank: BankClient, leases: Leases) -> Self {
+        Self { pool, bank, leases }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}

@@ -1,0 +1,308 @@
+//! `POST /v1/payments/{id}/capture|void|refund`.
+
+use chrono::Utc;
+
+use crate::bank::{BankErrorCode, BankOutcome};
+use crate::domain::{Amount, IdempotencyKey, MerchantId, PaymentEvent, PaymentId, PaymentStatus};
+use crate::idempotency::{self, Claim};
+use crate::store::operations::{self, OperationKind, OperationRecord};
+use crate::store::payments::{self, BankFacts, PaymentRecord, TransitionError};
+
+use super::reply::{self, Reply};
+use super::settle::{Requester, Resolution, failure_event};
+use super::{Error, Gateway};
+
+/// What a client may do to an existing payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Capture,
+    Void,
+    Refund,
+}
+
+impl Action {
+    pub fn kind(self) -> OperationKind {
+        match self {
+            Self::Capture => OperationKind::Capture,
+            Self::Void => OperationKind::Void,
+            Self::Refund => OperationKind::Refund,
+        }
+    }
+
+    /// The event that puts the payment in flight.
+    fn requested(self) -> PaymentEvent {
+        match self {
+            Self::Capture => PaymentEvent::CaptureRequested,
+            Self::Void => PaymentEvent::VoidRequested,
+            Self::Refund => PaymentEvent::RefundRequested,
+        }
+    }
+}
+
+/// What tx A decided.
+enum Start {
+    /// Call the bank for this operation.
+    Call(Box<(OperationRecord, PaymentRecord)>),
+    /// Answered without calling the bank.
+    Answered(Reply),
+}
+
+impl Gateway {
+    /// Captures, voids or refunds a payment, in full. `amount`, when the
+    /// client sends one, must equal the payment's.
+    pub async fn operate(
+        &self,
+        merchant: MerchantId,
+        key: &IdempotencyKey,
+        request_hash: &[u8],
+        payment_id: PaymentId,
+        action: Action,
+        amount: Option<Amount>,
+    ) -> Result<Reply, Error> {
+        let kind = action.kind();
+        let requester = Requester { merchant, key };
+        let mut tx = self.pool.begin().await?;
+        let claim =
+            idempotency::claim(&mut tx, merchant, key, request_hash, self.leases.lease).await?;
+        let start = match claim {
+            Claim::Replay(stored) => return Ok(Reply::replay(stored)),
+            Claim::Resume {
+                payment_id: Some(resumed),
+            } => {
+                match self
+                    .resume_or_answer(&mut tx, requester, resumed, kind)
+                    .await?
+                {
+                    Ok(operation) => {
+                        let payment = payments::lock_by_id(&mut tx, resumed)
+                            .await?
+                            .ok_or(Error::NotFound)?;
+                        Start::Call(Box::new((operation, payment)))
+                    }
+                    Err(reply) => Start::Answered(reply),
+                }
+            }
+            Claim::New | Claim::Resume { payment_id: None } => {
+                self.start(&mut tx, requester, payment_id, action, amount)
+                    .await?
+            }
+        };
+        tx.commit().await?;
+        let (operation, payment) = match start {
+            Start::Answered(reply) => return Ok(reply),
+            Start::Call(call) => *call,
+        };
+        let resolution = self.call_bank(&operation, &payment).await;
+        self.settle(Some(requester), &operation, resolution).await
+    }
+
+    /// Tx A: checks the payment and the state machine, then records the
+    /// intent. A refusal by the state machine is answered (and stored on
+    /// the key) without calling the bank.
+    async fn start(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        requester: Requester<'_>,
+        payment_id: PaymentId,
+        action: Action,
+        amount: Option<Amount>,
+    ) -> Result<Start, Error> {
+        let kind = action.kind();
+        let payment = payments::lock(tx, requester.merchant, payment_id)
+            .await?
+            .ok_or(Error::NotFound)?;
+        if let Some(amount) = amount.filter(|a| a.cents() != payment.amount) {
+            tracing::debug!(requested = amount.cents(), "amount mismatch");
+            return Err(Error::AmountMismatch {
+                expected: payment.amount,
+            });
+        }
+        let payment = self.expire_if_due(tx, payment).await?;
+        let in_flight = match payments::apply(
+            tx,
+            &payment,
+            action.requested(),
+            &BankFacts::default(),
+        )
+        .await
+        {
+            Ok(in_flight) => in_flight,
+            Err(TransitionError::Refused(refused)) => {
+                tracing::info!(%refused, "state machine refused the operation; the bank is not called");
+                let reply = reply::refused(&payment, refused)?;
+                idempotency::complete(
+                    tx,
+                    requester.merchant,
+                    requester.key,
+                    reply.status,
+                    &reply.body,
+                )
+                .await?;
+                return Ok(Start::Answered(reply));
+            }
+            Err(TransitionError::Database(e)) => return Err(e.into()),
+        };
+        let operation = operations::insert(tx, payment.id, kind, self.leases.lease).await?;
+        idempotency::attach_payment(tx, requester.merchant, requester.key, payment.id).await?;
+        Ok(Start::Call(Box::new((operation, in_flight))))
+    }
+
+    /// An authorization past its expiry is expired before anything else is
+    /// tried on it, so capture and void answer `authorization_expired`
+    /// without calling the bank.
+    async fn expire_if_due(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        payment: PaymentRecord,
+    ) -> Result<PaymentRecord, Error> {
+        let due = payment.status() == PaymentStatus::Authorized
+            && payment
+                .authorization_expires_at
+                .is_some_and(|at| at <= Utc::now());
+        if !due {
+            return Ok(payment);
+        }
+        Ok(payments::apply(
+            tx,
+            &payment,
+            PaymentEvent::AuthorizationExpired,
+            &BankFacts::default(),
+        )
+        .await?)
+    }
+
+    /// Sends the operation to the bank with its own key and classifies the answer.
+    pub(super) async fn call_bank(
+        &self,
+        operation: &OperationRecord,
+        payment: &PaymentRecord,
+    ) -> Resolution {
+        let key = operation.bank_idempotency_key.as_str();
+        let authorization_id = payment.bank_authorization_id.as_deref().unwrap_or_default();
+        let capture_id = payment.bank_capture_id.as_deref().unwrap_or_default();
+        let kind = operation.kind();
+        match kind {
+            OperationKind::Authorize => Resolution::Unknown {
+                reason: "an authorization can only be re-sent with the card, by its client"
+                    .to_owned(),
+            },
+            OperationKind::Capture => match self
+                .bank
+                .capture(key, authorization_id, payment.amount)
+                .await
+            {
+                BankOutcome::Done(capture) => Resolution::succeeded(
+                    PaymentEvent::CaptureSucceeded,
+                    BankFacts {
+                        capture_id: Some(capture.capture_id),
+                        ..BankFacts::default()
+                    },
+                ),
+                BankOutcome::Refused(refusal)
+                    if refusal.code == BankErrorCode::AuthorizationAlreadyUsed =>
+                {
+                    self.adopt_authorization(kind, authorization_id, &refusal)
+                        .await
+                }
+                BankOutcome::Refused(refusal) => {
+                    Resolution::failed(failure_event(kind, &refusal.code), &refusal)
+                }
+                BankOutcome::Unknown(reason) => Resolution::unknown(&reason),
+            },
+            OperationKind::Void => match self.bank.void(key, authorization_id).await {
+                BankOutcome::Done(void) => Resolution::succeeded(
+                    PaymentEvent::VoidSucceeded,
+                    BankFacts {
+                        void_id: Some(void.void_id),
+                        ..BankFacts::default()
+                    },
+                ),
+                BankOutcome::Refused(refusal)
+                    if refusal.code == BankErrorCode::AuthorizationAlreadyUsed =>
+                {
+                    self.adopt_authorization(kind, authorization_id, &refusal)
+                        .await
+                }
+                BankOutcome::Refused(refusal) => {
+                    Resolution::failed(failure_event(kind, &refusal.code), &refusal)
+                }
+                BankOutcome::Unknown(reason) => Resolution::unknown(&reason),
+            },
+            OperationKind::Refund => {
+                match self.bank.refund(key, capture_id, payment.amount).await {
+                    BankOutcome::Done(refund) => Resolution::succeeded(
+                        PaymentEvent::RefundSucceeded,
+                        BankFacts {
+                            refund_id: Some(refund.refund_id),
+                            ..BankFacts::default()
+                        },
+                    ),
+                    BankOutcome::Refused(refusal)
+                        if refusal.code == BankErrorCode::AlreadyRefunded =>
+                    {
+                        match self.bank.get_capture(capture_id).await {
+                            BankOutcome::Done(capture) if capture.refund_id.is_some() => {
+                                Resolution::succeeded(
+                                    PaymentEvent::RefundSucceeded,
+                                    BankFacts {
+                                        refund_id: capture.refund_id,
+                                        ..BankFacts::default()
+                                    },
+                                )
+                            }
+                            BankOutcome::Done(_) | BankOutcome::Refused(_) => {
+                                Resolution::failed(PaymentEvent::RefundFailed, &refusal)
+                            }
+                            BankOutcome::Unknown(reason) => Resolution::unknown(&reason),
+                        }
+                    }
+                    BankOutcome::Refused(refusal) => {
+                        Resolution::failed(failure_event(kind, &refusal.code), &refusal)
+                    }
+                    BankOutcome::Unknown(reason) => Resolution::unknown(&reason),
+                }
+            }
+        }
+    }
+
+    /// The bank says the authorization was already used: perhaps by our own
+    /// earlier attempt. Its record of the authorization decides.
+    async fn adopt_authorization(
+        &self,
+        kind: OperationKind,
+        authorization_id: &str,
+        refusal: &crate::bank::Refusal,
+    ) -> Resolution {
+        let authorization = match self.bank.get_authorization(authorization_id).await {
+            BankOutcome::Done(authorization) => authorization,
+            BankOutcome::Refused(_) => {
+                return Resolution::failed(failure_event(kind, &refusal.code), refusal);
+            }
+            BankOutcome::Unknown(reason) => return Resolution::unknown(&reason),
+        };
+        match (kind, authorization.capture_id, authorization.void_id) {
+            (OperationKind::Capture, Some(capture_id), _) => Resolution::succeeded(
+                PaymentEvent::CaptureSucceeded,
+                BankFacts {
+                    capture_id: Some(capture_id),
+                    ..BankFacts::default()
+                },
+            ),
+            (OperationKind::Void, _, Some(void_id)) => Resolution::succeeded(
+                PaymentEvent::VoidSucceeded,
+                BankFacts {
+                    void_id: Some(void_id),
+                    ..BankFacts::default()
+                },
+            ),
+            (
+                OperationKind::Authorize
+                | OperationKind::Capture
+                | OperationKind::Void
+                | OperationKind::Refund,
+                _,
+                _,
+            ) => Resolution::failed(failure_event(kind, &refusal.code), refusal),
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Transaction B: what the bank said becomes the payment's state and the
+//! key's stored answer, in one commit.
+
+use crate::bank::{BankErrorCode, Refusal, UnknownReason};
+use crate::domain::{IdempotencyKey, MerchantId, PaymentEvent};
+use crate::idempotency;
+use crate::store::operations::{self, OperationKind, OperationRecord};
+use crate::store::payments::{self, BankFacts};
+
+use super::reply::{Reply, reply_for};
+use super::{Error, Gateway};
+
+/// The bank's answer, classified.
+#[derive(Debug)]
+pub enum Resolution {
+    /// A definitive answer: this event, with what the bank said.
+    Settled {
+        event: PaymentEvent,
+        facts: BankFacts,
+        succeeded: bool,
+    },
+    /// Nobody knows yet; resume later with the same bank key.
+    Unknown { reason: String },
+}
+
+impl Resolution {
+    pub fn succeeded(event: PaymentEvent, facts: BankFacts) -> Self {
+        Self::Settled {
+            event,
+            facts,
+            succeeded: true,
+        }
+    }
+
+    pub fn failed(event: PaymentEvent, refusal: &Refusal) -> Self {
+        let facts = BankFacts {
+            failure_code: Some(refusal.code.as_str().to_owned()),
+            ..BankFacts::default()
+        };
+        Self::Settled {
+            event,
+            facts,
+            succeeded: false,
+        }
+    }
+
+    pub fn unknown(reason: &UnknownReason) -> Self {
+        Self::Unknown {
+            reason: format!("{reason:?}"),
+        }
+    }
+}
+
+/// The event that ends an operation of `kind` when the bank refuses it.
+pub fn failure_event(kind: OperationKind, code: &BankErrorCode) -> PaymentEvent {
+    let expired = matches!(code, BankErrorCode::AuthorizationExpired);
+    match (kind, expired) {
+        (OperationKind::Authorize, _) => PaymentEvent::AuthorizeDeclined,
+        (OperationKind::Capture, true) => PaymentEvent::CaptureExpired,
+        (OperationKind::Capture, false) => PaymentEvent::CaptureFailed,
+        (OperationKind::Void, true) => PaymentEvent::VoidExpired,
+        (OperationKind::Void, false) => PaymentEvent::VoidFailed,
+        (OperationKind::Refund, _) => PaymentEvent::RefundFailed,
+    }
+}
+
+/// Who to answer, if anyone: a request holds an idempotency key, the
+/// recovery worker does not.
+#[derive(Debug, Clone, Copy)]
+pub struct Requester<'a> {
+    pub merchant: MerchantId,
+    pub key: &'a IdempotencyKey,
+}
+
+impl Gateway {
+    /// Records `resolution` for `operation` and returns the answer. If
+    /// someone else settled the operation meanwhile, theirs stands and the
+    /// answer reflects it.
+    pub(super) async fn settle(
+        &self,
+        requester: Option<Requester<'_>>,
+        operation: &OperationRecord,
+        resolution: Resolution,
+    ) -> Result<Reply, Error> {
+        let mut tx = self.pool.begin().await?;
+        let current = operations::lock(&mut tx, operation.id)
+            .await?
+            .ok_or(Error::NotFound)?;
+        let payment = payments::lock_by_id(&mut tx, operation.payment_id)
+            .await?
+            .ok_or(Error::NotFound)?;
+        let payment = match resolution {
+            Resolution::Settled {
+                event,
+                facts,
+                succeeded,
+            } if current.is_pending() => {
+                let moved = payments::apply(&mut tx, &payment, event, &facts).await?;
+                operations::finish(
+                    &mut tx,
+                    operation.id,
+                    succeeded,
+                    facts.failure_code.as_deref(),
+                )
+                .await?;
+                moved
+            }
+            Resolution::Unknown { reason } if current.is_pending() => {
+                tracing::warn!(operation_id = %operation.id, kind = operation.kind().as_str(), reason, "bank outcome unknown");
+                metrics::counter!("gateway_operations_unknown_total", "kind" => operation.kind().as_str()).increment(1);
+                operations::release(
+                    &mut tx,
+                    operation.id,
+                    &reason,
+                    self.leases.retry_unknown_after,
+                )
+                .await?;
+                if let Some(requester) = requester {
+                    idempotency::release(&mut tx, requester.merchant, requester.key).await?;
+                }
+                payment
+            }
+            Resolution::Settled { .. } | Resolution::Unknown { .. } => payment,
+        };
+        let reply = reply_for(&mut tx, operation.kind(), &payment).await?;
+        if let Some(requester) = requester.filter(|_| reply.is_final()) {
+            idempotency::complete(
+                &mut tx,
+                requester.merchant,
+                requester.key,
+                reply.status,
+                &reply.body,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        metrics::counter!("gateway_operations_settled_total", "kind" => operation.kind().as_str(), "status" => reply.status.to_string())
+            .increment(1);
+        Ok(reply)
+    }
+}

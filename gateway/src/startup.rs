@@ -1,0 +1,117 @@
+//! Building and running the gateway: pool, migrations, bank client,
+//! HTTP server, and the idempotency-key purge.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::web::{self, Data};
+use actix_web::{App, HttpServer};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+
+use crate::bank::BankClient;
+use crate::config::Settings;
+use crate::payments::Gateway;
+use crate::{api, idempotency, store, telemetry};
+
+/// What every handler shares.
+pub struct AppState {
+    pub gateway: Gateway,
+    pub max_body_bytes: usize,
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Application {
+    /// Connects, migrates and binds; serving starts with
+    /// [`Application::run_until_stopped`].
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.validate().map_err(anyhow::Error::msg)?;
+        let pool = store::connect(
+            &settings.database_url,
+            settings.db_pool_size,
+            Duration::from_millis(settings.db_acquire_timeout_ms),
+        )
+        .await?;
+        store::MIGRATOR.run(&pool).await?;
+        let bank = BankClient::new(
+            &settings.bank_url,
+            settings.retry_policy(),
+            settings.bank_max_in_flight,
+        )?;
+        let state = Data::new(AppState {
+            gateway: Gateway::new(pool.clone(), bank, settings.leases()),
+            max_body_bytes: settings.max_body_bytes,
+        });
+        let prometheus = Data::new(telemetry::prometheus());
+
+        let listener = TcpListener::bind((settings.host.as_str(), settings.port))?;
+        let port = listener.local_addr()?.port();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .wrap(from_fn(telemetry::observe))
+                .app_data(state.clone())
+                .app_data(prometheus.clone())
+                .configure(api::routes)
+                .default_service(web::to(api::no_route))
+        })
+        .backlog(4096)
+        // The binary handles SIGINT and SIGTERM itself, both gracefully.
+        .disable_signals()
+        .shutdown_timeout(settings.shutdown_grace_seconds)
+        .listen(listener)?;
+        if settings.workers > 0 {
+            server = server.workers(settings.workers);
+        }
+        let background = vec![tokio::spawn(purge_keys_forever(
+            pool,
+            Duration::from_secs(settings.idempotency_retention_hours * 3600),
+            Duration::from_millis(settings.idempotency_purge_interval_ms),
+        ))];
+        Ok(Self {
+            port,
+            server: server.run(),
+            background,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server from elsewhere; `stop(true)` lets in-flight requests finish.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        self.background.iter().for_each(JoinHandle::abort);
+        result
+    }
+}
+
+/// Deletes answered idempotency keys past their retention, periodically.
+async fn purge_keys_forever(pool: PgPool, retention: Duration, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        ticker.tick().await;
+        let purged = async {
+            let mut conn = pool.acquire().await?;
+            idempotency::purge(&mut conn, retention).await
+        };
+        match purged.await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "purged expired idempotency keys"),
+            Err(e) => {
+                tracing::warn!(error = %e, "idempotency key purge failed; retrying next tick")
+            }
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! Postgres: the pool, the migrations, and one file per table family.
+//!
+//! Every function takes a `&mut PgConnection` so the caller decides the
+//! transaction; none of them is ever called while a bank call is pending.
+
+pub mod merchants;
+pub mod operations;
+pub mod payments;
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Connects with an explicit pool size and acquire timeout: a request that
+/// cannot get a connection in time fails fast instead of queueing forever.
+pub async fn connect(
+    database_url: &str,
+    pool_size: u32,
+    acquire_timeout: Duration,
+) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(pool_size)
+        .acquire_timeout(acquire_timeout)
+        .connect(database_url)
+        .await
+}

@@ -1,0 +1,289 @@
+//! Payments (the receipts) and their append-only history.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::{
+    InvalidTransition, MerchantId, PaymentEvent, PaymentId, PaymentStatus, transition,
+};
+
+/// A payment row as stored. `status` is decoded through the domain enum.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PaymentRecord {
+    pub id: Uuid,
+    pub merchant_id: Uuid,
+    pub order_id: String,
+    pub customer_id: String,
+    pub amount: i64,
+    pub currency: String,
+    #[sqlx(try_from = "String")]
+    pub status: StoredStatus,
+    pub card_brand: String,
+    pub card_last4: String,
+    pub card_exp_month: i16,
+    pub card_exp_year: i16,
+    pub bank_authorization_id: Option<String>,
+    pub bank_capture_id: Option<String>,
+    pub bank_void_id: Option<String>,
+    pub bank_refund_id: Option<String>,
+    pub authorization_expires_at: Option<DateTime<Utc>>,
+    pub failure_code: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A status read from the database; the enum type there admits no other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredStatus(pub PaymentStatus);
+
+impl TryFrom<String> for StoredStatus {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        PaymentStatus::parse(&raw)
+            .map(Self)
+            .ok_or_else(|| format!("unknown payment status {raw:?}"))
+    }
+}
+
+impl PaymentRecord {
+    pub fn status(&self) -> PaymentStatus {
+        self.status.0
+    }
+
+    pub fn payment_id(&self) -> PaymentId {
+        PaymentId::from_uuid(self.id).expect("payment ids are written by PaymentId::new")
+    }
+}
+
+/// A payment about to be recorded, before the bank is asked.
+#[derive(Debug)]
+pub struct NewPayment<'a> {
+    pub id: PaymentId,
+    pub merchant_id: MerchantId,
+    pub order_id: &'a str,
+    pub customer_id: &'a str,
+    pub amount_cents: i64,
+    pub currency: &'a str,
+    pub card_brand: &'a str,
+    pub card_last4: &'a str,
+    pub card_exp_month: i16,
+    pub card_exp_year: i16,
+}
+
+const COLUMNS: &str = "id, merchant_id, order_id, customer_id, amount, currency, status::text AS status, \
+    card_brand, card_last4, card_exp_month, card_exp_year, bank_authorization_id, bank_capture_id, \
+    bank_void_id, bank_refund_id, authorization_expires_at, failure_code, created_at, updated_at";
+
+/// Inserts a `pending` payment and the first row of its history.
+pub async fn insert_pending(
+    conn: &mut PgConnection,
+    new: &NewPayment<'_>,
+) -> Result<PaymentRecord, sqlx::Error> {
+    let record: PaymentRecord = sqlx::query_as(&format!(
+        "INSERT INTO payments (id, merchant_id, order_id, customer_id, amount, currency, status, \
+           card_brand, card_last4, card_exp_month, card_exp_year) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10) RETURNING {COLUMNS}"
+    ))
+    .bind(new.id.as_uuid())
+    .bind(new.merchant_id.as_uuid())
+    .bind(new.order_id)
+    .bind(new.customer_id)
+    .bind(new.amount_cents)
+    .bind(new.currency)
+    .bind(new.card_brand)
+    .bind(new.card_last4)
+    .bind(new.card_exp_month)
+    .bind(new.card_exp_year)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query("INSERT INTO payment_events (payment_id, from_status, to_status, at) VALUES ($1, NULL, 'pending', $2)")
+        .bind(record.id)
+        .bind(record.created_at)
+        .execute(&mut *conn)
+        .await?;
+    Ok(record)
+}
+
+/// A merchant's payment, locked for the rest of the transaction.
+pub async fn lock(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+    id: PaymentId,
+) -> Result<Option<PaymentRecord>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM payments WHERE id = $1 AND merchant_id = $2 FOR UPDATE"
+    ))
+    .bind(id.as_uuid())
+    .bind(merchant.as_uuid())
+    .fetch_optional(conn)
+    .await
+}
+
+/// A payment locked by id alone: for settling an operation already proven
+/// to belong to its merchant.
+pub async fn lock_by_id(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<PaymentRecord>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM payments WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn get(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+    id: PaymentId,
+) -> Result<Option<PaymentRecord>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM payments WHERE id = $1 AND merchant_id = $2"
+    ))
+    .bind(id.as_uuid())
+    .bind(merchant.as_uuid())
+    .fetch_optional(conn)
+    .await
+}
+
+/// What the bank told us, recorded with a transition.
+#[derive(Debug, Default, Clone)]
+pub struct BankFacts {
+    pub authorization_id: Option<String>,
+    pub authorization_expires_at: Option<DateTime<Utc>>,
+    pub capture_id: Option<String>,
+    pub void_id: Option<String>,
+    pub refund_id: Option<String>,
+    pub failure_code: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    #[error(transparent)]
+    Refused(#[from] InvalidTransition),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Moves a locked payment by `event` through the one transition table,
+/// records what the bank said, and appends the history row. The database
+/// checks the same table again in its trigger.
+pub async fn apply(
+    conn: &mut PgConnection,
+    payment: &PaymentRecord,
+    event: PaymentEvent,
+    facts: &BankFacts,
+) -> Result<PaymentRecord, TransitionError> {
+    let from = payment.status();
+    let to = transition(from, event)?;
+    let record: PaymentRecord = sqlx::query_as(&format!(
+        "UPDATE payments SET status = $2::payment_status, \
+           bank_authorization_id = coalesce($3, bank_authorization_id), \
+           authorization_expires_at = coalesce($4, authorization_expires_at), \
+           bank_capture_id = coalesce($5, bank_capture_id), \
+           bank_void_id = coalesce($6, bank_void_id), \
+           bank_refund_id = coalesce($7, bank_refund_id), \
+           failure_code = $8, updated_at = clock_timestamp() \
+         WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(payment.id)
+    .bind(to.as_str())
+    .bind(&facts.authorization_id)
+    .bind(facts.authorization_expires_at)
+    .bind(&facts.capture_id)
+    .bind(&facts.void_id)
+    .bind(&facts.refund_id)
+    .bind(&facts.failure_code)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO payment_events (payment_id, from_status, to_status, at) \
+         VALUES ($1, $2::payment_status, $3::payment_status, $4)",
+    )
+    .bind(payment.id)
+    .bind(from.as_str())
+    .bind(to.as_str())
+    .bind(record.updated_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(record)
+}
+
+/// The statuses a payment entered, oldest first.
+pub async fn history(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Vec<(PaymentStatus, DateTime<Utc>)>, sqlx::Error> {
+    let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT to_status::text, at FROM payment_events WHERE payment_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|(status, at)| {
+            let status = PaymentStatus::parse(&status)
+                .ok_or_else(|| sqlx::Error::Decode(format!("status {status:?}").into()))?;
+            Ok((status, at))
+        })
+        .collect()
+}
+
+/// Which payments a listing covers.
+#[derive(Debug, Clone)]
+pub enum ListFilter {
+    All,
+    Order(String),
+    Customer(String),
+}
+
+/// A page, newest first, after the `starting_after` payment (keyset on
+/// `(created_at, id)`); one more row than asked tells whether there is more.
+pub async fn list(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+    filter: &ListFilter,
+    starting_after: Option<PaymentId>,
+    limit: i64,
+) -> Result<(Vec<PaymentRecord>, bool), sqlx::Error> {
+    let (order_id, customer_id) = match filter {
+        ListFilter::All => (None, None),
+        ListFilter::Order(order) => (Some(order.as_str()), None),
+        ListFilter::Customer(customer) => (None, Some(customer.as_str())),
+    };
+    let mut rows: Vec<PaymentRecord> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM payments \
+         WHERE merchant_id = $1 \
+           AND ($2::text IS NULL OR order_id = $2) \
+           AND ($3::text IS NULL OR customer_id = $3) \
+           AND ($4::uuid IS NULL OR (created_at, id) < \
+                (SELECT created_at, id FROM payments WHERE id = $4 AND merchant_id = $1)) \
+         ORDER BY created_at DESC, id DESC LIMIT $5"
+    ))
+    .bind(merchant.as_uuid())
+    .bind(order_id)
+    .bind(customer_id)
+    .bind(starting_after.map(PaymentId::as_uuid))
+    .bind(limit + 1)
+    .fetch_all(conn)
+    .await?;
+    let has_more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok((rows, has_more))
+}
+
+/// Whether a payment with this id exists for this merchant (for cursors).
+pub async fn exists(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+    id: PaymentId,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM payments WHERE id = $1 AND merchant_id = $2)")
+        .bind(id.as_uuid())
+        .bind(merchant.as_uuid())
+        .fetch_one(conn)
+        .await
+}

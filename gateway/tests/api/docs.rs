@@ -1,0 +1,75 @@
+//! `/openapi.json`, `/docs`, `/health`, `/ready`, and the README's diagram.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn openapi_and_docs_are_served_from_the_code() {
+    let app = spawn_app().await;
+    let openapi: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/v1/payments",
+        "/v1/payments/{id}",
+        "/v1/payments/{id}/capture",
+        "/v1/payments/{id}/void",
+        "/v1/payments/{id}/refund",
+        "/health",
+        "/ready",
+    ] {
+        assert!(openapi["paths"].get(path).is_some(), "{path}");
+    }
+    assert!(
+        openapi["components"]["schemas"]
+            .get("PaymentView")
+            .is_some()
+    );
+    let docs = app.client.get(app.url("/docs/")).send().await.unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+    let bundle = app
+        .client
+        .get(app.url("/docs/swagger-ui-bundle.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bundle.status(), StatusCode::OK, "served offline");
+}
+
+#[tokio::test]
+async fn health_and_ready() {
+    let app = spawn_app().await;
+    let health = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let ready = app.client.get(app.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(
+        (body["database"].as_str(), body["migrations"].as_str()),
+        (Some("ok"), Some("ok"))
+    );
+}
+
+#[test]
+fn the_readme_embeds_the_generated_state_diagram() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let diagram = gateway::domain::mermaid_state_diagram();
+    let embedded = readme
+        .split("```mermaid\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a ```mermaid block in the README");
+    assert_eq!(
+        embedded, diagram,
+        "regenerate it with `cargo run -p gateway -- state-diagram`"
+    );
+}

@@ -1,0 +1,223 @@
+//! `spawn_app()`: a real gateway and a real mock bank, each on a free port
+//! and its own fresh database in the run's shared Postgres.
+
+use gateway::{Application, Settings};
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// (number, cvv, month, year)
+pub type Card = (&'static str, &'static str, i64, i64);
+pub const HAPPY_CARD: Card = ("4111111111111111", "123", 12, 2030);
+pub const LIMITED_CARD: Card = ("4242424242424242", "456", 6, 2030);
+pub const EMPTY_CARD: Card = ("5555555555554444", "789", 9, 2030);
+pub const EXPIRED_CARD: Card = ("5105105105105100", "321", 3, 2020);
+pub const ALL_CARDS: [Card; 4] = [HAPPY_CARD, LIMITED_CARD, EMPTY_CARD, EXPIRED_CARD];
+
+pub struct TestApp {
+    pub address: String,
+    pub bank_address: String,
+    pub client: Client,
+    /// FicMart's key.
+    pub api_key: String,
+    /// The gateway's database.
+    pub pool: PgPool,
+    /// The bank's database, to count what the bank did.
+    pub bank_pool: PgPool,
+}
+
+#[derive(Default)]
+pub struct Options {
+    pub bank: Option<Box<dyn FnOnce(&mut mock_bank::Settings)>>,
+    pub gateway: Option<Box<dyn FnOnce(&mut Settings)>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub async fn spawn_bank(
+    configure: Option<Box<dyn FnOnce(&mut mock_bank::Settings)>>,
+) -> (String, PgPool) {
+    let url = throwaway_pg::shared()
+        .fresh_database("bank")
+        .await
+        .expect("a bank database");
+    let mut settings = mock_bank::Settings::local(&url);
+    if let Some(configure) = configure {
+        configure(&mut settings);
+    }
+    let bank = mock_bank::Application::build(settings)
+        .await
+        .expect("the bank starts");
+    let address = format!("http://127.0.0.1:{}", bank.port());
+    tokio::spawn(bank.run_until_stopped());
+    (address, PgPool::connect(&url).await.expect("a bank pool"))
+}
+
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    let (bank_address, bank_pool) = spawn_bank(options.bank).await;
+    let url = throwaway_pg::shared()
+        .fresh_database("gateway")
+        .await
+        .expect("a gateway database");
+    let mut settings = Settings::local(&url, &bank_address);
+    settings.bank_base_backoff_ms = 10;
+    settings.bank_max_backoff_ms = 200;
+    if let Some(configure) = options.gateway {
+        configure(&mut settings);
+    }
+    let app = Application::build(settings)
+        .await
+        .expect("the gateway starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    let pool = PgPool::connect(&url).await.expect("a gateway pool");
+    let api_key = create_key(&pool, "ficmart").await;
+    TestApp {
+        address,
+        bank_address,
+        client: Client::new(),
+        api_key,
+        pool,
+        bank_pool,
+    }
+}
+
+pub async fn create_key(pool: &PgPool, merchant: &str) -> String {
+    let mut tx = pool.begin().await.unwrap();
+    let (_, key) = gateway::store::merchants::create_api_key(&mut tx, merchant)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    key
+}
+
+pub fn new_key() -> String {
+    Uuid::new_v4().to_string()
+}
+
+pub fn payment_body(card: Card, amount: i64, order: &str, customer: &str) -> Value {
+    json!({
+        "order_id": order, "customer_id": customer, "amount": amount, "currency": "USD",
+        "card": {"number": card.0, "cvv": card.1, "expiry_month": card.2, "expiry_year": card.3}
+    })
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn post_as(&self, api_key: &str, path: &str, key: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(api_key)
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+            .await
+            .expect("POST answered")
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: &Value) -> Response {
+        self.post_as(&self.api_key, path, key, body).await
+    }
+
+    pub async fn get_as(&self, api_key: &str, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(api_key)
+            .send()
+            .await
+            .expect("GET answered")
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.get_as(&self.api_key, path).await
+    }
+
+    pub async fn create_payment(&self, card: Card, amount: i64) -> Response {
+        self.post(
+            "/v1/payments",
+            &new_key(),
+            &payment_body(card, amount, "ord_1", "cus_1"),
+        )
+        .await
+    }
+
+    /// Authorizes and returns the payment, asserting 201.
+    pub async fn authorized(&self, card: Card, amount: i64) -> Value {
+        let response = self.create_payment(card, amount).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.unwrap()
+    }
+
+    pub async fn act(&self, payment_id: &str, action: &str) -> Response {
+        self.post(
+            &format!("/v1/payments/{payment_id}/{action}"),
+            &new_key(),
+            &Value::Null,
+        )
+        .await
+    }
+
+    /// Rows in a bank table: what the bank actually did.
+    pub async fn bank_count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&self.bank_pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn bank_balances(&self, card: &str) -> (i64, i64) {
+        let account: Value = self
+            .client
+            .get(format!("{}/admin/accounts/{card}", self.bank_address))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (
+            account["balance"].as_i64().unwrap(),
+            account["available_balance"].as_i64().unwrap(),
+        )
+    }
+
+    pub async fn set_bank_chaos(&self, chaos: Value) {
+        let response = self
+            .client
+            .put(format!("{}/admin/chaos", self.bank_address))
+            .json(&chaos)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+}
+
+/// Asserts the contract's error object and returns it.
+pub async fn assert_error(response: Response, status: StatusCode, kind: &str, code: &str) -> Value {
+    assert_eq!(response.status(), status, "expected {status} {code}");
+    assert!(response.headers().get("x-request-id").is_some());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], kind, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    body
+}

@@ -1,0 +1,90 @@
+//! Listing by order and by customer, newest first, with a cursor.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+async fn page(app: &TestApp, query: &str) -> (Vec<String>, bool) {
+    let response = app.get(&format!("/v1/payments?{query}")).await;
+    assert_eq!(response.status(), StatusCode::OK, "{query}");
+    let list: Value = response.json().await.unwrap();
+    let ids = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect();
+    (ids, list["has_more"].as_bool().unwrap())
+}
+
+#[tokio::test]
+async fn list_by_customer_and_by_order_pages_newest_first() {
+    let app = spawn_app().await;
+    let mut created = Vec::new();
+    for i in 0..5 {
+        let body = payment_body(HAPPY_CARD, 100 + i, &format!("ord_{}", i % 2), "cus_list");
+        let payment: Value = app
+            .post("/v1/payments", &new_key(), &body)
+            .await
+            .json()
+            .await
+            .unwrap();
+        created.push(payment["id"].as_str().unwrap().to_owned());
+    }
+    app.post(
+        "/v1/payments",
+        &new_key(),
+        &payment_body(HAPPY_CARD, 1, "ord_0", "cus_other"),
+    )
+    .await;
+    let newest_first: Vec<String> = created.iter().rev().cloned().collect();
+
+    let (first, more) = page(&app, "customer_id=cus_list&limit=2").await;
+    assert_eq!((first.as_slice(), more), (&newest_first[..2], true));
+    let (second, more) = page(
+        &app,
+        &format!("customer_id=cus_list&limit=2&starting_after={}", first[1]),
+    )
+    .await;
+    assert_eq!((second.as_slice(), more), (&newest_first[2..4], true));
+    let (third, more) = page(
+        &app,
+        &format!("customer_id=cus_list&limit=2&starting_after={}", second[1]),
+    )
+    .await;
+    assert_eq!((third.as_slice(), more), (&newest_first[4..], false));
+
+    let (by_order, more) = page(&app, "order_id=ord_1").await;
+    assert_eq!(by_order, vec![created[3].clone(), created[1].clone()]);
+    assert!(!more);
+    let (all, _) = page(&app, "limit=100").await;
+    assert_eq!(all.len(), 6);
+}
+
+#[tokio::test]
+async fn list_parameters_are_validated() {
+    let app = spawn_app().await;
+    for (query, param) in [
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("limit=ten", "limit"),
+        ("starting_after=nope", "starting_after"),
+        (
+            "starting_after=pay_0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b",
+            "starting_after",
+        ),
+        ("order_id=has%20space", "order_id"),
+        ("order_id=a&customer_id=b", "customer_id"),
+    ] {
+        let response = app.get(&format!("/v1/payments?{query}")).await;
+        let body = assert_error(
+            response,
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "parameter_invalid",
+        )
+        .await;
+        assert_eq!(body["error"]["param"], param, "{query}");
+    }
+}

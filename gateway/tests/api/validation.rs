@@ -1,0 +1,240 @@
+//! Bad input: 400 with `param` naming the field, and nothing created.
+
+use reqwest::StatusCode;
+use reqwest::header::CONTENT_TYPE;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+fn with(mut body: Value, path: &[&str], value: Value) -> Value {
+    let (last, parents) = path.split_last().unwrap();
+    let mut target = &mut body;
+    for p in parents {
+        target = &mut target[*p];
+    }
+    if value.is_null() {
+        target.as_object_mut().unwrap().remove(*last);
+    } else {
+        target[*last] = value;
+    }
+    body
+}
+
+#[tokio::test]
+async fn invalid_fields_are_400_with_param_and_create_nothing() {
+    let app = spawn_app().await;
+    let good = payment_body(HAPPY_CARD, 1000, "ord_1", "cus_1");
+    let cases: Vec<(Value, &str)> = vec![
+        (with(good.clone(), &["amount"], json!(0)), "amount"),
+        (with(good.clone(), &["amount"], json!(-5)), "amount"),
+        (
+            with(good.clone(), &["amount"], json!(100_000_001)),
+            "amount",
+        ),
+        (with(good.clone(), &["amount"], json!(1.5)), "amount"),
+        (with(good.clone(), &["amount"], json!("10")), "amount"),
+        (with(good.clone(), &["amount"], json!(i64::MAX)), "amount"),
+        (with(good.clone(), &["amount"], json!(u64::MAX)), "amount"),
+        (with(good.clone(), &["amount"], Value::Null), "amount"),
+        (with(good.clone(), &["currency"], json!("EUR")), "currency"),
+        (with(good.clone(), &["currency"], json!("usd")), "currency"),
+        (with(good.clone(), &["order_id"], json!("")), "order_id"),
+        (
+            with(good.clone(), &["order_id"], json!("x".repeat(65))),
+            "order_id",
+        ),
+        (
+            with(good.clone(), &["order_id"], json!("ord 1")),
+            "order_id",
+        ),
+        (
+            with(good.clone(), &["customer_id"], Value::Null),
+            "customer_id",
+        ),
+        (
+            with(good.clone(), &["card", "number"], json!("4111111111111112")),
+            "card.number",
+        ),
+        (
+            with(good.clone(), &["card", "number"], json!("4111")),
+            "card.number",
+        ),
+        (
+            with(
+                good.clone(),
+                &["card", "number"],
+                json!(4111111111111111_u64),
+            ),
+            "card.number",
+        ),
+        (
+            with(good.clone(), &["card", "cvv"], json!("12")),
+            "card.cvv",
+        ),
+        (
+            with(good.clone(), &["card", "expiry_month"], json!(13)),
+            "card.expiry_month",
+        ),
+        (
+            with(good.clone(), &["card", "expiry_year"], json!(1999)),
+            "card.expiry_year",
+        ),
+        (with(good.clone(), &["card"], Value::Null), "card"),
+        (
+            with(good.clone(), &["card"], json!("4111111111111111")),
+            "card",
+        ),
+        (with(good.clone(), &["surprise"], json!(1)), "surprise"),
+        (
+            with(good.clone(), &["card", "pin"], json!("1234")),
+            "card.pin",
+        ),
+        (json!([1, 2]), "body"),
+    ];
+    for (body, param) in cases {
+        let response = app.post("/v1/payments", &new_key(), &body).await;
+        let error = assert_error(
+            response,
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            expected_code(param),
+        )
+        .await;
+        assert_eq!(error["error"]["param"], param, "{body}");
+        assert!(
+            !error.to_string().contains("4111111111111111"),
+            "no card number echoed"
+        );
+    }
+    assert_eq!(app.count("payments").await, 0);
+    assert_eq!(app.count("idempotency_keys").await, 0);
+    assert_eq!(app.bank_count("authorizations").await, 0);
+}
+
+/// Domain errors have specific codes; the rest are `parameter_invalid`.
+fn expected_code(param: &str) -> &'static str {
+    match param {
+        "currency" => "currency_not_supported",
+        "card.number" => "invalid_number",
+        "card.cvv" => "invalid_cvc",
+        "card.expiry_month" => "invalid_expiry_month",
+        "card.expiry_year" => "invalid_expiry_year",
+        _ => "parameter_invalid",
+    }
+}
+
+#[tokio::test]
+async fn malformed_json_missing_keys_and_big_bodies_are_refused() {
+    let app = spawn_app().await;
+    let raw = |body: &'static str| {
+        app.client
+            .post(app.url("/v1/payments"))
+            .bearer_auth(&app.api_key)
+            .header("Idempotency-Key", new_key())
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+    };
+    let error = assert_error(
+        raw("{").await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        "invalid_json",
+    )
+    .await;
+    assert_eq!(error["error"]["param"], "body");
+    let huge_number = r#"{"order_id": "o", "customer_id": "c", "amount": 99999999999999999999999, "currency": "USD",
+        "card": {"number": "4111111111111111", "cvv": "123", "expiry_month": 12, "expiry_year": 2030}}"#;
+    let error = assert_error(
+        raw(huge_number).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        "parameter_invalid",
+    )
+    .await;
+    assert_eq!(error["error"]["param"], "amount");
+
+    let missing = app
+        .client
+        .post(app.url("/v1/payments"))
+        .bearer_auth(&app.api_key)
+        .json(&payment_body(HAPPY_CARD, 100, "o", "c"))
+        .send()
+        .await
+        .unwrap();
+    let error = assert_error(
+        missing,
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        "missing_idempotency_key",
+    )
+    .await;
+    assert_eq!(error["error"]["param"], "Idempotency-Key");
+    for bad_key in ["k".repeat(256), "tab\tkey".to_owned()] {
+        let response = app
+            .post(
+                "/v1/payments",
+                &bad_key,
+                &payment_body(HAPPY_CARD, 100, "o", "c"),
+            )
+            .await;
+        let error = assert_error(
+            response,
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "idempotency_key_invalid",
+        )
+        .await;
+        assert_eq!(error["error"]["param"], "Idempotency-Key");
+    }
+
+    let big = json!({"order_id": "x".repeat(17 * 1024)});
+    let response = app.post("/v1/payments", &new_key(), &big).await;
+    assert_error(
+        response,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        "payload_too_large",
+    )
+    .await;
+    assert_eq!(app.count("payments").await, 0);
+}
+
+#[tokio::test]
+async fn unknown_payments_and_routes_are_404() {
+    let app = spawn_app().await;
+    for path in [
+        "/v1/payments/pay_nope",
+        "/v1/payments/pay_0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b",
+    ] {
+        assert_error(
+            app.get(path).await,
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "resource_missing",
+        )
+        .await;
+    }
+    let capture = app
+        .post("/v1/payments/pay_nope/capture", &new_key(), &Value::Null)
+        .await;
+    assert_error(
+        capture,
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "resource_missing",
+    )
+    .await;
+    assert_eq!(
+        app.count("idempotency_keys").await,
+        0,
+        "nothing stored for a 404"
+    );
+    assert_error(
+        app.get("/nowhere").await,
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "resource_missing",
+    )
+    .await;
+}
