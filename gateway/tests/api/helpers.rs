@@ -27,10 +27,13 @@ pub struct TestApp {
     pub bank_pool: PgPool,
 }
 
+/// Changes a test makes to the defaults before a service starts.
+pub type Configure<T> = Option<Box<dyn FnOnce(&mut T)>>;
+
 #[derive(Default)]
 pub struct Options {
-    pub bank: Option<Box<dyn FnOnce(&mut mock_bank::Settings)>>,
-    pub gateway: Option<Box<dyn FnOnce(&mut Settings)>>,
+    pub bank: Configure<mock_bank::Settings>,
+    pub gateway: Configure<Settings>,
 }
 
 pub async fn spawn_app() -> TestApp {
