@@ -40,9 +40,7 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(Options::default()).await
 }
 
-pub async fn spawn_bank(
-    configure: Option<Box<dyn FnOnce(&mut mock_bank::Settings)>>,
-) -> (String, PgPool) {
+pub async fn spawn_bank(configure: Configure<mock_bank::Settings>) -> (String, PgPool) {
     let url = throwaway_pg::shared()
         .fresh_database("bank")
         .await
