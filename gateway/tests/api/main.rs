@@ -8,5 +8,7 @@ mod helpers;
 mod idempotency;
 mod lifecycle;
 mod listing;
+mod process;
+mod schema;
 mod security;
 mod validation;

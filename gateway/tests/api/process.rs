@@ -1,0 +1,150 @@
+//! The real `gateway` binary, as an operator runs it: `api-key create`,
+//! `serve`, SIGTERM. Its logs are captured and searched for card data.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
+
+#[tokio::test]
+async fn the_binary_serves_and_its_logs_hold_no_card_data() {
+    let (bank_address, _) = spawn_bank(None).await;
+    let database_url = throwaway_pg::shared()
+        .fresh_database("gateway")
+        .await
+        .unwrap();
+
+    let created = Command::new(GATEWAY)
+        .args([
+            "api-key",
+            "create",
+            "--merchant",
+            "ficmart",
+            "--database-url",
+            &database_url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let stdout = String::from_utf8(created.stdout).unwrap();
+    let api_key = stdout.trim_end().to_owned();
+    assert_eq!(stdout, format!("{api_key}\n"), "only the key on stdout");
+    assert!(api_key.starts_with("sk_test_"));
+
+    let mut child = Command::new(GATEWAY)
+        .args([
+            "serve",
+            "--database-url",
+            &database_url,
+            "--bank-url",
+            &bank_address,
+            "--port",
+            "0",
+        ])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut buffer = [0_u8; 4096];
+        while let Ok(n) = stdout.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            let chunk = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            all.push_str(&chunk);
+            let _ = lines_tx.send(chunk);
+        }
+        all
+    });
+    let mut seen = String::new();
+    let port = loop {
+        let chunk = lines_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the gateway logs its port");
+        seen.push_str(&chunk);
+        let port = seen.lines().find_map(|line| {
+            let log: Value = serde_json::from_str(line).ok()?;
+            (log["fields"]["message"] == "gateway listening")
+                .then(|| log["fields"]["port"].as_u64())
+                .flatten()
+        });
+        if let Some(port) = port {
+            break port;
+        }
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let pay = |card: Card| {
+        client
+            .post(format!("{base}/v1/payments"))
+            .bearer_auth(&api_key)
+            .header("Idempotency-Key", new_key())
+            .json(&payment_body(card, 1000, "ord_p", "cus_p"))
+            .send()
+    };
+    let approved: Value = pay(HAPPY_CARD).await.unwrap().json().await.unwrap();
+    assert_eq!(approved["status"], "authorized");
+    for card in [
+        LIMITED_CARD,
+        EMPTY_CARD,
+        EXPIRED_CARD,
+        ("4111111111111112", "123", 12, 2030),
+    ] {
+        assert!(pay(card).await.unwrap().status().is_client_error() || card == LIMITED_CARD);
+    }
+    let capture = client
+        .post(format!(
+            "{base}/v1/payments/{}/capture",
+            approved["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&api_key)
+        .header("Idempotency-Key", new_key())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(capture.status(), StatusCode::OK);
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    let logs = reader.join().unwrap();
+    assert!(
+        logs.contains("\"request_id\""),
+        "JSON logs with a request id"
+    );
+    assert!(logs.contains("gateway stopped"));
+    for (number, cvv, ..) in ALL_CARDS
+        .into_iter()
+        .chain([("4111111111111112", "123", 12, 2030)])
+    {
+        assert!(!logs.contains(number), "a card number reached the logs");
+        assert!(
+            !logs.contains(&format!("\"{cvv}\"")),
+            "a CVV reached the logs"
+        );
+    }
+}

@@ -1,0 +1,69 @@
+//! The database refuses what the code refuses, checked on a live Postgres.
+
+use gateway::domain::{PaymentStatus, allowed_transitions};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn the_transition_table_in_the_database_is_the_codes() {
+    let app = spawn_app().await;
+    let mut stored: Vec<(String, String)> =
+        sqlx::query_as("SELECT from_status::text, to_status::text FROM payment_transitions")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    stored.sort();
+    let mut expected: Vec<(String, String)> = allowed_transitions()
+        .into_iter()
+        .map(|(from, to)| (from.as_str().to_owned(), to.as_str().to_owned()))
+        .collect();
+    expected.sort();
+    assert_eq!(stored, expected);
+    let labels: Vec<String> =
+        sqlx::query_scalar("SELECT unnest(enum_range(NULL::payment_status))::text")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    let statuses: Vec<String> = PaymentStatus::ALL
+        .iter()
+        .map(|s| s.as_str().to_owned())
+        .collect();
+    assert_eq!(labels, statuses);
+}
+
+#[tokio::test]
+async fn the_database_refuses_an_illegal_transition_or_status() {
+    let app = spawn_app().await;
+    let payment = app.authorized(HAPPY_CARD, 100).await;
+    let id =
+        uuid::Uuid::parse_str(payment["id"].as_str().unwrap().trim_start_matches("pay_")).unwrap();
+    for (status, why) in [
+        ("refunded", "authorized → refunded"),
+        ("pending", "back to pending"),
+        ("bogus", "not a status"),
+    ] {
+        let result = sqlx::query("UPDATE payments SET status = $2::payment_status WHERE id = $1")
+            .bind(id)
+            .bind(status)
+            .execute(&app.pool)
+            .await;
+        assert!(result.is_err(), "{why} was accepted");
+    }
+    let history = sqlx::query("UPDATE payment_events SET to_status = 'refunded'")
+        .execute(&app.pool)
+        .await;
+    assert!(history.is_err(), "history is append-only");
+    let inserted = sqlx::query(
+        "INSERT INTO payment_events (payment_id, from_status, to_status) VALUES ($1, 'authorized', 'refunded')",
+    )
+    .bind(id)
+    .execute(&app.pool)
+    .await;
+    assert!(inserted.is_err(), "history refuses an illegal step");
+    let status: String = sqlx::query_scalar("SELECT status::text FROM payments WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "authorized");
+}
