@@ -1,4 +1,5 @@
-//! `simulator bench`: authorizations at a fixed concurrency, then a ledger check.
+//! `simulator bench`: authorizations at a fixed concurrency, against the
+//! bank or through the gateway, then a check of the bank's ledger.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -9,11 +10,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures_util::{StreamExt, TryStreamExt};
 use rand::RngExt;
+use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 
 use crate::bank::{BankAdmin, Chaos, Created, NewCard};
 use crate::cards::random_card_number;
 use crate::cli::{BenchArgs, Target};
+use crate::process::{GatewayOptions, GatewayOutput};
 use crate::report::{self, Report};
 use crate::stack::{BankChaos, Stack, StackOptions};
 use crate::stats::{Latency, micros};
@@ -24,35 +27,82 @@ const AMOUNT_CENTS: i64 = 100;
 const CARD_CREATION_CONCURRENCY: usize = 16;
 /// A request that takes longer than this (beyond the added latency) is an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// The gateway the bench starts may have at least this many bank calls in
+/// flight (its default), and never fewer than the bench's concurrency.
+const MIN_BANK_MAX_IN_FLIGHT: usize = 2048;
+
+/// Where the load goes.
+enum Endpoint {
+    /// `POST {bank}/api/v1/authorizations`.
+    Bank,
+    /// `POST {url}/v1/payments` with the merchant's key.
+    Gateway { url: String, api_key: String },
+}
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    if args.target == Target::Gateway {
-        eprintln!("the gateway target arrives with the gateway (issue 3)");
-        return Ok(ExitCode::from(2));
-    }
     if args.verbose {
         mock_bank::telemetry::init_logging();
     }
+    let concurrency = usize::try_from(args.concurrency)?;
+    warn_if_too_few_open_files(concurrency, args.url.is_none());
     let stack = match &args.url {
         Some(_) => None,
         None => {
-            let options = StackOptions {
-                bank_port: 0,
-                bank_chaos: BankChaos::Calm,
-            };
-            let stack = Stack::start(&options).await?;
+            let stack = Stack::start(&own_stack_options(&args, concurrency)).await?;
             eprintln!("{}", stack.database());
             Some(stack)
         }
     };
-    let base = match (&args.url, &stack) {
-        (Some(url), _) => url.trim_end_matches('/').to_owned(),
-        (None, Some(stack)) => stack.urls().bank.clone(),
-        (None, None) => unreachable!("a stack is started when no URL is given"),
+    let (bank_url, endpoint) = match (&stack, &args.url, args.target) {
+        (Some(stack), _, Target::Bank) => (stack.urls().bank.clone(), Endpoint::Bank),
+        (Some(stack), _, Target::Gateway) => {
+            let gateway = stack
+                .gateway()
+                .context("the bench's stack has no gateway")?;
+            (
+                stack.urls().bank.clone(),
+                Endpoint::Gateway {
+                    url: gateway.process.url().to_owned(),
+                    api_key: gateway.api_key.clone(),
+                },
+            )
+        }
+        (None, Some(url), Target::Bank) => (trim(url), Endpoint::Bank),
+        (None, Some(url), Target::Gateway) => {
+            let Some(api_key) = args.api_key.clone() else {
+                bail!("--target gateway --url needs --api-key (or SIMULATOR_API_KEY)");
+            };
+            (
+                trim(&args.bank_url),
+                Endpoint::Gateway {
+                    url: trim(url),
+                    api_key,
+                },
+            )
+        }
+        (None, None, Target::Bank | Target::Gateway) => {
+            unreachable!("a stack is started when no URL is given")
+        }
     };
-    let outcome = bench_bank(&args, &base, stack.is_some()).await;
+    let outcome = bench(&args, &bank_url, &endpoint, stack.is_some()).await;
+    let gateway_log = stack
+        .as_ref()
+        .and_then(|s| s.gateway())
+        .and_then(|g| g.process.log_file())
+        .map(ToOwned::to_owned);
     if let Some(stack) = stack {
         stack.shutdown().await;
+    }
+    // The gateway's log is kept when something went wrong.
+    let clean = outcome
+        .as_ref()
+        .is_ok_and(|r| r.ok == r.total && r.ledger_ok());
+    if let Some(log) = gateway_log {
+        if clean {
+            std::fs::remove_file(&log).ok();
+        } else {
+            eprintln!("the gateway's log: {}", log.display());
+        }
     }
     let report = outcome?;
     if args.json {
@@ -68,32 +118,75 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn bench_bank(args: &BenchArgs, base: &str, own_stack: bool) -> anyhow::Result<Report> {
+fn trim(url: &str) -> String {
+    url.trim_end_matches('/').to_owned()
+}
+
+/// A calm bank on a free port and, for the gateway target, a gateway on a
+/// free port with the asked pool size and room for every request in flight.
+fn own_stack_options(args: &BenchArgs, concurrency: usize) -> StackOptions {
+    let gateway = match args.target {
+        Target::Bank => None,
+        Target::Gateway => Some(GatewayOptions {
+            port: 0,
+            db_pool_size: args.pool_size,
+            bank_max_in_flight: concurrency.max(MIN_BANK_MAX_IN_FLIGHT),
+            output: if args.verbose {
+                GatewayOutput::Inherit
+            } else {
+                GatewayOutput::temp_log_file("bench-gateway")
+            },
+        }),
+    };
+    StackOptions {
+        bank_port: 0,
+        bank_chaos: BankChaos::Calm,
+        gateway,
+    }
+}
+
+async fn bench(
+    args: &BenchArgs,
+    bank_url: &str,
+    endpoint: &Endpoint,
+    own_stack: bool,
+) -> anyhow::Result<Report> {
     let concurrency = usize::try_from(args.concurrency)?;
+    let latency_ms = args.bank_latency_ms();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
-        .timeout(REQUEST_TIMEOUT + Duration::from_millis(args.latency_ms))
+        .timeout(REQUEST_TIMEOUT + Duration::from_millis(latency_ms))
         .build()?;
-    let admin = BankAdmin::new(client.clone(), base);
+    let admin = BankAdmin::new(client.clone(), bank_url);
     admin.health().await?;
+    if let Endpoint::Gateway { url, .. } = endpoint {
+        gateway_ready(&client, url).await?;
+    }
     // A bank we did not start gets its chaos back afterwards.
     let previous_chaos = if own_stack {
         None
     } else {
         Some(admin.chaos().await?)
     };
-    admin.set_chaos(&Chaos::calm(args.latency_ms)).await?;
+    admin.set_chaos(&Chaos::calm(latency_ms)).await?;
 
     let result = async {
         let per_card = u64::from(args.requests.div_ceil(args.cards));
         let balance = i64::try_from(per_card)? * AMOUNT_CENTS * 2 + 1_000_000;
         eprintln!("opening {} test cards", args.cards);
-        let bodies = open_cards(&admin, args.cards, balance).await?;
+        let cards = open_cards(&admin, args.cards, balance).await?;
         eprintln!(
             "sending {} authorizations, {} at a time",
             args.requests, args.concurrency
         );
-        let load = authorize(&client, base, bodies, args.requests, concurrency).await?;
+        let (request, expected) = match endpoint {
+            Endpoint::Bank => (bank_requests(&client, bank_url, &cards), StatusCode::OK),
+            Endpoint::Gateway { url, api_key } => (
+                gateway_requests(&client, url, api_key, &cards),
+                StatusCode::CREATED,
+            ),
+        };
+        let load = fire(u64::from(args.requests), concurrency, expected, request).await?;
         let ledger = admin.verify_ledger().await?;
         Ok::<_, anyhow::Error>((load, ledger))
     }
@@ -107,13 +200,20 @@ async fn bench_bank(args: &BenchArgs, base: &str, own_stack: bool) -> anyhow::Re
     }
     let (load, ledger) = result?;
     let elapsed_us = micros(load.elapsed);
+    let (target, url, gateway_db_pool_size) = match endpoint {
+        Endpoint::Bank => ("bank", bank_url.to_owned(), None),
+        Endpoint::Gateway { url, .. } => {
+            ("gateway", url.clone(), own_stack.then_some(args.pool_size))
+        }
+    };
     Ok(Report {
-        target: "bank",
-        url: base.to_owned(),
+        target,
+        url,
         own_stack,
         cards: args.cards,
         concurrency: args.concurrency,
-        added_latency_ms: args.latency_ms,
+        added_latency_ms: latency_ms,
+        gateway_db_pool_size,
         total: u64::from(args.requests),
         ok: load.ok,
         errors: load.errors,
@@ -124,9 +224,22 @@ async fn bench_bank(args: &BenchArgs, base: &str, own_stack: bool) -> anyhow::Re
     })
 }
 
-/// Opens `count` fresh cards with `balance` cents each; answers, for each,
-/// the body of an authorization of [`AMOUNT_CENTS`] on it.
-async fn open_cards(admin: &BankAdmin, count: u32, balance: i64) -> anyhow::Result<Vec<String>> {
+/// `GET {url}/ready` answers 200.
+async fn gateway_ready(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    let ready = format!("{url}/ready");
+    let response = client
+        .get(&ready)
+        .send()
+        .await
+        .with_context(|| format!("the gateway is not reachable at {url}"))?;
+    if response.status() != StatusCode::OK {
+        bail!("GET {ready} answered {}", response.status());
+    }
+    Ok(())
+}
+
+/// Opens `count` fresh cards with `balance` cents each, expiring 12/2099.
+async fn open_cards(admin: &BankAdmin, count: u32, balance: i64) -> anyhow::Result<Vec<NewCard>> {
     futures_util::stream::iter(0..count)
         .map(|_| async move {
             for _ in 0..10 {
@@ -138,14 +251,7 @@ async fn open_cards(admin: &BankAdmin, count: u32, balance: i64) -> anyhow::Resu
                     balance,
                 };
                 if let Created::Yes = admin.create_card(&card).await? {
-                    let body = serde_json::json!({
-                        "card_number": card.card_number,
-                        "cvv": card.cvv,
-                        "expiry_month": card.expiry_month,
-                        "expiry_year": card.expiry_year,
-                        "amount": AMOUNT_CENTS,
-                    });
-                    return Ok(body.to_string());
+                    return Ok(card);
                 }
             }
             bail!("ten random card numbers in a row were taken")
@@ -155,13 +261,92 @@ async fn open_cards(admin: &BankAdmin, count: u32, balance: i64) -> anyhow::Resu
         .await
 }
 
+/// Builds request number `i` of a run.
+pub type MakeRequest = Arc<dyn Fn(u64) -> reqwest::RequestBuilder + Send + Sync>;
+
+/// A hex id for this run, so that its idempotency keys are its own.
+fn run_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Authorization `i` of [`AMOUNT_CENTS`] goes to card `i mod cards`, with
+/// its own idempotency key.
+fn bank_requests(client: &reqwest::Client, bank_url: &str, cards: &[NewCard]) -> MakeRequest {
+    let url = format!("{bank_url}/api/v1/authorizations");
+    let bodies: Vec<String> = cards
+        .iter()
+        .map(|card| {
+            serde_json::json!({
+                "card_number": card.card_number,
+                "cvv": card.cvv,
+                "expiry_month": card.expiry_month,
+                "expiry_year": card.expiry_year,
+                "amount": AMOUNT_CENTS,
+            })
+            .to_string()
+        })
+        .collect();
+    let (client, run) = (client.clone(), run_id());
+    Arc::new(move |i| {
+        client
+            .post(&url)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header("Idempotency-Key", format!("bench-{run}-{i}"))
+            .body(bodies[card_index(i, bodies.len())].clone())
+    })
+}
+
+/// Payment `i` of [`AMOUNT_CENTS`], for order `i`, goes to card
+/// `i mod cards` (one customer per card), with its own idempotency key.
+fn gateway_requests(
+    client: &reqwest::Client,
+    gateway_url: &str,
+    api_key: &str,
+    cards: &[NewCard],
+) -> MakeRequest {
+    let url = format!("{gateway_url}/v1/payments");
+    let cards: Vec<String> = cards
+        .iter()
+        .map(|card| {
+            serde_json::json!({
+                "number": card.card_number,
+                "cvv": card.cvv,
+                "expiry_month": card.expiry_month,
+                "expiry_year": card.expiry_year,
+            })
+            .to_string()
+        })
+        .collect();
+    let (client, run, api_key) = (client.clone(), run_id(), api_key.to_owned());
+    Arc::new(move |i| {
+        let card = card_index(i, cards.len());
+        let body = format!(
+            r#"{{"order_id":"ord_bench_{run}_{i}","customer_id":"cus_bench_{card}","amount":{AMOUNT_CENTS},"currency":"USD","card":{}}}"#,
+            cards[card]
+        );
+        client
+            .post(&url)
+            .bearer_auth(&api_key)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header("Idempotency-Key", format!("bench-{run}-{i}"))
+            .body(body)
+    })
+}
+
+fn card_index(i: u64, cards: usize) -> usize {
+    usize::try_from(i).unwrap_or(0) % cards
+}
+
 /// What the workers saw.
 #[derive(Default)]
-struct Load {
-    ok: u64,
-    errors: BTreeMap<String, u64>,
-    ok_latencies: Vec<Duration>,
-    elapsed: Duration,
+pub struct Load {
+    /// Responses with the expected status.
+    pub ok: u64,
+    /// Other statuses by code, and transport errors by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Latency of each ok response.
+    pub ok_latencies: Vec<Duration>,
+    pub elapsed: Duration,
 }
 
 impl Load {
@@ -174,31 +359,20 @@ impl Load {
     }
 }
 
-/// Sends `requests` authorizations from `concurrency` workers, which take
-/// the next request number from a shared counter; request `i` goes to card
-/// `i mod cards` with its own idempotency key.
-async fn authorize(
-    client: &reqwest::Client,
-    base: &str,
-    bodies: Vec<String>,
-    requests: u32,
+/// Sends `requests` requests made by `make` from `concurrency` workers,
+/// which take the next request number from a shared counter. A response
+/// with the `expected` status is ok; any other is counted by its code.
+pub async fn fire(
+    requests: u64,
     concurrency: usize,
+    expected: StatusCode,
+    make: MakeRequest,
 ) -> anyhow::Result<Load> {
-    let url = Arc::<str>::from(format!("{base}/api/v1/authorizations"));
-    let bodies = Arc::new(bodies);
     let next = Arc::new(AtomicU64::new(0));
-    let run = format!("{:016x}", rand::random::<u64>());
-    let requests = u64::from(requests);
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (client, url, bodies, next, run) = (
-                client.clone(),
-                url.clone(),
-                bodies.clone(),
-                next.clone(),
-                run.clone(),
-            );
+            let (make, next) = (make.clone(), next.clone());
             tokio::spawn(async move {
                 let mut load = Load::default();
                 loop {
@@ -206,21 +380,14 @@ async fn authorize(
                     if i >= requests {
                         break load;
                     }
-                    let body = &bodies[usize::try_from(i).unwrap_or(0) % bodies.len()];
+                    let request = make(i);
                     let sent = Instant::now();
-                    let response = client
-                        .post(&*url)
-                        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-                        .header("Idempotency-Key", format!("bench-{run}-{i}"))
-                        .body(body.clone())
-                        .send()
-                        .await;
                     // The body is read so that the connection can be reused.
-                    let outcome = match response {
+                    let outcome = match request.send().await {
                         Ok(response) => {
                             let status = response.status();
                             match response.bytes().await {
-                                Ok(_) if status.is_success() => Ok(()),
+                                Ok(_) if status == expected => Ok(()),
                                 Ok(_) => Err(status.as_u16().to_string()),
                                 Err(e) => Err(error_kind(&e)),
                             }
@@ -258,4 +425,67 @@ fn error_kind(e: &reqwest::Error) -> String {
         "transport error"
     }
     .to_owned()
+}
+
+/// Each connection is a file descriptor at both ends, and with its own
+/// stack the bank's end is in this process too. Says so when the soft
+/// limit (`ulimit -n`) looks too low; it does not change it.
+fn warn_if_too_few_open_files(concurrency: usize, own_stack: bool) {
+    let needed = concurrency * if own_stack { 2 } else { 1 } + 256;
+    let Some(limit) = soft_open_files_limit() else {
+        return;
+    };
+    if limit < needed {
+        eprintln!(
+            "warning: this process may open only {limit} files (ulimit -n) and {concurrency} \
+             concurrent connections need about {needed}; if requests fail with \
+             \"too many open files\", run `ulimit -n {}` first",
+            needed.next_power_of_two()
+        );
+    }
+}
+
+/// The soft `Max open files` of this process, from `/proc/self/limits`.
+fn soft_open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_soft_open_files(&limits)
+}
+
+fn parse_soft_open_files(limits: &str) -> Option<usize> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?;
+    match soft {
+        "unlimited" => Some(usize::MAX),
+        n => n.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_files_limit_is_read_from_proc() {
+        let limits = "\
+Limit                     Soft Limit           Hard Limit           Units
+Max cpu time              unlimited            unlimited            seconds
+Max open files            1024                 524288               files
+Max locked memory         8388608              8388608              bytes
+";
+        assert_eq!(parse_soft_open_files(limits), Some(1024));
+        assert_eq!(
+            parse_soft_open_files("Max open files unlimited unlimited files"),
+            Some(usize::MAX)
+        );
+        assert_eq!(parse_soft_open_files("nothing here"), None);
+    }
+
+    #[test]
+    fn requests_go_round_robin_over_the_cards() {
+        let picks: Vec<usize> = (0..7).map(|i| card_index(i, 3)).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0]);
+    }
 }

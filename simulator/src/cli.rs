@@ -1,4 +1,6 @@
-//! The command line: `up` and `bench`.
+//! The command line: `up`, `bench`, and the hidden `gateway`.
+
+use std::ffi::OsString;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -15,10 +17,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Start the stack (Postgres and the mock bank) and run until Ctrl-C.
+    /// Start the stack (Postgres, the mock bank and the gateway) and run until Ctrl-C.
     Up(UpArgs),
     /// Fire authorizations at a target and report throughput and latency.
     Bench(BenchArgs),
+    /// Run the gateway's own command line (`gateway serve …`) in this
+    /// process: the stack starts its gateway as a child process this way.
+    #[command(hide = true, disable_help_flag = true, disable_version_flag = true)]
+    Gateway(GatewayArgs),
 }
 
 #[derive(Debug, Args)]
@@ -26,11 +32,15 @@ pub struct UpArgs {
     /// Port of the mock bank; 0 picks a free port.
     #[arg(long, default_value_t = 8787)]
     pub bank_port: u16,
+    /// Port of the gateway; 0 picks a free port.
+    #[arg(long, default_value_t = 8080)]
+    pub gateway_port: u16,
     /// Start the bank with no chaos (no injected failures, no added latency)
     /// instead of the contract's defaults (5% failures, 100–2000 ms latency).
     #[arg(long)]
     pub calm: bool,
-    /// Print the bank's JSON logs (RUST_LOG filters them; default info).
+    /// Print the bank's and the gateway's JSON logs (RUST_LOG filters them;
+    /// default info). Without it the gateway's go to a log file.
     #[arg(long, short)]
     pub verbose: bool,
 }
@@ -39,7 +49,7 @@ pub struct UpArgs {
 pub enum Target {
     /// The mock bank's `POST /api/v1/authorizations`.
     Bank,
-    /// The payment gateway (not there yet).
+    /// The payment gateway's `POST /v1/payments`.
     Gateway,
 }
 
@@ -48,10 +58,18 @@ pub struct BenchArgs {
     /// What to benchmark.
     #[arg(long, value_enum)]
     pub target: Target,
-    /// Base URL of a running target (e.g. http://127.0.0.1:8787); without
-    /// it the simulator starts its own stack on a free port.
+    /// Base URL of a running target (e.g. http://127.0.0.1:8787 for the
+    /// bank, http://127.0.0.1:8080 for the gateway); without it the
+    /// simulator starts its own stack on free ports.
     #[arg(long)]
     pub url: Option<String>,
+    /// The gateway's API key (with `--target gateway --url`).
+    #[arg(long, env = "SIMULATOR_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// The bank behind a running gateway (with `--target gateway --url`),
+    /// where the test cards are opened and the ledger is checked.
+    #[arg(long, default_value = "http://127.0.0.1:8787")]
+    pub bank_url: String,
     /// Fresh test cards to spread the load over (round-robin).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub cards: u32,
@@ -61,13 +79,83 @@ pub struct BenchArgs {
     /// Authorizations to send in total.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
     pub requests: u32,
-    /// Latency the bank adds to every API request, in milliseconds.
-    #[arg(long, default_value_t = 0)]
-    pub latency_ms: u64,
+    /// Latency the bank adds to every API request, in milliseconds
+    /// [default: 0 for the bank, 1000 for the gateway].
+    #[arg(long, alias = "latency-ms")]
+    pub bank_latency_ms: Option<u64>,
+    /// Postgres connections of the gateway the bench starts (its
+    /// `--db-pool-size`); ignored with `--url`.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pool_size: u32,
     /// Print the report as JSON instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Print the in-process bank's JSON logs.
+    /// Print the in-process bank's and the gateway's JSON logs.
     #[arg(long, short)]
     pub verbose: bool,
+}
+
+impl BenchArgs {
+    /// The bank's added latency: as given, or the target's default.
+    pub fn bank_latency_ms(&self) -> u64 {
+        self.bank_latency_ms.unwrap_or(match self.target {
+            Target::Bank => 0,
+            Target::Gateway => 1000,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Everything after `gateway`, passed on untouched.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<OsString>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_gateway_subcommand_passes_everything_on() {
+        let cli = Cli::try_parse_from(["simulator", "gateway", "serve", "--port", "9", "--help"])
+            .unwrap();
+        match cli.command {
+            Command::Gateway(args) => assert_eq!(args.args, ["serve", "--port", "9", "--help"]),
+            Command::Up(_) | Command::Bench(_) => panic!("not the gateway: {:?}", cli.command),
+        }
+    }
+
+    #[test]
+    fn the_gateway_subcommand_is_hidden() {
+        let help = Cli::command().render_help().to_string();
+        assert!(!help.contains("gateway serve"), "{help}");
+        assert!(
+            !help
+                .lines()
+                .any(|line| line.trim_start().starts_with("gateway")),
+            "{help}"
+        );
+    }
+
+    #[test]
+    fn bank_latency_defaults_by_target() {
+        let bench =
+            |target: &str| match Cli::try_parse_from(["simulator", "bench", "--target", target])
+                .unwrap()
+                .command
+            {
+                Command::Bench(args) => args.bank_latency_ms(),
+                Command::Up(_) | Command::Gateway(_) => panic!("not bench"),
+            };
+        assert_eq!(bench("bank"), 0);
+        assert_eq!(bench("gateway"), 1000);
+    }
 }

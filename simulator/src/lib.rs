@@ -1,9 +1,10 @@
 //! Starts the FicMart stack locally and benchmarks it.
 //!
 //! Module map:
-//! - [`cli`]: the command line (`up`, `bench`).
-//! - [`stack`]: Postgres plus the services running on it, in-process;
-//!   started together, stopped together.
+//! - [`cli`]: the command line (`up`, `bench`, the hidden `gateway`).
+//! - [`stack`]: Postgres plus the services running on it (the bank
+//!   in-process, the gateway as a child); started together, stopped together.
+//! - [`process`]: the gateway child process: spawn, ready, SIGTERM, SIGKILL.
 //! - [`up`]: `simulator up`, the stack until Ctrl-C.
 //! - [`bench`]: `simulator bench`, concurrent authorizations and a ledger check.
 //! - [`bank`]: a client for the bank's health and admin endpoints.
@@ -15,19 +16,42 @@ pub mod bank;
 pub mod bench;
 pub mod cards;
 pub mod cli;
+pub mod process;
 pub mod report;
 pub mod stack;
 pub mod stats;
 pub mod up;
 
+use std::future::Future;
 use std::process::ExitCode;
 
 use cli::{Cli, Command};
 
 /// Runs one command; the exit code is the command's verdict.
-pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+///
+/// `gateway` runs the gateway's own command line, which builds its own
+/// runtime; the others run on a runtime built here.
+pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Up(args) => up::run(args).await.map(|()| ExitCode::SUCCESS),
-        Command::Bench(args) => bench::run(args).await,
+        Command::Gateway(args) => process::gateway_main(args),
+        Command::Up(args) => on_runtime(async { up::run(args).await.map(|()| ExitCode::SUCCESS) }),
+        Command::Bench(args) => on_runtime(bench::run(args)),
+    }
+}
+
+fn on_runtime(command: impl Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

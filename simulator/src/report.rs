@@ -18,6 +18,8 @@ pub struct Report {
     pub concurrency: u32,
     /// Latency the bank was told to add to every API request.
     pub added_latency_ms: u64,
+    /// The `--db-pool-size` of a gateway the bench started; `null` otherwise.
+    pub gateway_db_pool_size: Option<u32>,
     pub total: u64,
     pub ok: u64,
     /// Failed requests by HTTP status, or by kind of transport error.
@@ -53,11 +55,15 @@ impl fmt::Display for Report {
             "running stack"
         };
         writeln!(f, "bench: {} at {} ({stack})", self.target, self.url)?;
-        writeln!(
+        write!(
             f,
-            "  setup       {} cards, concurrency {}, calm chaos with {} ms added latency",
+            "  setup       {} cards, concurrency {}, calm bank with {} ms added latency",
             self.cards, self.concurrency, self.added_latency_ms
         )?;
+        match self.gateway_db_pool_size {
+            Some(pool) => writeln!(f, ", gateway pool of {pool} connections")?,
+            None => writeln!(f)?,
+        }
         writeln!(f, "  requests    {}", self.total)?;
         writeln!(f, "  ok          {}", self.ok)?;
         let errors = if self.errors.is_empty() {

@@ -1,9 +1,9 @@
-//! The local stack: a Postgres, and the services that run on it, in-process.
+//! The local stack: a Postgres, the mock bank on it (in-process), and the
+//! gateway on it (a child process, see [`crate::process`]).
 //!
-//! Today the stack is Postgres plus the mock bank. Each service gets its own
-//! fresh database on the one Postgres, its own [`Service`] entry (stopped in
-//! reverse order of starting) and its URL in [`StackUrls`]; the gateway
-//! joins the same way, started after the bank and pointed at its URL.
+//! Each service gets its own fresh database on the one Postgres and its URL
+//! in [`StackUrls`]. The bank starts first; the gateway, pointed at it,
+//! after. They stop in reverse order: the gateway, the bank, then Postgres.
 
 use std::time::Duration;
 
@@ -12,6 +12,14 @@ use anyhow::Context;
 use mock_bank::{Application, Settings};
 use throwaway_pg::Postgres;
 use tokio::task::JoinHandle;
+
+use crate::process::{GatewayOptions, GatewayProcess};
+
+/// The merchant whose API key the stack creates.
+pub const MERCHANT: &str = "ficmart";
+/// On shutdown, how long the gateway gets after SIGTERM before SIGKILL
+/// (a little more than its own 30 s grace for in-flight requests).
+const GATEWAY_STOP_GRACE: Duration = Duration::from_secs(35);
 
 /// Chaos the bank starts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +35,8 @@ pub struct StackOptions {
     /// 0 picks a free port.
     pub bank_port: u16,
     pub bank_chaos: BankChaos,
+    /// `None`: no gateway, only Postgres and the bank.
+    pub gateway: Option<GatewayOptions>,
 }
 
 /// Where the stack's services listen.
@@ -34,6 +44,15 @@ pub struct StackOptions {
 pub struct StackUrls {
     /// The bank's root, e.g. `http://127.0.0.1:8787` (the API is under `/api/v1`).
     pub bank: String,
+    /// The gateway's root, e.g. `http://127.0.0.1:8080`, when it runs.
+    pub gateway: Option<String>,
+}
+
+/// The gateway child and the key it was started with.
+pub struct RunningGateway {
+    pub process: GatewayProcess,
+    /// An API key of [`MERCHANT`].
+    pub api_key: String,
 }
 
 /// An HTTP server running on this process's runtime.
@@ -48,6 +67,7 @@ pub struct Stack {
     urls: StackUrls,
     /// In start order.
     services: Vec<Service>,
+    gateway: Option<RunningGateway>,
     /// Declared last so that it is dropped last: dropping a throwaway
     /// cluster stops it and deletes its directory.
     postgres: Postgres,
@@ -63,11 +83,20 @@ impl Stack {
         let mut stack = Self {
             urls: StackUrls {
                 bank: String::new(),
+                gateway: None,
             },
             services: Vec::new(),
+            gateway: None,
             postgres,
         };
-        match stack.start_bank(options).await {
+        let started = async {
+            stack.start_bank(options).await?;
+            if let Some(gateway) = &options.gateway {
+                stack.start_gateway(gateway).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        };
+        match started.await {
             Ok(()) => Ok(stack),
             Err(e) => {
                 stack.shutdown().await;
@@ -105,8 +134,39 @@ impl Stack {
         Ok(())
     }
 
+    /// Gives the gateway a fresh database with an API key for [`MERCHANT`]
+    /// in it, starts it as a child process, and waits until it is ready.
+    async fn start_gateway(&mut self, options: &GatewayOptions) -> anyhow::Result<()> {
+        let database_url = self
+            .postgres
+            .fresh_database("gateway")
+            .await
+            .context("creating the gateway's database")?;
+        let api_key = create_api_key(&database_url, MERCHANT).await?;
+        let process = GatewayProcess::spawn(&database_url, &self.urls.bank, options)?;
+        // Kept before waiting, so that shutdown stops it if it never gets ready.
+        let gateway = self.gateway.insert(RunningGateway { process, api_key });
+        gateway.process.wait_ready().await.with_context(|| {
+            format!(
+                "starting the gateway on port {} (--gateway-port 0 picks a free port)",
+                options.port
+            )
+        })?;
+        self.urls.gateway = Some(gateway.process.url().to_owned());
+        Ok(())
+    }
+
     pub fn urls(&self) -> &StackUrls {
         &self.urls
+    }
+
+    /// The gateway, when the stack runs one.
+    pub fn gateway(&self) -> Option<&RunningGateway> {
+        self.gateway.as_ref()
+    }
+
+    pub fn gateway_mut(&mut self) -> Option<&mut RunningGateway> {
+        self.gateway.as_mut()
     }
 
     /// One sentence saying where the database came from.
@@ -117,20 +177,36 @@ impl Stack {
     /// Resolves when a service stops by itself (a crash, or a signal it
     /// handled), naming it and how it ended. Cancel-safe.
     pub async fn exited(&mut self) -> String {
-        let running = self
-            .services
-            .iter_mut()
-            .filter_map(|s| Some((s.name, s.task.as_mut()?)))
-            .map(|(name, task)| Box::pin(async move { (name, task.await) }));
-        let running: Vec<_> = running.collect();
-        if running.is_empty() {
-            return std::future::pending().await;
-        }
-        let ((name, result), _, _) = futures_util::future::select_all(running).await;
-        let how = match result {
-            Ok(Ok(())) => "stopped".to_owned(),
-            Ok(Err(e)) => format!("failed: {e}"),
-            Err(e) => format!("panicked: {e}"),
+        let (services, gateway) = (&mut self.services, &mut self.gateway);
+        let in_process = async {
+            let running: Vec<_> = services
+                .iter_mut()
+                .filter_map(|s| Some((s.name, s.task.as_mut()?)))
+                .map(|(name, task)| Box::pin(async move { (name, task.await) }))
+                .collect();
+            if running.is_empty() {
+                return std::future::pending().await;
+            }
+            let ((name, result), _, _) = futures_util::future::select_all(running).await;
+            let how = match result {
+                Ok(Ok(())) => "stopped".to_owned(),
+                Ok(Err(e)) => format!("failed: {e}"),
+                Err(e) => format!("panicked: {e}"),
+            };
+            (name, how)
+        };
+        let child = async {
+            match gateway {
+                Some(gateway) => gateway.process.exited().await,
+                None => std::future::pending().await,
+            }
+        };
+        let (name, how) = tokio::select! {
+            (name, how) = in_process => (name, how),
+            status = child => return match status {
+                Ok(status) => format!("the gateway exited ({status})"),
+                Err(e) => format!("the gateway could not be waited for: {e}"),
+            },
         };
         if let Some(service) = self.services.iter_mut().find(|s| s.name == name) {
             service.task = None;
@@ -139,8 +215,16 @@ impl Stack {
     }
 
     /// Stops the services gracefully, newest first (in-flight requests
-    /// finish), then lets go of Postgres, which removes a throwaway cluster.
+    /// finish; the gateway gets SIGTERM, and SIGKILL if it is still there
+    /// after [`GATEWAY_STOP_GRACE`]), then lets go of Postgres, which removes a throwaway cluster.
     pub async fn shutdown(mut self) {
+        if let Some(mut gateway) = self.gateway.take() {
+            match gateway.process.terminate(GATEWAY_STOP_GRACE).await {
+                Ok(status) if status.success() => {}
+                Ok(status) => eprintln!("the gateway exited with {status}"),
+                Err(e) => eprintln!("stopping the gateway: {e:#}"),
+            }
+        }
         while let Some(service) = self.services.pop() {
             service.handle.stop(true).await;
             if let Some(task) = service.task {
@@ -158,4 +242,27 @@ impl Stack {
             .await
             .ok();
     }
+}
+
+/// Applies the gateway's migrations to `database_url` and creates an API key
+/// for `merchant` there, as `gateway api-key create` would.
+async fn create_api_key(database_url: &str, merchant: &str) -> anyhow::Result<String> {
+    let pool = gateway::store::connect(database_url, 1, Duration::from_secs(10))
+        .await
+        .context("connecting to the gateway's database")?;
+    let created = async {
+        gateway::store::MIGRATOR
+            .run(&pool)
+            .await
+            .context("applying the gateway's migrations")?;
+        let mut tx = pool.begin().await?;
+        let (_, key) = gateway::store::merchants::create_api_key(&mut tx, merchant)
+            .await
+            .context("creating an API key")?;
+        tx.commit().await?;
+        Ok::<_, anyhow::Error>(key)
+    }
+    .await;
+    pool.close().await;
+    created
 }

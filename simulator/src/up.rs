@@ -1,12 +1,20 @@
 //! `simulator up`: start the stack, say where everything is, run until Ctrl-C.
 
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
 use crate::cli::UpArgs;
-use crate::stack::{BankChaos, Stack, StackOptions};
+use crate::process::{GatewayOptions, GatewayOutput};
+use crate::stack::{BankChaos, MERCHANT, Stack, StackOptions};
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if args.verbose {
         mock_bank::telemetry::init_logging();
     }
+    let output = if args.verbose {
+        GatewayOutput::Inherit
+    } else {
+        GatewayOutput::temp_log_file("gateway")
+    };
     let options = StackOptions {
         bank_port: args.bank_port,
         bank_chaos: if args.calm {
@@ -14,13 +22,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         } else {
             BankChaos::Default
         },
+        gateway: Some(GatewayOptions::new(args.gateway_port, output)),
     };
+    let mut signals = ShutdownSignals::listen()?;
     let mut stack = Stack::start(&options).await?;
     println!("{}", stack.database());
     println!("{}", describe(&stack, options.bank_chaos));
 
     tokio::select! {
-        signal = shutdown_signal() => println!("\n{signal} received: stopping"),
+        signal = signals.recv() => println!("\n{signal} received: stopping"),
         why = stack.exited() => eprintln!("{why}: stopping the rest"),
     }
     stack.shutdown().await;
@@ -28,7 +38,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What is running where, and a request to try.
+/// What is running where, and requests to try.
 fn describe(stack: &Stack, chaos: BankChaos) -> String {
     let bank = &stack.urls().bank;
     let chaos = match chaos {
@@ -37,16 +47,47 @@ fn describe(stack: &Stack, chaos: BankChaos) -> String {
         }
         BankChaos::Calm => "none (started with --calm)",
     };
-    format!(
+    let bank_part = format!(
         "\
 mock bank is up
   API      {bank}/api/v1
   docs     {bank}/docs/
   metrics  {bank}/metrics
   health   {bank}/health
-  chaos    {bank}/admin/chaos   ({chaos})
+  chaos    {bank}/admin/chaos   ({chaos})"
+    );
+    let Some(gateway) = stack.gateway() else {
+        return format!("{bank_part}\n\nCtrl-C stops the stack.");
+    };
+    let url = gateway.process.url();
+    let key = &gateway.api_key;
+    let pid = gateway.process.pid();
+    let logs = match gateway.process.log_file() {
+        Some(path) => format!("\n  logs     {}", path.display()),
+        None => String::new(),
+    };
+    format!(
+        "\
+gateway is up (pid {pid})
+  URL      {url}
+  API      {url}/v1/payments
+  docs     {url}/docs/
+  metrics  {url}/metrics
+  health   {url}/health
+  ready    {url}/ready{logs}
+  API key  {key}   (merchant {MERCHANT})
 
-Authorize $49.99 on the test card:
+{bank_part}
+
+Authorize $49.99 on the test card through the gateway:
+  KEY={key}
+  curl -sS -X POST {url}/v1/payments \\
+    -H \"Authorization: Bearer $KEY\" \\
+    -H \"Idempotency-Key: demo-$(date +%s)-$RANDOM\" \\
+    -H 'Content-Type: application/json' \\
+    -d '{{\"order_id\":\"ord_1001\",\"customer_id\":\"cus_77\",\"amount\":4999,\"currency\":\"USD\",\"card\":{{\"number\":\"4111111111111111\",\"cvv\":\"123\",\"expiry_month\":12,\"expiry_year\":2030}}}}'
+
+Or straight at the bank:
   curl -s -X POST {bank}/api/v1/authorizations \\
     -H 'Content-Type: application/json' \\
     -H \"Idempotency-Key: demo-$(date +%s)-$RANDOM\" \\
@@ -56,18 +97,27 @@ Ctrl-C stops the stack."
     )
 }
 
-/// Waits for Ctrl-C (SIGINT) or SIGTERM and names it.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
+/// SIGINT (Ctrl-C) and SIGTERM, listened for from creation on: one that
+/// arrives while the stack starts is not lost, and does not kill the process
+/// before it can stop what it started.
+struct ShutdownSignals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl ShutdownSignals {
+    fn listen() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for either and names it.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
     }
 }

@@ -1,6 +1,9 @@
 //! The built `simulator` binary, run as a user would.
 
-use std::process::{Command, Output};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 fn simulator(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_simulator"))
@@ -21,13 +24,6 @@ fn help_lists_the_commands() {
             "--help does not list `{command}`:\n{help}"
         );
     }
-}
-
-#[test]
-fn the_gateway_target_is_not_there_yet() {
-    let output = simulator(&["bench", "--target", "gateway"]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("issue 3"));
 }
 
 #[test]
@@ -61,4 +57,166 @@ fn bench_against_its_own_bank_reports_every_authorization() {
     assert!(us("p50_us") <= us("p95_us"));
     assert!(us("p95_us") <= us("p99_us"));
     assert!(us("p99_us") <= us("max_us"));
+}
+
+#[test]
+fn bench_through_its_own_gateway_reports_every_payment() {
+    let output = simulator(&[
+        "bench",
+        "--target",
+        "gateway",
+        "--requests",
+        "100",
+        "--concurrency",
+        "20",
+        "--cards",
+        "5",
+        "--bank-latency-ms",
+        "0",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed:\n{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{stderr}"));
+    assert_eq!(report["target"], "gateway", "{report:#}");
+    assert_eq!(report["total"], 100);
+    assert_eq!(report["ok"], 100, "{report:#}\n{stderr}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report:#}");
+    assert_eq!(report["gateway_db_pool_size"], 10, "{report:#}");
+    assert_eq!(report["ledger"]["ok"], true, "{report:#}");
+}
+
+/// A running `simulator up`; dropping it stops it (SIGTERM, then SIGKILL),
+/// so that a failing test leaves nothing behind.
+struct Up {
+    child: Child,
+    /// Its stdout, line by line, read by a thread until it closes.
+    lines: mpsc::Receiver<String>,
+}
+
+impl Up {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_simulator"))
+            .arg("up")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the simulator binary runs");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next line of its stdout, or `None` after `timeout` or at its end.
+    fn next_line(&self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// Waits up to `timeout` for it to exit.
+    fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            if self.wait(Duration::from_secs(40)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// Whether a process with this pid runs the hidden `gateway` subcommand.
+fn gateway_is_running(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|cmdline| cmdline.split(|&b| b == 0).any(|arg| arg == b"gateway"))
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_serves_the_printed_payment_and_stops_cleanly_on_sigterm() {
+    let mut up = Up::start(&["--bank-port", "0", "--gateway-port", "0", "--calm"]);
+    let (mut pid, mut url, mut key) = (None, None, None);
+    let mut seen = Vec::new();
+    while pid.is_none() || url.is_none() || key.is_none() {
+        let line = tokio::task::block_in_place(|| up.next_line(Duration::from_secs(120)))
+            .unwrap_or_else(|| {
+                panic!(
+                    "`up` did not print the gateway; it printed:\n{}",
+                    seen.join("\n")
+                )
+            });
+        let text = line.trim();
+        if let Some(rest) = text.strip_prefix("gateway is up (pid ") {
+            pid = rest.trim_end_matches(')').parse::<u32>().ok();
+        } else if let Some(rest) = text.strip_prefix("URL ") {
+            url = Some(rest.trim().to_owned());
+        } else if let Some(rest) = text.strip_prefix("API key ") {
+            key = rest.split_whitespace().next().map(str::to_owned);
+        }
+        seen.push(line);
+    }
+    let (pid, url, key) = (pid.unwrap(), url.unwrap(), key.unwrap());
+    assert!(gateway_is_running(pid), "no gateway process at pid {pid}");
+
+    // What the printed curl sends.
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/payments"))
+        .bearer_auth(&key)
+        .header("Idempotency-Key", format!("test-{}", std::process::id()))
+        .header("Content-Type", "application/json")
+        .body(
+            r#"{"order_id":"ord_1001","customer_id":"cus_77","amount":4999,"currency":"USD","card":{"number":"4111111111111111","cvv":"123","expiry_month":12,"expiry_year":2030}}"#,
+        )
+        .send()
+        .await
+        .expect("the gateway answers");
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    let payment: serde_json::Value = serde_json::from_str(&body).expect("a JSON payment");
+    assert_eq!(payment["status"], "authorized", "{payment:#}");
+
+    up.signal("-TERM");
+    let status = tokio::task::block_in_place(|| up.wait(Duration::from_secs(60)))
+        .expect("`up` did not exit within 60 s of SIGTERM");
+    assert!(status.success(), "`up` exited with {status}");
+    assert!(
+        !gateway_is_running(pid),
+        "the gateway (pid {pid}) outlived `up`"
+    );
 }

@@ -1,0 +1,258 @@
+//! The gateway as a child process: this binary again, as `simulator
+//! gateway serve …`, so that it can be killed (even with SIGKILL), restarted
+//! and run as several replicas, like a real deployment.
+
+use std::ffi::OsString;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+use crate::cli::GatewayArgs;
+
+/// `/ready` is polled this often while the gateway starts ...
+const READY_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// ... at most this many times (a minute), each try bounded by
+/// [`READY_REQUEST_TIMEOUT`].
+const READY_TRIES: u32 = 600;
+const READY_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The hidden `simulator gateway …` subcommand: the gateway's command line.
+pub fn gateway_main(args: GatewayArgs) -> ExitCode {
+    gateway::cli::main_from(std::iter::once(OsString::from("gateway")).chain(args.args))
+}
+
+/// Where the child's stdout and stderr go.
+#[derive(Debug, Clone)]
+pub enum GatewayOutput {
+    /// This process's own (`--verbose`).
+    Inherit,
+    /// Both appended to this file.
+    LogFile(PathBuf),
+    Discard,
+}
+
+impl GatewayOutput {
+    /// A log file in the system's temporary directory, named after this
+    /// process and `label`.
+    pub fn temp_log_file(label: &str) -> Self {
+        let name = format!("simulator-{}-{label}.log", std::process::id());
+        Self::LogFile(std::env::temp_dir().join(name))
+    }
+}
+
+/// How to start a gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// 0 picks a free port.
+    pub port: u16,
+    /// `--db-pool-size`.
+    pub db_pool_size: u32,
+    /// `--bank-max-in-flight`.
+    pub bank_max_in_flight: usize,
+    pub output: GatewayOutput,
+}
+
+impl GatewayOptions {
+    /// The gateway's own defaults (pool of 10, 2048 bank calls in flight).
+    pub fn new(port: u16, output: GatewayOutput) -> Self {
+        Self {
+            port,
+            db_pool_size: 10,
+            bank_max_in_flight: 2048,
+            output,
+        }
+    }
+}
+
+/// A running `gateway serve` child. Dropping it kills the child (SIGKILL);
+/// [`GatewayProcess::terminate`] stops it gracefully.
+pub struct GatewayProcess {
+    child: Child,
+    pid: u32,
+    url: String,
+    log_file: Option<PathBuf>,
+}
+
+impl GatewayProcess {
+    /// Starts `simulator gateway serve` on `database_url`, talking to the
+    /// bank at `bank_url`. `RUST_LOG` and the rest of the environment are
+    /// passed through. Returns once the process exists; see
+    /// [`GatewayProcess::wait_ready`].
+    pub fn spawn(
+        database_url: &str,
+        bank_url: &str,
+        options: &GatewayOptions,
+    ) -> anyhow::Result<Self> {
+        let port = match options.port {
+            0 => free_port()?,
+            port => port,
+        };
+        let exe = std::env::current_exe().context("finding this executable to run the gateway")?;
+        let mut command = Command::new(exe);
+        command
+            .args(["gateway", "serve"])
+            .arg("--database-url")
+            .arg(database_url)
+            .arg("--bank-url")
+            .arg(bank_url)
+            .args(["--host", "127.0.0.1"])
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--db-pool-size")
+            .arg(options.db_pool_size.to_string())
+            .arg("--bank-max-in-flight")
+            .arg(options.bank_max_in_flight.to_string())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let log_file = match &options.output {
+            GatewayOutput::Inherit => {
+                command.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+                None
+            }
+            GatewayOutput::Discard => {
+                command.stdout(Stdio::null()).stderr(Stdio::null());
+                None
+            }
+            GatewayOutput::LogFile(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| {
+                        format!("opening the gateway's log file {}", path.display())
+                    })?;
+                command.stdout(file.try_clone()?).stderr(file);
+                Some(path.clone())
+            }
+        };
+        let child = command.spawn().context("starting the gateway process")?;
+        let pid = child
+            .id()
+            .context("the gateway process has no id right after starting")?;
+        Ok(Self {
+            child,
+            pid,
+            url: format!("http://127.0.0.1:{port}"),
+            log_file,
+        })
+    }
+
+    /// The gateway's root URL, e.g. `http://127.0.0.1:8080`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Where its output goes, when that is a file.
+    pub fn log_file(&self) -> Option<&Path> {
+        self.log_file.as_deref()
+    }
+
+    /// Polls `GET /ready` until it answers 200. Fails, saying why, when the
+    /// process exits first or when it is still not ready after a minute.
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let client = reqwest::Client::builder()
+            .timeout(READY_REQUEST_TIMEOUT)
+            .build()?;
+        let url = format!("{}/ready", self.url);
+        let mut last = String::from("no answer yet");
+        for _ in 0..READY_TRIES {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the gateway exited before it was ready ({status}){}",
+                    self.see_log()
+                );
+            }
+            match client.get(&url).send().await {
+                Ok(response) if response.status() == reqwest::StatusCode::OK => return Ok(()),
+                Ok(response) => last = format!("GET {url} answered {}", response.status()),
+                Err(e) => last = format!("GET {url}: {e}"),
+            }
+            tokio::time::sleep(READY_POLL_INTERVAL).await;
+        }
+        bail!(
+            "the gateway (pid {}) was not ready after {} tries: {last}{}",
+            self.pid,
+            READY_TRIES,
+            self.see_log()
+        )
+    }
+
+    /// Resolves when the process exits, with how. Cancel-safe, and may be
+    /// called again after it resolved.
+    pub async fn exited(&mut self) -> std::io::Result<ExitStatus> {
+        self.child.wait().await
+    }
+
+    /// Whether it has exited, without waiting.
+    pub fn try_exited(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// SIGTERM (the gateway finishes its in-flight requests and exits),
+    /// then waits up to `grace`; SIGKILL if it has not exited by then.
+    pub async fn terminate(&mut self, grace: Duration) -> anyhow::Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        // The process has not been reaped, so the pid is still its own.
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .context("running `kill -TERM`")?;
+        if !sent.success() {
+            // It may have exited in between; waiting tells.
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            eprintln!("`kill -TERM {}` failed ({sent}): killing it", self.pid);
+            return self.kill().await;
+        }
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => {
+                eprintln!(
+                    "the gateway (pid {}) did not stop within {} s of SIGTERM: killing it",
+                    self.pid,
+                    grace.as_secs()
+                );
+                self.kill().await
+            }
+        }
+    }
+
+    /// SIGKILL, as a crash would: no request is finished. Waits for it.
+    pub async fn kill(&mut self) -> anyhow::Result<ExitStatus> {
+        self.child
+            .kill()
+            .await
+            .context("killing the gateway process")?;
+        Ok(self.child.wait().await?)
+    }
+
+    fn see_log(&self) -> String {
+        match &self.log_file {
+            Some(path) => format!("; its output is in {}", path.display()),
+            None => String::new(),
+        }
+    }
+}
+
+/// A port that was free a moment ago: bound on 127.0.0.1:0, read, released.
+/// Another process may take it before the child binds it; the child then
+/// fails to start, and says so.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
