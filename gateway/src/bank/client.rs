@@ -157,6 +157,7 @@ enum Operation {
     Capture,
     Void,
     Refund,
+    ResolveAuthorization,
     GetAuthorization,
     GetCapture,
     GetVoid,
@@ -170,6 +171,7 @@ impl Operation {
             Operation::Capture => "capture",
             Operation::Void => "void",
             Operation::Refund => "refund",
+            Operation::ResolveAuthorization => "resolve_authorization",
             Operation::GetAuthorization => "get_authorization",
             Operation::GetCapture => "get_capture",
             Operation::GetVoid => "get_void",
@@ -179,9 +181,11 @@ impl Operation {
 
     fn method(self) -> Method {
         match self {
-            Operation::Authorize | Operation::Capture | Operation::Void | Operation::Refund => {
-                Method::POST
-            }
+            Operation::Authorize
+            | Operation::Capture
+            | Operation::Void
+            | Operation::Refund
+            | Operation::ResolveAuthorization => Method::POST,
             Operation::GetAuthorization
             | Operation::GetCapture
             | Operation::GetVoid
@@ -345,6 +349,21 @@ impl BankClient {
     }
 
     /// `GET /api/v1/authorizations/{id}` (with the extension fields).
+    /// Extension of our bank: the authorization created by the
+    /// `POST /api/v1/authorizations` sent with `key`, or `Refused(NotFound)`
+    /// when there is none, in which case the bank retires the key so that
+    /// no late request can create one. This is how an authorization whose
+    /// answer was lost is settled without the card, which is never stored.
+    pub async fn resolve_authorization(&self, key: &str) -> BankOutcome<Authorization> {
+        self.post(
+            Operation::ResolveAuthorization,
+            &["authorizations", "resolve"],
+            key,
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
     pub async fn get_authorization(&self, id: &str) -> BankOutcome<Authorization> {
         self.get(Operation::GetAuthorization, "authorizations", id)
             .await

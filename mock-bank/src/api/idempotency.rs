@@ -41,18 +41,7 @@ where
     F: for<'c> FnOnce(&'c mut PgConnection) -> OperationFuture<'c, T>,
 {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || E'\\n' || $2, 0))")
-        .bind(&scope.path)
-        .bind(&scope.key)
-        .execute(&mut *tx)
-        .await?;
-    let stored: Option<StoredResponse> = sqlx::query_as(
-        "SELECT request_hash, response_status, response_body FROM idempotency_records WHERE path = $1 AND key = $2",
-    )
-    .bind(&scope.path)
-    .bind(&scope.key)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let stored = lock_and_read(&mut tx, &scope.path, &scope.key).await?;
     if let Some(stored) = stored {
         return replay(stored, scope);
     }
@@ -75,6 +64,72 @@ where
         .content_type(ContentType::json())
         .body(body))
 }
+
+/// Serialises requests sharing (path, key) until the transaction ends, and
+/// reads what the first of them stored.
+async fn lock_and_read(
+    conn: &mut PgConnection,
+    path: &str,
+    key: &str,
+) -> Result<Option<StoredResponse>, BankError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || E'\\n' || $2, 0))")
+        .bind(path)
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    Ok(sqlx::query_as(
+        "SELECT request_hash, response_status, response_body FROM idempotency_records WHERE path = $1 AND key = $2",
+    )
+    .bind(path)
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+/// What [`retire_or_read`] found for a key.
+pub enum Retired {
+    /// The key's request succeeded; here is what it stored.
+    Done(Vec<u8>),
+    /// The key never succeeded, and now never will.
+    Absent,
+}
+
+/// Marks the key as used without doing anything, unless its request
+/// already succeeded. Taking the same lock as [`execute`] means a request
+/// running with this key finishes first; one arriving later meets a
+/// different request hash and is refused (422), so the answer cannot
+/// change afterwards.
+pub async fn retire_or_read(pool: &PgPool, path: &str, key: &str) -> Result<Retired, BankError> {
+    let mut tx = pool.begin().await?;
+    let stored = lock_and_read(&mut tx, path, key).await?;
+    let retired = match stored {
+        Some(stored) if stored.response_status == 200 => Retired::Done(stored.response_body),
+        Some(_) => Retired::Absent,
+        None => {
+            let tombstone = serde_json::to_vec(&super::error::ErrorBody {
+                error: "not_found",
+                message: "this idempotency key was retired without an authorization".into(),
+            })
+            .map_err(|e| BankError::Internal(e.into()))?;
+            sqlx::query(
+                "INSERT INTO idempotency_records (path, key, request_hash, response_status, response_body) \
+                 VALUES ($1, $2, $3, 404, $4)",
+            )
+            .bind(path)
+            .bind(key)
+            .bind(TOMBSTONE_HASH)
+            .bind(tombstone)
+            .execute(&mut *tx)
+            .await?;
+            Retired::Absent
+        }
+    };
+    tx.commit().await?;
+    Ok(retired)
+}
+
+/// Matches no request's SHA-256, so a retired key refuses every request.
+const TOMBSTONE_HASH: &[u8] = b"retired";
 
 fn replay(stored: StoredResponse, scope: &Scope) -> Result<HttpResponse, BankError> {
     if stored.request_hash != scope.request_hash {

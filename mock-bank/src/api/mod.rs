@@ -50,6 +50,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
         web::scope("/api/v1")
             .wrap(from_fn(chaos::inject_faults))
             .service(payments::create_authorization)
+            .service(payments::resolve_authorization)
             .service(payments::get_authorization)
             .service(payments::create_capture)
             .service(payments::get_capture)

@@ -112,6 +112,45 @@ pub async fn create_authorization(
     .await
 }
 
+/// Extension: settles an authorization whose answer was lost, without
+/// sending the card again. The `Idempotency-Key` is the key the
+/// authorization was (or may have been) sent with.
+#[utoipa::path(post, path = "/api/v1/authorizations/resolve", tag = "bank",
+    params(("Idempotency-Key" = String, Header, description = "the key of the authorization to resolve")),
+    responses(
+        (status = 200, body = AuthorizationResponse, description = "the authorization that key created, as it is now"),
+        (status = 404, body = ErrorBody, description = "that key created nothing, and from now on it never will"),
+    ))]
+#[post("/authorizations/resolve")]
+pub async fn resolve_authorization(
+    req: HttpRequest,
+    payload: Payload,
+    state: Data<AppState>,
+) -> Result<HttpResponse, BankError> {
+    let request = IdempotentRequest::<serde_json::Value>::read(&req, payload).await?;
+    let path = req.path().trim_end_matches("/resolve");
+    match idempotency::retire_or_read(&state.pool, path, &request.scope.key).await? {
+        idempotency::Retired::Absent => Err(BankError::NotFound("authorization for this key")),
+        idempotency::Retired::Done(stored) => {
+            let created: AuthorizationCreated =
+                serde_json::from_slice(&stored).map_err(|e| BankError::Internal(e.into()))?;
+            let id = AuthorizationId::parse(&created.authorization_id).ok_or_else(|| {
+                BankError::Internal(anyhow::anyhow!("a stored authorization id does not parse"))
+            })?;
+            let mut conn = state.pool.acquire().await?;
+            let authorization = operations::get_authorization(&mut conn, id)
+                .await?
+                .ok_or(BankError::NotFound("authorization"))?;
+            Ok(HttpResponse::Ok().json(AuthorizationResponse::from(authorization)))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct AuthorizationCreated {
+    authorization_id: String,
+}
+
 #[utoipa::path(get, path = "/api/v1/authorizations/{authorization_id}", tag = "bank",
     responses((status = 200, body = AuthorizationResponse), (status = 404, body = ErrorBody)))]
 #[get("/authorizations/{authorization_id}")]

@@ -153,3 +153,59 @@ async fn ten_concurrent_identical_requests_execute_once() {
     assert_eq!(bank.count("authorizations").await, 1);
     assert_eq!(bank.balances(HAPPY_CARD.0).await.1, 1_000_000 - 1234);
 }
+
+#[tokio::test]
+async fn resolve_reads_the_authorization_a_key_created() {
+    let bank = spawn_bank().await;
+    let key = new_key();
+    let body = json!({"card_number": HAPPY_CARD.0, "cvv": "123", "amount": 900});
+    let created: Value = bank
+        .post("/api/v1/authorizations", &key, &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let resolved = bank
+        .post("/api/v1/authorizations/resolve", &key, &json!({}))
+        .await;
+    assert_eq!(resolved.status(), StatusCode::OK);
+    let resolved: Value = resolved.json().await.unwrap();
+    assert_eq!(resolved["authorization_id"], created["authorization_id"]);
+    assert_eq!(resolved["state"], "active");
+    // Still the original's key: a replay of the original works.
+    let replay = bank.post("/api/v1/authorizations", &key, &body).await;
+    assert_eq!(replay.headers()["X-Idempotent-Replayed"], "true");
+}
+
+#[tokio::test]
+async fn resolve_retires_a_key_that_created_nothing() {
+    let bank = spawn_bank().await;
+    let key = new_key();
+    let resolved = bank
+        .post("/api/v1/authorizations/resolve", &key, &json!({}))
+        .await;
+    assert_error(resolved, StatusCode::NOT_FOUND, "not_found").await;
+    // A late request with the retired key can no longer authorize.
+    let body = json!({"card_number": HAPPY_CARD.0, "cvv": "123", "amount": 900});
+    let late = bank.post("/api/v1/authorizations", &key, &body).await;
+    assert_error(
+        late,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    )
+    .await;
+    assert_eq!(bank.count("authorizations").await, 0);
+    assert_eq!(bank.balances(HAPPY_CARD.0).await, (1_000_000, 1_000_000));
+    let again = bank
+        .post("/api/v1/authorizations/resolve", &key, &json!({}))
+        .await;
+    assert_error(again, StatusCode::NOT_FOUND, "not_found").await;
+    let keyless = bank
+        .client
+        .post(bank.url("/api/v1/authorizations/resolve"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(keyless, StatusCode::BAD_REQUEST, "missing_idempotency_key").await;
+}
