@@ -180,7 +180,7 @@ async fn stop_with_signal_during_a_request(signal: &str) {
         let pid = child.id().to_string();
         assert!(
             Command::new("kill")
-                .args(["-TERM", &pid])
+                .args([signal, &pid])
                 .status()
                 .unwrap()
                 .success()
