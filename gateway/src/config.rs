@@ -53,6 +53,30 @@ pub struct Settings {
     pub idempotency_retention_hours: u64,
     #[arg(long, env = "IDEMPOTENCY_PURGE_INTERVAL_MS", default_value_t = 60_000)]
     pub idempotency_purge_interval_ms: u64,
+    /// How often the recovery worker looks for operations whose outcome is unknown.
+    #[arg(long, env = "RECOVERY_INTERVAL_MS", default_value_t = 1_000)]
+    pub recovery_interval_ms: u64,
+    /// Operations one recovery pass claims at most.
+    #[arg(long, env = "RECOVERY_BATCH", default_value_t = 32)]
+    pub recovery_batch: i64,
+    /// The longest wait between two recovery attempts of one operation.
+    #[arg(long, env = "RECOVERY_MAX_BACKOFF_MS", default_value_t = 60_000)]
+    pub recovery_max_backoff_ms: u64,
+    /// An operation unresolved for longer is flagged (metric, log), never dropped.
+    #[arg(long, env = "RECOVERY_FLAG_AFTER_SECONDS", default_value_t = 300)]
+    pub recovery_flag_after_seconds: u64,
+    /// How often authorizations past their expiry are marked expired.
+    #[arg(long, env = "EXPIRY_SWEEP_INTERVAL_MS", default_value_t = 1_000)]
+    pub expiry_sweep_interval_ms: u64,
+    /// Consecutive transient bank failures that open the circuit.
+    #[arg(long, env = "CIRCUIT_FAILURE_THRESHOLD", default_value_t = 5)]
+    pub circuit_failure_threshold: u32,
+    /// How long the circuit stays open before a probe may try the bank.
+    #[arg(long, env = "CIRCUIT_OPEN_MS", default_value_t = 5_000)]
+    pub circuit_open_ms: u64,
+    /// How often the server reconciles recent receipts with the bank (0: never).
+    #[arg(long, env = "RECONCILE_INTERVAL_MS", default_value_t = 300_000)]
+    pub reconcile_interval_ms: u64,
     /// Request bodies larger than this are refused with 413.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
@@ -84,6 +108,14 @@ impl Settings {
             retry_unknown_after_ms: 1_000,
             idempotency_retention_hours: 24,
             idempotency_purge_interval_ms: 60_000,
+            recovery_interval_ms: 1_000,
+            recovery_batch: 32,
+            recovery_max_backoff_ms: 60_000,
+            recovery_flag_after_seconds: 300,
+            expiry_sweep_interval_ms: 1_000,
+            circuit_failure_threshold: 5,
+            circuit_open_ms: 5_000,
+            reconcile_interval_ms: 300_000,
             max_body_bytes: 16 * 1024,
             shutdown_grace_seconds: 30,
             workers: 0,
