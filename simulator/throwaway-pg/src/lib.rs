@@ -66,6 +66,33 @@ impl Postgres {
         }
     }
 
+    /// A new throwaway cluster of our own, whatever `DATABASE_URL` says: for
+    /// a test that stops and starts its server.
+    pub fn throwaway() -> Result<Self, Error> {
+        let cluster = Cluster::start()?;
+        Ok(Self {
+            url: cluster.url(),
+            cluster: Some(cluster),
+        })
+    }
+
+    /// Stops our cluster (fast shutdown: connections are cut), keeping its
+    /// data, as in a database outage. An error for a server we did not start.
+    pub fn stop(&self) -> Result<(), Error> {
+        self.own_cluster()?.pg_ctl_stop()
+    }
+
+    /// Starts our stopped cluster again on the same port.
+    pub fn start(&self) -> Result<(), Error> {
+        self.own_cluster()?.pg_ctl_start()
+    }
+
+    fn own_cluster(&self) -> Result<&Cluster, Error> {
+        self.cluster.as_ref().ok_or_else(|| {
+            Error::Start("only a throwaway cluster can be stopped and started".to_owned())
+        })
+    }
+
     /// The URL this server was reached by (`DATABASE_URL` or the cluster's).
     pub fn url(&self) -> &str {
         &self.url
@@ -217,6 +244,15 @@ impl Cluster {
         run(&mut command)
     }
 
+    fn pg_ctl_stop(&self) -> Result<(), Error> {
+        let mut command = self.server_command("pg_ctl");
+        command
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", "fast", "-w", "stop"]);
+        run(&mut command)
+    }
+
     /// A detached shell that waits for this process to die, then stops the
     /// cluster and removes its directory. `Drop` does the same sooner; the
     /// watchdog covers `kill -9` and statics that are never dropped.
@@ -333,6 +369,30 @@ mod tests {
             with_database("postgres://u:p@h/db?sslmode=disable", "t1"),
             "postgres://u:p@h/t1?sslmode=disable"
         );
+    }
+
+    #[tokio::test]
+    async fn an_own_cluster_can_be_stopped_and_started_with_its_data() {
+        let pg = super::Postgres::throwaway().unwrap();
+        let url = pg.fresh_database("t").await.unwrap();
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("CREATE TABLE kept (x int)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        drop(conn);
+        pg.stop().unwrap();
+        assert!(
+            sqlx::PgConnection::connect(&url).await.is_err(),
+            "down while stopped"
+        );
+        pg.start().unwrap();
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM kept")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(rows, 0);
     }
 
     #[tokio::test]
