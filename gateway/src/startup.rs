@@ -11,7 +11,7 @@ use actix_web::{App, HttpServer};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
-use crate::bank::BankClient;
+use crate::bank::{BankClient, CircuitSettings};
 use crate::config::Settings;
 use crate::payments::Gateway;
 use crate::{api, idempotency, store, telemetry};
@@ -40,16 +40,21 @@ impl Application {
         )
         .await?;
         store::MIGRATOR.run(&pool).await?;
+        // The recorder first, so that the breaker's initial state is on it.
+        let prometheus = Data::new(telemetry::prometheus());
         let bank = BankClient::new(
             &settings.bank_url,
             settings.retry_policy(),
             settings.bank_max_in_flight,
+            CircuitSettings {
+                failure_threshold: settings.circuit_failure_threshold,
+                open_for: Duration::from_millis(settings.circuit_open_ms),
+            },
         )?;
         let state = Data::new(AppState {
             gateway: Gateway::new(pool.clone(), bank, settings.leases()),
             max_body_bytes: settings.max_body_bytes,
         });
-        let prometheus = Data::new(telemetry::prometheus());
 
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))?;
         let port = listener.local_addr()?.port();

@@ -1,6 +1,8 @@
 //! Every way a request fails before it becomes a payment outcome, mapped
 //! to the contract's error object. Causes go to the log, never the client.
 
+use std::time::Duration;
+
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
@@ -35,6 +37,13 @@ pub enum ApiError {
     KeyReused,
     #[error("the service is temporarily unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// The bank's circuit is open: nothing was done or stored, and the
+    /// client may retry with the same Idempotency-Key after `retry_after`.
+    #[error(
+        "the bank is unavailable; nothing was sent to it and nothing was recorded, retry after {} s with the same Idempotency-Key",
+        retry_after_seconds(*retry_after)
+    )]
+    BankUnavailable { retry_after: Duration },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -74,9 +83,24 @@ impl ApiError {
                 ErrorBody::new("idempotency_error", "idempotency_key_reused", message)
             }
             Self::Unavailable(_) => ErrorBody::new("api_error", "service_unavailable", message),
+            Self::BankUnavailable { .. } => {
+                ErrorBody::new("api_error", "bank_unavailable", message)
+            }
             Self::Internal(_) => ErrorBody::new("api_error", "internal_error", message),
         }
     }
+}
+
+/// `Retry-After` is whole seconds: rounded up, and at least 1 (a 0 would
+/// invite an immediate retry that the circuit refuses again).
+pub fn retry_after_seconds(retry_after: Duration) -> u64 {
+    let whole = retry_after.as_secs();
+    let rounded = if retry_after.subsec_nanos() > 0 {
+        whole.saturating_add(1)
+    } else {
+        whole
+    };
+    rounded.max(1)
 }
 
 impl From<DomainError> for ApiError {
@@ -136,7 +160,7 @@ impl ResponseError for ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::KeyInUse => StatusCode::CONFLICT,
             Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::BankUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -153,6 +177,10 @@ impl ResponseError for ApiError {
             | Self::PayloadTooLarge { .. }
             | Self::KeyInUse
             | Self::KeyReused => {}
+            Self::BankUnavailable { retry_after } => tracing::info!(
+                retry_after_ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+                "refused up front: the bank's circuit is open"
+            ),
         }
         let mut response = HttpResponse::build(self.status_code());
         match self {
@@ -161,6 +189,10 @@ impl ResponseError for ApiError {
             }
             Self::Unavailable(_) => {
                 response.insert_header(("Retry-After", "1"));
+            }
+            Self::BankUnavailable { retry_after } => {
+                response
+                    .insert_header(("Retry-After", retry_after_seconds(*retry_after).to_string()));
             }
             Self::Invalid { .. }
             | Self::MissingIdempotencyKey
@@ -172,5 +204,39 @@ impl ResponseError for ApiError {
             | Self::Internal(_) => {}
         }
         response.json(self.body())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up_and_at_least_one() {
+        assert_eq!(retry_after_seconds(Duration::ZERO), 1);
+        assert_eq!(retry_after_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_seconds(Duration::from_millis(1000)), 1);
+        assert_eq!(retry_after_seconds(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_seconds(Duration::from_millis(4500)), 5);
+        assert_eq!(retry_after_seconds(Duration::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn bank_unavailable_is_a_503_api_error_with_retry_after() {
+        let error = ApiError::BankUnavailable {
+            retry_after: Duration::from_millis(2_300),
+        };
+        let response = error.error_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response
+                .headers()
+                .get("Retry-After")
+                .and_then(|v| v.to_str().ok()),
+            Some("3")
+        );
+        let body = serde_json::to_value(error.body()).expect("json");
+        assert_eq!(body["error"]["type"], "api_error");
+        assert_eq!(body["error"]["code"], "bank_unavailable");
     }
 }

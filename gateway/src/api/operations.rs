@@ -20,7 +20,7 @@ pub async fn health() -> HttpResponse {
 }
 
 #[utoipa::path(get, path = "/ready", tag = "operations",
-    responses((status = 200, description = "Database reachable and migrated"), (status = 503, description = "Not ready; the body says why")))]
+    responses((status = 200, description = "Database reachable and migrated; `circuit` is the bank's circuit breaker (closed, open or half_open), reported but not a condition"), (status = 503, description = "Not ready; the body says why")))]
 #[get("/ready")]
 pub async fn ready(state: Data<AppState>) -> HttpResponse {
     let expected = i64::try_from(MIGRATOR.iter().count()).unwrap_or(i64::MAX);
@@ -36,7 +36,20 @@ pub async fn ready(state: Data<AppState>) -> HttpResponse {
         Err(_) => ("timeout", "unknown"),
     };
     let ok = database == "ok" && migrations == "ok";
-    let body = json!({"status": if ok { "ready" } else { "not_ready" }, "database": database, "migrations": migrations});
+    // The bank's circuit is reported but does not make this 503. Readiness
+    // asks "should this instance get traffic?", and an open circuit says
+    // the bank is down, which every replica sees alike: failing /ready would
+    // pull every replica out of the load balancer at once, turning fast 503
+    // `bank_unavailable` answers (with Retry-After, keys left usable) into
+    // connection errors, and stop serving reads and replays that need no
+    // bank. The process is fine; the bank is not.
+    let circuit = state.gateway.bank().circuit().state().as_str();
+    let body = json!({
+        "status": if ok { "ready" } else { "not_ready" },
+        "database": database,
+        "migrations": migrations,
+        "circuit": circuit,
+    });
     if ok {
         HttpResponse::Ok().json(body)
     } else {

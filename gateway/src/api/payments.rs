@@ -11,7 +11,8 @@ use utoipa::ToSchema;
 use super::error::ApiError;
 use super::request::{Fields, Merchant, idempotency_key, read_json};
 use crate::domain::{
-    Amount, CardExpiry, CardNumber, Currency, CustomerId, Cvv, OrderId, PaymentId,
+    Amount, CardExpiry, CardNumber, Currency, CustomerId, Cvv, IdempotencyKey, MerchantId, OrderId,
+    PaymentId,
 };
 use crate::idempotency::fingerprint;
 use crate::payments::view::{ErrorBody, PaymentView};
@@ -84,6 +85,41 @@ fn parse_create(body: &Value) -> Result<AuthorizeCommand, ApiError> {
     })
 }
 
+/// Refuses the request up front while the bank's circuit is open: 503
+/// `bank_unavailable` with `Retry-After`, before the idempotency key is
+/// claimed or anything is written, so the client may retry with the same
+/// key. A key that was already answered is let through: its replay (or its
+/// 422) needs no bank. This reads the key only when the circuit is open, so
+/// the usual path costs one mutex, not a query.
+///
+/// A request that passes may still find the circuit open by the time it
+/// calls the bank (another took the half-open probe, or it opened
+/// meanwhile); it then ends like any call without an answer: 202, and the
+/// operation is resumed later with the same bank key.
+async fn ensure_bank_available(
+    state: &AppState,
+    merchant: MerchantId,
+    key: &IdempotencyKey,
+) -> Result<(), ApiError> {
+    let Err(open) = state.gateway.bank().circuit().check() else {
+        return Ok(());
+    };
+    let answered: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM idempotency_keys \
+         WHERE merchant_id = $1 AND key = $2 AND state = 'done')",
+    )
+    .bind(merchant.as_uuid())
+    .bind(key.as_str())
+    .fetch_one(state.gateway.pool())
+    .await?;
+    if answered {
+        return Ok(());
+    }
+    Err(ApiError::BankUnavailable {
+        retry_after: open.retry_after,
+    })
+}
+
 fn respond(reply: Reply) -> HttpResponse {
     let status = actix_web::http::StatusCode::from_u16(reply.status)
         .unwrap_or(actix_web::http::StatusCode::OK);
@@ -108,7 +144,7 @@ fn respond(reply: Reply) -> HttpResponse {
         (status = 409, description = "idempotency_key_in_use", body = ErrorBody),
         (status = 413, body = ErrorBody),
         (status = 422, description = "idempotency_key_reused", body = ErrorBody),
-        (status = 503, body = ErrorBody),
+        (status = 503, description = "bank_unavailable (the bank's circuit is open; nothing was created, retry after Retry-After with the same key) or service_unavailable", body = ErrorBody),
     ))]
 #[post("/payments")]
 pub async fn create_payment(
@@ -120,6 +156,7 @@ pub async fn create_payment(
     let key = idempotency_key(&req)?;
     let body = read_json(payload, state.max_body_bytes).await?;
     let command = parse_create(&body)?;
+    ensure_bank_available(&state, merchant.0, &key).await?;
     let hash = fingerprint("POST", req.path(), &body);
     let reply = state
         .gateway
@@ -147,6 +184,7 @@ async fn operate(
             .transpose()?
     };
     let payment_id = PaymentId::parse(&id).map_err(|_| ApiError::NotFound)?;
+    ensure_bank_available(&state, merchant.0, &key).await?;
     let hash = fingerprint("POST", req.path(), &body);
     let reply = state
         .gateway
@@ -170,7 +208,7 @@ macro_rules! operation_route {
                 (status = 409, description = "invalid_state, authorization_expired or idempotency_key_in_use", body = ErrorBody),
                 (status = 413, body = ErrorBody),
                 (status = 422, body = ErrorBody), (status = 502, description = "the bank refused", body = ErrorBody),
-                (status = 503, body = ErrorBody),
+                (status = 503, description = "bank_unavailable (the bank's circuit is open; nothing was done, retry after Retry-After with the same key) or service_unavailable", body = ErrorBody),
             ))]
         #[post($path)]
         pub async fn $name(

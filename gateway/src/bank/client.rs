@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
+use super::circuit::{CircuitBreaker, CircuitSettings};
 use super::retry::{RetryPolicy, backoff};
 use super::wire::{
     Authorization, AuthorizeRequest, BankErrorCode, Capture, CaptureRequest, ErrorBody, Refund,
@@ -70,18 +71,36 @@ impl fmt::Display for Refusal {
 }
 
 /// Why a call ended without an answer. `attempts` counts the HTTP attempts
-/// made; 0 means nothing was sent (no in-flight slot came free in time).
+/// made; 0 means nothing was sent (no in-flight slot came free in time, or
+/// the circuit was open).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UnknownReason {
-    DeadlinePassed { attempts: u32, last_error: String },
-    AttemptsExhausted { attempts: u32, last_error: String },
+    DeadlinePassed {
+        attempts: u32,
+        last_error: String,
+    },
+    AttemptsExhausted {
+        attempts: u32,
+        last_error: String,
+    },
+    /// The circuit breaker refused the next attempt. With `attempts == 0`
+    /// nothing was sent by this call, and it returned at once; otherwise
+    /// the circuit opened between two of its attempts.
+    CircuitOpen {
+        attempts: u32,
+        retry_after: Duration,
+    },
 }
+
+/// [`UnknownReason::last_error`] of a call the circuit stopped.
+const CIRCUIT_OPEN_ERROR: &str = "the bank's circuit breaker is open";
 
 impl UnknownReason {
     pub fn attempts(&self) -> u32 {
         match self {
             UnknownReason::DeadlinePassed { attempts, .. }
-            | UnknownReason::AttemptsExhausted { attempts, .. } => *attempts,
+            | UnknownReason::AttemptsExhausted { attempts, .. }
+            | UnknownReason::CircuitOpen { attempts, .. } => *attempts,
         }
     }
 
@@ -89,6 +108,7 @@ impl UnknownReason {
         match self {
             UnknownReason::DeadlinePassed { last_error, .. }
             | UnknownReason::AttemptsExhausted { last_error, .. } => last_error,
+            UnknownReason::CircuitOpen { .. } => CIRCUIT_OPEN_ERROR,
         }
     }
 }
@@ -110,6 +130,14 @@ impl fmt::Display for UnknownReason {
                 f,
                 "gave up after {attempts} attempt(s); last error: {last_error}"
             ),
+            UnknownReason::CircuitOpen {
+                attempts,
+                retry_after,
+            } => write!(
+                f,
+                "{CIRCUIT_OPEN_ERROR} after {attempts} attempt(s); retry after {} ms",
+                millis(*retry_after)
+            ),
         }
     }
 }
@@ -125,8 +153,9 @@ pub enum BankClientError {
     Http(#[from] reqwest::Error),
 }
 
-/// The bank's HTTP client. Cheap to clone: clones share the connection pool
-/// and the in-flight limit.
+/// The bank's HTTP client. Cheap to clone: clones (and
+/// [`with_policy`](BankClient::with_policy) copies) share the connection
+/// pool, the in-flight limit and the circuit breaker.
 #[derive(Clone)]
 pub struct BankClient {
     shared: Arc<Shared>,
@@ -138,6 +167,7 @@ struct Shared {
     base: Url,
     permits: Semaphore,
     max_in_flight: usize,
+    circuit: Arc<CircuitBreaker>,
 }
 
 impl fmt::Debug for BankClient {
@@ -146,6 +176,7 @@ impl fmt::Debug for BankClient {
             .field("base", &self.shared.base.as_str())
             .field("max_in_flight", &self.shared.max_in_flight)
             .field("policy", &self.policy)
+            .field("circuit", &self.shared.circuit)
             .finish()
     }
 }
@@ -248,11 +279,13 @@ impl Drop for InFlight {
 
 impl BankClient {
     /// A client for the bank at `base_url` (e.g. `http://127.0.0.1:8787`),
-    /// with at most `max_in_flight` HTTP attempts at the bank at once.
+    /// with at most `max_in_flight` HTTP attempts at the bank at once, and
+    /// a circuit breaker configured by `circuit`.
     pub fn new(
         base_url: &str,
         policy: RetryPolicy,
         max_in_flight: usize,
+        circuit: CircuitSettings,
     ) -> Result<Self, BankClientError> {
         if max_in_flight == 0 {
             return Err(BankClientError::ZeroMaxInFlight);
@@ -284,6 +317,7 @@ impl BankClient {
                 base,
                 permits: Semaphore::new(max_in_flight),
                 max_in_flight,
+                circuit: Arc::new(CircuitBreaker::from_settings(circuit)),
             }),
             policy,
         })
@@ -301,6 +335,11 @@ impl BankClient {
 
     pub fn policy(&self) -> &RetryPolicy {
         &self.policy
+    }
+
+    /// The circuit breaker every attempt of every clone consults.
+    pub fn circuit(&self) -> &CircuitBreaker {
+        &self.shared.circuit
     }
 
     /// `POST /api/v1/authorizations` with `Idempotency-Key: key`.
@@ -470,17 +509,27 @@ impl BankClient {
             let Some(left) = time_left(deadline) else {
                 break deadline_passed(attempts, last_error);
             };
+            // The breaker first: an open circuit answers at once, before
+            // waiting for a slot. The admission lives as long as the
+            // attempt, and records its verdict (or, dropped by a cancelled
+            // call, resolves a probe as failed).
+            let admission = match self.shared.circuit.admit() {
+                Ok(admission) => admission,
+                Err(open) => break circuit_open(attempts, open.retry_after),
+            };
             // Waiting for a slot counts against the deadline; the permit is
             // held for this attempt only, never during a backoff sleep.
             let permit = match tokio::time::timeout(left, self.shared.permits.acquire()).await {
                 Ok(Ok(permit)) => permit,
                 Ok(Err(_closed)) => {
+                    admission.not_sent();
                     break BankOutcome::Unknown(UnknownReason::AttemptsExhausted {
                         attempts,
                         last_error: "the in-flight limiter was closed".to_owned(),
                     });
                 }
                 Err(_elapsed) => {
+                    admission.not_sent();
                     if attempts == 0 {
                         last_error = "no in-flight slot came free before the deadline".to_owned();
                     }
@@ -489,6 +538,7 @@ impl BankClient {
             };
             let Some(left) = time_left(deadline) else {
                 drop(permit);
+                admission.not_sent();
                 break deadline_passed(attempts, last_error);
             };
             let timeout = self.policy.attempt_timeout.min(left);
@@ -508,6 +558,10 @@ impl BankClient {
                 Attempt::Refused(refusal) => (AttemptResult::Http4xx, Some(refusal.status)),
                 Attempt::Transient { result, status, .. } => (*result, status.map(|s| s.as_u16())),
             };
+            match &verdict {
+                Attempt::Done(_) | Attempt::Refused(_) => admission.success(),
+                Attempt::Transient { .. } => admission.transient_failure(),
+            }
             metrics::counter!(
                 "gateway_bank_attempts_total",
                 "operation" => op.name(),
@@ -562,6 +616,10 @@ impl BankClient {
                     last_error,
                 });
             }
+            // No point sleeping towards an attempt the circuit will refuse.
+            if let Err(open) = self.shared.circuit.check() {
+                break circuit_open(attempts, open.retry_after);
+            }
             let Some(left) = time_left(deadline) else {
                 break deadline_passed(attempts, last_error);
             };
@@ -599,6 +657,23 @@ impl BankClient {
                     outcome = outcome.label(),
                     elapsed_ms = millis(elapsed),
                     "bank call finished"
+                );
+            }
+            // Refused up front by an open circuit: the opening was logged
+            // once; a line per refused call would flood the log.
+            BankOutcome::Unknown(
+                reason @ UnknownReason::CircuitOpen {
+                    attempts: 0,
+                    retry_after,
+                },
+            ) => {
+                tracing::debug!(
+                    operation = op.name(),
+                    key,
+                    outcome = outcome.label(),
+                    retry_after_ms = millis(*retry_after),
+                    reason = %reason,
+                    "bank call refused: circuit open"
                 );
             }
             BankOutcome::Unknown(reason) => {
@@ -729,6 +804,13 @@ fn refusal(op: Operation, status: StatusCode, body: &[u8]) -> Refusal {
     }
 }
 
+fn circuit_open<T>(attempts: u32, retry_after: Duration) -> BankOutcome<T> {
+    BankOutcome::Unknown(UnknownReason::CircuitOpen {
+        attempts,
+        retry_after,
+    })
+}
+
 fn deadline_passed<T>(attempts: u32, last_error: String) -> BankOutcome<T> {
     BankOutcome::Unknown(UnknownReason::DeadlinePassed {
         attempts,
@@ -832,12 +914,14 @@ mod tests {
     #[test]
     fn urls_are_built_under_the_base_path() {
         let policy = RetryPolicy::default();
-        let client = BankClient::new("http://127.0.0.1:8787", policy, 1).expect("client");
+        let circuit = CircuitSettings::default();
+        let client = BankClient::new("http://127.0.0.1:8787", policy, 1, circuit).expect("client");
         assert_eq!(
             client.url(&["authorizations", "auth_1"]).as_str(),
             "http://127.0.0.1:8787/api/v1/authorizations/auth_1"
         );
-        let client = BankClient::new("http://bank.local/prefix/", policy, 1).expect("client");
+        let client =
+            BankClient::new("http://bank.local/prefix/", policy, 1, circuit).expect("client");
         assert_eq!(
             client.url(&["captures"]).as_str(),
             "http://bank.local/prefix/api/v1/captures"
@@ -852,16 +936,17 @@ mod tests {
     #[test]
     fn bad_configuration_is_refused() {
         let policy = RetryPolicy::default();
+        let circuit = CircuitSettings::default();
         assert!(matches!(
-            BankClient::new("http://127.0.0.1:8787", policy, 0),
+            BankClient::new("http://127.0.0.1:8787", policy, 0, circuit),
             Err(BankClientError::ZeroMaxInFlight)
         ));
         assert!(matches!(
-            BankClient::new("not a url", policy, 1),
+            BankClient::new("not a url", policy, 1, circuit),
             Err(BankClientError::InvalidBaseUrl { .. })
         ));
         assert!(matches!(
-            BankClient::new("mailto:bank@example.com", policy, 1),
+            BankClient::new("mailto:bank@example.com", policy, 1, circuit),
             Err(BankClientError::InvalidBaseUrl { .. })
         ));
     }

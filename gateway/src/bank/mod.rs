@@ -42,19 +42,34 @@
 //!   that is waiting to retry does not block the others. Time spent waiting
 //!   for a permit counts against the call's deadline.
 //!
+//! - **A circuit breaker** ([`CircuitBreaker`], see [`circuit`]): after
+//!   `failure_threshold` consecutive transient attempt failures, across all
+//!   calls and all clones of the client, it opens for `open_for`; then one
+//!   probe attempt is let through, and its answer closes the circuit (2xx
+//!   or 4xx) or opens it again. Every attempt asks it first; while it is
+//!   open a call returns [`Unknown`](BankOutcome::Unknown) with
+//!   [`UnknownReason::CircuitOpen`] at once, nothing sent and no sleep. The
+//!   API checks it before claiming an idempotency key, so a request that
+//!   would only wait on a dead bank gets 503 with `Retry-After` and leaves
+//!   nothing behind. Retries cope with a flaky bank; the breaker copes with
+//!   a dead one, where retrying only adds load and latency.
+//!
 //! Card numbers and CVVs are never logged: [`AuthorizeRequest`]'s `Debug`
 //! shows only the last four digits, and the client logs the operation, the
 //! idempotency key, the attempt, the status and the elapsed time.
 //!
 //! Metrics (`metrics` crate): `gateway_bank_calls_total{operation, outcome}`,
 //! `gateway_bank_attempts_total{operation, result}`,
-//! `gateway_bank_call_duration_seconds{operation}` and
-//! `gateway_bank_in_flight`.
+//! `gateway_bank_call_duration_seconds{operation}`,
+//! `gateway_bank_in_flight`, `gateway_bank_circuit_state` (0 closed,
+//! 1 half-open, 2 open) and `gateway_bank_circuit_opened_total`.
 
+pub mod circuit;
 mod client;
 mod retry;
 mod wire;
 
+pub use circuit::{CircuitBreaker, CircuitSettings, CircuitState};
 pub use client::{BankClient, BankClientError, BankOutcome, Refusal, UnknownReason};
 pub use retry::{RetryPolicy, backoff, backoff_cap};
 pub use wire::{Authorization, AuthorizeRequest, BankErrorCode, Capture, Refund, Void};

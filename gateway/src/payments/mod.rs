@@ -76,4 +76,8 @@ impl Gateway {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    pub fn bank(&self) -> &BankClient {
+        &self.bank
+    }
 }

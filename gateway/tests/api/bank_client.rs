@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gateway::bank::{
-    AuthorizeRequest, BankClient, BankErrorCode, BankOutcome, RetryPolicy, UnknownReason,
+    AuthorizeRequest, BankClient, BankErrorCode, BankOutcome, CircuitSettings, RetryPolicy,
+    UnknownReason,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,6 +28,16 @@ fn policy() -> RetryPolicy {
         max_attempts: 8,
         base_backoff: ms(5),
         max_backoff: ms(50),
+    }
+}
+
+/// A breaker that never opens: these tests are about retries, and some
+/// fail many attempts in a row on purpose (the breaker has its own tests
+/// in `circuit.rs`).
+fn no_circuit() -> CircuitSettings {
+    CircuitSettings {
+        failure_threshold: u32::MAX,
+        open_for: Duration::from_secs(1),
     }
 }
 
@@ -92,7 +103,7 @@ async fn a_500_then_a_200_is_retried_with_the_same_key_and_body() {
         .respond_with(ResponseTemplate::new(200).set_body_json(authorization_json()))
         .mount(&server)
         .await;
-    let client = BankClient::new(&server.uri(), policy(), 4).expect("client");
+    let client = BankClient::new(&server.uri(), policy(), 4, no_circuit()).expect("client");
 
     let outcome = client.authorize("pay_1:authorize", &card()).await;
 
@@ -137,7 +148,7 @@ async fn a_402_is_refused_and_never_retried() {
         .expect(1)
         .mount(&server)
         .await;
-    let client = BankClient::new(&server.uri(), policy(), 4).expect("client");
+    let client = BankClient::new(&server.uri(), policy(), 4, no_circuit()).expect("client");
 
     let outcome = client.authorize("k-402", &card()).await;
 
@@ -164,7 +175,7 @@ async fn a_400_authorization_already_used_is_refused_and_never_retried() {
         .expect(1)
         .mount(&server)
         .await;
-    let client = BankClient::new(&server.uri(), policy(), 4).expect("client");
+    let client = BankClient::new(&server.uri(), policy(), 4, no_circuit()).expect("client");
 
     let outcome = client.capture("k-cap", "auth_1", 4999).await;
 
@@ -199,7 +210,7 @@ async fn a_422_and_an_unparseable_4xx_are_refusals_too() {
         .expect(1)
         .mount(&server)
         .await;
-    let client = BankClient::new(&server.uri(), policy(), 4).expect("client");
+    let client = BankClient::new(&server.uri(), policy(), 4, no_circuit()).expect("client");
 
     let void = client.void("k-void", "auth_1").await;
     let refund = client.refund("k-refund", "cap_1", 10).await;
@@ -235,7 +246,7 @@ async fn a_get_of_an_unknown_id_is_refused_not_found_and_a_known_one_parses() {
         .expect(1)
         .mount(&server)
         .await;
-    let client = BankClient::new(&server.uri(), policy(), 4).expect("client");
+    let client = BankClient::new(&server.uri(), policy(), 4, no_circuit()).expect("client");
 
     let missing = client.get_authorization("auth_missing").await;
     let capture = client.get_capture("cap_1").await;
@@ -271,7 +282,7 @@ async fn a_2xx_with_a_broken_body_is_retried_and_the_replay_parses() {
         .respond_with(ResponseTemplate::new(200).set_body_json(capture_json()))
         .mount(&server)
         .await;
-    let client = BankClient::new(&server.uri(), policy(), 4).expect("client");
+    let client = BankClient::new(&server.uri(), policy(), 4, no_circuit()).expect("client");
 
     let outcome = client.capture("k-broken", "auth_1", 4999).await;
 
@@ -301,7 +312,7 @@ async fn a_response_slower_than_the_attempt_timeout_is_retried() {
         .respond_with(ResponseTemplate::new(200).set_body_json(authorization_json()))
         .mount(&server)
         .await;
-    let client = BankClient::new(&server.uri(), policy(), 4).expect("client");
+    let client = BankClient::new(&server.uri(), policy(), 4, no_circuit()).expect("client");
 
     let outcome = client.authorize("k-slow", &card()).await;
 
@@ -326,6 +337,7 @@ async fn connection_refused_is_retried_then_unknown() {
             ..policy()
         },
         2,
+        no_circuit(),
     )
     .expect("client");
 
@@ -341,7 +353,9 @@ async fn connection_refused_is_retried_then_unknown() {
         }
         other @ (BankOutcome::Done(_)
         | BankOutcome::Refused(_)
-        | BankOutcome::Unknown(UnknownReason::DeadlinePassed { .. })) => {
+        | BankOutcome::Unknown(
+            UnknownReason::DeadlinePassed { .. } | UnknownReason::CircuitOpen { .. },
+        )) => {
             panic!("expected Unknown(AttemptsExhausted), got {other:?}")
         }
     }
@@ -365,7 +379,7 @@ async fn only_500s_until_the_deadline_is_unknown_deadline_passed() {
         base_backoff: ms(5),
         max_backoff: ms(20),
     };
-    let client = BankClient::new(&server.uri(), policy, 4).expect("client");
+    let client = BankClient::new(&server.uri(), policy, 4, no_circuit()).expect("client");
 
     let started = Instant::now();
     let outcome = client.refund("k-deadline", "cap_1", 4999).await;
@@ -405,7 +419,7 @@ async fn only_500s_with_few_attempts_is_unknown_attempts_exhausted() {
         deadline: Duration::from_secs(10),
         ..policy()
     };
-    let client = BankClient::new(&server.uri(), policy, 4).expect("client");
+    let client = BankClient::new(&server.uri(), policy, 4, no_circuit()).expect("client");
 
     let outcome = client.void("k-three", "auth_1").await;
 
@@ -512,7 +526,8 @@ async fn a_connection_closed_without_a_response_is_retried() {
             }
         }
     });
-    let client = BankClient::new(&format!("http://{address}"), policy(), 2).expect("client");
+    let client =
+        BankClient::new(&format!("http://{address}"), policy(), 2, no_circuit()).expect("client");
 
     let outcome = client.authorize("k-reset", &card()).await;
 
@@ -563,7 +578,8 @@ async fn no_more_than_max_in_flight_requests_reach_the_bank_at_once() {
         deadline: Duration::from_secs(20),
         ..policy()
     };
-    let client = BankClient::new(&format!("http://{address}"), policy, 2).expect("client");
+    let client =
+        BankClient::new(&format!("http://{address}"), policy, 2, no_circuit()).expect("client");
     // A client with another policy shares the same limit.
     let other = client.with_policy(RetryPolicy {
         max_attempts: 3,

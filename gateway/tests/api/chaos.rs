@@ -8,6 +8,16 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
+/// These tests are about retries hiding a flaky bank, not about the
+/// circuit breaker. With 10 concurrent clients, 5 consecutive transient
+/// failures (the default threshold) happen by chance on a bank that fails
+/// 30% of attempts (0.3^5: once in ~400 windows), and the 503s of an open
+/// circuit would then reach the client. 20 in a row is what a dead bank
+/// does, and never happens by chance here.
+fn flaky_bank_circuit(settings: &mut gateway::Settings) {
+    settings.circuit_failure_threshold = 20;
+}
+
 /// A client that does what the contract asks: on 202, retry with the key.
 async fn until_final(app: &TestApp, path: &str, key: &str, body: &Value) -> (StatusCode, Value) {
     for _ in 0..30 {
@@ -50,7 +60,7 @@ async fn with_30_percent_bank_failures_50_payments_authorize_and_capture_without
             s.failure_rate = 0.3;
             s.chaos_seed = Some(30);
         })),
-        ..Options::default()
+        gateway: Some(Box::new(flaky_bank_circuit)),
     })
     .await;
     let ids: Vec<String> = stream::iter(0..50)
@@ -75,7 +85,7 @@ async fn with_half_the_responses_lost_every_authorization_exists_once_at_the_ban
             s.error_after_commit_rate = 0.5;
             s.chaos_seed = Some(50);
         })),
-        ..Options::default()
+        gateway: Some(Box::new(flaky_bank_circuit)),
     })
     .await;
     let amounts: Vec<i64> = (1..=30).collect();

@@ -3,6 +3,7 @@
 
 mod bank_client;
 mod chaos;
+mod circuit;
 mod docs;
 mod helpers;
 mod idempotency;
