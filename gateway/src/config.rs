@@ -7,6 +7,8 @@ use clap::Args;
 
 use crate::bank::RetryPolicy;
 use crate::payments::Leases;
+use crate::recovery::RecoverySettings;
+use crate::store::operations::Backoff;
 
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
@@ -69,7 +71,7 @@ pub struct Settings {
     #[arg(long, env = "EXPIRY_SWEEP_INTERVAL_MS", default_value_t = 1_000)]
     pub expiry_sweep_interval_ms: u64,
     /// Consecutive transient bank failures that open the circuit.
-    #[arg(long, env = "CIRCUIT_FAILURE_THRESHOLD", default_value_t = 5)]
+    #[arg(long, env = "CIRCUIT_FAILURE_THRESHOLD", default_value_t = 20)]
     pub circuit_failure_threshold: u32,
     /// How long the circuit stays open before a probe may try the bank.
     #[arg(long, env = "CIRCUIT_OPEN_MS", default_value_t = 5_000)]
@@ -113,7 +115,7 @@ impl Settings {
             recovery_max_backoff_ms: 60_000,
             recovery_flag_after_seconds: 300,
             expiry_sweep_interval_ms: 1_000,
-            circuit_failure_threshold: 5,
+            circuit_failure_threshold: 20,
             circuit_open_ms: 5_000,
             reconcile_interval_ms: 300_000,
             max_body_bytes: 16 * 1024,
@@ -135,7 +137,18 @@ impl Settings {
     pub fn leases(&self) -> Leases {
         Leases {
             lease: Duration::from_millis(self.lease_ms),
-            retry_unknown_after: Duration::from_millis(self.retry_unknown_after_ms),
+            retry: Backoff {
+                base: Duration::from_millis(self.retry_unknown_after_ms),
+                max: Duration::from_millis(self.recovery_max_backoff_ms),
+            },
+        }
+    }
+
+    pub fn recovery(&self) -> RecoverySettings {
+        RecoverySettings {
+            interval: Duration::from_millis(self.recovery_interval_ms),
+            batch: self.recovery_batch,
+            flag_after: Duration::from_secs(self.recovery_flag_after_seconds),
         }
     }
 

@@ -9,6 +9,7 @@
 //! - [`idempotency`]: the client's keys: claim, replay, resume, purge.
 //! - [`bank`]: the HTTP client for the bank: one idempotency key per
 //!   operation, retries with backoff under a deadline, an in-flight limit.
+//! - [`recovery`]: background work: the recovery worker and the expiry sweeper.
 //! - [`store`]: Postgres: payments and their history, operations, merchants.
 //! - [`config`], [`startup`], [`telemetry`]: settings, wiring, logs and metrics.
 //! - [`cli`]: the `gateway` command line.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod domain;
 pub mod idempotency;
 pub mod payments;
+pub mod recovery;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::bank::{BankClient, CircuitSettings};
 use crate::config::Settings;
 use crate::payments::Gateway;
-use crate::{api, idempotency, store, telemetry};
+use crate::{api, idempotency, recovery, store, telemetry};
 
 /// What every handler shares.
 pub struct AppState {
@@ -26,6 +26,7 @@ pub struct Application {
     port: u16,
     server: Server,
     background: Vec<JoinHandle<()>>,
+    gateway: Gateway,
 }
 
 impl Application {
@@ -51,8 +52,9 @@ impl Application {
                 open_for: Duration::from_millis(settings.circuit_open_ms),
             },
         )?;
+        let gateway = Gateway::new(pool.clone(), bank, settings.leases());
         let state = Data::new(AppState {
-            gateway: Gateway::new(pool.clone(), bank, settings.leases()),
+            gateway: gateway.clone(),
             max_body_bytes: settings.max_body_bytes,
         });
 
@@ -74,15 +76,24 @@ impl Application {
         if settings.workers > 0 {
             server = server.workers(settings.workers);
         }
-        let background = vec![tokio::spawn(purge_keys_forever(
-            pool,
-            Duration::from_secs(settings.idempotency_retention_hours * 3600),
-            Duration::from_millis(settings.idempotency_purge_interval_ms),
-        ))];
+        let background = vec![
+            tokio::spawn(purge_keys_forever(
+                pool,
+                Duration::from_secs(settings.idempotency_retention_hours * 3600),
+                Duration::from_millis(settings.idempotency_purge_interval_ms),
+            )),
+            tokio::spawn(recovery::recover_forever(gateway.clone(), settings.recovery())),
+            tokio::spawn(recovery::expire_forever(
+                gateway.clone(),
+                Duration::from_millis(settings.expiry_sweep_interval_ms),
+                settings.recovery_batch,
+            )),
+        ];
         Ok(Self {
             port,
             server: server.run(),
             background,
+            gateway,
         })
     }
 
@@ -95,9 +106,16 @@ impl Application {
         self.server.handle()
     }
 
+    /// Serves until stopped, then stops the background work and hands back
+    /// this process's leases: whatever is still unknown is left, whole, for
+    /// recovery by another replica or by this one restarted.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         self.background.iter().for_each(JoinHandle::abort);
+        match self.gateway.release_leases().await {
+            Ok((operations, keys)) => tracing::info!(operations, keys, "leases released"),
+            Err(e) => tracing::warn!(error = %e, "could not release leases; they will expire"),
+        }
         result
     }
 }

@@ -15,6 +15,7 @@ use uuid::Uuid;
 pub use fingerprint::fingerprint;
 
 use crate::domain::{IdempotencyKey, MerchantId};
+use crate::store::operations::Lease;
 
 /// A response stored for replay, byte for byte.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -54,22 +55,23 @@ struct KeyRow {
     response_body: Option<Vec<u8>>,
 }
 
-/// Claims `key` for a request with `request_hash`, leased for `lease`.
+/// Claims `key` for a request with `request_hash`, leased to the caller.
 pub async fn claim(
     conn: &mut PgConnection,
     merchant: MerchantId,
     key: &IdempotencyKey,
     request_hash: &[u8],
-    lease: Duration,
+    lease: Lease,
 ) -> Result<Claim, ClaimError> {
     let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys (merchant_id, key, request_hash, state, lease_until) \
-         VALUES ($1, $2, $3, 'in_progress', now() + $4) ON CONFLICT DO NOTHING",
+        "INSERT INTO idempotency_keys (merchant_id, key, request_hash, state, lease_until, leased_by) \
+         VALUES ($1, $2, $3, 'in_progress', now() + $4, $5) ON CONFLICT DO NOTHING",
     )
     .bind(merchant.as_uuid())
     .bind(key.as_str())
     .bind(request_hash)
-    .bind(lease)
+    .bind(lease.duration)
+    .bind(lease.holder)
     .execute(&mut *conn)
     .await?;
     if inserted.rows_affected() == 1 {
@@ -94,12 +96,15 @@ pub async fn claim(
         })),
         _ if row.live => Err(ClaimError::InUse),
         _ => {
-            sqlx::query("UPDATE idempotency_keys SET lease_until = now() + $3 WHERE merchant_id = $1 AND key = $2")
-                .bind(merchant.as_uuid())
-                .bind(key.as_str())
-                .bind(lease)
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(
+                "UPDATE idempotency_keys SET lease_until = now() + $3, leased_by = $4 WHERE merchant_id = $1 AND key = $2",
+            )
+            .bind(merchant.as_uuid())
+            .bind(key.as_str())
+            .bind(lease.duration)
+            .bind(lease.holder)
+            .execute(&mut *conn)
+            .await?;
             Ok(Claim::Resume {
                 payment_id: row.payment_id,
             })
@@ -156,6 +161,18 @@ pub async fn release(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Hands back the keys `holder` is still working on (a stopping process),
+/// so that their retries resume at once.
+pub async fn release_held_by(conn: &mut PgConnection, holder: Uuid) -> Result<u64, sqlx::Error> {
+    let released = sqlx::query(
+        "UPDATE idempotency_keys SET lease_until = now() WHERE leased_by = $1 AND state = 'in_progress'",
+    )
+    .bind(holder)
+    .execute(conn)
+    .await?;
+    Ok(released.rows_affected())
 }
 
 /// Deletes answered keys older than `retention`. Unanswered keys stay: their

@@ -37,7 +37,7 @@ impl Gateway {
         let requester = Requester { merchant, key };
         let mut tx = self.pool.begin().await?;
         let claim =
-            idempotency::claim(&mut tx, merchant, key, request_hash, self.leases.lease).await?;
+            idempotency::claim(&mut tx, merchant, key, request_hash, self.lease()).await?;
         let operation = match claim {
             Claim::Replay(stored) => return Ok(Reply::replay(stored)),
             Claim::Resume {
@@ -63,7 +63,7 @@ impl Gateway {
                     &mut tx,
                     payment.id,
                     OperationKind::Authorize,
-                    self.leases.lease,
+                    self.lease(),
                 )
                 .await?
             }
@@ -117,7 +117,7 @@ impl Gateway {
                 Err(Error::Claim(idempotency::ClaimError::InUse))
             }
             Some(operation) => {
-                operations::lease(tx, operation.id, self.leases.lease).await?;
+                operations::lease(tx, operation.id, self.lease()).await?;
                 metrics::counter!("gateway_operations_resumed_total", "kind" => operation.kind().as_str()).increment(1);
                 Ok(Ok(operation))
             }

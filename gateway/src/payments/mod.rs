@@ -17,31 +17,36 @@
 
 mod authorize;
 mod operate;
+mod recover;
 mod reply;
 mod settle;
+
+pub use recover::{ABANDONED, Pass};
 pub mod view;
 
 use std::time::Duration;
 
 use sqlx::PgPool;
+use uuid::Uuid;
 
 pub use authorize::AuthorizeCommand;
 pub use operate::Action;
 pub use reply::Reply;
 
 use crate::bank::BankClient;
-use crate::idempotency::ClaimError;
+use crate::idempotency::{self, ClaimError};
+use crate::store::operations::{self, Backoff, Lease};
 use crate::store::payments::TransitionError;
 
 /// How long a request may work on a key or an operation before another
-/// may take over, and when an unknown outcome may be retried.
+/// may take over, and how soon an unknown outcome is tried again.
 #[derive(Debug, Clone, Copy)]
 pub struct Leases {
     /// Must exceed the bank call's deadline, or a slow request would be
     /// overtaken by its own retry.
     pub lease: Duration,
-    /// After an unknown outcome, the earliest the operation is retried.
-    pub retry_unknown_after: Duration,
+    /// After an unknown outcome: the first wait, doubling per attempt.
+    pub retry: Backoff,
 }
 
 /// The gateway's core: a pool, the bank, and the lease timings.
@@ -50,6 +55,8 @@ pub struct Gateway {
     pool: PgPool,
     bank: BankClient,
     leases: Leases,
+    /// This process, as the holder of the leases it takes.
+    instance: Uuid,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +77,22 @@ pub enum Error {
 
 impl Gateway {
     pub fn new(pool: PgPool, bank: BankClient, leases: Leases) -> Self {
-        Self { pool, bank, leases }
+        Self { pool, bank, leases, instance: Uuid::new_v4() }
+    }
+
+    /// A lease held by this process.
+    pub fn lease(&self) -> Lease {
+        Lease { holder: self.instance, duration: self.leases.lease }
+    }
+
+    /// Hands back this process's leases (keys and operations) so that
+    /// another process, or this one restarted, resumes them at once.
+    pub async fn release_leases(&self) -> Result<(u64, u64), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let operations = operations::release_held_by(&mut tx, self.instance).await?;
+        let keys = idempotency::release_held_by(&mut tx, self.instance).await?;
+        tx.commit().await?;
+        Ok((operations, keys))
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -63,7 +63,7 @@ impl Gateway {
         let requester = Requester { merchant, key };
         let mut tx = self.pool.begin().await?;
         let claim =
-            idempotency::claim(&mut tx, merchant, key, request_hash, self.leases.lease).await?;
+            idempotency::claim(&mut tx, merchant, key, request_hash, self.lease()).await?;
         let start = match claim {
             Claim::Replay(stored) => return Ok(Reply::replay(stored)),
             Claim::Resume {
@@ -142,7 +142,7 @@ impl Gateway {
             }
             Err(TransitionError::Database(e)) => return Err(e.into()),
         };
-        let operation = operations::insert(tx, payment.id, kind, self.leases.lease).await?;
+        let operation = operations::insert(tx, payment.id, kind, self.lease()).await?;
         idempotency::attach_payment(tx, requester.merchant, requester.key, payment.id).await?;
         Ok(Start::Call(Box::new((operation, in_flight))))
     }

@@ -112,7 +112,7 @@ impl Gateway {
                     &mut tx,
                     operation.id,
                     &reason,
-                    self.leases.retry_unknown_after,
+                    self.leases.retry,
                 )
                 .await?;
                 if let Some(requester) = requester {

@@ -69,23 +69,72 @@ impl OperationRecord {
 
 const COLUMNS: &str = "id, payment_id, kind, bank_idempotency_key, status, attempts, lease_until";
 
-/// Records the intent, leased to the caller for `lease`.
+/// Who holds a lease, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease {
+    /// This process's instance id.
+    pub holder: Uuid,
+    pub duration: Duration,
+}
+
+/// Records the intent, leased to the caller.
 pub async fn insert(
     conn: &mut PgConnection,
     payment_id: Uuid,
     kind: OperationKind,
-    lease: Duration,
+    lease: Lease,
 ) -> Result<OperationRecord, sqlx::Error> {
     let id = Uuid::now_v7();
     sqlx::query_as(&format!(
-        "INSERT INTO operations (id, payment_id, kind, bank_idempotency_key, lease_until) \
-         VALUES ($1, $2, $3, $4, now() + $5) RETURNING {COLUMNS}"
+        "INSERT INTO operations (id, payment_id, kind, bank_idempotency_key, lease_until, leased_by) \
+         VALUES ($1, $2, $3, $4, now() + $5, $6) RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(payment_id)
     .bind(kind.as_str())
     .bind(format!("gw_{}_{id}", kind.as_str()))
-    .bind(lease)
+    .bind(lease.duration)
+    .bind(lease.holder)
+    .fetch_one(conn)
+    .await
+}
+
+/// Claims up to `batch` operations whose outcome is unknown and whose
+/// lease ran out, leasing them to the caller. Rows another transaction
+/// holds are skipped, so any number of replicas can run this at once and
+/// each operation goes to one of them.
+pub async fn claim_due(conn: &mut PgConnection, batch: i64, lease: Lease) -> Result<Vec<OperationRecord>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE operations SET lease_until = now() + $2, leased_by = $3 \
+         WHERE id IN ( \
+           SELECT id FROM operations \
+           WHERE status = 'pending' AND lease_until < now() AND next_attempt_at <= now() \
+           ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+         RETURNING {COLUMNS}"
+    ))
+    .bind(batch)
+    .bind(lease.duration)
+    .bind(lease.holder)
+    .fetch_all(conn)
+    .await
+}
+
+/// Hands back every lease `holder` has on unfinished operations: for a
+/// process that is stopping, so recovery need not wait for them to expire.
+pub async fn release_held_by(conn: &mut PgConnection, holder: Uuid) -> Result<u64, sqlx::Error> {
+    let released = sqlx::query("UPDATE operations SET lease_until = now() WHERE leased_by = $1 AND status = 'pending'")
+        .bind(holder)
+        .execute(conn)
+        .await?;
+    Ok(released.rows_affected())
+}
+
+/// (unfinished operations, those unfinished for longer than `flag_after`).
+pub async fn unresolved(conn: &mut PgConnection, flag_after: Duration) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE created_at < now() - $1) FROM operations WHERE status = 'pending'",
+    )
+    .bind(flag_after)
     .fetch_one(conn)
     .await
 }
@@ -116,10 +165,11 @@ pub async fn lock(
 }
 
 /// Takes (or extends) the lease: whoever holds it may call the bank.
-pub async fn lease(conn: &mut PgConnection, id: Uuid, lease: Duration) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE operations SET lease_until = now() + $2 WHERE id = $1")
+pub async fn lease(conn: &mut PgConnection, id: Uuid, lease: Lease) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE operations SET lease_until = now() + $2, leased_by = $3 WHERE id = $1")
         .bind(id)
-        .bind(lease)
+        .bind(lease.duration)
+        .bind(lease.holder)
         .execute(conn)
         .await?;
     Ok(())
@@ -144,22 +194,28 @@ pub async fn finish(
     Ok(())
 }
 
+/// How long to wait before trying an operation again: doubling per
+/// attempt from `base`, never more than `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
 /// The outcome is unknown: give the lease up so a retry of the request or
-/// the recovery worker can resume, no earlier than `retry_after`.
-pub async fn release(
-    conn: &mut PgConnection,
-    id: Uuid,
-    error: &str,
-    retry_after: Duration,
-) -> Result<(), sqlx::Error> {
+/// the recovery worker can resume, after a backoff that grows with the
+/// attempts already made.
+pub async fn release(conn: &mut PgConnection, id: Uuid, error: &str, backoff: Backoff) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE operations SET lease_until = now(), next_attempt_at = now() + $3, \
+        "UPDATE operations SET lease_until = now(), \
+           next_attempt_at = now() + least($4, $3 * power(2, least(attempts, 30))), \
            attempts = attempts + 1, last_error = $2 \
          WHERE id = $1 AND status = 'pending'",
     )
     .bind(id)
     .bind(error)
-    .bind(retry_after)
+    .bind(backoff.base)
+    .bind(backoff.max)
     .execute(conn)
     .await?;
     Ok(())

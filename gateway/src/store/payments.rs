@@ -135,6 +135,27 @@ pub async fn lock_by_id(
     .await
 }
 
+/// Authorized payments past their expiry, locked; rows another transaction
+/// holds are left for the next sweep.
+pub async fn lock_expired_authorizations(conn: &mut PgConnection, limit: i64) -> Result<Vec<PaymentRecord>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM payments WHERE status = 'authorized' AND authorization_expires_at <= now() \
+         ORDER BY authorization_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// A payment by id alone, unlocked: for the recovery worker, which knows
+/// the id from an operation.
+pub async fn get_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<PaymentRecord>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM payments WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
 pub async fn get(
     conn: &mut PgConnection,
     merchant: MerchantId,

@@ -10,6 +10,7 @@ mod idempotency;
 mod lifecycle;
 mod listing;
 mod process;
+mod recovery;
 mod schema;
 mod security;
 mod validation;
