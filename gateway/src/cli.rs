@@ -1,5 +1,5 @@
 //! The `gateway` command line: `serve` (the default), `migrate`,
-//! `api-key create`, `state-diagram`.
+//! `api-key create`, `reconcile`, `state-diagram`.
 
 use std::process::ExitCode;
 
@@ -39,6 +39,9 @@ pub enum Command {
     /// Print the payment state machine as a Mermaid stateDiagram-v2,
     /// generated from the code's transition table.
     StateDiagram,
+    /// Compare recent payments with the bank; move receipts that are behind
+    /// it forward, report mismatches. Exits 1 if any is left over.
+    Reconcile(crate::reconcile::cli::ReconcileArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -91,6 +94,7 @@ where
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match (cli.command, cli.serve) {
+        (Some(Command::Reconcile(args)), _) => crate::reconcile::cli::run(args).await,
         (Some(Command::StateDiagram), _) => {
             print!("{}", mermaid_state_diagram());
             Ok(())
@@ -165,7 +169,7 @@ mod tests {
     #[test]
     fn every_command_is_in_the_help() {
         let help = Cli::command().render_long_help().to_string();
-        for command in ["serve", "migrate", "api-key", "state-diagram"] {
+        for command in ["serve", "migrate", "api-key", "reconcile", "state-diagram"] {
             assert!(help.contains(command), "{command} missing from\n{help}");
         }
     }

@@ -10,6 +10,8 @@
 //! - [`bank`]: the HTTP client for the bank: one idempotency key per
 //!   operation, retries with backoff under a deadline, an in-flight limit.
 //! - [`recovery`]: background work: the recovery worker and the expiry sweeper.
+//! - [`reconcile`]: receipts compared with the bank; those behind it moved
+//!   forward, mismatches reported.
 //! - [`store`]: Postgres: payments and their history, operations, merchants.
 //! - [`config`], [`startup`], [`telemetry`]: settings, wiring, logs and metrics.
 //! - [`cli`]: the `gateway` command line.
@@ -21,6 +23,7 @@ pub mod config;
 pub mod domain;
 pub mod idempotency;
 pub mod payments;
+pub mod reconcile;
 pub mod recovery;
 pub mod startup;
 pub mod store;

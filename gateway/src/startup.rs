@@ -76,7 +76,7 @@ impl Application {
         if settings.workers > 0 {
             server = server.workers(settings.workers);
         }
-        let background = vec![
+        let mut background = vec![
             tokio::spawn(purge_keys_forever(
                 pool,
                 Duration::from_secs(settings.idempotency_retention_hours * 3600),
@@ -89,6 +89,13 @@ impl Application {
                 settings.recovery_batch,
             )),
         ];
+        if settings.reconcile_interval_ms > 0 {
+            background.push(tokio::spawn(crate::reconcile::run_forever(
+                gateway.pool().clone(),
+                gateway.bank().clone(),
+                Duration::from_millis(settings.reconcile_interval_ms),
+            )));
+        }
         Ok(Self {
             port,
             server: server.run(),

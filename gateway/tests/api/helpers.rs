@@ -23,6 +23,8 @@ pub struct TestApp {
     pub api_key: String,
     /// The gateway's database.
     pub pool: PgPool,
+    /// Its URL, for running the binary against it.
+    pub database_url: String,
     /// The bank's database, to count what the bank did.
     pub bank_pool: PgPool,
 }
@@ -82,6 +84,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         client: Client::new(),
         api_key,
         pool,
+        database_url: url,
         bank_pool,
     }
 }

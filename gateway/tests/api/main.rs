@@ -10,6 +10,7 @@ mod idempotency;
 mod lifecycle;
 mod listing;
 mod process;
+mod reconcile;
 mod recovery;
 mod schema;
 mod security;

@@ -1,0 +1,380 @@
+//! Reconciliation: every recent receipt compared with what the bank holds.
+//!
+//! The recovery worker settles operations whose answer was lost; this is
+//! the check behind it, from the other side: whatever the gateway's history,
+//! does each receipt say what the bank's books say? Each payment created at
+//! or after `since` ends in one [`Outcome`]:
+//!
+//! - `matched`: the bank holds exactly what the receipt claims (the same
+//!   state, the same amount, the same capture/void/refund ids). A declined
+//!   payment matches when it names no bank authorization.
+//! - `in_flight`: pending, capturing, voiding or refunding. Its operation's
+//!   outcome will move it; that is the recovery worker's job, so the bank is
+//!   not even asked.
+//! - `repaired`: the gateway was *behind* the bank (it lost an answer, or
+//!   someone acted at the bank directly): the bank captured, voided,
+//!   refunded or expired what the receipt still shows as before. The
+//!   receipt is moved forward along the shortest path that the one
+//!   transition table allows (e.g. `authorized → capturing → captured`),
+//!   each step through [`store::payments::apply`] with the bank's ids, in
+//!   one transaction, with the payment locked and compared again.
+//! - `repairable`: the same, in a dry run (nothing written).
+//! - `mismatch`: the receipt claims something the bank never did (a
+//!   capture, void or refund the bank does not hold, another amount, an
+//!   authorization the bank does not know), or the two sides are in states
+//!   no legal path joins. Never repaired: a person must look, and the
+//!   report gives both sides.
+//! - `unverified`: the bank could not be asked (unreachable, or an answer
+//!   this check cannot read). Not a mismatch, but nothing was proven either,
+//!   so it counts as left over, like a mismatch, for the exit status.
+//!
+//! Memory stays bounded: payments are read in pages of [`PAGE_SIZE`] by
+//! `(created_at, id)`, at most [`CONCURRENCY`] payments are being checked
+//! at the bank at once, and the report keeps an entry for every payment
+//! that is not `matched` (matched ones are only counted). No database
+//! connection is held while the bank answers.
+//!
+//! Metrics: `gateway_reconcile_payments_total{outcome}`,
+//! `gateway_reconcile_mismatches` (mismatches left by the last run) and
+//! `gateway_reconcile_last_run_timestamp_seconds`.
+
+mod bank_view;
+mod classify;
+pub mod cli;
+mod repair;
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use futures_util::{StreamExt, TryStreamExt, stream};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::bank::BankClient;
+use crate::domain::{PaymentStatus, transition};
+use crate::store::payments::{PaymentRecord, TransitionError};
+
+pub use classify::{Receipt, Verdict, classify, forward_path};
+
+/// Payments read from the database at once.
+pub const PAGE_SIZE: i64 = 200;
+/// Payments checked at the bank at once.
+pub const CONCURRENCY: usize = 16;
+/// What the background task and the CLI look back over by default.
+pub const DEFAULT_WINDOW: TimeDelta = TimeDelta::hours(24);
+
+/// How one payment stands against the bank; see the module doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Matched,
+    InFlight,
+    Repaired,
+    Repairable,
+    Mismatch,
+    Unverified,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Matched,
+        Outcome::InFlight,
+        Outcome::Repaired,
+        Outcome::Repairable,
+        Outcome::Mismatch,
+        Outcome::Unverified,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Matched => "matched",
+            Outcome::InFlight => "in_flight",
+            Outcome::Repaired => "repaired",
+            Outcome::Repairable => "repairable",
+            Outcome::Mismatch => "mismatch",
+            Outcome::Unverified => "unverified",
+        }
+    }
+
+    /// Whether a person (or another run) still has something to do.
+    pub fn is_left_over(self) -> bool {
+        match self {
+            Outcome::Repairable | Outcome::Mismatch | Outcome::Unverified => true,
+            Outcome::Matched | Outcome::InFlight | Outcome::Repaired => false,
+        }
+    }
+}
+
+/// One payment that did not simply match.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub payment_id: String,
+    pub outcome: Outcome,
+    pub gateway_status: PaymentStatus,
+    /// The receipt's side: its status and bank ids (before any repair).
+    pub gateway: String,
+    /// The bank's side, in short.
+    pub bank: String,
+    /// Why it is a mismatch, or why the bank could not be asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The statuses a repair entered (or, in a dry run, would enter).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub path: Vec<PaymentStatus>,
+}
+
+/// How many payments ended in each outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub checked: u64,
+    pub matched: u64,
+    pub in_flight: u64,
+    pub repaired: u64,
+    pub repairable: u64,
+    pub mismatch: u64,
+    pub unverified: u64,
+}
+
+impl Counts {
+    fn add(&mut self, outcome: Outcome) {
+        self.checked += 1;
+        *self.slot(outcome) += 1;
+    }
+
+    fn slot(&mut self, outcome: Outcome) -> &mut u64 {
+        match outcome {
+            Outcome::Matched => &mut self.matched,
+            Outcome::InFlight => &mut self.in_flight,
+            Outcome::Repaired => &mut self.repaired,
+            Outcome::Repairable => &mut self.repairable,
+            Outcome::Mismatch => &mut self.mismatch,
+            Outcome::Unverified => &mut self.unverified,
+        }
+    }
+
+    pub fn get(&self, outcome: Outcome) -> u64 {
+        let mut copy = *self;
+        *copy.slot(outcome)
+    }
+}
+
+/// The result of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub since: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    /// False for a dry run: nothing was written.
+    pub repair: bool,
+    pub counts: Counts,
+    /// Every payment that did not match, in creation order.
+    pub entries: Vec<Entry>,
+}
+
+impl Report {
+    /// Payments still needing attention: mismatches, unverified ones, and
+    /// (in a dry run) the repairs not made.
+    pub fn left_over(&self) -> u64 {
+        Outcome::ALL
+            .into_iter()
+            .filter(|outcome| outcome.is_left_over())
+            .map(|outcome| self.counts.get(outcome))
+            .sum()
+    }
+
+    pub fn entries_with(&self, outcome: Outcome) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(move |e| e.outcome == outcome)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("a repair failed: {0}")]
+    Repair(#[from] TransitionError),
+}
+
+/// Compares every payment created at or after `since` with the bank and,
+/// if `repair`, moves the receipts that are behind the bank forward. A
+/// database error ends the run with that error; each repair is its own
+/// transaction, so none is left half-made, and the next run starts over.
+pub async fn reconcile(
+    pool: &PgPool,
+    bank: &BankClient,
+    since: DateTime<Utc>,
+    repair: bool,
+) -> Result<Report, ReconcileError> {
+    let mut report = Report {
+        since,
+        started_at: Utc::now(),
+        finished_at: Utc::now(),
+        repair,
+        counts: Counts::default(),
+        entries: Vec::new(),
+    };
+    let mut after = None;
+    loop {
+        let page = page(pool, since, after, PAGE_SIZE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.created_at, last.id));
+        // Owned records: a stream of borrowed ones trips the compiler's
+        // higher-ranked lifetime check once the future must be `Send`.
+        let entries: Vec<Entry> = stream::iter(page)
+            .map(|record| async move { check(pool, bank, &record, repair).await })
+            .buffered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        for entry in entries {
+            report.counts.add(entry.outcome);
+            if entry.outcome != Outcome::Matched {
+                report.entries.push(entry);
+            }
+        }
+    }
+    report.finished_at = Utc::now();
+    record_metrics(&report);
+    Ok(report)
+}
+
+/// One page of payments in `(created_at, id)` order, after `after`.
+async fn page(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<PaymentRecord>, sqlx::Error> {
+    // The columns of `store::payments`'s record.
+    sqlx::query_as(
+        "SELECT id, merchant_id, order_id, customer_id, amount, currency, status::text AS status, \
+           card_brand, card_last4, card_exp_month, card_exp_year, bank_authorization_id, \
+           bank_capture_id, bank_void_id, bank_refund_id, authorization_expires_at, failure_code, \
+           created_at, updated_at \
+         FROM payments \
+         WHERE created_at >= $1 \
+           AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3)) \
+         ORDER BY created_at, id LIMIT $4",
+    )
+    .bind(since)
+    .bind(after.map(|(at, _)| at))
+    .bind(after.map(|(_, id)| id))
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Asks the bank about one payment and acts on the verdict.
+async fn check(
+    pool: &PgPool,
+    bank: &BankClient,
+    record: &PaymentRecord,
+    repair: bool,
+) -> Result<Entry, ReconcileError> {
+    let receipt = Receipt::of(record);
+    let payment_id = record.payment_id().to_string();
+    if receipt.status.is_in_flight() {
+        return Ok(entry(payment_id, &receipt, "not asked", Verdict::InFlight));
+    }
+    let view = match bank_view::fetch(bank, receipt.authorization_id.as_deref()).await {
+        Ok(view) => view,
+        Err(reason) => return Ok(unverified(payment_id, &receipt, reason)),
+    };
+    let verdict = classify(&receipt, &view);
+    if repair && matches!(verdict, Verdict::Behind(_)) {
+        let (locked, verdict) = repair::apply(pool, record.id, &view).await?;
+        return Ok(entry(payment_id, &locked, &view.describe(), verdict).repaired());
+    }
+    Ok(entry(payment_id, &receipt, &view.describe(), verdict))
+}
+
+fn entry(payment_id: String, receipt: &Receipt, bank: &str, verdict: Verdict) -> Entry {
+    let (outcome, reason, path) = match verdict {
+        Verdict::Matched => (Outcome::Matched, None, Vec::new()),
+        Verdict::InFlight => (Outcome::InFlight, None, Vec::new()),
+        Verdict::Behind(events) => {
+            let path = events
+                .iter()
+                .scan(receipt.status, |at, &event| {
+                    *at = transition(*at, event).ok()?;
+                    Some(*at)
+                })
+                .collect();
+            (Outcome::Repairable, None, path)
+        }
+        Verdict::Mismatch(reason) => (Outcome::Mismatch, Some(reason), Vec::new()),
+    };
+    Entry {
+        payment_id,
+        outcome,
+        gateway_status: receipt.status,
+        gateway: receipt.describe(),
+        bank: bank.to_owned(),
+        reason,
+        path,
+    }
+}
+
+fn unverified(payment_id: String, receipt: &Receipt, reason: String) -> Entry {
+    Entry {
+        outcome: Outcome::Unverified,
+        reason: Some(reason),
+        ..entry(payment_id, receipt, "unknown", Verdict::Matched)
+    }
+}
+
+impl Entry {
+    /// A `repairable` entry whose repair was just made becomes `repaired`;
+    /// any other verdict (the payment moved on meanwhile) stays as it is.
+    fn repaired(mut self) -> Self {
+        if self.outcome == Outcome::Repairable {
+            self.outcome = Outcome::Repaired;
+        }
+        self
+    }
+}
+
+fn record_metrics(report: &Report) {
+    for outcome in Outcome::ALL {
+        metrics::counter!("gateway_reconcile_payments_total", "outcome" => outcome.as_str())
+            .increment(report.counts.get(outcome));
+    }
+    metrics::gauge!("gateway_reconcile_mismatches").set(report.counts.mismatch as f64);
+    metrics::gauge!("gateway_reconcile_last_run_timestamp_seconds")
+        .set(report.finished_at.timestamp_millis() as f64 / 1000.0);
+}
+
+/// The server's background task: every `interval` (the first one after a
+/// full interval, so that recovery runs first after a start), reconciles
+/// the last [`DEFAULT_WINDOW`] with repair on and logs what it found.
+pub async fn run_forever(pool: PgPool, bank: BankClient, interval: Duration) {
+    let start = tokio::time::Instant::now() + interval;
+    let mut ticker = tokio::time::interval_at(start, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match reconcile(&pool, &bank, Utc::now() - DEFAULT_WINDOW, true).await {
+            Ok(report) => log_report(&report),
+            Err(e) => tracing::warn!(error = %e, "reconciliation failed; retrying next interval"),
+        }
+    }
+}
+
+fn log_report(report: &Report) {
+    let c = report.counts;
+    tracing::info!(
+        checked = c.checked,
+        matched = c.matched,
+        in_flight = c.in_flight,
+        repaired = c.repaired,
+        mismatch = c.mismatch,
+        unverified = c.unverified,
+        "reconciled recent payments with the bank"
+    );
+    for e in report.entries_with(Outcome::Repaired) {
+        tracing::info!(payment_id = %e.payment_id, gateway = %e.gateway, bank = %e.bank, "reconciliation repaired a receipt behind the bank");
+    }
+    for e in report.entries_with(Outcome::Mismatch) {
+        tracing::warn!(payment_id = %e.payment_id, gateway = %e.gateway, bank = %e.bank, reason = e.reason.as_deref().unwrap_or(""), "reconciliation mismatch: needs a person");
+    }
+}

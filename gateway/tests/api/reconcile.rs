@@ -1,0 +1,416 @@
+//! Reconciliation against the real mock bank: a clean run matches, a
+//! receipt behind the bank is repaired along legal steps, a receipt that
+//! claims what the bank never did is reported and left alone, an
+//! unreachable bank proves nothing; and the `gateway reconcile` binary.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use chrono::Utc;
+use gateway::bank::{BankClient, CircuitSettings, RetryPolicy};
+use gateway::reconcile::{Outcome, Report, reconcile};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
+
+/// A gateway whose own background reconciliation stays out of the way.
+async fn app() -> TestApp {
+    spawn_app_with(Options {
+        gateway: Some(Box::new(|settings| settings.reconcile_interval_ms = 0)),
+        ..Options::default()
+    })
+    .await
+}
+
+fn bank_at(address: &str, policy: RetryPolicy) -> BankClient {
+    BankClient::new(address, policy, 16, CircuitSettings::default()).unwrap()
+}
+
+async fn run(app: &TestApp, repair: bool) -> Report {
+    let bank = bank_at(&app.bank_address, RetryPolicy::default());
+    let since = Utc::now() - chrono::TimeDelta::hours(1);
+    reconcile(&app.pool, &bank, since, repair).await.unwrap()
+}
+
+async fn receipt(app: &TestApp, id: &str) -> Value {
+    let response = app.get(&format!("/v1/payments/{id}")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+async fn moved(app: &TestApp, id: &str, action: &str) -> Value {
+    let response = app.act(id, action).await;
+    assert_eq!(response.status(), StatusCode::OK, "{action} {id}");
+    response.json().await.unwrap()
+}
+
+fn history(payment: &Value) -> Vec<String> {
+    payment["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn bank_id(payment: &Value, name: &str) -> String {
+    payment["bank"][name].as_str().unwrap().to_owned()
+}
+
+/// Acts at the bank directly, as a person with the bank's console would:
+/// the gateway is not told.
+async fn at_bank(app: &TestApp, path: &str, body: Value) -> Value {
+    let response = app
+        .client
+        .post(format!("{}{path}", app.bank_address))
+        .header("Idempotency-Key", new_key())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{path}");
+    response.json().await.unwrap()
+}
+
+/// Authorized, captured, voided, refunded and declined payments, made
+/// through the API. Answers their ids in that order.
+async fn payments_in_every_settled_state(app: &TestApp) -> [String; 5] {
+    let mut ids = Vec::new();
+    for action in [None, Some("capture"), Some("void"), Some("refund")] {
+        let payment = app.authorized(HAPPY_CARD, 1_000).await;
+        let id = payment["id"].as_str().unwrap().to_owned();
+        if action == Some("refund") {
+            moved(app, &id, "capture").await;
+        }
+        if let Some(action) = action {
+            moved(app, &id, action).await;
+        }
+        ids.push(id);
+    }
+    let declined = app.create_payment(EMPTY_CARD, 1_000).await;
+    assert_eq!(declined.status(), StatusCode::PAYMENT_REQUIRED);
+    let declined: Value = declined.json().await.unwrap();
+    ids.push(declined["error"]["payment_id"].as_str().unwrap().to_owned());
+    ids.try_into().unwrap()
+}
+
+/// Moves a receipt along legal steps in SQL, without the bank: the kind of
+/// edit a bug or a careless person could make. `set` adds columns to the
+/// last step's UPDATE.
+async fn forge(app: &TestApp, id: &str, steps: &[&str], set: &str) {
+    let uuid = Uuid::parse_str(id.strip_prefix("pay_").unwrap()).unwrap();
+    let mut tx = app.pool.begin().await.unwrap();
+    for (i, to) in steps.iter().enumerate() {
+        let extra = if i + 1 == steps.len() { set } else { "" };
+        let from: String = sqlx::query_scalar(&format!(
+            "UPDATE payments p SET status = $2::payment_status {extra} \
+             FROM payments old WHERE p.id = $1 AND old.id = p.id RETURNING old.status::text"
+        ))
+        .bind(uuid)
+        .bind(to)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO payment_events (payment_id, from_status, to_status) \
+             VALUES ($1, $2::payment_status, $3::payment_status)",
+        )
+        .bind(uuid)
+        .bind(from)
+        .bind(to)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+fn gateway_reconcile(app: &TestApp, extra: &[&str]) -> Output {
+    Command::new(GATEWAY)
+        .args(["reconcile", "--since", "1h", "--database-url"])
+        .arg(&app.database_url)
+        .args(["--bank-url", &app.bank_address])
+        .args(extra)
+        .env_remove("DATABASE_URL")
+        .env_remove("BANK_URL")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_clean_run_matches_every_payment() {
+    let app = app().await;
+    payments_in_every_settled_state(&app).await;
+
+    let report = run(&app, true).await;
+    assert_eq!(report.counts.checked, 5, "{report:#?}");
+    assert_eq!(report.counts.matched, 5, "{report:#?}");
+    assert!(report.entries.is_empty(), "{report:#?}");
+    assert_eq!(report.left_over(), 0);
+
+    // Payments older than `since` are not looked at.
+    let bank = bank_at(&app.bank_address, RetryPolicy::default());
+    let later = reconcile(&app.pool, &bank, Utc::now(), true).await.unwrap();
+    assert_eq!(later.counts.checked, 0);
+}
+
+#[tokio::test]
+async fn receipts_behind_the_bank_are_repaired_along_legal_steps() {
+    let app = app().await;
+    let [to_capture, _, _, _, _] = payments_in_every_settled_state(&app).await;
+    let to_void = app.authorized(HAPPY_CARD, 700).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let to_expire = app.authorized(HAPPY_CARD, 800).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let to_refund = moved(
+        &app,
+        app.authorized(HAPPY_CARD, 900).await["id"]
+            .as_str()
+            .unwrap(),
+        "capture",
+    )
+    .await;
+    let to_refund = to_refund["id"].as_str().unwrap().to_owned();
+
+    let auth = |payment: &Value| bank_id(payment, "authorization_id");
+    let capture = at_bank(
+        &app,
+        "/api/v1/captures",
+        json!({"authorization_id": auth(&receipt(&app, &to_capture).await), "amount": 1_000}),
+    )
+    .await;
+    let void = at_bank(
+        &app,
+        "/api/v1/voids",
+        json!({"authorization_id": auth(&receipt(&app, &to_void).await)}),
+    )
+    .await;
+    at_bank(
+        &app,
+        &format!(
+            "/admin/authorizations/{}/expire",
+            auth(&receipt(&app, &to_expire).await)
+        ),
+        json!({}),
+    )
+    .await;
+    let refund = at_bank(
+        &app,
+        "/api/v1/refunds",
+        json!({"capture_id": bank_id(&receipt(&app, &to_refund).await, "capture_id"), "amount": 900}),
+    )
+    .await;
+
+    // A dry run says what it would do and writes nothing.
+    let dry = run(&app, false).await;
+    assert_eq!(dry.counts.repairable, 4, "{dry:#?}");
+    assert_eq!(dry.counts.matched, 4, "{dry:#?}");
+    assert_eq!(dry.left_over(), 4);
+    assert_eq!(receipt(&app, &to_capture).await["status"], "authorized");
+
+    let report = run(&app, true).await;
+    assert_eq!(report.counts.repaired, 4, "{report:#?}");
+    assert_eq!(report.counts.mismatch, 0, "{report:#?}");
+    assert_eq!(report.left_over(), 0);
+    let entry = report
+        .entries
+        .iter()
+        .find(|e| e.payment_id == to_capture)
+        .unwrap();
+    assert_eq!(entry.outcome, Outcome::Repaired);
+    assert_eq!(entry.gateway_status.as_str(), "authorized");
+    assert!(entry.bank.contains("captured"), "{}", entry.bank);
+
+    let captured = receipt(&app, &to_capture).await;
+    assert_eq!(captured["status"], "captured");
+    assert_eq!(captured["bank"]["capture_id"], capture["capture_id"]);
+    assert_eq!(
+        history(&captured),
+        ["pending", "authorized", "capturing", "captured"]
+    );
+    let voided = receipt(&app, &to_void).await;
+    assert_eq!(voided["status"], "voided");
+    assert_eq!(voided["bank"]["void_id"], void["void_id"]);
+    assert_eq!(
+        history(&voided),
+        ["pending", "authorized", "voiding", "voided"]
+    );
+    let expired = receipt(&app, &to_expire).await;
+    assert_eq!(history(&expired), ["pending", "authorized", "expired"]);
+    let refunded = receipt(&app, &to_refund).await;
+    assert_eq!(refunded["status"], "refunded");
+    assert_eq!(refunded["bank"]["refund_id"], refund["refund_id"]);
+    assert_eq!(
+        history(&refunded),
+        [
+            "pending",
+            "authorized",
+            "capturing",
+            "captured",
+            "refunding",
+            "refunded"
+        ]
+    );
+
+    let again = run(&app, true).await;
+    assert_eq!(again.counts.matched, again.counts.checked, "{again:#?}");
+    assert_eq!(again.counts.checked, 8);
+}
+
+#[tokio::test]
+async fn claims_the_bank_never_made_are_reported_and_left_alone() {
+    let app = app().await;
+    let [authorized, captured, _, _, _] = payments_in_every_settled_state(&app).await;
+    let fake_capture = format!("cap_{}", Uuid::new_v4());
+    forge(
+        &app,
+        &authorized,
+        &["capturing", "captured"],
+        &format!(", bank_capture_id = '{fake_capture}'"),
+    )
+    .await;
+    let fake_refund = format!("ref_{}", Uuid::new_v4());
+    forge(
+        &app,
+        &captured,
+        &["refunding", "refunded"],
+        &format!(", bank_refund_id = '{fake_refund}'"),
+    )
+    .await;
+    // In flight: left to the recovery worker, not compared.
+    let in_flight = app.authorized(HAPPY_CARD, 300).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    forge(&app, &in_flight, &["voiding"], "").await;
+    let before = [
+        receipt(&app, &authorized).await,
+        receipt(&app, &captured).await,
+    ];
+
+    let report = run(&app, true).await;
+    assert_eq!(report.counts.mismatch, 2, "{report:#?}");
+    assert_eq!(report.counts.in_flight, 1, "{report:#?}");
+    assert_eq!(report.counts.repaired, 0, "{report:#?}");
+    assert_eq!(report.counts.matched, 3, "{report:#?}");
+    assert_eq!(report.left_over(), 2);
+    let mismatch = report
+        .entries
+        .iter()
+        .find(|e| e.payment_id == authorized)
+        .unwrap();
+    assert_eq!(mismatch.outcome, Outcome::Mismatch);
+    assert!(mismatch.gateway.contains(&fake_capture), "{mismatch:?}");
+    assert!(mismatch.bank.ends_with("active"), "{mismatch:?}");
+    assert!(
+        mismatch.reason.as_deref().unwrap().contains(&fake_capture),
+        "{mismatch:?}"
+    );
+    let mismatch = report
+        .entries
+        .iter()
+        .find(|e| e.payment_id == captured)
+        .unwrap();
+    assert!(
+        mismatch.reason.as_deref().unwrap().contains(&fake_refund),
+        "{mismatch:?}"
+    );
+    let after = [
+        receipt(&app, &authorized).await,
+        receipt(&app, &captured).await,
+    ];
+    assert_eq!(before, after, "a mismatch is never repaired");
+
+    // The binary says the same, and fails.
+    let output = gateway_reconcile(&app, &["--json"]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["counts"]["mismatch"], 2, "{json}");
+    assert_eq!(json["counts"]["in_flight"], 1, "{json}");
+    assert_eq!(json["counts"]["checked"], 6, "{json}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("2 mismatch"));
+
+    let output = gateway_reconcile(&app, &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("mismatches (left for a person)"), "{text}");
+    assert!(
+        text.contains(&authorized) && text.contains(&fake_capture),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_binary_exits_zero_when_all_match_and_repairs_unless_dry_run() {
+    let app = app().await;
+    let [authorized, _, _, _, _] = payments_in_every_settled_state(&app).await;
+
+    let output = gateway_reconcile(&app, &["--json"]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["counts"]["checked"], 5, "{json}");
+    assert_eq!(json["counts"]["matched"], 5, "{json}");
+    assert_eq!(json["entries"], json!([]));
+
+    let auth = bank_id(&receipt(&app, &authorized).await, "authorization_id");
+    at_bank(&app, "/api/v1/voids", json!({"authorization_id": auth})).await;
+    let dry = gateway_reconcile(&app, &["--json", "--dry-run"]);
+    assert_eq!(dry.status.code(), Some(1), "a repair not made is left over");
+    let json: Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(json["counts"]["repairable"], 1, "{json}");
+    assert_eq!(json["entries"][0]["path"], json!(["voiding", "voided"]));
+    assert_eq!(receipt(&app, &authorized).await["status"], "authorized");
+
+    let output = gateway_reconcile(&app, &[]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("repaired 1"), "{text}");
+    assert!(text.contains("authorized -> voiding -> voided"), "{text}");
+    assert_eq!(receipt(&app, &authorized).await["status"], "voided");
+
+    let usage = gateway_reconcile(&app, &["--since", "yesterday"]);
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn an_unreachable_bank_leaves_payments_unverified() {
+    let app = app().await;
+    payments_in_every_settled_state(&app).await;
+    let policy = RetryPolicy {
+        attempt_timeout: Duration::from_millis(200),
+        deadline: Duration::from_millis(500),
+        max_attempts: 2,
+        base_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(10),
+    };
+    // Nothing listens on port 1.
+    let bank = bank_at("http://127.0.0.1:1", policy);
+    let report = reconcile(
+        &app.pool,
+        &bank,
+        Utc::now() - chrono::TimeDelta::hours(1),
+        true,
+    )
+    .await
+    .unwrap();
+    // The declined payment names no authorization: nothing to ask.
+    assert_eq!(report.counts.matched, 1, "{report:#?}");
+    assert_eq!(report.counts.unverified, 4, "{report:#?}");
+    assert_eq!(report.counts.mismatch, 0);
+    assert_eq!(report.left_over(), 4);
+    assert!(
+        report
+            .entries
+            .iter()
+            .all(|e| e.bank == "unknown" && e.reason.is_some()),
+        "{report:#?}"
+    );
+}
