@@ -35,11 +35,37 @@ impl Gateway {
         command: &AuthorizeCommand,
     ) -> Result<Reply, Error> {
         let requester = Requester { merchant, key };
+        let new = new_payment(merchant, command);
+        let started = {
+            let mut conn = self.pool.acquire().await?;
+            payments::start_authorization(&mut conn, &new, key.as_str(), request_hash, self.lease())
+                .await?
+        };
+        let operation = match started {
+            Some(operation) => operation,
+            None => match self
+                .claim_for_authorization(requester, request_hash, &new)
+                .await?
+            {
+                Ok(operation) => operation,
+                Err(reply) => return Ok(reply),
+            },
+        };
+        self.authorize_at_bank(requester, command, &operation).await
+    }
+
+    /// The general path, for a key seen before: replay, resume, or start.
+    async fn claim_for_authorization(
+        &self,
+        requester: Requester<'_>,
+        request_hash: &[u8],
+        new: &NewPayment<'_>,
+    ) -> Result<Result<OperationRecord, Reply>, Error> {
+        let Requester { merchant, key } = requester;
         let mut tx = self.pool.begin().await?;
-        let claim =
-            idempotency::claim(&mut tx, merchant, key, request_hash, self.lease()).await?;
+        let claim = idempotency::claim(&mut tx, merchant, key, request_hash, self.lease()).await?;
         let operation = match claim {
-            Claim::Replay(stored) => return Ok(Reply::replay(stored)),
+            Claim::Replay(stored) => return Ok(Err(Reply::replay(stored))),
             Claim::Resume {
                 payment_id: Some(payment_id),
             } => {
@@ -50,26 +76,28 @@ impl Gateway {
                     Ok(operation) => operation,
                     Err(reply) => {
                         tx.commit().await?;
-                        return Ok(reply);
+                        return Ok(Err(reply));
                     }
                 }
             }
             // The first attempt died before recording anything: start afresh.
             Claim::New | Claim::Resume { payment_id: None } => {
-                let payment =
-                    payments::insert_pending(&mut tx, &new_payment(merchant, command)).await?;
+                let payment = payments::insert_pending(&mut tx, new).await?;
                 idempotency::attach_payment(&mut tx, merchant, key, payment.id).await?;
-                operations::insert(
-                    &mut tx,
-                    payment.id,
-                    OperationKind::Authorize,
-                    self.lease(),
-                )
-                .await?
+                operations::insert(&mut tx, payment.id, OperationKind::Authorize, self.lease())
+                    .await?
             }
         };
         tx.commit().await?;
+        Ok(Ok(operation))
+    }
 
+    async fn authorize_at_bank(
+        &self,
+        requester: Requester<'_>,
+        command: &AuthorizeCommand,
+        operation: &OperationRecord,
+    ) -> Result<Reply, Error> {
         let request = AuthorizeRequest {
             card_number: command.card_number.expose_for_bank(),
             cvv: command.cvv.expose_for_bank(),
@@ -96,7 +124,7 @@ impl Gateway {
             ),
             BankOutcome::Unknown(reason) => Resolution::unknown(&reason),
         };
-        self.settle(Some(requester), &operation, resolution).await
+        self.settle(Some(requester), operation, resolution).await
     }
 
     /// For a key whose first request gave up: the payment's pending

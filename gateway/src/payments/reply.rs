@@ -67,7 +67,7 @@ pub async fn reply_for(
     render(kind, payment, history)
 }
 
-fn render(
+pub(super) fn render(
     kind: OperationKind,
     payment: &PaymentRecord,
     history: Vec<(PaymentStatus, DateTime<Utc>)>,

@@ -5,9 +5,9 @@ use crate::bank::{BankErrorCode, Refusal, UnknownReason};
 use crate::domain::{IdempotencyKey, MerchantId, PaymentEvent};
 use crate::idempotency;
 use crate::store::operations::{self, OperationKind, OperationRecord};
-use crate::store::payments::{self, BankFacts};
+use crate::store::payments::{self, BankFacts, Settling};
 
-use super::reply::{Reply, reply_for};
+use super::reply::{Reply, render};
 use super::{Error, Gateway};
 
 /// The bank's answer, classified.
@@ -83,10 +83,11 @@ impl Gateway {
         resolution: Resolution,
     ) -> Result<Reply, Error> {
         let mut tx = self.pool.begin().await?;
-        let current = operations::lock(&mut tx, operation.id)
-            .await?
-            .ok_or(Error::NotFound)?;
-        let payment = payments::lock_by_id(&mut tx, operation.payment_id)
+        let Settling {
+            operation_pending,
+            payment,
+            mut history,
+        } = payments::lock_for_settling(&mut tx, operation.id)
             .await?
             .ok_or(Error::NotFound)?;
         let payment = match resolution {
@@ -94,7 +95,7 @@ impl Gateway {
                 event,
                 facts,
                 succeeded,
-            } if current.is_pending() => {
+            } if operation_pending => {
                 let moved = payments::apply(&mut tx, &payment, event, &facts).await?;
                 operations::finish(
                     &mut tx,
@@ -103,18 +104,13 @@ impl Gateway {
                     facts.failure_code.as_deref(),
                 )
                 .await?;
+                history.push((moved.status(), moved.updated_at));
                 moved
             }
-            Resolution::Unknown { reason } if current.is_pending() => {
+            Resolution::Unknown { reason } if operation_pending => {
                 tracing::warn!(operation_id = %operation.id, kind = operation.kind().as_str(), reason, "bank outcome unknown");
                 metrics::counter!("gateway_operations_unknown_total", "kind" => operation.kind().as_str()).increment(1);
-                operations::release(
-                    &mut tx,
-                    operation.id,
-                    &reason,
-                    self.leases.retry,
-                )
-                .await?;
+                operations::release(&mut tx, operation.id, &reason, self.leases.retry).await?;
                 if let Some(requester) = requester {
                     idempotency::release(&mut tx, requester.merchant, requester.key).await?;
                 }
@@ -122,7 +118,7 @@ impl Gateway {
             }
             Resolution::Settled { .. } | Resolution::Unknown { .. } => payment,
         };
-        let reply = reply_for(&mut tx, operation.kind(), &payment).await?;
+        let reply = render(operation.kind(), &payment, history)?;
         if let Some(requester) = requester.filter(|_| reply.is_final()) {
             idempotency::complete(
                 &mut tx,

@@ -77,6 +77,15 @@ pub struct Lease {
     pub duration: Duration,
 }
 
+/// A new operation's id and the bank idempotency key it will use on every
+/// call, retry and resume: fixed here, before anything is sent.
+pub fn new_identity(kind: OperationKind) -> (Uuid, String) {
+    let id = Uuid::now_v7();
+    (id, format!("gw_{}_{id}", kind.as_str()))
+}
+
+pub(crate) const RETURNED_COLUMNS: &str = COLUMNS;
+
 /// Records the intent, leased to the caller.
 pub async fn insert(
     conn: &mut PgConnection,
@@ -84,7 +93,7 @@ pub async fn insert(
     kind: OperationKind,
     lease: Lease,
 ) -> Result<OperationRecord, sqlx::Error> {
-    let id = Uuid::now_v7();
+    let (id, bank_key) = new_identity(kind);
     sqlx::query_as(&format!(
         "INSERT INTO operations (id, payment_id, kind, bank_idempotency_key, lease_until, leased_by) \
          VALUES ($1, $2, $3, $4, now() + $5, $6) RETURNING {COLUMNS}"
@@ -92,7 +101,7 @@ pub async fn insert(
     .bind(id)
     .bind(payment_id)
     .bind(kind.as_str())
-    .bind(format!("gw_{}_{id}", kind.as_str()))
+    .bind(bank_key)
     .bind(lease.duration)
     .bind(lease.holder)
     .fetch_one(conn)
@@ -103,7 +112,11 @@ pub async fn insert(
 /// lease ran out, leasing them to the caller. Rows another transaction
 /// holds are skipped, so any number of replicas can run this at once and
 /// each operation goes to one of them.
-pub async fn claim_due(conn: &mut PgConnection, batch: i64, lease: Lease) -> Result<Vec<OperationRecord>, sqlx::Error> {
+pub async fn claim_due(
+    conn: &mut PgConnection,
+    batch: i64,
+    lease: Lease,
+) -> Result<Vec<OperationRecord>, sqlx::Error> {
     sqlx::query_as(&format!(
         "UPDATE operations SET lease_until = now() + $2, leased_by = $3 \
          WHERE id IN ( \
@@ -122,15 +135,20 @@ pub async fn claim_due(conn: &mut PgConnection, batch: i64, lease: Lease) -> Res
 /// Hands back every lease `holder` has on unfinished operations: for a
 /// process that is stopping, so recovery need not wait for them to expire.
 pub async fn release_held_by(conn: &mut PgConnection, holder: Uuid) -> Result<u64, sqlx::Error> {
-    let released = sqlx::query("UPDATE operations SET lease_until = now() WHERE leased_by = $1 AND status = 'pending'")
-        .bind(holder)
-        .execute(conn)
-        .await?;
+    let released = sqlx::query(
+        "UPDATE operations SET lease_until = now() WHERE leased_by = $1 AND status = 'pending'",
+    )
+    .bind(holder)
+    .execute(conn)
+    .await?;
     Ok(released.rows_affected())
 }
 
 /// (unfinished operations, those unfinished for longer than `flag_after`).
-pub async fn unresolved(conn: &mut PgConnection, flag_after: Duration) -> Result<(i64, i64), sqlx::Error> {
+pub async fn unresolved(
+    conn: &mut PgConnection,
+    flag_after: Duration,
+) -> Result<(i64, i64), sqlx::Error> {
     sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE created_at < now() - $1) FROM operations WHERE status = 'pending'",
     )
@@ -205,7 +223,12 @@ pub struct Backoff {
 /// The outcome is unknown: give the lease up so a retry of the request or
 /// the recovery worker can resume, after a backoff that grows with the
 /// attempts already made.
-pub async fn release(conn: &mut PgConnection, id: Uuid, error: &str, backoff: Backoff) -> Result<(), sqlx::Error> {
+pub async fn release(
+    conn: &mut PgConnection,
+    id: Uuid,
+    error: &str,
+    backoff: Backoff,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE operations SET lease_until = now(), \
            next_attempt_at = now() + least($4, $3 * power(2, least(attempts, 30))), \

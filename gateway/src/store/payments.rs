@@ -7,6 +7,7 @@ use uuid::Uuid;
 use crate::domain::{
     InvalidTransition, MerchantId, PaymentEvent, PaymentId, PaymentStatus, transition,
 };
+use crate::store::operations::{self, Lease, OperationKind, OperationRecord};
 
 /// A payment row as stored. `status` is decoded through the domain enum.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -106,6 +107,56 @@ pub async fn insert_pending(
     Ok(record)
 }
 
+/// The usual start of an authorization, in one statement (so one round
+/// trip and no explicit transaction): claim the idempotency key, insert the
+/// pending payment and its first history row, and the operation with its
+/// bank key, leased to the caller. `None` when the key exists already:
+/// the caller then takes the general path.
+pub async fn start_authorization(
+    conn: &mut PgConnection,
+    new: &NewPayment<'_>,
+    key: &str,
+    request_hash: &[u8],
+    lease: Lease,
+) -> Result<Option<OperationRecord>, sqlx::Error> {
+    let (operation_id, bank_key) = operations::new_identity(OperationKind::Authorize);
+    sqlx::query_as(&format!(
+        "WITH claimed AS ( \
+           INSERT INTO idempotency_keys (merchant_id, key, request_hash, state, lease_until, leased_by, payment_id) \
+           VALUES ($1, $2, $3, 'in_progress', now() + $4, $5, $6) ON CONFLICT DO NOTHING RETURNING payment_id), \
+         created AS ( \
+           INSERT INTO payments (id, merchant_id, order_id, customer_id, amount, currency, status, \
+             card_brand, card_last4, card_exp_month, card_exp_year) \
+           SELECT payment_id, $1, $7, $8, $9, $10, 'pending', $11, $12, $13, $14 FROM claimed \
+           RETURNING id, created_at), \
+         logged AS ( \
+           INSERT INTO payment_events (payment_id, from_status, to_status, at) \
+           SELECT id, NULL, 'pending', created_at FROM created) \
+         INSERT INTO operations (id, payment_id, kind, bank_idempotency_key, lease_until, leased_by) \
+         SELECT $15, id, 'authorize', $16, now() + $4, $5 FROM created \
+         RETURNING {}",
+        operations::RETURNED_COLUMNS
+    ))
+    .bind(new.merchant_id.as_uuid())
+    .bind(key)
+    .bind(request_hash)
+    .bind(lease.duration)
+    .bind(lease.holder)
+    .bind(new.id.as_uuid())
+    .bind(new.order_id)
+    .bind(new.customer_id)
+    .bind(new.amount_cents)
+    .bind(new.currency)
+    .bind(new.card_brand)
+    .bind(new.card_last4)
+    .bind(new.card_exp_month)
+    .bind(new.card_exp_year)
+    .bind(operation_id)
+    .bind(bank_key)
+    .fetch_optional(conn)
+    .await
+}
+
 /// A merchant's payment, locked for the rest of the transaction.
 pub async fn lock(
     conn: &mut PgConnection,
@@ -137,7 +188,10 @@ pub async fn lock_by_id(
 
 /// Authorized payments past their expiry, locked; rows another transaction
 /// holds are left for the next sweep.
-pub async fn lock_expired_authorizations(conn: &mut PgConnection, limit: i64) -> Result<Vec<PaymentRecord>, sqlx::Error> {
+pub async fn lock_expired_authorizations(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<PaymentRecord>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM payments WHERE status = 'authorized' AND authorization_expires_at <= now() \
          ORDER BY authorization_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED"
@@ -149,7 +203,10 @@ pub async fn lock_expired_authorizations(conn: &mut PgConnection, limit: i64) ->
 
 /// A payment by id alone, unlocked: for the recovery worker, which knows
 /// the id from an operation.
-pub async fn get_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<PaymentRecord>, sqlx::Error> {
+pub async fn get_by_id(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<PaymentRecord>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM payments WHERE id = $1"))
         .bind(id)
         .fetch_optional(conn)
@@ -200,15 +257,21 @@ pub async fn apply(
 ) -> Result<PaymentRecord, TransitionError> {
     let from = payment.status();
     let to = transition(from, event)?;
+    // One statement: the move and its history row cannot be separated.
     let record: PaymentRecord = sqlx::query_as(&format!(
-        "UPDATE payments SET status = $2::payment_status, \
-           bank_authorization_id = coalesce($3, bank_authorization_id), \
-           authorization_expires_at = coalesce($4, authorization_expires_at), \
-           bank_capture_id = coalesce($5, bank_capture_id), \
-           bank_void_id = coalesce($6, bank_void_id), \
-           bank_refund_id = coalesce($7, bank_refund_id), \
-           failure_code = $8, updated_at = clock_timestamp() \
-         WHERE id = $1 RETURNING {COLUMNS}"
+        "WITH moved AS ( \
+           UPDATE payments SET status = $2::payment_status, \
+             bank_authorization_id = coalesce($3, bank_authorization_id), \
+             authorization_expires_at = coalesce($4, authorization_expires_at), \
+             bank_capture_id = coalesce($5, bank_capture_id), \
+             bank_void_id = coalesce($6, bank_void_id), \
+             bank_refund_id = coalesce($7, bank_refund_id), \
+             failure_code = $8, updated_at = clock_timestamp() \
+           WHERE id = $1 RETURNING {COLUMNS}), \
+         logged AS ( \
+           INSERT INTO payment_events (payment_id, from_status, to_status, at) \
+           SELECT id, $9::payment_status, $2::payment_status, updated_at FROM moved) \
+         SELECT * FROM moved"
     ))
     .bind(payment.id)
     .bind(to.as_str())
@@ -218,19 +281,69 @@ pub async fn apply(
     .bind(&facts.void_id)
     .bind(&facts.refund_id)
     .bind(&facts.failure_code)
+    .bind(from.as_str())
     .fetch_one(&mut *conn)
     .await?;
-    sqlx::query(
-        "INSERT INTO payment_events (payment_id, from_status, to_status, at) \
-         VALUES ($1, $2::payment_status, $3::payment_status, $4)",
-    )
-    .bind(payment.id)
-    .bind(from.as_str())
-    .bind(to.as_str())
-    .bind(record.updated_at)
-    .execute(&mut *conn)
-    .await?;
     Ok(record)
+}
+
+/// What settling an operation needs, read and locked in one round trip:
+/// whether the operation is still pending, its payment, and the history.
+pub struct Settling {
+    pub operation_pending: bool,
+    pub payment: PaymentRecord,
+    pub history: History,
+}
+
+pub type History = Vec<(PaymentStatus, DateTime<Utc>)>;
+
+#[derive(sqlx::FromRow)]
+struct SettlingRow {
+    operation_pending: bool,
+    #[sqlx(flatten)]
+    payment: PaymentRecord,
+    history: String,
+}
+
+/// Locks an operation and its payment, and reads the payment's history.
+pub async fn lock_for_settling(
+    conn: &mut PgConnection,
+    operation_id: Uuid,
+) -> Result<Option<Settling>, sqlx::Error> {
+    let row: Option<SettlingRow> = sqlx::query_as(&format!(
+        "WITH operation AS ( \
+           SELECT payment_id AS operation_payment_id, status = 'pending' AS operation_pending \
+           FROM operations WHERE id = $1 FOR UPDATE) \
+         SELECT operation_pending, {COLUMNS}, \
+           (SELECT coalesce(json_agg(json_build_array(e.to_status, e.at) ORDER BY e.id), '[]') \
+            FROM payment_events e WHERE e.payment_id = payments.id)::text AS history \
+         FROM payments JOIN operation ON payments.id = operation.operation_payment_id \
+         FOR UPDATE OF payments"
+    ))
+    .bind(operation_id)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|row| {
+        let history = parse_history(&row.history)?;
+        Ok(Settling {
+            operation_pending: row.operation_pending,
+            payment: row.payment,
+            history,
+        })
+    })
+    .transpose()
+}
+
+fn parse_history(json: &str) -> Result<History, sqlx::Error> {
+    let rows: Vec<(String, DateTime<Utc>)> =
+        serde_json::from_str(json).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    rows.into_iter()
+        .map(|(status, at)| {
+            let status = PaymentStatus::parse(&status)
+                .ok_or_else(|| sqlx::Error::Decode(format!("status {status:?}").into()))?;
+            Ok((status, at))
+        })
+        .collect()
 }
 
 /// The statuses a payment entered, oldest first.
