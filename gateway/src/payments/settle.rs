@@ -5,7 +5,8 @@ use crate::bank::{BankErrorCode, Refusal, UnknownReason};
 use crate::domain::{IdempotencyKey, MerchantId, PaymentEvent};
 use crate::idempotency;
 use crate::store::operations::{self, OperationKind, OperationRecord};
-use crate::store::payments::{self, BankFacts, Settling};
+use crate::store::payments::{self, Answer, BankFacts, Settling, TransitionError};
+use chrono::{DateTime, Utc};
 
 use super::reply::{Reply, render};
 use super::{Error, Gateway};
@@ -73,6 +74,57 @@ pub struct Requester<'a> {
 }
 
 impl Gateway {
+    /// The common case, in two round trips and no explicit transaction:
+    /// read the payment, compute where it goes and the answer, then write
+    /// everything in one statement that re-checks what was read. `None` if
+    /// someone else settled the operation first: the general path decides.
+    async fn settle_in_one_statement(
+        &self,
+        requester: Option<Requester<'_>>,
+        operation: &OperationRecord,
+        event: PaymentEvent,
+        facts: &BankFacts,
+        succeeded: bool,
+    ) -> Result<Option<Reply>, Error> {
+        let mut conn = self.pool.acquire().await?;
+        let Some(Settling {
+            operation_pending: true,
+            payment,
+            mut history,
+        }) = payments::read_for_settling(&mut conn, operation.id).await?
+        else {
+            return Ok(None);
+        };
+        // Postgres keeps microseconds; the answer must show what it stores.
+        let now = Utc::now();
+        let at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        let moved = payments::moved(&payment, event, facts, at).map_err(TransitionError::from)?;
+        history.push((moved.status(), moved.updated_at));
+        let reply = render(operation.kind(), &moved, history)?;
+        let answer = requester
+            .filter(|_| reply.is_final())
+            .map(|requester| Answer {
+                merchant: requester.merchant,
+                key: requester.key.as_str(),
+                status: reply.status,
+                body: &reply.body,
+            });
+        let written = payments::write_settlement(
+            &mut conn,
+            &payment,
+            &moved,
+            operation.id,
+            succeeded,
+            answer,
+        )
+        .await?;
+        if written {
+            metrics::counter!("gateway_operations_settled_total", "kind" => operation.kind().as_str(), "status" => reply.status.to_string())
+                .increment(1);
+        }
+        Ok(written.then_some(reply))
+    }
+
     /// Records `resolution` for `operation` and returns the answer. If
     /// someone else settled the operation meanwhile, theirs stands and the
     /// answer reflects it.
@@ -82,6 +134,19 @@ impl Gateway {
         operation: &OperationRecord,
         resolution: Resolution,
     ) -> Result<Reply, Error> {
+        if let Resolution::Settled {
+            event,
+            facts,
+            succeeded,
+        } = &resolution
+        {
+            if let Some(reply) = self
+                .settle_in_one_statement(requester, operation, *event, facts, *succeeded)
+                .await?
+            {
+                return Ok(reply);
+            }
+        }
         let mut tx = self.pool.begin().await?;
         let Settling {
             operation_pending,

@@ -310,15 +310,36 @@ pub async fn lock_for_settling(
     conn: &mut PgConnection,
     operation_id: Uuid,
 ) -> Result<Option<Settling>, sqlx::Error> {
+    read_settling(conn, operation_id, "FOR UPDATE").await
+}
+
+/// The same, without locks: for the single-statement settlement, which
+/// re-checks everything it read in its own `WHERE`.
+pub async fn read_for_settling(
+    conn: &mut PgConnection,
+    operation_id: Uuid,
+) -> Result<Option<Settling>, sqlx::Error> {
+    read_settling(conn, operation_id, "").await
+}
+
+async fn read_settling(
+    conn: &mut PgConnection,
+    operation_id: Uuid,
+    lock: &str,
+) -> Result<Option<Settling>, sqlx::Error> {
+    let lock_payment = if lock.is_empty() {
+        ""
+    } else {
+        "FOR UPDATE OF payments"
+    };
     let row: Option<SettlingRow> = sqlx::query_as(&format!(
         "WITH operation AS ( \
            SELECT payment_id AS operation_payment_id, status = 'pending' AS operation_pending \
-           FROM operations WHERE id = $1 FOR UPDATE) \
+           FROM operations WHERE id = $1 {lock}) \
          SELECT operation_pending, {COLUMNS}, \
            (SELECT coalesce(json_agg(json_build_array(e.to_status, e.at) ORDER BY e.id), '[]') \
             FROM payment_events e WHERE e.payment_id = payments.id)::text AS history \
-         FROM payments JOIN operation ON payments.id = operation.operation_payment_id \
-         FOR UPDATE OF payments"
+         FROM payments JOIN operation ON payments.id = operation.operation_payment_id {lock_payment}"
     ))
     .bind(operation_id)
     .fetch_optional(conn)
@@ -332,6 +353,92 @@ pub async fn lock_for_settling(
         })
     })
     .transpose()
+}
+
+/// The payment as `event` leaves it, computed before anything is written,
+/// so that the answer can be stored in the same statement as the move.
+/// Bank ids only ever get filled in, never cleared (as `apply` does).
+pub fn moved(
+    payment: &PaymentRecord,
+    event: PaymentEvent,
+    facts: &BankFacts,
+    at: DateTime<Utc>,
+) -> Result<PaymentRecord, InvalidTransition> {
+    let to = transition(payment.status(), event)?;
+    let keep = |new: &Option<String>, old: &Option<String>| new.clone().or_else(|| old.clone());
+    Ok(PaymentRecord {
+        status: StoredStatus(to),
+        bank_authorization_id: keep(&facts.authorization_id, &payment.bank_authorization_id),
+        authorization_expires_at: facts
+            .authorization_expires_at
+            .or(payment.authorization_expires_at),
+        bank_capture_id: keep(&facts.capture_id, &payment.bank_capture_id),
+        bank_void_id: keep(&facts.void_id, &payment.bank_void_id),
+        bank_refund_id: keep(&facts.refund_id, &payment.bank_refund_id),
+        failure_code: facts.failure_code.clone(),
+        updated_at: at,
+        ..payment.clone()
+    })
+}
+
+/// The stored answer to write with a settlement, for a request's key.
+pub struct Answer<'a> {
+    pub merchant: MerchantId,
+    pub key: &'a str,
+    pub status: u16,
+    pub body: &'a [u8],
+}
+
+/// Writes a whole settlement in one statement: the payment moves from
+/// `from` to `to` (only if it is still in `from` and the operation still
+/// pending), its history row, the operation finished, and the answer on the
+/// key. Returns false, writing nothing, if someone settled it first.
+pub async fn write_settlement(
+    conn: &mut PgConnection,
+    from: &PaymentRecord,
+    to: &PaymentRecord,
+    operation_id: Uuid,
+    succeeded: bool,
+    answer: Option<Answer<'_>>,
+) -> Result<bool, sqlx::Error> {
+    let finished: i64 = sqlx::query_scalar(
+        "WITH moved AS ( \
+           UPDATE payments SET status = $3::payment_status, bank_authorization_id = $4, \
+             authorization_expires_at = $5, bank_capture_id = $6, bank_void_id = $7, bank_refund_id = $8, \
+             failure_code = $9, updated_at = $10 \
+           WHERE id = $1 AND status = $2::payment_status \
+             AND EXISTS (SELECT 1 FROM operations WHERE id = $11 AND status = 'pending') \
+           RETURNING id), \
+         logged AS ( \
+           INSERT INTO payment_events (payment_id, from_status, to_status, at) \
+           SELECT id, $2::payment_status, $3::payment_status, $10 FROM moved), \
+         finished AS ( \
+           UPDATE operations SET status = $12, last_error = $9, attempts = attempts + 1, finished_at = now() \
+           WHERE id = $11 AND status = 'pending' AND EXISTS (SELECT 1 FROM moved) RETURNING id), \
+         answered AS ( \
+           UPDATE idempotency_keys SET state = 'done', lease_until = NULL, response_status = $15, response_body = $16 \
+           WHERE merchant_id = $13 AND key = $14 AND EXISTS (SELECT 1 FROM moved)) \
+         SELECT count(*) FROM finished",
+    )
+    .bind(from.id)
+    .bind(from.status().as_str())
+    .bind(to.status().as_str())
+    .bind(&to.bank_authorization_id)
+    .bind(to.authorization_expires_at)
+    .bind(&to.bank_capture_id)
+    .bind(&to.bank_void_id)
+    .bind(&to.bank_refund_id)
+    .bind(&to.failure_code)
+    .bind(to.updated_at)
+    .bind(operation_id)
+    .bind(if succeeded { "succeeded" } else { "failed" })
+    .bind(answer.as_ref().map(|a| a.merchant.as_uuid()))
+    .bind(answer.as_ref().map(|a| a.key))
+    .bind(answer.as_ref().map(|a| i16::try_from(a.status).unwrap_or(500)))
+    .bind(answer.as_ref().map(|a| a.body))
+    .fetch_one(conn)
+    .await?;
+    Ok(finished == 1)
 }
 
 fn parse_history(json: &str) -> Result<History, sqlx::Error> {
