@@ -1,5 +1,5 @@
 //! The `gateway` command line: `serve` (the default), `migrate`,
-//! `api-key create`, `reconcile`, `state-diagram`.
+//! `api-key create|list|revoke`, `reconcile`, `state-diagram`.
 
 use std::process::ExitCode;
 
@@ -58,6 +58,26 @@ pub enum ApiKeyCommand {
         /// The merchant's name.
         #[arg(long, value_name = "NAME")]
         merchant: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// List API keys, oldest first, one per line, tab-separated: key id,
+    /// merchant, key prefix (never the key), created at, and `active` or
+    /// `revoked <at>`.
+    List {
+        /// Only this merchant's keys.
+        #[arg(long, value_name = "NAME")]
+        merchant: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Revoke a key: requests with it get 401 from the next one on. Prints
+    /// the key revoked; refuses a prefix that matches several keys.
+    Revoke {
+        /// The key's id (from `list`), its prefix (or the start of it), or
+        /// the whole key.
+        #[arg(value_name = "PREFIX_OR_ID")]
+        key: String,
         #[command(flatten)]
         database: DatabaseArgs,
     },
@@ -132,6 +152,66 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{key}");
             Ok(())
         }
+        (
+            Some(Command::ApiKey {
+                command: ApiKeyCommand::List { merchant, database },
+            }),
+            _,
+        ) => api_key_list(&database, merchant.as_deref()).await,
+        (
+            Some(Command::ApiKey {
+                command: ApiKeyCommand::Revoke { key, database },
+            }),
+            _,
+        ) => api_key_revoke(&database, &key).await,
+    }
+}
+
+async fn api_key_list(database: &DatabaseArgs, merchant: Option<&str>) -> anyhow::Result<()> {
+    let pool = store::connect(
+        &database.database_url,
+        1,
+        std::time::Duration::from_secs(10),
+    )
+    .await?;
+    let mut conn = pool.acquire().await?;
+    for key in store::merchants::list_keys(&mut conn, merchant).await? {
+        println!("{}", key.line());
+    }
+    Ok(())
+}
+
+async fn api_key_revoke(database: &DatabaseArgs, selector: &str) -> anyhow::Result<()> {
+    use store::merchants::Revocation;
+    let pool = store::connect(
+        &database.database_url,
+        1,
+        std::time::Duration::from_secs(10),
+    )
+    .await?;
+    let mut tx = pool.begin().await?;
+    let revocation = store::merchants::revoke_key(&mut tx, selector).await?;
+    tx.commit().await?;
+    match revocation {
+        Revocation::Revoked(key) => {
+            println!("{}", key.line());
+            eprintln!("gateway: revoked {} ({})", key.prefix, key.merchant);
+            Ok(())
+        }
+        Revocation::AlreadyRevoked(key) => {
+            println!("{}", key.line());
+            eprintln!("gateway: {} was already revoked", key.prefix);
+            Ok(())
+        }
+        Revocation::NotFound => anyhow::bail!("no API key matches {selector:?}"),
+        Revocation::Ambiguous(keys) => {
+            let lines: Vec<String> = keys.iter().map(|k| format!("  {}", k.line())).collect();
+            anyhow::bail!(
+                "{selector:?} matches {} keys; nothing was revoked. Name one by its id:\n{}",
+                keys.len(),
+                lines.join("\n")
+            )
+        }
     }
 }
 
@@ -184,6 +264,30 @@ mod tests {
             "postgres://x",
         ]);
         assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn api_key_list_and_revoke_parse() {
+        let list = Cli::try_parse_from([
+            "gateway",
+            "api-key",
+            "list",
+            "--merchant",
+            "ficmart",
+            "--database-url",
+            "postgres://x",
+        ]);
+        assert!(list.is_ok());
+        let revoke = |args: &[&str]| {
+            Cli::try_parse_from(
+                ["gateway", "api-key", "revoke"]
+                    .iter()
+                    .chain(args)
+                    .chain(&["--database-url", "postgres://x"]),
+            )
+        };
+        assert!(revoke(&["sk_test_ab12"]).is_ok());
+        assert!(revoke(&[]).is_err(), "a key must be named");
     }
 
     #[test]

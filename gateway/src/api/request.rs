@@ -31,7 +31,9 @@ impl FromRequest for Merchant {
             };
             let mut conn = state.gateway.pool().acquire().await?;
             let merchant = merchants::merchant_for_key(&mut conn, &key).await?;
-            merchant.map(Merchant).ok_or(ApiError::Unauthenticated)
+            merchant
+                .map(|found| Merchant(found.merchant))
+                .ok_or(ApiError::Unauthenticated)
         })
     }
 }

@@ -139,13 +139,11 @@ impl Gateway {
             facts,
             succeeded,
         } = &resolution
-        {
-            if let Some(reply) = self
+            && let Some(reply) = self
                 .settle_in_one_statement(requester, operation, *event, facts, *succeeded)
                 .await?
-            {
-                return Ok(reply);
-            }
+        {
+            return Ok(reply);
         }
         let mut tx = self.pool.begin().await?;
         let Settling {

@@ -1,8 +1,10 @@
 //! Merchants and their API keys, kept as SHA-256 hashes.
 
+use chrono::{DateTime, Utc};
 use rand::RngExt;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
+use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::domain::MerchantId;
@@ -44,17 +46,162 @@ pub async fn create_api_key(
     Ok((MerchantId::from_uuid(merchant), key))
 }
 
-/// The merchant owning an unrevoked key. The lookup is by hash, so the
-/// comparison never touches the key itself.
+/// Who a request's key authenticates: the merchant, and the key itself
+/// (by its id, never its secret), which rate limiting counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Authenticated {
+    pub merchant: MerchantId,
+    pub key_id: Uuid,
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyLookup {
+    id: Uuid,
+    merchant_id: Uuid,
+    key_hash: Vec<u8>,
+}
+
+/// The merchant owning an unrevoked key. Runs on every request: nothing is
+/// cached, so a revoked key is refused from the next request on.
+///
+/// The row is found by the key's SHA-256 through the unique index, so the
+/// database never compares the secret itself, and how long an index
+/// search takes tells an attacker about hashes, not about the key's
+/// characters. The stored hash is then compared with the computed one in
+/// constant time all the same: equality is decided here, in code whose
+/// timing does not depend on where two byte strings first differ, rather
+/// than trusted to how a database or an index happens to compare.
 pub async fn merchant_for_key(
     conn: &mut PgConnection,
     key: &str,
-) -> Result<Option<MerchantId>, sqlx::Error> {
-    let merchant: Option<Uuid> = sqlx::query_scalar(
-        "SELECT merchant_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+) -> Result<Option<Authenticated>, sqlx::Error> {
+    let computed = hash_key(key);
+    let row: Option<KeyLookup> = sqlx::query_as(
+        "SELECT id, merchant_id, key_hash FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
     )
-    .bind(hash_key(key))
+    .bind(&computed)
     .fetch_optional(conn)
     .await?;
-    Ok(merchant.map(MerchantId::from_uuid))
+    Ok(row.and_then(|row| {
+        let equal: bool = row.key_hash.ct_eq(&computed).into();
+        equal.then_some(Authenticated {
+            merchant: MerchantId::from_uuid(row.merchant_id),
+            key_id: row.id,
+        })
+    }))
+}
+
+/// One API key as an operator sees it: never the key, only its prefix.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct KeyRecord {
+    pub id: Uuid,
+    pub merchant: String,
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl KeyRecord {
+    /// `id  merchant  prefix  created_at  active|revoked <at>`, tab-separated.
+    pub fn line(&self) -> String {
+        let status = match self.revoked_at {
+            None => "active".to_owned(),
+            Some(at) => format!("revoked {}", rfc3339(at)),
+        };
+        format!(
+            "{}\t{}\t{}\t{}\t{status}",
+            self.id,
+            self.merchant,
+            self.prefix,
+            rfc3339(self.created_at)
+        )
+    }
+}
+
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+const KEY_COLUMNS: &str = "k.id, m.name AS merchant, k.prefix, k.created_at, k.revoked_at \
+     FROM api_keys k JOIN merchants m ON m.id = k.merchant_id";
+
+/// Every key, or one merchant's, oldest first.
+pub async fn list_keys(
+    conn: &mut PgConnection,
+    merchant: Option<&str>,
+) -> Result<Vec<KeyRecord>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {KEY_COLUMNS} WHERE $1::text IS NULL OR m.name = $1 ORDER BY k.created_at, k.id"
+    ))
+    .bind(merchant)
+    .fetch_all(conn)
+    .await
+}
+
+/// What `revoke_key` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// The key is revoked from now on; `revoked_at` is set.
+    Revoked(KeyRecord),
+    /// It already was; nothing changed.
+    AlreadyRevoked(KeyRecord),
+    /// No key matches.
+    NotFound,
+    /// Several keys match the prefix: nothing was revoked.
+    Ambiguous(Vec<KeyRecord>),
+}
+
+/// Revokes the one key that `selector` names: its id (a UUID), the whole
+/// key, or the start of its shown prefix. A prefix that matches several
+/// keys revokes none.
+pub async fn revoke_key(
+    conn: &mut PgConnection,
+    selector: &str,
+) -> Result<Revocation, sqlx::Error> {
+    let selector = selector.trim();
+    if selector.is_empty() {
+        return Ok(Revocation::NotFound);
+    }
+    let matches: Vec<KeyRecord> = if let Ok(id) = Uuid::parse_str(selector) {
+        sqlx::query_as(&format!(
+            "SELECT {KEY_COLUMNS} WHERE k.id = $1 FOR UPDATE OF k"
+        ))
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?
+    } else if selector.starts_with(KEY_PREFIX) && selector.len() > SHOWN_PREFIX_CHARS {
+        // Longer than any shown prefix: the whole key, found by its hash.
+        sqlx::query_as(&format!(
+            "SELECT {KEY_COLUMNS} WHERE k.key_hash = $1 FOR UPDATE OF k"
+        ))
+        .bind(hash_key(selector))
+        .fetch_all(&mut *conn)
+        .await?
+    } else {
+        sqlx::query_as(&format!(
+            "SELECT {KEY_COLUMNS} WHERE left(k.prefix, length($1)) = $1 \
+             ORDER BY k.created_at, k.id FOR UPDATE OF k"
+        ))
+        .bind(selector)
+        .fetch_all(&mut *conn)
+        .await?
+    };
+    let key = match <[KeyRecord; 1]>::try_from(matches) {
+        Ok([key]) => key,
+        Err(matches) if matches.is_empty() => return Ok(Revocation::NotFound),
+        Err(matches) => return Ok(Revocation::Ambiguous(matches)),
+    };
+    if key.revoked_at.is_some() {
+        return Ok(Revocation::AlreadyRevoked(key));
+    }
+    let revoked_at: DateTime<Utc> = sqlx::query_scalar(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 RETURNING revoked_at",
+    )
+    .bind(key.id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Revocation::Revoked(KeyRecord {
+        revoked_at: Some(revoked_at),
+        ..key
+    }))
 }

@@ -1,6 +1,7 @@
 //! The gateway's integration tests, one binary (one link step) for all:
 //! a real gateway and a real mock bank over HTTP, on a real Postgres.
 
+mod api_keys;
 mod bank_client;
 mod chaos;
 mod circuit;

@@ -1,0 +1,174 @@
+//! `gateway api-key list|revoke` through the real binary, and a revoked
+//! key refused from the very next request.
+
+use std::process::{Command, Output};
+
+use reqwest::StatusCode;
+
+use crate::helpers::*;
+
+const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
+
+fn gateway(args: &[&str], database_url: &str) -> Output {
+    Command::new(GATEWAY)
+        .args(args)
+        .args(["--database-url", database_url])
+        .output()
+        .expect("the gateway binary runs")
+}
+
+fn stdout_of(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+/// (id, merchant, prefix, created_at, status) of each line.
+fn columns(stdout: &str) -> Vec<Vec<String>> {
+    stdout
+        .lines()
+        .map(|line| line.split('\t').map(str::to_owned).collect::<Vec<_>>())
+        .inspect(|cols| assert_eq!(cols.len(), 5, "{cols:?}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn keys_are_listed_by_prefix_only_and_revoked_by_prefix_or_id() {
+    let app = spawn_app().await;
+    let second = create_key(&app.pool, "ficmart").await;
+    let other = create_key(&app.pool, "another-shop").await;
+    let keys = [app.api_key.as_str(), second.as_str(), other.as_str()];
+
+    let all = stdout_of(&gateway(&["api-key", "list"], &app.database_url));
+    for key in keys {
+        assert!(!all.contains(key), "a whole key was listed:\n{all}");
+    }
+    let rows = columns(&all);
+    assert_eq!(rows.len(), 3, "{all}");
+    for (row, key) in rows.iter().zip(keys) {
+        assert!(
+            key.starts_with(&row[2]),
+            "{} is not the start of the key",
+            row[2]
+        );
+        assert!(row[2].len() < key.len() && row[2].starts_with("sk_test_"));
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(&row[3]).is_ok(),
+            "{}",
+            row[3]
+        );
+        assert_eq!(row[4], "active");
+    }
+    assert_eq!(
+        rows.iter().map(|r| r[1].as_str()).collect::<Vec<_>>(),
+        ["ficmart", "ficmart", "another-shop"]
+    );
+    let ficmart = stdout_of(&gateway(
+        &["api-key", "list", "--merchant", "ficmart"],
+        &app.database_url,
+    ));
+    assert_eq!(columns(&ficmart).len(), 2, "{ficmart}");
+    let nobody = stdout_of(&gateway(
+        &["api-key", "list", "--merchant", "nobody"],
+        &app.database_url,
+    ));
+    assert_eq!(nobody, "");
+
+    // A prefix that every key has names none of them: refused, nothing revoked.
+    let ambiguous = gateway(&["api-key", "revoke", "sk_test_"], &app.database_url);
+    assert!(!ambiguous.status.success());
+    assert!(String::from_utf8_lossy(&ambiguous.stderr).contains("matches 3 keys"));
+    let missing = gateway(&["api-key", "revoke", "sk_test_zzzz"], &app.database_url);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no API key matches"));
+    assert!(
+        columns(&stdout_of(&gateway(
+            &["api-key", "list"],
+            &app.database_url
+        )))
+        .iter()
+        .all(|r| r[4] == "active")
+    );
+
+    // By its shown prefix.
+    let revoked = stdout_of(&gateway(
+        &["api-key", "revoke", &rows[1][2]],
+        &app.database_url,
+    ));
+    let revoked = columns(&revoked);
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(revoked[0][0], rows[1][0], "the key named was revoked");
+    assert!(revoked[0][4].starts_with("revoked "), "{:?}", revoked[0]);
+    // By its id; again, which changes nothing.
+    let by_id = stdout_of(&gateway(
+        &["api-key", "revoke", &rows[2][0]],
+        &app.database_url,
+    ));
+    assert_eq!(columns(&by_id)[0][1], "another-shop");
+    let again = gateway(&["api-key", "revoke", &rows[2][0]], &app.database_url);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already revoked"));
+    let after = columns(&stdout_of(&gateway(
+        &["api-key", "list"],
+        &app.database_url,
+    )));
+    assert_eq!(after[0][4], "active");
+    assert!(after[1][4].starts_with("revoked "));
+    assert!(after[2][4].starts_with("revoked "));
+
+    assert_eq!(app.get("/v1/payments").await.status(), StatusCode::OK);
+    for key in [&second, &other] {
+        assert_eq!(
+            app.get_as(key, "/v1/payments").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_key_gets_401_from_the_next_request_on() {
+    let app = spawn_app().await;
+    let payment = app.authorized(HAPPY_CARD, 500).await;
+    let id = payment["id"].as_str().unwrap();
+    assert_eq!(
+        app.get(&format!("/v1/payments/{id}")).await.status(),
+        StatusCode::OK
+    );
+
+    // Revoked with the whole key, as an operator holding a leaked one would.
+    let revoked = stdout_of(&gateway(
+        &["api-key", "revoke", &app.api_key],
+        &app.database_url,
+    ));
+    assert!(!revoked.contains(&app.api_key), "the key is never printed");
+
+    // No waiting, no cache to expire: the very next request is refused.
+    assert_error(
+        app.get(&format!("/v1/payments/{id}")).await,
+        StatusCode::UNAUTHORIZED,
+        "authentication_error",
+        "invalid_api_key",
+    )
+    .await;
+    let capture = app
+        .post(
+            &format!("/v1/payments/{id}/capture"),
+            &new_key(),
+            &serde_json::Value::Null,
+        )
+        .await;
+    assert_eq!(capture.status(), StatusCode::UNAUTHORIZED);
+    let payment: serde_json::Value = sqlx::query_scalar::<_, String>(
+        "SELECT status::text FROM payments WHERE order_id = 'ord_1'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .map(serde_json::Value::String)
+    .unwrap();
+    assert_eq!(
+        payment, "authorized",
+        "nothing was done with the revoked key"
+    );
+}
