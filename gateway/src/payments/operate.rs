@@ -2,7 +2,7 @@
 
 use chrono::Utc;
 
-use crate::bank::{BankErrorCode, BankOutcome};
+use crate::bank::{BankErrorCode, BankOutcome, Refusal};
 use crate::domain::{Amount, IdempotencyKey, MerchantId, PaymentEvent, PaymentId, PaymentStatus};
 use crate::idempotency::{self, Claim};
 use crate::store::operations::{self, OperationKind, OperationRecord};
@@ -62,8 +62,7 @@ impl Gateway {
         let kind = action.kind();
         let requester = Requester { merchant, key };
         let mut tx = self.pool.begin().await?;
-        let claim =
-            idempotency::claim(&mut tx, merchant, key, request_hash, self.lease()).await?;
+        let claim = idempotency::claim(&mut tx, merchant, key, request_hash, self.lease()).await?;
         let start = match claim {
             Claim::Replay(stored) => return Ok(Reply::replay(stored)),
             Claim::Resume {
@@ -181,128 +180,112 @@ impl Gateway {
         let authorization_id = payment.bank_authorization_id.as_deref().unwrap_or_default();
         let capture_id = payment.bank_capture_id.as_deref().unwrap_or_default();
         let kind = operation.kind();
-        match kind {
-            OperationKind::Authorize => Resolution::Unknown {
-                reason: "an authorization can only be re-sent with the card, by its client"
-                    .to_owned(),
-            },
-            OperationKind::Capture => match self
-                .bank
-                .capture(key, authorization_id, payment.amount)
-                .await
-            {
-                BankOutcome::Done(capture) => Resolution::succeeded(
-                    PaymentEvent::CaptureSucceeded,
-                    BankFacts {
+        // (the answer, as what it tells us; the refusal that may mean "our own
+        // earlier attempt did it"; the event of success)
+        let (outcome, already_done, success) = match kind {
+            OperationKind::Authorize => {
+                return Resolution::Unknown {
+                    reason: "an authorization can only be re-sent with the card, by its client"
+                        .to_owned(),
+                };
+            }
+            OperationKind::Capture => (
+                self.bank
+                    .capture(key, authorization_id, payment.amount)
+                    .await
+                    .map(|capture| BankFacts {
                         capture_id: Some(capture.capture_id),
                         ..BankFacts::default()
-                    },
-                ),
-                BankOutcome::Refused(refusal)
-                    if refusal.code == BankErrorCode::AuthorizationAlreadyUsed =>
-                {
-                    self.adopt_authorization(kind, authorization_id, &refusal)
-                        .await
-                }
-                BankOutcome::Refused(refusal) => {
-                    Resolution::failed(failure_event(kind, &refusal.code), &refusal)
-                }
-                BankOutcome::Unknown(reason) => Resolution::unknown(&reason),
-            },
-            OperationKind::Void => match self.bank.void(key, authorization_id).await {
-                BankOutcome::Done(void) => Resolution::succeeded(
-                    PaymentEvent::VoidSucceeded,
-                    BankFacts {
+                    }),
+                BankErrorCode::AuthorizationAlreadyUsed,
+                PaymentEvent::CaptureSucceeded,
+            ),
+            OperationKind::Void => (
+                self.bank
+                    .void(key, authorization_id)
+                    .await
+                    .map(|void| BankFacts {
                         void_id: Some(void.void_id),
                         ..BankFacts::default()
-                    },
-                ),
-                BankOutcome::Refused(refusal)
-                    if refusal.code == BankErrorCode::AuthorizationAlreadyUsed =>
-                {
-                    self.adopt_authorization(kind, authorization_id, &refusal)
-                        .await
-                }
-                BankOutcome::Refused(refusal) => {
-                    Resolution::failed(failure_event(kind, &refusal.code), &refusal)
-                }
-                BankOutcome::Unknown(reason) => Resolution::unknown(&reason),
-            },
-            OperationKind::Refund => {
-                match self.bank.refund(key, capture_id, payment.amount).await {
-                    BankOutcome::Done(refund) => Resolution::succeeded(
-                        PaymentEvent::RefundSucceeded,
-                        BankFacts {
-                            refund_id: Some(refund.refund_id),
-                            ..BankFacts::default()
-                        },
-                    ),
-                    BankOutcome::Refused(refusal)
-                        if refusal.code == BankErrorCode::AlreadyRefunded =>
-                    {
-                        match self.bank.get_capture(capture_id).await {
-                            BankOutcome::Done(capture) if capture.refund_id.is_some() => {
-                                Resolution::succeeded(
-                                    PaymentEvent::RefundSucceeded,
-                                    BankFacts {
-                                        refund_id: capture.refund_id,
-                                        ..BankFacts::default()
-                                    },
-                                )
-                            }
-                            BankOutcome::Done(_) | BankOutcome::Refused(_) => {
-                                Resolution::failed(PaymentEvent::RefundFailed, &refusal)
-                            }
-                            BankOutcome::Unknown(reason) => Resolution::unknown(&reason),
-                        }
-                    }
-                    BankOutcome::Refused(refusal) => {
-                        Resolution::failed(failure_event(kind, &refusal.code), &refusal)
-                    }
-                    BankOutcome::Unknown(reason) => Resolution::unknown(&reason),
-                }
+                    }),
+                BankErrorCode::AuthorizationAlreadyUsed,
+                PaymentEvent::VoidSucceeded,
+            ),
+            OperationKind::Refund => (
+                self.bank
+                    .refund(key, capture_id, payment.amount)
+                    .await
+                    .map(|refund| BankFacts {
+                        refund_id: Some(refund.refund_id),
+                        ..BankFacts::default()
+                    }),
+                BankErrorCode::AlreadyRefunded,
+                PaymentEvent::RefundSucceeded,
+            ),
+        };
+        match outcome {
+            BankOutcome::Done(facts) => Resolution::succeeded(success, facts),
+            BankOutcome::Refused(refusal) if refusal.code == already_done => {
+                self.adopt(kind, payment, success, &refusal).await
             }
+            BankOutcome::Refused(refusal) => {
+                Resolution::failed(failure_event(kind, &refusal.code), &refusal)
+            }
+            BankOutcome::Unknown(reason) => Resolution::unknown(&reason),
         }
     }
 
-    /// The bank says the authorization was already used: perhaps by our own
-    /// earlier attempt. Its record of the authorization decides.
-    async fn adopt_authorization(
+    /// The bank says it was already done: perhaps by our own earlier attempt
+    /// whose answer was lost. What the bank holds decides.
+    async fn adopt(
         &self,
         kind: OperationKind,
-        authorization_id: &str,
-        refusal: &crate::bank::Refusal,
+        payment: &PaymentRecord,
+        success: PaymentEvent,
+        refusal: &Refusal,
     ) -> Resolution {
-        let authorization = match self.bank.get_authorization(authorization_id).await {
-            BankOutcome::Done(authorization) => authorization,
-            BankOutcome::Refused(_) => {
+        let held = match kind {
+            OperationKind::Capture | OperationKind::Void => {
+                let authorization_id = payment.bank_authorization_id.as_deref().unwrap_or_default();
+                self.bank
+                    .get_authorization(authorization_id)
+                    .await
+                    .map(|a| match kind {
+                        OperationKind::Capture => BankFacts {
+                            capture_id: a.capture_id,
+                            ..BankFacts::default()
+                        },
+                        OperationKind::Authorize | OperationKind::Void | OperationKind::Refund => {
+                            BankFacts {
+                                void_id: a.void_id,
+                                ..BankFacts::default()
+                            }
+                        }
+                    })
+            }
+            OperationKind::Refund => {
+                let capture_id = payment.bank_capture_id.as_deref().unwrap_or_default();
+                self.bank.get_capture(capture_id).await.map(|c| BankFacts {
+                    refund_id: c.refund_id,
+                    ..BankFacts::default()
+                })
+            }
+            OperationKind::Authorize => {
                 return Resolution::failed(failure_event(kind, &refusal.code), refusal);
             }
-            BankOutcome::Unknown(reason) => return Resolution::unknown(&reason),
         };
-        match (kind, authorization.capture_id, authorization.void_id) {
-            (OperationKind::Capture, Some(capture_id), _) => Resolution::succeeded(
-                PaymentEvent::CaptureSucceeded,
-                BankFacts {
-                    capture_id: Some(capture_id),
-                    ..BankFacts::default()
-                },
-            ),
-            (OperationKind::Void, _, Some(void_id)) => Resolution::succeeded(
-                PaymentEvent::VoidSucceeded,
-                BankFacts {
-                    void_id: Some(void_id),
-                    ..BankFacts::default()
-                },
-            ),
-            (
-                OperationKind::Authorize
-                | OperationKind::Capture
-                | OperationKind::Void
-                | OperationKind::Refund,
-                _,
-                _,
-            ) => Resolution::failed(failure_event(kind, &refusal.code), refusal),
+        match held {
+            BankOutcome::Done(facts)
+                if facts.capture_id.is_some()
+                    || facts.void_id.is_some()
+                    || facts.refund_id.is_some() =>
+            {
+                Resolution::succeeded(success, facts)
+            }
+            BankOutcome::Done(_) | BankOutcome::Refused(_) => {
+                Resolution::failed(failure_event(kind, &refusal.code), refusal)
+            }
+            BankOutcome::Unknown(reason) => Resolution::unknown(&reason),
         }
     }
 }
