@@ -108,11 +108,68 @@ impl BankAdmin {
         }
     }
 
+    /// `PUT /admin/chaos` with `body` as it is (any subset of the fields).
+    pub async fn put_chaos(&self, body: &Value) -> anyhow::Result<Value> {
+        let url = format!("{}/admin/chaos", self.base);
+        expect_json(self.client.put(&url).json(body).send().await, "PUT", &url).await
+    }
+
+    /// `GET /admin/accounts/{card}`: (balance, available balance).
+    pub async fn account(&self, card_number: &str) -> anyhow::Result<(i64, i64)> {
+        let url = format!("{}/admin/accounts/{card_number}", self.base);
+        let account: Value = expect_json(self.client.get(&url).send().await, "GET", &url).await?;
+        match (
+            account["balance"].as_i64(),
+            account["available_balance"].as_i64(),
+        ) {
+            (Some(balance), Some(available)) => Ok((balance, available)),
+            (_, _) => bail!("GET {url}: no balances in {account}"),
+        }
+    }
+
+    /// `bank_chaos_faults_total` from `GET /metrics`, by kind.
+    pub async fn faults_injected(&self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+        let url = format!("{}/metrics", self.base);
+        let text = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?
+            .text()
+            .await?;
+        Ok(parse_faults(&text))
+    }
+
     /// `GET /admin/ledger/verify`, as the bank answers it.
     pub async fn verify_ledger(&self) -> anyhow::Result<Value> {
         let url = format!("{}/admin/ledger/verify", self.base);
         expect_json(self.client.get(&url).send().await, "GET", &url).await
     }
+}
+
+/// `bank_chaos_faults_total{kind="reset_after_commit"} 3` lines, summed by kind.
+pub fn parse_faults(metrics: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut faults = std::collections::BTreeMap::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("bank_chaos_faults_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let kind = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("kind=\""))
+            .map(|k| k.trim_end_matches('"'))
+            .unwrap_or("unknown");
+        let value = value.trim().parse::<f64>().unwrap_or(0.0);
+        // Counters are whole numbers.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let value = value as u64;
+        *faults.entry(kind.to_owned()).or_default() += value;
+    }
+    faults
 }
 
 async fn expect_json<T: for<'de> Deserialize<'de>>(
@@ -130,4 +187,21 @@ async fn expect_json<T: for<'de> Deserialize<'de>>(
         .json()
         .await
         .with_context(|| format!("{method} {url}: unexpected body"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_are_read_from_prometheus_text() {
+        let text = "# TYPE bank_chaos_faults_total counter\n\
+bank_chaos_faults_total{kind=\"failure\"} 7\n\
+bank_chaos_faults_total{kind=\"reset_after_commit\"} 2\n\
+bank_http_requests_total{route=\"x\"} 9\n";
+        let faults = parse_faults(text);
+        assert_eq!(faults.get("failure"), Some(&7));
+        assert_eq!(faults.get("reset_after_commit"), Some(&2));
+        assert_eq!(faults.len(), 2);
+    }
 }

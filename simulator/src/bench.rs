@@ -136,6 +136,9 @@ fn own_stack_options(args: &BenchArgs, concurrency: usize) -> StackOptions {
             } else {
                 GatewayOutput::temp_log_file("bench-gateway")
             },
+            program: None,
+            env: Vec::new(),
+            args: Vec::new(),
         }),
     };
     StackOptions {

@@ -1,6 +1,8 @@
 //! The command line: `up`, `bench`, and the hidden `gateway`.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -21,6 +23,8 @@ pub enum Command {
     Up(UpArgs),
     /// Fire authorizations at a target and report throughput and latency.
     Bench(BenchArgs),
+    /// Run a seeded chaos scenario against its own stack and check the invariants.
+    Run(RunArgs),
     /// Run the gateway's own command line (`gateway serve …`) in this
     /// process: the stack starts its gateway as a child process this way.
     #[command(hide = true, disable_help_flag = true, disable_version_flag = true)]
@@ -106,6 +110,63 @@ impl BenchArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The scenario's seed: the same seed gives the same scenario and fault
+    /// plan [default: a random one, printed].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Payments (orders) in the scenario.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub payments: u32,
+    /// Payments carried out at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: u32,
+    /// Stop starting new payments after this long (e.g. 90s, 5m).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Gateway processes on one database; requests go round-robin.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub replicas: u32,
+    /// calm, reference, lossy, outage, crashy, everything, or a JSON object
+    /// of the bank's /admin/chaos fields.
+    #[arg(long, default_value = "reference")]
+    pub chaos: String,
+    /// Kill a gateway replica with SIGKILL this often (e.g. 5s), and restart it.
+    #[arg(long, value_parser = parse_duration)]
+    pub kill_every: Option<Duration>,
+    /// Fresh test cards the payments are spread over.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..))]
+    pub cards: u16,
+    /// Also write the report as JSON to FILE and as HTML to FILE.html.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Print the gateways' JSON logs here instead of log files.
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// No progress line on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// `500ms`, `5s`, `2m`, `1h`.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let invalid = || format!("{raw:?} is not a duration like 500ms, 5s, 2m or 1h");
+    let split = raw
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(invalid)?;
+    let (number, unit) = raw.split_at(split);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let ms = match unit {
+        "ms" => number,
+        "s" => number * 1000,
+        "m" => number * 60_000,
+        "h" => number * 3_600_000,
+        _ => return Err(invalid()),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+#[derive(Debug, Args)]
 pub struct GatewayArgs {
     /// Everything after `gateway`, passed on untouched.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
@@ -129,7 +190,9 @@ mod tests {
             .unwrap();
         match cli.command {
             Command::Gateway(args) => assert_eq!(args.args, ["serve", "--port", "9", "--help"]),
-            Command::Up(_) | Command::Bench(_) => panic!("not the gateway: {:?}", cli.command),
+            Command::Up(_) | Command::Bench(_) | Command::Run(_) => {
+                panic!("not the gateway: {:?}", cli.command)
+            }
         }
     }
 
@@ -153,9 +216,19 @@ mod tests {
                 .command
             {
                 Command::Bench(args) => args.bank_latency_ms(),
-                Command::Up(_) | Command::Gateway(_) => panic!("not bench"),
+                Command::Up(_) | Command::Gateway(_) | Command::Run(_) => panic!("not bench"),
             };
         assert_eq!(bench("bank"), 0);
         assert_eq!(bench("gateway"), 1000);
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("5 s").is_err());
     }
 }

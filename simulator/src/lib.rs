@@ -1,7 +1,7 @@
 //! Starts the FicMart stack locally and benchmarks it.
 //!
 //! Module map:
-//! - [`cli`]: the command line (`up`, `bench`, the hidden `gateway`).
+//! - [`cli`]: the command line (`up`, `bench`, `run`, the hidden `gateway`).
 //! - [`stack`]: Postgres plus the services running on it (the bank
 //!   in-process, the gateway as a child); started together, stopped together.
 //! - [`process`]: the gateway child process: spawn, ready, SIGTERM, SIGKILL.
@@ -11,13 +11,27 @@
 //! - [`cards`]: Luhn-valid test card numbers.
 //! - [`stats`]: nearest-rank latency percentiles.
 //! - [`report`]: the benchmark report, as text or JSON.
+//! - [`scenario`]: a chaos scenario as data, generated from a seed by proptest.
+//! - [`model`]: the legal payment states, from the gateway's transition table.
+//! - [`driver`]: the client side: plans carried out, every exchange recorded.
+//! - [`run`]: one simulation in phases (start, drive, settle, observe, finish).
+//! - [`invariants`]: the seven checks, named in the report.
+//! - [`run_report`]: `simulator run`'s report: text, JSON, HTML.
+//! - [`simulate`]: `simulator run` itself (and the shrinking loop).
 
 pub mod bank;
 pub mod bench;
 pub mod cards;
 pub mod cli;
+pub mod driver;
+pub mod invariants;
+pub mod model;
 pub mod process;
 pub mod report;
+pub mod run;
+pub mod run_report;
+pub mod scenario;
+pub mod simulate;
 pub mod stack;
 pub mod stats;
 pub mod up;
@@ -36,6 +50,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Gateway(args) => process::gateway_main(args),
         Command::Up(args) => on_runtime(async { up::run(args).await.map(|()| ExitCode::SUCCESS) }),
         Command::Bench(args) => on_runtime(bench::run(args)),
+        Command::Run(args) => on_runtime(simulate::run(args)),
     }
 }
 

@@ -54,6 +54,16 @@ pub struct GatewayOptions {
     /// `--bank-max-in-flight`.
     pub bank_max_in_flight: usize,
     pub output: GatewayOutput,
+    /// The `simulator` binary to run as `simulator gateway serve`; `None`
+    /// is this executable (a test binary must name the real one).
+    pub program: Option<PathBuf>,
+    /// Extra environment for the child (e.g. `RUST_LOG`), on top of this
+    /// process's. The gateway's settings go in `args`: its top-level
+    /// command line reads the same variables, and one of them set without
+    /// `DATABASE_URL` makes it refuse to start.
+    pub env: Vec<(String, String)>,
+    /// Extra `gateway serve` flags (e.g. `--lease-ms 5000`).
+    pub args: Vec<String>,
 }
 
 impl GatewayOptions {
@@ -64,6 +74,9 @@ impl GatewayOptions {
             db_pool_size: 10,
             bank_max_in_flight: 2048,
             output,
+            program: None,
+            env: Vec::new(),
+            args: Vec::new(),
         }
     }
 }
@@ -91,9 +104,15 @@ impl GatewayProcess {
             0 => free_port()?,
             port => port,
         };
-        let exe = std::env::current_exe().context("finding this executable to run the gateway")?;
+        let exe = match &options.program {
+            Some(program) => program.clone(),
+            None => {
+                std::env::current_exe().context("finding this executable to run the gateway")?
+            }
+        };
         let mut command = Command::new(exe);
         command
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .args(["gateway", "serve"])
             .arg("--database-url")
             .arg(database_url)
@@ -106,6 +125,7 @@ impl GatewayProcess {
             .arg(options.db_pool_size.to_string())
             .arg("--bank-max-in-flight")
             .arg(options.bank_max_in_flight.to_string())
+            .args(&options.args)
             .stdin(Stdio::null())
             .kill_on_drop(true);
         let log_file = match &options.output {

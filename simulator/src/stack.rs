@@ -46,6 +46,8 @@ pub struct StackUrls {
     pub bank: String,
     /// The gateway's root, e.g. `http://127.0.0.1:8080`, when it runs.
     pub gateway: Option<String>,
+    /// The bank's own database (for checks that read the bank's books).
+    pub bank_database: String,
 }
 
 /// The gateway child and the key it was started with.
@@ -84,6 +86,7 @@ impl Stack {
             urls: StackUrls {
                 bank: String::new(),
                 gateway: None,
+                bank_database: String::new(),
             },
             services: Vec::new(),
             gateway: None,
@@ -111,6 +114,7 @@ impl Stack {
             .fresh_database("bank")
             .await
             .context("creating the bank's database")?;
+        self.urls.bank_database = database_url.clone();
         let mut settings = Settings::local(database_url);
         settings.port = options.bank_port;
         if options.bank_chaos == BankChaos::Default {
@@ -137,12 +141,7 @@ impl Stack {
     /// Gives the gateway a fresh database with an API key for [`MERCHANT`]
     /// in it, starts it as a child process, and waits until it is ready.
     async fn start_gateway(&mut self, options: &GatewayOptions) -> anyhow::Result<()> {
-        let database_url = self
-            .postgres
-            .fresh_database("gateway")
-            .await
-            .context("creating the gateway's database")?;
-        let api_key = create_api_key(&database_url, MERCHANT).await?;
+        let (database_url, api_key) = self.gateway_database().await?;
         let process = GatewayProcess::spawn(&database_url, &self.urls.bank, options)?;
         // Kept before waiting, so that shutdown stops it if it never gets ready.
         let gateway = self.gateway.insert(RunningGateway { process, api_key });
@@ -154,6 +153,19 @@ impl Stack {
         })?;
         self.urls.gateway = Some(gateway.process.url().to_owned());
         Ok(())
+    }
+
+    /// A fresh, migrated gateway database with an API key of [`MERCHANT`]
+    /// in it: (its URL, the key). For callers that run gateways themselves
+    /// (`simulator run`: several replicas, killed and restarted).
+    pub async fn gateway_database(&self) -> anyhow::Result<(String, String)> {
+        let database_url = self
+            .postgres
+            .fresh_database("gateway")
+            .await
+            .context("creating the gateway's database")?;
+        let api_key = create_api_key(&database_url, MERCHANT).await?;
+        Ok((database_url, api_key))
     }
 
     pub fn urls(&self) -> &StackUrls {

@@ -1,0 +1,694 @@
+//! One simulation, in phases, on a [`Stack`] (Postgres and the bank):
+//!
+//! 1. [`Session::start`]: fresh cards at the bank, a fresh gateway database,
+//!    `--replicas` gateway processes on it, the scenario's chaos at the bank;
+//! 2. [`Session::drive`]: the traffic from `--concurrency` workers, while a
+//!    fault task kills replicas (SIGKILL, then a restart on the same port)
+//!    and opens bank outages on schedule;
+//! 3. [`Session::settle`]: faults lifted, then a bounded wait until no
+//!    payment is in flight;
+//! 4. [`Session::observe`]: receipts, the bank's books, reconciliation;
+//! 5. [`Session::finish`]: the invariants, the report, the gateways stopped.
+//!
+//! A test may act between the phases (e.g. touch the bank behind the
+//! gateway's back after `settle`, to prove that a check fails).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::{StreamExt, TryStreamExt};
+use rand::RngExt;
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, watch};
+
+use crate::bank::{BankAdmin, Created, NewCard};
+use crate::cards::random_card_number;
+use crate::driver::{Driver, FlowRecord};
+use crate::invariants::{self, BankAuthorization, CardBalance, Observations};
+use crate::process::{GatewayOptions, GatewayOutput, GatewayProcess, free_port};
+use crate::run_report::{Event, RunReport};
+use crate::scenario::Scenario;
+use crate::stack::Stack;
+
+/// Each fresh card opens with $100,000.
+pub const OPENING_BALANCE: i64 = 10_000_000;
+/// How long a killed replica stays down before it is restarted.
+const DOWN_FOR: Duration = Duration::from_millis(300);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The gateway's settings in a simulation: short timeouts and leases so
+/// that crashes and lost answers are recovered in seconds, not minutes,
+/// and no background reconciliation (it would repair what the checks must
+/// see).
+pub const GATEWAY_SETTINGS: [(&str, &str); 9] = [
+    ("--bank-attempt-timeout-ms", "1000"),
+    ("--bank-deadline-ms", "3000"),
+    ("--lease-ms", "5000"),
+    ("--retry-unknown-after-ms", "500"),
+    ("--recovery-interval-ms", "250"),
+    ("--recovery-max-backoff-ms", "2000"),
+    ("--circuit-open-ms", "1000"),
+    ("--reconcile-interval-ms", "0"),
+    ("--shutdown-grace-seconds", "5"),
+];
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub concurrency: usize,
+    pub replicas: usize,
+    /// Stop starting new payments after this long.
+    pub duration: Option<Duration>,
+    /// The `simulator` binary for the gateway children (tests must say).
+    pub program: Option<PathBuf>,
+    /// The gateways' output on this terminal instead of log files.
+    pub verbose: bool,
+    /// A counter line on stderr.
+    pub progress: bool,
+    /// The longest wait for in-flight payments to settle.
+    pub quiesce_timeout: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 32,
+            replicas: 1,
+            duration: None,
+            program: None,
+            verbose: false,
+            progress: false,
+            quiesce_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The gateway replicas: each restarts on its own port.
+struct Replicas {
+    processes: Vec<GatewayProcess>,
+    options: Vec<GatewayOptions>,
+    database_url: String,
+    bank_url: String,
+}
+
+impl Replicas {
+    async fn start(
+        count: usize,
+        database_url: &str,
+        bank_url: &str,
+        run: &RunOptions,
+        run_id: &str,
+    ) -> anyhow::Result<Self> {
+        let mut replicas = Self {
+            processes: Vec::new(),
+            options: Vec::new(),
+            database_url: database_url.to_owned(),
+            bank_url: bank_url.to_owned(),
+        };
+        for i in 0..count.max(1) {
+            let output = if run.verbose {
+                GatewayOutput::Inherit
+            } else {
+                GatewayOutput::temp_log_file(&format!("run-{run_id}-gateway-{i}"))
+            };
+            let mut options = GatewayOptions::new(free_port()?, output);
+            options.db_pool_size = 20;
+            options.program = run.program.clone();
+            options.args = GATEWAY_SETTINGS
+                .iter()
+                .flat_map(|(k, v)| [(*k).to_owned(), (*v).to_owned()])
+                .collect();
+            let process = GatewayProcess::spawn(database_url, bank_url, &options)?;
+            replicas.processes.push(process);
+            replicas.options.push(options);
+        }
+        for process in &mut replicas.processes {
+            process.wait_ready().await?;
+        }
+        Ok(replicas)
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.processes.iter().map(|p| p.url().to_owned()).collect()
+    }
+
+    fn logs(&self) -> Vec<PathBuf> {
+        self.options
+            .iter()
+            .filter_map(|o| match &o.output {
+                GatewayOutput::LogFile(path) => Some(path.clone()),
+                GatewayOutput::Inherit | GatewayOutput::Discard => None,
+            })
+            .collect()
+    }
+
+    async fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        self.processes[i].kill().await?;
+        Ok(())
+    }
+
+    /// Starts replica `i` again on its port (a few tries: the port may be
+    /// briefly unavailable).
+    async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let mut last = None;
+        for _ in 0..5 {
+            let mut process =
+                GatewayProcess::spawn(&self.database_url, &self.bank_url, &self.options[i])?;
+            match process.wait_ready().await {
+                Ok(()) => {
+                    self.processes[i] = process;
+                    return Ok(());
+                }
+                Err(e) => {
+                    process.kill().await.ok();
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("the restart failed")))
+            .with_context(|| format!("restarting gateway replica {i}"))
+    }
+
+    async fn stop(&mut self) {
+        for process in &mut self.processes {
+            if let Err(e) = process.terminate(SHUTDOWN_GRACE).await {
+                eprintln!("stopping a gateway replica: {e:#}");
+            }
+        }
+    }
+}
+
+/// What a run produced before the checks.
+pub struct Session {
+    pub scenario: Scenario,
+    options: RunOptions,
+    run_id: String,
+    admin: BankAdmin,
+    bank_url: String,
+    bank_database: String,
+    gateway_database: String,
+    replicas: Arc<Mutex<Replicas>>,
+    driver: Arc<Driver>,
+    cards: Vec<NewCard>,
+    faults_before: BTreeMap<String, u64>,
+    since: chrono::DateTime<chrono::Utc>,
+    pub flows: Vec<FlowRecord>,
+    events: Vec<Event>,
+    traffic_ms: u64,
+    settle_ms: u64,
+    in_flight: Vec<String>,
+}
+
+impl Session {
+    /// Cards, gateways and chaos, ready for traffic.
+    pub async fn start(
+        stack: &Stack,
+        scenario: Scenario,
+        options: RunOptions,
+    ) -> anyhow::Result<Self> {
+        let run_id = format!("{:08x}", rand::random::<u32>());
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let bank_url = stack.urls().bank.clone();
+        let admin = BankAdmin::new(http, &bank_url);
+        admin.health().await?;
+        // Calm while setting up (the admin API is never subject to chaos,
+        // but an outage left by a previous run would be).
+        admin.put_chaos(&calm()).await?;
+        let mut cards = Vec::new();
+        for _ in 0..scenario.cards.max(1) {
+            cards.push(open_card(&admin, OPENING_BALANCE).await?);
+        }
+        let mut empty_card = open_card(&admin, 0).await?;
+        empty_card.balance = 0;
+        cards.push(empty_card.clone());
+        let (gateway_database, api_key) = stack.gateway_database().await?;
+        let replicas = Replicas::start(
+            options.replicas,
+            &gateway_database,
+            &bank_url,
+            &options,
+            &run_id,
+        )
+        .await?;
+        let driver = Driver::new(
+            replicas.urls(),
+            api_key,
+            run_id.clone(),
+            cards[..cards.len() - 1].to_vec(),
+            empty_card,
+            options.concurrency,
+        )?;
+        let faults_before = admin.faults_injected().await.unwrap_or_default();
+        Ok(Self {
+            scenario,
+            options,
+            run_id,
+            admin,
+            bank_url,
+            bank_database: stack.urls().bank_database.clone(),
+            gateway_database,
+            replicas: Arc::new(Mutex::new(replicas)),
+            driver: Arc::new(driver),
+            cards,
+            faults_before,
+            since: chrono::Utc::now() - chrono::TimeDelta::seconds(1),
+            flows: Vec::new(),
+            events: Vec::new(),
+            traffic_ms: 0,
+            settle_ms: 0,
+            in_flight: Vec::new(),
+        })
+    }
+
+    pub fn bank_url(&self) -> &str {
+        &self.bank_url
+    }
+
+    /// The traffic, with the fault plan running beside it.
+    pub async fn drive(&mut self) -> anyhow::Result<()> {
+        let chaos = self.scenario.bank_chaos();
+        self.admin
+            .put_chaos(&chaos)
+            .await
+            .context("applying the chaos profile")?;
+        // The driver's clock: request and fault times share it.
+        let started = self.driver.started();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let fault_task = tokio::spawn(run_faults(
+            self.scenario.clone(),
+            self.replicas.clone(),
+            self.admin.clone(),
+            started,
+            stop_rx.clone(),
+            events.clone(),
+        ));
+        let progress = self.options.progress.then(|| {
+            tokio::spawn(show_progress(
+                self.driver.clone(),
+                self.scenario.payments.len(),
+                events.clone(),
+                stop_rx,
+            ))
+        });
+
+        let plans = Arc::new(self.scenario.payments.clone());
+        let next = Arc::new(AtomicUsize::new(0));
+        let deadline = self.options.duration.map(|d| started + d);
+        let workers: Vec<_> = (0..self.options.concurrency.max(1))
+            .map(|_| {
+                let (driver, plans, next) = (self.driver.clone(), plans.clone(), next.clone());
+                tokio::spawn(async move {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= plans.len() || deadline.is_some_and(|d| Instant::now() >= d) {
+                            break done;
+                        }
+                        done.push(driver.run_flow(i, plans[i]).await);
+                    }
+                })
+            })
+            .collect();
+        let mut flows = Vec::new();
+        for worker in workers {
+            flows.extend(worker.await.context("a traffic worker panicked")?);
+        }
+        flows.sort_by_key(|f| f.index);
+        self.flows = flows;
+        self.traffic_ms = millis(started.elapsed());
+        stop_tx.send(true).ok();
+        let faults = fault_task.await.context("the fault task panicked")?;
+        if let Some(progress) = progress {
+            progress.await.ok();
+            eprintln!();
+        }
+        self.events = std::mem::take(&mut *events.lock().unwrap_or_else(|e| e.into_inner()));
+        faults
+    }
+
+    /// Lifts every fault, then waits (bounded) until no payment is in flight.
+    pub async fn settle(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        self.admin.put_chaos(&calm()).await?;
+        let pool = gateway::store::connect(&self.gateway_database, 2, Duration::from_secs(10))
+            .await
+            .context("connecting to the gateway's database")?;
+        let result = async {
+            loop {
+                let in_flight: Vec<String> = sqlx::query_scalar(
+                    "SELECT 'pay_' || id::text FROM payments \
+                     WHERE status::text IN ('pending', 'capturing', 'voiding', 'refunding') \
+                     ORDER BY created_at",
+                )
+                .fetch_all(&pool)
+                .await?;
+                if in_flight.is_empty() || started.elapsed() >= self.options.quiesce_timeout {
+                    return Ok::<_, anyhow::Error>(in_flight);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        .await;
+        pool.close().await;
+        self.in_flight = result?;
+        self.settle_ms = millis(started.elapsed());
+        Ok(())
+    }
+
+    /// Reads the world: receipts, the bank's books, reconciliation.
+    pub async fn observe(&self) -> anyhow::Result<Observations> {
+        let receipts = self.receipts().await?;
+        let bank = self.bank_authorizations().await?;
+        let mut cards = Vec::new();
+        for card in &self.cards {
+            let (balance, available) = self.admin.account(&card.card_number).await?;
+            cards.push(CardBalance {
+                card_number: card.card_number.clone(),
+                opening: card.balance,
+                balance,
+                available,
+            });
+        }
+        let ledger = self.admin.verify_ledger().await?;
+        let reconcile = self.reconcile().await;
+        Ok(Observations {
+            seed: self.scenario.seed,
+            flows: self.flows.clone(),
+            receipts,
+            bank,
+            cards,
+            ledger,
+            reconcile,
+            in_flight: self.in_flight.clone(),
+        })
+    }
+
+    async fn receipts(&self) -> anyhow::Result<Vec<Vec<Value>>> {
+        let base = self.replicas.lock().await.urls()[0].clone();
+        let driver = &self.driver;
+        futures_util::stream::iter(&self.flows)
+            .map(|flow| {
+                let url = format!("{base}/v1/payments?order_id={}&limit=100", flow.order_id);
+                async move {
+                    let response = driver
+                        .http()
+                        .get(&url)
+                        .bearer_auth(driver.api_key())
+                        .send()
+                        .await
+                        .with_context(|| format!("GET {url}"))?;
+                    if !response.status().is_success() {
+                        bail!("GET {url} answered {}", response.status());
+                    }
+                    let list: Value = response.json().await?;
+                    Ok(list["data"].as_array().cloned().unwrap_or_default())
+                }
+            })
+            .buffered(16)
+            .try_collect()
+            .await
+    }
+
+    async fn bank_authorizations(&self) -> anyhow::Result<Vec<BankAuthorization>> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.bank_database)
+            .await
+            .context("connecting to the bank's database")?;
+        let numbers: Vec<String> = self.cards.iter().map(|c| c.card_number.clone()).collect();
+        let rows: Vec<BankRow> = sqlx::query_as(
+            "SELECT 'auth_' || a.id::text AS id, a.card_number, a.amount, a.state::text AS state, \
+               (SELECT count(*) FROM captures c WHERE c.authorization_id = a.id) AS captures, \
+               (SELECT count(*) FROM voids v WHERE v.authorization_id = a.id) AS voids, \
+               (SELECT count(*) FROM refunds r JOIN captures c ON r.capture_id = c.id \
+                 WHERE c.authorization_id = a.id) AS refunds, \
+               (SELECT 'cap_' || c.id::text FROM captures c WHERE c.authorization_id = a.id LIMIT 1) AS capture_id, \
+               (SELECT 'void_' || v.id::text FROM voids v WHERE v.authorization_id = a.id LIMIT 1) AS void_id, \
+               (SELECT 'ref_' || r.id::text FROM refunds r JOIN captures c ON r.capture_id = c.id \
+                 WHERE c.authorization_id = a.id LIMIT 1) AS refund_id \
+             FROM authorizations a WHERE a.card_number = ANY($1) ORDER BY a.created_at",
+        )
+        .bind(&numbers)
+        .fetch_all(&pool)
+        .await
+        .context("reading the bank's authorizations")?;
+        pool.close().await;
+        Ok(rows
+            .into_iter()
+            .map(|r| BankAuthorization {
+                id: r.id,
+                card_number: r.card_number,
+                amount: r.amount,
+                state: r.state,
+                captures: r.captures,
+                voids: r.voids,
+                refunds: r.refunds,
+                capture_id: r.capture_id,
+                void_id: r.void_id,
+                refund_id: r.refund_id,
+            })
+            .collect())
+    }
+
+    /// `gateway::reconcile` as a dry run over this run's payments: what it
+    /// leaves over, one line each.
+    async fn reconcile(&self) -> Result<Vec<String>, String> {
+        let pool = gateway::store::connect(&self.gateway_database, 4, Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
+        let bank = gateway::bank::BankClient::new(
+            &self.bank_url,
+            gateway::bank::RetryPolicy::default(),
+            gateway::reconcile::CONCURRENCY,
+            gateway::bank::CircuitSettings::default(),
+        )
+        .map_err(|e| e.to_string())?;
+        let report = gateway::reconcile::reconcile(&pool, &bank, self.since, false).await;
+        pool.close().await;
+        let report = report.map_err(|e| e.to_string())?;
+        Ok(report
+            .entries
+            .iter()
+            .filter(|e| e.outcome.is_left_over())
+            .map(|e| {
+                format!(
+                    "{} {}: gateway {}, bank {}{}",
+                    e.payment_id,
+                    e.outcome.as_str(),
+                    e.gateway,
+                    e.bank,
+                    e.reason
+                        .as_deref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect())
+    }
+
+    /// Checks the invariants on `observations`, stops the gateways, and
+    /// reports. The gateways' logs are kept only when something failed.
+    pub async fn finish(self, observations: &Observations) -> RunReport {
+        let invariants = invariants::check(observations);
+        let faults_after = self.admin.faults_injected().await.unwrap_or_default();
+        let mut faults = BTreeMap::new();
+        for (kind, n) in faults_after {
+            let before = self.faults_before.get(&kind).copied().unwrap_or(0);
+            if n > before {
+                faults.insert(kind, n - before);
+            }
+        }
+        let mut replicas = self.replicas.lock().await;
+        replicas.stop().await;
+        let logs = replicas.logs();
+        drop(replicas);
+        let report = RunReport::new(
+            &self.scenario,
+            &self.options,
+            observations,
+            invariants,
+            faults,
+            self.events.clone(),
+            self.driver.requests.load(Ordering::Relaxed),
+            (self.traffic_ms, self.settle_ms),
+        );
+        let mut kept = Vec::new();
+        for log in logs {
+            if report.passed {
+                std::fs::remove_file(&log).ok();
+            } else {
+                kept.push(log.display().to_string());
+            }
+        }
+        RunReport {
+            gateway_logs: kept,
+            run_id: self.run_id,
+            ..report
+        }
+    }
+
+    /// All phases: drive, settle, observe, finish. Stops the gateways on
+    /// error too.
+    pub async fn run(mut self) -> anyhow::Result<RunReport> {
+        let observed = async {
+            self.drive().await?;
+            self.settle().await?;
+            self.observe().await
+        }
+        .await;
+        match observed {
+            Ok(observations) => Ok(self.finish(&observations).await),
+            Err(e) => {
+                self.replicas.lock().await.stop().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct BankRow {
+    id: String,
+    card_number: String,
+    amount: i64,
+    state: String,
+    captures: i64,
+    voids: i64,
+    refunds: i64,
+    capture_id: Option<String>,
+    void_id: Option<String>,
+    refund_id: Option<String>,
+}
+
+/// Every fault rate 0, no latency, no outage.
+pub fn calm() -> Value {
+    json!({"failure_rate": 0.0, "min_latency_ms": 0, "max_latency_ms": 0,
+        "error_after_commit_rate": 0.0, "timeout_rate": 0.0, "reset_rate": 0.0,
+        "outage_seconds": 0})
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn open_card(admin: &BankAdmin, balance: i64) -> anyhow::Result<NewCard> {
+    for _ in 0..10 {
+        let card = NewCard {
+            card_number: random_card_number(&mut rand::rng()),
+            cvv: format!("{:03}", rand::rng().random_range(0..1000)),
+            expiry_month: 12,
+            expiry_year: 2099,
+            balance,
+        };
+        if let Created::Yes = admin.create_card(&card).await? {
+            return Ok(card);
+        }
+    }
+    bail!("ten random card numbers in a row were taken")
+}
+
+/// What the fault task does at a moment.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Kill(usize),
+    Outage(u32),
+}
+
+/// The fault plan on a clock: fixed kills, periodic kills, outages; until
+/// `stop` says the traffic is over.
+async fn run_faults(
+    scenario: Scenario,
+    replicas: Arc<Mutex<Replicas>>,
+    admin: BankAdmin,
+    started: Instant,
+    mut stop: watch::Receiver<bool>,
+    events: Arc<std::sync::Mutex<Vec<Event>>>,
+) -> anyhow::Result<()> {
+    let count = replicas.lock().await.processes.len();
+    let plan = &scenario.faults;
+    let mut schedule: Vec<(u64, Fault)> = Vec::new();
+    let mut kill_times: Vec<u64> = plan.kills_ms.iter().map(|&ms| u64::from(ms)).collect();
+    if let Some(every) = plan.kill_every_ms.filter(|&e| e > 0) {
+        // An hour of them; the traffic stops them long before.
+        kill_times.extend((1..=3_600_000 / u64::from(every)).map(|k| k * u64::from(every)));
+    }
+    kill_times.sort_unstable();
+    schedule.extend(
+        kill_times
+            .into_iter()
+            .enumerate()
+            .map(|(k, at)| (at, Fault::Kill(k % count))),
+    );
+    schedule.extend(
+        plan.outages
+            .iter()
+            .map(|&(at, seconds)| (u64::from(at), Fault::Outage(seconds))),
+    );
+    schedule.sort_by_key(|(at, _)| *at);
+    let record = |kind: &str, replica: Option<usize>, detail: String| {
+        let event = Event {
+            at_ms: millis(started.elapsed()),
+            kind: kind.to_owned(),
+            replica,
+            detail,
+        };
+        events.lock().unwrap_or_else(|e| e.into_inner()).push(event);
+    };
+    for (at, fault) in schedule {
+        let when = tokio::time::Instant::from_std(started + Duration::from_millis(at));
+        tokio::select! {
+            () = tokio::time::sleep_until(when) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+        }
+        match fault {
+            Fault::Kill(i) => {
+                let mut replicas = replicas.lock().await;
+                let pid = replicas.processes[i].pid();
+                replicas.kill(i).await?;
+                record("kill", Some(i), format!("kill -9 {pid}"));
+                tokio::time::sleep(DOWN_FOR).await;
+                replicas.restart(i).await?;
+                let pid = replicas.processes[i].pid();
+                record("restart", Some(i), format!("ready again as pid {pid}"));
+            }
+            Fault::Outage(seconds) => {
+                admin
+                    .put_chaos(&json!({ "outage_seconds": seconds }))
+                    .await?;
+                record("outage", None, format!("bank answers 503 for {seconds} s"));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn show_progress(
+    driver: Arc<Driver>,
+    total: usize,
+    events: Arc<std::sync::Mutex<Vec<Event>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let kills = events
+            .lock()
+            .map(|e| e.iter().filter(|e| e.kind == "kill").count())
+            .unwrap_or(0);
+        eprint!(
+            "\r  {}/{total} payments · {} requests · {kills} kills · {} s   ",
+            driver.flows_done.load(Ordering::Relaxed),
+            driver.requests.load(Ordering::Relaxed),
+            driver.started().elapsed().as_secs()
+        );
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+    }
+}
