@@ -331,13 +331,24 @@ fn idempotency(obs: &Observations) -> InvariantResult {
                 bank.id.clone(),
                 format!("{n} receipts name this one bank authorization"),
             ),
-            None => c.other(
-                bank.id.clone(),
-                format!(
+            None => {
+                let message = format!(
                     "the bank holds an authorization no receipt knows (a second bank operation for one key, or a lost one): {}",
                     bank.describe()
-                ),
-            ),
+                );
+                // The likely source: a payment on that card for that amount.
+                let source = obs.flows.iter().position(|f| {
+                    f.card_number.as_deref() == Some(bank.card_number.as_str())
+                        && f.plan.amount == bank.amount
+                });
+                match source {
+                    Some(i) => c.flow(
+                        i,
+                        format!("{message}; same card and amount as this payment"),
+                    ),
+                    None => c.other(bank.id.clone(), message),
+                }
+            }
         }
     }
     c.done()

@@ -70,6 +70,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// The longest wait for in-flight payments to settle.
     pub quiesce_timeout: Duration,
+    /// Where the gateways send their bank calls, when not straight to the
+    /// bank (a test puts a deliberately broken proxy there).
+    pub gateway_bank_url: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -82,6 +85,7 @@ impl Default for RunOptions {
             verbose: false,
             progress: false,
             quiesce_timeout: Duration::from_secs(120),
+            gateway_bank_url: None,
         }
     }
 }
@@ -231,7 +235,7 @@ impl Session {
         let replicas = Replicas::start(
             options.replicas,
             &gateway_database,
-            &bank_url,
+            options.gateway_bank_url.as_deref().unwrap_or(&bank_url),
             &options,
             &run_id,
         )

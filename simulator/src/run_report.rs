@@ -15,6 +15,8 @@ use crate::run::RunOptions;
 use crate::scenario::Scenario;
 use crate::stats::{Latency, format_ms};
 
+/// Scenarios with more payments are reported by their headline only.
+pub const PLANS_SHOWN: usize = 30;
 /// Upper bounds of the latency histogram's buckets, in ms (the last is open).
 const BUCKETS_MS: [u64; 13] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000];
 
@@ -39,7 +41,8 @@ pub struct Bucket {
 pub struct RunReport {
     pub seed: u64,
     pub run_id: String,
-    /// The scenario, compactly.
+    /// The scenario, compactly (the plans only when there are at most
+    /// [`PLANS_SHOWN`]; the seed regenerates them).
     pub scenario: String,
     pub chaos: Value,
     pub payments_planned: usize,
@@ -61,6 +64,8 @@ pub struct RunReport {
     /// `bank_chaos_faults_total` during the run, by kind.
     pub faults_injected: BTreeMap<String, u64>,
     pub restarts: usize,
+    /// The scenario's periodic kill interval, for the replay command.
+    pub kill_every_ms: Option<u32>,
     pub events: Vec<Event>,
     pub invariants: Vec<InvariantResult>,
     pub passed: bool,
@@ -115,7 +120,11 @@ impl RunReport {
         Self {
             seed: scenario.seed,
             run_id: String::new(),
-            scenario: scenario.to_string(),
+            scenario: if scenario.payments.len() <= PLANS_SHOWN {
+                scenario.to_string()
+            } else {
+                scenario.headline()
+            },
             chaos: scenario.bank_chaos(),
             payments_planned: scenario.payments.len(),
             payments_run: obs.flows.len(),
@@ -137,6 +146,7 @@ impl RunReport {
                 .collect(),
             faults_injected,
             restarts: events.iter().filter(|e| e.kind == "restart").count(),
+            kill_every_ms: scenario.faults.kill_every_ms,
             events,
             invariants,
             passed,
@@ -144,8 +154,9 @@ impl RunReport {
         }
     }
 
-    /// The command that replays this run's scenario.
-    pub fn replay_command(&self, kill_every: Option<&str>) -> String {
+    /// The command that replays this run's scenario (a shrunk scenario is
+    /// not a seed's: it is printed in full instead).
+    pub fn replay_command(&self) -> String {
         let mut command = format!(
             "simulator run --seed {} --payments {} --concurrency {} --replicas {} --chaos {}",
             self.seed,
@@ -154,19 +165,29 @@ impl RunReport {
             self.replicas,
             self.chaos_name()
         );
-        if let Some(every) = kill_every {
-            let _ = write!(command, " --kill-every {every}");
+        if let Some(every) = self.kill_every_ms {
+            let _ = write!(command, " --kill-every {every}ms");
         }
         command
     }
 
     fn chaos_name(&self) -> String {
-        self.scenario
+        let name = self
+            .scenario
             .split(" · ")
             .nth(1)
             .and_then(|part| part.strip_prefix("chaos "))
-            .unwrap_or("calm")
-            .to_owned()
+            .unwrap_or("calm");
+        if name == "custom" {
+            let mut bank = self.chaos.clone();
+            if let Some(fields) = bank.as_object_mut() {
+                fields.remove("seed");
+                fields.remove("outage_seconds");
+            }
+            format!("'{bank}'")
+        } else {
+            name.to_owned()
+        }
     }
 
     /// A self-contained HTML page: summary, invariants, the latency
@@ -361,9 +382,6 @@ impl fmt::Display for RunReport {
         if !self.gateway_logs.is_empty() {
             writeln!(f, "gateway logs: {}", self.gateway_logs.join(", "))?;
         }
-        if !self.passed {
-            writeln!(f, "replay: seed {} (see the command below)", self.seed)?;
-        }
-        Ok(())
+        write!(f, "replay: {}", self.replay_command())
     }
 }

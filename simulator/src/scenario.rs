@@ -442,6 +442,19 @@ impl fmt::Display for PaymentPlan {
     }
 }
 
+impl Scenario {
+    /// The first line of the [`Display`](fmt::Display) form: seed, chaos,
+    /// faults and the number of payments, without the plans.
+    pub fn headline(&self) -> String {
+        let full = self.to_string();
+        full.lines()
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches(':')
+            .to_owned()
+    }
+}
+
 /// Compact, one line per ten payments: short when shrunk.
 impl fmt::Display for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

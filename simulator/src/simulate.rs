@@ -99,6 +99,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         verbose: args.verbose,
         progress: !args.quiet,
         quiesce_timeout: Duration::from_secs(120),
+        gateway_bank_url: None,
     };
     let stack = Stack::start(&stack_options()).await?;
     eprintln!("{}", stack.database());
@@ -106,8 +107,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     stack.shutdown().await;
     let report = outcome?;
     println!("{report}");
-    let kill_every = args.kill_every.map(|d| format!("{}ms", d.as_millis()));
-    println!("replay: {}", report.replay_command(kill_every.as_deref()));
     if let Some(path) = &args.report {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
