@@ -13,14 +13,17 @@ use crate::store::MIGRATOR;
 /// A readiness probe that cannot reach the database this fast says no.
 const READY_DB_TIMEOUT: Duration = Duration::from_secs(2);
 
-#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, description = "The process is alive")))]
+#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, description = "The process is alive: `{\"status\": \"ok\"}`", content_type = "application/json", body = Object)))]
 #[get("/health")]
 pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
 #[utoipa::path(get, path = "/ready", tag = "operations",
-    responses((status = 200, description = "Database reachable and migrated; `circuit` is the bank's circuit breaker (closed, open or half_open), reported but not a condition"), (status = 503, description = "Not ready; the body says why")))]
+    responses(
+        (status = 200, description = "Database reachable and migrated; `circuit` is the bank's circuit breaker (closed, open or half_open), reported but not a condition", content_type = "application/json", body = Object),
+        (status = 503, description = "Not ready; the body says why (`database`, `migrations`)", content_type = "application/json", body = Object),
+    ))]
 #[get("/ready")]
 pub async fn ready(state: Data<AppState>) -> HttpResponse {
     let expected = i64::try_from(MIGRATOR.iter().count()).unwrap_or(i64::MAX);
@@ -57,7 +60,7 @@ pub async fn ready(state: Data<AppState>) -> HttpResponse {
     }
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 #[get("/metrics")]
 pub async fn metrics(handle: Data<PrometheusHandle>) -> HttpResponse {
     HttpResponse::Ok()
