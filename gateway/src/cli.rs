@@ -25,6 +25,8 @@ pub struct Cli {
     pub serve: Option<Settings>,
 }
 
+// Parsed once per process: the size of `Serve`'s settings costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the HTTP API (the default). Applies migrations first.

@@ -82,6 +82,24 @@ pub struct Settings {
     /// Request bodies larger than this are refused with 413.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
+    /// Request headers larger than this, names and values together, are
+    /// refused with 431. (Past 128 KiB or 96 headers the HTTP layer itself
+    /// answers 431, whatever this says.)
+    #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+    /// A client must send a request's whole head within this, or get 408
+    /// and the connection closed (slow-header clients).
+    #[arg(long, env = "CLIENT_REQUEST_TIMEOUT_MS", default_value_t = 5_000)]
+    pub client_request_timeout_ms: u64,
+    /// Requests per second each API key may make on average (token bucket;
+    /// 0 turns rate limiting off). Counted per process: with N replicas a
+    /// key may get N times this.
+    #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value_t = 100)]
+    pub rate_limit_per_second: u32,
+    /// Requests an API key may make at once before the rate applies (the
+    /// bucket's size; 0 turns rate limiting off).
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 200)]
+    pub rate_limit_burst: u32,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
@@ -119,6 +137,10 @@ impl Settings {
             circuit_open_ms: 5_000,
             reconcile_interval_ms: 300_000,
             max_body_bytes: 16 * 1024,
+            max_header_bytes: 16 * 1024,
+            client_request_timeout_ms: 5_000,
+            rate_limit_per_second: 100,
+            rate_limit_burst: 200,
             shutdown_grace_seconds: 30,
             workers: 0,
         }

@@ -20,6 +20,9 @@ use crate::{api, idempotency, recovery, store, telemetry};
 pub struct AppState {
     pub gateway: Gateway,
     pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    /// Per API key; `None` when rate limiting is off.
+    pub rate_limiter: Option<api::rate_limit::RateLimiter>,
 }
 
 pub struct Application {
@@ -56,12 +59,19 @@ impl Application {
         let state = Data::new(AppState {
             gateway: gateway.clone(),
             max_body_bytes: settings.max_body_bytes,
+            max_header_bytes: settings.max_header_bytes,
+            rate_limiter: api::rate_limit::RateLimiter::new(
+                settings.rate_limit_per_second,
+                settings.rate_limit_burst,
+                api::rate_limit::MAX_TRACKED_KEYS,
+            ),
         });
 
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))?;
         let port = listener.local_addr()?.port();
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(api::request::limit_headers))
                 .wrap(from_fn(telemetry::observe))
                 .app_data(state.clone())
                 .app_data(prometheus.clone())
@@ -69,6 +79,7 @@ impl Application {
                 .default_service(web::to(api::no_route))
         })
         .backlog(4096)
+        .client_request_timeout(Duration::from_millis(settings.client_request_timeout_ms))
         // The binary handles SIGINT and SIGTERM itself, both gracefully.
         .disable_signals()
         .shutdown_timeout(settings.shutdown_grace_seconds)
@@ -82,7 +93,10 @@ impl Application {
                 Duration::from_secs(settings.idempotency_retention_hours * 3600),
                 Duration::from_millis(settings.idempotency_purge_interval_ms),
             )),
-            tokio::spawn(recovery::recover_forever(gateway.clone(), settings.recovery())),
+            tokio::spawn(recovery::recover_forever(
+                gateway.clone(),
+                settings.recovery(),
+            )),
             tokio::spawn(recovery::expire_forever(
                 gateway.clone(),
                 Duration::from_millis(settings.expiry_sweep_interval_ms),

@@ -44,6 +44,15 @@ pub enum ApiError {
         retry_after_seconds(*retry_after)
     )]
     BankUnavailable { retry_after: Duration },
+    /// This API key sent more than its rate allows (see `rate_limit`).
+    #[error(
+        "too many requests with this API key; retry after {} s",
+        retry_after_seconds(*retry_after)
+    )]
+    RateLimited { retry_after: Duration },
+    /// The request's headers, together, are larger than the limit.
+    #[error("the request headers are larger than {limit_bytes} bytes")]
+    HeadersTooLarge { limit_bytes: usize },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -86,6 +95,10 @@ impl ApiError {
             Self::BankUnavailable { .. } => {
                 ErrorBody::new("api_error", "bank_unavailable", message)
             }
+            Self::RateLimited { .. } => ErrorBody::new("rate_limit_error", "rate_limited", message),
+            Self::HeadersTooLarge { .. } => {
+                ErrorBody::new("invalid_request_error", "headers_too_large", message)
+            }
             Self::Internal(_) => ErrorBody::new("api_error", "internal_error", message),
         }
     }
@@ -115,16 +128,20 @@ impl From<DomainError> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        // The database cannot be reached, is shutting down or is saturated:
-        // a retry later may succeed, and the transaction changed nothing.
-        // SQLSTATE classes 08 (connection exception), 53 (insufficient
-        // resources) and 57P (operator intervention, e.g. a shutdown).
-        let transient_code = |code: &str| ["08", "53", "57P"].iter().any(|class| code.starts_with(class));
+        // The database cannot be reached or is saturated: a retry later may
+        // succeed, and nothing was changed.
         let unavailable = matches!(
             e,
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_)
-        ) || matches!(&e, sqlx::Error::Database(db) if db.code().is_some_and(|code| transient_code(&code)));
-        if unavailable { Self::Unavailable(e) } else { Self::Internal(e.into()) }
+            sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+        );
+        if unavailable {
+            Self::Unavailable(e)
+        } else {
+            Self::Internal(e.into())
+        }
     }
 }
 
@@ -157,6 +174,8 @@ impl ResponseError for ApiError {
             Self::KeyInUse => StatusCode::CONFLICT,
             Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) | Self::BankUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -172,7 +191,9 @@ impl ResponseError for ApiError {
             | Self::NoRoute
             | Self::PayloadTooLarge { .. }
             | Self::KeyInUse
-            | Self::KeyReused => {}
+            | Self::KeyReused
+            | Self::RateLimited { .. }
+            | Self::HeadersTooLarge { .. } => {}
             Self::BankUnavailable { retry_after } => tracing::info!(
                 retry_after_ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
                 "refused up front: the bank's circuit is open"
@@ -186,7 +207,7 @@ impl ResponseError for ApiError {
             Self::Unavailable(_) => {
                 response.insert_header(("Retry-After", "1"));
             }
-            Self::BankUnavailable { retry_after } => {
+            Self::BankUnavailable { retry_after } | Self::RateLimited { retry_after } => {
                 response
                     .insert_header(("Retry-After", retry_after_seconds(*retry_after).to_string()));
             }
@@ -197,6 +218,7 @@ impl ResponseError for ApiError {
             | Self::NoRoute
             | Self::PayloadTooLarge { .. }
             | Self::KeyReused
+            | Self::HeadersTooLarge { .. }
             | Self::Internal(_) => {}
         }
         response.json(self.body())
@@ -234,5 +256,24 @@ mod tests {
         let body = serde_json::to_value(error.body()).expect("json");
         assert_eq!(body["error"]["type"], "api_error");
         assert_eq!(body["error"]["code"], "bank_unavailable");
+    }
+
+    #[test]
+    fn rate_limited_is_a_429_rate_limit_error_with_whole_seconds() {
+        let error = ApiError::RateLimited {
+            retry_after: Duration::from_millis(10),
+        };
+        let response = error.error_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            response
+                .headers()
+                .get("Retry-After")
+                .and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
+        let body = serde_json::to_value(error.body()).expect("json");
+        assert_eq!(body["error"]["type"], "rate_limit_error");
+        assert_eq!(body["error"]["code"], "rate_limited");
     }
 }

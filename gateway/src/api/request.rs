@@ -4,9 +4,11 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use actix_web::dev::Payload;
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
 use actix_web::web::{self, Data};
-use actix_web::{FromRequest, HttpRequest};
+use actix_web::{FromRequest, HttpRequest, ResponseError};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
@@ -14,7 +16,13 @@ use crate::domain::{IdempotencyKey, MerchantId};
 use crate::startup::AppState;
 use crate::store::merchants;
 
-/// The merchant whose API key authenticated the request.
+/// The merchant whose API key authenticated the request, and which the
+/// key's rate limit let through.
+///
+/// Every `/v1` route takes this first, so the key is checked and counted
+/// before the body is read or anything is stored: a request refused here
+/// (401, 429) leaves its Idempotency-Key unused. The key is looked up on
+/// every request, never cached, so a revoked key is refused at once.
 #[derive(Debug, Clone, Copy)]
 pub struct Merchant(pub MerchantId);
 
@@ -30,12 +38,43 @@ impl FromRequest for Merchant {
                 return Err(ApiError::Unauthenticated);
             };
             let mut conn = state.gateway.pool().acquire().await?;
-            let merchant = merchants::merchant_for_key(&mut conn, &key).await?;
-            merchant
-                .map(|found| Merchant(found.merchant))
-                .ok_or(ApiError::Unauthenticated)
+            let found = merchants::merchant_for_key(&mut conn, &key)
+                .await?
+                .ok_or(ApiError::Unauthenticated)?;
+            drop(conn);
+            tracing::Span::current().record("merchant_id", tracing::field::display(found.merchant));
+            if let Some(limiter) = &state.rate_limiter {
+                limiter.check(found.key_id).map_err(|retry_after| {
+                    metrics::counter!("gateway_rate_limited_total").increment(1);
+                    ApiError::RateLimited { retry_after }
+                })?;
+            }
+            Ok(Merchant(found.merchant))
         })
     }
+}
+
+/// Refuses a request whose headers, names and values together, are larger
+/// than `AppState::max_header_bytes`: 431 `headers_too_large`, before any
+/// route runs. Inside `telemetry::observe`, so the refusal has a request id
+/// and a log line.
+pub async fn limit_headers(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let limit_bytes = req
+        .app_data::<Data<AppState>>()
+        .map_or(usize::MAX, |state| state.max_header_bytes);
+    let size = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .fold(0_usize, usize::saturating_add);
+    if size > limit_bytes {
+        let response = ApiError::HeadersTooLarge { limit_bytes }.error_response();
+        return Ok(req.into_response(response).map_into_right_body());
+    }
+    Ok(next.call(req).await?.map_into_left_body())
 }
 
 fn bearer_token(req: &HttpRequest) -> Option<&str> {
