@@ -7,11 +7,12 @@ pub mod rate_limit;
 pub mod request;
 
 use actix_web::web::{self, ServiceConfig};
-use actix_web::{HttpResponse, ResponseError};
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::payments::view::ErrorBody;
 use error::ApiError;
 
 #[derive(OpenApi)]
@@ -62,7 +63,66 @@ pub fn routes(cfg: &mut ServiceConfig) {
     .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", ApiDoc::openapi()));
 }
 
-/// Unknown paths and methods get the contract's error object too.
-pub async fn no_route() -> HttpResponse {
-    ApiError::NoRoute.error_response()
+/// Unknown paths get 404 and known paths asked with a method they do not
+/// take get 405 with `Allow`, both with the contract's error object.
+pub async fn no_route(req: HttpRequest) -> HttpResponse {
+    match allowed_methods(req.path()) {
+        Some(allow) if !allow.split(", ").any(|m| m == req.method().as_str()) => {
+            HttpResponse::MethodNotAllowed()
+                .insert_header(("Allow", allow))
+                .json(ErrorBody::new(
+                    "invalid_request_error",
+                    "method_not_allowed",
+                    format!("this path takes only {allow}"),
+                ))
+        }
+        Some(_) | None => ApiError::NoRoute.error_response(),
+    }
+}
+
+/// The methods `routes` serves on a path, for the `Allow` header; a test
+/// keeps it in step with the OpenAPI document.
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+    match segments.as_slice() {
+        ["v1", "payments"] => Some("GET, POST"),
+        ["v1", "payments", id] if !id.is_empty() => Some("GET"),
+        ["v1", "payments", id, "capture" | "void" | "refund"] if !id.is_empty() => Some("POST"),
+        ["health" | "ready" | "metrics" | "openapi.json" | "docs"] => Some("GET"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_methods_match_the_openapi_document() {
+        let doc = ApiDoc::openapi();
+        for (path, item) in &doc.paths.paths {
+            let documented: Vec<&str> = [
+                ("GET", item.get.is_some()),
+                ("POST", item.post.is_some()),
+                ("PUT", item.put.is_some()),
+                ("DELETE", item.delete.is_some()),
+                ("PATCH", item.patch.is_some()),
+                ("HEAD", item.head.is_some()),
+                ("OPTIONS", item.options.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(name, served)| served.then_some(name))
+            .collect();
+            let concrete = path.replace("{id}", "pay_x");
+            assert_eq!(
+                allowed_methods(&concrete),
+                Some(documented.join(", ").as_str()),
+                "{path}"
+            );
+        }
+        assert_eq!(allowed_methods("/openapi.json"), Some("GET"));
+        assert_eq!(allowed_methods("/v1/payments/"), None);
+        assert_eq!(allowed_methods("/v1/payments/pay_x/settle"), None);
+        assert_eq!(allowed_methods("/nowhere"), None);
+    }
 }

@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::request::{Fields, Merchant, idempotency_key, read_json};
+use super::request::{record_payment_id, record_payment_in_reply};
 use crate::domain::{
     Amount, CardExpiry, CardNumber, Currency, CustomerId, Cvv, IdempotencyKey, MerchantId, OrderId,
     PaymentId,
@@ -35,7 +36,8 @@ pub struct CreatePayment {
     /// Integer cents, 1 to 100,000,000.
     #[schema(example = 4999, minimum = 1, maximum = 100_000_000)]
     amount: i64,
-    #[schema(example = "USD")]
+    /// Only `USD`.
+    #[schema(example = "USD", pattern = "^USD$")]
     currency: String,
     card: CardInput,
 }
@@ -43,13 +45,14 @@ pub struct CreatePayment {
 #[derive(Debug, Deserialize, ToSchema)]
 #[allow(dead_code)]
 pub struct CardInput {
-    #[schema(example = "4111111111111111")]
+    /// 13 to 19 digits that pass the Luhn check.
+    #[schema(example = "4111111111111111", pattern = "^[0-9]{13,19}$")]
     number: String,
-    #[schema(example = "123")]
+    #[schema(example = "123", pattern = "^[0-9]{3,4}$")]
     cvv: String,
     #[schema(example = 12, minimum = 1, maximum = 12)]
     expiry_month: i64,
-    #[schema(example = 2030)]
+    #[schema(example = 2030, minimum = 2000, maximum = 2099)]
     expiry_year: i64,
 }
 
@@ -58,6 +61,7 @@ pub struct CardInput {
 #[allow(dead_code)]
 pub struct OperationInput {
     /// If given, must equal the payment's amount (full amounts only).
+    #[schema(minimum = 1, maximum = 100_000_000)]
     amount: Option<i64>,
 }
 
@@ -126,6 +130,7 @@ fn respond(reply: Reply) -> HttpResponse {
     let mut response = HttpResponse::build(status);
     response.content_type("application/json");
     if reply.replayed {
+        metrics::counter!("gateway_idempotency_replays_total").increment(1);
         response.insert_header(("Idempotent-Replayed", "true"));
     }
     response.body(reply.body)
@@ -133,17 +138,19 @@ fn respond(reply: Reply) -> HttpResponse {
 
 #[utoipa::path(post, path = "/v1/payments", tag = "payments",
     security(("api_key" = [])),
-    params(("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters")),
+    params(("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters (space to tilde); unique per operation", min_length = 1, max_length = 255, pattern = "^[ -~]{1,255}$")),
     request_body = CreatePayment,
     responses(
         (status = 201, description = "Authorized", body = PaymentView),
         (status = 202, description = "The bank's answer is not known yet; the payment is pending", body = PaymentView),
-        (status = 400, description = "Invalid request; nothing was created", body = ErrorBody),
-        (status = 401, body = ErrorBody),
+        (status = 400, description = "Invalid request or Idempotency-Key; nothing was created", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 402, description = "Declined; the payment exists with status declined", body = ErrorBody),
         (status = 409, description = "idempotency_key_in_use", body = ErrorBody),
-        (status = 413, body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit (16 KiB by default)", body = ErrorBody),
         (status = 422, description = "idempotency_key_reused", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
+        (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
         (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
         (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
         (status = 503, description = "bank_unavailable (the bank's circuit is open; nothing was created, retry after Retry-After with the same key) or service_unavailable", body = ErrorBody),
@@ -164,6 +171,7 @@ pub async fn create_payment(
         .gateway
         .authorize(merchant.0, &key, &hash, &command)
         .await?;
+    record_payment_in_reply(&reply.body);
     Ok(respond(reply))
 }
 
@@ -186,6 +194,7 @@ async fn operate(
             .transpose()?
     };
     let payment_id = PaymentId::parse(&id).map_err(|_| ApiError::NotFound)?;
+    record_payment_id(payment_id);
     ensure_bank_available(&state, merchant.0, &key).await?;
     let hash = fingerprint("POST", req.path(), &body);
     let reply = state
@@ -200,16 +209,20 @@ macro_rules! operation_route {
         #[utoipa::path(post, path = concat!("/v1", $path), tag = "payments",
             security(("api_key" = [])),
             description = $what,
-            params(("id" = String, Path), ("Idempotency-Key" = String, Header)),
+            params(("id" = String, Path, description = "The payment id; anything else answers 404", pattern = "^pay_[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"), ("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters (space to tilde); unique per operation", min_length = 1, max_length = 255, pattern = "^[ -~]{1,255}$")),
             request_body(content = Option<OperationInput>),
             responses(
-                (status = 200, body = PaymentView),
+                (status = 200, description = "Done", body = PaymentView),
                 (status = 202, description = "The bank's answer is not known yet", body = PaymentView),
-                (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-                (status = 404, body = ErrorBody),
+                (status = 400, description = "Invalid body or Idempotency-Key", body = ErrorBody),
+                (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+                (status = 404, description = "No such payment (for this merchant)", body = ErrorBody),
                 (status = 409, description = "invalid_state, authorization_expired or idempotency_key_in_use", body = ErrorBody),
-                (status = 413, body = ErrorBody),
-                (status = 422, body = ErrorBody), (status = 502, description = "the bank refused", body = ErrorBody),
+                (status = 413, description = "The body is larger than the limit (16 KiB by default)", body = ErrorBody),
+                (status = 422, description = "idempotency_key_reused", body = ErrorBody),
+                (status = 502, description = "the bank refused", body = ErrorBody),
+                (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
+                (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
                 (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
                 (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
                 (status = 503, description = "bank_unavailable (the bank's circuit is open; nothing was done, retry after Retry-After with the same key) or service_unavailable", body = ErrorBody),
@@ -247,8 +260,17 @@ operation_route!(
 );
 
 #[utoipa::path(get, path = "/v1/payments/{id}", tag = "payments", security(("api_key" = [])),
-    params(("id" = String, Path)),
-    responses((status = 200, body = PaymentView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody), (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody)))]
+    params(("id" = String, Path, description = "The payment id; anything else answers 404", pattern = "^pay_[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")),
+    responses(
+        (status = 200, description = "The payment", body = PaymentView),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 404, description = "No such payment (for this merchant)", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
+        (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
+        (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
+        (status = 503, description = "service_unavailable", body = ErrorBody),
+    ))]
 #[get("/payments/{id}")]
 pub async fn get_payment(
     merchant: Merchant,
@@ -256,6 +278,7 @@ pub async fn get_payment(
     state: Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let payment_id = PaymentId::parse(&id).map_err(|_| ApiError::NotFound)?;
+    record_payment_id(payment_id);
     let mut conn = state.gateway.pool().acquire().await?;
     let payment = store::get(&mut conn, merchant.0, payment_id)
         .await?
@@ -266,11 +289,21 @@ pub async fn get_payment(
 
 #[utoipa::path(get, path = "/v1/payments", tag = "payments", security(("api_key" = [])),
     params(
-        ("order_id" = Option<String>, Query), ("customer_id" = Option<String>, Query),
-        ("limit" = Option<i64>, Query, description = "1 to 100, default 20"),
-        ("starting_after" = Option<String>, Query, description = "a payment id from the previous page"),
+        ("order_id" = Option<String>, Query, description = "Only this order's payments; not with customer_id", pattern = "^[A-Za-z0-9_-]{1,64}$"),
+        ("customer_id" = Option<String>, Query, description = "Only this customer's payments; not with order_id", pattern = "^[A-Za-z0-9_-]{1,64}$"),
+        ("limit" = Option<i64>, Query, description = "1 to 100, default 20", minimum = 1, maximum = 100),
+        ("starting_after" = Option<String>, Query, description = "The last payment id of the previous page", pattern = "^pay_[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"),
     ),
-    responses((status = 200, body = PaymentList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody), (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody)))]
+    responses(
+        (status = 200, description = "A page, newest first", body = PaymentList),
+        (status = 400, description = "Invalid query: a malformed parameter, both filters, or an unknown starting_after", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
+        (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
+        (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
+        (status = 503, description = "service_unavailable", body = ErrorBody),
+    ))]
 #[get("/payments")]
 pub async fn list_payments(
     req: HttpRequest,

@@ -5,6 +5,7 @@ mod api_keys;
 mod bank_client;
 mod chaos;
 mod circuit;
+mod crash;
 mod docs;
 mod helpers;
 mod idempotency;
