@@ -46,6 +46,7 @@ impl Application {
         store::MIGRATOR.run(&pool).await?;
         // The recorder first, so that the breaker's initial state is on it.
         let prometheus = Data::new(telemetry::prometheus());
+        telemetry::register_metrics();
         let bank = BankClient::new(
             &settings.bank_url,
             settings.retry_policy(),

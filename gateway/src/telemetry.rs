@@ -51,9 +51,92 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
+/// Describes the series an operator pages on and creates the ones that
+/// would otherwise appear only with their first event (gauges that a
+/// background loop sets, counters of rare events) at 0, so that dashboards
+/// and alerts see them from the start. Call after [`prometheus`].
+pub fn register_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "gateway_http_requests_total",
+        "HTTP requests answered, by method, route pattern and status"
+    );
+    describe_histogram!(
+        "gateway_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency, by route pattern"
+    );
+    describe_gauge!(
+        "gateway_http_requests_in_flight",
+        "HTTP requests being served"
+    );
+    describe_counter!(
+        "gateway_bank_calls_total",
+        "Bank calls (all attempts of one operation), by operation and outcome: done, refused, unknown"
+    );
+    describe_counter!(
+        "gateway_bank_attempts_total",
+        "Bank HTTP attempts, by operation and result"
+    );
+    describe_counter!(
+        "gateway_bank_retries_total",
+        "Bank attempts that were retries of a failed one, by operation"
+    );
+    describe_histogram!(
+        "gateway_bank_call_duration_seconds",
+        Unit::Seconds,
+        "Bank call latency, all attempts included, by operation"
+    );
+    describe_gauge!("gateway_bank_in_flight", "Bank HTTP attempts in flight");
+    describe_gauge!(
+        "gateway_bank_circuit_state",
+        "The bank's circuit breaker: 0 closed, 1 half open, 2 open"
+    );
+    describe_gauge!(
+        "gateway_operations_unresolved",
+        "Operations whose bank outcome is not known yet"
+    );
+    describe_gauge!(
+        "gateway_operations_unresolved_flagged",
+        "Operations unresolved for longer than RECOVERY_FLAG_AFTER_SECONDS"
+    );
+    describe_gauge!(
+        "gateway_reconcile_mismatches",
+        "Payments whose receipt disagrees with the bank, at the last reconciliation"
+    );
+    describe_counter!(
+        "gateway_idempotency_replays_total",
+        "Requests answered with a stored response (Idempotent-Replayed: true)"
+    );
+    describe_counter!(
+        "gateway_idempotency_conflicts_total",
+        "Idempotency-Key conflicts: in_use (409) and reused with another request (422)"
+    );
+    describe_counter!(
+        "gateway_rate_limited_total",
+        "Requests refused with 429 by the per-key rate limit"
+    );
+    for gauge in [
+        "gateway_http_requests_in_flight",
+        "gateway_bank_in_flight",
+        "gateway_operations_unresolved",
+        "gateway_operations_unresolved_flagged",
+        "gateway_reconcile_mismatches",
+    ] {
+        metrics::gauge!(gauge).increment(0.0);
+    }
+    for kind in ["in_use", "reused"] {
+        metrics::counter!("gateway_idempotency_conflicts_total", "kind" => kind).increment(0);
+    }
+    metrics::counter!("gateway_idempotency_replays_total").increment(0);
+    metrics::counter!("gateway_rate_limited_total").increment(0);
+}
+
 /// Outermost middleware: a request id (the client's, or a new one) on the
 /// response and on every log line of the request, and one line and the
-/// HTTP metrics per request. Routes are labelled by pattern, never by path.
+/// HTTP metrics per request. The line has the request id, the merchant and
+/// the payment (when known) as span fields, and the status. Routes are
+/// labelled by pattern, never by path.
 pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -66,7 +149,15 @@ pub async fn observe(
         .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN)
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
     let method = req.method().to_string();
-    let span = tracing::info_span!("request", request_id = %request_id);
+    // `merchant_id` and `payment_id` are filled in by the extractor and the
+    // handlers once known (`Span::current().record`), so that the request's
+    // line below carries them.
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        merchant_id = tracing::field::Empty,
+        payment_id = tracing::field::Empty,
+    );
     metrics::gauge!("gateway_http_requests_in_flight").increment(1.0);
     let result = next.call(req).instrument(span.clone()).await;
     metrics::gauge!("gateway_http_requests_in_flight").decrement(1.0);

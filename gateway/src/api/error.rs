@@ -186,10 +186,16 @@ impl ResponseError for ApiError {
             | Self::NotFound
             | Self::NoRoute
             | Self::PayloadTooLarge { .. }
-            | Self::KeyInUse
-            | Self::KeyReused
             | Self::RateLimited { .. }
             | Self::HeadersTooLarge { .. } => {}
+            Self::KeyInUse => {
+                metrics::counter!("gateway_idempotency_conflicts_total", "kind" => "in_use")
+                    .increment(1);
+            }
+            Self::KeyReused => {
+                metrics::counter!("gateway_idempotency_conflicts_total", "kind" => "reused")
+                    .increment(1);
+            }
             Self::BankUnavailable { retry_after } => tracing::info!(
                 retry_after_ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
                 "refused up front: the bank's circuit is open"

@@ -151,8 +151,6 @@ fn respond(reply: Reply) -> HttpResponse {
         (status = 422, description = "idempotency_key_reused", body = ErrorBody),
         (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
         (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
-        (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
-        (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
         (status = 503, description = "bank_unavailable (the bank's circuit is open; nothing was created, retry after Retry-After with the same key) or service_unavailable", body = ErrorBody),
     ))]
 #[post("/payments")]
@@ -223,8 +221,6 @@ macro_rules! operation_route {
                 (status = 502, description = "the bank refused", body = ErrorBody),
                 (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
                 (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
-                (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
-                (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
                 (status = 503, description = "bank_unavailable (the bank's circuit is open; nothing was done, retry after Retry-After with the same key) or service_unavailable", body = ErrorBody),
             ))]
         #[post($path)]
@@ -267,8 +263,6 @@ operation_route!(
         (status = 404, description = "No such payment (for this merchant)", body = ErrorBody),
         (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
         (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
-        (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
-        (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
         (status = 503, description = "service_unavailable", body = ErrorBody),
     ))]
 #[get("/payments/{id}")]
@@ -298,8 +292,6 @@ pub async fn get_payment(
         (status = 200, description = "A page, newest first", body = PaymentList),
         (status = 400, description = "Invalid query: a malformed parameter, both filters, or an unknown starting_after", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
-        (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
         (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
         (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
         (status = 503, description = "service_unavailable", body = ErrorBody),

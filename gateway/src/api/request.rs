@@ -12,7 +12,7 @@ use actix_web::{FromRequest, HttpRequest, ResponseError};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use crate::domain::{IdempotencyKey, MerchantId};
+use crate::domain::{IdempotencyKey, MerchantId, PaymentId};
 use crate::startup::AppState;
 use crate::store::merchants;
 
@@ -81,6 +81,33 @@ fn bearer_token(req: &HttpRequest) -> Option<&str> {
     let header = req.headers().get("Authorization")?.to_str().ok()?;
     let token = header.strip_prefix("Bearer ")?.trim();
     (!token.is_empty()).then_some(token)
+}
+
+/// Puts the payment a request is about on the request's log line.
+pub fn record_payment_id(payment: PaymentId) {
+    tracing::Span::current().record("payment_id", tracing::field::display(payment));
+}
+
+/// The payment a reply's body names (a payment object's `id`, or an
+/// error's `payment_id`) onto the request's log line: for a new payment,
+/// whose id is known only once it is answered.
+pub fn record_payment_in_reply(body: &[u8]) {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        id: Option<String>,
+        error: Option<ErrorNamed>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorNamed {
+        payment_id: Option<String>,
+    }
+    let Ok(named) = serde_json::from_slice::<Named>(body) else {
+        return;
+    };
+    let id = named.id.or_else(|| named.error.and_then(|e| e.payment_id));
+    if let Some(payment) = id.as_deref().and_then(|id| PaymentId::parse(id).ok()) {
+        record_payment_id(payment);
+    }
 }
 
 /// The `Idempotency-Key` header, required on every POST.

@@ -628,6 +628,7 @@ impl BankClient {
                 backoff(&self.policy, attempts, left, &mut rng)
             };
             tokio::time::sleep(sleep).await;
+            metrics::counter!("gateway_bank_retries_total", "operation" => op.name()).increment(1);
         };
         self.finish(op, key, started, outcome)
     }

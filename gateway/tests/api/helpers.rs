@@ -43,6 +43,10 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_bank(configure: Configure<mock_bank::Settings>) -> (String, PgPool) {
+    // The gateway and the bank share this process and its one global
+    // metrics recorder, which is whoever installs first: the gateway's, so
+    // that its /metrics shows its series (and the bank's too).
+    gateway::telemetry::prometheus();
     let url = throwaway_pg::shared()
         .fresh_database("bank")
         .await
@@ -60,6 +64,7 @@ pub async fn spawn_bank(configure: Configure<mock_bank::Settings>) -> (String, P
 }
 
 pub async fn spawn_app_with(options: Options) -> TestApp {
+    gateway::telemetry::prometheus();
     let (bank_address, bank_pool) = spawn_bank(options.bank).await;
     let url = throwaway_pg::shared()
         .fresh_database("gateway")

@@ -12,6 +12,7 @@ mod idempotency;
 mod lifecycle;
 mod limits;
 mod listing;
+mod operability;
 mod process;
 mod rate_limit;
 mod reconcile;
