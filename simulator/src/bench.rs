@@ -138,7 +138,9 @@ fn own_stack_options(args: &BenchArgs, concurrency: usize) -> StackOptions {
             },
             program: None,
             env: Vec::new(),
-            args: Vec::new(),
+            // A benchmark measures the gateway, not its per-key rate limit
+            // (one key sends every request).
+            args: vec!["--rate-limit-per-second".into(), "0".into()],
         }),
     };
     StackOptions {
