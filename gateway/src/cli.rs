@@ -1,6 +1,7 @@
 //! The `gateway` command line: `serve` (the default), `migrate`,
 //! `api-key create|list|revoke`, `reconcile`, `state-diagram`.
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -15,14 +16,30 @@ use crate::{Application, store, telemetry};
     name = "gateway",
     version,
     about = "FicMart's payment gateway: authorize, capture, void and refund against the bank.",
-    args_conflicts_with_subcommands = true
+    after_help = "`gateway [OPTIONS]` with no command serves: it means `gateway serve [OPTIONS]`."
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Option<Command>,
-    /// `gateway` alone serves, with these settings.
-    #[command(flatten)]
-    pub serve: Option<Settings>,
+    pub command: Command,
+}
+
+/// `gateway` alone, or followed by options, means `gateway serve …`. Done on
+/// the arguments rather than with a flattened optional `Settings`, whose
+/// environment variables would make clap demand its required flags even
+/// when a subcommand is given.
+fn with_default_command(args: Vec<OsString>) -> Vec<OsString> {
+    let first = args.get(1).map(|arg| arg.to_string_lossy().into_owned());
+    let serve = match first.as_deref() {
+        None => true,
+        Some("-h" | "--help" | "-V" | "--version") => false,
+        Some(flag) => flag.starts_with('-'),
+    };
+    if !serve {
+        return args;
+    }
+    let mut args = args;
+    args.insert(args.len().min(1), OsString::from("serve"));
+    args
 }
 
 // Parsed once per process: the size of `Serve`'s settings costs nothing.
@@ -97,7 +114,8 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = Cli::parse_from(args);
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let cli = Cli::parse_from(with_default_command(args));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -115,15 +133,14 @@ where
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    match (cli.command, cli.serve) {
-        (Some(Command::Reconcile(args)), _) => crate::reconcile::cli::run(args).await,
-        (Some(Command::StateDiagram), _) => {
+    match cli.command {
+        Command::Reconcile(args) => crate::reconcile::cli::run(args).await,
+        Command::StateDiagram => {
             print!("{}", mermaid_state_diagram());
             Ok(())
         }
-        (Some(Command::Serve(settings)), _) | (None, Some(settings)) => serve(settings).await,
-        (None, None) => anyhow::bail!("DATABASE_URL is required to serve (see `gateway --help`)"),
-        (Some(Command::Migrate(database)), _) => {
+        Command::Serve(settings) => serve(settings).await,
+        Command::Migrate(database) => {
             let pool = store::connect(
                 &database.database_url,
                 1,
@@ -134,12 +151,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("gateway: migrations applied");
             Ok(())
         }
-        (
-            Some(Command::ApiKey {
-                command: ApiKeyCommand::Create { merchant, database },
-            }),
-            _,
-        ) => {
+        Command::ApiKey {
+            command: ApiKeyCommand::Create { merchant, database },
+        } => {
             let pool = store::connect(
                 &database.database_url,
                 1,
@@ -154,18 +168,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{key}");
             Ok(())
         }
-        (
-            Some(Command::ApiKey {
-                command: ApiKeyCommand::List { merchant, database },
-            }),
-            _,
-        ) => api_key_list(&database, merchant.as_deref()).await,
-        (
-            Some(Command::ApiKey {
-                command: ApiKeyCommand::Revoke { key, database },
-            }),
-            _,
-        ) => api_key_revoke(&database, &key).await,
+        Command::ApiKey {
+            command: ApiKeyCommand::List { merchant, database },
+        } => api_key_list(&database, merchant.as_deref()).await,
+        Command::ApiKey {
+            command: ApiKeyCommand::Revoke { key, database },
+        } => api_key_revoke(&database, &key).await,
     }
 }
 
@@ -292,11 +300,26 @@ mod tests {
         assert!(revoke(&[]).is_err(), "a key must be named");
     }
 
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(with_default_command(
+            args.iter().map(OsString::from).collect(),
+        ))
+    }
+
     #[test]
     fn serve_is_the_default() {
-        let cli = Cli::try_parse_from(["gateway", "--database-url", "postgres://x", "--port", "9"])
-            .unwrap();
-        assert!(cli.command.is_none());
-        assert_eq!(cli.serve.map(|s| s.port), Some(9));
+        let cli = parse(&["gateway", "--database-url", "postgres://x", "--port", "9"]).unwrap();
+        let Command::Serve(settings) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(settings.port, 9);
+        assert!(
+            parse(&["gateway", "--help"]).is_err(),
+            "help is help, not serve"
+        );
+        assert!(matches!(
+            parse(&["gateway", "state-diagram"]).unwrap().command,
+            Command::StateDiagram
+        ));
     }
 }
