@@ -56,6 +56,34 @@ pub const GATEWAY_SETTINGS: [(&str, &str); 9] = [
     ("--shutdown-grace-seconds", "5"),
 ];
 
+/// Settings passed only when this gateway build has them: the simulated
+/// client is one merchant sending thousands of requests, which a per-key
+/// rate limit would throttle (it is tested elsewhere).
+pub const OPTIONAL_GATEWAY_SETTINGS: [(&str, &str); 1] = [("--rate-limit-per-second", "0")];
+
+/// [`GATEWAY_SETTINGS`] and those of [`OPTIONAL_GATEWAY_SETTINGS`] that
+/// `gateway serve --help` of `program` lists.
+fn gateway_args(program: Option<&PathBuf>) -> anyhow::Result<Vec<String>> {
+    let exe = match program {
+        Some(program) => program.clone(),
+        None => std::env::current_exe()?,
+    };
+    let help = std::process::Command::new(exe)
+        .args(["gateway", "serve", "--help"])
+        .output()
+        .context("asking the gateway for its settings")?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    Ok(GATEWAY_SETTINGS
+        .iter()
+        .chain(
+            OPTIONAL_GATEWAY_SETTINGS
+                .iter()
+                .filter(|(flag, _)| help.contains(&format!("{flag} "))),
+        )
+        .flat_map(|(k, v)| [(*k).to_owned(), (*v).to_owned()])
+        .collect())
+}
+
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub concurrency: usize,
@@ -112,6 +140,7 @@ impl Replicas {
             database_url: database_url.to_owned(),
             bank_url: bank_url.to_owned(),
         };
+        let args = gateway_args(run.program.as_ref())?;
         for i in 0..count.max(1) {
             let output = if run.verbose {
                 GatewayOutput::Inherit
@@ -121,10 +150,7 @@ impl Replicas {
             let mut options = GatewayOptions::new(free_port()?, output);
             options.db_pool_size = 20;
             options.program = run.program.clone();
-            options.args = GATEWAY_SETTINGS
-                .iter()
-                .flat_map(|(k, v)| [(*k).to_owned(), (*v).to_owned()])
-                .collect();
+            options.args = args.clone();
             let process = GatewayProcess::spawn(database_url, bank_url, &options)?;
             replicas.processes.push(process);
             replicas.options.push(options);
@@ -401,18 +427,25 @@ impl Session {
             .map(|flow| {
                 let url = format!("{base}/v1/payments?order_id={}&limit=100", flow.order_id);
                 async move {
-                    let response = driver
-                        .http()
-                        .get(&url)
-                        .bearer_auth(driver.api_key())
-                        .send()
-                        .await
-                        .with_context(|| format!("GET {url}"))?;
-                    if !response.status().is_success() {
-                        bail!("GET {url} answered {}", response.status());
+                    // 429 and 503 are waited out, a few times.
+                    for _ in 0..20 {
+                        let response = driver
+                            .http()
+                            .get(&url)
+                            .bearer_auth(driver.api_key())
+                            .send()
+                            .await
+                            .with_context(|| format!("GET {url}"))?;
+                        match response.status().as_u16() {
+                            200 => {
+                                let list: Value = response.json().await?;
+                                return Ok(list["data"].as_array().cloned().unwrap_or_default());
+                            }
+                            429 | 503 => tokio::time::sleep(Duration::from_millis(500)).await,
+                            status => bail!("GET {url} answered {status}"),
+                        }
                     }
-                    let list: Value = response.json().await?;
-                    Ok(list["data"].as_array().cloned().unwrap_or_default())
+                    bail!("GET {url} kept answering 429 or 503")
                 }
             })
             .buffered(16)

@@ -202,9 +202,10 @@ pub struct Params {
     pub profiles: Vec<Profile>,
     /// `--kill-every`, overriding the profile's.
     pub kill_every_ms: Option<u32>,
-    /// Kills at random moments in the first seconds: at most this many.
+    /// Kills at random moments in the first seconds: this many.
     pub random_kills: usize,
-    /// Outage and kill moments fall within this many ms from the start.
+    /// Outage and kill moments fall within this many ms from the start
+    /// (kills after a fifth of it, outages after half a second).
     pub horizon_ms: u32,
 }
 
@@ -262,7 +263,7 @@ pub fn strategy(seed: u64, params: &Params) -> BoxedStrategy<Scenario> {
     (
         0..profiles.len().max(1),
         proptest::collection::vec(payment(cards), params.payments.clone()),
-        proptest::collection::vec(500..horizon, 0..=params.random_kills),
+        proptest::collection::vec(horizon / 5..horizon, params.random_kills),
         proptest::collection::vec((500..horizon, 1..=3u32), 0..=outages_max),
     )
         .prop_map(move |(profile, payments, mut kills_ms, outages)| {

@@ -17,7 +17,7 @@ fn help_lists_the_commands() {
     let output = simulator(&["--help"]);
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
-    for command in ["up", "bench"] {
+    for command in ["up", "bench", "run"] {
         assert!(
             help.lines()
                 .any(|line| line.trim_start().starts_with(command)),
