@@ -102,12 +102,8 @@ impl Launch {
         for (key, value) in &self.env {
             command.env(key, value);
         }
-        // Works around a CLI bug (the test
-        // `serve_takes_its_database_url_as_a_flag_with_settings_in_the_environment`):
-        // with any setting in the environment, clap takes the top-level
-        // settings (`Cli::serve`, flattened for "`gateway` alone serves") as
-        // present and demands their `--database-url`, so
-        // `gateway serve --database-url …` exits 2.
+        // The test `serve_takes_its_database_url_as_a_flag_with_settings_in_the_environment`
+        // runs without it; the others pass it both ways.
         if self.database_url_in_env {
             command.env("DATABASE_URL", &self.database_url);
         } else {
@@ -118,7 +114,7 @@ impl Launch {
         let stderr = Arc::new(Mutex::new(String::new()));
         let stdout = child.stdout.take().expect("piped stdout");
         let lines = Arc::clone(&logs);
-        std::thread::spawn(move || {
+        let stdout_reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 lock(&lines).push(line);
@@ -141,6 +137,7 @@ impl Launch {
             port: 0,
             logs,
             stderr,
+            stdout_reader: Some(stdout_reader),
         };
         for _ in 0..300 {
             if let Some(port) = process.logged_port() {
@@ -169,6 +166,8 @@ pub struct GatewayProcess {
     pub port: u16,
     logs: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
+    /// Joined once the process has exited, so that its last lines are read.
+    stdout_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl GatewayProcess {
@@ -228,6 +227,10 @@ impl GatewayProcess {
         let deadline = Instant::now() + bound;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // The pipe closes with the process: the reader ends at once.
+                if let Some(reader) = self.stdout_reader.take() {
+                    let _ = reader.join();
+                }
                 return status;
             }
             assert!(
