@@ -132,12 +132,23 @@ impl From<sqlx::Error> for ApiError {
         // a retry later may succeed, and the transaction changed nothing.
         // SQLSTATE classes 08 (connection exception), 53 (insufficient
         // resources) and 57P (operator intervention, e.g. a shutdown).
-        let transient_code = |code: &str| ["08", "53", "57P"].iter().any(|class| code.starts_with(class));
+        let transient_code = |code: &str| {
+            ["08", "53", "57P"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        };
         let unavailable = matches!(
             e,
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_)
+            sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
         ) || matches!(&e, sqlx::Error::Database(db) if db.code().is_some_and(|code| transient_code(&code)));
-        if unavailable { Self::Unavailable(e) } else { Self::Internal(e.into()) }
+        if unavailable {
+            Self::Unavailable(e)
+        } else {
+            Self::Internal(e.into())
+        }
     }
 }
 

@@ -77,12 +77,20 @@ pub enum Error {
 
 impl Gateway {
     pub fn new(pool: PgPool, bank: BankClient, leases: Leases) -> Self {
-        Self { pool, bank, leases, instance: Uuid::new_v4() }
+        Self {
+            pool,
+            bank,
+            leases,
+            instance: Uuid::new_v4(),
+        }
     }
 
     /// A lease held by this process.
     pub fn lease(&self) -> Lease {
-        Lease { holder: self.instance, duration: self.leases.lease }
+        Lease {
+            holder: self.instance,
+            duration: self.leases.lease,
+        }
     }
 
     /// Hands back this process's leases (keys and operations) so that

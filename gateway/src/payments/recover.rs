@@ -37,7 +37,10 @@ impl Gateway {
             tx.commit().await?;
             claimed
         };
-        let mut pass = Pass { claimed: claimed.len(), ..Pass::default() };
+        let mut pass = Pass {
+            claimed: claimed.len(),
+            ..Pass::default()
+        };
         // Owned futures: a borrowed stream is not `Send` enough for `tokio::spawn`.
         let results: Vec<Result<bool, Error>> = stream::iter(claimed)
             .map(|operation| {
@@ -60,7 +63,9 @@ impl Gateway {
     async fn recover(&self, operation: &OperationRecord) -> Result<bool, Error> {
         let payment = {
             let mut conn = self.pool.acquire().await?;
-            payments::get_by_id(&mut conn, operation.payment_id).await?.ok_or(Error::NotFound)?
+            payments::get_by_id(&mut conn, operation.payment_id)
+                .await?
+                .ok_or(Error::NotFound)?
         };
         tracing::info!(
             operation_id = %operation.id, payment_id = %payment.payment_id(), kind = operation.kind().as_str(),
@@ -83,7 +88,11 @@ impl Gateway {
     /// re-sent; the bank settles it by its key instead: the authorization
     /// that key created, or none, ever (the key is retired).
     async fn resolve_authorization(&self, operation: &OperationRecord) -> Resolution {
-        match self.bank.resolve_authorization(&operation.bank_idempotency_key).await {
+        match self
+            .bank
+            .resolve_authorization(&operation.bank_idempotency_key)
+            .await
+        {
             BankOutcome::Done(authorization) => Resolution::succeeded(
                 PaymentEvent::AuthorizeApproved,
                 BankFacts {
@@ -92,13 +101,20 @@ impl Gateway {
                     ..BankFacts::default()
                 },
             ),
-            BankOutcome::Refused(refusal) if refusal.code == BankErrorCode::NotFound => Resolution::Settled {
-                event: PaymentEvent::AuthorizeDeclined,
-                facts: BankFacts { failure_code: Some(ABANDONED.to_owned()), ..BankFacts::default() },
-                succeeded: false,
-            },
+            BankOutcome::Refused(refusal) if refusal.code == BankErrorCode::NotFound => {
+                Resolution::Settled {
+                    event: PaymentEvent::AuthorizeDeclined,
+                    facts: BankFacts {
+                        failure_code: Some(ABANDONED.to_owned()),
+                        ..BankFacts::default()
+                    },
+                    succeeded: false,
+                }
+            }
             // Anything else proves nothing: ask again later.
-            BankOutcome::Refused(refusal) => Resolution::Unknown { reason: refusal.to_string() },
+            BankOutcome::Refused(refusal) => Resolution::Unknown {
+                reason: refusal.to_string(),
+            },
             BankOutcome::Unknown(reason) => Resolution::unknown(&reason),
         }
     }
@@ -110,7 +126,13 @@ impl Gateway {
         let due = payments::lock_expired_authorizations(&mut tx, batch).await?;
         for payment in &due {
             debug_assert_eq!(payment.status(), PaymentStatus::Authorized);
-            payments::apply(&mut tx, payment, PaymentEvent::AuthorizationExpired, &BankFacts::default()).await?;
+            payments::apply(
+                &mut tx,
+                payment,
+                PaymentEvent::AuthorizationExpired,
+                &BankFacts::default(),
+            )
+            .await?;
         }
         tx.commit().await?;
         let expired = u64::try_from(due.len()).unwrap_or(u64::MAX);

@@ -26,7 +26,12 @@ pub async fn recover_forever(gateway: Gateway, settings: RecoverySettings) {
         loop {
             match gateway.recover_due(settings.batch).await {
                 Ok(pass) if pass.claimed > 0 => {
-                    tracing::info!(claimed = pass.claimed, settled = pass.settled, still_unknown = pass.still_unknown, "recovery pass");
+                    tracing::info!(
+                        claimed = pass.claimed,
+                        settled = pass.settled,
+                        still_unknown = pass.still_unknown,
+                        "recovery pass"
+                    );
                     if i64::try_from(pass.claimed).unwrap_or(i64::MAX) < settings.batch {
                         break;
                     }
@@ -48,7 +53,11 @@ async fn report_unresolved(gateway: &Gateway, flag_after: Duration) {
             metrics::gauge!("gateway_operations_unresolved").set(pending as f64);
             metrics::gauge!("gateway_operations_unresolved_flagged").set(flagged as f64);
             if flagged > 0 {
-                tracing::error!(flagged, flag_after_s = flag_after.as_secs(), "operations unresolved for too long");
+                tracing::error!(
+                    flagged,
+                    flag_after_s = flag_after.as_secs(),
+                    "operations unresolved for too long"
+                );
             }
         }
         Err(e) => tracing::warn!(error = %e, "could not count unresolved operations"),

@@ -32,7 +32,12 @@ async fn impatient_app() -> TestApp {
 async fn eventually(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) -> Value {
     let mut payment = Value::Null;
     for _ in 0..200 {
-        payment = app.get(&format!("/v1/payments/{id}")).await.json().await.unwrap();
+        payment = app
+            .get(&format!("/v1/payments/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
         if done(&payment) {
             return payment;
         }
@@ -49,8 +54,12 @@ async fn an_unknown_authorization_is_settled_by_the_worker_without_a_retry() {
     let pending: Value = response.json().await.unwrap();
     assert_eq!(pending["status"], "pending");
     // Lift the latency so the worker's calls get answers.
-    app.set_bank_chaos(json!({"min_latency_ms": 0, "max_latency_ms": 0})).await;
-    let settled = eventually(&app, pending["id"].as_str().unwrap(), |p| p["status"] != "pending").await;
+    app.set_bank_chaos(json!({"min_latency_ms": 0, "max_latency_ms": 0}))
+        .await;
+    let settled = eventually(&app, pending["id"].as_str().unwrap(), |p| {
+        p["status"] != "pending"
+    })
+    .await;
     let authorizations = app.bank_count("authorizations").await;
     let (_, available) = app.bank_balances(LIMITED_CARD.0).await;
     match settled["status"].as_str().unwrap() {
@@ -73,24 +82,37 @@ async fn an_unknown_authorization_is_settled_by_the_worker_without_a_retry() {
 #[tokio::test]
 async fn an_unknown_capture_is_resent_with_its_key_and_completes() {
     let app = impatient_app().await;
-    app.set_bank_chaos(json!({"min_latency_ms": 0, "max_latency_ms": 0})).await;
+    app.set_bank_chaos(json!({"min_latency_ms": 0, "max_latency_ms": 0}))
+        .await;
     let payment = app.authorized(HAPPY_CARD, 2_500).await;
     let id = payment["id"].as_str().unwrap();
-    app.set_bank_chaos(json!({"timeout_rate": 1.0, "timeout_ms": 1_000})).await;
+    app.set_bank_chaos(json!({"timeout_rate": 1.0, "timeout_ms": 1_000}))
+        .await;
     let response = app.act(id, "capture").await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
-    assert_eq!(response.json::<Value>().await.unwrap()["status"], "capturing");
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["status"],
+        "capturing"
+    );
     app.set_bank_chaos(json!({"timeout_rate": 0.0})).await;
     let captured = eventually(&app, id, |p| p["status"] == "captured").await;
     assert!(captured["bank"]["capture_id"].is_string());
-    assert_eq!(app.bank_count("captures").await, 1, "captured once, whatever the retries");
-    assert_eq!(app.bank_balances(HAPPY_CARD.0).await, (1_000_000 - 2_500, 1_000_000 - 2_500));
+    assert_eq!(
+        app.bank_count("captures").await,
+        1,
+        "captured once, whatever the retries"
+    );
+    assert_eq!(
+        app.bank_balances(HAPPY_CARD.0).await,
+        (1_000_000 - 2_500, 1_000_000 - 2_500)
+    );
 }
 
 #[tokio::test]
 async fn the_sweeper_expires_authorizations_without_any_request() {
     let app = impatient_app().await;
-    app.set_bank_chaos(json!({"min_latency_ms": 0, "max_latency_ms": 0})).await;
+    app.set_bank_chaos(json!({"min_latency_ms": 0, "max_latency_ms": 0}))
+        .await;
     let payment = app.authorized(HAPPY_CARD, 100).await;
     let id = payment["id"].as_str().unwrap();
     sqlx::query("UPDATE payments SET authorization_expires_at = now() - interval '1 second'")
@@ -98,6 +120,11 @@ async fn the_sweeper_expires_authorizations_without_any_request() {
         .await
         .unwrap();
     let expired = eventually(&app, id, |p| p["status"] == "expired").await;
-    let history: Vec<&str> = expired["history"].as_array().unwrap().iter().map(|h| h["status"].as_str().unwrap()).collect();
+    let history: Vec<&str> = expired["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect();
     assert_eq!(history, ["pending", "authorized", "expired"]);
 }
