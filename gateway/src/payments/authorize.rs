@@ -7,7 +7,7 @@ use crate::domain::{
 };
 use crate::idempotency::{self, Claim};
 use crate::store::operations::{self, OperationKind, OperationRecord};
-use crate::store::payments::{self, BankFacts, NewPayment};
+use crate::store::payments::{self, BankFacts, History, NewPayment, PaymentRecord};
 
 use super::reply::{Reply, reply_for};
 use super::settle::{Requester, Resolution, failure_event};
@@ -41,17 +41,18 @@ impl Gateway {
             payments::start_authorization(&mut conn, &new, key.as_str(), request_hash, self.lease())
                 .await?
         };
-        let operation = match started {
-            Some(operation) => operation,
+        let (operation, known) = match started {
+            Some(started) => (started.operation, Some((started.payment, started.history))),
             None => match self
                 .claim_for_authorization(requester, request_hash, &new)
                 .await?
             {
-                Ok(operation) => operation,
+                Ok(operation) => (operation, None),
                 Err(reply) => return Ok(reply),
             },
         };
-        self.authorize_at_bank(requester, command, &operation).await
+        self.authorize_at_bank(requester, command, &operation, known)
+            .await
     }
 
     /// The general path, for a key seen before: replay, resume, or start.
@@ -97,6 +98,7 @@ impl Gateway {
         requester: Requester<'_>,
         command: &AuthorizeCommand,
         operation: &OperationRecord,
+        known: Option<(PaymentRecord, History)>,
     ) -> Result<Reply, Error> {
         let request = AuthorizeRequest {
             card_number: command.card_number.expose_for_bank(),
@@ -124,7 +126,8 @@ impl Gateway {
             ),
             BankOutcome::Unknown(reason) => Resolution::unknown(&reason),
         };
-        self.settle(Some(requester), operation, resolution).await
+        self.settle_known(Some(requester), operation, resolution, known)
+            .await
     }
 
     /// For a key whose first request gave up: the payment's pending

@@ -5,7 +5,9 @@ use crate::bank::{BankErrorCode, Refusal, UnknownReason};
 use crate::domain::{IdempotencyKey, MerchantId, PaymentEvent};
 use crate::idempotency;
 use crate::store::operations::{self, OperationKind, OperationRecord};
-use crate::store::payments::{self, Answer, BankFacts, Settling, TransitionError};
+use crate::store::payments::{
+    self, Answer, BankFacts, History, PaymentRecord, Settling, TransitionError,
+};
 use chrono::{DateTime, Utc};
 
 use super::reply::{Reply, render};
@@ -85,15 +87,25 @@ impl Gateway {
         event: PaymentEvent,
         facts: &BankFacts,
         succeeded: bool,
+        known: Option<(PaymentRecord, History)>,
     ) -> Result<Option<Reply>, Error> {
         let mut conn = self.pool.acquire().await?;
-        let Some(Settling {
-            operation_pending: true,
-            payment,
-            mut history,
-        }) = payments::read_for_settling(&mut conn, operation.id).await?
-        else {
-            return Ok(None);
+        // What the caller wrote itself needs no reading back: the write
+        // re-checks it (status and pending operation) before changing anything.
+        let (payment, mut history) = match known {
+            Some(known) => known,
+            None => match payments::read_for_settling(&mut conn, operation.id).await? {
+                Some(Settling {
+                    operation_pending: true,
+                    payment,
+                    history,
+                }) => (payment, history),
+                Some(Settling {
+                    operation_pending: false,
+                    ..
+                })
+                | None => return Ok(None),
+            },
         };
         // Postgres keeps microseconds; the answer must show what it stores.
         let now = Utc::now();
@@ -134,13 +146,26 @@ impl Gateway {
         operation: &OperationRecord,
         resolution: Resolution,
     ) -> Result<Reply, Error> {
+        self.settle_known(requester, operation, resolution, None)
+            .await
+    }
+
+    /// [`Gateway::settle`], given the payment and its history as the caller
+    /// knows them (it wrote them), to save reading them back.
+    pub(super) async fn settle_known(
+        &self,
+        requester: Option<Requester<'_>>,
+        operation: &OperationRecord,
+        resolution: Resolution,
+        known: Option<(PaymentRecord, History)>,
+    ) -> Result<Reply, Error> {
         if let Resolution::Settled {
             event,
             facts,
             succeeded,
         } = &resolution
             && let Some(reply) = self
-                .settle_in_one_statement(requester, operation, *event, facts, *succeeded)
+                .settle_in_one_statement(requester, operation, *event, facts, *succeeded, known)
                 .await?
         {
             return Ok(reply);

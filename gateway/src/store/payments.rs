@@ -118,9 +118,9 @@ pub async fn start_authorization(
     key: &str,
     request_hash: &[u8],
     lease: Lease,
-) -> Result<Option<OperationRecord>, sqlx::Error> {
+) -> Result<Option<Started>, sqlx::Error> {
     let (operation_id, bank_key) = operations::new_identity(OperationKind::Authorize);
-    sqlx::query_as(&format!(
+    let started: Option<StartedRow> = sqlx::query_as(&format!(
         "WITH claimed AS ( \
            INSERT INTO idempotency_keys (merchant_id, key, request_hash, state, lease_until, leased_by, payment_id) \
            VALUES ($1, $2, $3, 'in_progress', now() + $4, $5, $6) ON CONFLICT DO NOTHING RETURNING payment_id), \
@@ -131,10 +131,12 @@ pub async fn start_authorization(
            RETURNING id, created_at), \
          logged AS ( \
            INSERT INTO payment_events (payment_id, from_status, to_status, at) \
-           SELECT id, NULL, 'pending', created_at FROM created) \
-         INSERT INTO operations (id, payment_id, kind, bank_idempotency_key, lease_until, leased_by) \
-         SELECT $15, id, 'authorize', $16, now() + $4, $5 FROM created \
-         RETURNING {}",
+           SELECT id, NULL, 'pending', created_at FROM created), \
+         operation AS ( \
+           INSERT INTO operations (id, payment_id, kind, bank_idempotency_key, lease_until, leased_by) \
+           SELECT $15, id, 'authorize', $16, now() + $4, $5 FROM created \
+           RETURNING {}) \
+         SELECT operation.*, created.created_at AS payment_created_at FROM operation, created",
         operations::RETURNED_COLUMNS
     ))
     .bind(new.merchant_id.as_uuid())
@@ -154,7 +156,47 @@ pub async fn start_authorization(
     .bind(operation_id)
     .bind(bank_key)
     .fetch_optional(conn)
-    .await
+    .await?;
+    Ok(started.map(|row| Started {
+        payment: PaymentRecord {
+            id: new.id.as_uuid(),
+            merchant_id: new.merchant_id.as_uuid(),
+            order_id: new.order_id.to_owned(),
+            customer_id: new.customer_id.to_owned(),
+            amount: new.amount_cents,
+            currency: new.currency.to_owned(),
+            status: StoredStatus(PaymentStatus::Pending),
+            card_brand: new.card_brand.to_owned(),
+            card_last4: new.card_last4.to_owned(),
+            card_exp_month: new.card_exp_month,
+            card_exp_year: new.card_exp_year,
+            bank_authorization_id: None,
+            bank_capture_id: None,
+            bank_void_id: None,
+            bank_refund_id: None,
+            authorization_expires_at: None,
+            failure_code: None,
+            created_at: row.payment_created_at,
+            updated_at: row.payment_created_at,
+        },
+        history: vec![(PaymentStatus::Pending, row.payment_created_at)],
+        operation: row.operation,
+    }))
+}
+
+#[derive(sqlx::FromRow)]
+struct StartedRow {
+    #[sqlx(flatten)]
+    operation: OperationRecord,
+    payment_created_at: DateTime<Utc>,
+}
+
+/// A started authorization: its operation, and the pending payment as just
+/// written, so that settling it need not read it back.
+pub struct Started {
+    pub operation: OperationRecord,
+    pub payment: PaymentRecord,
+    pub history: History,
 }
 
 /// A merchant's payment, locked for the rest of the transaction.
