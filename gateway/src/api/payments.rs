@@ -344,10 +344,11 @@ pub async fn list_payments(
     };
     let (rows, has_more) =
         store::list(&mut conn, merchant.0, &filter, starting_after, limit).await?;
-    let mut data = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let history = store::history(&mut conn, row.id).await?;
-        data.push(PaymentView::new(row, history));
-    }
+    let ids: Vec<uuid::Uuid> = rows.iter().map(|row| row.id).collect();
+    let mut histories = store::histories(&mut conn, &ids).await?;
+    let data = rows
+        .iter()
+        .map(|row| PaymentView::new(row, histories.remove(&row.id).unwrap_or_default()))
+        .collect();
     Ok(HttpResponse::Ok().json(PaymentList { data, has_more }))
 }

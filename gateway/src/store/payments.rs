@@ -515,6 +515,26 @@ pub async fn history(
         .collect()
 }
 
+/// The histories of many payments in one query, for a listing's page.
+pub async fn histories(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, History>, sqlx::Error> {
+    let rows: Vec<(Uuid, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT payment_id, to_status::text, at FROM payment_events WHERE payment_id = ANY($1) ORDER BY id",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await?;
+    let mut histories: std::collections::HashMap<Uuid, History> = std::collections::HashMap::new();
+    for (payment_id, status, at) in rows {
+        let status = PaymentStatus::parse(&status)
+            .ok_or_else(|| sqlx::Error::Decode(format!("status {status:?}").into()))?;
+        histories.entry(payment_id).or_default().push((status, at));
+    }
+    Ok(histories)
+}
+
 /// Which payments a listing covers.
 #[derive(Debug, Clone)]
 pub enum ListFilter {
