@@ -113,6 +113,11 @@ pub struct FlowRecord {
     pub exchanges: Vec<Exchange>,
     /// Keys that got no final answer within [`KEY_BUDGET`].
     pub unanswered: Vec<String>,
+    /// The card number and CVV the authorization sent (whatever the plan:
+    /// an invalid or unknown number too), for the card-data check; never
+    /// serialised.
+    #[serde(skip)]
+    pub sent_card: (String, String),
 }
 
 /// The gateways, the key, and the run's counters.
@@ -310,6 +315,7 @@ impl Driver {
             payment_id: None,
             exchanges: Vec::new(),
             unanswered: Vec::new(),
+            sent_card: (String::new(), String::new()),
         };
         let card = &self.cards[usize::from(plan.card) % self.cards.len()];
         let (number, cvv, amount) = match plan.kind {
@@ -342,6 +348,7 @@ impl Driver {
         ) {
             record.card_number = Some(number.clone());
         }
+        record.sent_card = (number.clone(), cvv.clone());
         let body = json!({
             "order_id": record.order_id,
             "customer_id": format!("cus_{}_{}", self.run_id, plan.customer),

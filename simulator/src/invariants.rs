@@ -1,6 +1,7 @@
-//! The seven invariants, checked once the system has quiesced, over what
+//! The eight invariants, checked once the system has quiesced, over what
 //! the client saw ([`FlowRecord`]s), the gateway's final receipts, the
-//! bank's books and the reconciliation report. Pure: the collection is in
+//! bank's books, the reconciliation report, and (for card data) a dump of
+//! the gateway's database and its captured logs. Pure: the collection is in
 //! [`crate::run`], so each check can be fed a forged world in a test.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -74,6 +75,26 @@ pub struct Observations {
     pub reconcile: Result<Vec<String>, String>,
     /// Payments still in flight when the wait for quiescence ended.
     pub in_flight: Vec<String>,
+    /// What the card-data check looks for, and where.
+    pub card_data: CardData,
+}
+
+/// The card-data check's material: the secrets the run sent, and
+/// everything it captured from the gateway besides its answers (which are
+/// in the flows and receipts).
+#[derive(Debug, Clone, Default)]
+pub struct CardData {
+    /// Every card number the run used: its fresh cards, and the invalid and
+    /// unknown numbers it sent.
+    pub numbers: Vec<String>,
+    /// Every CVV it sent.
+    pub cvvs: Vec<String>,
+    /// The gateway's database, one `(table, row_to_json(row))` per row.
+    pub dump: Vec<(String, String)>,
+    /// The gateway replicas' log files: `(path, contents)`.
+    pub logs: Vec<(String, String)>,
+    /// What could not be collected (the dump failed, a log was unreadable).
+    pub problems: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -97,7 +118,7 @@ pub struct InvariantResult {
     pub examples: Vec<Violation>,
 }
 
-pub const NAMES: [&str; 7] = [
+pub const NAMES: [&str; 8] = [
     "no double charge",
     "convergence",
     "idempotency",
@@ -105,6 +126,7 @@ pub const NAMES: [&str; 7] = [
     "legality",
     "no lost acknowledgment",
     "honest answers",
+    "card data",
 ];
 
 /// Collects violations for one invariant.
@@ -220,6 +242,7 @@ pub fn check(obs: &Observations) -> Vec<InvariantResult> {
         legality(obs),
         no_lost_acknowledgment(obs),
         honest_answers(obs),
+        card_data(obs),
     ]
 }
 
@@ -558,6 +581,212 @@ fn honest_answers(obs: &Observations) -> InvariantResult {
     c.done()
 }
 
+/// 8: no card number the run used appears anywhere the gateway wrote or
+/// said: a row of its database, a line of its logs, an answer, a receipt;
+/// no CVV either, as the value of a `cvv`/`cvc` key anywhere, or (in the
+/// database) as a whole string value. `bytea` values (e.g. stored response
+/// bodies) are decoded and scanned too.
+fn card_data(obs: &Observations) -> InvariantResult {
+    let mut c = Check::new(obs, 8);
+    let data = &obs.card_data;
+    let secrets = Secrets::new(data);
+    for problem in &data.problems {
+        c.other("card data".into(), format!("not scanned: {problem}"));
+    }
+    for (table, row) in &data.dump {
+        c.checked += 1;
+        for leak in secrets.in_row(row) {
+            c.other(format!("table {table}"), leak);
+        }
+    }
+    for (path, text) in &data.logs {
+        for (n, line) in text.lines().enumerate() {
+            c.checked += 1;
+            for leak in secrets.in_text(line) {
+                c.other(format!("{path} line {}", n + 1), leak);
+            }
+        }
+    }
+    for (i, flow) in obs.flows.iter().enumerate() {
+        for exchange in &flow.exchanges {
+            if let Answer::Http { body, .. } = &exchange.answer {
+                c.checked += 1;
+                for leak in secrets.in_text(body) {
+                    c.flow(
+                        i,
+                        format!("{} answer {}: {leak}", exchange.op, exchange.key),
+                    );
+                }
+            }
+        }
+    }
+    for (i, receipts) in obs.receipts.iter().enumerate() {
+        for receipt in receipts {
+            c.checked += 1;
+            for leak in secrets.in_text(&receipt.to_string()) {
+                c.flow(i, format!("the receipt: {leak}"));
+            }
+        }
+    }
+    c.done()
+}
+
+/// The card numbers and CVVs to look for.
+struct Secrets<'a> {
+    numbers: BTreeSet<&'a str>,
+    lengths: BTreeSet<usize>,
+    cvvs: BTreeSet<&'a str>,
+}
+
+impl<'a> Secrets<'a> {
+    fn new(data: &'a CardData) -> Self {
+        let numbers: BTreeSet<&str> = data
+            .numbers
+            .iter()
+            .map(String::as_str)
+            .filter(|n| n.len() >= 8)
+            .collect();
+        Self {
+            lengths: numbers.iter().map(|n| n.len()).collect(),
+            numbers,
+            cvvs: data
+                .cvvs
+                .iter()
+                .map(String::as_str)
+                .filter(|c| !c.is_empty())
+                .collect(),
+        }
+    }
+
+    /// Leaks in free text (a log line, an answer): card numbers anywhere in
+    /// a run of digits, CVVs as the value of a `cvv`/`cvc` key.
+    fn in_text(&self, text: &str) -> Vec<String> {
+        let mut found: Vec<String> = self
+            .numbers_in(text)
+            .into_iter()
+            .map(|n| format!("card number {} appears", masked(n)))
+            .collect();
+        if self.cvv_by_key(text) {
+            found.push("a CVV appears as the value of a cvv key".into());
+        }
+        found
+    }
+
+    /// Leaks in a row: as in text, in the row and in each decoded `bytea`;
+    /// and CVVs as whole string values.
+    fn in_row(&self, row: &str) -> Vec<String> {
+        let mut found = self.in_text(row);
+        let mut strings = Vec::new();
+        if let Ok(value) = serde_json::from_str::<Value>(row) {
+            collect_strings(&value, &mut strings);
+        }
+        let mut i = 0;
+        while i < strings.len() {
+            if let Some(decoded) = decode_bytea(&strings[i]) {
+                found.extend(
+                    self.in_text(&decoded)
+                        .into_iter()
+                        .map(|leak| format!("{leak} (in a bytea value)")),
+                );
+                if let Ok(value) = serde_json::from_str::<Value>(&decoded) {
+                    collect_strings(&value, &mut strings);
+                }
+            }
+            i += 1;
+        }
+        if strings.iter().any(|s| self.cvvs.contains(s.as_str())) {
+            found.push("a CVV appears as a string value".into());
+        }
+        found.sort();
+        found.dedup();
+        found
+    }
+
+    /// The numbers found in `text`'s runs of digits.
+    fn numbers_in(&self, text: &str) -> BTreeSet<&'a str> {
+        let mut found = BTreeSet::new();
+        let Some(&shortest) = self.lengths.first() else {
+            return found;
+        };
+        let bytes = text.as_bytes();
+        let mut start = 0;
+        while start < bytes.len() {
+            if !bytes[start].is_ascii_digit() {
+                start += 1;
+                continue;
+            }
+            let end = bytes[start..]
+                .iter()
+                .position(|b| !b.is_ascii_digit())
+                .map_or(bytes.len(), |n| start + n);
+            if end - start >= shortest {
+                let run = &text[start..end];
+                for &len in self.lengths.iter().filter(|&&len| len <= run.len()) {
+                    for at in 0..=run.len() - len {
+                        if let Some(&number) = self.numbers.get(&run[at..at + len]) {
+                            found.insert(number);
+                        }
+                    }
+                }
+            }
+            start = end;
+        }
+        found
+    }
+
+    /// Whether a `cvv` or `cvc` key (any case, quoted or not, `:` or `=`)
+    /// is followed by one of the CVVs: `"cvv":"123"`, `\"cvv\": \"123\"`,
+    /// `cvv=123`. Not `invalid_cvv` and the like: no digits follow.
+    fn cvv_by_key(&self, text: &str) -> bool {
+        let bytes = text.as_bytes();
+        (0..bytes.len().saturating_sub(2)).any(|i| {
+            let key = &bytes[i..i + 3];
+            if !(key.eq_ignore_ascii_case(b"cvv") || key.eq_ignore_ascii_case(b"cvc")) {
+                return false;
+            }
+            let rest = &bytes[i + 3..];
+            let skipped = rest
+                .iter()
+                .take(8)
+                .take_while(|b| matches!(b, b'"' | b'\\' | b':' | b'=' | b' ' | b'\''))
+                .count();
+            let digits: Vec<u8> = rest[skipped..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .copied()
+                .collect();
+            skipped > 0 && std::str::from_utf8(&digits).is_ok_and(|d| self.cvvs.contains(d))
+        })
+    }
+}
+
+/// `…1111`: never the whole number in a report.
+fn masked(number: &str) -> String {
+    format!("…{}", &number[number.len().saturating_sub(4)..])
+}
+
+fn collect_strings(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|v| collect_strings(v, out)),
+        Value::Object(fields) => fields.values().for_each(|v| collect_strings(v, out)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+/// A `bytea` as `row_to_json` writes it (`\x` and hex), decoded as text.
+fn decode_bytea(value: &str) -> Option<String> {
+    let hex = value.strip_prefix("\\x")?;
+    if hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .filter_map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+        .collect();
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -616,6 +845,7 @@ mod tests {
                     exchange(Op::Capture, "c", 200, captured, true),
                 ],
                 unanswered: vec![],
+                sent_card: (CARD.into(), "987".into()),
             }],
             receipts: vec![vec![receipt(
                 "captured",
@@ -643,8 +873,36 @@ mod tests {
             ledger: json!({"ok": true}),
             reconcile: Ok(vec![]),
             in_flight: vec![],
+            card_data: CardData {
+                numbers: vec!["4000".into(), CARD.into()],
+                cvvs: vec!["987".into()],
+                dump: vec![
+                    (
+                        "payments".into(),
+                        json!({"id": "pay_1", "card_last4": "1111",
+                        "created_at": "2024-06-01T12:09:59.987Z"})
+                        .to_string(),
+                    ),
+                    // A stored answer, as bytea: `{"card":{"last4":"1111"}}`.
+                    (
+                        "idempotency_keys".into(),
+                        json!({"response_body":
+                        "\\x7b2263617264223a7b226c61737434223a2231313131227d7d"})
+                        .to_string(),
+                    ),
+                ],
+                logs: vec![(
+                    "gateway-0.log".into(),
+                    "{\"level\":\"INFO\",\"card_last4\":\"1111\",\"elapsed_ms\":987}\n\
+                     {\"level\":\"WARN\",\"error\":\"invalid_cvv\",\"code\":987}\n"
+                        .into(),
+                )],
+                problems: vec![],
+            },
         }
     }
+
+    const CARD: &str = "4111111111111111";
 
     fn failed(obs: &Observations) -> Vec<&'static str> {
         check(obs)
@@ -719,6 +977,91 @@ mod tests {
         ));
         let failed = failed(&obs);
         assert!(failed.contains(&"honest answers"), "{failed:?}");
+    }
+
+    #[test]
+    fn a_card_number_or_cvv_in_the_dump_or_a_log_fails_card_data() {
+        let scanned = check(&world())
+            .into_iter()
+            .find(|r| r.name == "card data")
+            .expect("the card-data check runs");
+        assert!(scanned.passed && scanned.checked == 8, "{scanned:?}");
+
+        let leaks = |obs: &Observations| -> Vec<String> {
+            check(obs)
+                .into_iter()
+                .filter(|r| !r.passed)
+                .flat_map(|r| {
+                    r.examples
+                        .into_iter()
+                        .map(move |v| format!("{}: {}: {}", r.name, v.subject, v.message))
+                })
+                .collect()
+        };
+        // In a log line, inside a longer message.
+        let mut obs = world();
+        obs.card_data.logs[0]
+            .1
+            .push_str(&format!("{{\"message\":\"authorizing x{CARD}y\"}}\n"));
+        assert_eq!(
+            leaks(&obs),
+            ["card data: gateway-0.log line 3: card number …1111 appears"]
+        );
+        // In a table row.
+        let mut obs = world();
+        obs.card_data.dump[0].1 = json!({"id": "pay_1", "failure_code": CARD}).to_string();
+        assert_eq!(
+            leaks(&obs),
+            ["card data: table payments: card number …1111 appears"]
+        );
+        // In a bytea (hex) column: `{"n":"4111111111111111"}`.
+        let hex: String = format!("{{\"n\":\"{CARD}\"}}")
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut obs = world();
+        obs.card_data.dump[1].1 = json!({"response_body": format!("\\x{hex}")}).to_string();
+        assert_eq!(
+            leaks(&obs),
+            ["card data: table idempotency_keys: card number …1111 appears (in a bytea value)"]
+        );
+        // A CVV as a whole string value in the dump, or after a cvv key in a log.
+        let mut obs = world();
+        obs.card_data.dump[0].1 = json!({"id": "pay_1", "note": "987"}).to_string();
+        obs.card_data.logs[0]
+            .1
+            .push_str("{\"request\":\"{\\\"cvv\\\": \\\"987\\\"}\"}\n");
+        assert_eq!(
+            leaks(&obs),
+            [
+                "card data: table payments: a CVV appears as a string value",
+                "card data: gateway-0.log line 3: a CVV appears as the value of a cvv key",
+            ]
+        );
+        // In an answer: the flow is named.
+        let mut obs = world();
+        obs.flows[0].exchanges[0] = exchange(
+            Op::Authorize,
+            "a",
+            400,
+            json!({"error": {"message": format!("{CARD} is invalid")}}),
+            false,
+        );
+        let found = leaks(&obs);
+        assert!(
+            found.iter().any(|l| l
+                .starts_with("card data: #0 ord_0 pay_1: authorize answer a: card number …1111")),
+            "{found:?}"
+        );
+        // Nothing collected is a failure, not a pass.
+        let mut obs = world();
+        obs.card_data
+            .problems
+            .push("dumping the database: refused".into());
+        assert_eq!(
+            leaks(&obs),
+            ["card data: card data: not scanned: dumping the database: refused"]
+        );
     }
 
     #[test]

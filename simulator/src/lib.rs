@@ -15,7 +15,7 @@
 //! - [`model`]: the legal payment states, from the gateway's transition table.
 //! - [`driver`]: the client side: plans carried out, every exchange recorded.
 //! - [`run`]: one simulation in phases (start, drive, settle, observe, finish).
-//! - [`invariants`]: the seven checks, named in the report.
+//! - [`invariants`]: the eight checks, named in the report.
 //! - [`run_report`]: `simulator run`'s report: text, JSON, HTML.
 //! - [`simulate`]: `simulator run` itself (and the shrinking loop).
 

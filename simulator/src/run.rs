@@ -28,7 +28,7 @@ use tokio::sync::{Mutex, watch};
 use crate::bank::{BankAdmin, Created, NewCard};
 use crate::cards::random_card_number;
 use crate::driver::{Driver, FlowRecord};
-use crate::invariants::{self, BankAuthorization, CardBalance, Observations};
+use crate::invariants::{self, BankAuthorization, CardBalance, CardData, Observations};
 use crate::process::{GatewayOptions, GatewayOutput, GatewayProcess, free_port};
 use crate::run_report::{Event, RunReport};
 use crate::scenario::Scenario;
@@ -300,6 +300,12 @@ impl Session {
         &self.bank_url
     }
 
+    /// The gateway replicas' database (a test may write to it behind their
+    /// back).
+    pub fn gateway_database(&self) -> &str {
+        &self.gateway_database
+    }
+
     /// The traffic, with the fault plan running beside it.
     pub async fn drive(&mut self) -> anyhow::Result<()> {
         let chaos = self.scenario.bank_chaos();
@@ -417,7 +423,66 @@ impl Session {
             ledger,
             reconcile,
             in_flight: self.in_flight.clone(),
+            card_data: self.secrets(),
         })
+    }
+
+    /// Every card number and CVV the run sent (the dump and the logs are
+    /// added by [`Session::finish`], once the gateways have stopped).
+    fn secrets(&self) -> CardData {
+        let sent = self.flows.iter().map(|f| &f.sent_card);
+        let fresh = self.cards.iter().map(|c| (&c.card_number, &c.cvv));
+        let mut numbers: Vec<String> = sent
+            .clone()
+            .map(|(n, _)| n.clone())
+            .chain(fresh.clone().map(|(n, _)| n.clone()))
+            .collect();
+        let mut cvvs: Vec<String> = sent
+            .map(|(_, c)| c.clone())
+            .chain(fresh.map(|(_, c)| c.clone()))
+            .collect();
+        for list in [&mut numbers, &mut cvvs] {
+            list.retain(|s| !s.is_empty());
+            list.sort();
+            list.dedup();
+        }
+        CardData {
+            numbers,
+            cvvs,
+            ..CardData::default()
+        }
+    }
+
+    /// Every row of every table of the gateway's database, as
+    /// `(table, row_to_json(row))`.
+    async fn dump_gateway_database(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let pool = gateway::store::connect(&self.gateway_database, 1, Duration::from_secs(10))
+            .await
+            .context("connecting to the gateway's database")?;
+        let dump = async {
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = 'public' ORDER BY table_name",
+            )
+            .fetch_all(&pool)
+            .await?;
+            let mut rows = Vec::new();
+            for table in tables {
+                let sql = format!(
+                    "SELECT row_to_json(t)::text FROM public.\"{}\" t",
+                    table.replace('"', "\"\"")
+                );
+                let texts: Vec<String> = sqlx::query_scalar(&sql)
+                    .fetch_all(&pool)
+                    .await
+                    .with_context(|| format!("dumping table {table}"))?;
+                rows.extend(texts.into_iter().map(|row| (table.clone(), row)));
+            }
+            Ok::<_, anyhow::Error>(rows)
+        }
+        .await;
+        pool.close().await;
+        dump
     }
 
     async fn receipts(&self) -> anyhow::Result<Vec<Vec<Value>>> {
@@ -530,10 +595,10 @@ impl Session {
             .collect())
     }
 
-    /// Checks the invariants on `observations`, stops the gateways, and
+    /// Stops the gateways, dumps their database and reads their logs (for
+    /// the card-data check), checks the invariants on `observations`, and
     /// reports. The gateways' logs are kept only when something failed.
     pub async fn finish(self, observations: &Observations) -> RunReport {
-        let invariants = invariants::check(observations);
         let faults_after = self.admin.faults_injected().await.unwrap_or_default();
         let mut faults = BTreeMap::new();
         for (kind, n) in faults_after {
@@ -546,10 +611,38 @@ impl Session {
         replicas.stop().await;
         let logs = replicas.logs();
         drop(replicas);
+        let mut card_data = CardData {
+            dump: Vec::new(),
+            logs: Vec::new(),
+            problems: Vec::new(),
+            ..observations.card_data.clone()
+        };
+        match self.dump_gateway_database().await {
+            Ok(dump) => card_data.dump = dump,
+            Err(e) => card_data
+                .problems
+                .push(format!("dumping the gateway's database: {e:#}")),
+        }
+        for log in &logs {
+            match std::fs::read(log) {
+                Ok(bytes) => card_data.logs.push((
+                    log.display().to_string(),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                )),
+                Err(e) => card_data
+                    .problems
+                    .push(format!("reading {}: {e}", log.display())),
+            }
+        }
+        let observations = Observations {
+            card_data,
+            ..observations.clone()
+        };
+        let invariants = invariants::check(&observations);
         let report = RunReport::new(
             &self.scenario,
             &self.options,
-            observations,
+            &observations,
             invariants,
             faults,
             self.events.clone(),

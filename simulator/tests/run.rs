@@ -100,6 +100,13 @@ fn seeded_scenarios_with_lost_answers_and_a_crash_keep_every_invariant() {
                 if report.passed { "PASS" } else { "FAIL" }
             );
             restarts += report.restarts;
+            let card_data = report
+                .invariants
+                .iter()
+                .find(|i| i.name == "card data")
+                .expect("the card-data check runs");
+            // More than the answers: the dump's rows and the logs' lines too.
+            assert!(card_data.checked > report.requests, "{report}");
             if report.passed {
                 continue;
             }
@@ -178,6 +185,40 @@ fn a_capture_the_gateway_never_made_fails_convergence_and_conservation() {
         let report = session.finish(&observations).await;
         assert_eq!(failed(&report), ["convergence", "conservation"], "{report}");
         assert!(!report.passed);
+    });
+}
+
+/// A card number written into the gateway's database behind its back (as
+/// a leaking gateway would) fails the card-data check, and nothing else.
+#[test]
+fn a_card_number_in_the_gateways_database_fails_card_data() {
+    with_stack(async |stack| {
+        let mut session = Session::start(stack, plain(2), options()).await.unwrap();
+        session.drive().await.unwrap();
+        session.settle().await.unwrap();
+        let number = session.flows[1].card_number.clone().expect("a card");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(session.gateway_database())
+            .await
+            .unwrap();
+        sqlx::query("UPDATE operations SET last_error = $1")
+            .bind(format!("bank said no to {number}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let observations = session.observe().await.unwrap();
+        let report = session.finish(&observations).await;
+        assert_eq!(failed(&report), ["card data"], "{report}");
+        let last4 = &number[number.len() - 4..];
+        assert!(
+            report
+                .to_string()
+                .contains(&format!("table operations: card number …{last4} appears")),
+            "{report}"
+        );
+        assert!(!report.to_string().contains(&number), "{report}");
     });
 }
 
