@@ -137,9 +137,20 @@ pub struct RunArgs {
     /// Fresh test cards the payments are spread over.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..))]
     pub cards: u16,
-    /// Also write the report as JSON to FILE and as HTML to FILE.html.
+    /// Run the scenario in FILE (JSON, as a failing run writes its shrunk
+    /// scenario) instead of generating one: it holds the seed, the chaos,
+    /// the cards, the payments and the faults.
+    #[arg(long, value_name = "FILE",
+        conflicts_with_all = ["seed", "payments", "cards", "chaos", "kill_every"])]
+    pub scenario: Option<PathBuf>,
+    /// Also write the report as JSON to FILE and as HTML to FILE.html (and
+    /// on a violation the shrunk scenario to FILE.shrunk.json).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// On a violation, do not shrink the scenario (shrinking re-runs smaller
+    /// scenarios, each on a fresh stack, a few times at most).
+    #[arg(long)]
+    pub no_shrink: bool,
     /// Print the gateways' JSON logs here instead of log files.
     #[arg(long, short)]
     pub verbose: bool,
@@ -220,6 +231,40 @@ mod tests {
             };
         assert_eq!(bench("bank"), 0);
         assert_eq!(bench("gateway"), 1000);
+    }
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["simulator", "run"].iter().chain(args))?;
+        match cli.command {
+            Command::Run(args) => Ok(args),
+            Command::Up(_) | Command::Bench(_) | Command::Gateway(_) => panic!("not run"),
+        }
+    }
+
+    #[test]
+    fn run_takes_a_scenario_file_instead_of_a_seed() {
+        let args = run_args(&["--scenario", "s.json", "--replicas", "2", "--no-shrink"]).unwrap();
+        assert_eq!(args.scenario, Some(PathBuf::from("s.json")));
+        assert_eq!((args.replicas, args.no_shrink), (2, true));
+        // The defaults of what the file holds do not conflict with it ...
+        assert_eq!(
+            (args.payments, args.cards, args.chaos.as_str()),
+            (200, 20, "reference")
+        );
+        // ... but saying them does.
+        for also in [
+            ["--seed", "1"],
+            ["--payments", "3"],
+            ["--cards", "3"],
+            ["--chaos", "calm"],
+            ["--kill-every", "5s"],
+        ] {
+            let mut args = vec!["--scenario", "s.json"];
+            args.extend(also);
+            assert!(run_args(&args).is_err(), "{args:?}");
+        }
+        let args = run_args(&[]).unwrap();
+        assert_eq!((args.scenario, args.no_shrink), (None, false));
     }
 
     #[test]

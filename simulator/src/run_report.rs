@@ -66,6 +66,14 @@ pub struct RunReport {
     pub restarts: usize,
     /// The scenario's periodic kill interval, for the replay command.
     pub kill_every_ms: Option<u32>,
+    /// The scenario's fresh cards, for the replay command.
+    pub cards: u16,
+    /// `--duration`, for the replay command (it also bounds the moments of
+    /// a generated scenario's faults).
+    pub duration_ms: Option<u64>,
+    /// The file the scenario was read from or written to, when it is not
+    /// (only) a seed's: the replay command names it.
+    pub scenario_file: Option<String>,
     pub events: Vec<Event>,
     pub invariants: Vec<InvariantResult>,
     pub passed: bool,
@@ -147,6 +155,11 @@ impl RunReport {
             faults_injected,
             restarts: events.iter().filter(|e| e.kind == "restart").count(),
             kill_every_ms: scenario.faults.kill_every_ms,
+            cards: scenario.cards,
+            duration_ms: options
+                .duration
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            scenario_file: None,
             events,
             invariants,
             passed,
@@ -154,19 +167,30 @@ impl RunReport {
         }
     }
 
-    /// The command that replays this run's scenario (a shrunk scenario is
-    /// not a seed's: it is printed in full instead).
+    /// The command that replays this run's scenario: from its file when it
+    /// has one (a shrunk scenario is not a seed's), else from its seed with
+    /// every flag that shapes the generated scenario.
     pub fn replay_command(&self) -> String {
-        let mut command = format!(
-            "simulator run --seed {} --payments {} --concurrency {} --replicas {} --chaos {}",
-            self.seed,
-            self.payments_planned,
-            self.concurrency,
-            self.replicas,
-            self.chaos_name()
+        let mut command = match &self.scenario_file {
+            Some(file) => format!("simulator run --scenario {}", shell_word(file)),
+            None => format!(
+                "simulator run --seed {} --payments {} --cards {}",
+                self.seed, self.payments_planned, self.cards
+            ),
+        };
+        let _ = write!(
+            command,
+            " --concurrency {} --replicas {}",
+            self.concurrency, self.replicas
         );
-        if let Some(every) = self.kill_every_ms {
-            let _ = write!(command, " --kill-every {every}ms");
+        if self.scenario_file.is_none() {
+            let _ = write!(command, " --chaos {}", self.chaos_name());
+            if let Some(every) = self.kill_every_ms {
+                let _ = write!(command, " --kill-every {every}ms");
+            }
+        }
+        if let Some(ms) = self.duration_ms {
+            let _ = write!(command, " --duration {ms}ms");
         }
         command
     }
@@ -184,7 +208,7 @@ impl RunReport {
                 fields.remove("seed");
                 fields.remove("outage_seconds");
             }
-            format!("'{bank}'")
+            shell_word(&bank.to_string())
         } else {
             name.to_owned()
         }
@@ -293,6 +317,19 @@ impl RunReport {
              <tspan fill=\"#bf8700\">■ bank outage</tspan></text></svg>",
         );
         svg
+    }
+}
+
+/// `word` as one shell word: as is when it is plain, else single-quoted.
+fn shell_word(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+,:@%".contains(&b))
+    {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
     }
 }
 

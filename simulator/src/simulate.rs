@@ -1,7 +1,10 @@
-//! `simulator run`: a seeded scenario against its own stack, the report,
-//! and the exit status (non-zero on any violation). Also the shrinking
-//! loop that the property test uses.
+//! `simulator run`: a seeded scenario (or one read from a file) against its
+//! own stack, the report, and the exit status (non-zero on any violation).
+//! On a violation the scenario is shrunk, re-run on fresh stacks, and the
+//! smallest that still fails is written to a file that `--scenario`
+//! replays. Also the shrinking loop that the property test uses.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,6 +15,9 @@ use crate::run::{RunOptions, Session};
 use crate::run_report::RunReport;
 use crate::scenario::{self, Params, Profile, Scenario};
 use crate::stack::{BankChaos, Stack, StackOptions};
+
+/// Re-runs `simulator run` may spend on shrinking a failure.
+pub const SHRINK_RUNS: usize = 6;
 
 /// A Postgres and a calm bank on a free port, no gateway (each run starts
 /// its own replicas).
@@ -32,15 +38,39 @@ pub async fn simulate(
     Session::start(stack, scenario, options).await?.run().await
 }
 
-/// Shrinks a failing `scenario`: tries [`Scenario::smaller`] variants,
-/// keeps the first that still fails, until none does or `budget` runs are
-/// spent. Returns the smallest failing scenario and its report.
+/// Runs `scenario` on a stack of its own, shut down afterwards.
+pub async fn simulate_on_fresh_stack(
+    scenario: Scenario,
+    options: RunOptions,
+) -> anyhow::Result<RunReport> {
+    let stack = Stack::start(&stack_options()).await?;
+    let outcome = simulate(&stack, scenario, options).await;
+    stack.shutdown().await;
+    outcome
+}
+
+/// Shrinks a failing `scenario` on `stack`: see [`shrink_with`].
 pub async fn shrink(
     stack: &Stack,
     scenario: Scenario,
     report: RunReport,
     options: &RunOptions,
     budget: usize,
+) -> (Scenario, RunReport) {
+    shrink_with(scenario, report, budget, async |candidate| {
+        simulate(stack, candidate, options.clone()).await
+    })
+    .await
+}
+
+/// Shrinks a failing `scenario`: tries [`Scenario::smaller`] variants with
+/// `run`, keeps the first that still fails, until none does or `budget`
+/// runs are spent. Returns the smallest failing scenario and its report.
+pub async fn shrink_with(
+    scenario: Scenario,
+    report: RunReport,
+    budget: usize,
+    mut run: impl AsyncFnMut(Scenario) -> anyhow::Result<RunReport>,
 ) -> (Scenario, RunReport) {
     let (mut smallest, mut report) = (scenario, report);
     let mut runs = 0;
@@ -54,7 +84,7 @@ pub async fn shrink(
                 "shrinking ({runs}/{budget}): trying {} payments",
                 candidate.payments.len()
             );
-            match simulate(stack, candidate.clone(), options.clone()).await {
+            match run(candidate.clone()).await {
                 Ok(r) if !r.passed => {
                     smallest = candidate;
                     report = r;
@@ -69,9 +99,11 @@ pub async fn shrink(
     (smallest, report)
 }
 
-pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    if args.verbose {
-        mock_bank::telemetry::init_logging();
+/// The scenario `args` ask for: read from `--scenario`, or generated from
+/// the seed (a random one when none is given) and the flags.
+pub fn scenario_of(args: &RunArgs) -> anyhow::Result<Scenario> {
+    if let Some(path) = &args.scenario {
+        return read_scenario(path);
     }
     let profile = Profile::parse(&args.chaos).map_err(anyhow::Error::msg)?;
     let seed = args.seed.unwrap_or_else(rand::random);
@@ -88,10 +120,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .duration
             .map_or(30_000, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
     };
-    let scenario = scenario::generate(seed, &params);
-    let header = scenario.to_string();
-    eprintln!("{}", header.lines().next().unwrap_or_default());
-    let options = RunOptions {
+    Ok(scenario::generate(seed, &params))
+}
+
+/// How `args` run a scenario.
+pub fn options_of(args: &RunArgs) -> anyhow::Result<RunOptions> {
+    Ok(RunOptions {
         concurrency: usize::try_from(args.concurrency)?,
         replicas: usize::try_from(args.replicas)?,
         duration: args.duration,
@@ -100,12 +134,49 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         progress: !args.quiet,
         quiesce_timeout: Duration::from_secs(120),
         gateway_bank_url: None,
-    };
+    })
+}
+
+/// A scenario as `--scenario` reads it.
+pub fn read_scenario(path: &Path) -> anyhow::Result<Scenario> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the scenario {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a scenario (JSON)", path.display()))
+}
+
+/// Writes `scenario` where `--scenario` can read it.
+pub fn write_scenario(path: &Path, scenario: &Scenario) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(scenario)? + "\n")
+        .with_context(|| format!("writing the scenario to {}", path.display()))
+}
+
+/// `--report FILE` + `.shrunk.json`, or one in the temporary directory
+/// named after the run.
+fn shrunk_path(report: Option<&Path>, run_id: &str) -> PathBuf {
+    match report {
+        Some(path) => {
+            let mut name = path.as_os_str().to_owned();
+            name.push(".shrunk.json");
+            PathBuf::from(name)
+        }
+        None => std::env::temp_dir().join(format!("simulator-{run_id}.shrunk.json")),
+    }
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if args.verbose {
+        mock_bank::telemetry::init_logging();
+    }
+    let scenario = scenario_of(&args)?;
+    eprintln!("{}", scenario.headline());
+    let options = options_of(&args)?;
     let stack = Stack::start(&stack_options()).await?;
     eprintln!("{}", stack.database());
-    let outcome = simulate(&stack, scenario, options).await;
+    let outcome = simulate(&stack, scenario.clone(), options.clone()).await;
     stack.shutdown().await;
-    let report = outcome?;
+    let mut report = outcome?;
+    report.scenario_file = args.scenario.as_ref().map(|p| p.display().to_string());
     println!("{report}");
     if let Some(path) = &args.report {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
@@ -118,9 +189,211 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", html.display()))?;
         eprintln!("report: {} and {}", path.display(), html.display());
     }
-    Ok(if report.passed {
-        ExitCode::SUCCESS
+    if report.passed {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.no_shrink {
+        shrink_and_print(&args, scenario, report, &options).await?;
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+/// Shrinks a failure (each re-run on a fresh stack), prints the smallest
+/// failing scenario and its report, writes it for `--scenario`, and prints
+/// both replay commands.
+async fn shrink_and_print(
+    args: &RunArgs,
+    scenario: Scenario,
+    report: RunReport,
+    options: &RunOptions,
+) -> anyhow::Result<()> {
+    let replay = report.replay_command();
+    let path = shrunk_path(args.report.as_deref(), &report.run_id);
+    let planned = scenario.payments.len();
+    eprintln!("shrinking: at most {SHRINK_RUNS} re-runs, each on a fresh stack");
+    let quiet = RunOptions {
+        progress: false,
+        ..options.clone()
+    };
+    let (smallest, mut small_report) =
+        shrink_with(scenario.clone(), report, SHRINK_RUNS, async |candidate| {
+            simulate_on_fresh_stack(candidate, quiet.clone()).await
+        })
+        .await;
+    write_scenario(&path, &smallest)?;
+    small_report.scenario_file = Some(path.display().to_string());
+    if smallest == scenario {
+        println!("\nno smaller scenario failed within {SHRINK_RUNS} re-runs; this one:");
     } else {
-        ExitCode::FAILURE
-    })
+        println!(
+            "\nshrunk from {planned} to {} payment(s):",
+            smallest.payments.len()
+        );
+    }
+    println!("{smallest}\n\n{small_report}\n");
+    println!("shrunk scenario written to {}", path.display());
+    println!("replay the run:              {replay}");
+    println!(
+        "replay the shrunk scenario:  {}",
+        small_report.replay_command()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::invariants::{CardData, Observations};
+
+    fn run_args(args: &[String]) -> RunArgs {
+        match Cli::try_parse_from(args).unwrap().command {
+            Command::Run(args) => args,
+            Command::Up(_) | Command::Bench(_) | Command::Gateway(_) => panic!("not run"),
+        }
+    }
+
+    /// A command line as a shell splits it (single quotes and backslashes).
+    fn words(command: &str) -> Vec<String> {
+        let (mut words, mut word, mut quoted) = (Vec::new(), String::new(), false);
+        let mut chars = command.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\'' => quoted = !quoted,
+                '\\' if !quoted => word.extend(chars.next()),
+                ' ' if !quoted => {
+                    if !word.is_empty() {
+                        words.push(std::mem::take(&mut word));
+                    }
+                }
+                c => word.push(c),
+            }
+        }
+        words.push(word);
+        words
+    }
+
+    /// The report `scenario` would get (the replay command reads only the
+    /// scenario and the options).
+    fn report_of(scenario: &Scenario, options: &RunOptions) -> RunReport {
+        let nothing = Observations {
+            seed: scenario.seed,
+            flows: vec![],
+            receipts: vec![],
+            bank: vec![],
+            cards: vec![],
+            ledger: serde_json::json!({"ok": true}),
+            reconcile: Ok(vec![]),
+            in_flight: vec![],
+            card_data: CardData::default(),
+        };
+        let invariants = crate::invariants::check(&nothing);
+        let events = vec![];
+        RunReport::new(
+            scenario,
+            options,
+            &nothing,
+            invariants,
+            Default::default(),
+            events,
+            0,
+            (0, 0),
+        )
+    }
+
+    fn temp_file(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("simulator-test-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn a_scenario_written_and_read_back_is_the_same() {
+        let args = words(
+            r#"simulator run --seed 9 --payments 40 --cards 5 --chaos everything --kill-every 2s"#,
+        );
+        let mut scenario = scenario_of(&run_args(&args)).unwrap();
+        scenario.faults.kills_ms = vec![250, 1_500];
+        scenario.profile = Profile::parse(r#"{"failure_rate": 0.07, "timeout_ms": 1500}"#).unwrap();
+        let path = temp_file("round-trip.json");
+        write_scenario(&path, &scenario).unwrap();
+        let read = read_scenario(&path);
+        std::fs::remove_file(&path).ok();
+        assert_eq!(read.unwrap(), scenario);
+    }
+
+    #[test]
+    fn the_printed_replay_commands_give_the_same_scenario() {
+        for command in [
+            "simulator run --seed 5 --payments 12 --cards 3 --chaos crashy --duration 20s --replicas 2 --concurrency 4",
+            "simulator run --seed 6 --payments 7 --chaos lossy --kill-every 1500ms",
+            r#"simulator run --seed 7 --payments 9 --cards 2 --chaos {"error_after_commit_rate":0.5}"#,
+        ] {
+            let args = run_args(&words(command));
+            let scenario = scenario_of(&args).unwrap();
+            let options = options_of(&args).unwrap();
+            let replay = report_of(&scenario, &options).replay_command();
+            let again = run_args(&words(&replay));
+            assert_eq!(
+                scenario_of(&again).unwrap(),
+                scenario,
+                "{command} → {replay}"
+            );
+            let replayed = options_of(&again).unwrap();
+            assert_eq!(
+                (replayed.concurrency, replayed.replicas, replayed.duration),
+                (options.concurrency, options.replicas, options.duration),
+                "{replay}"
+            );
+
+            // The shrunk one: written, named by `--scenario`, read back.
+            let mut shrunk = scenario.clone();
+            shrunk.payments.truncate(2);
+            shrunk.faults.kills_ms.clear();
+            let path = temp_file("shrunk folder/it's.json");
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            write_scenario(&path, &shrunk).unwrap();
+            let mut report = report_of(&shrunk, &options);
+            report.scenario_file = Some(path.display().to_string());
+            let replay = report.replay_command();
+            let again = run_args(&words(&replay));
+            let read = scenario_of(&again);
+            std::fs::remove_dir_all(path.parent().unwrap()).ok();
+            assert_eq!(read.unwrap(), shrunk, "{replay}");
+            let replayed = options_of(&again).unwrap();
+            assert_eq!(
+                (replayed.concurrency, replayed.replicas, replayed.duration),
+                (options.concurrency, options.replicas, options.duration),
+                "{replay}"
+            );
+        }
+    }
+
+    #[test]
+    fn shrinking_stops_at_its_budget_and_keeps_the_smallest_failure() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let args = run_args(&words("simulator run --seed 3 --payments 20 --chaos calm"));
+        let scenario = scenario_of(&args).unwrap();
+        let options = options_of(&args).unwrap();
+        let failing = |s: &Scenario| {
+            let mut report = report_of(s, &options);
+            report.passed = false;
+            report
+        };
+        let mut runs = 0;
+        let (smallest, report) = runtime.block_on(shrink_with(
+            scenario.clone(),
+            failing(&scenario),
+            4,
+            async |candidate: Scenario| {
+                runs += 1;
+                Ok(failing(&candidate))
+            },
+        ));
+        assert_eq!(runs, 4);
+        assert!(smallest.payments.len() < 20, "{smallest}");
+        assert_eq!(report.payments_planned, smallest.payments.len());
+    }
 }

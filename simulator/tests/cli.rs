@@ -26,6 +26,48 @@ fn help_lists_the_commands() {
     }
 }
 
+/// A scenario file (as a failing run writes its shrunk scenario) is run as
+/// it is, and the printed replay command names it.
+#[test]
+fn run_replays_a_scenario_file_and_says_how() {
+    use simulator::scenario::{Params, Profile, generate};
+    let mut scenario = generate(
+        11,
+        &Params {
+            payments: 3..=3,
+            cards: 2,
+            profiles: vec![Profile::parse("calm").unwrap()],
+            kill_every_ms: None,
+            random_kills: 0,
+            horizon_ms: 1_000,
+        },
+    );
+    scenario.faults.outages.clear();
+    let path = std::env::temp_dir().join(format!(
+        "simulator-cli-test-{}.shrunk.json",
+        std::process::id()
+    ));
+    simulator::simulate::write_scenario(&path, &scenario).unwrap();
+    let file = path.display().to_string();
+    let output = simulator(&["run", "--scenario", &file, "--quiet", "--concurrency", "2"]);
+    std::fs::remove_file(&path).ok();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.starts_with("simulator run: PASS (seed 11)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("3 of 3 payments"), "{stdout}");
+    assert!(stdout.contains("PASS  8. card data"), "{stdout}");
+    assert!(
+        stdout.ends_with(&format!(
+            "replay: simulator run --scenario {file} --concurrency 2 --replicas 1\n"
+        )),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn bench_against_its_own_bank_reports_every_authorization() {
     let output = simulator(&[
