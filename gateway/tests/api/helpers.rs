@@ -86,7 +86,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     TestApp {
         address,
         bank_address,
-        client: Client::new(),
+        client: test_client(),
         api_key,
         pool,
         database_url: url,
@@ -101,6 +101,17 @@ pub async fn create_key(pool: &PgPool, merchant: &str) -> String {
         .unwrap();
     tx.commit().await.unwrap();
     key
+}
+
+/// A client that drops idle connections before the server's keep-alive
+/// (5 s) closes them: otherwise a request sent on a connection the server
+/// is closing at that moment fails with "incomplete message", a race that
+/// shows when a test pauses (e.g. while a child process runs).
+pub fn test_client() -> Client {
+    Client::builder()
+        .pool_idle_timeout(std::time::Duration::from_secs(1))
+        .build()
+        .expect("a reqwest client")
 }
 
 pub fn new_key() -> String {

@@ -319,7 +319,7 @@ async fn every_v1_request_logs_its_request_id_merchant_payment_and_status() {
             .fetch_one(&pool)
             .await
             .unwrap();
-    let client = reqwest::Client::new();
+    let client = crate::helpers::test_client();
     let post = |path: String, request_id: &'static str, body: Value| {
         client
             .post(format!("{}{path}", served.base))

@@ -88,7 +88,7 @@ async fn the_binary_serves_and_its_logs_hold_no_card_data() {
         }
     };
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = crate::helpers::test_client();
     let pay = |card: Card| {
         client
             .post(format!("{base}/v1/payments"))

@@ -42,7 +42,12 @@ pub async fn spawn_bank_with(configure: impl FnOnce(&mut Settings)) -> TestBank 
     let pool = PgPool::connect(&database_url).await.expect("a pool");
     TestBank {
         address,
-        client: Client::new(),
+        client: Client::builder()
+            // Idle connections go before the server's keep-alive closes them,
+            // or a request can race the close ("incomplete message").
+            .pool_idle_timeout(std::time::Duration::from_secs(1))
+            .build()
+            .expect("a reqwest client"),
         pool,
         in_flight,
     }

@@ -529,7 +529,7 @@ impl RecordingProxy {
     pub fn start(bank: &str) -> Self {
         let state = ProxyState {
             bank: bank.to_owned(),
-            client: reqwest::Client::new(),
+            client: crate::helpers::test_client(),
             log: Arc::default(),
         };
         let log = Arc::clone(&state.log);
