@@ -3,11 +3,11 @@
 use crate::bank::{AuthorizeRequest, BankOutcome};
 use crate::domain::{
     Amount, CardExpiry, CardNumber, Currency, CustomerId, IdempotencyKey, MerchantId, OrderId,
-    PaymentEvent, PaymentId,
+    PaymentId,
 };
 use crate::idempotency::{self, Claim};
 use crate::store::operations::{self, OperationKind, OperationRecord};
-use crate::store::payments::{self, BankFacts, History, NewPayment, PaymentRecord};
+use crate::store::payments::{self, History, NewPayment, PaymentRecord};
 
 use super::reply::{Reply, reply_for};
 use super::settle::{Requester, Resolution, failure_event};
@@ -112,14 +112,7 @@ impl Gateway {
             .authorize(&operation.bank_idempotency_key, &request)
             .await
         {
-            BankOutcome::Done(authorization) => Resolution::succeeded(
-                PaymentEvent::AuthorizeApproved,
-                BankFacts {
-                    authorization_id: Some(authorization.authorization_id),
-                    authorization_expires_at: Some(authorization.expires_at),
-                    ..BankFacts::default()
-                },
-            ),
+            BankOutcome::Done(authorization) => Resolution::approved(authorization),
             BankOutcome::Refused(refusal) => Resolution::failed(
                 failure_event(OperationKind::Authorize, &refusal.code),
                 &refusal,

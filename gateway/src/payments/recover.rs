@@ -93,14 +93,7 @@ impl Gateway {
             .resolve_authorization(&operation.bank_idempotency_key)
             .await
         {
-            BankOutcome::Done(authorization) => Resolution::succeeded(
-                PaymentEvent::AuthorizeApproved,
-                BankFacts {
-                    authorization_id: Some(authorization.authorization_id),
-                    authorization_expires_at: Some(authorization.expires_at),
-                    ..BankFacts::default()
-                },
-            ),
+            BankOutcome::Done(authorization) => Resolution::approved(authorization),
             BankOutcome::Refused(refusal) if refusal.code == BankErrorCode::NotFound => {
                 Resolution::Settled {
                     event: PaymentEvent::AuthorizeDeclined,

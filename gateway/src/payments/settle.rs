@@ -1,7 +1,7 @@
 //! Transaction B: what the bank said becomes the payment's state and the
 //! key's stored answer, in one commit.
 
-use crate::bank::{BankErrorCode, Refusal, UnknownReason};
+use crate::bank::{Authorization, BankErrorCode, Refusal, UnknownReason};
 use crate::domain::{IdempotencyKey, MerchantId, PaymentEvent};
 use crate::idempotency;
 use crate::store::operations::{self, OperationKind, OperationRecord};
@@ -33,6 +33,19 @@ impl Resolution {
             facts,
             succeeded: true,
         }
+    }
+
+    /// An authorization the bank holds: the payment is authorized with its id
+    /// and expiry.
+    pub fn approved(authorization: Authorization) -> Self {
+        Self::succeeded(
+            PaymentEvent::AuthorizeApproved,
+            BankFacts {
+                authorization_id: Some(authorization.authorization_id),
+                authorization_expires_at: Some(authorization.expires_at),
+                ..BankFacts::default()
+            },
+        )
     }
 
     pub fn failed(event: PaymentEvent, refusal: &Refusal) -> Self {

@@ -205,13 +205,7 @@ pub async fn lock(
     merchant: MerchantId,
     id: PaymentId,
 ) -> Result<Option<PaymentRecord>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM payments WHERE id = $1 AND merchant_id = $2 FOR UPDATE"
-    ))
-    .bind(id.as_uuid())
-    .bind(merchant.as_uuid())
-    .fetch_optional(conn)
-    .await
+    find(conn, id.as_uuid(), Some(merchant), true).await
 }
 
 /// A payment locked by id alone: for settling an operation already proven
@@ -220,12 +214,7 @@ pub async fn lock_by_id(
     conn: &mut PgConnection,
     id: Uuid,
 ) -> Result<Option<PaymentRecord>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM payments WHERE id = $1 FOR UPDATE"
-    ))
-    .bind(id)
-    .fetch_optional(conn)
-    .await
+    find(conn, id, None, true).await
 }
 
 /// Authorized payments past their expiry, locked; rows another transaction
@@ -249,10 +238,7 @@ pub async fn get_by_id(
     conn: &mut PgConnection,
     id: Uuid,
 ) -> Result<Option<PaymentRecord>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM payments WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await
+    find(conn, id, None, false).await
 }
 
 pub async fn get(
@@ -260,11 +246,22 @@ pub async fn get(
     merchant: MerchantId,
     id: PaymentId,
 ) -> Result<Option<PaymentRecord>, sqlx::Error> {
+    find(conn, id.as_uuid(), Some(merchant), false).await
+}
+
+/// One payment by id, the merchant's only if one is given, locked if asked.
+async fn find(
+    conn: &mut PgConnection,
+    id: Uuid,
+    merchant: Option<MerchantId>,
+    lock: bool,
+) -> Result<Option<PaymentRecord>, sqlx::Error> {
+    let lock = if lock { "FOR UPDATE" } else { "" };
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM payments WHERE id = $1 AND merchant_id = $2"
+        "SELECT {COLUMNS} FROM payments WHERE id = $1 AND ($2::uuid IS NULL OR merchant_id = $2) {lock}"
     ))
-    .bind(id.as_uuid())
-    .bind(merchant.as_uuid())
+    .bind(id)
+    .bind(merchant.map(MerchantId::as_uuid))
     .fetch_optional(conn)
     .await
 }
