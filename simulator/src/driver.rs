@@ -100,6 +100,69 @@ impl Exchange {
     }
 }
 
+/// Which read: one payment, or an order's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadKind {
+    /// `GET /v1/payments/{id}`.
+    Read,
+    /// `GET /v1/payments?order_id=…`.
+    List,
+}
+
+/// One read attempt (no key, no retries): what the gateway showed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Read {
+    pub kind: ReadKind,
+    /// Where the plan was: after which step (`authorize`, `capture`, …) or `end`.
+    pub after: String,
+    /// Milliseconds since the traffic started.
+    pub at_ms: u64,
+    pub latency_us: u64,
+    pub answer: Answer,
+}
+
+impl Read {
+    pub fn status(&self) -> Option<u16> {
+        match &self.answer {
+            Answer::Http { status, .. } => Some(*status),
+            Answer::Transport { .. } => None,
+        }
+    }
+
+    pub fn json(&self) -> Option<Value> {
+        match &self.answer {
+            Answer::Http { body, .. } => serde_json::from_str(body).ok(),
+            Answer::Transport { .. } => None,
+        }
+    }
+
+    /// One line for a report: `+1234ms read after capture → 200 captured`.
+    pub fn describe(&self) -> String {
+        let kind = match self.kind {
+            ReadKind::Read => "read",
+            ReadKind::List => "list",
+        };
+        let answer = match &self.answer {
+            Answer::Http { status, .. } => {
+                let body = self.json().unwrap_or_default();
+                let detail = body["error"]["code"]
+                    .as_str()
+                    .or_else(|| body["status"].as_str())
+                    .map(str::to_owned)
+                    .or_else(|| {
+                        let n = body["data"].as_array()?.len();
+                        Some(format!("{n} payment(s)"))
+                    })
+                    .unwrap_or_default();
+                format!("{status} {detail}")
+            }
+            Answer::Transport { error } => format!("no answer: {error}"),
+        };
+        format!("+{}ms {kind} after {} → {answer}", self.at_ms, self.after)
+    }
+}
+
 /// Everything the client did for one plan.
 #[derive(Debug, Clone, Serialize)]
 pub struct FlowRecord {
@@ -111,6 +174,8 @@ pub struct FlowRecord {
     /// Learnt from an answer (201, 202, or an error naming it).
     pub payment_id: Option<String>,
     pub exchanges: Vec<Exchange>,
+    /// The plan's reads (when it has them), in order.
+    pub reads: Vec<Read>,
     /// Keys that got no final answer within [`KEY_BUDGET`].
     pub unanswered: Vec<String>,
     /// The card number and CVV the authorization sent (whatever the plan:
@@ -288,7 +353,58 @@ impl Driver {
         if last.is_none() {
             record.unanswered.push(key.to_owned());
         }
+        self.read(record, op.as_str()).await;
         last
+    }
+
+    /// When the plan reads and the payment id is known: one
+    /// `GET /v1/payments/{id}`, recorded.
+    async fn read(&self, record: &mut FlowRecord, after: &str) {
+        if !record.plan.reads {
+            return;
+        }
+        let Some(id) = record.payment_id.clone() else {
+            return;
+        };
+        let read = self
+            .get(ReadKind::Read, &format!("/v1/payments/{id}"), after)
+            .await;
+        record.reads.push(read);
+    }
+
+    /// One GET, at the next replica.
+    async fn get(&self, kind: ReadKind, path: &str, after: &str) -> Read {
+        let i = self.next_gateway.fetch_add(1, Ordering::Relaxed) % self.gateways.len();
+        let url = format!("{}{path}", self.gateways[i]);
+        let at = self.started.elapsed();
+        let sent = Instant::now();
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let result = self.http.get(&url).bearer_auth(&self.api_key).send().await;
+        let answer = match result {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                match response.text().await {
+                    Ok(body) => Answer::Http {
+                        status,
+                        replayed: false,
+                        body,
+                    },
+                    Err(e) => Answer::Transport {
+                        error: format!("body lost: {e}"),
+                    },
+                }
+            }
+            Err(e) => Answer::Transport {
+                error: transport_kind(&e).to_owned(),
+            },
+        };
+        Read {
+            kind,
+            after: after.to_owned(),
+            at_ms: u64::try_from(at.as_millis()).unwrap_or(u64::MAX),
+            latency_us: micros(sent.elapsed()),
+            answer,
+        }
     }
 
     async fn operate(
@@ -314,6 +430,7 @@ impl Driver {
             card_number: None,
             payment_id: None,
             exchanges: Vec::new(),
+            reads: Vec::new(),
             unanswered: Vec::new(),
             sent_card: (String::new(), String::new()),
         };
@@ -372,6 +489,12 @@ impl Driver {
         if authorized {
             self.after_authorization(&mut record).await;
         }
+        self.read(&mut record, "end").await;
+        if record.plan.reads {
+            let path = format!("/v1/payments?order_id={}&limit=100", record.order_id);
+            let list = self.get(ReadKind::List, &path, "end").await;
+            record.reads.push(list);
+        }
         self.flows_done.fetch_add(1, Ordering::Relaxed);
         record
     }
@@ -399,6 +522,7 @@ impl Driver {
                 let mut capture_side = record.clone();
                 capture_side.exchanges.clear();
                 capture_side.unanswered.clear();
+                capture_side.reads.clear();
                 let mut void_side = capture_side.clone();
                 futures_util::join!(
                     self.operate(&mut capture_side, Step::Second, Op::Capture, "capture"),
@@ -407,6 +531,7 @@ impl Driver {
                 for side in [capture_side, void_side] {
                     record.exchanges.extend(side.exchanges);
                     record.unanswered.extend(side.unanswered);
+                    record.reads.extend(side.reads);
                 }
             }
             PlanKind::EarlyRefund => {

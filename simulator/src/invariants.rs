@@ -10,7 +10,7 @@ use gateway::domain::PaymentStatus;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::driver::{Answer, FlowRecord};
+use crate::driver::{Answer, FlowRecord, ReadKind};
 use crate::model::{self, Op};
 
 /// Violations listed per invariant; the rest are only counted.
@@ -189,6 +189,7 @@ pub fn story(obs: &Observations, i: usize) -> Vec<String> {
     let flow = &obs.flows[i];
     let mut lines = vec![format!("plan: {} (seed {})", flow.plan, obs.seed)];
     lines.extend(flow.exchanges.iter().map(|e| e.describe()));
+    lines.extend(flow.reads.iter().map(|r| r.describe()));
     for key in &flow.unanswered {
         lines.push(format!("no final answer for key {key}"));
     }
@@ -432,21 +433,55 @@ fn conservation(obs: &Observations) -> InvariantResult {
     c.done()
 }
 
-/// 5: every receipt's history is a path of the state diagram.
+/// Whether a payment as the API shows it is legal: its status is one of
+/// [`PaymentStatus::ALL`], and its history a path of the state diagram
+/// ending there.
+fn legal(payment: &Value) -> Result<(), String> {
+    if status_of(payment).is_none() {
+        return Err(format!(
+            "the status {} is not a known one",
+            payment["status"]
+        ));
+    }
+    let steps = history(payment);
+    if steps.len() != history_names(payment).len() {
+        return Err("the history names an unknown status".into());
+    }
+    model::check_history(&steps)?;
+    if steps.last().copied() != status_of(payment) {
+        return Err("the history does not end at the status".into());
+    }
+    Ok(())
+}
+
+/// 5: every receipt's history is a path of the state diagram; so is every
+/// payment a read showed while the plan ran (`GET /v1/payments/{id}`
+/// answering 200, and each payment an order's list showed).
 fn legality(obs: &Observations) -> InvariantResult {
     let mut c = Check::new(obs, 5);
     for (i, receipts) in obs.receipts.iter().enumerate() {
         for receipt in receipts {
             c.checked += 1;
-            let steps = history(receipt);
-            if steps.len() != history_names(receipt).len() {
-                c.flow(i, "the history names an unknown status".into());
+            if let Err(e) = legal(receipt) {
+                c.flow(i, e);
+            }
+        }
+    }
+    for (i, flow) in obs.flows.iter().enumerate() {
+        for read in &flow.reads {
+            if read.status() != Some(200) {
                 continue;
             }
-            if let Err(e) = model::check_history(&steps) {
-                c.flow(i, e);
-            } else if steps.last().copied() != status_of(receipt) {
-                c.flow(i, "the history does not end at the status".into());
+            let body = read.json().unwrap_or_default();
+            let shown: Vec<Value> = match read.kind {
+                ReadKind::Read => vec![body],
+                ReadKind::List => body["data"].as_array().cloned().unwrap_or_default(),
+            };
+            for payment in &shown {
+                c.checked += 1;
+                if let Err(e) = legal(payment) {
+                    c.flow(i, format!("{}: {e}", read.describe()));
+                }
             }
         }
     }
@@ -562,6 +597,39 @@ fn honest_answers(obs: &Observations) -> InvariantResult {
                 Some(_) | None => {}
             }
         }
+        for read in &flow.reads {
+            c.checked += 1;
+            match read.status() {
+                Some(503) | None => {}
+                Some(status @ 500..=599) => c.flow(
+                    i,
+                    format!("{}: a read must not answer {status}", read.describe()),
+                ),
+                Some(200) => {
+                    let body = read.json().unwrap_or_default();
+                    let id = flow.payment_id.as_deref();
+                    let shows = match read.kind {
+                        ReadKind::Read => body["id"].as_str() == id,
+                        ReadKind::List => id.is_none_or(|id| {
+                            body["data"]
+                                .as_array()
+                                .is_some_and(|d| d.iter().any(|p| p["id"].as_str() == Some(id)))
+                        }),
+                    };
+                    if !shows {
+                        c.flow(
+                            i,
+                            format!(
+                                "{}: the answer does not show payment {}",
+                                read.describe(),
+                                id.unwrap_or("?")
+                            ),
+                        );
+                    }
+                }
+                Some(_) => {}
+            }
+        }
         if let Some(receipt) = receipt {
             let steps = history(receipt);
             for op in &refused {
@@ -616,6 +684,16 @@ fn card_data(obs: &Observations) -> InvariantResult {
                         i,
                         format!("{} answer {}: {leak}", exchange.op, exchange.key),
                     );
+                }
+            }
+        }
+    }
+    for (i, flow) in obs.flows.iter().enumerate() {
+        for read in &flow.reads {
+            if let Answer::Http { body, .. } = &read.answer {
+                c.checked += 1;
+                for leak in secrets.in_text(body) {
+                    c.flow(i, format!("{}: {leak}", read.describe()));
                 }
             }
         }
@@ -792,7 +870,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::driver::Exchange;
+    use crate::driver::{Exchange, Read};
     use crate::scenario::{Duplicate, Next, PaymentPlan, PlanKind};
 
     fn exchange(op: Op, key: &str, status: u16, body: Value, replayed: bool) -> Exchange {
@@ -804,6 +882,20 @@ mod tests {
             answer: Answer::Http {
                 status,
                 replayed,
+                body: body.to_string(),
+            },
+        }
+    }
+
+    fn read(kind: ReadKind, after: &str, status: u16, body: Value) -> Read {
+        Read {
+            kind,
+            after: after.into(),
+            at_ms: 0,
+            latency_us: 1,
+            answer: Answer::Http {
+                status,
+                replayed: false,
                 body: body.to_string(),
             },
         }
@@ -822,6 +914,16 @@ mod tests {
         let authorized =
             json!({"id": "pay_1", "status": "authorized", "bank": {"authorization_id": "auth_1"}});
         let captured = json!({"id": "pay_1", "status": "captured", "bank": bank});
+        let authorized_read = receipt(
+            "authorized",
+            &["pending", "authorized"],
+            json!({"authorization_id": "auth_1"}),
+        );
+        let captured_read = receipt(
+            "captured",
+            &["pending", "authorized", "capturing", "captured"],
+            bank.clone(),
+        );
         Observations {
             seed: 1,
             flows: vec![FlowRecord {
@@ -836,6 +938,7 @@ mod tests {
                         refund: false,
                     },
                     duplicate: Duplicate::None,
+                    reads: true,
                 },
                 card_number: Some("4000".into()),
                 payment_id: Some("pay_1".into()),
@@ -843,6 +946,11 @@ mod tests {
                     exchange(Op::Authorize, "a", 201, authorized, false),
                     exchange(Op::Capture, "c", 200, captured.clone(), false),
                     exchange(Op::Capture, "c", 200, captured, true),
+                ],
+                reads: vec![
+                    read(ReadKind::Read, "authorize", 200, authorized_read.clone()),
+                    read(ReadKind::Read, "capture", 200, captured_read.clone()),
+                    read(ReadKind::List, "end", 200, json!({"data": [captured_read]})),
                 ],
                 unanswered: vec![],
                 sent_card: (CARD.into(), "987".into()),
@@ -985,7 +1093,7 @@ mod tests {
             .into_iter()
             .find(|r| r.name == "card data")
             .expect("the card-data check runs");
-        assert!(scanned.passed && scanned.checked == 8, "{scanned:?}");
+        assert!(scanned.passed && scanned.checked == 11, "{scanned:?}");
 
         let leaks = |obs: &Observations| -> Vec<String> {
             check(obs)
@@ -1062,6 +1170,56 @@ mod tests {
             leaks(&obs),
             ["card data: card data: not scanned: dumping the database: refused"]
         );
+    }
+
+    #[test]
+    fn a_read_showing_an_illegal_payment_fails_legality() {
+        // A status the diagram does not know.
+        let mut obs = world();
+        obs.flows[0].reads[0] = read(
+            ReadKind::Read,
+            "authorize",
+            200,
+            json!({"id": "pay_1", "status": "approved",
+                "history": [{"status": "pending"}, {"status": "authorized"}]}),
+        );
+        assert_eq!(failed(&obs), ["legality"]);
+        // A history that skips a step (authorized → captured).
+        let mut obs = world();
+        obs.flows[0].reads[1] = read(
+            ReadKind::Read,
+            "capture",
+            200,
+            receipt(
+                "captured",
+                &["pending", "authorized", "captured"],
+                json!({}),
+            ),
+        );
+        assert_eq!(failed(&obs), ["legality"]);
+    }
+
+    #[test]
+    fn a_read_answering_500_or_missing_the_payment_fails_honest_answers() {
+        let mut obs = world();
+        obs.flows[0].reads[0] = read(
+            ReadKind::Read,
+            "authorize",
+            500,
+            json!({"error": {"code": "internal"}}),
+        );
+        assert_eq!(failed(&obs), ["honest answers"]);
+        // 503 (a replica or the database down) and no answer are allowed.
+        let mut obs = world();
+        obs.flows[0].reads[0] = read(ReadKind::Read, "authorize", 503, json!({}));
+        obs.flows[0].reads[1].answer = Answer::Transport {
+            error: "connection refused".into(),
+        };
+        assert_eq!(failed(&obs), Vec::<&str>::new());
+        // The order's list without its payment.
+        let mut obs = world();
+        obs.flows[0].reads[2] = read(ReadKind::List, "end", 200, json!({"data": []}));
+        assert_eq!(failed(&obs), ["honest answers"]);
     }
 
     #[test]

@@ -167,6 +167,10 @@ pub struct PaymentPlan {
     pub amount: i64,
     pub kind: PlanKind,
     pub duplicate: Duplicate,
+    /// Read the payment back (`GET /v1/payments/{id}`) after each step and
+    /// at the end, and list the order's payments at the end.
+    #[serde(default)]
+    pub reads: bool,
 }
 
 /// Faults beyond the bank's rates: when things go down.
@@ -243,14 +247,18 @@ fn payment(cards: u16) -> impl Strategy<Value = PaymentPlan> {
         100..50_000i64,
         plan_kind(),
         duplicate(),
+        proptest::bool::weighted(0.5),
     )
-        .prop_map(|(customer, card, amount, kind, duplicate)| PaymentPlan {
-            customer,
-            card,
-            amount,
-            kind,
-            duplicate,
-        })
+        .prop_map(
+            |(customer, card, amount, kind, duplicate, reads)| PaymentPlan {
+                customer,
+                card,
+                amount,
+                kind,
+                duplicate,
+                reads,
+            },
+        )
 }
 
 /// The strategy behind every scenario of `params`, for seed `seed`.
@@ -372,6 +380,10 @@ impl Scenario {
                     duplicate: Duplicate::None,
                     ..*plan
                 }),
+                plan.reads.then_some(PaymentPlan {
+                    reads: false,
+                    ..*plan
+                }),
                 (plan.kind
                     != PlanKind::Normal {
                         next: Next::Nothing,
@@ -436,10 +448,14 @@ impl fmt::Display for PaymentPlan {
             Step::Refund => "ref",
         };
         match self.duplicate {
-            Duplicate::None => Ok(()),
-            Duplicate::Sequential(s) => write!(f, " dup:{}", step(s)),
-            Duplicate::Concurrent(s) => write!(f, " dup||{}", step(s)),
+            Duplicate::None => {}
+            Duplicate::Sequential(s) => write!(f, " dup:{}", step(s))?,
+            Duplicate::Concurrent(s) => write!(f, " dup||{}", step(s))?,
         }
+        if self.reads {
+            f.write_str(" +reads")?;
+        }
+        Ok(())
     }
 }
 

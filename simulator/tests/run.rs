@@ -139,6 +139,7 @@ fn plain(n: usize) -> Scenario {
                     refund: false,
                 },
                 duplicate: Duplicate::None,
+                reads: false,
             })
             .collect(),
         faults: FaultPlan {
