@@ -80,6 +80,12 @@ impl BankAdmin {
         expect_json(self.client.get(&url).send().await, "GET", &url).await
     }
 
+    /// `GET /admin/chaos` as it is (every field, to be put back later).
+    pub async fn chaos_settings(&self) -> anyhow::Result<Value> {
+        let url = format!("{}/admin/chaos", self.base);
+        expect_json(self.client.get(&url).send().await, "GET", &url).await
+    }
+
     /// Changes the fields of `chaos` (and ends any outage); answers the
     /// bank's whole new configuration.
     pub async fn set_chaos(&self, chaos: &Chaos) -> anyhow::Result<Value> {

@@ -23,7 +23,7 @@ pub enum Command {
     Up(UpArgs),
     /// Fire authorizations at a target and report throughput and latency.
     Bench(BenchArgs),
-    /// Run a seeded chaos scenario against its own stack and check the invariants.
+    /// Run a seeded chaos scenario against its own stack (or given URLs) and check the invariants.
     Run(RunArgs),
     /// Run the gateway's own command line (`gateway serve …`) in this
     /// process: the stack starts its gateway as a child process this way.
@@ -127,6 +127,29 @@ pub struct RunArgs {
     /// Gateway processes on one database; requests go round-robin.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub replicas: u32,
+    /// Run against this running gateway instead of starting a stack
+    /// (repeat it for several; requests go round-robin). Needs
+    /// --api-key, --bank-url, --gateway-database-url and
+    /// --bank-database-url; nothing is started or killed, so --replicas,
+    /// --kill-every and the crashy and everything profiles are refused.
+    #[arg(long, value_name = "URL", requires = "api_key", requires = "bank_url",
+        requires = "gateway_database_url", requires = "bank_database_url",
+        conflicts_with_all = ["replicas", "kill_every"])]
+    pub gateway_url: Vec<String>,
+    /// An API key the given gateways accept (with --gateway-url).
+    #[arg(long, requires = "gateway_url")]
+    pub api_key: Option<String>,
+    /// The bank behind the given gateways, whose /admin/chaos takes the
+    /// chaos profile (its settings are restored at the end) and where the
+    /// fresh cards are opened (with --gateway-url).
+    #[arg(long, value_name = "URL", requires = "gateway_url")]
+    pub bank_url: Option<String>,
+    /// The given gateways' database, read by the checks (with --gateway-url).
+    #[arg(long, value_name = "URL", requires = "gateway_url")]
+    pub gateway_database_url: Option<String>,
+    /// The bank's database, read by the checks (with --gateway-url).
+    #[arg(long, value_name = "URL", requires = "gateway_url")]
+    pub bank_database_url: Option<String>,
     /// calm, reference, lossy, outage, crashy, everything, or a JSON object
     /// of the bank's /admin/chaos fields.
     #[arg(long, default_value = "reference")]
@@ -265,6 +288,61 @@ mod tests {
         }
         let args = run_args(&[]).unwrap();
         assert_eq!((args.scenario, args.no_shrink), (None, false));
+    }
+
+    #[test]
+    fn the_given_url_flags_go_together_and_refuse_kills_and_replicas() {
+        let given = [
+            "--gateway-url",
+            "http://127.0.0.1:1",
+            "--gateway-url",
+            "http://127.0.0.1:2",
+            "--api-key",
+            "k",
+            "--bank-url",
+            "http://127.0.0.1:3",
+            "--gateway-database-url",
+            "postgres://g",
+            "--bank-database-url",
+            "postgres://b",
+        ];
+        let args = run_args(&given).unwrap();
+        assert_eq!(
+            args.gateway_url,
+            ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+        );
+        assert_eq!(args.api_key.as_deref(), Some("k"));
+        assert_eq!(args.bank_database_url.as_deref(), Some("postgres://b"));
+        // Each pair of flag and value left out is refused.
+        for left_out in (0..given.len()).step_by(2).skip(1) {
+            let mut partial = given.to_vec();
+            partial.drain(left_out..left_out + 2);
+            if left_out == 2 {
+                // The second --gateway-url: one is enough.
+                assert!(run_args(&partial).is_ok());
+                continue;
+            }
+            let error = run_args(&partial).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{partial:?}"
+            );
+        }
+        for alone in given.chunks(2).skip(1) {
+            assert!(run_args(alone).is_err(), "{alone:?}");
+        }
+        for refused in [["--kill-every", "5s"], ["--replicas", "2"]] {
+            let mut args = given.to_vec();
+            args.extend(refused);
+            let error = run_args(&args).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{args:?}"
+            );
+        }
+        assert!(run_args(&[]).unwrap().gateway_url.is_empty());
     }
 
     #[test]

@@ -101,6 +101,46 @@ pub struct RunOptions {
     /// Where the gateways send their bank calls, when not straight to the
     /// bank (a test puts a deliberately broken proxy there).
     pub gateway_bank_url: Option<String>,
+    /// A running system to use instead of starting gateways: see [`Given`].
+    pub given: Option<Given>,
+}
+
+/// A running system that `simulator run --gateway-url …` uses instead of
+/// starting its own: nothing is started or killed; the chaos goes through
+/// the bank's `/admin/chaos` (its previous settings restored at the end);
+/// the checks read both databases directly.
+#[derive(Clone)]
+pub struct Given {
+    /// The gateways' roots; requests go round-robin.
+    pub gateway_urls: Vec<String>,
+    /// An API key the gateways accept.
+    pub api_key: String,
+    /// The bank behind the gateways (its root, with `/admin`).
+    pub bank_url: String,
+    pub gateway_database_url: String,
+    pub bank_database_url: String,
+}
+
+impl std::fmt::Debug for Given {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Given")
+            .field("gateway_urls", &self.gateway_urls)
+            .field("api_key", &"…")
+            .field("bank_url", &self.bank_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Given {
+    /// One line for the report: which mode the run ran in.
+    pub fn describe(&self) -> String {
+        format!(
+            "given URLs: {} gateway(s) ({}), bank {}; nothing started, nothing killed",
+            self.gateway_urls.len(),
+            self.gateway_urls.join(", "),
+            self.bank_url
+        )
+    }
 }
 
 impl Default for RunOptions {
@@ -114,6 +154,7 @@ impl Default for RunOptions {
             progress: false,
             quiesce_timeout: Duration::from_secs(120),
             gateway_bank_url: None,
+            given: None,
         }
     }
 }
@@ -121,6 +162,8 @@ impl Default for RunOptions {
 /// The gateway replicas: each restarts on its own port.
 struct Replicas {
     processes: Vec<GatewayProcess>,
+    /// Gateways that someone else runs (no processes then).
+    given: Vec<String>,
     options: Vec<GatewayOptions>,
     database_url: String,
     bank_url: String,
@@ -136,6 +179,7 @@ impl Replicas {
     ) -> anyhow::Result<Self> {
         let mut replicas = Self {
             processes: Vec::new(),
+            given: Vec::new(),
             options: Vec::new(),
             database_url: database_url.to_owned(),
             bank_url: bank_url.to_owned(),
@@ -161,7 +205,20 @@ impl Replicas {
         Ok(replicas)
     }
 
+    fn given(urls: &[String]) -> Self {
+        Self {
+            processes: Vec::new(),
+            given: urls.to_vec(),
+            options: Vec::new(),
+            database_url: String::new(),
+            bank_url: String::new(),
+        }
+    }
+
     fn urls(&self) -> Vec<String> {
+        if !self.given.is_empty() {
+            return self.given.clone();
+        }
         self.processes.iter().map(|p| p.url().to_owned()).collect()
     }
 
@@ -231,6 +288,9 @@ pub struct Session {
     traffic_ms: u64,
     settle_ms: u64,
     in_flight: Vec<String>,
+    /// With given URLs: the bank's chaos settings before the run, restored
+    /// at the end.
+    chaos_before: Option<Value>,
 }
 
 impl Session {
@@ -240,13 +300,46 @@ impl Session {
         scenario: Scenario,
         options: RunOptions,
     ) -> anyhow::Result<Self> {
+        Self::start_on(Some(stack), scenario, options).await
+    }
+
+    /// Cards and chaos on the system `options.given` names, ready for
+    /// traffic; nothing is started. Refuses a scenario that kills gateways.
+    pub async fn start_given(scenario: Scenario, options: RunOptions) -> anyhow::Result<Self> {
+        Self::start_on(None, scenario, options).await
+    }
+
+    async fn start_on(
+        stack: Option<&Stack>,
+        scenario: Scenario,
+        options: RunOptions,
+    ) -> anyhow::Result<Self> {
         let run_id = format!("{:08x}", rand::random::<u32>());
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()?;
-        let bank_url = stack.urls().bank.clone();
+        let bank_url = match (stack, &options.given) {
+            (_, Some(given)) => {
+                refuse_kills(&scenario)?;
+                if given.gateway_urls.is_empty() {
+                    bail!("no gateway URL given");
+                }
+                given.bank_url.trim_end_matches('/').to_owned()
+            }
+            (Some(stack), None) => stack.urls().bank.clone(),
+            (None, None) => bail!("neither a stack nor given URLs to run on"),
+        };
         let admin = BankAdmin::new(http, &bank_url);
         admin.health().await?;
+        let chaos_before = match &options.given {
+            Some(_) => Some(
+                admin
+                    .chaos_settings()
+                    .await
+                    .context("reading the bank's chaos settings")?,
+            ),
+            None => None,
+        };
         // Calm while setting up (the admin API is never subject to chaos,
         // but an outage left by a previous run would be).
         admin.put_chaos(&calm()).await?;
@@ -257,15 +350,28 @@ impl Session {
         let mut empty_card = open_card(&admin, 0).await?;
         empty_card.balance = 0;
         cards.push(empty_card.clone());
-        let (gateway_database, api_key) = stack.gateway_database().await?;
-        let replicas = Replicas::start(
-            options.replicas,
-            &gateway_database,
-            options.gateway_bank_url.as_deref().unwrap_or(&bank_url),
-            &options,
-            &run_id,
-        )
-        .await?;
+        let (gateway_database, bank_database, api_key, replicas) = match (stack, &options.given) {
+            (_, Some(given)) => (
+                given.gateway_database_url.clone(),
+                given.bank_database_url.clone(),
+                given.api_key.clone(),
+                Replicas::given(&given.gateway_urls),
+            ),
+            (Some(stack), None) => {
+                let (gateway_database, api_key) = stack.gateway_database().await?;
+                let replicas = Replicas::start(
+                    options.replicas,
+                    &gateway_database,
+                    options.gateway_bank_url.as_deref().unwrap_or(&bank_url),
+                    &options,
+                    &run_id,
+                )
+                .await?;
+                let bank_database = stack.urls().bank_database.clone();
+                (gateway_database, bank_database, api_key, replicas)
+            }
+            (None, None) => unreachable!("refused above"),
+        };
         let driver = Driver::new(
             replicas.urls(),
             api_key,
@@ -281,7 +387,7 @@ impl Session {
             run_id,
             admin,
             bank_url,
-            bank_database: stack.urls().bank_database.clone(),
+            bank_database,
             gateway_database,
             replicas: Arc::new(Mutex::new(replicas)),
             driver: Arc::new(driver),
@@ -293,6 +399,7 @@ impl Session {
             traffic_ms: 0,
             settle_ms: 0,
             in_flight: Vec::new(),
+            chaos_before,
         })
     }
 
@@ -607,6 +714,7 @@ impl Session {
                 faults.insert(kind, n - before);
             }
         }
+        self.restore_chaos().await;
         let mut replicas = self.replicas.lock().await;
         replicas.stop().await;
         let logs = replicas.logs();
@@ -676,11 +784,41 @@ impl Session {
         match observed {
             Ok(observations) => Ok(self.finish(&observations).await),
             Err(e) => {
+                self.restore_chaos().await;
                 self.replicas.lock().await.stop().await;
                 Err(e)
             }
         }
     }
+
+    /// With given URLs: puts the bank's chaos settings back as they were
+    /// before the run (any outage ended).
+    async fn restore_chaos(&self) {
+        let Some(before) = &self.chaos_before else {
+            return;
+        };
+        let mut body = before.clone();
+        if let Some(fields) = body.as_object_mut() {
+            fields.insert("outage_seconds".to_owned(), json!(0));
+        }
+        if let Err(e) = self.admin.put_chaos(&body).await {
+            eprintln!("restoring the bank's chaos settings {before}: {e:#}");
+        }
+    }
+}
+
+/// With given URLs nothing is ours to kill: a scenario with kills (the
+/// `crashy` and `everything` profiles, `--kill-every`) is refused.
+pub fn refuse_kills(scenario: &Scenario) -> anyhow::Result<()> {
+    if !scenario.faults.kills_ms.is_empty() || scenario.faults.kill_every_ms.is_some() {
+        bail!(
+            "this scenario kills gateway replicas ({}), which needs gateways the simulator \
+             starts itself; with --gateway-url use a profile without kills \
+             (calm, reference, lossy, outage or a JSON object) and no --kill-every",
+            scenario.profile.name
+        );
+    }
+    Ok(())
 }
 
 #[derive(sqlx::FromRow)]

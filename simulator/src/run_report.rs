@@ -48,7 +48,13 @@ pub struct RunReport {
     pub payments_planned: usize,
     pub payments_run: usize,
     pub concurrency: usize,
+    /// Gateways the traffic went to (replicas started, or URLs given).
     pub replicas: usize,
+    /// Which mode the run ran in: on a stack of its own, or on given URLs.
+    pub mode: String,
+    /// Whether it started its own gateways (else it was given URLs, and
+    /// the replay command leaves `--replicas` out).
+    pub own_stack: bool,
     pub traffic_ms: u64,
     pub settle_ms: u64,
     /// HTTP attempts sent to the gateways.
@@ -137,7 +143,15 @@ impl RunReport {
             payments_planned: scenario.payments.len(),
             payments_run: obs.flows.len(),
             concurrency: options.concurrency,
-            replicas: options.replicas,
+            replicas: options
+                .given
+                .as_ref()
+                .map_or(options.replicas, |g| g.gateway_urls.len()),
+            mode: options.given.as_ref().map_or_else(
+                || "own stack: Postgres, the bank and the gateways started for this run".to_owned(),
+                crate::run::Given::describe,
+            ),
+            own_stack: options.given.is_none(),
             traffic_ms,
             settle_ms,
             requests,
@@ -178,11 +192,10 @@ impl RunReport {
                 self.seed, self.payments_planned, self.cards
             ),
         };
-        let _ = write!(
-            command,
-            " --concurrency {} --replicas {}",
-            self.concurrency, self.replicas
-        );
+        let _ = write!(command, " --concurrency {}", self.concurrency);
+        if self.own_stack {
+            let _ = write!(command, " --replicas {}", self.replicas);
+        }
         if self.scenario_file.is_none() {
             let _ = write!(command, " --chaos {}", self.chaos_name());
             if let Some(every) = self.kill_every_ms {
@@ -347,6 +360,7 @@ impl fmt::Display for RunReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verdict = if self.passed { "PASS" } else { "FAIL" };
         writeln!(f, "simulator run: {verdict} (seed {})", self.seed)?;
+        writeln!(f, "mode       {}", self.mode)?;
         writeln!(f, "scenario   {}", self.scenario)?;
         writeln!(f, "bank chaos {}", self.chaos)?;
         writeln!(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::cli::RunArgs;
-use crate::run::{RunOptions, Session};
+use crate::run::{Given, RunOptions, Session};
 use crate::run_report::RunReport;
 use crate::scenario::{self, Params, Profile, Scenario};
 use crate::stack::{BankChaos, Stack, StackOptions};
@@ -36,6 +36,12 @@ pub async fn simulate(
     options: RunOptions,
 ) -> anyhow::Result<RunReport> {
     Session::start(stack, scenario, options).await?.run().await
+}
+
+/// Runs `scenario` on the running system `options.given` names (see
+/// [`Given`]): nothing is started; a scenario with kills is refused.
+pub async fn simulate_given(scenario: Scenario, options: RunOptions) -> anyhow::Result<RunReport> {
+    Session::start_given(scenario, options).await?.run().await
 }
 
 /// Runs `scenario` on a stack of its own, shut down afterwards.
@@ -134,6 +140,26 @@ pub fn options_of(args: &RunArgs) -> anyhow::Result<RunOptions> {
         progress: !args.quiet,
         quiesce_timeout: Duration::from_secs(120),
         gateway_bank_url: None,
+        given: given_of(args),
+    })
+}
+
+/// The running system `--gateway-url` and its companions name (clap makes
+/// sure they come together).
+fn given_of(args: &RunArgs) -> Option<Given> {
+    if args.gateway_url.is_empty() {
+        return None;
+    }
+    Some(Given {
+        gateway_urls: args
+            .gateway_url
+            .iter()
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .collect(),
+        api_key: args.api_key.clone()?,
+        bank_url: args.bank_url.clone()?,
+        gateway_database_url: args.gateway_database_url.clone()?,
+        bank_database_url: args.bank_database_url.clone()?,
     })
 }
 
@@ -171,10 +197,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let scenario = scenario_of(&args)?;
     eprintln!("{}", scenario.headline());
     let options = options_of(&args)?;
-    let stack = Stack::start(&stack_options()).await?;
-    eprintln!("{}", stack.database());
-    let outcome = simulate(&stack, scenario.clone(), options.clone()).await;
-    stack.shutdown().await;
+    let outcome = if let Some(given) = &options.given {
+        crate::run::refuse_kills(&scenario)?;
+        eprintln!("{}", given.describe());
+        simulate_given(scenario.clone(), options.clone()).await
+    } else {
+        let stack = Stack::start(&stack_options()).await?;
+        eprintln!("{}", stack.database());
+        let outcome = simulate(&stack, scenario.clone(), options.clone()).await;
+        stack.shutdown().await;
+        outcome
+    };
     let mut report = outcome?;
     report.scenario_file = args.scenario.as_ref().map(|p| p.display().to_string());
     println!("{report}");
@@ -210,14 +243,26 @@ async fn shrink_and_print(
     let replay = report.replay_command();
     let path = shrunk_path(args.report.as_deref(), &report.run_id);
     let planned = scenario.payments.len();
-    eprintln!("shrinking: at most {SHRINK_RUNS} re-runs, each on a fresh stack");
     let quiet = RunOptions {
         progress: false,
         ..options.clone()
     };
+    let given = quiet.given.is_some();
+    eprintln!(
+        "shrinking: at most {SHRINK_RUNS} re-runs, {}",
+        if given {
+            "each on the given URLs with fresh cards"
+        } else {
+            "each on a fresh stack"
+        }
+    );
     let (smallest, mut small_report) =
         shrink_with(scenario.clone(), report, SHRINK_RUNS, async |candidate| {
-            simulate_on_fresh_stack(candidate, quiet.clone()).await
+            if given {
+                simulate_given(candidate, quiet.clone()).await
+            } else {
+                simulate_on_fresh_stack(candidate, quiet.clone()).await
+            }
         })
         .await;
     write_scenario(&path, &smallest)?;

@@ -48,6 +48,8 @@ pub struct StackUrls {
     pub gateway: Option<String>,
     /// The bank's own database (for checks that read the bank's books).
     pub bank_database: String,
+    /// The gateway's database, when the stack runs a gateway.
+    pub gateway_database: Option<String>,
 }
 
 /// The gateway child and the key it was started with.
@@ -87,6 +89,7 @@ impl Stack {
                 bank: String::new(),
                 gateway: None,
                 bank_database: String::new(),
+                gateway_database: None,
             },
             services: Vec::new(),
             gateway: None,
@@ -142,6 +145,7 @@ impl Stack {
     /// in it, starts it as a child process, and waits until it is ready.
     async fn start_gateway(&mut self, options: &GatewayOptions) -> anyhow::Result<()> {
         let (database_url, api_key) = self.gateway_database().await?;
+        self.urls.gateway_database = Some(database_url.clone());
         let process = GatewayProcess::spawn(&database_url, &self.urls.bank, options)?;
         // Kept before waiting, so that shutdown stops it if it never gets ready.
         let gateway = self.gateway.insert(RunningGateway { process, api_key });
