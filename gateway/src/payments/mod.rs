@@ -26,7 +26,7 @@ pub mod view;
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use uuid::Uuid;
 
 pub use authorize::AuthorizeCommand;
@@ -95,8 +95,12 @@ impl Gateway {
 
     /// Hands back this process's leases (keys and operations) so that
     /// another process, or this one restarted, resumes them at once.
+    ///
+    /// Runs on a connection of its own: at shutdown the pool's connections
+    /// may belong to the HTTP workers' runtimes, which are gone by then.
     pub async fn release_leases(&self) -> Result<(u64, u64), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = sqlx::PgConnection::connect_with(&self.pool.connect_options()).await?;
+        let mut tx = conn.begin().await?;
         let operations = operations::release_held_by(&mut tx, self.instance).await?;
         let keys = idempotency::release_held_by(&mut tx, self.instance).await?;
         tx.commit().await?;
