@@ -9,7 +9,7 @@
 //! one at a time ([`harness::SERIAL`]): each runs gateway processes and a
 //! bank with latency.
 
-mod harness;
+pub(crate) mod harness;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

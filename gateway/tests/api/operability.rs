@@ -1,18 +1,11 @@
 //! What an operator sees: the Prometheus series they page on, after a
 //! workload, and the real binary's log line for every `/v1` request.
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
-use std::time::Duration;
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::crash::harness::Launch;
 use crate::helpers::*;
-
-const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
 
 /// The values of the series `name` whose labels include every one of
 /// `labels` (a sample line: `name{a="x",b="y"} 3`).
@@ -207,93 +200,6 @@ async fn the_series_an_operator_pages_on_are_exported_after_a_workload() {
     }
 }
 
-/// `gateway serve` as a child process, its stdout collected.
-struct Served {
-    child: Child,
-    base: String,
-    reader: JoinHandle<String>,
-}
-
-impl Served {
-    fn start(database_url: &str, bank_address: &str) -> Self {
-        let mut child = Command::new(GATEWAY)
-            .args([
-                "serve",
-                "--database-url",
-                database_url,
-                "--bank-url",
-                bank_address,
-                "--port",
-                "0",
-            ])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut stdout = child.stdout.take().unwrap();
-        let (chunks_tx, chunks_rx) = mpsc::channel::<String>();
-        let reader = std::thread::spawn(move || {
-            let mut all = String::new();
-            let mut buffer = [0_u8; 4096];
-            while let Ok(n) = stdout.read(&mut buffer) {
-                if n == 0 {
-                    break;
-                }
-                let chunk = String::from_utf8_lossy(&buffer[..n]).into_owned();
-                all.push_str(&chunk);
-                let _ = chunks_tx.send(chunk);
-            }
-            all
-        });
-        let mut seen = String::new();
-        let port = loop {
-            let chunk = chunks_rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("the gateway logs its port");
-            seen.push_str(&chunk);
-            let port = seen.lines().find_map(|line| {
-                let log: Value = serde_json::from_str(line).ok()?;
-                (log["fields"]["message"] == "gateway listening")
-                    .then(|| log["fields"]["port"].as_u64())
-                    .flatten()
-            });
-            if let Some(port) = port {
-                break port;
-            }
-        };
-        Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            reader,
-        }
-    }
-
-    /// SIGTERM, then every line it logged, parsed.
-    async fn stop(self) -> Vec<Value> {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let mut child = self.child;
-        let status = tokio::task::spawn_blocking(move || child.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(status.success(), "exit status {status}");
-        self.reader
-            .join()
-            .unwrap()
-            .lines()
-            .map(|line| serde_json::from_str(line).expect("every log line is JSON"))
-            .collect()
-    }
-}
-
 /// The request line of each request that had `X-Request-Id: id`.
 fn request_line<'a>(logs: &'a [Value], id: &str) -> &'a Value {
     let lines: Vec<&Value> = logs
@@ -311,7 +217,7 @@ async fn every_v1_request_logs_its_request_id_merchant_payment_and_status() {
         .fresh_database("gateway")
         .await
         .unwrap();
-    let served = Served::start(&database_url, &bank_address);
+    let served = Launch::new(&database_url, &bank_address).start().await;
     let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
     let api_key = create_key(&pool, "ficmart").await;
     let merchant_id: uuid::Uuid =
@@ -322,7 +228,7 @@ async fn every_v1_request_logs_its_request_id_merchant_payment_and_status() {
     let client = crate::helpers::test_client();
     let post = |path: String, request_id: &'static str, body: Value| {
         client
-            .post(format!("{}{path}", served.base))
+            .post(format!("{}{path}", served.base()))
             .bearer_auth(&api_key)
             .header("Idempotency-Key", new_key())
             .header("X-Request-Id", request_id)
@@ -370,7 +276,7 @@ async fn every_v1_request_logs_its_request_id_merchant_payment_and_status() {
     .unwrap();
     assert_eq!(invalid.status(), StatusCode::BAD_REQUEST);
     let read = client
-        .get(format!("{}/v1/payments/{payment_id}", served.base))
+        .get(format!("{}/v1/payments/{payment_id}", served.base()))
         .bearer_auth(&api_key)
         .header("X-Request-Id", "req-read")
         .send()
@@ -378,14 +284,19 @@ async fn every_v1_request_logs_its_request_id_merchant_payment_and_status() {
         .unwrap();
     assert_eq!(read.status(), StatusCode::OK);
     let anonymous = client
-        .get(format!("{}/v1/payments", served.base))
+        .get(format!("{}/v1/payments", served.base()))
         .header("X-Request-Id", "req-anonymous")
         .send()
         .await
         .unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
 
-    let logs = served.stop().await;
+    let logs: Vec<Value> = served
+        .stop()
+        .await
+        .iter()
+        .map(|line| serde_json::from_str(line).expect("every log line is JSON"))
+        .collect();
     let merchant = merchant_id.to_string();
     for (request_id, payment, status) in [
         ("req-create", Some(payment_id.as_str()), 201),

@@ -1,13 +1,13 @@
 //! The real `gateway` binary, as an operator runs it: `api-key create`,
-//! `serve`, SIGTERM. Its logs are captured and searched for card data.
+//! `serve` (through the crash tests' harness), SIGTERM. Its logs are
+//! captured and searched for card data.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use reqwest::StatusCode;
 use serde_json::Value;
 
+use crate::crash::harness::Launch;
 use crate::helpers::*;
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
@@ -41,53 +41,11 @@ async fn the_binary_serves_and_its_logs_hold_no_card_data() {
     assert_eq!(stdout, format!("{api_key}\n"), "only the key on stdout");
     assert!(api_key.starts_with("sk_test_"));
 
-    let mut child = Command::new(GATEWAY)
-        .args([
-            "serve",
-            "--database-url",
-            &database_url,
-            "--bank-url",
-            &bank_address,
-            "--port",
-            "0",
-        ])
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        let mut buffer = [0_u8; 4096];
-        while let Ok(n) = stdout.read(&mut buffer) {
-            if n == 0 {
-                break;
-            }
-            let chunk = String::from_utf8_lossy(&buffer[..n]).into_owned();
-            all.push_str(&chunk);
-            let _ = lines_tx.send(chunk);
-        }
-        all
-    });
-    let mut seen = String::new();
-    let port = loop {
-        let chunk = lines_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the gateway logs its port");
-        seen.push_str(&chunk);
-        let port = seen.lines().find_map(|line| {
-            let log: Value = serde_json::from_str(line).ok()?;
-            (log["fields"]["message"] == "gateway listening")
-                .then(|| log["fields"]["port"].as_u64())
-                .flatten()
-        });
-        if let Some(port) = port {
-            break port;
-        }
-    };
-    let base = format!("http://127.0.0.1:{port}");
+    let gateway = Launch::new(&database_url, &bank_address)
+        .set("RUST_LOG", "debug")
+        .start()
+        .await;
+    let base = gateway.base();
     let client = crate::helpers::test_client();
     let pay = |card: Card| {
         client
@@ -119,19 +77,7 @@ async fn the_binary_serves_and_its_logs_hold_no_card_data() {
         .unwrap();
     assert_eq!(capture.status(), StatusCode::OK);
 
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "exit status {status}");
-    let logs = reader.join().unwrap();
+    let logs = gateway.stop().await.join("\n");
     assert!(
         logs.contains("\"request_id\""),
         "JSON logs with a request id"

@@ -198,6 +198,20 @@ impl GatewayProcess {
             .collect()
     }
 
+    /// Every line it wrote to stdout so far, as written.
+    pub fn lines(&self) -> Vec<String> {
+        lock(&self.logs).clone()
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit and returns every
+    /// line it wrote.
+    pub async fn stop(mut self) -> Vec<String> {
+        self.terminate();
+        let status = self.wait(Duration::from_secs(30)).await;
+        assert!(status.success(), "exit status {status}");
+        self.lines()
+    }
+
     pub fn stderr_text(&self) -> String {
         lock(&self.stderr).clone()
     }
