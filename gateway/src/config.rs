@@ -8,6 +8,7 @@ use clap::Args;
 use crate::bank::RetryPolicy;
 use crate::payments::Leases;
 use crate::recovery::RecoverySettings;
+use crate::store::batch::BatchLimits;
 use crate::store::operations::Backoff;
 
 #[derive(Debug, Clone, Args)]
@@ -29,6 +30,18 @@ pub struct Settings {
     /// A request that cannot get a connection this fast answers 503.
     #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2_000)]
     pub db_acquire_timeout_ms: u64,
+    /// Rows in one batched write (the start of an authorization, a
+    /// settlement), at most: concurrent requests share one statement.
+    #[arg(long, env = "DB_BATCH_MAX_ROWS", default_value_t = 64)]
+    pub db_batch_max_rows: usize,
+    /// Batched statements of each kind in flight at once; each holds a
+    /// pooled connection, so twice this must stay below the pool size.
+    #[arg(long, env = "DB_BATCH_FLUSHERS", default_value_t = 2)]
+    pub db_batch_flushers: usize,
+    /// Writes waiting for a batch, at most, per kind; past it, requests
+    /// wait to join the queue.
+    #[arg(long, env = "DB_BATCH_QUEUE", default_value_t = 4_096)]
+    pub db_batch_queue: usize,
     /// Bank HTTP attempts in flight at once, across all requests.
     #[arg(long, env = "BANK_MAX_IN_FLIGHT", default_value_t = 2_048)]
     pub bank_max_in_flight: usize,
@@ -118,6 +131,9 @@ impl Settings {
             port: 0,
             db_pool_size: 10,
             db_acquire_timeout_ms: 2_000,
+            db_batch_max_rows: 64,
+            db_batch_flushers: 2,
+            db_batch_queue: 4_096,
             bank_max_in_flight: 2_048,
             bank_attempt_timeout_ms: 3_000,
             bank_deadline_ms: 10_000,
@@ -166,6 +182,14 @@ impl Settings {
         }
     }
 
+    pub fn batch_limits(&self) -> BatchLimits {
+        BatchLimits {
+            max_rows: self.db_batch_max_rows,
+            flushers: self.db_batch_flushers,
+            queue: self.db_batch_queue,
+        }
+    }
+
     pub fn recovery(&self) -> RecoverySettings {
         RecoverySettings {
             interval: Duration::from_millis(self.recovery_interval_ms),
@@ -186,6 +210,18 @@ impl Settings {
             return Err(
                 "pool size, bank in-flight limit and bank attempts must be at least 1".into(),
             );
+        }
+        if self.db_batch_max_rows == 0 || self.db_batch_flushers == 0 || self.db_batch_queue == 0 {
+            return Err("batch rows, flushers and queue must be at least 1".into());
+        }
+        // The two batched writes must leave connections for everything else.
+        let batch_connections =
+            u32::try_from(self.db_batch_flushers.saturating_mul(2)).unwrap_or(u32::MAX);
+        if batch_connections >= self.db_pool_size {
+            return Err(format!(
+                "DB_BATCH_FLUSHERS ({}) times two must be below DB_POOL_SIZE ({})",
+                self.db_batch_flushers, self.db_pool_size
+            ));
         }
         Ok(())
     }

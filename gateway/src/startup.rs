@@ -56,7 +56,12 @@ impl Application {
                 open_for: Duration::from_millis(settings.circuit_open_ms),
             },
         )?;
-        let gateway = Gateway::new(pool.clone(), bank, settings.leases());
+        let (gateway, flushers) = Gateway::spawn(
+            pool.clone(),
+            bank,
+            settings.leases(),
+            settings.batch_limits(),
+        );
         let state = Data::new(AppState {
             gateway: gateway.clone(),
             max_body_bytes: settings.max_body_bytes,
@@ -104,6 +109,7 @@ impl Application {
                 settings.recovery_batch,
             )),
         ];
+        background.extend(flushers);
         if settings.reconcile_interval_ms > 0 {
             background.push(tokio::spawn(crate::reconcile::run_forever(
                 gateway.pool().clone(),

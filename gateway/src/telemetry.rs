@@ -20,6 +20,9 @@ const LATENCY_BUCKETS_SECONDS: [f64; 13] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0,
 ];
 
+/// Rows per batched write, up to the default `DB_BATCH_MAX_ROWS`.
+const BATCH_ROWS_BUCKETS: [f64; 7] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
 /// JSON lines on stdout, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -39,6 +42,11 @@ pub fn prometheus() -> PrometheusHandle {
                 .set_buckets_for_metric(
                     Matcher::Suffix("_seconds".into()),
                     &LATENCY_BUCKETS_SECONDS,
+                )
+                .expect("the bucket list is not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full("gateway_db_batch_rows".into()),
+                    &BATCH_ROWS_BUCKETS,
                 )
                 .expect("the bucket list is not empty")
                 .build_recorder();
@@ -88,6 +96,10 @@ pub fn register_metrics() {
         "Bank call latency, all attempts included, by operation"
     );
     describe_gauge!("gateway_bank_in_flight", "Bank HTTP attempts in flight");
+    describe_histogram!(
+        "gateway_db_batch_rows",
+        "Rows per batched write (group commit), by write"
+    );
     describe_gauge!(
         "gateway_bank_circuit_state",
         "The bank's circuit breaker: 0 closed, 1 half open, 2 open"

@@ -7,7 +7,7 @@ use crate::domain::{
 };
 use crate::idempotency::{self, Claim};
 use crate::store::operations::{self, OperationKind, OperationRecord};
-use crate::store::payments::{self, History, NewPayment, PaymentRecord};
+use crate::store::payments::{self, History, NewPayment, PaymentRecord, StartAuthorization};
 
 use super::reply::{Reply, reply_for};
 use super::settle::{Requester, Resolution, failure_event};
@@ -36,11 +36,15 @@ impl Gateway {
     ) -> Result<Reply, Error> {
         let requester = Requester { merchant, key };
         let new = new_payment(merchant, command);
-        let started = {
-            let mut conn = self.pool.acquire().await?;
-            payments::start_authorization(&mut conn, &new, key.as_str(), request_hash, self.lease())
-                .await?
-        };
+        let started = self
+            .starts
+            .submit(StartAuthorization {
+                payment: new.clone(),
+                key: key.as_str().to_owned(),
+                request_hash: request_hash.to_vec(),
+                lease: self.lease(),
+            })
+            .await?;
         let (operation, known) = match started {
             Some(started) => (started.operation, Some((started.payment, started.history))),
             None => match self
@@ -60,7 +64,7 @@ impl Gateway {
         &self,
         requester: Requester<'_>,
         request_hash: &[u8],
-        new: &NewPayment<'_>,
+        new: &NewPayment,
     ) -> Result<Result<OperationRecord, Reply>, Error> {
         let Requester { merchant, key } = requester;
         let mut tx = self.pool.begin().await?;
@@ -161,16 +165,16 @@ impl Gateway {
     }
 }
 
-fn new_payment(merchant: MerchantId, command: &AuthorizeCommand) -> NewPayment<'_> {
+fn new_payment(merchant: MerchantId, command: &AuthorizeCommand) -> NewPayment {
     NewPayment {
         id: PaymentId::new(),
         merchant_id: merchant,
-        order_id: command.order_id.as_str(),
-        customer_id: command.customer_id.as_str(),
+        order_id: command.order_id.as_str().to_owned(),
+        customer_id: command.customer_id.as_str().to_owned(),
         amount_cents: command.amount.cents(),
         currency: command.currency.as_str(),
         card_brand: command.card_number.brand().as_str(),
-        card_last4: command.card_number.last4(),
+        card_last4: command.card_number.last4().to_owned(),
         card_exp_month: i16::from(command.expiry.month()),
         card_exp_year: i16::try_from(command.expiry.year()).unwrap_or(i16::MAX),
     }

@@ -33,10 +33,13 @@ pub use authorize::AuthorizeCommand;
 pub use operate::Action;
 pub use reply::Reply;
 
+use tokio::task::JoinHandle;
+
 use crate::bank::BankClient;
 use crate::idempotency::{self, ClaimError};
+use crate::store::batch::{BatchLimits, Batcher};
 use crate::store::operations::{self, Backoff, Lease};
-use crate::store::payments::TransitionError;
+use crate::store::payments::{self, Settlement, StartAuthorization, Started, TransitionError};
 
 /// How long a request may work on a key or an operation before another
 /// may take over, and how soon an unknown outcome is tried again.
@@ -49,7 +52,8 @@ pub struct Leases {
     pub retry: Backoff,
 }
 
-/// The gateway's core: a pool, the bank, and the lease timings.
+/// The gateway's core: a pool, the bank, the lease timings, and the two
+/// hot writes, batched (see [`crate::store::batch`]).
 #[derive(Clone)]
 pub struct Gateway {
     pool: PgPool,
@@ -57,6 +61,8 @@ pub struct Gateway {
     leases: Leases,
     /// This process, as the holder of the leases it takes.
     instance: Uuid,
+    starts: Batcher<StartAuthorization, Option<Started>>,
+    settlements: Batcher<Settlement, bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,13 +82,36 @@ pub enum Error {
 }
 
 impl Gateway {
-    pub fn new(pool: PgPool, bank: BankClient, leases: Leases) -> Self {
-        Self {
+    /// The gateway, and the tasks that flush its batched writes (to be
+    /// stopped with the server).
+    pub fn spawn(
+        pool: PgPool,
+        bank: BankClient,
+        leases: Leases,
+        batches: BatchLimits,
+    ) -> (Self, Vec<JoinHandle<()>>) {
+        let (starts, mut tasks) = Batcher::spawn(
+            "start_authorization",
+            pool.clone(),
+            batches,
+            payments::start_authorizations,
+        );
+        let (settlements, settlement_tasks) = Batcher::spawn(
+            "settlement",
+            pool.clone(),
+            batches,
+            payments::write_settlements,
+        );
+        tasks.extend(settlement_tasks);
+        let gateway = Self {
             pool,
             bank,
             leases,
             instance: Uuid::new_v4(),
-        }
+            starts,
+            settlements,
+        };
+        (gateway, tasks)
     }
 
     /// A lease held by this process.

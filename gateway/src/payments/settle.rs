@@ -6,7 +6,7 @@ use crate::domain::{IdempotencyKey, MerchantId, PaymentEvent};
 use crate::idempotency;
 use crate::store::operations::{self, OperationKind, OperationRecord};
 use crate::store::payments::{
-    self, Answer, BankFacts, History, PaymentRecord, Settling, TransitionError,
+    self, Answer, BankFacts, History, PaymentRecord, Settlement, Settling, TransitionError,
 };
 use chrono::{DateTime, Utc};
 
@@ -91,8 +91,9 @@ pub struct Requester<'a> {
 impl Gateway {
     /// The common case, in two round trips and no explicit transaction:
     /// read the payment, compute where it goes and the answer, then write
-    /// everything in one statement that re-checks what was read. `None` if
-    /// someone else settled the operation first: the general path decides.
+    /// everything in one statement (batched with others settling at the
+    /// same moment) that re-checks what was read. `None` if someone else
+    /// settled the operation first: the general path decides.
     async fn settle_in_one_statement(
         &self,
         requester: Option<Requester<'_>>,
@@ -102,23 +103,25 @@ impl Gateway {
         succeeded: bool,
         known: Option<(PaymentRecord, History)>,
     ) -> Result<Option<Reply>, Error> {
-        let mut conn = self.pool.acquire().await?;
         // What the caller wrote itself needs no reading back: the write
         // re-checks it (status and pending operation) before changing anything.
         let (payment, mut history) = match known {
             Some(known) => known,
-            None => match payments::read_for_settling(&mut conn, operation.id).await? {
-                Some(Settling {
-                    operation_pending: true,
-                    payment,
-                    history,
-                }) => (payment, history),
-                Some(Settling {
-                    operation_pending: false,
-                    ..
-                })
-                | None => return Ok(None),
-            },
+            None => {
+                let mut conn = self.pool.acquire().await?;
+                match payments::read_for_settling(&mut conn, operation.id).await? {
+                    Some(Settling {
+                        operation_pending: true,
+                        payment,
+                        history,
+                    }) => (payment, history),
+                    Some(Settling {
+                        operation_pending: false,
+                        ..
+                    })
+                    | None => return Ok(None),
+                }
+            }
         };
         // Postgres keeps microseconds; the answer must show what it stores.
         let now = Utc::now();
@@ -130,19 +133,20 @@ impl Gateway {
             .filter(|_| reply.is_final())
             .map(|requester| Answer {
                 merchant: requester.merchant,
-                key: requester.key.as_str(),
+                key: requester.key.as_str().to_owned(),
                 status: reply.status,
-                body: &reply.body,
+                body: reply.body.clone(),
             });
-        let written = payments::write_settlement(
-            &mut conn,
-            &payment,
-            &moved,
-            operation.id,
-            succeeded,
-            answer,
-        )
-        .await?;
+        let written = self
+            .settlements
+            .submit(Settlement {
+                from: payment.status(),
+                to: moved,
+                operation_id: operation.id,
+                succeeded,
+                answer,
+            })
+            .await?;
         if written {
             metrics::counter!("gateway_operations_settled_total", "kind" => operation.kind().as_str(), "status" => reply.status.to_string())
                 .increment(1);

@@ -3,6 +3,7 @@
 //! Every function takes a `&mut PgConnection` so the caller decides the
 //! transaction; none of them is ever called while a bank call is pending.
 
+pub mod batch;
 pub mod merchants;
 pub mod operations;
 pub mod payments;

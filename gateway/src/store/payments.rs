@@ -1,12 +1,15 @@
 //! Payments (the receipts) and their append-only history.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::domain::{
     InvalidTransition, MerchantId, PaymentEvent, PaymentId, PaymentStatus, transition,
 };
+use crate::store::batch::BoxFuture;
 use crate::store::operations::{self, Lease, OperationKind, OperationRecord};
 
 /// A payment row as stored. `status` is decoded through the domain enum.
@@ -59,16 +62,16 @@ impl PaymentRecord {
 }
 
 /// A payment about to be recorded, before the bank is asked.
-#[derive(Debug)]
-pub struct NewPayment<'a> {
+#[derive(Debug, Clone)]
+pub struct NewPayment {
     pub id: PaymentId,
     pub merchant_id: MerchantId,
-    pub order_id: &'a str,
-    pub customer_id: &'a str,
+    pub order_id: String,
+    pub customer_id: String,
     pub amount_cents: i64,
-    pub currency: &'a str,
-    pub card_brand: &'a str,
-    pub card_last4: &'a str,
+    pub currency: &'static str,
+    pub card_brand: &'static str,
+    pub card_last4: String,
     pub card_exp_month: i16,
     pub card_exp_year: i16,
 }
@@ -80,7 +83,7 @@ const COLUMNS: &str = "id, merchant_id, order_id, customer_id, amount, currency,
 /// Inserts a `pending` payment and the first row of its history.
 pub async fn insert_pending(
     conn: &mut PgConnection,
-    new: &NewPayment<'_>,
+    new: &NewPayment,
 ) -> Result<PaymentRecord, sqlx::Error> {
     let record: PaymentRecord = sqlx::query_as(&format!(
         "INSERT INTO payments (id, merchant_id, order_id, customer_id, amount, currency, status, \
@@ -89,12 +92,12 @@ pub async fn insert_pending(
     ))
     .bind(new.id.as_uuid())
     .bind(new.merchant_id.as_uuid())
-    .bind(new.order_id)
-    .bind(new.customer_id)
+    .bind(&new.order_id)
+    .bind(&new.customer_id)
     .bind(new.amount_cents)
     .bind(new.currency)
     .bind(new.card_brand)
-    .bind(new.card_last4)
+    .bind(&new.card_last4)
     .bind(new.card_exp_month)
     .bind(new.card_exp_year)
     .fetch_one(&mut *conn)
@@ -107,81 +110,100 @@ pub async fn insert_pending(
     Ok(record)
 }
 
-/// The usual start of an authorization, in one statement (so one round
-/// trip and no explicit transaction): claim the idempotency key, insert the
+/// The usual start of an authorization: a new key, a new payment.
+#[derive(Debug, Clone)]
+pub struct StartAuthorization {
+    pub payment: NewPayment,
+    pub key: String,
+    pub request_hash: Vec<u8>,
+    pub lease: Lease,
+}
+
+/// Starts a batch of authorizations in one statement (one round trip, no
+/// explicit transaction): for each, claim the idempotency key, insert the
 /// pending payment and its first history row, and the operation with its
-/// bank key, leased to the caller. `None` when the key exists already:
-/// the caller then takes the general path.
-pub async fn start_authorization(
+/// bank key, leased to the caller. `None` for a key that exists already
+/// (the caller then takes the general path), including the second of two
+/// rows in one batch with the same key. For [`batch::Batcher`].
+pub fn start_authorizations(
+    pool: PgPool,
+    starts: Vec<StartAuthorization>,
+) -> BoxFuture<Result<Vec<Option<Started>>, sqlx::Error>> {
+    Box::pin(async move {
+        let mut conn = pool.acquire().await?;
+        let rows = insert_starts(&mut conn, &starts).await?;
+        let mut by_payment: HashMap<Uuid, StartedRow> = rows
+            .into_iter()
+            .map(|row| (row.operation.payment_id, row))
+            .collect();
+        Ok(starts
+            .into_iter()
+            .map(|start| {
+                by_payment
+                    .remove(&start.payment.id.as_uuid())
+                    .map(|row| row.started(start.payment))
+            })
+            .collect())
+    })
+}
+
+async fn insert_starts(
     conn: &mut PgConnection,
-    new: &NewPayment<'_>,
-    key: &str,
-    request_hash: &[u8],
-    lease: Lease,
-) -> Result<Option<Started>, sqlx::Error> {
-    let (operation_id, bank_key) = operations::new_identity(OperationKind::Authorize);
-    let started: Option<StartedRow> = sqlx::query_as(&format!(
-        "WITH claimed AS ( \
+    starts: &[StartAuthorization],
+) -> Result<Vec<StartedRow>, sqlx::Error> {
+    let column = |f: fn(&StartAuthorization) -> &str| starts.iter().map(f).collect::<Vec<_>>();
+    let identities: Vec<(Uuid, String)> = starts
+        .iter()
+        .map(|_| operations::new_identity(OperationKind::Authorize))
+        .collect();
+    sqlx::query_as(&format!(
+        "WITH input AS ( \
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::interval[], $5::uuid[], $6::uuid[], \
+             $7::text[], $8::text[], $9::int8[], $10::text[], $11::text[], $12::text[], $13::int2[], $14::int2[], \
+             $15::uuid[], $16::text[]) \
+           AS i(merchant_id, key, request_hash, lease, leased_by, payment_id, order_id, customer_id, amount, \
+             currency, card_brand, card_last4, exp_month, exp_year, operation_id, bank_key)), \
+         claimed AS ( \
            INSERT INTO idempotency_keys (merchant_id, key, request_hash, state, lease_until, leased_by, payment_id) \
-           VALUES ($1, $2, $3, 'in_progress', now() + $4, $5, $6) ON CONFLICT DO NOTHING RETURNING payment_id), \
+           SELECT merchant_id, key, request_hash, 'in_progress', now() + lease, leased_by, payment_id FROM input \
+           ON CONFLICT DO NOTHING RETURNING payment_id), \
          created AS ( \
            INSERT INTO payments (id, merchant_id, order_id, customer_id, amount, currency, status, \
              card_brand, card_last4, card_exp_month, card_exp_year) \
-           SELECT payment_id, $1, $7, $8, $9, $10, 'pending', $11, $12, $13, $14 FROM claimed \
+           SELECT i.payment_id, i.merchant_id, i.order_id, i.customer_id, i.amount, i.currency, 'pending', \
+             i.card_brand, i.card_last4, i.exp_month, i.exp_year \
+           FROM input i JOIN claimed USING (payment_id) \
            RETURNING id, created_at), \
          logged AS ( \
            INSERT INTO payment_events (payment_id, from_status, to_status, at) \
            SELECT id, NULL, 'pending', created_at FROM created), \
          operation AS ( \
            INSERT INTO operations (id, payment_id, kind, bank_idempotency_key, lease_until, leased_by) \
-           SELECT $15, id, 'authorize', $16, now() + $4, $5 FROM created \
+           SELECT i.operation_id, i.payment_id, 'authorize', i.bank_key, now() + i.lease, i.leased_by \
+           FROM input i JOIN created ON created.id = i.payment_id \
            RETURNING {}) \
-         SELECT operation.*, created.created_at AS payment_created_at FROM operation, created",
+         SELECT operation.*, created.created_at AS payment_created_at \
+         FROM operation JOIN created ON created.id = operation.payment_id",
         operations::RETURNED_COLUMNS
     ))
-    .bind(new.merchant_id.as_uuid())
-    .bind(key)
-    .bind(request_hash)
-    .bind(lease.duration)
-    .bind(lease.holder)
-    .bind(new.id.as_uuid())
-    .bind(new.order_id)
-    .bind(new.customer_id)
-    .bind(new.amount_cents)
-    .bind(new.currency)
-    .bind(new.card_brand)
-    .bind(new.card_last4)
-    .bind(new.card_exp_month)
-    .bind(new.card_exp_year)
-    .bind(operation_id)
-    .bind(bank_key)
-    .fetch_optional(conn)
-    .await?;
-    Ok(started.map(|row| Started {
-        payment: PaymentRecord {
-            id: new.id.as_uuid(),
-            merchant_id: new.merchant_id.as_uuid(),
-            order_id: new.order_id.to_owned(),
-            customer_id: new.customer_id.to_owned(),
-            amount: new.amount_cents,
-            currency: new.currency.to_owned(),
-            status: StoredStatus(PaymentStatus::Pending),
-            card_brand: new.card_brand.to_owned(),
-            card_last4: new.card_last4.to_owned(),
-            card_exp_month: new.card_exp_month,
-            card_exp_year: new.card_exp_year,
-            bank_authorization_id: None,
-            bank_capture_id: None,
-            bank_void_id: None,
-            bank_refund_id: None,
-            authorization_expires_at: None,
-            failure_code: None,
-            created_at: row.payment_created_at,
-            updated_at: row.payment_created_at,
-        },
-        history: vec![(PaymentStatus::Pending, row.payment_created_at)],
-        operation: row.operation,
-    }))
+    .bind(starts.iter().map(|s| s.payment.merchant_id.as_uuid()).collect::<Vec<_>>())
+    .bind(column(|s| &s.key))
+    .bind(starts.iter().map(|s| s.request_hash.as_slice()).collect::<Vec<_>>())
+    .bind(starts.iter().map(|s| s.lease.duration).collect::<Vec<_>>())
+    .bind(starts.iter().map(|s| s.lease.holder).collect::<Vec<_>>())
+    .bind(starts.iter().map(|s| s.payment.id.as_uuid()).collect::<Vec<_>>())
+    .bind(column(|s| &s.payment.order_id))
+    .bind(column(|s| &s.payment.customer_id))
+    .bind(starts.iter().map(|s| s.payment.amount_cents).collect::<Vec<_>>())
+    .bind(column(|s| s.payment.currency))
+    .bind(column(|s| s.payment.card_brand))
+    .bind(column(|s| &s.payment.card_last4))
+    .bind(starts.iter().map(|s| s.payment.card_exp_month).collect::<Vec<_>>())
+    .bind(starts.iter().map(|s| s.payment.card_exp_year).collect::<Vec<_>>())
+    .bind(identities.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(identities.into_iter().map(|(_, key)| key).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await
 }
 
 #[derive(sqlx::FromRow)]
@@ -191,8 +213,41 @@ struct StartedRow {
     payment_created_at: DateTime<Utc>,
 }
 
+impl StartedRow {
+    /// The pending payment as just written, without reading it back.
+    fn started(self, new: NewPayment) -> Started {
+        let created_at = self.payment_created_at;
+        Started {
+            payment: PaymentRecord {
+                id: new.id.as_uuid(),
+                merchant_id: new.merchant_id.as_uuid(),
+                order_id: new.order_id,
+                customer_id: new.customer_id,
+                amount: new.amount_cents,
+                currency: new.currency.to_owned(),
+                status: StoredStatus(PaymentStatus::Pending),
+                card_brand: new.card_brand.to_owned(),
+                card_last4: new.card_last4,
+                card_exp_month: new.card_exp_month,
+                card_exp_year: new.card_exp_year,
+                bank_authorization_id: None,
+                bank_capture_id: None,
+                bank_void_id: None,
+                bank_refund_id: None,
+                authorization_expires_at: None,
+                failure_code: None,
+                created_at,
+                updated_at: created_at,
+            },
+            history: vec![(PaymentStatus::Pending, created_at)],
+            operation: self.operation,
+        }
+    }
+}
+
 /// A started authorization: its operation, and the pending payment as just
 /// written, so that settling it need not read it back.
+#[derive(Debug)]
 pub struct Started {
     pub operation: OperationRecord,
     pub payment: PaymentRecord,
@@ -421,63 +476,104 @@ pub fn moved(
 }
 
 /// The stored answer to write with a settlement, for a request's key.
-pub struct Answer<'a> {
+#[derive(Debug, Clone)]
+pub struct Answer {
     pub merchant: MerchantId,
-    pub key: &'a str,
+    pub key: String,
     pub status: u16,
-    pub body: &'a [u8],
+    pub body: Vec<u8>,
 }
 
-/// Writes a whole settlement in one statement: the payment moves from
-/// `from` to `to` (only if it is still in `from` and the operation still
-/// pending), its history row, the operation finished, and the answer on the
-/// key. Returns false, writing nothing, if someone settled it first.
-pub async fn write_settlement(
+/// A whole settlement, computed before anything is written: the payment
+/// moves from `from` to `to` (only if it is still in `from` and the
+/// operation still pending), with its history row, the operation finished,
+/// and the answer stored on the key.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    pub from: PaymentStatus,
+    pub to: PaymentRecord,
+    pub operation_id: Uuid,
+    pub succeeded: bool,
+    pub answer: Option<Answer>,
+}
+
+/// Writes a batch of settlements in one statement; for each, whether it
+/// was written (false, writing nothing, if someone settled it first). Of
+/// two settlements of one payment in a batch, only the first can be.
+/// For [`batch::Batcher`].
+pub fn write_settlements(
+    pool: PgPool,
+    settlements: Vec<Settlement>,
+) -> BoxFuture<Result<Vec<bool>, sqlx::Error>> {
+    Box::pin(async move {
+        let mut conn = pool.acquire().await?;
+        let written: Vec<i64> = update_settled(&mut conn, &settlements).await?;
+        Ok((1..=settlements.len())
+            .map(|n| written.contains(&i64::try_from(n).unwrap_or(i64::MAX)))
+            .collect())
+    })
+}
+
+/// The ordinals (from 1) of the settlements written.
+async fn update_settled(
     conn: &mut PgConnection,
-    from: &PaymentRecord,
-    to: &PaymentRecord,
-    operation_id: Uuid,
-    succeeded: bool,
-    answer: Option<Answer<'_>>,
-) -> Result<bool, sqlx::Error> {
-    let finished: i64 = sqlx::query_scalar(
-        "WITH moved AS ( \
-           UPDATE payments SET status = $3::payment_status, bank_authorization_id = $4, \
-             authorization_expires_at = $5, bank_capture_id = $6, bank_void_id = $7, bank_refund_id = $8, \
-             failure_code = $9, updated_at = $10 \
-           WHERE id = $1 AND status = $2::payment_status \
-             AND EXISTS (SELECT 1 FROM operations WHERE id = $11 AND status = 'pending') \
-           RETURNING id), \
+    settlements: &[Settlement],
+) -> Result<Vec<i64>, sqlx::Error> {
+    let text = |f: fn(&Settlement) -> Option<&str>| settlements.iter().map(f).collect::<Vec<_>>();
+    sqlx::query_scalar(
+        "WITH input AS ( \
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], \
+             $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::uuid[], $12::text[], \
+             $13::uuid[], $14::text[], $15::int2[], $16::bytea[]) WITH ORDINALITY \
+           AS i(payment_id, from_status, to_status, authorization_id, expires_at, capture_id, void_id, \
+             refund_id, failure_code, at, operation_id, operation_status, merchant_id, key, \
+             response_status, response_body, n)), \
+         first AS (SELECT DISTINCT ON (payment_id) * FROM input ORDER BY payment_id, n), \
+         moved AS ( \
+           UPDATE payments p SET status = f.to_status::payment_status, bank_authorization_id = f.authorization_id, \
+             authorization_expires_at = f.expires_at, bank_capture_id = f.capture_id, bank_void_id = f.void_id, \
+             bank_refund_id = f.refund_id, failure_code = f.failure_code, updated_at = f.at \
+           FROM first f \
+           WHERE p.id = f.payment_id AND p.status = f.from_status::payment_status \
+             AND EXISTS (SELECT 1 FROM operations o WHERE o.id = f.operation_id AND o.status = 'pending') \
+           RETURNING f.n), \
+         settled AS (SELECT f.* FROM first f JOIN moved USING (n)), \
          logged AS ( \
            INSERT INTO payment_events (payment_id, from_status, to_status, at) \
-           SELECT id, $2::payment_status, $3::payment_status, $10 FROM moved), \
+           SELECT payment_id, from_status::payment_status, to_status::payment_status, at FROM settled), \
          finished AS ( \
-           UPDATE operations SET status = $12, last_error = $9, attempts = attempts + 1, finished_at = now() \
-           WHERE id = $11 AND status = 'pending' AND EXISTS (SELECT 1 FROM moved) RETURNING id), \
+           UPDATE operations o SET status = s.operation_status, last_error = s.failure_code, \
+             attempts = o.attempts + 1, finished_at = now() \
+           FROM settled s WHERE o.id = s.operation_id AND o.status = 'pending' RETURNING s.n), \
          answered AS ( \
-           UPDATE idempotency_keys SET state = 'done', lease_until = NULL, response_status = $15, response_body = $16 \
-           WHERE merchant_id = $13 AND key = $14 AND EXISTS (SELECT 1 FROM moved)) \
-         SELECT count(*) FROM finished",
+           UPDATE idempotency_keys k SET state = 'done', lease_until = NULL, \
+             response_status = s.response_status, response_body = s.response_body \
+           FROM settled s WHERE k.merchant_id = s.merchant_id AND k.key = s.key) \
+         SELECT n FROM finished",
     )
-    .bind(from.id)
-    .bind(from.status().as_str())
-    .bind(to.status().as_str())
-    .bind(&to.bank_authorization_id)
-    .bind(to.authorization_expires_at)
-    .bind(&to.bank_capture_id)
-    .bind(&to.bank_void_id)
-    .bind(&to.bank_refund_id)
-    .bind(&to.failure_code)
-    .bind(to.updated_at)
-    .bind(operation_id)
-    .bind(if succeeded { "succeeded" } else { "failed" })
-    .bind(answer.as_ref().map(|a| a.merchant.as_uuid()))
-    .bind(answer.as_ref().map(|a| a.key))
-    .bind(answer.as_ref().map(|a| i16::try_from(a.status).unwrap_or(500)))
-    .bind(answer.as_ref().map(|a| a.body))
-    .fetch_one(conn)
-    .await?;
-    Ok(finished == 1)
+    .bind(settlements.iter().map(|s| s.to.id).collect::<Vec<_>>())
+    .bind(settlements.iter().map(|s| s.from.as_str()).collect::<Vec<_>>())
+    .bind(settlements.iter().map(|s| s.to.status().as_str()).collect::<Vec<_>>())
+    .bind(text(|s| s.to.bank_authorization_id.as_deref()))
+    .bind(settlements.iter().map(|s| s.to.authorization_expires_at).collect::<Vec<_>>())
+    .bind(text(|s| s.to.bank_capture_id.as_deref()))
+    .bind(text(|s| s.to.bank_void_id.as_deref()))
+    .bind(text(|s| s.to.bank_refund_id.as_deref()))
+    .bind(text(|s| s.to.failure_code.as_deref()))
+    .bind(settlements.iter().map(|s| s.to.updated_at).collect::<Vec<_>>())
+    .bind(settlements.iter().map(|s| s.operation_id).collect::<Vec<_>>())
+    .bind(text(|s| Some(if s.succeeded { "succeeded" } else { "failed" })))
+    .bind(settlements.iter().map(|s| s.answer.as_ref().map(|a| a.merchant.as_uuid())).collect::<Vec<_>>())
+    .bind(text(|s| s.answer.as_ref().map(|a| a.key.as_str())))
+    .bind(
+        settlements
+            .iter()
+            .map(|s| s.answer.as_ref().map(|a| i16::try_from(a.status).unwrap_or(500)))
+            .collect::<Vec<_>>(),
+    )
+    .bind(settlements.iter().map(|s| s.answer.as_ref().map(|a| a.body.as_slice())).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await
 }
 
 fn parse_history(json: &str) -> Result<History, sqlx::Error> {

@@ -3,6 +3,7 @@
 
 mod api_keys;
 mod bank_client;
+mod batching;
 mod chaos;
 mod circuit;
 mod crash;
