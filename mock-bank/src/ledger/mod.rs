@@ -67,8 +67,9 @@ impl Movement {
     }
 }
 
-/// Appends one journal entry and applies it to the account's balances.
-/// Call inside the transaction that does the operation it records.
+/// Appends one journal entry and applies it to the account's balances, in
+/// one statement. Call inside the transaction that does the operation it
+/// records. A zero amount writes the entry without legs.
 pub async fn post(
     conn: &mut PgConnection,
     movement: Movement,
@@ -77,35 +78,29 @@ pub async fn post(
     reference: Option<Uuid>,
 ) -> Result<(), sqlx::Error> {
     assert!(amount >= 0, "journal amounts are magnitudes");
-    let entry_id: i64 = sqlx::query_scalar(
-        "INSERT INTO journal_entries (kind, reference) VALUES ($1, $2) RETURNING id",
+    let [(from, debit), (to, credit)] = movement.legs(card_number, amount);
+    let (balance_delta, available_delta) = movement.projection(amount);
+    sqlx::query(
+        "WITH entry AS ( \
+           INSERT INTO journal_entries (kind, reference) VALUES ($1, $2) RETURNING id), \
+         legs AS ( \
+           INSERT INTO journal_legs (entry_id, ledger, amount) \
+           SELECT entry.id, leg.ledger, leg.amount \
+           FROM entry, (VALUES ($3, $4::bigint), ($5, $6::bigint)) AS leg (ledger, amount) \
+           WHERE leg.amount <> 0) \
+         UPDATE accounts SET balance = balance + $8, available_balance = available_balance + $9 \
+         WHERE card_number = $7",
     )
     .bind(movement.kind())
     .bind(reference)
-    .fetch_one(&mut *conn)
-    .await?;
-    if amount > 0 {
-        let [(from, debit), (to, credit)] = movement.legs(card_number, amount);
-        sqlx::query(
-            "INSERT INTO journal_legs (entry_id, ledger, amount) VALUES ($1, $2, $3), ($1, $4, $5)",
-        )
-        .bind(entry_id)
-        .bind(from)
-        .bind(debit)
-        .bind(to)
-        .bind(credit)
-        .execute(&mut *conn)
-        .await?;
-    }
-    let (balance_delta, available_delta) = movement.projection(amount);
-    sqlx::query(
-        "UPDATE accounts SET balance = balance + $2, available_balance = available_balance + $3 \
-         WHERE card_number = $1",
-    )
+    .bind(from)
+    .bind(debit)
+    .bind(to)
+    .bind(credit)
     .bind(card_number)
     .bind(balance_delta)
     .bind(available_delta)
-    .execute(&mut *conn)
+    .execute(conn)
     .await?;
     Ok(())
 }

@@ -95,14 +95,18 @@ pub async fn authorize(
         return Err(BankError::InsufficientFunds);
     }
     let id = AuthorizationId::random();
-    sqlx::query(
-        "INSERT INTO authorizations (id, card_number, amount, expires_at) VALUES ($1, $2, $3, now() + $4)",
+    // A new authorization has no capture or void yet: the row as inserted
+    // is the whole answer.
+    let authorization: Authorization = sqlx::query_as(
+        "INSERT INTO authorizations (id, card_number, amount, expires_at) VALUES ($1, $2, $3, now() + $4) \
+         RETURNING id, card_number, amount, state, expires_at, created_at, \
+           NULL::uuid AS capture_id, NULL::uuid AS void_id",
     )
     .bind(id.0)
     .bind(request.card_number.as_str())
     .bind(request.amount.cents())
     .bind(lifetime)
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
     ledger::post(
         conn,
@@ -112,7 +116,7 @@ pub async fn authorize(
         Some(id.0),
     )
     .await?;
-    fetch(conn, id).await
+    Ok(authorization)
 }
 
 /// Locks an authorization that may still be captured or voided.
