@@ -13,7 +13,8 @@ use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use actix_web::http::header::ContentType;
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use super::error::BankError;
 use super::request::Scope;
@@ -40,8 +41,8 @@ where
     T: Serialize,
     F: for<'c> FnOnce(&'c mut PgConnection) -> OperationFuture<'c, T>,
 {
-    let mut tx = pool.begin().await?;
-    let stored = lock_and_read(&mut tx, &scope.path, &scope.key).await?;
+    let mut tx = begin_locked(pool, &scope.path, &scope.key).await?;
+    let stored = read(&mut tx, &scope.path, &scope.key).await?;
     if let Some(stored) = stored {
         return replay(stored, scope);
     }
@@ -65,18 +66,40 @@ where
         .body(body))
 }
 
-/// Serialises requests sharing (path, key) until the transaction ends, and
-/// reads what the first of them stored.
-async fn lock_and_read(
+/// Begins a transaction holding the lock that serialises requests sharing
+/// (path, key) until it ends, in one round trip: the lock's id is computed
+/// here, so the statement needs no parameters and can go with the `BEGIN`.
+async fn begin_locked(
+    pool: &PgPool,
+    path: &str,
+    key: &str,
+) -> Result<Transaction<'static, Postgres>, BankError> {
+    let id = lock_id(path, key);
+    Ok(pool
+        .begin_with(format!("BEGIN; SELECT pg_advisory_xact_lock({id})"))
+        .await?)
+}
+
+/// The advisory lock's id for (path, key): the first eight bytes of their
+/// SHA-256. A collision only makes two unrelated requests wait in turn.
+fn lock_id(path: &str, key: &str) -> i64 {
+    let digest = Sha256::new()
+        .chain_update(path)
+        .chain_update(b"\n")
+        .chain_update(key)
+        .finalize();
+    let mut first = [0_u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
+/// What the first request with this (path, key) stored, if anything; read
+/// under the lock, so a request still running with it has finished.
+async fn read(
     conn: &mut PgConnection,
     path: &str,
     key: &str,
 ) -> Result<Option<StoredResponse>, BankError> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || E'\\n' || $2, 0))")
-        .bind(path)
-        .bind(key)
-        .execute(&mut *conn)
-        .await?;
     Ok(sqlx::query_as(
         "SELECT request_hash, response_status, response_body FROM idempotency_records WHERE path = $1 AND key = $2",
     )
@@ -100,8 +123,8 @@ pub enum Retired {
 /// different request hash and is refused (422), so the answer cannot
 /// change afterwards.
 pub async fn retire_or_read(pool: &PgPool, path: &str, key: &str) -> Result<Retired, BankError> {
-    let mut tx = pool.begin().await?;
-    let stored = lock_and_read(&mut tx, path, key).await?;
+    let mut tx = begin_locked(pool, path, key).await?;
+    let stored = read(&mut tx, path, key).await?;
     let retired = match stored {
         Some(stored) if stored.response_status == 200 => Retired::Done(stored.response_body),
         Some(_) => Retired::Absent,
