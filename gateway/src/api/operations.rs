@@ -62,7 +62,11 @@ pub async fn ready(state: Data<AppState>) -> HttpResponse {
 
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 #[get("/metrics")]
-pub async fn metrics(handle: Data<PrometheusHandle>) -> HttpResponse {
+pub async fn metrics(handle: Data<PrometheusHandle>, state: Data<AppState>) -> HttpResponse {
+    // The breaker moves from open to half-open by the clock, not by an
+    // event: reading its state publishes the move, so that a scrape with no
+    // traffic in between does not report "open" long after it ended.
+    state.gateway.bank().circuit().state();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(handle.render())

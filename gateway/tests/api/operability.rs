@@ -326,3 +326,53 @@ async fn every_v1_request_logs_its_request_id_merchant_payment_and_status() {
     assert!(!all.contains(HAPPY_CARD.0) && !all.contains(EMPTY_CARD.0));
     assert!(!all.contains(&api_key), "the API key is never logged");
 }
+
+/// The breaker leaves "open" by the clock, with no event to publish it:
+/// a scrape after the open period, with no traffic since, says half-open.
+#[tokio::test]
+async fn the_circuit_gauge_follows_the_clock_without_traffic() {
+    let database_url = throwaway_pg::shared()
+        .fresh_database("gateway")
+        .await
+        .unwrap();
+    // Nothing listens here: every bank call is refused, a transient failure.
+    let no_bank = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let served = Launch::new(&database_url, &no_bank)
+        .set("CIRCUIT_FAILURE_THRESHOLD", 1)
+        .set("CIRCUIT_OPEN_MS", 500)
+        .start()
+        .await;
+    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+    let api_key = create_key(&pool, "ficmart").await;
+    let client = crate::helpers::test_client();
+    let gauge = || async {
+        let text = client
+            .get(format!("{}/metrics", served.base()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        total(&text, "gateway_bank_circuit_state", &[])
+    };
+    let response = client
+        .post(format!("{}/v1/payments", served.base()))
+        .bearer_auth(&api_key)
+        .header("Idempotency-Key", new_key())
+        .json(&payment_body(HAPPY_CARD, 1000, "ord_gauge", "cus_gauge"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        [StatusCode::ACCEPTED, StatusCode::SERVICE_UNAVAILABLE].contains(&response.status()),
+        "{}",
+        response.status()
+    );
+    assert_eq!(gauge().await, 2.0, "open after the refused call");
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert_eq!(gauge().await, 1.0, "half-open once the open period is over");
+}
