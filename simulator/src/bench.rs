@@ -16,6 +16,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use crate::bank::{BankAdmin, Chaos, Created, NewCard};
 use crate::cards::random_card_number;
 use crate::cli::{BenchArgs, Target};
+use crate::cpu::{self, Parties};
 use crate::process::{GatewayOptions, GatewayOutput};
 use crate::report::{self, Report};
 use crate::stack::{BankChaos, Stack, StackOptions};
@@ -84,7 +85,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             unreachable!("a stack is started when no URL is given")
         }
     };
-    let outcome = bench(&args, &bank_url, &endpoint, stack.is_some()).await;
+    let parties = stack.as_ref().and_then(cpu_parties);
+    let outcome = bench(
+        &args,
+        &bank_url,
+        &endpoint,
+        stack.is_some(),
+        parties.as_ref(),
+    )
+    .await;
     let gateway_log = stack
         .as_ref()
         .and_then(|s| s.gateway())
@@ -150,11 +159,23 @@ fn own_stack_options(args: &BenchArgs, concurrency: usize) -> StackOptions {
     }
 }
 
+/// The gateway's process and databases, for the CPU breakdown: only for a
+/// stack with a gateway that this bench started.
+fn cpu_parties(stack: &Stack) -> Option<Parties> {
+    let gateway = stack.gateway()?;
+    Some(Parties {
+        gateway_pid: gateway.process.pid(),
+        gateway_database_url: stack.urls().gateway_database.clone()?,
+        bank_database_url: stack.urls().bank_database.clone(),
+    })
+}
+
 async fn bench(
     args: &BenchArgs,
     bank_url: &str,
     endpoint: &Endpoint,
     own_stack: bool,
+    parties: Option<&Parties>,
 ) -> anyhow::Result<Report> {
     let concurrency = usize::try_from(args.concurrency)?;
     let latency_ms = args.bank_latency_ms();
@@ -191,9 +212,20 @@ async fn bench(
                 StatusCode::CREATED,
             ),
         };
+        let before = match parties {
+            Some(parties) => parties.sample().await,
+            None => None,
+        };
         let load = fire(u64::from(args.requests), concurrency, expected, request).await?;
+        let cpu = match (parties, before) {
+            (Some(parties), Some(before)) => parties
+                .sample()
+                .await
+                .map(|after| cpu::per_authorization(&before, &after, load.ok)),
+            (Some(_) | None, None) | (None, Some(_)) => None,
+        };
         let ledger = admin.verify_ledger().await?;
-        Ok::<_, anyhow::Error>((load, ledger))
+        Ok::<_, anyhow::Error>((load, ledger, cpu))
     }
     .await;
 
@@ -203,7 +235,7 @@ async fn bench(
             .await
             .context("restoring the bank's chaos")?;
     }
-    let (load, ledger) = result?;
+    let (load, ledger, cpu) = result?;
     let elapsed_us = micros(load.elapsed);
     let (target, url, gateway_db_pool_size) = match endpoint {
         Endpoint::Bank => ("bank", bank_url.to_owned(), None),
@@ -226,6 +258,7 @@ async fn bench(
         authorizations_per_second: report::rate(load.ok, elapsed_us),
         latency_us: Latency::summarise(load.ok_latencies),
         ledger,
+        cpu_ms_per_authorization: cpu,
     })
 }
 

@@ -11,6 +11,7 @@
 //! - [`cards`]: Luhn-valid test card numbers.
 //! - [`stats`]: nearest-rank latency percentiles.
 //! - [`report`]: the benchmark report, as text or JSON.
+//! - [`cpu`]: CPU per authorization by process, from `/proc`, for the report.
 //! - [`scenario`]: a chaos scenario as data, generated from a seed by proptest.
 //! - [`model`]: the legal payment states, from the gateway's transition table.
 //! - [`driver`]: the client side: plans carried out, every exchange recorded.
@@ -23,6 +24,7 @@ pub mod bank;
 pub mod bench;
 pub mod cards;
 pub mod cli;
+pub mod cpu;
 pub mod driver;
 pub mod invariants;
 pub mod model;

@@ -6,6 +6,7 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::cpu::CpuPerAuthorization;
 use crate::stats::{Latency, format_ms, format_seconds};
 
 #[derive(Debug, Clone, Serialize)]
@@ -31,6 +32,9 @@ pub struct Report {
     pub latency_us: Option<Latency>,
     /// `GET /admin/ledger/verify` after the run, as the bank answered it.
     pub ledger: Value,
+    /// CPU per successful authorization during the load, by process (see
+    /// [`crate::cpu`]); `null` unless the bench started a gateway itself.
+    pub cpu_ms_per_authorization: Option<CpuPerAuthorization>,
 }
 
 impl Report {
@@ -92,6 +96,18 @@ impl fmt::Display for Report {
                 format_ms(l.max_us)
             )?,
             None => writeln!(f, "  latency     no successful requests")?,
+        }
+        if let Some(cpu) = &self.cpu_ms_per_authorization {
+            let parts: Vec<String> = cpu
+                .ms
+                .iter()
+                .map(|(party, ms)| format!("{party} {ms:.3}"))
+                .collect();
+            writeln!(
+                f,
+                "  cpu         ms per authorization: {}",
+                parts.join(", ")
+            )?;
         }
         let ledger = &self.ledger;
         if self.ledger_ok() {

@@ -127,6 +127,25 @@ fn bench_through_its_own_gateway_reports_every_payment() {
     assert_eq!(report["errors"], serde_json::json!({}), "{report:#}");
     assert_eq!(report["gateway_db_pool_size"], 10, "{report:#}");
     assert_eq!(report["ledger"]["ok"], true, "{report:#}");
+    // Every party is reported; the gateway and its database certainly
+    // worked (coarser ones may round to zero ticks of 10 ms in so short a
+    // run), and the machine's total covers them.
+    let cpu = &report["cpu_ms_per_authorization"]["ms"];
+    let ms = |party: &str| {
+        cpu[party]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no CPU for {party}: {report:#}"))
+    };
+    for party in ["bank's Postgres", "load generator and bank"] {
+        assert!(ms(party) >= 0.0, "{party}: {report:#}");
+    }
+    for party in ["gateway process", "gateway's Postgres"] {
+        assert!(ms(party) > 0.0, "{party}: {report:#}");
+    }
+    assert!(
+        ms("machine, all busy cores") >= ms("gateway process") + ms("gateway's Postgres"),
+        "{report:#}"
+    );
 }
 
 /// A running `simulator up`; dropping it stops it (SIGTERM, then SIGKILL),
