@@ -1,7 +1,9 @@
 //! Postgres: the pool, the migrations, and one file per table family.
 //!
 //! Every function takes a `&mut PgConnection` so the caller decides the
-//! transaction; none of them is ever called while a bank call is pending.
+//! transaction, except the two hot writes, which take the pool because a
+//! [`batch::Batcher`] runs them for many requests at once; none of them is
+//! ever called while a bank call is pending.
 
 pub mod batch;
 pub mod merchants;
