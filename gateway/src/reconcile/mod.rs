@@ -16,7 +16,7 @@
 //!   refunded or expired what the receipt still shows as before. The
 //!   receipt is moved forward along the shortest path that the one
 //!   transition table allows (e.g. `authorized → capturing → captured`),
-//!   each step through [`store::payments::apply`] with the bank's ids, in
+//!   each step through [`crate::store::payments::apply`] with the bank's ids, in
 //!   one transaction, with the payment locked and compared again.
 //! - `repairable`: the same, in a dry run (nothing written).
 //! - `mismatch`: the receipt claims something the bank never did (a

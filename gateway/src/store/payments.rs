@@ -124,7 +124,7 @@ pub struct StartAuthorization {
 /// pending payment and its first history row, and the operation with its
 /// bank key, leased to the caller. `None` for a key that exists already
 /// (the caller then takes the general path), including the second of two
-/// rows in one batch with the same key. For [`batch::Batcher`].
+/// rows in one batch with the same key. For [`crate::store::batch::Batcher`].
 pub fn start_authorizations(
     pool: PgPool,
     starts: Vec<StartAuthorization>,
@@ -500,7 +500,7 @@ pub struct Settlement {
 /// Writes a batch of settlements in one statement; for each, whether it
 /// was written (false, writing nothing, if someone settled it first). Of
 /// two settlements of one payment in a batch, only the first can be.
-/// For [`batch::Batcher`].
+/// For [`crate::store::batch::Batcher`].
 pub fn write_settlements(
     pool: PgPool,
     settlements: Vec<Settlement>,
