@@ -15,9 +15,11 @@
 //! its own request, with its own error.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -112,7 +114,18 @@ struct Flusher<I, O> {
 impl<I: Clone + Send + 'static, O: Send + 'static> Flusher<I, O> {
     async fn run(self) {
         while let Some(batch) = self.next_batch().await {
-            self.flush(batch).await;
+            // A bug that panics fails this batch's requests (their replies
+            // are dropped: "pool closed", 503), not every request after it.
+            if AssertUnwindSafe(self.flush(batch))
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    write = self.name,
+                    "a batch write panicked; its requests failed"
+                );
+            }
         }
     }
 
@@ -176,5 +189,44 @@ impl<I: Clone + Send + 'static, O: Send + 'static> Flusher<I, O> {
             let _ = job.reply.send(result);
         });
         futures_util::future::join_all(alone).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Doubles each number; a batch holding a negative one panics.
+    fn double(_pool: PgPool, rows: Vec<i64>) -> BoxFuture<Result<Vec<i64>, sqlx::Error>> {
+        Box::pin(async move {
+            assert!(rows.iter().all(|n| *n >= 0), "a negative row");
+            Ok(rows.into_iter().map(|n| n * 2).collect())
+        })
+    }
+
+    fn batcher() -> Batcher<i64, i64> {
+        let pool = PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").expect("a lazy pool");
+        let limits = BatchLimits {
+            max_rows: 4,
+            flushers: 1,
+            queue: 16,
+        };
+        Batcher::spawn("unit", pool, limits, double).0
+    }
+
+    #[tokio::test]
+    async fn queued_rows_share_a_batch_and_each_gets_its_own_answer() {
+        let batcher = batcher();
+        let answers = futures_util::future::join_all((0..10).map(|n| batcher.submit(n))).await;
+        let answers: Vec<i64> = answers.into_iter().map(Result::unwrap).collect();
+        assert_eq!(answers, (0..10).map(|n| n * 2).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_write_fails_its_requests_and_the_next_ones_are_served() {
+        let batcher = batcher();
+        let failed = batcher.submit(-1).await;
+        assert!(matches!(failed, Err(sqlx::Error::PoolClosed)), "{failed:?}");
+        assert_eq!(batcher.submit(21).await.unwrap(), 42);
     }
 }
