@@ -151,14 +151,7 @@ impl Gateway {
             }
             None => {
                 let reply = reply_for(tx, kind, &payment).await?;
-                idempotency::complete(
-                    tx,
-                    requester.merchant,
-                    requester.key,
-                    reply.status,
-                    &reply.body,
-                )
-                .await?;
+                requester.store(tx, &reply).await?;
                 Ok(Err(reply))
             }
         }

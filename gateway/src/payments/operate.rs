@@ -129,14 +129,7 @@ impl Gateway {
             Err(TransitionError::Refused(refused)) => {
                 tracing::info!(%refused, "state machine refused the operation; the bank is not called");
                 let reply = reply::refused(&payment, refused)?;
-                idempotency::complete(
-                    tx,
-                    requester.merchant,
-                    requester.key,
-                    reply.status,
-                    &reply.body,
-                )
-                .await?;
+                requester.store(tx, &reply).await?;
                 return Ok(Start::Answered(reply));
             }
             Err(TransitionError::Database(e)) => return Err(e.into()),

@@ -88,6 +88,27 @@ pub struct Requester<'a> {
     pub key: &'a IdempotencyKey,
 }
 
+impl Requester<'_> {
+    /// Stores `reply` on the key, for replays.
+    pub async fn store(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        reply: &Reply,
+    ) -> Result<(), sqlx::Error> {
+        idempotency::complete(conn, self.merchant, self.key, reply.status, &reply.body).await
+    }
+
+    /// `reply`, to be stored on the key by a batched settlement.
+    fn answer(&self, reply: &Reply) -> Answer {
+        Answer {
+            merchant: self.merchant,
+            key: self.key.as_str().to_owned(),
+            status: reply.status,
+            body: reply.body.clone(),
+        }
+    }
+}
+
 impl Gateway {
     /// The common case, in two round trips and no explicit transaction:
     /// read the payment, compute where it goes and the answer, then write
@@ -131,12 +152,7 @@ impl Gateway {
         let reply = render(operation.kind(), &moved, history)?;
         let answer = requester
             .filter(|_| reply.is_final())
-            .map(|requester| Answer {
-                merchant: requester.merchant,
-                key: requester.key.as_str().to_owned(),
-                status: reply.status,
-                body: reply.body.clone(),
-            });
+            .map(|requester| requester.answer(&reply));
         let written = self
             .settlements
             .submit(Settlement {
@@ -225,14 +241,7 @@ impl Gateway {
         };
         let reply = render(operation.kind(), &payment, history)?;
         if let Some(requester) = requester.filter(|_| reply.is_final()) {
-            idempotency::complete(
-                &mut tx,
-                requester.merchant,
-                requester.key,
-                reply.status,
-                &reply.body,
-            )
-            .await?;
+            requester.store(&mut tx, &reply).await?;
         }
         tx.commit().await?;
         metrics::counter!("gateway_operations_settled_total", "kind" => operation.kind().as_str(), "status" => reply.status.to_string())

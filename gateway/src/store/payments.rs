@@ -579,51 +579,48 @@ async fn update_settled(
 fn parse_history(json: &str) -> Result<History, sqlx::Error> {
     let rows: Vec<(String, DateTime<Utc>)> =
         serde_json::from_str(json).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    decode_history(rows)
+}
+
+fn decode_history(rows: Vec<(String, DateTime<Utc>)>) -> Result<History, sqlx::Error> {
     rows.into_iter()
-        .map(|(status, at)| {
-            let status = PaymentStatus::parse(&status)
-                .ok_or_else(|| sqlx::Error::Decode(format!("status {status:?}").into()))?;
-            Ok((status, at))
-        })
+        .map(|(status, at)| Ok((decode_status(&status)?, at)))
         .collect()
 }
 
+/// A status as `payment_events` stores it; the enum type there admits no other.
+fn decode_status(raw: &str) -> Result<PaymentStatus, sqlx::Error> {
+    PaymentStatus::parse(raw).ok_or_else(|| sqlx::Error::Decode(format!("status {raw:?}").into()))
+}
+
 /// The statuses a payment entered, oldest first.
-pub async fn history(
-    conn: &mut PgConnection,
-    id: Uuid,
-) -> Result<Vec<(PaymentStatus, DateTime<Utc>)>, sqlx::Error> {
+pub async fn history(conn: &mut PgConnection, id: Uuid) -> Result<History, sqlx::Error> {
     let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
         "SELECT to_status::text, at FROM payment_events WHERE payment_id = $1 ORDER BY id",
     )
     .bind(id)
     .fetch_all(conn)
     .await?;
-    rows.into_iter()
-        .map(|(status, at)| {
-            let status = PaymentStatus::parse(&status)
-                .ok_or_else(|| sqlx::Error::Decode(format!("status {status:?}").into()))?;
-            Ok((status, at))
-        })
-        .collect()
+    decode_history(rows)
 }
 
 /// The histories of many payments in one query, for a listing's page.
 pub async fn histories(
     conn: &mut PgConnection,
     ids: &[Uuid],
-) -> Result<std::collections::HashMap<Uuid, History>, sqlx::Error> {
+) -> Result<HashMap<Uuid, History>, sqlx::Error> {
     let rows: Vec<(Uuid, String, DateTime<Utc>)> = sqlx::query_as(
         "SELECT payment_id, to_status::text, at FROM payment_events WHERE payment_id = ANY($1) ORDER BY id",
     )
     .bind(ids)
     .fetch_all(conn)
     .await?;
-    let mut histories: std::collections::HashMap<Uuid, History> = std::collections::HashMap::new();
+    let mut histories: HashMap<Uuid, History> = HashMap::new();
     for (payment_id, status, at) in rows {
-        let status = PaymentStatus::parse(&status)
-            .ok_or_else(|| sqlx::Error::Decode(format!("status {status:?}").into()))?;
-        histories.entry(payment_id).or_default().push((status, at));
+        histories
+            .entry(payment_id)
+            .or_default()
+            .push((decode_status(&status)?, at));
     }
     Ok(histories)
 }
