@@ -1,8 +1,11 @@
 //! A small client for the mock bank's health and admin endpoints.
 
 use anyhow::{Context, bail};
+use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+use crate::cards::random_card_number;
 
 /// The bank's chaos settings we change and restore (`GET|PUT /admin/chaos`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,6 +115,24 @@ impl BankAdmin {
                 bail!("POST {url} answered {status}: {body}")
             }
         }
+    }
+
+    /// Opens a card with a random unused number, a random CVV, expiry
+    /// 12/2099 and `balance` cents.
+    pub async fn open_random_card(&self, balance: i64) -> anyhow::Result<NewCard> {
+        for _ in 0..10 {
+            let card = NewCard {
+                card_number: random_card_number(&mut rand::rng()),
+                cvv: format!("{:03}", rand::rng().random_range(0..1000)),
+                expiry_month: 12,
+                expiry_year: 2099,
+                balance,
+            };
+            if let Created::Yes = self.create_card(&card).await? {
+                return Ok(card);
+            }
+        }
+        bail!("ten random card numbers in a row were taken")
     }
 
     /// `PUT /admin/chaos` with `body` as it is (any subset of the fields).

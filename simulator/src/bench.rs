@@ -9,12 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::{StreamExt, TryStreamExt};
-use rand::RngExt;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 
-use crate::bank::{BankAdmin, Chaos, Created, NewCard};
-use crate::cards::random_card_number;
+use crate::bank::{BankAdmin, Chaos, NewCard};
 use crate::cli::{BenchArgs, Target};
 use crate::cpu::{self, Parties};
 use crate::process::{GatewayOptions, GatewayOutput};
@@ -279,21 +277,7 @@ async fn gateway_ready(client: &reqwest::Client, url: &str) -> anyhow::Result<()
 /// Opens `count` fresh cards with `balance` cents each, expiring 12/2099.
 async fn open_cards(admin: &BankAdmin, count: u32, balance: i64) -> anyhow::Result<Vec<NewCard>> {
     futures_util::stream::iter(0..count)
-        .map(|_| async move {
-            for _ in 0..10 {
-                let card = NewCard {
-                    card_number: random_card_number(&mut rand::rng()),
-                    cvv: format!("{:03}", rand::rng().random_range(0..1000)),
-                    expiry_month: 12,
-                    expiry_year: 2099,
-                    balance,
-                };
-                if let Created::Yes = admin.create_card(&card).await? {
-                    return Ok(card);
-                }
-            }
-            bail!("ten random card numbers in a row were taken")
-        })
+        .map(|_| admin.open_random_card(balance))
         .buffer_unordered(CARD_CREATION_CONCURRENCY)
         .try_collect()
         .await

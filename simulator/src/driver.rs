@@ -15,7 +15,7 @@ use crate::bank::NewCard;
 use crate::cards::random_card_number;
 use crate::model::Op;
 use crate::scenario::{Duplicate, Next, PaymentPlan, PlanKind, Step};
-use crate::stats::micros;
+use crate::stats::{micros, millis};
 
 /// A key is retried until it gets a final answer, or for this long.
 pub const KEY_BUDGET: Duration = Duration::from_secs(90);
@@ -238,13 +238,18 @@ impl Driver {
         &self.api_key
     }
 
+    /// `path` at the next replica, round robin; counts the request.
+    fn next_url(&self, path: &str) -> String {
+        let i = self.next_gateway.fetch_add(1, Ordering::Relaxed) % self.gateways.len();
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        format!("{}{path}", self.gateways[i])
+    }
+
     /// One attempt, at the next replica.
     async fn attempt(&self, op: Op, path: &str, key: &str, body: &str) -> Exchange {
-        let i = self.next_gateway.fetch_add(1, Ordering::Relaxed) % self.gateways.len();
-        let url = format!("{}{path}", self.gateways[i]);
+        let url = self.next_url(path);
         let at = self.started.elapsed();
         let sent = Instant::now();
-        self.requests.fetch_add(1, Ordering::Relaxed);
         let result = self
             .http
             .post(&url)
@@ -254,32 +259,11 @@ impl Driver {
             .body(body.to_owned())
             .send()
             .await;
-        let answer = match result {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let replayed = response
-                    .headers()
-                    .get("Idempotent-Replayed")
-                    .is_some_and(|v| v.as_bytes() == b"true");
-                match response.text().await {
-                    Ok(body) => Answer::Http {
-                        status,
-                        replayed,
-                        body,
-                    },
-                    Err(e) => Answer::Transport {
-                        error: format!("body lost: {e}"),
-                    },
-                }
-            }
-            Err(e) => Answer::Transport {
-                error: transport_kind(&e).to_owned(),
-            },
-        };
+        let answer = answer(result).await;
         Exchange {
             op,
             key: key.to_owned(),
-            at_ms: u64::try_from(at.as_millis()).unwrap_or(u64::MAX),
+            at_ms: millis(at),
             latency_us: micros(sent.elapsed()),
             answer,
         }
@@ -374,34 +358,15 @@ impl Driver {
 
     /// One GET, at the next replica.
     async fn get(&self, kind: ReadKind, path: &str, after: &str) -> Read {
-        let i = self.next_gateway.fetch_add(1, Ordering::Relaxed) % self.gateways.len();
-        let url = format!("{}{path}", self.gateways[i]);
+        let url = self.next_url(path);
         let at = self.started.elapsed();
         let sent = Instant::now();
-        self.requests.fetch_add(1, Ordering::Relaxed);
         let result = self.http.get(&url).bearer_auth(&self.api_key).send().await;
-        let answer = match result {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                match response.text().await {
-                    Ok(body) => Answer::Http {
-                        status,
-                        replayed: false,
-                        body,
-                    },
-                    Err(e) => Answer::Transport {
-                        error: format!("body lost: {e}"),
-                    },
-                }
-            }
-            Err(e) => Answer::Transport {
-                error: transport_kind(&e).to_owned(),
-            },
-        };
+        let answer = answer(result).await;
         Read {
             kind,
             after: after.to_owned(),
-            at_ms: u64::try_from(at.as_millis()).unwrap_or(u64::MAX),
+            at_ms: millis(at),
             latency_us: micros(sent.elapsed()),
             answer,
         }
@@ -564,6 +529,32 @@ fn luhn_broken(number: &str) -> String {
         *last = b'0' + (*last - b'0' + 1) % 10;
     }
     String::from_utf8(digits).unwrap_or_default()
+}
+
+/// What came back: status, the replay header and the body, or why nothing did.
+async fn answer(result: Result<reqwest::Response, reqwest::Error>) -> Answer {
+    match result {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let replayed = response
+                .headers()
+                .get("Idempotent-Replayed")
+                .is_some_and(|v| v.as_bytes() == b"true");
+            match response.text().await {
+                Ok(body) => Answer::Http {
+                    status,
+                    replayed,
+                    body,
+                },
+                Err(e) => Answer::Transport {
+                    error: format!("body lost: {e}"),
+                },
+            }
+        }
+        Err(e) => Answer::Transport {
+            error: transport_kind(&e).to_owned(),
+        },
+    }
 }
 
 fn transport_kind(e: &reqwest::Error) -> &'static str {

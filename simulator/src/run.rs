@@ -21,18 +21,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::{StreamExt, TryStreamExt};
-use rand::RngExt;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, watch};
 
-use crate::bank::{BankAdmin, Created, NewCard};
-use crate::cards::random_card_number;
+use crate::bank::{BankAdmin, NewCard};
 use crate::driver::{Driver, FlowRecord};
 use crate::invariants::{self, BankAuthorization, CardBalance, CardData, Observations};
 use crate::process::{GatewayOptions, GatewayOutput, GatewayProcess, free_port};
 use crate::run_report::{Event, RunReport};
 use crate::scenario::Scenario;
 use crate::stack::Stack;
+use crate::stats::millis;
 
 /// Each fresh card opens with $100,000.
 pub const OPENING_BALANCE: i64 = 10_000_000;
@@ -345,9 +344,9 @@ impl Session {
         admin.put_chaos(&calm()).await?;
         let mut cards = Vec::new();
         for _ in 0..scenario.cards.max(1) {
-            cards.push(open_card(&admin, OPENING_BALANCE).await?);
+            cards.push(admin.open_random_card(OPENING_BALANCE).await?);
         }
-        let mut empty_card = open_card(&admin, 0).await?;
+        let mut empty_card = admin.open_random_card(0).await?;
         empty_card.balance = 0;
         cards.push(empty_card.clone());
         let (gateway_database, bank_database, api_key, replicas) = match (stack, &options.given) {
@@ -840,26 +839,6 @@ pub fn calm() -> Value {
     json!({"failure_rate": 0.0, "min_latency_ms": 0, "max_latency_ms": 0,
         "error_after_commit_rate": 0.0, "timeout_rate": 0.0, "reset_rate": 0.0,
         "outage_seconds": 0})
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-async fn open_card(admin: &BankAdmin, balance: i64) -> anyhow::Result<NewCard> {
-    for _ in 0..10 {
-        let card = NewCard {
-            card_number: random_card_number(&mut rand::rng()),
-            cvv: format!("{:03}", rand::rng().random_range(0..1000)),
-            expiry_month: 12,
-            expiry_year: 2099,
-            balance,
-        };
-        if let Created::Yes = admin.create_card(&card).await? {
-            return Ok(card);
-        }
-    }
-    bail!("ten random card numbers in a row were taken")
 }
 
 /// What the fault task does at a moment.

@@ -170,9 +170,7 @@ impl RunReport {
             restarts: events.iter().filter(|e| e.kind == "restart").count(),
             kill_every_ms: scenario.faults.kill_every_ms,
             cards: scenario.cards,
-            duration_ms: options
-                .duration
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            duration_ms: options.duration.map(crate::stats::millis),
             scenario_file: None,
             events,
             invariants,

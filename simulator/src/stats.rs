@@ -48,6 +48,11 @@ pub fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// Whole milliseconds, saturating.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Microseconds as milliseconds with three decimals, without floats.
 pub fn format_ms(us: u64) -> String {
     format!("{}.{:03}", us / 1000, us % 1000)
