@@ -520,6 +520,10 @@ async fn update_settled(
     settlements: &[Settlement],
 ) -> Result<Vec<i64>, sqlx::Error> {
     let text = |f: fn(&Settlement) -> Option<&str>| settlements.iter().map(f).collect::<Vec<_>>();
+    // The operation's status is read by a scalar subquery, one primary-key
+    // probe per row. Written as EXISTS, the planner made it a semi-join and,
+    // with fresh rows under-counted in its statistics, hashed every pending
+    // operation (about one per request in flight) for each batch.
     sqlx::query_scalar(
         "WITH input AS ( \
            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], \
@@ -535,7 +539,7 @@ async fn update_settled(
              bank_refund_id = f.refund_id, failure_code = f.failure_code, updated_at = f.at \
            FROM first f \
            WHERE p.id = f.payment_id AND p.status = f.from_status::payment_status \
-             AND EXISTS (SELECT 1 FROM operations o WHERE o.id = f.operation_id AND o.status = 'pending') \
+             AND (SELECT o.status FROM operations o WHERE o.id = f.operation_id) = 'pending' \
            RETURNING f.n), \
          settled AS (SELECT f.* FROM first f JOIN moved USING (n)), \
          logged AS ( \
