@@ -4,7 +4,7 @@ use uuid::Uuid;
 
 use crate::api::error::BankError;
 use crate::domain::{Amount, AuthorizationId, CardNumber, Cvv, Expiry, VoidId};
-use crate::ledger::{self, Movement};
+use crate::ledger::{self, Movement, Posting};
 use crate::operations::Void;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, serde::Serialize, utoipa::ToSchema)]
@@ -95,27 +95,24 @@ pub async fn authorize(
         return Err(BankError::InsufficientFunds);
     }
     let id = AuthorizationId::random();
+    let posting = Posting {
+        movement: Movement::Authorize,
+        card_number: request.card_number.as_str(),
+        amount: request.amount.cents(),
+        reference: Some(id.0),
+    };
     // A new authorization has no capture or void yet: the row as inserted
     // is the whole answer.
-    let authorization: Authorization = sqlx::query_as(
-        "INSERT INTO authorizations (id, card_number, amount, expires_at) VALUES ($1, $2, $3, now() + $4) \
-         RETURNING id, card_number, amount, state, expires_at, created_at, \
-           NULL::uuid AS capture_id, NULL::uuid AS void_id",
-    )
-    .bind(id.0)
-    .bind(request.card_number.as_str())
-    .bind(request.amount.cents())
-    .bind(lifetime)
-    .fetch_one(&mut *conn)
-    .await?;
-    ledger::post(
-        conn,
-        Movement::Authorize,
-        request.card_number.as_str(),
-        request.amount.cents(),
-        Some(id.0),
-    )
-    .await?;
+    let authorization = posting
+        .with_record(
+            conn,
+            "INSERT INTO authorizations (id, card_number, amount, expires_at) \
+             VALUES ($10, $7, $11, now() + $12) \
+             RETURNING id, card_number, amount, state, expires_at, created_at, \
+               NULL::uuid AS capture_id, NULL::uuid AS void_id",
+            |query| query.bind(id.0).bind(request.amount.cents()).bind(lifetime),
+        )
+        .await?;
     Ok(authorization)
 }
 
