@@ -66,6 +66,64 @@ where
         .body(body))
 }
 
+/// A request's key and the response to store under it, for an operation
+/// that claims the key in its own statement (the authorization) instead of
+/// running inside [`execute`].
+pub struct Claim<'a> {
+    pub scope: &'a Scope,
+    pub response: &'a [u8],
+}
+
+impl Claim<'_> {
+    /// The advisory lock [`execute`] takes for the same key.
+    pub fn lock_id(&self) -> i64 {
+        lock_id(&self.scope.path, &self.scope.key)
+    }
+}
+
+/// What such an operation did with its [`Claim`].
+pub enum Claimed {
+    /// It did its work and stored the response.
+    Stored,
+    /// It did nothing: the key was already used.
+    Taken,
+    /// It refused, storing nothing; the key may hold an earlier answer.
+    Refused(BankError),
+}
+
+/// The HTTP answer for a [`Claim`]: the stored response, or what the key's
+/// first request stored (replayed, or 422 for a different request), or the
+/// refusal. Because the operation took the key's lock, a first request
+/// with this key had finished, so what it stored is visible here.
+pub async fn answer(
+    pool: &PgPool,
+    claim: &Claim<'_>,
+    claimed: Claimed,
+) -> Result<HttpResponse, BankError> {
+    let refusal = match claimed {
+        Claimed::Stored => {
+            count(claim.scope, "ok");
+            return Ok(HttpResponse::Ok()
+                .content_type(ContentType::json())
+                .body(claim.response.to_vec()));
+        }
+        Claimed::Taken => None,
+        Claimed::Refused(e) => Some(e),
+    };
+    let mut conn = pool.acquire().await?;
+    let stored = read(&mut conn, &claim.scope.path, &claim.scope.key).await?;
+    match (stored, refusal) {
+        (Some(stored), _) => replay(stored, claim.scope),
+        (None, Some(refusal)) => {
+            count(claim.scope, refusal.code());
+            Err(refusal)
+        }
+        (None, None) => Err(BankError::Internal(anyhow::anyhow!(
+            "a key was taken but nothing is stored under it"
+        ))),
+    }
+}
+
 /// Begins a transaction holding the lock that serialises requests sharing
 /// (path, key) until it ends, in one round trip: the lock's id is computed
 /// here, so the statement needs no parameters and can go with the `BEGIN`.

@@ -102,14 +102,15 @@ pub async fn create_authorization(
 ) -> Result<HttpResponse, BankError> {
     let request = IdempotentRequest::<AuthorizeBody>::read(&req, payload).await?;
     let authorize = request.body.parse()?;
-    let lifetime = state.authorization_lifetime;
-    idempotency::execute(&state.pool, &request.scope, move |conn| {
-        Box::pin(async move {
-            let authorization = operations::authorize(conn, &authorize, lifetime).await?;
-            Ok(AuthorizationResponse::from(authorization))
-        })
-    })
-    .await
+    let hold = operations::NewHold::now(state.authorization_lifetime);
+    let response = AuthorizationResponse::from(hold.authorization(&authorize));
+    let response = serde_json::to_vec(&response).map_err(|e| BankError::Internal(e.into()))?;
+    let claim = idempotency::Claim {
+        scope: &request.scope,
+        response: &response,
+    };
+    let claimed = operations::authorize(&state.pool, &claim, &authorize, &hold).await?;
+    idempotency::answer(&state.pool, &claim, claimed).await
 }
 
 /// Extension: settles an authorization whose answer was lost, without

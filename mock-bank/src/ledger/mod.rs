@@ -85,7 +85,8 @@ pub async fn post(
         amount,
         reference,
     };
-    let _: (i32,) = posting.with_record(conn, "SELECT 1", |query| query).await?;
+    let sql = Posting::statement(&Surroundings::default());
+    let _: (i32,) = posting.bind(sqlx::query_as(&sql)).fetch_one(conn).await?;
     Ok(())
 }
 
@@ -99,26 +100,49 @@ pub struct Posting<'a> {
 
 type RecordQuery<'q, R> = QueryAs<'q, Postgres, R, PgArguments>;
 
+/// The rest of a statement that posts an entry: the operation's own work
+/// around it, so that both cost one round trip. Their parameters are
+/// numbered from `$10` (the posting's own are `$1` to `$9`; `$7` is the
+/// card number).
+pub struct Surroundings<'s> {
+    /// Common table expressions that come before the posting's, without
+    /// the `WITH`; empty for none.
+    pub before: &'s str,
+    /// When false, nothing is posted (may name the CTEs in `before`).
+    pub when: &'s str,
+    /// The query whose one row the statement returns.
+    pub answer: &'s str,
+}
+
+impl Default for Surroundings<'_> {
+    fn default() -> Self {
+        Self {
+            before: "",
+            when: "true",
+            answer: "SELECT 1",
+        }
+    }
+}
+
 impl Posting<'_> {
-    /// Posts this entry in the same statement as `record`, a query
-    /// (typically `INSERT ... RETURNING`) whose parameters are numbered from
-    /// `$10` and bound by `bind`, and returns the row `record` returns. The
-    /// operation's own row and its money then cost one round trip, not two.
-    pub async fn with_record<R>(
-        &self,
-        conn: &mut PgConnection,
-        record: &str,
-        bind: impl for<'q> FnOnce(RecordQuery<'q, R>) -> RecordQuery<'q, R>,
-    ) -> Result<R, sqlx::Error>
-    where
-        R: for<'r> FromRow<'r, PgRow> + Send + Unpin,
-    {
-        assert!(self.amount >= 0, "journal amounts are magnitudes");
-        let [(from, debit), (to, credit)] = self.movement.legs(self.card_number, self.amount);
-        let (balance_delta, available_delta) = self.movement.projection(self.amount);
-        let sql = format!(
-            "WITH entry AS ( \
-               INSERT INTO journal_entries (kind, reference) VALUES ($1, $2) RETURNING id), \
+    /// The statement that posts an entry, if `around.when` holds, together
+    /// with `around`, and returns the row of `around.answer`. Bind the
+    /// entry's parameters with [`Posting::bind`], then `around`'s own.
+    pub fn statement(around: &Surroundings<'_>) -> String {
+        let Surroundings {
+            before,
+            when,
+            answer,
+        } = around;
+        let before = if before.is_empty() {
+            String::new()
+        } else {
+            format!("{before}, ")
+        };
+        format!(
+            "WITH {before}\
+             entry AS ( \
+               INSERT INTO journal_entries (kind, reference) SELECT $1, $2 WHERE {when} RETURNING id), \
              legs AS ( \
                INSERT INTO journal_legs (entry_id, ledger, amount) \
                SELECT entry.id, leg.ledger, leg.amount \
@@ -126,11 +150,21 @@ impl Posting<'_> {
                WHERE leg.amount <> 0), \
              moved AS ( \
                UPDATE accounts SET balance = balance + $8, available_balance = available_balance + $9 \
-               WHERE card_number = $7), \
-             record AS ({record}) \
-             SELECT * FROM record"
-        );
-        let query = sqlx::query_as(&sql)
+               WHERE card_number = $7 AND EXISTS (SELECT 1 FROM entry)), \
+             answer AS ({answer}) \
+             SELECT * FROM answer"
+        )
+    }
+
+    /// Binds this entry's parameters, `$1` to `$9`, to a [`Posting::statement`].
+    pub fn bind<'q, R>(&'q self, query: RecordQuery<'q, R>) -> RecordQuery<'q, R>
+    where
+        R: for<'r> FromRow<'r, PgRow>,
+    {
+        assert!(self.amount >= 0, "journal amounts are magnitudes");
+        let [(from, debit), (to, credit)] = self.movement.legs(self.card_number, self.amount);
+        let (balance_delta, available_delta) = self.movement.projection(self.amount);
+        query
             .bind(self.movement.kind())
             .bind(self.reference)
             .bind(from)
@@ -139,8 +173,7 @@ impl Posting<'_> {
             .bind(credit)
             .bind(self.card_number)
             .bind(balance_delta)
-            .bind(available_delta);
-        bind(query).fetch_one(conn).await
+            .bind(available_delta)
     }
 }
 

@@ -1,10 +1,11 @@
 use chrono::{DateTime, Datelike, Utc};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::api::error::BankError;
+use crate::api::idempotency::{Claim, Claimed};
 use crate::domain::{Amount, AuthorizationId, CardNumber, Cvv, Expiry, VoidId};
-use crate::ledger::{self, Movement, Posting};
+use crate::ledger::{self, Movement, Posting, Surroundings};
 use crate::operations::Void;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, serde::Serialize, utoipa::ToSchema)]
@@ -56,64 +57,122 @@ pub async fn get_authorization(
         .await?)
 }
 
-#[derive(sqlx::FromRow)]
-struct CardOnFile {
-    cvv: String,
-    expiry_month: i16,
-    expiry_year: i16,
-    available_balance: i64,
+/// A hold about to be placed: its id and times are chosen before the
+/// statement that places it, so that its response can be stored by that
+/// same statement.
+pub struct NewHold {
+    pub id: AuthorizationId,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
 }
 
-/// Places a hold; the checks after the row lock follow the original's order.
+impl NewHold {
+    pub fn now(lifetime: chrono::Duration) -> Self {
+        // Postgres keeps microseconds; the response says what is stored.
+        let now = Utc::now();
+        let created_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        Self {
+            id: AuthorizationId::random(),
+            created_at,
+            expires_at: created_at + lifetime,
+        }
+    }
+
+    /// The authorization as it will be stored.
+    pub fn authorization(&self, request: &AuthorizeRequest) -> Authorization {
+        Authorization {
+            id: self.id.0,
+            card_number: request.card_number.as_str().to_owned(),
+            amount: request.amount.cents(),
+            state: AuthorizationState::Active,
+            expires_at: self.expires_at,
+            created_at: self.created_at,
+            capture_id: None,
+            void_id: None,
+        }
+    }
+}
+
+/// Decides on the card under its row lock, in the original's order of
+/// checks: unknown card, CVV, a given expiry that differs, an expired card,
+/// funds. Only an approval claims the key (storing the response) and,
+/// only if the claim succeeds, places the hold.
+const AUTHORIZE: Surroundings<'static> = Surroundings {
+    before: "locked AS MATERIALIZED (SELECT 1 AS held FROM pg_advisory_xact_lock($10)), \
+     card AS MATERIALIZED ( \
+       SELECT c.* FROM locked, LATERAL ( \
+         SELECT cvv, expiry_month, expiry_year, available_balance FROM accounts \
+         WHERE card_number = $7 AND locked.held = 1 FOR UPDATE) c), \
+     verdict AS MATERIALIZED ( \
+       SELECT CASE \
+         WHEN card.cvv IS NULL THEN 'invalid_card' \
+         WHEN card.cvv <> $11 THEN 'invalid_cvv' \
+         WHEN $12::int2 IS NOT NULL \
+           AND (card.expiry_month, card.expiry_year) <> ($12::int2, $13::int2) THEN 'invalid_card' \
+         WHEN (card.expiry_year::int4, card.expiry_month::int4) < ($14::int4, $15::int4) THEN 'card_expired' \
+         WHEN card.available_balance < $16 THEN 'insufficient_funds' \
+         ELSE 'approved' END AS outcome \
+       FROM locked LEFT JOIN card ON true), \
+     claimed AS ( \
+       INSERT INTO idempotency_records (path, key, request_hash, response_status, response_body) \
+       SELECT $17, $18, $19, 200, $20 FROM verdict WHERE outcome = 'approved' \
+       ON CONFLICT DO NOTHING RETURNING 1), \
+     created AS ( \
+       INSERT INTO authorizations (id, card_number, amount, expires_at, created_at) \
+       SELECT $21, $7, $16, $22, $23 FROM claimed)",
+    when: "EXISTS (SELECT 1 FROM claimed)",
+    answer: "SELECT outcome, EXISTS (SELECT 1 FROM claimed) AS stored FROM verdict",
+};
+
+/// Places `hold` and stores `claim`'s response, atomically and in one
+/// statement (one round trip): the authorization is the bank's hottest
+/// path. The key's advisory lock is taken first, as [`idempotency`] does
+/// for every other operation, so requests sharing a key run one at a time.
 pub async fn authorize(
-    conn: &mut PgConnection,
+    pool: &PgPool,
+    claim: &Claim<'_>,
     request: &AuthorizeRequest,
-    lifetime: chrono::Duration,
-) -> Result<Authorization, BankError> {
-    let card: CardOnFile = sqlx::query_as(
-        "SELECT cvv, expiry_month, expiry_year, available_balance FROM accounts WHERE card_number = $1 FOR UPDATE",
-    )
-    .bind(request.card_number.as_str())
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or(BankError::InvalidCard)?;
-    if card.cvv != request.cvv.as_str() {
-        return Err(BankError::InvalidCvv);
-    }
-    let on_file = Expiry {
-        month: card.expiry_month,
-        year: card.expiry_year,
-    };
-    if request.expiry.is_some_and(|given| given != on_file) {
-        return Err(BankError::InvalidCard);
-    }
-    let today = Utc::now();
-    if on_file.has_expired(today.year(), today.month()) {
-        return Err(BankError::CardExpired);
-    }
-    if card.available_balance < request.amount.cents() {
-        return Err(BankError::InsufficientFunds);
-    }
-    let id = AuthorizationId::random();
+    hold: &NewHold,
+) -> Result<Claimed, BankError> {
     let posting = Posting {
         movement: Movement::Authorize,
         card_number: request.card_number.as_str(),
         amount: request.amount.cents(),
-        reference: Some(id.0),
+        reference: Some(hold.id.0),
     };
-    // A new authorization has no capture or void yet: the row as inserted
-    // is the whole answer.
-    let authorization = posting
-        .with_record(
-            conn,
-            "INSERT INTO authorizations (id, card_number, amount, expires_at) \
-             VALUES ($10, $7, $11, now() + $12) \
-             RETURNING id, card_number, amount, state, expires_at, created_at, \
-               NULL::uuid AS capture_id, NULL::uuid AS void_id",
-            |query| query.bind(id.0).bind(request.amount.cents()).bind(lifetime),
-        )
+    let today = Utc::now();
+    let sql = Posting::statement(&AUTHORIZE);
+    let (outcome, stored): (String, bool) = posting
+        .bind(sqlx::query_as(&sql))
+        .bind(claim.lock_id())
+        .bind(request.cvv.as_str())
+        .bind(request.expiry.map(|e| e.month))
+        .bind(request.expiry.map(|e| e.year))
+        .bind(today.year())
+        .bind(i32::try_from(today.month()).unwrap_or(i32::MAX))
+        .bind(request.amount.cents())
+        .bind(&claim.scope.path)
+        .bind(&claim.scope.key)
+        .bind(&claim.scope.request_hash)
+        .bind(claim.response)
+        .bind(hold.id.0)
+        .bind(hold.expires_at)
+        .bind(hold.created_at)
+        .fetch_one(pool)
         .await?;
-    Ok(authorization)
+    Ok(match outcome.as_str() {
+        "approved" if stored => Claimed::Stored,
+        "approved" => Claimed::Taken,
+        "invalid_card" => Claimed::Refused(BankError::InvalidCard),
+        "invalid_cvv" => Claimed::Refused(BankError::InvalidCvv),
+        "card_expired" => Claimed::Refused(BankError::CardExpired),
+        "insufficient_funds" => Claimed::Refused(BankError::InsufficientFunds),
+        other => {
+            return Err(BankError::Internal(anyhow::anyhow!(
+                "the authorization statement answered {other:?}"
+            )));
+        }
+    })
 }
 
 /// Locks an authorization that may still be captured or voided.

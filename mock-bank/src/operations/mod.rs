@@ -11,8 +11,8 @@ mod refunds;
 
 pub use accounts::{Account, NewAccount, TEST_CARDS, get_account, open_account, seed_test_cards};
 pub use authorizations::{
-    Authorization, AuthorizationState, AuthorizeRequest, authorize, expire_due, expire_now,
-    get_authorization, void,
+    Authorization, AuthorizationState, AuthorizeRequest, NewHold, authorize, expire_due,
+    expire_now, get_authorization, void,
 };
 pub use captures::{Capture, Void, capture, get_capture, get_void};
 pub use refunds::{Refund, get_refund, refund};

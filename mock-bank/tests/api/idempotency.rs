@@ -209,3 +209,37 @@ async fn resolve_retires_a_key_that_created_nothing() {
         .unwrap();
     assert_error(keyless, StatusCode::BAD_REQUEST, "missing_idempotency_key").await;
 }
+
+#[tokio::test]
+async fn a_replay_is_answered_even_when_the_request_would_now_be_refused() {
+    let bank = spawn_bank().await;
+    let key = new_key();
+    let (_, available) = bank.balances(LIMITED_CARD.0).await;
+    let body = json!({"card_number": LIMITED_CARD.0, "cvv": LIMITED_CARD.1, "amount": available});
+    let first = bank.post("/api/v1/authorizations", &key, &body).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let first_bytes = first.bytes().await.unwrap();
+
+    // The hold took every cent, so the same request anew would be declined;
+    // under its key it is the first one's answer.
+    let again = bank.post("/api/v1/authorizations", &key, &body).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.headers()["X-Idempotent-Replayed"], "true");
+    assert_eq!(again.bytes().await.unwrap(), first_bytes);
+    let fresh = bank.post("/api/v1/authorizations", &new_key(), &body).await;
+    assert_error(fresh, StatusCode::PAYMENT_REQUIRED, "insufficient_funds").await;
+    assert_eq!(bank.count("authorizations").await, 1);
+
+    // The stored answer says what the bank stored.
+    let answer: Value = serde_json::from_slice(&first_bytes).unwrap();
+    let id = answer["authorization_id"].as_str().unwrap();
+    let read: Value = bank
+        .get(&format!("/api/v1/authorizations/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    for field in ["amount", "expires_at", "created_at", "state"] {
+        assert_eq!(answer[field], read[field], "{field}");
+    }
+}
