@@ -5,6 +5,11 @@
 //! that share a key: the first runs, the rest wait and then replay what it
 //! stored. Failures roll everything back and store nothing, so a failed
 //! request may be retried with its key, as in the original.
+//!
+//! [`execute`] runs any operation that way, in a transaction of several
+//! statements. The authorization, the bank's hottest path, does the same in
+//! one statement of its own: it takes the same lock, and claims the key by
+//! storing its response with its work ([`Claim`], [`answer`]).
 
 use std::future::Future;
 use std::pin::Pin;
