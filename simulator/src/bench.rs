@@ -254,6 +254,7 @@ async fn bench(
         errors: load.errors,
         elapsed_us,
         authorizations_per_second: report::rate(load.ok, elapsed_us),
+        ceiling_per_second: report::ceiling(args.concurrency, latency_ms),
         latency_us: Latency::summarise(load.ok_latencies),
         ledger,
         cpu_ms_per_authorization: cpu,

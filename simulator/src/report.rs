@@ -28,6 +28,9 @@ pub struct Report {
     pub elapsed_us: u64,
     /// Successful authorizations per second of the run.
     pub authorizations_per_second: f64,
+    /// The most any system could reach in this setup (see [`ceiling`]);
+    /// `null` when the bank adds no latency.
+    pub ceiling_per_second: Option<f64>,
     /// Latency of the successful authorizations; `null` when none succeeded.
     pub latency_us: Option<Latency>,
     /// `GET /admin/ledger/verify` after the run, as the bank answered it.
@@ -43,12 +46,19 @@ impl Report {
     }
 }
 
-/// Successes per second; the only float in the report.
+/// Successes per second.
 pub fn rate(ok: u64, elapsed_us: u64) -> f64 {
     if elapsed_us == 0 {
         return 0.0;
     }
     ok as f64 * 1_000_000.0 / elapsed_us as f64
+}
+
+/// Requests per second that `concurrency` clients can send at most when
+/// each request waits at least `added_latency_ms` at the bank: a client
+/// sends its next request only once the last is answered (Little's law).
+pub fn ceiling(concurrency: u32, added_latency_ms: u64) -> Option<f64> {
+    (added_latency_ms > 0).then(|| f64::from(concurrency) * 1_000.0 / added_latency_ms as f64)
 }
 
 impl fmt::Display for Report {
@@ -81,11 +91,19 @@ impl fmt::Display for Report {
         };
         writeln!(f, "  errors      {errors}")?;
         writeln!(f, "  elapsed     {} s", format_seconds(self.elapsed_us))?;
-        writeln!(
+        write!(
             f,
             "  rate        {:.1} authorizations/s",
             self.authorizations_per_second
         )?;
+        match self.ceiling_per_second {
+            Some(ceiling) => writeln!(
+                f,
+                " (ceiling {ceiling:.1}: {} clients, each waiting {} ms at the bank per request)",
+                self.concurrency, self.added_latency_ms
+            )?,
+            None => writeln!(f)?,
+        }
         match &self.latency_us {
             Some(l) => writeln!(
                 f,
@@ -131,5 +149,12 @@ mod tests {
         assert_eq!(rate(500, 250_000), 2000.0);
         assert_eq!(rate(0, 1_000_000), 0.0);
         assert_eq!(rate(10, 0), 0.0);
+    }
+
+    #[test]
+    fn the_ceiling_is_clients_over_the_bank_latency() {
+        assert_eq!(ceiling(1_000, 1_000), Some(1_000.0));
+        assert_eq!(ceiling(64, 250), Some(256.0));
+        assert_eq!(ceiling(64, 0), None);
     }
 }

@@ -93,6 +93,11 @@ fn bench_against_its_own_bank_reports_every_authorization() {
         .as_f64()
         .expect("a numeric rate");
     assert!(rate > 0.0, "{report:#}");
+    assert_eq!(
+        report["ceiling_per_second"],
+        serde_json::Value::Null,
+        "no added latency"
+    );
     assert_eq!(report["ledger"]["ok"], true, "{report:#}");
     let latency = &report["latency_us"];
     let us = |field: &str| latency[field].as_u64().expect("integer microseconds");
@@ -114,7 +119,7 @@ fn bench_through_its_own_gateway_reports_every_payment() {
         "--cards",
         "5",
         "--bank-latency-ms",
-        "0",
+        "50",
         "--json",
     ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -127,6 +132,12 @@ fn bench_through_its_own_gateway_reports_every_payment() {
     assert_eq!(report["errors"], serde_json::json!({}), "{report:#}");
     assert_eq!(report["gateway_db_pool_size"], 10, "{report:#}");
     assert_eq!(report["ledger"]["ok"], true, "{report:#}");
+    // 20 clients, each request 50 ms at the bank at least: 400/s at most.
+    assert_eq!(report["ceiling_per_second"], 400.0, "{report:#}");
+    let rate = report["authorizations_per_second"]
+        .as_f64()
+        .expect("a rate");
+    assert!(rate > 0.0 && rate <= 400.0, "{report:#}");
     // Every party is reported; the gateway and its database certainly
     // worked (coarser ones may round to zero ticks of 10 ms in so short a
     // run), and the machine's total covers them.
