@@ -88,12 +88,6 @@ impl Expiry {
             _ => Err(BankError::InvalidCard),
         }
     }
-
-    /// Whether the card is past its expiry in the given (UTC) month.
-    pub fn has_expired(self, today_year: i32, today_month: u32) -> bool {
-        let (year, month) = (i32::from(self.year), u32::from(self.month.unsigned_abs()));
-        (year, month) < (today_year, today_month)
-    }
 }
 
 #[cfg(test)]
@@ -149,12 +143,14 @@ mod tests {
     }
 
     #[test]
-    fn expiry_is_inclusive_of_its_month() {
-        let expiry = Expiry::parse(3, 2020).unwrap();
-        assert!(!expiry.has_expired(2020, 3));
-        assert!(expiry.has_expired(2020, 4));
-        assert!(expiry.has_expired(2021, 1));
-        assert!(!expiry.has_expired(2019, 12));
+    fn an_expiry_is_a_month_of_1_to_12_and_a_four_digit_year() {
+        assert_eq!(
+            Expiry::parse(3, 2020).unwrap(),
+            Expiry {
+                month: 3,
+                year: 2020
+            }
+        );
         assert!(Expiry::parse(13, 2030).is_err());
         assert!(Expiry::parse(0, 2030).is_err());
         assert!(Expiry::parse(12, i64::MAX).is_err());

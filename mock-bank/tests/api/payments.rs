@@ -233,6 +233,42 @@ async fn authorize_refusals_follow_the_error_table() {
 }
 
 #[tokio::test]
+async fn a_card_is_good_through_its_expiry_month() {
+    use chrono::Datelike;
+    let bank = spawn_bank().await;
+    let today = chrono::Utc::now();
+    let (year, month) = (today.year(), today.month());
+    let last_month = if month == 1 {
+        (year - 1, 12)
+    } else {
+        (year, month - 1)
+    };
+    for (card, (year, month)) in [
+        ("4000000000000028", (year, month)),
+        ("4000000000000036", last_month),
+    ] {
+        let account = json!({"card_number": card, "cvv": "111", "expiry_month": month, "expiry_year": year, "balance": 1_000});
+        let opened = bank
+            .client
+            .post(bank.url("/admin/accounts"))
+            .json(&account)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(opened.status(), StatusCode::CREATED);
+    }
+    assert_eq!(
+        bank.authorize(("4000000000000028", "111"), 100)
+            .await
+            .status(),
+        StatusCode::OK,
+        "this month"
+    );
+    let expired = bank.authorize(("4000000000000036", "111"), 100).await;
+    assert_error(expired, StatusCode::BAD_REQUEST, "card_expired").await;
+}
+
+#[tokio::test]
 async fn capture_void_and_refund_refusals_follow_the_error_table() {
     let bank = spawn_bank().await;
     let unknown_auth = format!("auth_{}", uuid::Uuid::new_v4());
