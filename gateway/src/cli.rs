@@ -5,7 +5,6 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Settings;
 use crate::domain::mermaid_state_diagram;
@@ -230,16 +229,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     telemetry::init_logging();
     let application = Application::build(settings).await?;
     tracing::info!(port = application.port(), "gateway listening");
-    let handle = application.handle();
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM: finishing in-flight requests"),
-            _ = interrupt.recv() => tracing::info!("SIGINT: finishing in-flight requests"),
-        }
-        handle.stop(true).await;
-    });
+    service_kit::shutdown::on_signal(application.handle())?;
     application.run_until_stopped().await?;
     tracing::info!("gateway stopped");
     Ok(())

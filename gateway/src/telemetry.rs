@@ -9,8 +9,8 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use service_kit::logging::Spans;
 use tracing::Instrument;
-use tracing_subscriber::EnvFilter;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// A request id longer than this, or not printable ASCII, is replaced.
@@ -23,18 +23,10 @@ const LATENCY_BUCKETS_SECONDS: [f64; 13] = [
 /// Rows per batched write, up to the default `DB_BATCH_MAX_ROWS`.
 const BATCH_ROWS_BUCKETS: [f64; 7] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 
-/// JSON lines on stdout, filtered by `RUST_LOG` (default `info`). A line
-/// carries its request's span (request id, merchant, payment); the span
-/// list is left out because the request span is the only one, so the list
-/// would repeat it on every line.
+/// JSON lines on stdout, filtered by `RUST_LOG` (default `info`); a line
+/// carries its request's span (request id, merchant, payment).
 pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(true)
-        .with_span_list(false)
-        .try_init();
+    service_kit::logging::init(Spans::Current);
 }
 
 /// The process-wide Prometheus recorder, installed on first use.

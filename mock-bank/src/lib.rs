@@ -5,8 +5,9 @@
 //! - [`config`]: settings from flags and the original's environment variables.
 //! - [`startup`]: pool, migrations, seeding, the HTTP server and the sweeper.
 //! - [`api`]: routes, request parsing, idempotent execution, errors, OpenAPI.
-//! - [`operations`]: authorize, capture, void, refund, expire: each inside a
-//!   transaction the caller owns, under a row lock.
+//! - [`operations`]: capture, void, refund, expire: each inside a
+//!   transaction the caller owns, under a row lock; authorize: one
+//!   statement of its own, lock, checks, hold and stored answer together.
 //! - [`ledger`]: the double-entry journal, the balances it projects, verification.
 //! - [`domain`]: card numbers, CVVs, expiries, amounts and prefixed ids.
 //! - [`chaos`]: seeded fault injection (500s, latency, lost and held responses,

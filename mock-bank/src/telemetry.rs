@@ -11,7 +11,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::web::Data;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
+use service_kit::logging::Spans;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Request latency buckets in seconds: the bank's latency spans 0–30 s.
@@ -19,14 +19,10 @@ const LATENCY_BUCKETS_SECONDS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
 ];
 
-/// JSON lines on stdout, filtered by `RUST_LOG` (default `info`).
+/// JSON lines on stdout, filtered by `RUST_LOG` (default `info`); the
+/// request id is a field of the one line per request.
 pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(false)
-        .try_init();
+    service_kit::logging::init(Spans::Omitted);
 }
 
 /// The process-wide Prometheus recorder, installed on first use.

@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use service_kit::json::canonical;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -13,18 +13,6 @@ pub fn fingerprint(method: &str, path: &str, body: &Value) -> Vec<u8> {
     hasher.update(b"\n");
     hasher.update(canonical(body).to_string().as_bytes());
     hasher.finalize().to_vec()
-}
-
-fn canonical(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => {
-            let sorted: BTreeMap<&String, Value> =
-                map.iter().map(|(k, v)| (k, canonical(v))).collect();
-            Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
-        }
-        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
-        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => value.clone(),
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Reading a POST: its idempotency key and its JSON body, within limits.
 
-use std::collections::BTreeMap;
+use service_kit::json::canonical;
 
 use actix_web::HttpRequest;
 use actix_web::web::Payload;
@@ -96,18 +96,4 @@ pub fn parse_value<T: DeserializeOwned>(value: Value) -> Result<T, BankError> {
             )
         }
     })
-}
-
-/// The same JSON whatever the key order, so a re-sent request with its
-/// fields reordered is still recognised as the same request.
-fn canonical(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => {
-            let sorted: BTreeMap<&String, Value> =
-                map.iter().map(|(k, v)| (k, canonical(v))).collect();
-            Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
-        }
-        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
-        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => value.clone(),
-    }
 }

@@ -9,7 +9,7 @@ pub struct CardNumber(String);
 impl CardNumber {
     pub fn parse(raw: &str) -> Result<Self, BankError> {
         let digits_only = raw.bytes().all(|b| b.is_ascii_digit());
-        if !digits_only || !(13..=19).contains(&raw.len()) || !luhn_valid(raw) {
+        if !digits_only || !(13..=19).contains(&raw.len()) || !service_kit::luhn::is_valid(raw) {
             return Err(BankError::InvalidCard);
         }
         Ok(Self(raw.to_owned()))
@@ -29,21 +29,6 @@ impl fmt::Debug for CardNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "CardNumber(…{})", self.last4())
     }
-}
-
-fn luhn_valid(digits: &str) -> bool {
-    let sum: u32 = digits
-        .bytes()
-        .rev()
-        .map(|b| u32::from(b - b'0'))
-        .enumerate()
-        .map(|(i, d)| match (i % 2, d * 2) {
-            (0, _) => d,
-            (_, doubled) if doubled > 9 => doubled - 9,
-            (_, doubled) => doubled,
-        })
-        .sum();
-    sum.is_multiple_of(10)
 }
 
 /// A card verification value: 3 or 4 digits.
