@@ -59,7 +59,9 @@ pub async fn get_authorization(
 
 /// A hold about to be placed: its id and times are chosen before the
 /// statement that places it, so that its response can be stored by that
-/// same statement.
+/// same statement. The times come from this process's clock, not from
+/// Postgres's `now()`, which the sweeper compares them with; a skew between
+/// the two only moves an expiry by as much.
 pub struct NewHold {
     pub id: AuthorizationId,
     pub created_at: DateTime<Utc>,
