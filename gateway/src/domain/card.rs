@@ -200,10 +200,8 @@ mod tests {
 
     /// `body` followed by the digit that makes it pass the Luhn check.
     fn with_check_digit(body: &str) -> String {
-        (0..=9)
-            .map(|d| format!("{body}{d}"))
-            .find(|candidate| service_kit::luhn::is_valid(candidate))
-            .expect("one of ten check digits passes")
+        let check = service_kit::luhn::check_digit(body).expect("a body of digits");
+        format!("{body}{check}")
     }
 
     #[test]
