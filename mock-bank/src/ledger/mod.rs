@@ -7,6 +7,8 @@
 //! transaction, so the two can only disagree if the database is edited by
 //! hand, which is what [`verify`] looks for.
 
+use std::sync::LazyLock;
+
 use serde::Serialize;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::QueryAs;
@@ -85,8 +87,8 @@ pub async fn post(
         amount,
         reference,
     };
-    let sql = Posting::statement(&Surroundings::default());
-    let _: (i32,) = posting.bind(sqlx::query_as(&sql)).fetch_one(conn).await?;
+    static POST: LazyLock<String> = LazyLock::new(|| Posting::statement(&Surroundings::default()));
+    let _: (i32,) = posting.bind(sqlx::query_as(&POST)).fetch_one(conn).await?;
     Ok(())
 }
 

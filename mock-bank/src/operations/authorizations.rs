@@ -1,3 +1,5 @@
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Datelike, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -143,9 +145,9 @@ pub async fn authorize(
         reference: Some(hold.id.0),
     };
     let today = Utc::now();
-    let sql = Posting::statement(&AUTHORIZE);
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| Posting::statement(&AUTHORIZE));
     let (outcome, stored): (String, bool) = posting
-        .bind(sqlx::query_as(&sql))
+        .bind(sqlx::query_as(&STATEMENT))
         .bind(claim.lock_id())
         .bind(request.cvv.as_str())
         .bind(request.expiry.map(|e| e.month))
