@@ -11,26 +11,14 @@ use crate::helpers::*;
 async fn accounts_can_be_added_once_and_read() {
     let bank = spawn_bank().await;
     let card = json!({"card_number": "4000000000000010", "cvv": "111", "expiry_month": 1, "expiry_year": 2031, "balance": 12_345});
-    let response = bank
-        .client
-        .post(bank.url("/admin/accounts"))
-        .json(&card)
-        .send()
-        .await
-        .unwrap();
+    let response = bank.open_account(&card).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let account: Value = response.json().await.unwrap();
     assert_eq!(
         account,
         json!({"card_number": "4000000000000010", "balance": 12_345, "available_balance": 12_345})
     );
-    let again = bank
-        .client
-        .post(bank.url("/admin/accounts"))
-        .json(&card)
-        .send()
-        .await
-        .unwrap();
+    let again = bank.open_account(&card).await;
     assert_error(again, StatusCode::CONFLICT, "account_exists").await;
     assert_eq!(
         bank.approved(("4000000000000010", "111"), 345).await["amount"],
@@ -56,13 +44,7 @@ async fn accounts_can_be_added_once_and_read() {
             "invalid_request",
         ),
     ] {
-        let response = bank
-            .client
-            .post(bank.url("/admin/accounts"))
-            .json(&bad)
-            .send()
-            .await
-            .unwrap();
+        let response = bank.open_account(&bad).await;
         assert_error(response, StatusCode::BAD_REQUEST, code).await;
     }
     assert!(bank.ledger_verifies().await);

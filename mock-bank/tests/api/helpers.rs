@@ -81,6 +81,16 @@ impl TestBank {
             .expect("POST answered")
     }
 
+    /// `POST /admin/accounts` with `body`, as sent.
+    pub async fn open_account(&self, body: &Value) -> Response {
+        self.client
+            .post(self.url("/admin/accounts"))
+            .json(body)
+            .send()
+            .await
+            .expect("POST answered")
+    }
+
     pub async fn put_chaos(&self, body: Value) -> Value {
         let response = self
             .client

@@ -215,7 +215,7 @@ proptest! {
             let cards: Vec<String> = (0..CARDS).map(|_| fresh_card()).collect();
             for card in &cards {
                 let body = json!({"card_number": card, "cvv": "123", "expiry_month": 12, "expiry_year": 2030, "balance": OPENING_BALANCE});
-                let response = bank.client.post(bank.url("/admin/accounts")).json(&body).send().await.unwrap();
+                let response = bank.open_account(&body).await;
                 assert_eq!(response.status(), StatusCode::CREATED);
             }
             let mut model = Model::default();

@@ -248,13 +248,7 @@ async fn a_card_is_good_through_its_expiry_month() {
         ("4000000000000036", last_month),
     ] {
         let account = json!({"card_number": card, "cvv": "111", "expiry_month": month, "expiry_year": year, "balance": 1_000});
-        let opened = bank
-            .client
-            .post(bank.url("/admin/accounts"))
-            .json(&account)
-            .send()
-            .await
-            .unwrap();
+        let opened = bank.open_account(&account).await;
         assert_eq!(opened.status(), StatusCode::CREATED);
     }
     assert_eq!(
