@@ -214,6 +214,19 @@ pub async fn retire_or_read(pool: &PgPool, path: &str, key: &str) -> Result<Reti
     Ok(retired)
 }
 
+/// What the key's request stored, if it succeeded, changing nothing: a key
+/// that created nothing stays usable. Under the same lock as [`execute`],
+/// so a request running with this key has finished.
+pub async fn look(pool: &PgPool, path: &str, key: &str) -> Result<Retired, BankError> {
+    let mut tx = begin_locked(pool, path, key).await?;
+    let stored = read(&mut tx, path, key).await?;
+    tx.commit().await?;
+    Ok(match stored {
+        Some(stored) if stored.response_status == 200 => Retired::Done(stored.response_body),
+        Some(_) | None => Retired::Absent,
+    })
+}
+
 /// Matches no request's SHA-256, so a retired key refuses every request.
 const TOMBSTONE_HASH: &[u8] = b"retired";
 

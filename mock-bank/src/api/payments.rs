@@ -115,12 +115,14 @@ pub async fn create_authorization(
 
 /// Extension: settles an authorization whose answer was lost, without
 /// sending the card again. The `Idempotency-Key` is the key the
-/// authorization was (or may have been) sent with.
+/// authorization was (or may have been) sent with. With `{"retire": false}`
+/// it only looks: a key that created nothing is left usable.
 #[utoipa::path(post, path = "/api/v1/authorizations/resolve", tag = "bank",
     params(("Idempotency-Key" = String, Header, description = "the key of the authorization to resolve")),
+    request_body(content = Option<ResolveBody>, description = "`retire` (default true): retire a key that created nothing"),
     responses(
         (status = 200, body = AuthorizationResponse, description = "the authorization that key created, as it is now"),
-        (status = 404, body = ErrorBody, description = "that key created nothing, and from now on it never will"),
+        (status = 404, body = ErrorBody, description = "that key created nothing (and, unless `retire` was false, from now on it never will)"),
     ))]
 #[post("/authorizations/resolve")]
 pub async fn resolve_authorization(
@@ -129,8 +131,19 @@ pub async fn resolve_authorization(
     state: Data<AppState>,
 ) -> Result<HttpResponse, BankError> {
     let request = IdempotentRequest::<serde_json::Value>::read(&req, payload).await?;
+    let retire = request
+        .body
+        .get("retire")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(true);
     let path = req.path().trim_end_matches("/resolve");
-    match idempotency::retire_or_read(&state.pool, path, &request.scope.key).await? {
+    let key = &request.scope.key;
+    let found = if retire {
+        idempotency::retire_or_read(&state.pool, path, key).await?
+    } else {
+        idempotency::look(&state.pool, path, key).await?
+    };
+    match found {
         idempotency::Retired::Absent => Err(BankError::NotFound("authorization for this key")),
         idempotency::Retired::Done(stored) => {
             let created: AuthorizationCreated =
@@ -145,6 +158,14 @@ pub async fn resolve_authorization(
             Ok(HttpResponse::Ok().json(AuthorizationResponse::from(authorization)))
         }
     }
+}
+
+/// The optional body of `POST /api/v1/authorizations/resolve`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ResolveBody {
+    /// Retire a key that created nothing (default true).
+    retire: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -211,6 +211,29 @@ async fn resolve_retires_a_key_that_created_nothing() {
 }
 
 #[tokio::test]
+async fn looking_without_retiring_leaves_the_key_usable() {
+    let bank = spawn_bank().await;
+    let key = new_key();
+    let look = json!({"retire": false});
+    let looked = bank
+        .post("/api/v1/authorizations/resolve", &key, &look)
+        .await;
+    assert_error(looked, StatusCode::NOT_FOUND, "not_found").await;
+    // The key was only looked at: its authorization can still come.
+    let body = json!({"card_number": HAPPY_CARD.0, "cvv": "123", "amount": 900});
+    let created = bank.post("/api/v1/authorizations", &key, &body).await;
+    assert_eq!(created.status(), StatusCode::OK);
+    let created: Value = created.json().await.unwrap();
+    let found = bank
+        .post("/api/v1/authorizations/resolve", &key, &look)
+        .await;
+    assert_eq!(found.status(), StatusCode::OK);
+    let found: Value = found.json().await.unwrap();
+    assert_eq!(found["authorization_id"], created["authorization_id"]);
+    assert_eq!(bank.count("authorizations").await, 1);
+}
+
+#[tokio::test]
 async fn a_replay_is_answered_even_when_the_request_would_now_be_refused() {
     let bank = spawn_bank().await;
     let key = new_key();
