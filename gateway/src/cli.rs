@@ -296,9 +296,20 @@ mod tests {
         ))
     }
 
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
     #[test]
     fn serve_is_the_default() {
-        let cli = parse(&["gateway", "--database-url", "postgres://x", "--port", "9"]).unwrap();
+        let cli = parse(&[
+            "gateway",
+            "--database-url",
+            "postgres://x",
+            "--fingerprint-secret",
+            SECRET,
+            "--port",
+            "9",
+        ])
+        .unwrap();
         let Command::Serve(settings) = cli.command else {
             panic!("not serve")
         };
@@ -311,5 +322,30 @@ mod tests {
             parse(&["gateway", "state-diagram"]).unwrap().command,
             Command::StateDiagram
         ));
+    }
+
+    #[test]
+    fn serving_needs_a_long_enough_fingerprint_secret_and_never_shows_it() {
+        let serve = |secret: Option<&str>| {
+            let mut args = vec!["gateway", "serve", "--database-url", "postgres://x"];
+            args.extend(
+                secret
+                    .map(|s| ["--fingerprint-secret", s])
+                    .into_iter()
+                    .flatten(),
+            );
+            parse(&args)
+        };
+        let missing = serve(None).expect_err("no secret");
+        assert!(
+            missing.to_string().contains("--fingerprint-secret"),
+            "{missing}"
+        );
+        let short = serve(Some("short")).expect_err("a short secret");
+        assert!(short.to_string().contains("at least 32 bytes"), "{short}");
+        let Command::Serve(settings) = serve(Some(SECRET)).unwrap().command else {
+            panic!("not serve")
+        };
+        assert!(!format!("{settings:?}").contains(SECRET));
     }
 }

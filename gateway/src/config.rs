@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::bank::RetryPolicy;
+use crate::idempotency::{Fingerprinter, Secret};
 use crate::payments::Leases;
 use crate::recovery::RecoverySettings;
 use crate::store::batch::BatchLimits;
@@ -61,6 +62,22 @@ pub struct Settings {
     /// exceed the bank deadline.
     #[arg(long, env = "LEASE_MS", default_value_t = 30_000)]
     pub lease_ms: u64,
+    /// An authorization whose outcome is unknown waits this long for its
+    /// client to retry with the card (the card is never stored); meanwhile
+    /// the worker only looks for it at the bank. After it, an authorization
+    /// the bank does not hold is given up: `failed`, `authorization_abandoned`.
+    #[arg(long, env = "AUTHORIZATION_GRACE_MS", default_value_t = 600_000)]
+    pub authorization_grace_ms: u64,
+    /// The secret of the idempotency fingerprint (an HMAC over each
+    /// request, card included): at least 32 bytes, the same in every
+    /// replica, never stored in the database. Without it a dump of the
+    /// keys table would let anyone test card numbers against it.
+    #[arg(long, env = "FINGERPRINT_SECRET", hide_env_values = true)]
+    pub fingerprint_secret: Secret,
+    /// The secret before the last rotation: keys stored under it still
+    /// match until they are purged.
+    #[arg(long, env = "FINGERPRINT_PREVIOUS_SECRET", hide_env_values = true)]
+    pub fingerprint_previous_secret: Option<Secret>,
     /// After an unknown outcome, the earliest the operation is retried.
     #[arg(long, env = "RETRY_UNKNOWN_AFTER_MS", default_value_t = 1_000)]
     pub retry_unknown_after_ms: u64,
@@ -120,6 +137,22 @@ pub struct Settings {
     /// HTTP worker threads; 0 means one per core.
     #[arg(long, env = "WORKERS", default_value_t = 0)]
     pub workers: usize,
+    /// Fault points to arm, for tests and the simulator only (see
+    /// `gateway::faults`); refused by a build without them.
+    #[arg(long, env = "GATEWAY_FAULTS", default_value = "", hide = true)]
+    pub faults: String,
+    /// Seeds the chances of the armed fault points.
+    #[arg(long, env = "GATEWAY_FAULT_SEED", default_value_t = 0, hide = true)]
+    pub fault_seed: u64,
+    /// Skews this process's wall clock, for tests and the simulator only.
+    #[arg(
+        long,
+        env = "GATEWAY_CLOCK_SKEW_MS",
+        default_value_t = 0,
+        hide = true,
+        allow_hyphen_values = true
+    )]
+    pub clock_skew_ms: i64,
 }
 
 impl Settings {
@@ -142,6 +175,9 @@ impl Settings {
             bank_base_backoff_ms: 100,
             bank_max_backoff_ms: 2_000,
             lease_ms: 30_000,
+            authorization_grace_ms: 600_000,
+            fingerprint_secret: Secret::random(),
+            fingerprint_previous_secret: None,
             retry_unknown_after_ms: 1_000,
             idempotency_retention_hours: 24,
             idempotency_purge_interval_ms: 60_000,
@@ -160,6 +196,9 @@ impl Settings {
             rate_limit_burst: 200,
             shutdown_grace_seconds: 30,
             workers: 0,
+            faults: String::new(),
+            fault_seed: 0,
+            clock_skew_ms: 0,
         }
     }
 
@@ -180,7 +219,15 @@ impl Settings {
                 base: Duration::from_millis(self.retry_unknown_after_ms),
                 max: Duration::from_millis(self.recovery_max_backoff_ms),
             },
+            authorization_grace: Duration::from_millis(self.authorization_grace_ms),
         }
+    }
+
+    pub fn fingerprinter(&self) -> Fingerprinter {
+        Fingerprinter::new(
+            self.fingerprint_secret.clone(),
+            self.fingerprint_previous_secret.clone(),
+        )
     }
 
     pub fn batch_limits(&self) -> BatchLimits {

@@ -14,6 +14,8 @@
 //!   forward, mismatches reported.
 //! - [`store`]: Postgres: payments and their history, operations, merchants.
 //! - [`config`], [`startup`], [`telemetry`]: settings, wiring, logs and metrics.
+//! - [`faults`]: named fault points on the payment path, compiled only for
+//!   tests and the simulator.
 //! - [`cli`]: the `gateway` command line.
 
 pub mod api;
@@ -21,6 +23,7 @@ pub mod bank;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod faults;
 pub mod idempotency;
 pub mod payments;
 pub mod reconcile;

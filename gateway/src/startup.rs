@@ -13,12 +13,16 @@ use tokio::task::JoinHandle;
 
 use crate::bank::{BankClient, CircuitSettings};
 use crate::config::Settings;
+use crate::faults::Faults;
+use crate::idempotency::Fingerprinter;
 use crate::payments::Gateway;
 use crate::{api, idempotency, recovery, store, telemetry};
 
 /// What every handler shares.
 pub struct AppState {
     pub gateway: Gateway,
+    /// What makes two requests with one Idempotency-Key the same request.
+    pub fingerprinter: Fingerprinter,
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
     /// Per API key; `None` when rate limiting is off.
@@ -56,14 +60,24 @@ impl Application {
                 open_for: Duration::from_millis(settings.circuit_open_ms),
             },
         )?;
+        let faults = Faults::from_spec(
+            &settings.faults,
+            settings.fault_seed,
+            chrono::TimeDelta::milliseconds(settings.clock_skew_ms),
+        )?;
         let (gateway, flushers) = Gateway::spawn(
             pool.clone(),
             bank,
             settings.leases(),
             settings.batch_limits(),
+            faults,
         );
+        // Before serving: the first settlement must already write the
+        // database's time.
+        gateway.clock().measure(&pool).await?;
         let state = Data::new(AppState {
             gateway: gateway.clone(),
+            fingerprinter: settings.fingerprinter(),
             max_body_bytes: settings.max_body_bytes,
             max_header_bytes: settings.max_header_bytes,
             rate_limiter: api::rate_limit::RateLimiter::new(
@@ -94,6 +108,7 @@ impl Application {
             server = server.workers(settings.workers);
         }
         let mut background = vec![
+            tokio::spawn(gateway.clock().clone().measure_forever(pool.clone())),
             tokio::spawn(purge_keys_forever(
                 pool,
                 Duration::from_secs(settings.idempotency_retention_hours * 3600),
@@ -127,6 +142,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// This gateway's fault points, for a test to arm and watch.
+    pub fn faults(&self) -> Faults {
+        self.gateway.faults().clone()
     }
 
     /// Stops the server from elsewhere; `stop(true)` lets in-flight requests finish.

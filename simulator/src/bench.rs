@@ -148,6 +148,7 @@ fn own_stack_options(args: &BenchArgs, concurrency: usize) -> StackOptions {
             // A benchmark measures the gateway, not its per-key rate limit
             // (one key sends every request).
             args: vec!["--rate-limit-per-second".into(), "0".into()],
+            fingerprint_secret: gateway::idempotency::Secret::random(),
         }),
     };
     StackOptions {

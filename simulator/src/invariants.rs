@@ -404,6 +404,7 @@ fn conservation(obs: &Observations) -> InvariantResult {
                 Some(
                     PaymentStatus::Pending
                     | PaymentStatus::Declined
+                    | PaymentStatus::Failed
                     | PaymentStatus::Expired
                     | PaymentStatus::Capturing
                     | PaymentStatus::Voiding

@@ -9,6 +9,7 @@ use std::process::{ExitCode, ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use gateway::idempotency::Secret;
 use tokio::process::{Child, Command};
 
 use crate::cli::GatewayArgs;
@@ -64,6 +65,10 @@ pub struct GatewayOptions {
     pub env: Vec<(String, String)>,
     /// Extra `gateway serve` flags (e.g. `--lease-ms 5000`).
     pub args: Vec<String>,
+    /// The idempotency fingerprint's secret: gateways sharing a database
+    /// must share it. Passed in the environment, not on the command line
+    /// (which `ps` shows).
+    pub fingerprint_secret: Secret,
 }
 
 impl GatewayOptions {
@@ -77,6 +82,7 @@ impl GatewayOptions {
             program: None,
             env: Vec::new(),
             args: Vec::new(),
+            fingerprint_secret: Secret::random(),
         }
     }
 }
@@ -113,6 +119,7 @@ impl GatewayProcess {
         let mut command = Command::new(exe);
         command
             .envs(options.env.iter().map(|(k, v)| (k, v)))
+            .env("FINGERPRINT_SECRET", options.fingerprint_secret.expose())
             .args(["gateway", "serve"])
             .arg("--database-url")
             .arg(database_url)

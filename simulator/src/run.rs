@@ -43,8 +43,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// that crashes and lost answers are recovered in seconds, not minutes,
 /// and no background reconciliation (it would repair what the checks must
 /// see).
-pub const GATEWAY_SETTINGS: [(&str, &str); 9] = [
+pub const GATEWAY_SETTINGS: [(&str, &str); 10] = [
     ("--bank-attempt-timeout-ms", "1000"),
+    ("--authorization-grace-ms", "4000"),
     ("--bank-deadline-ms", "3000"),
     ("--lease-ms", "5000"),
     ("--retry-unknown-after-ms", "500"),
@@ -184,6 +185,8 @@ impl Replicas {
             bank_url: bank_url.to_owned(),
         };
         let args = gateway_args(run.program.as_ref())?;
+        // One secret for every replica: a key retried on another must match.
+        let secret = gateway::idempotency::Secret::random();
         for i in 0..count.max(1) {
             let output = if run.verbose {
                 GatewayOutput::Inherit
@@ -194,6 +197,7 @@ impl Replicas {
             options.db_pool_size = 20;
             options.program = run.program.clone();
             options.args = args.clone();
+            options.fingerprint_secret = secret.clone();
             let process = GatewayProcess::spawn(database_url, bank_url, &options)?;
             replicas.processes.push(process);
             replicas.options.push(options);

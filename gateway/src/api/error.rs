@@ -131,9 +131,10 @@ impl From<sqlx::Error> for ApiError {
         // The database cannot be reached, is shutting down or is saturated:
         // a retry later may succeed, and the transaction changed nothing.
         // SQLSTATE classes 08 (connection exception), 53 (insufficient
-        // resources) and 57P (operator intervention, e.g. a shutdown).
+        // resources), 57P (operator intervention, e.g. a shutdown) and 40
+        // (a deadlock or serialization failure: the transaction rolled back).
         let transient_code = |code: &str| {
-            ["08", "53", "57P"]
+            ["08", "53", "57P", "40"]
                 .iter()
                 .any(|class| code.starts_with(class))
         };
@@ -166,6 +167,7 @@ impl From<payments::Error> for ApiError {
                 e.into()
             }
             payments::Error::Transition(e) => Self::Internal(e.into()),
+            payments::Error::Invariant(broken) => Self::Internal(anyhow::anyhow!(broken)),
             payments::Error::Encode(e) => Self::Internal(e.into()),
         }
     }

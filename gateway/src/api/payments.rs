@@ -15,7 +15,7 @@ use crate::domain::{
     Amount, CardExpiry, CardNumber, Currency, CustomerId, Cvv, IdempotencyKey, MerchantId, OrderId,
     PaymentId,
 };
-use crate::idempotency::fingerprint;
+use crate::idempotency;
 use crate::payments::view::{ErrorBody, PaymentView};
 use crate::payments::{Action, AuthorizeCommand, Reply};
 use crate::startup::AppState;
@@ -108,15 +108,8 @@ async fn ensure_bank_available(
     let Err(open) = state.gateway.bank().circuit().check() else {
         return Ok(());
     };
-    let answered: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM idempotency_keys \
-         WHERE merchant_id = $1 AND key = $2 AND state = 'done')",
-    )
-    .bind(merchant.as_uuid())
-    .bind(key.as_str())
-    .fetch_one(state.gateway.pool())
-    .await?;
-    if answered {
+    let mut conn = state.gateway.pool().acquire().await?;
+    if idempotency::is_answered(&mut conn, merchant, key).await? {
         return Ok(());
     }
     Err(ApiError::BankUnavailable {
@@ -145,12 +138,13 @@ fn respond(reply: Reply) -> HttpResponse {
         (status = 202, description = "The bank's answer is not known yet; the payment is pending", body = PaymentView),
         (status = 400, description = "Invalid request or Idempotency-Key; nothing was created", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 402, description = "Declined; the payment exists with status declined", body = ErrorBody),
-        (status = 409, description = "idempotency_key_in_use", body = ErrorBody),
+        (status = 402, description = "Declined by the bank (card_error); the payment exists with status declined", body = ErrorBody),
+        (status = 409, description = "idempotency_key_in_use (retry after Retry-After with the same key), or authorization_abandoned: the bank's answer never came and the gateway gave up after its grace period; no money is held, the payment is failed: authorize again with a new key and the card", body = ErrorBody),
         (status = 413, description = "The body is larger than the limit (16 KiB by default)", body = ErrorBody),
         (status = 422, description = "idempotency_key_reused", body = ErrorBody),
         (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
         (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
+        (status = 502, description = "bank_error: the bank refused the gateway's request (not the card); the payment is failed and no money is held", body = ErrorBody),
         (status = 503, description = "bank_unavailable (the bank's circuit is open; nothing was created, retry after Retry-After with the same key) or service_unavailable", body = ErrorBody),
     ))]
 #[post("/payments")]
@@ -164,10 +158,10 @@ pub async fn create_payment(
     let body = read_json(payload, state.max_body_bytes).await?;
     let command = parse_create(&body)?;
     ensure_bank_available(&state, merchant.0, &key).await?;
-    let hash = fingerprint("POST", req.path(), &body);
+    let fingerprint = state.fingerprinter.fingerprint("POST", req.path(), &body);
     let reply = state
         .gateway
-        .authorize(merchant.0, &key, &hash, &command)
+        .authorize(merchant.0, &key, &fingerprint, &command)
         .await?;
     record_payment_in_reply(&reply.body);
     Ok(respond(reply))
@@ -194,10 +188,10 @@ async fn operate(
     let payment_id = PaymentId::parse(&id).map_err(|_| ApiError::NotFound)?;
     record_payment_id(payment_id);
     ensure_bank_available(&state, merchant.0, &key).await?;
-    let hash = fingerprint("POST", req.path(), &body);
+    let fingerprint = state.fingerprinter.fingerprint("POST", req.path(), &body);
     let reply = state
         .gateway
-        .operate(merchant.0, &key, &hash, payment_id, action, amount)
+        .operate(merchant.0, &key, &fingerprint, payment_id, action, amount)
         .await?;
     Ok(respond(reply))
 }
@@ -218,7 +212,7 @@ macro_rules! operation_route {
                 (status = 409, description = "invalid_state, authorization_expired or idempotency_key_in_use", body = ErrorBody),
                 (status = 413, description = "The body is larger than the limit (16 KiB by default)", body = ErrorBody),
                 (status = 422, description = "idempotency_key_reused", body = ErrorBody),
-                (status = 502, description = "the bank refused", body = ErrorBody),
+                (status = 502, description = "bank_error: the bank refused the gateway's request; the payment is as it was", body = ErrorBody),
                 (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
                 (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
                 (status = 503, description = "bank_unavailable (the bank's circuit is open; nothing was done, retry after Retry-After with the same key) or service_unavailable", body = ErrorBody),
@@ -274,10 +268,9 @@ pub async fn get_payment(
     let payment_id = PaymentId::parse(&id).map_err(|_| ApiError::NotFound)?;
     record_payment_id(payment_id);
     let mut conn = state.gateway.pool().acquire().await?;
-    let payment = store::get(&mut conn, merchant.0, payment_id)
+    let (payment, history) = store::get_with_history(&mut conn, merchant.0, payment_id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let history = store::history(&mut conn, payment.id).await?;
     Ok(HttpResponse::Ok().json(PaymentView::new(&payment, history)))
 }
 
@@ -344,11 +337,9 @@ pub async fn list_payments(
     };
     let (rows, has_more) =
         store::list(&mut conn, merchant.0, &filter, starting_after, limit).await?;
-    let ids: Vec<uuid::Uuid> = rows.iter().map(|row| row.id).collect();
-    let mut histories = store::histories(&mut conn, &ids).await?;
     let data = rows
-        .iter()
-        .map(|row| PaymentView::new(row, histories.remove(&row.id).unwrap_or_default()))
+        .into_iter()
+        .map(|(payment, history)| PaymentView::new(&payment, history))
         .collect();
     Ok(HttpResponse::Ok().json(PaymentList { data, has_more }))
 }

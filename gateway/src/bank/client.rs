@@ -189,6 +189,7 @@ enum Operation {
     Void,
     Refund,
     ResolveAuthorization,
+    FindAuthorization,
     GetAuthorization,
     GetCapture,
     GetVoid,
@@ -203,6 +204,7 @@ impl Operation {
             Operation::Void => "void",
             Operation::Refund => "refund",
             Operation::ResolveAuthorization => "resolve_authorization",
+            Operation::FindAuthorization => "find_authorization",
             Operation::GetAuthorization => "get_authorization",
             Operation::GetCapture => "get_capture",
             Operation::GetVoid => "get_void",
@@ -216,7 +218,8 @@ impl Operation {
             | Operation::Capture
             | Operation::Void
             | Operation::Refund
-            | Operation::ResolveAuthorization => Method::POST,
+            | Operation::ResolveAuthorization
+            | Operation::FindAuthorization => Method::POST,
             Operation::GetAuthorization
             | Operation::GetCapture
             | Operation::GetVoid
@@ -231,6 +234,8 @@ enum AttemptResult {
     Ok,
     Http5xx,
     Http4xx,
+    /// A 4xx the bank's contract does not list for the operation.
+    Undocumented4xx,
     Timeout,
     Connect,
     Other,
@@ -242,6 +247,7 @@ impl AttemptResult {
             AttemptResult::Ok => "ok",
             AttemptResult::Http5xx => "http_5xx",
             AttemptResult::Http4xx => "http_4xx",
+            AttemptResult::Undocumented4xx => "http_4xx_undocumented",
             AttemptResult::Timeout => "timeout",
             AttemptResult::Connect => "connect",
             AttemptResult::Other => "other",
@@ -399,6 +405,19 @@ impl BankClient {
             &["authorizations", "resolve"],
             key,
             &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// The same question without the consequence: the authorization `key`
+    /// created, or `Refused(NotFound)` with the key left as it was, so that
+    /// the authorization's client may still send it (with the card).
+    pub async fn find_authorization(&self, key: &str) -> BankOutcome<Authorization> {
+        self.post(
+            Operation::FindAuthorization,
+            &["authorizations", "resolve"],
+            key,
+            &serde_json::json!({"retire": false}),
         )
         .await
     }
@@ -747,8 +766,10 @@ impl BankClient {
 }
 
 /// The bank's answer, classified: 2xx done (or transient if the body does
-/// not parse: a retry with the same key replays it), 4xx refused, 5xx and
-/// anything else transient.
+/// not parse: a retry with the same key replays it), a refusal the bank's
+/// contract documents for this operation refused, and anything else
+/// (5xx, a 408 or 429 from a proxy, a 413, an HTML page, a code nobody
+/// documented) transient: it proves nothing about what the bank did.
 fn classify<T: DeserializeOwned>(op: Operation, status: StatusCode, body: &[u8]) -> Attempt<T> {
     if status.is_success() {
         match serde_json::from_slice::<T>(body) {
@@ -760,7 +781,19 @@ fn classify<T: DeserializeOwned>(op: Operation, status: StatusCode, body: &[u8])
             },
         }
     } else if status.is_client_error() {
-        Attempt::Refused(refusal(op, status, body))
+        let refusal = refusal(op, status, body);
+        if is_documented(op, refusal.status, &refusal.code) {
+            Attempt::Refused(refusal)
+        } else {
+            Attempt::Transient {
+                result: AttemptResult::Undocumented4xx,
+                status: Some(status),
+                error: format!(
+                    "HTTP {} that the bank does not document: {refusal}",
+                    status.as_u16()
+                ),
+            }
+        }
     } else if status.is_server_error() {
         let code = serde_json::from_slice::<ErrorBody>(body)
             .map(|b| format!(" {}", b.error))
@@ -777,6 +810,62 @@ fn classify<T: DeserializeOwned>(op: Operation, status: StatusCode, body: &[u8])
             error: format!("unexpected HTTP {status}"),
         }
     }
+}
+
+/// The refusals the bank's contract lists for each operation, each with its
+/// status. Only these are definitive answers.
+fn is_documented(op: Operation, status: u16, code: &BankErrorCode) -> bool {
+    use BankErrorCode as C;
+    let any_post = matches!(
+        (status, code),
+        (
+            400,
+            C::MissingIdempotencyKey | C::InvalidIdempotencyKey | C::InvalidRequest
+        ) | (422, C::IdempotencyKeyReused)
+    );
+    let this_operation = match op {
+        Operation::Authorize => matches!(
+            (status, code),
+            (
+                400,
+                C::InvalidCard | C::InvalidCvv | C::InvalidAmount | C::CardExpired
+            ) | (402, C::InsufficientFunds)
+        ),
+        Operation::Capture => matches!(
+            (status, code),
+            (
+                400,
+                C::AuthorizationNotFound
+                    | C::AuthorizationAlreadyUsed
+                    | C::AuthorizationExpired
+                    | C::AmountMismatch
+                    | C::InvalidAmount
+            )
+        ),
+        Operation::Void => matches!(
+            (status, code),
+            (
+                400,
+                C::AuthorizationNotFound | C::AuthorizationAlreadyUsed | C::AuthorizationExpired
+            )
+        ),
+        Operation::Refund => matches!(
+            (status, code),
+            (
+                400,
+                C::CaptureNotFound | C::AlreadyRefunded | C::AmountMismatch | C::InvalidAmount
+            )
+        ),
+        Operation::ResolveAuthorization | Operation::FindAuthorization => {
+            matches!((status, code), (404, C::NotFound))
+        }
+        // A GET has one refusal: the id is unknown.
+        Operation::GetAuthorization
+        | Operation::GetCapture
+        | Operation::GetVoid
+        | Operation::GetRefund => return status == 404,
+    };
+    this_operation || (op.method() == Method::POST && any_post)
 }
 
 fn refusal(op: Operation, status: StatusCode, body: &[u8]) -> Refusal {
@@ -900,6 +989,59 @@ mod tests {
         };
         assert_eq!(refusal.code, BankErrorCode::InsufficientFunds);
         assert_eq!(refusal.message, "no money");
+    }
+
+    #[test]
+    fn only_the_refusals_the_contract_documents_are_definitive() {
+        let classified = |op, status: u16, body: &[u8]| {
+            classify::<Authorization>(op, StatusCode::from_u16(status).unwrap(), body)
+        };
+        let error = |code: &str| format!(r#"{{"error":"{code}","message":"m"}}"#).into_bytes();
+        let unknown = [
+            (
+                Operation::Capture,
+                408,
+                b"<html>Request Timeout</html>".to_vec(),
+            ),
+            (Operation::Capture, 429, error("rate_limited")),
+            (Operation::Capture, 409, error("conflict")),
+            (Operation::Capture, 425, b"<html>Too Early</html>".to_vec()),
+            (Operation::Authorize, 413, error("payload_too_large")),
+            (Operation::Capture, 400, error("something_new")),
+            // Documented codes, but not for this operation or status.
+            (Operation::Capture, 402, error("insufficient_funds")),
+            (Operation::Authorize, 400, error("insufficient_funds")),
+            (Operation::Refund, 400, error("authorization_expired")),
+        ];
+        for (op, status, body) in unknown {
+            assert!(
+                matches!(
+                    classified(op, status, &body),
+                    Attempt::Transient {
+                        result: AttemptResult::Undocumented4xx,
+                        ..
+                    }
+                ),
+                "{op:?} {status} {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let definitive = [
+            (Operation::Authorize, 402, error("insufficient_funds")),
+            (Operation::Authorize, 400, error("invalid_cvv")),
+            (Operation::Capture, 400, error("amount_mismatch")),
+            (Operation::Void, 400, error("authorization_already_used")),
+            (Operation::Refund, 400, error("already_refunded")),
+            (Operation::Capture, 422, error("idempotency_key_reused")),
+            (Operation::Refund, 400, error("invalid_request")),
+            (Operation::ResolveAuthorization, 404, error("not_found")),
+        ];
+        for (op, status, body) in definitive {
+            assert!(
+                matches!(classified(op, status, &body), Attempt::Refused(_)),
+                "{op:?} {status}"
+            );
+        }
     }
 
     #[test]

@@ -139,6 +139,10 @@ pub enum BankErrorCode {
     CaptureNotFound,
     AlreadyRefunded,
     IdempotencyKeyReused,
+    MissingIdempotencyKey,
+    InvalidIdempotencyKey,
+    /// The bank could not read the request (malformed JSON, a missing field).
+    InvalidRequest,
     NotFound,
     Other(String),
 }
@@ -159,13 +163,62 @@ impl BankErrorCode {
             "capture_not_found" => BankErrorCode::CaptureNotFound,
             "already_refunded" => BankErrorCode::AlreadyRefunded,
             "idempotency_key_reused" => BankErrorCode::IdempotencyKeyReused,
+            "missing_idempotency_key" => BankErrorCode::MissingIdempotencyKey,
+            "invalid_idempotency_key" => BankErrorCode::InvalidIdempotencyKey,
+            "invalid_request" => BankErrorCode::InvalidRequest,
             "not_found" => BankErrorCode::NotFound,
             other => BankErrorCode::Other(other.to_owned()),
         }
     }
 
+    /// The code as a metric label: from a closed set, `other` for any code
+    /// this gateway does not know.
+    pub fn label(&self) -> &'static str {
+        match self {
+            BankErrorCode::Other(_) => "other",
+            BankErrorCode::InvalidCard
+            | BankErrorCode::InvalidCvv
+            | BankErrorCode::InvalidAmount
+            | BankErrorCode::CardExpired
+            | BankErrorCode::InsufficientFunds
+            | BankErrorCode::AuthorizationNotFound
+            | BankErrorCode::AuthorizationAlreadyUsed
+            | BankErrorCode::AuthorizationExpired
+            | BankErrorCode::AmountMismatch
+            | BankErrorCode::CaptureNotFound
+            | BankErrorCode::AlreadyRefunded
+            | BankErrorCode::IdempotencyKeyReused
+            | BankErrorCode::MissingIdempotencyKey
+            | BankErrorCode::InvalidIdempotencyKey
+            | BankErrorCode::InvalidRequest
+            | BankErrorCode::NotFound => self.known_str(),
+        }
+    }
+
     /// The bank's spelling of the code (for `Other`, what it held).
     pub fn as_str(&self) -> &str {
+        match self {
+            BankErrorCode::Other(other) => other,
+            BankErrorCode::InvalidCard
+            | BankErrorCode::InvalidCvv
+            | BankErrorCode::InvalidAmount
+            | BankErrorCode::CardExpired
+            | BankErrorCode::InsufficientFunds
+            | BankErrorCode::AuthorizationNotFound
+            | BankErrorCode::AuthorizationAlreadyUsed
+            | BankErrorCode::AuthorizationExpired
+            | BankErrorCode::AmountMismatch
+            | BankErrorCode::CaptureNotFound
+            | BankErrorCode::AlreadyRefunded
+            | BankErrorCode::IdempotencyKeyReused
+            | BankErrorCode::MissingIdempotencyKey
+            | BankErrorCode::InvalidIdempotencyKey
+            | BankErrorCode::InvalidRequest
+            | BankErrorCode::NotFound => self.known_str(),
+        }
+    }
+
+    fn known_str(&self) -> &'static str {
         match self {
             BankErrorCode::InvalidCard => "invalid_card",
             BankErrorCode::InvalidCvv => "invalid_cvv",
@@ -179,8 +232,11 @@ impl BankErrorCode {
             BankErrorCode::CaptureNotFound => "capture_not_found",
             BankErrorCode::AlreadyRefunded => "already_refunded",
             BankErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            BankErrorCode::MissingIdempotencyKey => "missing_idempotency_key",
+            BankErrorCode::InvalidIdempotencyKey => "invalid_idempotency_key",
+            BankErrorCode::InvalidRequest => "invalid_request",
             BankErrorCode::NotFound => "not_found",
-            BankErrorCode::Other(other) => other,
+            BankErrorCode::Other(_) => "other",
         }
     }
 }
@@ -212,13 +268,16 @@ mod tests {
             "idempotency_key_reused",
             "not_found",
             "missing_idempotency_key",
+            "invalid_idempotency_key",
+            "invalid_request",
         ] {
             assert_eq!(BankErrorCode::parse(code).as_str(), code);
+            assert_eq!(BankErrorCode::parse(code).label(), code);
         }
-        assert_eq!(
-            BankErrorCode::parse("missing_idempotency_key"),
-            BankErrorCode::Other("missing_idempotency_key".to_owned())
-        );
+        let unknown = BankErrorCode::parse("something_new");
+        assert_eq!(unknown, BankErrorCode::Other("something_new".to_owned()));
+        assert_eq!(unknown.as_str(), "something_new");
+        assert_eq!(unknown.label(), "other", "labels come from a closed set");
     }
 
     #[test]

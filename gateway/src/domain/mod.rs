@@ -8,12 +8,15 @@
 //!   [`CustomerId`].
 //! - [`status`]: [`PaymentStatus`], [`PaymentEvent`] and the one
 //!   [`transition`] table.
+//! - [`operation`]: [`OperationKind`], [`OperationStatus`] and the [`Lease`]
+//!   under which one process at a time works on a key or an operation.
 //! - [`error`]: [`DomainError`], naming the offending request field.
 
 pub mod amount;
 pub mod card;
 pub mod error;
 pub mod ids;
+pub mod operation;
 pub mod status;
 
 #[cfg(test)]
@@ -26,6 +29,7 @@ pub use ids::{
     CustomerId, IdempotencyKey, MAX_CUSTOMER_ID_LEN, MAX_IDEMPOTENCY_KEY_LEN, MAX_ORDER_ID_LEN,
     MerchantId, OrderId, PaymentId,
 };
+pub use operation::{Lease, OperationKind, OperationStatus};
 pub use status::{
     InvalidTransition, PaymentEvent, PaymentStatus, allowed_transitions, mermaid_state_diagram,
     transition,

@@ -8,13 +8,17 @@ use std::fmt;
 ///
 /// `Pending`, `Capturing`, `Voiding` and `Refunding` are in flight: the
 /// gateway has recorded its intent and an operation row, and the bank's
-/// answer is not known yet. The declaration order is the lifecycle's, and is
+/// answer is not known yet. `Declined` is the bank refusing the card;
+/// `Failed` is an authorization that did not happen for any other reason
+/// (the gateway gave up on it before the bank held anything, or the bank
+/// refused the gateway's request as malformed): nothing is held. The declaration order is the lifecycle's, and is
 /// the order in which [`allowed_transitions`] and the diagram list states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PaymentStatus {
     Pending,
     Authorized,
     Declined,
+    Failed,
     Expired,
     Capturing,
     Captured,
@@ -25,10 +29,11 @@ pub enum PaymentStatus {
 }
 
 impl PaymentStatus {
-    pub const ALL: [PaymentStatus; 10] = [
+    pub const ALL: [PaymentStatus; 11] = [
         PaymentStatus::Pending,
         PaymentStatus::Authorized,
         PaymentStatus::Declined,
+        PaymentStatus::Failed,
         PaymentStatus::Expired,
         PaymentStatus::Capturing,
         PaymentStatus::Captured,
@@ -44,6 +49,7 @@ impl PaymentStatus {
             PaymentStatus::Pending => "pending",
             PaymentStatus::Authorized => "authorized",
             PaymentStatus::Declined => "declined",
+            PaymentStatus::Failed => "failed",
             PaymentStatus::Expired => "expired",
             PaymentStatus::Capturing => "capturing",
             PaymentStatus::Captured => "captured",
@@ -68,6 +74,7 @@ impl PaymentStatus {
             | PaymentStatus::Refunding => true,
             PaymentStatus::Authorized
             | PaymentStatus::Declined
+            | PaymentStatus::Failed
             | PaymentStatus::Expired
             | PaymentStatus::Captured
             | PaymentStatus::Voided
@@ -79,6 +86,7 @@ impl PaymentStatus {
     pub fn is_terminal(self) -> bool {
         match self {
             PaymentStatus::Declined
+            | PaymentStatus::Failed
             | PaymentStatus::Expired
             | PaymentStatus::Voided
             | PaymentStatus::Refunded => true,
@@ -112,6 +120,10 @@ pub enum PaymentEvent {
     AuthorizeApproved,
     /// The bank refused the card (funds, CVV, expired or unknown card).
     AuthorizeDeclined,
+    /// The authorization will not happen, and the card is not why: the
+    /// gateway gave up on it after its grace period with the bank holding
+    /// nothing, or the bank refused the gateway's request as malformed.
+    AuthorizeFailed,
     /// A client asked to capture; the operation is recorded, the bank not yet
     /// answered.
     CaptureRequested,
@@ -137,9 +149,10 @@ pub enum PaymentEvent {
 }
 
 impl PaymentEvent {
-    pub const ALL: [PaymentEvent; 14] = [
+    pub const ALL: [PaymentEvent; 15] = [
         PaymentEvent::AuthorizeApproved,
         PaymentEvent::AuthorizeDeclined,
+        PaymentEvent::AuthorizeFailed,
         PaymentEvent::CaptureRequested,
         PaymentEvent::CaptureSucceeded,
         PaymentEvent::CaptureFailed,
@@ -158,6 +171,7 @@ impl PaymentEvent {
         match self {
             PaymentEvent::AuthorizeApproved => "authorize_approved",
             PaymentEvent::AuthorizeDeclined => "authorize_declined",
+            PaymentEvent::AuthorizeFailed => "authorize_failed",
             PaymentEvent::CaptureRequested => "capture_requested",
             PaymentEvent::CaptureSucceeded => "capture_succeeded",
             PaymentEvent::CaptureFailed => "capture_failed",
@@ -223,6 +237,7 @@ pub fn transition(
     match (from, event) {
         (S::Pending, E::AuthorizeApproved) => Ok(S::Authorized),
         (S::Pending, E::AuthorizeDeclined) => Ok(S::Declined),
+        (S::Pending, E::AuthorizeFailed) => Ok(S::Failed),
 
         (S::Authorized, E::CaptureRequested) => Ok(S::Capturing),
         (S::Authorized, E::VoidRequested) => Ok(S::Voiding),
@@ -264,6 +279,7 @@ pub fn transition(
             S::Authorized,
             E::AuthorizeApproved
             | E::AuthorizeDeclined
+            | E::AuthorizeFailed
             | E::CaptureSucceeded
             | E::CaptureFailed
             | E::CaptureExpired
@@ -281,6 +297,7 @@ pub fn transition(
             S::Capturing,
             E::AuthorizeApproved
             | E::AuthorizeDeclined
+            | E::AuthorizeFailed
             | E::CaptureRequested
             | E::VoidRequested
             | E::VoidSucceeded
@@ -295,6 +312,7 @@ pub fn transition(
             S::Voiding,
             E::AuthorizeApproved
             | E::AuthorizeDeclined
+            | E::AuthorizeFailed
             | E::CaptureRequested
             | E::CaptureSucceeded
             | E::CaptureFailed
@@ -310,6 +328,7 @@ pub fn transition(
             S::Captured,
             E::AuthorizeApproved
             | E::AuthorizeDeclined
+            | E::AuthorizeFailed
             | E::CaptureRequested
             | E::CaptureSucceeded
             | E::CaptureFailed
@@ -326,6 +345,7 @@ pub fn transition(
             S::Refunding,
             E::AuthorizeApproved
             | E::AuthorizeDeclined
+            | E::AuthorizeFailed
             | E::CaptureRequested
             | E::CaptureSucceeded
             | E::CaptureFailed
@@ -339,9 +359,10 @@ pub fn transition(
         )
         // Terminal: nothing moves these on.
         | (
-            S::Declined | S::Expired | S::Voided | S::Refunded,
+            S::Declined | S::Failed | S::Expired | S::Voided | S::Refunded,
             E::AuthorizeApproved
             | E::AuthorizeDeclined
+            | E::AuthorizeFailed
             | E::CaptureRequested
             | E::CaptureSucceeded
             | E::CaptureFailed
@@ -411,9 +432,10 @@ mod tests {
 
     /// The whole state machine, written out independently of `transition`.
     /// Any (status, event) pair not listed here must be refused.
-    const EXPECTED: [(S, E, S); 14] = [
+    const EXPECTED: [(S, E, S); 15] = [
         (S::Pending, E::AuthorizeApproved, S::Authorized),
         (S::Pending, E::AuthorizeDeclined, S::Declined),
+        (S::Pending, E::AuthorizeFailed, S::Failed),
         (S::Authorized, E::CaptureRequested, S::Capturing),
         (S::Authorized, E::VoidRequested, S::Voiding),
         (S::Authorized, E::AuthorizationExpired, S::Expired),
@@ -442,7 +464,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 10 * 14);
+        assert_eq!(checked, 11 * 15);
     }
 
     #[test]
@@ -452,6 +474,7 @@ mod tests {
             vec![
                 (S::Pending, S::Authorized),
                 (S::Pending, S::Declined),
+                (S::Pending, S::Failed),
                 (S::Authorized, S::Expired),
                 (S::Authorized, S::Capturing),
                 (S::Authorized, S::Voiding),
@@ -510,7 +533,10 @@ mod tests {
             [S::Pending, S::Capturing, S::Voiding, S::Refunding]
         );
         let terminal: Vec<S> = S::ALL.into_iter().filter(|s| s.is_terminal()).collect();
-        assert_eq!(terminal, [S::Declined, S::Expired, S::Voided, S::Refunded]);
+        assert_eq!(
+            terminal,
+            [S::Declined, S::Failed, S::Expired, S::Voided, S::Refunded]
+        );
         for status in S::ALL {
             assert!(
                 !(status.is_in_flight() && status.is_terminal()),
@@ -611,11 +637,11 @@ mod tests {
                 "{line} lacks {event}"
             );
         }
-        for status in [S::Declined, S::Expired, S::Voided, S::Refunded] {
+        for status in [S::Declined, S::Failed, S::Expired, S::Voided, S::Refunded] {
             assert!(lines.contains(&format!("    {status} --> [*]").as_str()));
         }
         // Header, start, one line per allowed pair, one per terminal state.
-        assert_eq!(lines.len(), 2 + allowed_transitions().len() + 4);
+        assert_eq!(lines.len(), 2 + allowed_transitions().len() + 5);
     }
 
     #[test]
@@ -626,6 +652,7 @@ mod tests {
     [*] --> pending
     pending --> authorized: authorize_approved
     pending --> declined: authorize_declined
+    pending --> failed: authorize_failed
     authorized --> expired: authorization_expired
     authorized --> capturing: capture_requested
     authorized --> voiding: void_requested
@@ -639,6 +666,7 @@ mod tests {
     refunding --> captured: refund_failed
     refunding --> refunded: refund_succeeded
     declined --> [*]
+    failed --> [*]
     expired --> [*]
     voided --> [*]
     refunded --> [*]

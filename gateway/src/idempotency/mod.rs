@@ -1,9 +1,22 @@
-//! Stripe-style idempotency keys, scoped to the merchant.
+//! Stripe-style idempotency keys, scoped to the merchant. Every statement
+//! on `idempotency_keys` is here, including the fragments that the two
+//! batched writes of `store::payments` embed in their own statements.
 //!
-//! A key is claimed inside the transaction that records the intent, with a
-//! lease rather than a held transaction: the row says who works on it until
-//! when. A replay returns the stored bytes; a key whose first request ended
-//! with the bank's answer unknown is taken over and its operation resumed.
+//! The rules, which the schema enforces as well (`migrations/0004`):
+//!
+//! - A key is written in the same transaction as what it is for: the
+//!   operation it creates, or, for a request refused without calling the
+//!   bank, its final answer. A key in progress therefore always has an
+//!   operation of its own, and resuming the key resumes only that.
+//! - A key's answer is stored once, in the transaction that settles its
+//!   operation, whoever settles it (the request, its retry, the recovery
+//!   worker): settling is guarded by the operation still being pending, so
+//!   it happens once, and the database refuses any later change to an
+//!   answered key. A request that comes back late finds the answer stored
+//!   and gives that one.
+//! - Leases (who works on the key until when) are judged by the
+//!   database's clock, never a process's.
+//! - Retention counts from when a key was answered.
 
 mod fingerprint;
 
@@ -12,10 +25,9 @@ use std::time::Duration;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-pub use fingerprint::fingerprint;
+pub use fingerprint::{Fingerprint, Fingerprinter, MIN_SECRET_BYTES, Secret};
 
-use crate::domain::{IdempotencyKey, MerchantId};
-use crate::store::operations::Lease;
+use crate::domain::{IdempotencyKey, Lease, MerchantId};
 
 /// A response stored for replay, byte for byte.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -24,15 +36,26 @@ pub struct StoredResponse {
     pub response_body: Vec<u8>,
 }
 
-#[derive(Debug)]
-pub enum Claim {
-    /// Never seen: the caller does the work.
-    New,
-    /// Done before: answer with this.
-    Replay(StoredResponse),
-    /// Started before and given up (a 202, a timeout, a crash): resume the
-    /// payment's operation rather than start another.
-    Resume { payment_id: Option<Uuid> },
+/// A key as stored; `live` says whether its lease still runs, by the
+/// database's clock.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KeyRecord {
+    pub request_hash: Vec<u8>,
+    pub payment_id: Option<Uuid>,
+    pub operation_id: Option<Uuid>,
+    pub live: bool,
+    pub response_status: Option<i16>,
+    pub response_body: Option<Vec<u8>>,
+}
+
+impl KeyRecord {
+    /// The stored answer, once there is one.
+    pub fn answer(&self) -> Option<StoredResponse> {
+        Some(StoredResponse {
+            response_status: self.response_status?,
+            response_body: self.response_body.clone()?,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,121 +68,168 @@ pub enum ClaimError {
     Database(#[from] sqlx::Error),
 }
 
-#[derive(sqlx::FromRow)]
-struct KeyRow {
-    request_hash: Vec<u8>,
-    state: String,
-    live: bool,
-    payment_id: Option<Uuid>,
-    response_status: Option<i16>,
-    response_body: Option<Vec<u8>>,
-}
+const KEY_COLUMNS: &str = "request_hash, payment_id, operation_id, \
+    coalesce(lease_until > now(), false) AS live, response_status, response_body";
 
-/// Claims `key` for a request with `request_hash`, leased to the caller.
-pub async fn claim(
+/// The key, unlocked: enough to refuse a different request or replay an
+/// answer (neither ever changes once written), or to learn which payment
+/// and operation to lock before locking the key itself.
+pub async fn read(
     conn: &mut PgConnection,
     merchant: MerchantId,
     key: &IdempotencyKey,
-    request_hash: &[u8],
+) -> Result<Option<KeyRecord>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {KEY_COLUMNS} FROM idempotency_keys WHERE merchant_id = $1 AND key = $2"
+    ))
+    .bind(merchant.as_uuid())
+    .bind(key.as_str())
+    .fetch_optional(conn)
+    .await
+}
+
+/// The key, locked. Lock order: the payment, then the operation, then the key.
+pub async fn lock(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+    key: &IdempotencyKey,
+) -> Result<Option<KeyRecord>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {KEY_COLUMNS} FROM idempotency_keys WHERE merchant_id = $1 AND key = $2 FOR UPDATE"
+    ))
+    .bind(merchant.as_uuid())
+    .bind(key.as_str())
+    .fetch_optional(conn)
+    .await
+}
+
+/// A new key for the operation it created, leased to the caller; `false`
+/// if the key exists already (the caller rolls back and looks again).
+pub async fn insert_for_operation(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+    key: &IdempotencyKey,
+    fingerprint: &Fingerprint,
+    payment_id: Uuid,
+    operation_id: Uuid,
     lease: Lease,
-) -> Result<Claim, ClaimError> {
+) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys (merchant_id, key, request_hash, state, lease_until, leased_by) \
-         VALUES ($1, $2, $3, 'in_progress', now() + $4, $5) ON CONFLICT DO NOTHING",
+        "INSERT INTO idempotency_keys \
+           (merchant_id, key, request_hash, state, lease_until, leased_by, payment_id, operation_id) \
+         VALUES ($1, $2, $3, 'in_progress', now() + $4, $5, $6, $7) ON CONFLICT DO NOTHING",
     )
     .bind(merchant.as_uuid())
     .bind(key.as_str())
-    .bind(request_hash)
+    .bind(fingerprint.as_bytes())
     .bind(lease.duration)
     .bind(lease.holder)
-    .execute(&mut *conn)
+    .bind(payment_id)
+    .bind(operation_id)
+    .execute(conn)
     .await?;
-    if inserted.rows_affected() == 1 {
-        return Ok(Claim::New);
-    }
-    let row: KeyRow = sqlx::query_as(
-        "SELECT request_hash, state, coalesce(lease_until > now(), false) AS live, payment_id, \
-           response_status, response_body \
-         FROM idempotency_keys WHERE merchant_id = $1 AND key = $2 FOR UPDATE",
-    )
-    .bind(merchant.as_uuid())
-    .bind(key.as_str())
-    .fetch_one(&mut *conn)
-    .await?;
-    if row.request_hash != request_hash {
-        return Err(ClaimError::Reused);
-    }
-    match (row.state.as_str(), row.response_status, row.response_body) {
-        ("done", Some(response_status), Some(response_body)) => Ok(Claim::Replay(StoredResponse {
-            response_status,
-            response_body,
-        })),
-        _ if row.live => Err(ClaimError::InUse),
-        _ => {
-            sqlx::query(
-                "UPDATE idempotency_keys SET lease_until = now() + $3, leased_by = $4 WHERE merchant_id = $1 AND key = $2",
-            )
-            .bind(merchant.as_uuid())
-            .bind(key.as_str())
-            .bind(lease.duration)
-            .bind(lease.holder)
-            .execute(&mut *conn)
-            .await?;
-            Ok(Claim::Resume {
-                payment_id: row.payment_id,
-            })
-        }
-    }
+    Ok(inserted.rows_affected() == 1)
 }
 
-/// Remembers which payment the key's request is about, for a resume.
-pub async fn attach_payment(
+/// A new key answered at once (a refusal that called no bank); `false` if
+/// the key exists already.
+pub async fn insert_answered(
     conn: &mut PgConnection,
     merchant: MerchantId,
     key: &IdempotencyKey,
+    fingerprint: &Fingerprint,
     payment_id: Uuid,
+    status: u16,
+    body: &[u8],
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys \
+           (merchant_id, key, request_hash, state, payment_id, response_status, response_body, answered_at) \
+         VALUES ($1, $2, $3, 'done', $4, $5, $6, now()) ON CONFLICT DO NOTHING",
+    )
+    .bind(merchant.as_uuid())
+    .bind(key.as_str())
+    .bind(fingerprint.as_bytes())
+    .bind(payment_id)
+    .bind(http_status(status))
+    .bind(body)
+    .execute(conn)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// Takes the (expired) lease of a key in progress.
+pub async fn take_lease(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+    key: &IdempotencyKey,
+    lease: Lease,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE idempotency_keys SET payment_id = $3 WHERE merchant_id = $1 AND key = $2")
-        .bind(merchant.as_uuid())
-        .bind(key.as_str())
-        .bind(payment_id)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "UPDATE idempotency_keys SET lease_until = now() + $3, leased_by = $4 \
+         WHERE merchant_id = $1 AND key = $2 AND state = 'in_progress'",
+    )
+    .bind(merchant.as_uuid())
+    .bind(key.as_str())
+    .bind(lease.duration)
+    .bind(lease.holder)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
-/// Stores the final response; from now on the key replays it.
-pub async fn complete(
+/// Stores the answer on the key that created `operation`, in the
+/// transaction that settles it; a key already answered is left alone (and
+/// the database would refuse the change).
+pub async fn answer_operation(
     conn: &mut PgConnection,
-    merchant: MerchantId,
-    key: &IdempotencyKey,
+    operation_id: Uuid,
     status: u16,
     body: &[u8],
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE idempotency_keys SET state = 'done', lease_until = NULL, response_status = $3, response_body = $4 \
-         WHERE merchant_id = $1 AND key = $2",
+        "UPDATE idempotency_keys SET state = 'done', lease_until = NULL, answered_at = now(), \
+           response_status = $2, response_body = $3 \
+         WHERE operation_id = $1 AND state = 'in_progress'",
     )
-    .bind(merchant.as_uuid())
-    .bind(key.as_str())
-    .bind(i16::try_from(status).unwrap_or(500))
+    .bind(operation_id)
+    .bind(http_status(status))
     .bind(body)
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// Gives the key's lease up without an answer, so that a retry resumes at once.
-pub async fn release(
+/// The answer stored on the key that created `operation`, if it has one.
+pub async fn answer_of(
     conn: &mut PgConnection,
-    merchant: MerchantId,
-    key: &IdempotencyKey,
+    operation_id: Uuid,
+) -> Result<Option<StoredResponse>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT response_status, response_body FROM idempotency_keys \
+         WHERE operation_id = $1 AND state = 'done'",
+    )
+    .bind(operation_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Gives up the lease `holder` has on the key of `operation`, without an
+/// answer, so that a retry resumes at once. A lease someone else took since
+/// is left alone.
+pub async fn release_for_operation(
+    conn: &mut PgConnection,
+    operation_id: Uuid,
+    holder: Uuid,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE idempotency_keys SET lease_until = now() WHERE merchant_id = $1 AND key = $2 AND state = 'in_progress'")
-        .bind(merchant.as_uuid())
-        .bind(key.as_str())
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "UPDATE idempotency_keys SET lease_until = now() \
+         WHERE operation_id = $1 AND state = 'in_progress' AND leased_by = $2",
+    )
+    .bind(operation_id)
+    .bind(holder)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -175,14 +245,83 @@ pub async fn release_held_by(conn: &mut PgConnection, holder: Uuid) -> Result<u6
     Ok(released.rows_affected())
 }
 
-/// Deletes answered keys older than `retention`. Unanswered keys stay: their
-/// operation may still be resumed through them.
-pub async fn purge(conn: &mut PgConnection, retention: Duration) -> Result<u64, sqlx::Error> {
+/// Whether the key has its answer: a replay needs no bank, so the circuit
+/// breaker need not refuse it.
+pub async fn is_answered(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+    key: &IdempotencyKey,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM idempotency_keys \
+         WHERE merchant_id = $1 AND key = $2 AND state = 'done')",
+    )
+    .bind(merchant.as_uuid())
+    .bind(key.as_str())
+    .fetch_one(conn)
+    .await
+}
+
+/// Deletes up to `batch` keys answered longer than `retention` ago, and
+/// says how many. Unanswered keys stay: their operation may still be
+/// resumed through them. Rows another transaction holds are skipped, so a
+/// purge never waits on traffic.
+pub async fn purge_batch(
+    conn: &mut PgConnection,
+    retention: Duration,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
     let deleted = sqlx::query(
-        "DELETE FROM idempotency_keys WHERE state = 'done' AND created_at < now() - $1",
+        "DELETE FROM idempotency_keys WHERE (merchant_id, key) IN ( \
+           SELECT merchant_id, key FROM idempotency_keys \
+           WHERE state = 'done' AND answered_at < now() - $1 \
+           LIMIT $2 FOR UPDATE SKIP LOCKED)",
     )
     .bind(retention)
+    .bind(batch)
     .execute(conn)
     .await?;
     Ok(deleted.rows_affected())
+}
+
+/// Rows one purge statement deletes at most: short statements, so that
+/// the purge never holds many locks or a long transaction.
+pub const PURGE_BATCH: i64 = 1_000;
+
+/// Purges every key past its retention, [`PURGE_BATCH`] at a time.
+pub async fn purge(conn: &mut PgConnection, retention: Duration) -> Result<u64, sqlx::Error> {
+    let mut purged = 0;
+    loop {
+        let deleted = purge_batch(conn, retention, PURGE_BATCH).await?;
+        purged += deleted;
+        if deleted < PURGE_BATCH.unsigned_abs() {
+            return Ok(purged);
+        }
+    }
+}
+
+/// The batched start of authorizations (`store::payments`) claims new keys
+/// with this common table expression. It reads `input` (columns
+/// `merchant_id, key, request_hash, lease, leased_by, payment_id,
+/// operation_id`) and yields `claimed(payment_id)` for the keys that were
+/// new; a key that exists is left to the caller's general path.
+pub(crate) const CLAIM_NEW_KEYS_CTE: &str = "claimed AS ( \
+       INSERT INTO idempotency_keys \
+         (merchant_id, key, request_hash, state, lease_until, leased_by, payment_id, operation_id) \
+       SELECT merchant_id, key, request_hash, 'in_progress', now() + lease, leased_by, payment_id, operation_id \
+       FROM input ON CONFLICT DO NOTHING RETURNING payment_id)";
+
+/// The batched settlement (`store::payments`) answers the keys of the
+/// operations it settled with this common table expression. It reads
+/// `settled` (columns `operation_id, response_status, response_body`); a
+/// row without a response (a 202, which is never stored) answers nothing.
+pub(crate) const ANSWER_SETTLED_CTE: &str = "answered AS ( \
+       UPDATE idempotency_keys k SET state = 'done', lease_until = NULL, answered_at = now(), \
+         response_status = s.response_status, response_body = s.response_body \
+       FROM settled s \
+       WHERE k.operation_id = s.operation_id AND k.state = 'in_progress' \
+         AND s.response_status IS NOT NULL)";
+
+fn http_status(status: u16) -> i16 {
+    i16::try_from(status).unwrap_or(500)
 }

@@ -1,48 +1,56 @@
-//! The payment flows: authorize, capture, void, refund, and resuming any
-//! of them after an unknown outcome.
-//!
-//! Every bank call is bracketed by two short transactions and no
-//! connection is held while the bank thinks:
+//! The payment flows, by phase: every bank call is bracketed by two short
+//! transactions and no connection is held while the bank thinks.
 //!
 //! ```text
-//! tx A: claim the idempotency key, check the state machine, move the payment
-//!       to its in-flight status, write the operation with its bank key; commit
-//! call the bank (retries, backoff, deadline); no connection held
-//! tx B: settle the operation, move the payment, append history, store the
-//!       response on the idempotency key; commit
+//! start      tx A: the key, the state machine, the payment in flight, the
+//!            operation with its bank key; commit        (start.rs)
+//! bank call  the bank, retried with the same key under a deadline; its
+//!            answer classified                          (bank_call.rs)
+//! settle     tx B: the operation settled, the payment moved, history
+//!            appended, the answer stored on the key    (settle.rs)
+//! reply      the answer, rendered from the payment as its own
+//!            operation left it                         (reply.rs)
 //! ```
 //!
 //! A crash between A and B leaves a pending operation whose lease runs
-//! out; a retry with the same key resumes it with the same bank key.
+//! out; a retry of the key that created it, or the recovery worker
+//! (recover.rs), resumes that operation with its bank key. An operation is
+//! settled once, and its answer is stored on its key in the same
+//! transaction, whoever settles it: every later answer to the key is that
+//! one, byte for byte.
 
-mod authorize;
-mod operate;
+mod bank_call;
+mod command;
 mod recover;
 mod reply;
 mod settle;
-
-pub use recover::{ABANDONED, Pass};
+mod start;
 pub mod view;
 
 use std::time::Duration;
 
 use sqlx::{Connection, PgPool};
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-pub use authorize::AuthorizeCommand;
-pub use operate::Action;
+pub use command::{Action, AuthorizeCommand};
+pub use recover::{ABANDONED, Pass};
 pub use reply::Reply;
 
-use tokio::task::JoinHandle;
-
 use crate::bank::BankClient;
-use crate::idempotency::{self, ClaimError};
+use crate::domain::{Amount, IdempotencyKey, Lease, MerchantId, PaymentId};
+use crate::faults::{Faults, Injected, Point};
+use crate::idempotency::{self, ClaimError, Fingerprint};
 use crate::store::batch::{BatchLimits, Batcher};
-use crate::store::operations::{self, Backoff, Lease};
+use crate::store::clock::DbClock;
+use crate::store::operations::{self, Backoff};
 use crate::store::payments::{self, Settlement, StartAuthorization, Started, TransitionError};
 
+use start::Start;
+
 /// How long a request may work on a key or an operation before another
-/// may take over, and how soon an unknown outcome is tried again.
+/// may take over, how soon an unknown outcome is tried again, and how long
+/// an unfinished authorization waits for its client before it is given up.
 #[derive(Debug, Clone, Copy)]
 pub struct Leases {
     /// Must exceed the bank call's deadline, or a slow request would be
@@ -50,6 +58,11 @@ pub struct Leases {
     pub lease: Duration,
     /// After an unknown outcome: the first wait, doubling per attempt.
     pub retry: Backoff,
+    /// An authorization whose outcome is unknown can only be sent again by
+    /// its client (the card is never stored). For this long the worker
+    /// only looks for it at the bank; after it, the worker settles it for
+    /// good: adopted if the bank has it, given up if not.
+    pub authorization_grace: Duration,
 }
 
 /// The gateway's core: a pool, the bank, the lease timings, and the two
@@ -63,6 +76,8 @@ pub struct Gateway {
     instance: Uuid,
     starts: Batcher<StartAuthorization, Option<Started>>,
     settlements: Batcher<Settlement, bool>,
+    clock: DbClock,
+    faults: Faults,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +94,16 @@ pub enum Error {
     Transition(#[from] TransitionError),
     #[error("a response could not be encoded: {0}")]
     Encode(#[from] serde_json::Error),
+    /// A broken invariant of the gateway's own data: a bug, never a
+    /// client's doing.
+    #[error("invariant broken: {0}")]
+    Invariant(&'static str),
+}
+
+impl From<Injected> for Error {
+    fn from(injected: Injected) -> Self {
+        Self::Database(injected.into())
+    }
 }
 
 impl Gateway {
@@ -89,18 +114,21 @@ impl Gateway {
         bank: BankClient,
         leases: Leases,
         batches: BatchLimits,
+        faults: Faults,
     ) -> (Self, Vec<JoinHandle<()>>) {
         let (starts, mut tasks) = Batcher::spawn(
             "start_authorization",
             pool.clone(),
             batches,
             payments::start_authorizations,
+            faults.clone(),
         );
         let (settlements, settlement_tasks) = Batcher::spawn(
             "settlement",
             pool.clone(),
             batches,
             payments::write_settlements,
+            faults.clone(),
         );
         tasks.extend(settlement_tasks);
         let gateway = Self {
@@ -110,8 +138,59 @@ impl Gateway {
             instance: Uuid::new_v4(),
             starts,
             settlements,
+            clock: DbClock::new(faults.clone()),
+            faults,
         };
         (gateway, tasks)
+    }
+
+    /// Authorizes: records the intent, asks the bank with the card, records
+    /// the answer. A key seen before is answered, refused or resumed.
+    pub async fn authorize(
+        &self,
+        merchant: MerchantId,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        command: &AuthorizeCommand,
+    ) -> Result<Reply, Error> {
+        let start = self
+            .start_authorization(merchant, key, fingerprint, command)
+            .await?;
+        self.carry_out(start, Some(command)).await
+    }
+
+    /// Captures, voids or refunds a payment, in full. `amount`, when the
+    /// client sends one, must equal the payment's.
+    pub async fn operate(
+        &self,
+        merchant: MerchantId,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        payment_id: PaymentId,
+        action: Action,
+        amount: Option<Amount>,
+    ) -> Result<Reply, Error> {
+        let start = self
+            .start_operation(merchant, key, fingerprint, payment_id, action, amount)
+            .await?;
+        self.carry_out(start, None).await
+    }
+
+    /// The bank call and the settlement of what tx A started; `card` is the
+    /// client's authorization request, the only place the card exists.
+    async fn carry_out(
+        &self,
+        start: Start,
+        card: Option<&AuthorizeCommand>,
+    ) -> Result<Reply, Error> {
+        let call = match start {
+            Start::Answered(reply) => return Ok(reply),
+            Start::Call(call) => call,
+        };
+        self.faults.hit(Point::IntentCommitted).await?;
+        let resolution = self.call_bank(&call.operation, &call.payment, card).await;
+        self.faults.hit(Point::BankAnswered).await?;
+        self.settle(&call.operation, resolution, call.known).await
     }
 
     /// A lease held by this process.
@@ -142,5 +221,14 @@ impl Gateway {
 
     pub fn bank(&self) -> &BankClient {
         &self.bank
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// The database's clock, as this process reads it.
+    pub fn clock(&self) -> &DbClock {
+        &self.clock
     }
 }

@@ -1,22 +1,23 @@
 //! Settling what a request left unknown (a 202, a timeout, a crash): the
 //! recovery worker's flow, and the expiry of old authorizations.
 
+use chrono::{DateTime, TimeDelta, Utc};
 use futures_util::StreamExt;
 use futures_util::stream;
 
-use crate::bank::{BankErrorCode, BankOutcome};
-use crate::domain::{PaymentEvent, PaymentStatus};
-use crate::store::operations::{self, OperationKind, OperationRecord};
+use crate::domain::{OperationKind, PaymentEvent, PaymentStatus};
+use crate::faults::Point;
+use crate::store::operations::{self, OperationRecord};
 use crate::store::payments::{self, BankFacts};
 
-use super::settle::Resolution;
 use super::{Error, Gateway};
 
 /// Bank calls one recovery pass makes at once.
 const RECOVERY_CONCURRENCY: usize = 16;
 
-/// The failure code of an authorization the bank has no record of, found
-/// after its answer was lost: the bank never held money for it.
+/// The failure code of an authorization the gateway gave up on: its answer
+/// was lost, its client did not come back with the card within the grace
+/// period, and the bank holds nothing for it (and now never will).
 pub const ABANDONED: &str = "authorization_abandoned";
 
 /// What one pass did.
@@ -31,12 +32,15 @@ impl Gateway {
     /// Claims operations whose outcome is unknown and whose lease ran out,
     /// asks the bank again with each one's own key, and records the answer.
     pub async fn recover_due(&self, batch: i64) -> Result<Pass, Error> {
-        let claimed = {
+        let (claimed, claimed_at) = {
             let mut tx = self.pool.begin().await?;
             let claimed = operations::claim_due(&mut tx, batch, self.lease()).await?;
             tx.commit().await?;
             claimed
         };
+        if !claimed.is_empty() {
+            self.faults.hit(Point::RecoveryClaimed).await?;
+        }
         let mut pass = Pass {
             claimed: claimed.len(),
             ..Pass::default()
@@ -45,7 +49,7 @@ impl Gateway {
         let results: Vec<Result<bool, Error>> = stream::iter(claimed)
             .map(|operation| {
                 let gateway = self.clone();
-                async move { gateway.recover(&operation).await }
+                async move { gateway.recover(&operation, claimed_at).await }
             })
             .buffer_unordered(RECOVERY_CONCURRENCY)
             .collect()
@@ -59,57 +63,39 @@ impl Gateway {
         Ok(pass)
     }
 
-    /// Returns whether the operation is settled now.
-    async fn recover(&self, operation: &OperationRecord) -> Result<bool, Error> {
-        let payment = {
-            let mut conn = self.pool.acquire().await?;
-            payments::get_by_id(&mut conn, operation.payment_id)
-                .await?
-                .ok_or(Error::NotFound)?
-        };
+    /// Returns whether the operation is settled now. `claimed_at` is the
+    /// database's time of the claim.
+    async fn recover(
+        &self,
+        operation: &OperationRecord,
+        claimed_at: DateTime<Utc>,
+    ) -> Result<bool, Error> {
         tracing::info!(
-            operation_id = %operation.id, payment_id = %payment.payment_id(), kind = operation.kind().as_str(),
+            operation_id = %operation.id, payment_id = %operation.payment_id, kind = operation.kind.as_str(),
             attempts = operation.attempts, "recovering an operation whose outcome is unknown"
         );
-        let resolution = match operation.kind() {
-            OperationKind::Authorize => self.resolve_authorization(operation).await,
+        let resolution = match operation.kind {
+            OperationKind::Authorize => {
+                let grace =
+                    TimeDelta::from_std(self.leases.authorization_grace).unwrap_or(TimeDelta::MAX);
+                let past_grace = claimed_at - operation.created_at >= grace;
+                self.resolve_authorization(operation, past_grace).await
+            }
             OperationKind::Capture | OperationKind::Void | OperationKind::Refund => {
-                self.call_bank(operation, &payment).await
+                let payment = {
+                    let mut conn = self.pool.acquire().await?;
+                    payments::get_by_id(&mut conn, operation.payment_id)
+                        .await?
+                        .ok_or(Error::Invariant("an operation's payment is gone"))?
+                };
+                self.call_bank(operation, &payment, None).await
             }
         };
-        let settled = matches!(resolution, Resolution::Settled { .. });
-        metrics::counter!("gateway_recovery_attempts_total", "kind" => operation.kind().as_str(), "settled" => settled.to_string())
+        let settled = matches!(resolution, super::settle::Resolution::Settled { .. });
+        metrics::counter!("gateway_recovery_attempts_total", "kind" => operation.kind.as_str(), "settled" => settled.to_string())
             .increment(1);
-        self.settle(None, operation, resolution).await?;
+        self.settle(operation, resolution, None).await?;
         Ok(settled)
-    }
-
-    /// The card is gone (it is never stored), so an authorization cannot be
-    /// re-sent; the bank settles it by its key instead: the authorization
-    /// that key created, or none, ever (the key is retired).
-    async fn resolve_authorization(&self, operation: &OperationRecord) -> Resolution {
-        match self
-            .bank
-            .resolve_authorization(&operation.bank_idempotency_key)
-            .await
-        {
-            BankOutcome::Done(authorization) => Resolution::approved(authorization),
-            BankOutcome::Refused(refusal) if refusal.code == BankErrorCode::NotFound => {
-                Resolution::Settled {
-                    event: PaymentEvent::AuthorizeDeclined,
-                    facts: BankFacts {
-                        failure_code: Some(ABANDONED.to_owned()),
-                        ..BankFacts::default()
-                    },
-                    succeeded: false,
-                }
-            }
-            // Anything else proves nothing: ask again later.
-            BankOutcome::Refused(refusal) => Resolution::Unknown {
-                reason: refusal.to_string(),
-            },
-            BankOutcome::Unknown(reason) => Resolution::unknown(&reason),
-        }
     }
 
     /// Marks authorized payments past their expiry as expired. The bank

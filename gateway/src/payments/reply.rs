@@ -1,15 +1,15 @@
-//! The answer to a payment request, decided from the payment's status
-//! alone, so that the first answer, a resumed answer and a replay agree.
+//! The answer to a payment request, rendered once from the payment as the
+//! request's own operation left it, and stored on its key: every later
+//! answer to that key is these bytes.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
 
 use super::Error;
+use super::recover::ABANDONED;
 use super::view::{ErrorBody, PaymentView};
-use crate::domain::{InvalidTransition, PaymentStatus};
+use crate::domain::{InvalidTransition, OperationKind, PaymentStatus};
 use crate::idempotency::StoredResponse;
-use crate::store::operations::OperationKind;
-use crate::store::payments::{self, PaymentRecord};
+use crate::store::payments::PaymentRecord;
 
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -57,16 +57,8 @@ pub fn refused(payment: &PaymentRecord, refused: InvalidTransition) -> Result<Re
     Reply::json(409, &body)
 }
 
-/// Renders the answer to a `kind` request for the payment as it now is.
-pub async fn reply_for(
-    conn: &mut PgConnection,
-    kind: OperationKind,
-    payment: &PaymentRecord,
-) -> Result<Reply, Error> {
-    let history = payments::history(conn, payment.id).await?;
-    render(kind, payment, history)
-}
-
+/// The answer to a `kind` request, for the payment as that request's
+/// operation left it (or, while its outcome is unknown, in flight: 202).
 pub(super) fn render(
     kind: OperationKind,
     payment: &PaymentRecord,
@@ -87,11 +79,26 @@ pub(super) fn render(
         )
         .with_payment(payment_id)
     };
-    let bank_refused = || {
+    let bank_error = || {
+        let held = match kind {
+            OperationKind::Authorize => "no money is held",
+            OperationKind::Capture | OperationKind::Void | OperationKind::Refund => {
+                "the payment is as it was before this request"
+            }
+        };
         ErrorBody::new(
             "api_error",
-            "bank_refused",
-            format!("the bank refused the operation ({failure})"),
+            "bank_error",
+            format!("the bank refused the gateway's request ({failure}); {held}"),
+        )
+        .with_payment(payment_id)
+    };
+    let abandoned = || {
+        ErrorBody::new(
+            "api_error",
+            ABANDONED,
+            "the bank's answer to this authorization never came and the gateway gave up on it; \
+             no money is held. Authorize again with a new Idempotency-Key and the card",
         )
         .with_payment(payment_id)
     };
@@ -114,6 +121,8 @@ pub(super) fn render(
         OperationKind::Authorize => match payment.status() {
             S::Pending => Reply::json(202, &view()),
             S::Declined => Reply::json(402, &declined()),
+            S::Failed if failure == ABANDONED => Reply::json(409, &abandoned()),
+            S::Failed => Reply::json(502, &bank_error()),
             S::Authorized
             | S::Expired
             | S::Capturing
@@ -127,25 +136,32 @@ pub(super) fn render(
             S::Capturing => Reply::json(202, &view()),
             S::Captured | S::Refunding | S::Refunded => Reply::json(200, &view()),
             S::Expired => Reply::json(409, &expired()),
-            S::Authorized => Reply::json(502, &bank_refused()),
-            S::Pending | S::Declined | S::Voiding | S::Voided => Reply::json(409, &invalid_state()),
+            S::Authorized => Reply::json(502, &bank_error()),
+            S::Pending | S::Declined | S::Failed | S::Voiding | S::Voided => {
+                Reply::json(409, &invalid_state())
+            }
         },
         OperationKind::Void => match payment.status() {
             S::Voiding => Reply::json(202, &view()),
             S::Voided => Reply::json(200, &view()),
             S::Expired => Reply::json(409, &expired()),
-            S::Authorized => Reply::json(502, &bank_refused()),
-            S::Pending | S::Declined | S::Capturing | S::Captured | S::Refunding | S::Refunded => {
-                Reply::json(409, &invalid_state())
-            }
+            S::Authorized => Reply::json(502, &bank_error()),
+            S::Pending
+            | S::Declined
+            | S::Failed
+            | S::Capturing
+            | S::Captured
+            | S::Refunding
+            | S::Refunded => Reply::json(409, &invalid_state()),
         },
         OperationKind::Refund => match payment.status() {
             S::Refunding => Reply::json(202, &view()),
             S::Refunded => Reply::json(200, &view()),
-            S::Captured => Reply::json(502, &bank_refused()),
+            S::Captured => Reply::json(502, &bank_error()),
             S::Pending
             | S::Authorized
             | S::Declined
+            | S::Failed
             | S::Expired
             | S::Capturing
             | S::Voiding

@@ -1,14 +1,18 @@
-//! Transaction B: what the bank said becomes the payment's state and the
-//! key's stored answer, in one commit.
+//! Tx B: what the bank said becomes the operation's outcome, the payment's
+//! state and the answer stored on the key that created the operation, in
+//! one commit. An operation is settled once (the write requires it still
+//! pending); whoever comes second (a request that ran past its lease, the
+//! recovery worker, a retry) finds the answer stored and gives that.
 
-use crate::bank::{Authorization, BankErrorCode, Refusal, UnknownReason};
-use crate::domain::{IdempotencyKey, MerchantId, PaymentEvent};
+use chrono::{DateTime, TimeDelta};
+
+use crate::bank::{Authorization, UnknownReason};
+use crate::domain::PaymentEvent;
+use crate::faults::Point;
 use crate::idempotency;
-use crate::store::operations::{self, OperationKind, OperationRecord};
-use crate::store::payments::{
-    self, Answer, BankFacts, History, PaymentRecord, Settlement, Settling, TransitionError,
-};
-use chrono::{DateTime, Utc};
+use crate::store::operations::{self, OperationRecord};
+use crate::store::payments::TransitionError;
+use crate::store::payments::{self, BankFacts, History, PaymentRecord, Settlement, Settling};
 
 use super::reply::{Reply, render};
 use super::{Error, Gateway};
@@ -48,84 +52,64 @@ impl Resolution {
         )
     }
 
-    pub fn failed(event: PaymentEvent, refusal: &Refusal) -> Self {
-        let facts = BankFacts {
-            failure_code: Some(refusal.code.as_str().to_owned()),
-            ..BankFacts::default()
-        };
+    /// A definitive "no", recorded with its failure code.
+    pub fn failed(event: PaymentEvent, failure_code: &str) -> Self {
         Self::Settled {
             event,
-            facts,
+            facts: BankFacts {
+                failure_code: Some(failure_code.to_owned()),
+                ..BankFacts::default()
+            },
             succeeded: false,
         }
     }
 
     pub fn unknown(reason: &UnknownReason) -> Self {
         Self::Unknown {
-            reason: format!("{reason:?}"),
-        }
-    }
-}
-
-/// The event that ends an operation of `kind` when the bank refuses it.
-pub fn failure_event(kind: OperationKind, code: &BankErrorCode) -> PaymentEvent {
-    let expired = matches!(code, BankErrorCode::AuthorizationExpired);
-    match (kind, expired) {
-        (OperationKind::Authorize, _) => PaymentEvent::AuthorizeDeclined,
-        (OperationKind::Capture, true) => PaymentEvent::CaptureExpired,
-        (OperationKind::Capture, false) => PaymentEvent::CaptureFailed,
-        (OperationKind::Void, true) => PaymentEvent::VoidExpired,
-        (OperationKind::Void, false) => PaymentEvent::VoidFailed,
-        (OperationKind::Refund, _) => PaymentEvent::RefundFailed,
-    }
-}
-
-/// Who to answer, if anyone: a request holds an idempotency key, the
-/// recovery worker does not.
-#[derive(Debug, Clone, Copy)]
-pub struct Requester<'a> {
-    pub merchant: MerchantId,
-    pub key: &'a IdempotencyKey,
-}
-
-impl Requester<'_> {
-    /// Stores `reply` on the key, for replays.
-    pub async fn store(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        reply: &Reply,
-    ) -> Result<(), sqlx::Error> {
-        idempotency::complete(conn, self.merchant, self.key, reply.status, &reply.body).await
-    }
-
-    /// `reply`, to be stored on the key by a batched settlement.
-    fn answer(&self, reply: &Reply) -> Answer {
-        Answer {
-            merchant: self.merchant,
-            key: self.key.as_str().to_owned(),
-            status: reply.status,
-            body: reply.body.clone(),
+            reason: reason.to_string(),
         }
     }
 }
 
 impl Gateway {
+    /// Records `resolution` for `operation` and returns the answer to its
+    /// key: the one this settlement stored, or, if someone settled the
+    /// operation first, the one they stored. `known` is the payment and its
+    /// history as the caller wrote them, to save reading them back.
+    pub(super) async fn settle(
+        &self,
+        operation: &OperationRecord,
+        resolution: Resolution,
+        known: Option<(PaymentRecord, History)>,
+    ) -> Result<Reply, Error> {
+        if let Resolution::Settled {
+            event,
+            facts,
+            succeeded,
+        } = &resolution
+            && let Some(reply) = self
+                .settle_in_one_statement(operation, *event, facts, *succeeded, known)
+                .await?
+        {
+            return Ok(reply);
+        }
+        self.settle_in_transaction(operation, resolution).await
+    }
+
     /// The common case, in two round trips and no explicit transaction:
     /// read the payment, compute where it goes and the answer, then write
     /// everything in one statement (batched with others settling at the
-    /// same moment) that re-checks what was read. `None` if someone else
-    /// settled the operation first: the general path decides.
+    /// same moment) that re-checks what was read. `None` if it was not
+    /// written (someone else settled the operation, or the payment moved):
+    /// the transactional path decides.
     async fn settle_in_one_statement(
         &self,
-        requester: Option<Requester<'_>>,
         operation: &OperationRecord,
         event: PaymentEvent,
         facts: &BankFacts,
         succeeded: bool,
         known: Option<(PaymentRecord, History)>,
     ) -> Result<Option<Reply>, Error> {
-        // What the caller wrote itself needs no reading back: the write
-        // re-checks it (status and pending operation) before changing anything.
         let (payment, mut history) = match known {
             Some(known) => known,
             None => {
@@ -144,15 +128,11 @@ impl Gateway {
                 }
             }
         };
-        // Postgres keeps microseconds; the answer must show what it stores.
-        let now = Utc::now();
-        let at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        let at = self.settled_at(&payment);
         let moved = payments::moved(&payment, event, facts, at).map_err(TransitionError::from)?;
         history.push((moved.status(), moved.updated_at));
-        let reply = render(operation.kind(), &moved, history)?;
-        let answer = requester
-            .filter(|_| reply.is_final())
-            .map(|requester| requester.answer(&reply));
+        let reply = render(operation.kind, &moved, history)?;
+        let answer = reply.is_final().then(|| (reply.status, reply.body.clone()));
         let written = self
             .settlements
             .submit(Settlement {
@@ -164,88 +144,76 @@ impl Gateway {
             })
             .await?;
         if written {
-            metrics::counter!("gateway_operations_settled_total", "kind" => operation.kind().as_str(), "status" => reply.status.to_string())
-                .increment(1);
+            count_settled(operation, &reply);
         }
         Ok(written.then_some(reply))
     }
 
-    /// Records `resolution` for `operation` and returns the answer. If
-    /// someone else settled the operation meanwhile, theirs stands and the
-    /// answer reflects it.
-    pub(super) async fn settle(
-        &self,
-        requester: Option<Requester<'_>>,
-        operation: &OperationRecord,
-        resolution: Resolution,
-    ) -> Result<Reply, Error> {
-        self.settle_known(requester, operation, resolution, None)
-            .await
+    /// When a settlement written in one statement happened: the database's
+    /// time, as this process reads it, and in any case after the payment's
+    /// last change, so that its history stays in order. Postgres keeps
+    /// microseconds; the answer must show what it stores.
+    fn settled_at(&self, payment: &PaymentRecord) -> DateTime<chrono::Utc> {
+        let now = self.clock.now();
+        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        now.max(payment.updated_at + TimeDelta::microseconds(1))
     }
 
-    /// [`Gateway::settle`], given the payment and its history as the caller
-    /// knows them (it wrote them), to save reading them back.
-    pub(super) async fn settle_known(
+    /// The general path, in one transaction that locks the payment, then
+    /// the operation, then answers the key.
+    async fn settle_in_transaction(
         &self,
-        requester: Option<Requester<'_>>,
         operation: &OperationRecord,
         resolution: Resolution,
-        known: Option<(PaymentRecord, History)>,
     ) -> Result<Reply, Error> {
-        if let Resolution::Settled {
-            event,
-            facts,
-            succeeded,
-        } = &resolution
-            && let Some(reply) = self
-                .settle_in_one_statement(requester, operation, *event, facts, *succeeded, known)
-                .await?
-        {
-            return Ok(reply);
-        }
         let mut tx = self.pool.begin().await?;
-        let Settling {
-            operation_pending,
-            payment,
-            mut history,
-        } = payments::lock_for_settling(&mut tx, operation.id)
+        let (payment, mut history) = payments::lock_with_history(&mut tx, operation.payment_id)
             .await?
-            .ok_or(Error::NotFound)?;
-        let payment = match resolution {
+            .ok_or(Error::Invariant("an operation's payment is gone"))?;
+        let current = operations::lock(&mut tx, operation.id)
+            .await?
+            .ok_or(Error::Invariant("an operation is gone"))?;
+        if !current.is_pending() {
+            // Settled by someone else meanwhile: theirs is the answer.
+            let stored = idempotency::answer_of(&mut tx, operation.id).await?;
+            tx.commit().await?;
+            return stored.map(Reply::replay).ok_or(Error::Invariant(
+                "an operation was settled without answering its key",
+            ));
+        }
+        let reply = match resolution {
             Resolution::Settled {
                 event,
                 facts,
                 succeeded,
-            } if operation_pending => {
+            } => {
                 let moved = payments::apply(&mut tx, &payment, event, &facts).await?;
-                operations::finish(
-                    &mut tx,
-                    operation.id,
-                    succeeded,
-                    facts.failure_code.as_deref(),
-                )
-                .await?;
+                let failure = facts.failure_code.as_deref();
+                operations::finish(&mut tx, operation.id, succeeded, failure).await?;
                 history.push((moved.status(), moved.updated_at));
-                moved
+                let reply = render(operation.kind, &moved, history)?;
+                idempotency::answer_operation(&mut tx, operation.id, reply.status, &reply.body)
+                    .await?;
+                reply
             }
-            Resolution::Unknown { reason } if operation_pending => {
-                tracing::warn!(operation_id = %operation.id, kind = operation.kind().as_str(), reason, "bank outcome unknown");
-                metrics::counter!("gateway_operations_unknown_total", "kind" => operation.kind().as_str()).increment(1);
-                operations::release(&mut tx, operation.id, &reason, self.leases.retry).await?;
-                if let Some(requester) = requester {
-                    idempotency::release(&mut tx, requester.merchant, requester.key).await?;
-                }
-                payment
+            Resolution::Unknown { reason } => {
+                tracing::warn!(operation_id = %operation.id, kind = operation.kind.as_str(), reason, "bank outcome unknown");
+                metrics::counter!("gateway_operations_unknown_total", "kind" => operation.kind.as_str()).increment(1);
+                let holder = self.instance;
+                let retry = self.leases.retry;
+                operations::release(&mut tx, operation.id, holder, &reason, retry).await?;
+                idempotency::release_for_operation(&mut tx, operation.id, holder).await?;
+                render(operation.kind, &payment, history)?
             }
-            Resolution::Settled { .. } | Resolution::Unknown { .. } => payment,
         };
-        let reply = render(operation.kind(), &payment, history)?;
-        if let Some(requester) = requester.filter(|_| reply.is_final()) {
-            requester.store(&mut tx, &reply).await?;
-        }
+        self.faults.hit(Point::OutcomeBeforeCommit).await?;
         tx.commit().await?;
-        metrics::counter!("gateway_operations_settled_total", "kind" => operation.kind().as_str(), "status" => reply.status.to_string())
-            .increment(1);
+        count_settled(operation, &reply);
         Ok(reply)
     }
+}
+
+fn count_settled(operation: &OperationRecord, reply: &Reply) {
+    metrics::counter!("gateway_operations_settled_total", "kind" => operation.kind.as_str(), "status" => reply.status.to_string())
+        .increment(1);
 }

@@ -71,7 +71,7 @@ pub fn classify(receipt: &Receipt, bank: &BankView) -> Verdict {
     }
     let Some(authorization) = bank.authorization() else {
         return match (receipt.status, &receipt.authorization_id) {
-            (PaymentStatus::Declined, None) => Verdict::Matched,
+            (PaymentStatus::Declined | PaymentStatus::Failed, None) => Verdict::Matched,
             (_, None) => Verdict::Mismatch(format!(
                 "the receipt is {} without a bank authorization id",
                 receipt.status
@@ -79,8 +79,14 @@ pub fn classify(receipt: &Receipt, bank: &BankView) -> Verdict {
             (_, Some(id)) => Verdict::Mismatch(format!("the bank has no authorization {id}")),
         };
     };
-    if receipt.status == PaymentStatus::Declined {
-        return Verdict::Mismatch("the receipt is declined but the bank authorized".into());
+    if matches!(
+        receipt.status,
+        PaymentStatus::Declined | PaymentStatus::Failed
+    ) {
+        return Verdict::Mismatch(format!(
+            "the receipt is {} but the bank authorized",
+            receipt.status
+        ));
     }
     if authorization.amount != receipt.amount {
         return Verdict::Mismatch(format!(
@@ -174,6 +180,7 @@ pub fn facts_entering(to: PaymentStatus, bank: &BankView) -> BankFacts {
         PaymentStatus::Pending
         | PaymentStatus::Authorized
         | PaymentStatus::Declined
+        | PaymentStatus::Failed
         | PaymentStatus::Expired
         | PaymentStatus::Capturing
         | PaymentStatus::Voiding => (None, None, None),
@@ -211,7 +218,7 @@ mod tests {
                 receipt.refund_id = Some("ref_1".into());
             }
             S::Voided => receipt.void_id = Some("void_1".into()),
-            S::Declined => receipt.authorization_id = None,
+            S::Declined | S::Failed => receipt.authorization_id = None,
             S::Pending | S::Authorized | S::Expired | S::Capturing | S::Voiding => {}
         }
         receipt

@@ -24,6 +24,8 @@ use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::faults::{Faults, Point};
+
 /// How big batches get and how many run at once.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchLimits {
@@ -71,6 +73,7 @@ where
         pool: PgPool,
         limits: BatchLimits,
         write: WriteFn<I, O>,
+        faults: Faults,
     ) -> (Self, Vec<JoinHandle<()>>) {
         assert!(limits.max_rows >= 1 && limits.flushers >= 1 && limits.queue >= 1);
         let (sender, receiver) = mpsc::channel(limits.queue);
@@ -83,6 +86,7 @@ where
                     max_rows: limits.max_rows,
                     write,
                     queue: receiver.clone(),
+                    faults: faults.clone(),
                 };
                 tokio::spawn(flusher.run())
             })
@@ -109,6 +113,7 @@ struct Flusher<I, O> {
     max_rows: usize,
     write: WriteFn<I, O>,
     queue: Arc<Mutex<mpsc::Receiver<Job<I, O>>>>,
+    faults: Faults,
 }
 
 impl<I: Clone + Send + 'static, O: Send + 'static> Flusher<I, O> {
@@ -149,7 +154,11 @@ impl<I: Clone + Send + 'static, O: Send + 'static> Flusher<I, O> {
             .record(batch.len() as f64);
         let inputs: Vec<I> = batch.iter().map(|job| job.input.clone()).collect();
         let expected = inputs.len();
-        match (self.write)(self.pool.clone(), inputs).await {
+        let written = match self.faults.hit(Point::BatchBeforeWrite).await {
+            Ok(()) => (self.write)(self.pool.clone(), inputs).await,
+            Err(injected) => Err(injected.into()),
+        };
+        match written {
             Ok(outputs) if outputs.len() == expected => {
                 for (job, output) in batch.into_iter().zip(outputs) {
                     // The caller may have gone; the row is written regardless.
@@ -211,7 +220,7 @@ mod tests {
             flushers: 1,
             queue: 16,
         };
-        Batcher::spawn("unit", pool, limits, double).0
+        Batcher::spawn("unit", pool, limits, double, Faults::default()).0
     }
 
     #[tokio::test]

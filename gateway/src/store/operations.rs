@@ -7,75 +7,31 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OperationKind {
-    Authorize,
-    Capture,
-    Void,
-    Refund,
-}
-
-impl OperationKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Authorize => "authorize",
-            Self::Capture => "capture",
-            Self::Void => "void",
-            Self::Refund => "refund",
-        }
-    }
-
-    fn parse(raw: &str) -> Option<Self> {
-        [Self::Authorize, Self::Capture, Self::Void, Self::Refund]
-            .into_iter()
-            .find(|k| k.as_str() == raw)
-    }
-}
+use crate::domain::{Lease, OperationKind, OperationStatus};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OperationRecord {
     pub id: Uuid,
     pub payment_id: Uuid,
     #[sqlx(try_from = "String")]
-    pub kind: StoredKind,
+    pub kind: OperationKind,
     pub bank_idempotency_key: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: OperationStatus,
     pub attempts: i32,
-    pub lease_until: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoredKind(pub OperationKind);
-
-impl TryFrom<String> for StoredKind {
-    type Error = String;
-
-    fn try_from(raw: String) -> Result<Self, Self::Error> {
-        OperationKind::parse(&raw)
-            .map(Self)
-            .ok_or_else(|| format!("unknown operation kind {raw:?}"))
-    }
+    pub created_at: DateTime<Utc>,
+    /// Whether someone's lease on it still runs, by the database's clock.
+    pub live: bool,
 }
 
 impl OperationRecord {
-    pub fn kind(&self) -> OperationKind {
-        self.kind.0
-    }
-
     pub fn is_pending(&self) -> bool {
-        self.status == "pending"
+        self.status == OperationStatus::Pending
     }
 }
 
-const COLUMNS: &str = "id, payment_id, kind, bank_idempotency_key, status, attempts, lease_until";
-
-/// Who holds a lease, and for how long.
-#[derive(Debug, Clone, Copy)]
-pub struct Lease {
-    /// This process's instance id.
-    pub holder: Uuid,
-    pub duration: Duration,
-}
+pub(crate) const COLUMNS: &str = "id, payment_id, kind, bank_idempotency_key, status, attempts, \
+    created_at, coalesce(lease_until > now(), false) AS live";
 
 /// A new operation's id and the bank idempotency key it will use on every
 /// call, retry and resume: fixed here, before anything is sent.
@@ -84,9 +40,8 @@ pub fn new_identity(kind: OperationKind) -> (Uuid, String) {
     (id, format!("gw_{}_{id}", kind.as_str()))
 }
 
-pub(crate) const RETURNED_COLUMNS: &str = COLUMNS;
-
-/// Records the intent, leased to the caller.
+/// Records the intent, leased to the caller. The caller holds the payment's
+/// lock; at most one operation per payment is pending (a unique index).
 pub async fn insert(
     conn: &mut PgConnection,
     payment_id: Uuid,
@@ -109,15 +64,16 @@ pub async fn insert(
 }
 
 /// Claims up to `batch` operations whose outcome is unknown and whose
-/// lease ran out, leasing them to the caller. Rows another transaction
-/// holds are skipped, so any number of replicas can run this at once and
-/// each operation goes to one of them.
+/// lease ran out, leasing them to the caller, with the database's time of
+/// the claim. Rows another transaction holds are skipped, so any number of
+/// replicas can run this at once, each operation goes to one of them, and
+/// the claim never waits for a lock.
 pub async fn claim_due(
     conn: &mut PgConnection,
     batch: i64,
     lease: Lease,
-) -> Result<Vec<OperationRecord>, sqlx::Error> {
-    sqlx::query_as(&format!(
+) -> Result<(Vec<OperationRecord>, DateTime<Utc>), sqlx::Error> {
+    let claimed: Vec<OperationRecord> = sqlx::query_as(&format!(
         "UPDATE operations SET lease_until = now() + $2, leased_by = $3 \
          WHERE id IN ( \
            SELECT id FROM operations \
@@ -128,8 +84,98 @@ pub async fn claim_due(
     .bind(batch)
     .bind(lease.duration)
     .bind(lease.holder)
-    .fetch_all(conn)
+    .fetch_all(&mut *conn)
+    .await?;
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(conn).await?;
+    Ok((claimed, now))
+}
+
+/// The operation, locked. Lock order: the payment first, then this.
+pub async fn lock(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<OperationRecord>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM operations WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
     .await
+}
+
+/// Takes the (expired) lease: whoever holds it may call the bank.
+pub async fn take_lease(
+    conn: &mut PgConnection,
+    id: Uuid,
+    lease: Lease,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE operations SET lease_until = now() + $2, leased_by = $3 WHERE id = $1")
+        .bind(id)
+        .bind(lease.duration)
+        .bind(lease.holder)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The bank answered for good: the operation is over.
+pub async fn finish(
+    conn: &mut PgConnection,
+    id: Uuid,
+    succeeded: bool,
+    error: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    let status = if succeeded {
+        OperationStatus::Succeeded
+    } else {
+        OperationStatus::Failed
+    };
+    sqlx::query(
+        "UPDATE operations SET status = $2, last_error = $3, attempts = attempts + 1, finished_at = now() \
+         WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .bind(status.as_str())
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// How long to wait before trying an operation again: doubling per
+/// attempt from `base`, never more than `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+/// The outcome is unknown: `holder` gives its lease up so that a retry of
+/// the request or the recovery worker can resume, after a backoff that
+/// grows with the attempts already made. A holder that lost its lease (it
+/// ran past it, and someone took the operation over) changes nothing: it
+/// must not cut the new holder's lease short.
+pub async fn release(
+    conn: &mut PgConnection,
+    id: Uuid,
+    holder: Uuid,
+    error: &str,
+    backoff: Backoff,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE operations SET lease_until = now(), \
+           next_attempt_at = now() + least($5, $4 * power(2, least(attempts, 30))), \
+           attempts = attempts + 1, last_error = $3 \
+         WHERE id = $1 AND status = 'pending' AND leased_by = $2",
+    )
+    .bind(id)
+    .bind(holder)
+    .bind(error)
+    .bind(backoff.base)
+    .bind(backoff.max)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Hands back every lease `holder` has on unfinished operations: for a
@@ -155,91 +201,4 @@ pub async fn unresolved(
     .bind(flag_after)
     .fetch_one(conn)
     .await
-}
-
-/// The payment's unfinished operation, locked.
-pub async fn lock_pending(
-    conn: &mut PgConnection,
-    payment_id: Uuid,
-) -> Result<Option<OperationRecord>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM operations WHERE payment_id = $1 AND status = 'pending' FOR UPDATE"
-    ))
-    .bind(payment_id)
-    .fetch_optional(conn)
-    .await
-}
-
-pub async fn lock(
-    conn: &mut PgConnection,
-    id: Uuid,
-) -> Result<Option<OperationRecord>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM operations WHERE id = $1 FOR UPDATE"
-    ))
-    .bind(id)
-    .fetch_optional(conn)
-    .await
-}
-
-/// Takes (or extends) the lease: whoever holds it may call the bank.
-pub async fn lease(conn: &mut PgConnection, id: Uuid, lease: Lease) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE operations SET lease_until = now() + $2, leased_by = $3 WHERE id = $1")
-        .bind(id)
-        .bind(lease.duration)
-        .bind(lease.holder)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// The bank answered for good: the operation is over.
-pub async fn finish(
-    conn: &mut PgConnection,
-    id: Uuid,
-    succeeded: bool,
-    error: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE operations SET status = $2, last_error = $3, attempts = attempts + 1, finished_at = now() \
-         WHERE id = $1 AND status = 'pending'",
-    )
-    .bind(id)
-    .bind(if succeeded { "succeeded" } else { "failed" })
-    .bind(error)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// How long to wait before trying an operation again: doubling per
-/// attempt from `base`, never more than `max`.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub base: Duration,
-    pub max: Duration,
-}
-
-/// The outcome is unknown: give the lease up so a retry of the request or
-/// the recovery worker can resume, after a backoff that grows with the
-/// attempts already made.
-pub async fn release(
-    conn: &mut PgConnection,
-    id: Uuid,
-    error: &str,
-    backoff: Backoff,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE operations SET lease_until = now(), \
-           next_attempt_at = now() + least($4, $3 * power(2, least(attempts, 30))), \
-           attempts = attempts + 1, last_error = $2 \
-         WHERE id = $1 AND status = 'pending'",
-    )
-    .bind(id)
-    .bind(error)
-    .bind(backoff.base)
-    .bind(backoff.max)
-    .execute(conn)
-    .await?;
-    Ok(())
 }

@@ -7,10 +7,12 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::domain::{
-    InvalidTransition, MerchantId, PaymentEvent, PaymentId, PaymentStatus, transition,
+    InvalidTransition, Lease, MerchantId, OperationKind, PaymentEvent, PaymentId, PaymentStatus,
+    transition,
 };
+use crate::idempotency;
 use crate::store::batch::BoxFuture;
-use crate::store::operations::{self, Lease, OperationKind, OperationRecord};
+use crate::store::operations::{self, OperationRecord};
 
 /// A payment row as stored. `status` is decoded through the domain enum.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -80,36 +82,6 @@ const COLUMNS: &str = "id, merchant_id, order_id, customer_id, amount, currency,
     card_brand, card_last4, card_exp_month, card_exp_year, bank_authorization_id, bank_capture_id, \
     bank_void_id, bank_refund_id, authorization_expires_at, failure_code, created_at, updated_at";
 
-/// Inserts a `pending` payment and the first row of its history.
-pub async fn insert_pending(
-    conn: &mut PgConnection,
-    new: &NewPayment,
-) -> Result<PaymentRecord, sqlx::Error> {
-    let record: PaymentRecord = sqlx::query_as(&format!(
-        "INSERT INTO payments (id, merchant_id, order_id, customer_id, amount, currency, status, \
-           card_brand, card_last4, card_exp_month, card_exp_year) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10) RETURNING {COLUMNS}"
-    ))
-    .bind(new.id.as_uuid())
-    .bind(new.merchant_id.as_uuid())
-    .bind(&new.order_id)
-    .bind(&new.customer_id)
-    .bind(new.amount_cents)
-    .bind(new.currency)
-    .bind(new.card_brand)
-    .bind(&new.card_last4)
-    .bind(new.card_exp_month)
-    .bind(new.card_exp_year)
-    .fetch_one(&mut *conn)
-    .await?;
-    sqlx::query("INSERT INTO payment_events (payment_id, from_status, to_status, at) VALUES ($1, NULL, 'pending', $2)")
-        .bind(record.id)
-        .bind(record.created_at)
-        .execute(&mut *conn)
-        .await?;
-    Ok(record)
-}
-
 /// The usual start of an authorization: a new key, a new payment.
 #[derive(Debug, Clone)]
 pub struct StartAuthorization {
@@ -163,10 +135,7 @@ async fn insert_starts(
              $15::uuid[], $16::text[]) \
            AS i(merchant_id, key, request_hash, lease, leased_by, payment_id, order_id, customer_id, amount, \
              currency, card_brand, card_last4, exp_month, exp_year, operation_id, bank_key)), \
-         claimed AS ( \
-           INSERT INTO idempotency_keys (merchant_id, key, request_hash, state, lease_until, leased_by, payment_id) \
-           SELECT merchant_id, key, request_hash, 'in_progress', now() + lease, leased_by, payment_id FROM input \
-           ON CONFLICT DO NOTHING RETURNING payment_id), \
+         {claim}, \
          created AS ( \
            INSERT INTO payments (id, merchant_id, order_id, customer_id, amount, currency, status, \
              card_brand, card_last4, card_exp_month, card_exp_year) \
@@ -181,10 +150,11 @@ async fn insert_starts(
            INSERT INTO operations (id, payment_id, kind, bank_idempotency_key, lease_until, leased_by) \
            SELECT i.operation_id, i.payment_id, 'authorize', i.bank_key, now() + i.lease, i.leased_by \
            FROM input i JOIN created ON created.id = i.payment_id \
-           RETURNING {}) \
+           RETURNING {columns}) \
          SELECT operation.*, created.created_at AS payment_created_at \
          FROM operation JOIN created ON created.id = operation.payment_id",
-        operations::RETURNED_COLUMNS
+        claim = idempotency::CLAIM_NEW_KEYS_CTE,
+        columns = operations::COLUMNS,
     ))
     .bind(starts.iter().map(|s| s.payment.merchant_id.as_uuid()).collect::<Vec<_>>())
     .bind(column(|s| &s.key))
@@ -254,13 +224,30 @@ pub struct Started {
     pub history: History,
 }
 
-/// A merchant's payment, locked for the rest of the transaction.
-pub async fn lock(
+#[derive(sqlx::FromRow)]
+struct DueRow {
+    #[sqlx(flatten)]
+    payment: PaymentRecord,
+    expiry_due: bool,
+}
+
+/// A merchant's payment, locked for the rest of the transaction, and
+/// whether its authorization is past its expiry by the database's clock.
+pub async fn lock_for_operation(
     conn: &mut PgConnection,
     merchant: MerchantId,
     id: PaymentId,
-) -> Result<Option<PaymentRecord>, sqlx::Error> {
-    find(conn, id.as_uuid(), Some(merchant), true).await
+) -> Result<Option<(PaymentRecord, bool)>, sqlx::Error> {
+    let row: Option<DueRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS}, \
+           (status = 'authorized' AND authorization_expires_at <= now()) AS expiry_due \
+         FROM payments WHERE id = $1 AND merchant_id = $2 FOR UPDATE"
+    ))
+    .bind(id.as_uuid())
+    .bind(merchant.as_uuid())
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|row| (row.payment, row.expiry_due)))
 }
 
 /// A payment locked by id alone: for settling an operation already proven
@@ -294,14 +281,6 @@ pub async fn get_by_id(
     id: Uuid,
 ) -> Result<Option<PaymentRecord>, sqlx::Error> {
     find(conn, id, None, false).await
-}
-
-pub async fn get(
-    conn: &mut PgConnection,
-    merchant: MerchantId,
-    id: PaymentId,
-) -> Result<Option<PaymentRecord>, sqlx::Error> {
-    find(conn, id.as_uuid(), Some(merchant), false).await
 }
 
 /// One payment by id, the merchant's only if one is given, locked if asked.
@@ -381,68 +360,90 @@ pub async fn apply(
     Ok(record)
 }
 
-/// What settling an operation needs, read and locked in one round trip:
-/// whether the operation is still pending, its payment, and the history.
+pub type History = Vec<(PaymentStatus, DateTime<Utc>)>;
+
+/// A payment's history as one JSON text column of the statement that reads
+/// the payment, so that the two come from one snapshot and always agree.
+const HISTORY_JSON: &str = "(SELECT coalesce(json_agg(json_build_array(e.to_status, e.at) ORDER BY e.id), '[]') \
+     FROM payment_events e WHERE e.payment_id = payments.id)::text AS history";
+
+#[derive(sqlx::FromRow)]
+struct WithHistoryRow {
+    #[sqlx(flatten)]
+    payment: PaymentRecord,
+    history: String,
+}
+
+impl WithHistoryRow {
+    fn decode(self) -> Result<(PaymentRecord, History), sqlx::Error> {
+        Ok((self.payment, parse_history(&self.history)?))
+    }
+}
+
+/// A merchant's payment and its history, in one statement.
+pub async fn get_with_history(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+    id: PaymentId,
+) -> Result<Option<(PaymentRecord, History)>, sqlx::Error> {
+    let row: Option<WithHistoryRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS}, {HISTORY_JSON} FROM payments WHERE id = $1 AND merchant_id = $2"
+    ))
+    .bind(id.as_uuid())
+    .bind(merchant.as_uuid())
+    .fetch_optional(conn)
+    .await?;
+    row.map(WithHistoryRow::decode).transpose()
+}
+
+/// A payment, locked, and its history: the first lock a settlement takes
+/// (the payment, then its operation, then the key).
+pub async fn lock_with_history(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<(PaymentRecord, History)>, sqlx::Error> {
+    let row: Option<WithHistoryRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS}, {HISTORY_JSON} FROM payments WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    row.map(WithHistoryRow::decode).transpose()
+}
+
+/// What the batched settlement needs, unlocked, in one statement: whether
+/// the operation is still pending, its payment, and the history. The
+/// settlement's own statement re-checks all of it before writing.
 pub struct Settling {
     pub operation_pending: bool,
     pub payment: PaymentRecord,
     pub history: History,
 }
 
-pub type History = Vec<(PaymentStatus, DateTime<Utc>)>;
-
 #[derive(sqlx::FromRow)]
 struct SettlingRow {
     operation_pending: bool,
     #[sqlx(flatten)]
-    payment: PaymentRecord,
-    history: String,
+    payment: WithHistoryRow,
 }
 
-/// Locks an operation and its payment, and reads the payment's history.
-pub async fn lock_for_settling(
-    conn: &mut PgConnection,
-    operation_id: Uuid,
-) -> Result<Option<Settling>, sqlx::Error> {
-    read_settling(conn, operation_id, "FOR UPDATE").await
-}
-
-/// The same, without locks: for the single-statement settlement, which
-/// re-checks everything it read in its own `WHERE`.
 pub async fn read_for_settling(
     conn: &mut PgConnection,
     operation_id: Uuid,
 ) -> Result<Option<Settling>, sqlx::Error> {
-    read_settling(conn, operation_id, "").await
-}
-
-async fn read_settling(
-    conn: &mut PgConnection,
-    operation_id: Uuid,
-    lock: &str,
-) -> Result<Option<Settling>, sqlx::Error> {
-    let lock_payment = if lock.is_empty() {
-        ""
-    } else {
-        "FOR UPDATE OF payments"
-    };
     let row: Option<SettlingRow> = sqlx::query_as(&format!(
-        "WITH operation AS ( \
-           SELECT payment_id AS operation_payment_id, status = 'pending' AS operation_pending \
-           FROM operations WHERE id = $1 {lock}) \
-         SELECT operation_pending, {COLUMNS}, \
-           (SELECT coalesce(json_agg(json_build_array(e.to_status, e.at) ORDER BY e.id), '[]') \
-            FROM payment_events e WHERE e.payment_id = payments.id)::text AS history \
-         FROM payments JOIN operation ON payments.id = operation.operation_payment_id {lock_payment}"
+        "WITH operation AS (SELECT payment_id, status FROM operations WHERE id = $1) \
+         SELECT (SELECT status = 'pending' FROM operation) AS operation_pending, {COLUMNS}, {HISTORY_JSON} \
+         FROM payments WHERE id = (SELECT payment_id FROM operation)"
     ))
     .bind(operation_id)
     .fetch_optional(conn)
     .await?;
     row.map(|row| {
-        let history = parse_history(&row.history)?;
+        let (payment, history) = row.payment.decode()?;
         Ok(Settling {
             operation_pending: row.operation_pending,
-            payment: row.payment,
+            payment,
             history,
         })
     })
@@ -475,26 +476,18 @@ pub fn moved(
     })
 }
 
-/// The stored answer to write with a settlement, for a request's key.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    pub merchant: MerchantId,
-    pub key: String,
-    pub status: u16,
-    pub body: Vec<u8>,
-}
-
 /// A whole settlement, computed before anything is written: the payment
 /// moves from `from` to `to` (only if it is still in `from` and the
 /// operation still pending), with its history row, the operation finished,
-/// and the answer stored on the key.
+/// and the answer (status, body) stored on the key that created the
+/// operation, if the answer is final.
 #[derive(Debug, Clone)]
 pub struct Settlement {
     pub from: PaymentStatus,
     pub to: PaymentRecord,
     pub operation_id: Uuid,
     pub succeeded: bool,
-    pub answer: Option<Answer>,
+    pub answer: Option<(u16, Vec<u8>)>,
 }
 
 /// Writes a batch of settlements in one statement; for each, whether it
@@ -524,14 +517,13 @@ async fn update_settled(
     // probe per row. Written as EXISTS, the planner made it a semi-join and,
     // with fresh rows under-counted in its statistics, hashed every pending
     // operation (about one per request in flight) for each batch.
-    sqlx::query_scalar(
+    sqlx::query_scalar(&format!(
         "WITH input AS ( \
            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], \
              $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::uuid[], $12::text[], \
-             $13::uuid[], $14::text[], $15::int2[], $16::bytea[]) WITH ORDINALITY \
+             $13::int2[], $14::bytea[]) WITH ORDINALITY \
            AS i(payment_id, from_status, to_status, authorization_id, expires_at, capture_id, void_id, \
-             refund_id, failure_code, at, operation_id, operation_status, merchant_id, key, \
-             response_status, response_body, n)), \
+             refund_id, failure_code, at, operation_id, operation_status, response_status, response_body, n)), \
          first AS (SELECT DISTINCT ON (payment_id) * FROM input ORDER BY payment_id, n), \
          moved AS ( \
            UPDATE payments p SET status = f.to_status::payment_status, bank_authorization_id = f.authorization_id, \
@@ -549,12 +541,10 @@ async fn update_settled(
            UPDATE operations o SET status = s.operation_status, last_error = s.failure_code, \
              attempts = o.attempts + 1, finished_at = now() \
            FROM settled s WHERE o.id = s.operation_id AND o.status = 'pending' RETURNING s.n), \
-         answered AS ( \
-           UPDATE idempotency_keys k SET state = 'done', lease_until = NULL, \
-             response_status = s.response_status, response_body = s.response_body \
-           FROM settled s WHERE k.merchant_id = s.merchant_id AND k.key = s.key) \
+         {answer} \
          SELECT n FROM finished",
-    )
+        answer = idempotency::ANSWER_SETTLED_CTE,
+    ))
     .bind(settlements.iter().map(|s| s.to.id).collect::<Vec<_>>())
     .bind(settlements.iter().map(|s| s.from.as_str()).collect::<Vec<_>>())
     .bind(settlements.iter().map(|s| s.to.status().as_str()).collect::<Vec<_>>())
@@ -567,15 +557,13 @@ async fn update_settled(
     .bind(settlements.iter().map(|s| s.to.updated_at).collect::<Vec<_>>())
     .bind(settlements.iter().map(|s| s.operation_id).collect::<Vec<_>>())
     .bind(text(|s| Some(if s.succeeded { "succeeded" } else { "failed" })))
-    .bind(settlements.iter().map(|s| s.answer.as_ref().map(|a| a.merchant.as_uuid())).collect::<Vec<_>>())
-    .bind(text(|s| s.answer.as_ref().map(|a| a.key.as_str())))
     .bind(
         settlements
             .iter()
-            .map(|s| s.answer.as_ref().map(|a| i16::try_from(a.status).unwrap_or(500)))
+            .map(|s| s.answer.as_ref().map(|(status, _)| i16::try_from(*status).unwrap_or(500)))
             .collect::<Vec<_>>(),
     )
-    .bind(settlements.iter().map(|s| s.answer.as_ref().map(|a| a.body.as_slice())).collect::<Vec<_>>())
+    .bind(settlements.iter().map(|s| s.answer.as_ref().map(|(_, body)| body.as_slice())).collect::<Vec<_>>())
     .fetch_all(conn)
     .await
 }
@@ -597,38 +585,6 @@ fn decode_status(raw: &str) -> Result<PaymentStatus, sqlx::Error> {
     PaymentStatus::parse(raw).ok_or_else(|| sqlx::Error::Decode(format!("status {raw:?}").into()))
 }
 
-/// The statuses a payment entered, oldest first.
-pub async fn history(conn: &mut PgConnection, id: Uuid) -> Result<History, sqlx::Error> {
-    let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT to_status::text, at FROM payment_events WHERE payment_id = $1 ORDER BY id",
-    )
-    .bind(id)
-    .fetch_all(conn)
-    .await?;
-    decode_history(rows)
-}
-
-/// The histories of many payments in one query, for a listing's page.
-pub async fn histories(
-    conn: &mut PgConnection,
-    ids: &[Uuid],
-) -> Result<HashMap<Uuid, History>, sqlx::Error> {
-    let rows: Vec<(Uuid, String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT payment_id, to_status::text, at FROM payment_events WHERE payment_id = ANY($1) ORDER BY id",
-    )
-    .bind(ids)
-    .fetch_all(conn)
-    .await?;
-    let mut histories: HashMap<Uuid, History> = HashMap::new();
-    for (payment_id, status, at) in rows {
-        histories
-            .entry(payment_id)
-            .or_default()
-            .push((decode_status(&status)?, at));
-    }
-    Ok(histories)
-}
-
 /// Which payments a listing covers.
 #[derive(Debug, Clone)]
 pub enum ListFilter {
@@ -638,21 +594,22 @@ pub enum ListFilter {
 }
 
 /// A page, newest first, after the `starting_after` payment (keyset on
-/// `(created_at, id)`); one more row than asked tells whether there is more.
+/// `(created_at, id)`), each payment with its history from the same
+/// statement; one more row than asked tells whether there is more.
 pub async fn list(
     conn: &mut PgConnection,
     merchant: MerchantId,
     filter: &ListFilter,
     starting_after: Option<PaymentId>,
     limit: i64,
-) -> Result<(Vec<PaymentRecord>, bool), sqlx::Error> {
+) -> Result<(Vec<(PaymentRecord, History)>, bool), sqlx::Error> {
     let (order_id, customer_id) = match filter {
         ListFilter::All => (None, None),
         ListFilter::Order(order) => (Some(order.as_str()), None),
         ListFilter::Customer(customer) => (None, Some(customer.as_str())),
     };
-    let mut rows: Vec<PaymentRecord> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM payments \
+    let mut rows: Vec<WithHistoryRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS}, {HISTORY_JSON} FROM payments \
          WHERE merchant_id = $1 \
            AND ($2::text IS NULL OR order_id = $2) \
            AND ($3::text IS NULL OR customer_id = $3) \
@@ -667,8 +624,13 @@ pub async fn list(
     .bind(limit + 1)
     .fetch_all(conn)
     .await?;
-    let has_more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let page = usize::try_from(limit).unwrap_or(usize::MAX);
+    let has_more = rows.len() > page;
+    rows.truncate(page);
+    let rows = rows
+        .into_iter()
+        .map(WithHistoryRow::decode)
+        .collect::<Result<_, _>>()?;
     Ok((rows, has_more))
 }
 

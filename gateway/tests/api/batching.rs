@@ -4,11 +4,10 @@
 
 use std::time::Duration;
 
-use gateway::domain::{MerchantId, PaymentId, PaymentStatus};
+use gateway::domain::{Lease, MerchantId, PaymentId, PaymentStatus};
 use gateway::store::batch::{BatchLimits, Batcher};
-use gateway::store::operations::Lease;
 use gateway::store::payments::{
-    self, Answer, NewPayment, PaymentRecord, Settlement, StartAuthorization, StoredStatus,
+    self, NewPayment, PaymentRecord, Settlement, StartAuthorization, StoredStatus,
 };
 
 use crate::helpers::*;
@@ -95,6 +94,7 @@ async fn a_row_the_database_refuses_fails_alone() {
         app.pool.clone(),
         limits,
         payments::start_authorizations,
+        gateway::faults::Faults::default(),
     );
     // Queued together on this single-threaded runtime, so one batch; the
     // space in the order id breaks the schema's CHECK, and so the batch.
@@ -142,12 +142,7 @@ async fn of_two_settlements_of_one_payment_in_a_batch_only_the_first_is_written(
         },
         operation_id: started.operation.id,
         succeeded: status == PaymentStatus::Authorized,
-        answer: Some(Answer {
-            merchant,
-            key: "key-s".into(),
-            status: 201,
-            body: body.to_vec(),
-        }),
+        answer: Some((201, body.to_vec())),
     };
     let written = payments::write_settlements(
         app.pool.clone(),

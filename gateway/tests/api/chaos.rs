@@ -61,6 +61,7 @@ async fn with_30_percent_bank_failures_50_payments_authorize_and_capture_without
             s.chaos_seed = Some(30);
         })),
         gateway: Some(Box::new(flaky_bank_circuit)),
+        ..Options::default()
     })
     .await;
     let ids: Vec<String> = stream::iter(0..50)
@@ -86,6 +87,7 @@ async fn with_half_the_responses_lost_every_authorization_exists_once_at_the_ban
             s.chaos_seed = Some(50);
         })),
         gateway: Some(Box::new(flaky_bank_circuit)),
+        ..Options::default()
     })
     .await;
     let amounts: Vec<i64> = (1..=30).collect();

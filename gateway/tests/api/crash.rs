@@ -21,8 +21,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
+use crate::bank_proxy::BankProxy;
 use crate::helpers::{HAPPY_CARD, new_key};
-use harness::{Answer, GatewayProcess, Payment, RecordingProxy, Rig, SERIAL, payment};
+use harness::{Answer, GatewayProcess, Payment, Rig, SERIAL, payment};
 
 /// HAPPY_CARD's opening balance at the mock bank.
 const OPENING: i64 = 1_000_000;
@@ -168,10 +169,10 @@ async fn assert_authorizations_agree_with_the_bank(rig: &Rig) -> Vec<Payment> {
                 held += p.amount;
                 receipts.insert(id);
             }
-            "declined" => assert_eq!(
+            "failed" => assert_eq!(
                 p.failure_code.as_deref(),
                 Some(ABANDONED),
-                "{p:?}: the card has the funds, so only an abandoned authorization is declined"
+                "{p:?}: nothing but abandonment fails an authorization here"
             ),
             other => panic!("{} is {other}: {p:?}", p.id),
         }
@@ -391,7 +392,7 @@ async fn two_processes_recovering_one_backlog_never_send_an_operation_twice_at_o
     // would overlap if both took the same operation.
     rig.set_chaos(json!({"min_latency_ms": 200, "max_latency_ms": 400}))
         .await;
-    let proxy = RecordingProxy::start(&rig.bank);
+    let proxy = BankProxy::start(&rig.bank);
     let since = Instant::now();
     let launch = rig
         .launch()

@@ -1,11 +1,14 @@
 //! `spawn_app()`: a real gateway and a real mock bank, each on a free port
 //! and its own fresh database in the run's shared Postgres.
 
+use gateway::faults::Faults;
 use gateway::{Application, Settings};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
+
+use crate::bank_proxy::BankProxy;
 
 /// (number, cvv, month, year)
 pub type Card = (&'static str, &'static str, i64, i64);
@@ -27,6 +30,10 @@ pub struct TestApp {
     pub database_url: String,
     /// The bank's database, to count what the bank did.
     pub bank_pool: PgPool,
+    /// Between the gateway and the bank, when the test asked for one.
+    pub proxy: Option<BankProxy>,
+    /// The gateway's fault points.
+    pub faults: Faults,
 }
 
 /// Changes a test makes to the defaults before a service starts.
@@ -36,6 +43,8 @@ pub type Configure<T> = Option<Box<dyn FnOnce(&mut T)>>;
 pub struct Options {
     pub bank: Configure<mock_bank::Settings>,
     pub gateway: Configure<Settings>,
+    /// Put a [`BankProxy`] between the gateway and the bank.
+    pub proxy: bool,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -65,12 +74,20 @@ pub async fn spawn_bank(configure: Configure<mock_bank::Settings>) -> (String, P
 
 pub async fn spawn_app_with(options: Options) -> TestApp {
     gateway::telemetry::prometheus();
+    // `TEST_LOG=1 cargo test …` shows the services' JSON logs.
+    if std::env::var_os("TEST_LOG").is_some() {
+        gateway::telemetry::init_logging();
+    }
     let (bank_address, bank_pool) = spawn_bank(options.bank).await;
     let url = throwaway_pg::shared()
         .fresh_database("gateway")
         .await
         .expect("a gateway database");
-    let mut settings = Settings::local(&url, &bank_address);
+    let proxy = options.proxy.then(|| BankProxy::start(&bank_address));
+    let bank_url = proxy
+        .as_ref()
+        .map_or(bank_address.as_str(), |p| p.url.as_str());
+    let mut settings = Settings::local(&url, bank_url);
     settings.bank_base_backoff_ms = 10;
     settings.bank_max_backoff_ms = 200;
     if let Some(configure) = options.gateway {
@@ -80,6 +97,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         .await
         .expect("the gateway starts");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let faults = app.faults();
     tokio::spawn(app.run_until_stopped());
     let pool = PgPool::connect(&url).await.expect("a gateway pool");
     let api_key = create_key(&pool, "ficmart").await;
@@ -91,6 +109,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         pool,
         database_url: url,
         bank_pool,
+        proxy,
+        faults,
     }
 }
 
@@ -181,6 +201,24 @@ impl TestApp {
             &Value::Null,
         )
         .await
+    }
+
+    /// Polls the payment until `done` holds, for at most ~20 s.
+    pub async fn eventually(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let mut payment = Value::Null;
+        for _ in 0..200 {
+            payment = self
+                .get(&format!("/v1/payments/{id}"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            if done(&payment) {
+                return payment;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("never settled: {payment}");
     }
 
     /// Rows in a bank table: what the bank actually did.

@@ -1,8 +1,10 @@
 //! The gateway's integration tests, one binary (one link step) for all:
 //! a real gateway and a real mock bank over HTTP, on a real Postgres.
 
+mod adversarial;
 mod api_keys;
 mod bank_client;
+mod bank_proxy;
 mod batching;
 mod chaos;
 mod circuit;

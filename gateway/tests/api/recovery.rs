@@ -1,7 +1,5 @@
 //! The recovery worker and the expiry sweeper, with no client retrying.
 
-use std::time::Duration;
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -24,26 +22,9 @@ async fn impatient_app() -> TestApp {
             s.recovery_interval_ms = 100;
             s.expiry_sweep_interval_ms = 100;
         })),
+        ..Options::default()
     })
     .await
-}
-
-/// Polls the payment until `done` holds, for at most ~20 s.
-async fn eventually(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let mut payment = Value::Null;
-    for _ in 0..200 {
-        payment = app
-            .get(&format!("/v1/payments/{id}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        if done(&payment) {
-            return payment;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("never settled: {payment}");
 }
 
 #[tokio::test]
@@ -56,10 +37,11 @@ async fn an_unknown_authorization_is_settled_by_the_worker_without_a_retry() {
     // Lift the latency so the worker's calls get answers.
     app.set_bank_chaos(json!({"min_latency_ms": 0, "max_latency_ms": 0}))
         .await;
-    let settled = eventually(&app, pending["id"].as_str().unwrap(), |p| {
-        p["status"] != "pending"
-    })
-    .await;
+    let settled = app
+        .eventually(pending["id"].as_str().unwrap(), |p| {
+            p["status"] != "pending"
+        })
+        .await;
     let authorizations = app.bank_count("authorizations").await;
     let (_, available) = app.bank_balances(LIMITED_CARD.0).await;
     match settled["status"].as_str().unwrap() {
@@ -95,7 +77,7 @@ async fn an_unknown_capture_is_resent_with_its_key_and_completes() {
         "capturing"
     );
     app.set_bank_chaos(json!({"timeout_rate": 0.0})).await;
-    let captured = eventually(&app, id, |p| p["status"] == "captured").await;
+    let captured = app.eventually(id, |p| p["status"] == "captured").await;
     assert!(captured["bank"]["capture_id"].is_string());
     assert_eq!(
         app.bank_count("captures").await,
@@ -119,7 +101,7 @@ async fn the_sweeper_expires_authorizations_without_any_request() {
         .execute(&app.pool)
         .await
         .unwrap();
-    let expired = eventually(&app, id, |p| p["status"] == "expired").await;
+    let expired = app.eventually(id, |p| p["status"] == "expired").await;
     let history: Vec<&str> = expired["history"]
         .as_array()
         .unwrap()

@@ -1,7 +1,7 @@
 //! Real processes for the crash tests: the `gateway` binary as a child
 //! process (killed with `kill -9`, stopped with SIGTERM, restarted on the
-//! same database), the mock bank in-process, and a recording proxy that
-//! sees every request the gateways send to the bank.
+//! same database) and the mock bank in-process; `bank_proxy` records what
+//! the gateways send to the bank.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -9,8 +9,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use actix_web::web::{self, Bytes, Data};
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer};
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -59,12 +57,19 @@ impl Launch {
             ("RETRY_UNKNOWN_AFTER_MS", "200"),
             ("RECOVERY_MAX_BACKOFF_MS", "1000"),
             ("CIRCUIT_FAILURE_THRESHOLD", "1000"),
+            // An authorization nobody retries is given up after a second.
+            ("AUTHORIZATION_GRACE_MS", "1000"),
             ("RECONCILE_INTERVAL_MS", "0"),
             ("SHUTDOWN_GRACE_SECONDS", "10"),
             ("WORKERS", "2"),
         ]
         .into_iter()
         .map(|(k, v)| (k, v.to_owned()))
+        // Every process on this database shares one secret, as replicas must.
+        .chain([(
+            "FINGERPRINT_SECRET",
+            gateway::idempotency::Secret::random().expose().to_owned(),
+        )])
         .collect();
         Self {
             database_url: database_url.to_owned(),
@@ -498,131 +503,6 @@ pub struct Payment {
     pub bank_capture_id: Option<String>,
     pub bank_refund_id: Option<String>,
     pub failure_code: Option<String>,
-}
-
-/// One request the proxy forwarded to the bank.
-#[derive(Debug, Clone)]
-pub struct Forwarded {
-    pub path: String,
-    pub key: Option<String>,
-    pub started: Instant,
-    /// When the answer was sent back, or the gateway gave up on it;
-    /// `None` while in flight.
-    pub ended: Option<Instant>,
-}
-
-#[derive(Clone, Default)]
-struct ProxyState {
-    bank: String,
-    client: reqwest::Client,
-    log: Arc<Mutex<Vec<Forwarded>>>,
-}
-
-/// Closes a forwarded request's interval however the handler ends,
-/// including when actix drops it because the gateway hung up.
-struct EndOnDrop {
-    log: Arc<Mutex<Vec<Forwarded>>>,
-    index: usize,
-}
-
-impl Drop for EndOnDrop {
-    fn drop(&mut self) {
-        lock(&self.log)[self.index].ended = Some(Instant::now());
-    }
-}
-
-/// An HTTP proxy in front of the bank that records, for every request, its
-/// path, its `Idempotency-Key` and when it started and ended: the bank's
-/// requests per key, which the bank itself does not count.
-pub struct RecordingProxy {
-    pub url: String,
-    log: Arc<Mutex<Vec<Forwarded>>>,
-}
-
-impl RecordingProxy {
-    pub fn start(bank: &str) -> Self {
-        let state = ProxyState {
-            bank: bank.to_owned(),
-            client: crate::helpers::test_client(),
-            log: Arc::default(),
-        };
-        let log = Arc::clone(&state.log);
-        let data = Data::new(state);
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .default_service(web::to(forward))
-        })
-        .workers(2)
-        .disable_signals()
-        .bind(("127.0.0.1", 0))
-        .expect("the proxy binds");
-        let port = server.addrs()[0].port();
-        tokio::spawn(server.run());
-        Self {
-            url: format!("http://127.0.0.1:{port}"),
-            log,
-        }
-    }
-
-    pub fn forwarded(&self) -> Vec<Forwarded> {
-        lock(&self.log).clone()
-    }
-}
-
-async fn forward(req: HttpRequest, body: Bytes, state: Data<ProxyState>) -> HttpResponse {
-    let key = req
-        .headers()
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let index = {
-        let mut log = lock(&state.log);
-        log.push(Forwarded {
-            path: req.path().to_owned(),
-            key: key.clone(),
-            started: Instant::now(),
-            ended: None,
-        });
-        log.len() - 1
-    };
-    let _end = EndOnDrop {
-        log: Arc::clone(&state.log),
-        index,
-    };
-    let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
-        .unwrap_or(reqwest::Method::GET);
-    let mut upstream = state
-        .client
-        .request(method, format!("{}{}", state.bank, req.uri()))
-        .body(body.to_vec());
-    if let Some(key) = key {
-        upstream = upstream.header("Idempotency-Key", key);
-    }
-    if let Some(content_type) = req
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-    {
-        upstream = upstream.header("Content-Type", content_type);
-    }
-    let Ok(response) = upstream.send().await else {
-        return HttpResponse::BadGateway().finish();
-    };
-    let status = actix_web::http::StatusCode::from_u16(response.status().as_u16())
-        .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY);
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json")
-        .to_owned();
-    match response.bytes().await {
-        Ok(bytes) => HttpResponse::build(status)
-            .content_type(content_type)
-            .body(bytes.to_vec()),
-        Err(_) => HttpResponse::BadGateway().finish(),
-    }
 }
 
 /// A request body for `POST /v1/payments`.

@@ -1,0 +1,245 @@
+//! Tx A: a request's key and what it is for, committed before the bank is
+//! called. A new key starts its operation (or is answered at once, when the
+//! state machine refuses); a key seen before is refused if the request
+//! differs, replayed if answered, and otherwise resumes its own operation,
+//! never another's.
+
+use crate::domain::{Amount, IdempotencyKey, MerchantId, PaymentEvent, PaymentId};
+use crate::idempotency::{self, ClaimError, Fingerprint, KeyRecord};
+use crate::store::operations::{self, OperationRecord};
+use crate::store::payments::TransitionError;
+use crate::store::payments::{self, BankFacts, History, PaymentRecord, StartAuthorization};
+
+use super::command::{Action, AuthorizeCommand};
+use super::reply::{self, Reply};
+use super::{Error, Gateway};
+
+/// How many times a new key is tried when another request with the same
+/// key inserts it first; then the key is simply in use.
+const KEY_RACES: usize = 2;
+
+/// What tx A decided.
+pub(super) enum Start {
+    /// Answered without calling the bank: a replay, or a refusal.
+    Answered(Reply),
+    /// Call the bank for this operation, leased to this process.
+    Call(Box<Call>),
+}
+
+pub(super) struct Call {
+    pub operation: OperationRecord,
+    /// The payment, in flight.
+    pub payment: PaymentRecord,
+    /// The payment and its history as tx A wrote them, when it wrote them
+    /// all, so that settling need not read them back.
+    pub known: Option<(PaymentRecord, History)>,
+}
+
+impl Gateway {
+    /// The usual case, a new key, is one batched statement (key, payment,
+    /// history, operation); a key that exists takes the general path.
+    pub(super) async fn start_authorization(
+        &self,
+        merchant: MerchantId,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        command: &AuthorizeCommand,
+    ) -> Result<Start, Error> {
+        let started = self
+            .starts
+            .submit(StartAuthorization {
+                payment: command.new_payment(merchant),
+                key: key.as_str().to_owned(),
+                request_hash: fingerprint.as_bytes().to_vec(),
+                lease: self.lease(),
+            })
+            .await?;
+        let Some(started) = started else {
+            let mut conn = self.pool.acquire().await?;
+            let record = idempotency::read(&mut conn, merchant, key).await?;
+            drop(conn);
+            // Gone already (purged): rare enough that the client's retry,
+            // after the 409, may simply start again.
+            let record = record.ok_or(ClaimError::InUse)?;
+            return self.resume(merchant, key, fingerprint, record).await;
+        };
+        Ok(Start::Call(Box::new(Call {
+            operation: started.operation,
+            known: Some((started.payment.clone(), started.history)),
+            payment: started.payment,
+        })))
+    }
+
+    /// Starts a capture, void or refund, or answers its key.
+    pub(super) async fn start_operation(
+        &self,
+        merchant: MerchantId,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        payment_id: PaymentId,
+        action: Action,
+        amount: Option<Amount>,
+    ) -> Result<Start, Error> {
+        for _ in 0..KEY_RACES {
+            let mut conn = self.pool.acquire().await?;
+            let record = idempotency::read(&mut conn, merchant, key).await?;
+            drop(conn);
+            if let Some(record) = record {
+                return self.resume(merchant, key, fingerprint, record).await;
+            }
+            let new = New {
+                merchant,
+                key,
+                fingerprint,
+            };
+            if let Some(start) = self.begin(new, payment_id, action, amount).await? {
+                return Ok(start);
+            }
+        }
+        Err(ClaimError::InUse.into())
+    }
+
+    /// Tx A for a new key: locks the payment, checks the amount and the
+    /// state machine, and records the operation with the key, or the
+    /// refusal on the key. `None` if the key appeared meanwhile (nothing is
+    /// committed then).
+    async fn begin(
+        &self,
+        new: New<'_>,
+        payment_id: PaymentId,
+        action: Action,
+        amount: Option<Amount>,
+    ) -> Result<Option<Start>, Error> {
+        let mut tx = self.pool.begin().await?;
+        let (payment, expiry_due) = payments::lock_for_operation(&mut tx, new.merchant, payment_id)
+            .await?
+            .ok_or(Error::NotFound)?;
+        if let Some(amount) = amount.filter(|a| a.cents() != payment.amount) {
+            tracing::debug!(requested = amount.cents(), "amount mismatch");
+            return Err(Error::AmountMismatch {
+                expected: payment.amount,
+            });
+        }
+        // An authorization past its expiry is expired first, so that capture
+        // and void answer `authorization_expired` without calling the bank.
+        let payment = if expiry_due {
+            let expired = PaymentEvent::AuthorizationExpired;
+            payments::apply(&mut tx, &payment, expired, &BankFacts::default()).await?
+        } else {
+            payment
+        };
+        let requested = action.requested();
+        let start = match payments::apply(&mut tx, &payment, requested, &BankFacts::default()).await
+        {
+            Ok(in_flight) => self.record_intent(&mut tx, &new, in_flight, action).await?,
+            Err(TransitionError::Refused(refused)) => {
+                tracing::info!(%refused, "state machine refused the operation; the bank is not called");
+                let reply = reply::refused(&payment, refused)?;
+                let stored = idempotency::insert_answered(
+                    &mut tx,
+                    new.merchant,
+                    new.key,
+                    new.fingerprint,
+                    payment.id,
+                    reply.status,
+                    &reply.body,
+                )
+                .await?;
+                stored.then_some(Start::Answered(reply))
+            }
+            Err(TransitionError::Database(e)) => return Err(e.into()),
+        };
+        if start.is_some() {
+            tx.commit().await?;
+        }
+        Ok(start)
+    }
+
+    /// The operation, and the key that created it.
+    async fn record_intent(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        new: &New<'_>,
+        in_flight: PaymentRecord,
+        action: Action,
+    ) -> Result<Option<Start>, Error> {
+        let operation = operations::insert(tx, in_flight.id, action.kind(), self.lease()).await?;
+        let keyed = idempotency::insert_for_operation(
+            tx,
+            new.merchant,
+            new.key,
+            new.fingerprint,
+            in_flight.id,
+            operation.id,
+            self.lease(),
+        )
+        .await?;
+        Ok(keyed.then_some(Start::Call(Box::new(Call {
+            operation,
+            payment: in_flight,
+            known: None,
+        }))))
+    }
+
+    /// A key seen before: a different request is refused, an answered key
+    /// replays its answer, and a key in progress resumes its own operation
+    /// if nobody holds the key or the operation. Reads the key unlocked
+    /// first (what it is for and its answer never change), then locks the
+    /// payment, the operation and the key, in that order.
+    async fn resume(
+        &self,
+        merchant: MerchantId,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        record: KeyRecord,
+    ) -> Result<Start, Error> {
+        if !fingerprint.matches(&record.request_hash) {
+            return Err(ClaimError::Reused.into());
+        }
+        if let Some(stored) = record.answer() {
+            return Ok(Start::Answered(Reply::replay(stored)));
+        }
+        let (Some(payment_id), Some(operation_id)) = (record.payment_id, record.operation_id)
+        else {
+            return Err(Error::Invariant("a key in progress has no operation"));
+        };
+        let mut tx = self.pool.begin().await?;
+        let payment = payments::lock_by_id(&mut tx, payment_id)
+            .await?
+            .ok_or(Error::Invariant("a key's payment is gone"))?;
+        let operation = operations::lock(&mut tx, operation_id)
+            .await?
+            .ok_or(Error::Invariant("a key's operation is gone"))?;
+        let record = idempotency::lock(&mut tx, merchant, key)
+            .await?
+            .ok_or(ClaimError::InUse)?;
+        if let Some(stored) = record.answer() {
+            return Ok(Start::Answered(Reply::replay(stored)));
+        }
+        if record.live || operation.live {
+            return Err(ClaimError::InUse.into());
+        }
+        if !operation.is_pending() {
+            return Err(Error::Invariant(
+                "an operation was settled without answering its key",
+            ));
+        }
+        idempotency::take_lease(&mut tx, merchant, key, self.lease()).await?;
+        operations::take_lease(&mut tx, operation.id, self.lease()).await?;
+        tx.commit().await?;
+        metrics::counter!("gateway_operations_resumed_total", "kind" => operation.kind.as_str())
+            .increment(1);
+        Ok(Start::Call(Box::new(Call {
+            operation,
+            payment,
+            known: None,
+        })))
+    }
+}
+
+/// A key not seen before, and the request it is for.
+struct New<'a> {
+    merchant: MerchantId,
+    key: &'a IdempotencyKey,
+    fingerprint: &'a Fingerprint,
+}

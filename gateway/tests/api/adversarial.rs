@@ -1,0 +1,647 @@
+//! What a careful reader found: a retried key that resumes another key's
+//! operation, stored answers that change, a "card declined" for a card the
+//! bank never saw, answers of a proxy taken as the bank's refusal, locks
+//! taken in two orders, leases judged by the wrong clock, keys purged too
+//! early and reads from two snapshots. Each test drives the sequence
+//! through the API against the real mock bank, with a proxy in between
+//! where the network's answers matter and fault points where the gateway
+//! must be paused at a precise step; where only the database can produce
+//! an interleaving, the test says so.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::bank_proxy::{BankProxy, Canned, Fault};
+use crate::helpers::*;
+use gateway::Settings;
+use gateway::faults::Point;
+
+/// A gateway behind a proxy, with short deadlines and quick recovery; the
+/// circuit breaker and periodic reconciliation out of the way.
+async fn proxied(configure: impl FnOnce(&mut Settings) + 'static) -> TestApp {
+    spawn_app_with(Options {
+        gateway: Some(Box::new(|s: &mut Settings| {
+            s.bank_attempt_timeout_ms = 300;
+            s.bank_deadline_ms = 600;
+            s.bank_max_attempts = 3;
+            s.lease_ms = 1_500;
+            s.retry_unknown_after_ms = 100;
+            s.recovery_max_backoff_ms = 300;
+            s.recovery_interval_ms = 100;
+            s.circuit_failure_threshold = 10_000;
+            s.reconcile_interval_ms = 0;
+            configure(s);
+        })),
+        proxy: true,
+        ..Options::default()
+    })
+    .await
+}
+
+fn proxy(app: &TestApp) -> &BankProxy {
+    app.proxy.as_ref().expect("a proxied app")
+}
+
+/// The bank does the work and commits, and its answer never arrives.
+fn lost() -> Fault {
+    Fault::After(Canned::bank_error(500, "internal_error"))
+}
+
+/// The bank is down: nothing reaches it.
+fn outage() -> Fault {
+    Fault::Instead(Canned::bank_error(503, "internal_error"))
+}
+
+struct Answer {
+    status: StatusCode,
+    bytes: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.bytes).expect("a JSON answer")
+    }
+}
+
+/// Posts, retrying while the key is in use (as the contract tells a client
+/// to), for at most ~20 s.
+async fn post_until_free(app: &TestApp, path: &str, key: &str, body: &Value) -> Answer {
+    for _ in 0..200 {
+        let response = app.post(path, key, body).await;
+        let status = response.status();
+        let bytes = response.bytes().await.unwrap().to_vec();
+        if status != StatusCode::CONFLICT
+            || !String::from_utf8_lossy(&bytes).contains("idempotency_key_in_use")
+        {
+            return Answer { status, bytes };
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{path} with key {key} stayed in use");
+}
+
+async fn post(app: &TestApp, path: &str, key: &str, body: &Value) -> Answer {
+    let response = app.post(path, key, body).await;
+    let status = response.status();
+    Answer {
+        status,
+        bytes: response.bytes().await.unwrap().to_vec(),
+    }
+}
+
+/// The payment's id as the database stores it.
+fn uuid_of(id: &str) -> uuid::Uuid {
+    uuid::Uuid::parse_str(id.trim_start_matches("pay_")).unwrap()
+}
+
+/// Waits until some session of this test's gateway database waits for a
+/// lock: the interleaving the test set up has been reached.
+async fn until_someone_waits_for_a_lock(app: &TestApp) {
+    for _ in 0..200 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nobody ever waited for the lock");
+}
+
+#[tokio::test]
+async fn a_retried_authorize_key_answers_its_own_payment_while_a_capture_is_pending() {
+    let app = proxied(|_| {}).await;
+    let body = payment_body(HAPPY_CARD, 4_200, "ord_k1", "cus_k1");
+    let k1 = new_key();
+    proxy(&app).inject("POST", "/api/v1/authorizations", usize::MAX, lost());
+    let first = post(&app, "/v1/payments", &k1, &body).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    proxy(&app).heal();
+    app.eventually(&id, |p| p["status"] == "authorized").await;
+
+    proxy(&app).inject("POST", "/api/v1/captures", usize::MAX, lost());
+    let capture_path = format!("/v1/payments/{id}/capture");
+    let k2 = new_key();
+    let capture = post(&app, &capture_path, &k2, &Value::Null).await;
+    assert_eq!(capture.status, StatusCode::ACCEPTED);
+
+    // The client retries its authorization, as a 202 invites it to.
+    let retried = post_until_free(&app, "/v1/payments", &k1, &body).await;
+    assert_eq!(
+        retried.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&retried.bytes)
+    );
+    let retried_payment = retried.json();
+    assert_eq!(retried_payment["id"], id.as_str());
+    assert_eq!(retried_payment["status"], "authorized");
+    assert_eq!(
+        app.bank_count("authorizations").await,
+        1,
+        "one hold on the card"
+    );
+    assert_eq!(
+        app.bank_balances(HAPPY_CARD.0).await.1,
+        1_000_000 - 4_200,
+        "one hold's worth held"
+    );
+
+    proxy(&app).heal();
+    let captured = post_until_free(&app, &capture_path, &k2, &Value::Null).await;
+    assert_eq!(captured.status, StatusCode::OK);
+    assert_eq!(captured.json()["status"], "captured");
+    let again = post(&app, "/v1/payments", &k1, &body).await;
+    assert_eq!(again.bytes, retried.bytes, "a stored answer never changes");
+    assert_eq!(app.bank_count("captures").await, 1);
+}
+
+#[tokio::test]
+async fn a_retried_capture_key_answers_its_capture_while_a_refund_is_pending() {
+    let app = proxied(|_| {}).await;
+    let payment = app.authorized(HAPPY_CARD, 3_000).await;
+    let id = payment["id"].as_str().unwrap();
+    let capture_path = format!("/v1/payments/{id}/capture");
+    let k2 = new_key();
+    proxy(&app).inject("POST", "/api/v1/captures", usize::MAX, lost());
+    assert_eq!(
+        post(&app, &capture_path, &k2, &Value::Null).await.status,
+        StatusCode::ACCEPTED
+    );
+    proxy(&app).heal();
+    app.eventually(id, |p| p["status"] == "captured").await;
+
+    proxy(&app).inject("POST", "/api/v1/refunds", usize::MAX, lost());
+    let refund_path = format!("/v1/payments/{id}/refund");
+    let k3 = new_key();
+    assert_eq!(
+        post(&app, &refund_path, &k3, &Value::Null).await.status,
+        StatusCode::ACCEPTED
+    );
+
+    let retried = post_until_free(&app, &capture_path, &k2, &Value::Null).await;
+    assert_eq!(
+        retried.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&retried.bytes)
+    );
+    assert_eq!(
+        retried.json()["status"],
+        "captured",
+        "the capture's own outcome"
+    );
+
+    proxy(&app).heal();
+    let refunded = post_until_free(&app, &refund_path, &k3, &Value::Null).await;
+    assert_eq!(refunded.status, StatusCode::OK);
+    assert_eq!(refunded.json()["status"], "refunded");
+    let again = post(&app, &capture_path, &k2, &Value::Null).await;
+    assert_eq!(again.bytes, retried.bytes, "a stored answer never changes");
+    assert_eq!(app.bank_count("captures").await, 1);
+    assert_eq!(app.bank_count("refunds").await, 1);
+}
+
+#[tokio::test]
+async fn a_request_paused_past_its_lease_cannot_change_the_answer_given_meanwhile() {
+    let app = proxied(|s| s.lease_ms = 1_000).await;
+    let body = payment_body(HAPPY_CARD, 1_500, "ord_p", "cus_p");
+    let k1 = new_key();
+    app.faults.arm("bank_answered=1*pause").unwrap();
+    let paused = tokio::spawn({
+        let (client, url, api_key, k1, body) = (
+            app.client.clone(),
+            app.url("/v1/payments"),
+            app.api_key.clone(),
+            k1.clone(),
+            body.clone(),
+        );
+        async move {
+            let response = client
+                .post(url)
+                .bearer_auth(api_key)
+                .header("Idempotency-Key", k1)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (response.status(), response.bytes().await.unwrap().to_vec())
+        }
+    });
+    while app.faults.fired(Point::BankAnswered) == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The first request holds the bank's answer and sleeps past its lease;
+    // the client's retry takes over, and the payment moves on.
+    let answered = post_until_free(&app, "/v1/payments", &k1, &body).await;
+    assert_eq!(answered.status, StatusCode::CREATED);
+    let id = answered.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.act(&id, "capture").await.status(), StatusCode::OK);
+
+    app.faults.disarm(Point::BankAnswered);
+    let (status, bytes) = paused.await.unwrap();
+    assert_eq!(status, answered.status);
+    assert_eq!(
+        bytes, answered.bytes,
+        "the late request gives the same answer"
+    );
+    let replay = post(&app, "/v1/payments", &k1, &body).await;
+    assert_eq!(
+        replay.bytes, answered.bytes,
+        "the stored answer is unchanged"
+    );
+    assert_eq!(app.bank_count("authorizations").await, 1);
+}
+
+#[tokio::test]
+async fn a_capture_the_bank_refused_is_answered_as_refused_after_another_key_captured() {
+    let app = proxied(|_| {}).await;
+    let payment = app.authorized(HAPPY_CARD, 2_000).await;
+    let id = payment["id"].as_str().unwrap();
+    let capture_path = format!("/v1/payments/{id}/capture");
+    let k2 = new_key();
+    proxy(&app).inject("POST", "/api/v1/captures", usize::MAX, outage());
+    assert_eq!(
+        post(&app, &capture_path, &k2, &Value::Null).await.status,
+        StatusCode::ACCEPTED
+    );
+    // The worker's next try is refused for good, and the payment is back
+    // to authorized; then another key captures it.
+    proxy(&app).heal();
+    proxy(&app).inject(
+        "POST",
+        "/api/v1/captures",
+        1,
+        Fault::Instead(Canned::bank_error(400, "amount_mismatch")),
+    );
+    app.eventually(id, |p| {
+        p["status"] == "authorized" && p["history"].as_array().is_some_and(|h| h.len() == 4)
+    })
+    .await;
+    assert_eq!(app.act(id, "capture").await.status(), StatusCode::OK);
+
+    let retried = post_until_free(&app, &capture_path, &k2, &Value::Null).await;
+    assert_eq!(
+        retried.status,
+        StatusCode::BAD_GATEWAY,
+        "k2's own capture was refused: {}",
+        String::from_utf8_lossy(&retried.bytes)
+    );
+    assert_eq!(retried.json()["error"]["type"], "api_error");
+    let again = post(&app, &capture_path, &k2, &Value::Null).await;
+    assert_eq!(again.bytes, retried.bytes);
+}
+
+#[tokio::test]
+async fn an_authorization_the_bank_never_saw_is_resumed_by_its_client_not_declined() {
+    let app = proxied(|s| s.authorization_grace_ms = 60_000).await;
+    let body = payment_body(LIMITED_CARD, 7_000, "ord_o", "cus_o");
+    let k1 = new_key();
+    proxy(&app).inject("POST", "/api/v1/authorizations", usize::MAX, outage());
+    let first = post(&app, "/v1/payments", &k1, &body).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    assert_eq!(proxy(&app).reached("/api/v1/authorizations"), 0);
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    proxy(&app).heal();
+    // Observed in the database: the worker has looked at the operation
+    // (its attempts counter moved past the request's own), which the API
+    // does not show. Whatever it concluded, it must not be a decline.
+    for _ in 0..200 {
+        let (status, attempts): (String, i32) = sqlx::query_as(
+            "SELECT status, attempts FROM operations WHERE payment_id = $1 AND kind = 'authorize'",
+        )
+        .bind(uuid_of(&id))
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if status != "pending" || attempts >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let retried = post_until_free(&app, "/v1/payments", &k1, &body).await;
+    assert_eq!(
+        retried.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&retried.bytes)
+    );
+    assert_eq!(retried.json()["id"], id.as_str());
+    assert_eq!(app.bank_count("authorizations").await, 1);
+}
+
+#[tokio::test]
+async fn an_abandoned_authorization_is_not_a_card_decline() {
+    let app = proxied(|s| s.authorization_grace_ms = 300).await;
+    let body = payment_body(LIMITED_CARD, 7_000, "ord_a", "cus_a");
+    let k1 = new_key();
+    proxy(&app).inject("POST", "/api/v1/authorizations", usize::MAX, outage());
+    let first = post(&app, "/v1/payments", &k1, &body).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    proxy(&app).heal();
+    let given_up = app.eventually(&id, |p| p["status"] != "pending").await;
+    assert_eq!(given_up["status"], "failed", "{given_up}");
+    assert_eq!(given_up["failure"]["code"], "authorization_abandoned");
+
+    let retried = app.post("/v1/payments", &k1, &body).await;
+    let error = assert_error(
+        retried,
+        StatusCode::CONFLICT,
+        "api_error",
+        "authorization_abandoned",
+    )
+    .await;
+    assert_eq!(error["error"]["payment_id"], id.as_str());
+    // What the contract tells the client: a new key, and the card again.
+    let anew = post(&app, "/v1/payments", &new_key(), &body).await;
+    assert_eq!(anew.status, StatusCode::CREATED);
+    assert_eq!(app.bank_count("authorizations").await, 1);
+}
+
+#[tokio::test]
+async fn a_bank_refusal_that_blames_the_gateway_is_an_alarm_not_a_decline() {
+    let app = proxied(|_| {}).await;
+    proxy(&app).inject(
+        "POST",
+        "/api/v1/authorizations",
+        1,
+        Fault::Instead(Canned::bank_error(400, "invalid_amount")),
+    );
+    let refused = app.create_payment(HAPPY_CARD, 1_000).await;
+    let error = assert_error(refused, StatusCode::BAD_GATEWAY, "api_error", "bank_error").await;
+    let id = error["error"]["payment_id"].as_str().unwrap();
+    let payment: Value = app
+        .get(&format!("/v1/payments/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(payment["status"], "failed");
+    assert_eq!(payment["failure"]["code"], "invalid_amount");
+
+    // A 413 from something in front of the bank proves nothing: retried.
+    proxy(&app).inject(
+        "POST",
+        "/api/v1/authorizations",
+        1,
+        Fault::Instead(Canned::html(413)),
+    );
+    let authorized = app.create_payment(HAPPY_CARD, 1_000).await;
+    assert_eq!(authorized.status(), StatusCode::CREATED);
+    assert_eq!(app.bank_count("authorizations").await, 1);
+}
+
+#[tokio::test]
+async fn answers_a_network_gives_are_unknown_and_retried_with_the_same_key() {
+    let app = proxied(|s| {
+        s.bank_max_attempts = 10;
+        s.bank_deadline_ms = 1_400;
+        s.lease_ms = 3_000;
+    })
+    .await;
+    let payment = app.authorized(HAPPY_CARD, 2_500).await;
+    let id = payment["id"].as_str().unwrap();
+    let faults = [
+        Fault::Instead(Canned::html(408)),
+        Fault::Instead(Canned::bank_error(429, "rate_limited")),
+        Fault::Instead(Canned::bank_error(409, "conflict")),
+        Fault::Instead(Canned::html(425)),
+        Fault::Instead(Canned::bank_error(400, "something_new")),
+        Fault::Instead(Canned::html(502)),
+        // The bank captured; the answer became a proxy's page.
+        Fault::After(Canned::html(504)),
+    ];
+    for fault in faults {
+        proxy(&app).inject("POST", "/api/v1/captures", 1, fault);
+    }
+    let captured = app.act(id, "capture").await;
+    assert_eq!(captured.status(), StatusCode::OK);
+    assert_eq!(app.bank_count("captures").await, 1);
+    let keys: std::collections::BTreeSet<Option<String>> = proxy(&app)
+        .forwarded()
+        .into_iter()
+        .filter(|f| f.path == "/api/v1/captures")
+        .map(|f| f.key)
+        .collect();
+    assert_eq!(keys.len(), 1, "every attempt with the same bank key");
+}
+
+#[tokio::test]
+async fn no_digest_of_a_request_can_be_recomputed_from_the_database() {
+    let app = spawn_app().await;
+    let mut sent = Vec::new();
+    for (n, card) in [HAPPY_CARD, LIMITED_CARD, EMPTY_CARD]
+        .into_iter()
+        .enumerate()
+    {
+        let body = payment_body(card, 100 + n as i64, &format!("ord_{n}"), "cus_d");
+        let response = app.post("/v1/payments", &new_key(), &body).await;
+        assert!(
+            response.status().is_success() || response.status() == StatusCode::PAYMENT_REQUIRED
+        );
+        sent.push(body);
+    }
+    let dump = dump_database(&app).await;
+    for body in &sent {
+        let canonical = service_kit::json::canonical(body).to_string();
+        for preimage in [
+            format!("POST\n/v1/payments\n{canonical}"),
+            canonical.clone(),
+            body.to_string(),
+        ] {
+            let digest = hex::encode(Sha256::digest(preimage.as_bytes()));
+            assert!(
+                !dump.contains(&digest),
+                "the plain SHA-256 of a request is stored: anyone with the dump can test card numbers against it"
+            );
+        }
+        let number = body["card"]["number"].as_str().unwrap();
+        assert!(!dump.contains(number), "a card number is stored");
+    }
+}
+
+/// Every row of every table of the gateway's database, as text (bytea as hex).
+async fn dump_database(app: &TestApp) -> String {
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    let mut dump = String::new();
+    for table in tables {
+        let rows: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT to_jsonb(t)::text FROM {table} t"))
+                .fetch_all(&app.pool)
+                .await
+                .unwrap();
+        dump.extend(rows);
+    }
+    dump.to_lowercase()
+}
+
+#[tokio::test]
+async fn settling_takes_the_payment_lock_before_the_operation_lock() {
+    let app = proxied(|_| {}).await;
+    let payment = app.authorized(HAPPY_CARD, 900).await;
+    let id = payment["id"].as_str().unwrap();
+    proxy(&app).inject("POST", "/api/v1/captures", usize::MAX, outage());
+    assert_eq!(app.act(id, "capture").await.status(), StatusCode::ACCEPTED);
+    let operation: uuid::Uuid = sqlx::query_scalar(
+        "SELECT id FROM operations WHERE payment_id = $1 AND status = 'pending'",
+    )
+    .bind(uuid_of(id))
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    // Only the database can hold a session between two of the gateway's
+    // lock acquisitions: this one holds the payment while the recovery
+    // worker settles another unknown outcome of the capture.
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM payments WHERE id = $1 FOR UPDATE")
+        .bind(uuid_of(id))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    until_someone_waits_for_a_lock(&app).await;
+    let mut probe = app.pool.begin().await.unwrap();
+    let operation_free = sqlx::query("SELECT 1 FROM operations WHERE id = $1 FOR UPDATE NOWAIT")
+        .bind(operation)
+        .execute(&mut *probe)
+        .await;
+    probe.rollback().await.unwrap();
+    holder.rollback().await.unwrap();
+    assert!(
+        operation_free.is_ok(),
+        "the worker waits for the payment while holding its operation: {operation_free:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_live_lease_is_judged_by_the_database_clock_not_the_process_clock() {
+    let app = proxied(|s| {
+        s.lease_ms = 5_000;
+        s.clock_skew_ms = 3_600_000;
+    })
+    .await;
+    let payment = app.authorized(HAPPY_CARD, 800).await;
+    let id = payment["id"].as_str().unwrap();
+    let path = format!("/v1/payments/{id}/capture");
+    let key = new_key();
+    proxy(&app).inject("POST", "/api/v1/captures", usize::MAX, outage());
+    app.faults.arm("recovery_claimed=1*pause").unwrap();
+    assert_eq!(
+        post(&app, &path, &key, &Value::Null).await.status,
+        StatusCode::ACCEPTED
+    );
+    while app.faults.fired(Point::RecoveryClaimed) == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sent_before = proxy(&app).forwarded().len();
+    // The worker holds the operation's lease; this process's clock runs an
+    // hour ahead of the database's.
+    let retried = app.post(&path, &key, &Value::Null).await;
+    let sent_after = proxy(&app).forwarded().len();
+    app.faults.disarm(Point::RecoveryClaimed);
+    assert_error(
+        retried,
+        StatusCode::CONFLICT,
+        "idempotency_error",
+        "idempotency_key_in_use",
+    )
+    .await;
+    assert_eq!(
+        sent_after, sent_before,
+        "nothing sent while another holds the lease"
+    );
+}
+
+#[tokio::test]
+async fn a_key_is_kept_for_its_retention_after_it_was_answered_not_after_it_was_made() {
+    let app = proxied(|_| {}).await;
+    let payment = app.authorized(HAPPY_CARD, 700).await;
+    let id = payment["id"].as_str().unwrap();
+    let path = format!("/v1/payments/{id}/capture");
+    let key = new_key();
+    proxy(&app).inject("POST", "/api/v1/captures", usize::MAX, outage());
+    assert_eq!(
+        post(&app, &path, &key, &Value::Null).await.status,
+        StatusCode::ACCEPTED
+    );
+    // A request begun a day ago: not something to wait for in a test.
+    sqlx::query(
+        "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = $1",
+    )
+    .bind(&key)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    proxy(&app).heal();
+    let answered = post_until_free(&app, &path, &key, &Value::Null).await;
+    assert_eq!(answered.status, StatusCode::OK);
+    let mut conn = app.pool.acquire().await.unwrap();
+    gateway::idempotency::purge(&mut conn, Duration::from_secs(24 * 3600))
+        .await
+        .unwrap();
+    let replay = post(&app, &path, &key, &Value::Null).await;
+    assert_eq!(replay.status, StatusCode::OK);
+    assert_eq!(replay.bytes, answered.bytes);
+}
+
+#[tokio::test]
+async fn a_read_shows_a_status_its_own_history_agrees_with() {
+    let app = spawn_app().await;
+    let payment = app.authorized(HAPPY_CARD, 600).await;
+    let id = payment["id"].as_str().unwrap().to_owned();
+    // Only the database can commit a transition between the two halves of
+    // a read: this transaction moves the payment and holds its history.
+    let mut mover = app.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE payment_events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *mover)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE payments SET status = 'voiding' WHERE id = $1")
+        .bind(uuid_of(&id))
+        .execute(&mut *mover)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO payment_events (payment_id, from_status, to_status) VALUES ($1, 'authorized', 'voiding')",
+    )
+    .bind(uuid_of(&id))
+    .execute(&mut *mover)
+    .await
+    .unwrap();
+    let read = tokio::spawn({
+        let (client, url, key) = (
+            app.client.clone(),
+            app.url(&format!("/v1/payments/{id}")),
+            app.api_key.clone(),
+        );
+        async move {
+            client
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    });
+    until_someone_waits_for_a_lock(&app).await;
+    mover.commit().await.unwrap();
+    let read = read.await.unwrap();
+    let last = read["history"].as_array().unwrap().last().unwrap()["status"].clone();
+    assert_eq!(read["status"], last, "{read}");
+}
