@@ -35,6 +35,19 @@ pub struct Settings {
     pub timeout_ms: u64,
     #[arg(long, env = "RESET_RATE", default_value_t = 0.0)]
     pub reset_rate: f64,
+    /// Share of API requests answered by a "proxy" (408, 429, 502, 503 or
+    /// 504) before doing anything.
+    #[arg(long, env = "PROXY_ERROR_RATE", default_value_t = 0.0)]
+    pub proxy_error_rate: f64,
+    /// Share of API requests done, then answered with a body cut short.
+    #[arg(long, env = "TRUNCATE_RATE", default_value_t = 0.0)]
+    pub truncate_rate: f64,
+    /// Share of API requests done, then answered with a body sent slowly.
+    #[arg(long, env = "TRICKLE_RATE", default_value_t = 0.0)]
+    pub trickle_rate: f64,
+    /// How long a trickled body takes to arrive.
+    #[arg(long, env = "TRICKLE_MS", default_value_t = 5_000)]
+    pub trickle_ms: u64,
     /// Seeds the fault generator; random (and shown by GET /admin/chaos) when unset.
     #[arg(long, env = "CHAOS_SEED")]
     pub chaos_seed: Option<u64>,
@@ -76,6 +89,10 @@ impl Settings {
             timeout_rate: calm.timeout_rate,
             timeout_ms: calm.timeout_ms,
             reset_rate: calm.reset_rate,
+            proxy_error_rate: calm.proxy_error_rate,
+            truncate_rate: calm.truncate_rate,
+            trickle_rate: calm.trickle_rate,
+            trickle_ms: calm.trickle_ms,
             chaos_seed: Some(calm.seed),
             auth_expiry_hours: 168,
             expiry_sweep_interval_ms: 1000,
@@ -98,6 +115,60 @@ impl Settings {
             reset_rate: self.reset_rate,
             outage_seconds: 0,
             seed: self.chaos_seed.unwrap_or_else(rand::random),
+            proxy_error_rate: self.proxy_error_rate,
+            truncate_rate: self.truncate_rate,
+            trickle_rate: self.trickle_rate,
+            trickle_ms: self.trickle_ms,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Each chaos setting's flag, environment variable and default.
+    #[test]
+    fn network_faults_are_off_unless_their_variables_say_otherwise() {
+        let command = Settings::command();
+        for (id, env, default) in [
+            ("proxy_error_rate", "PROXY_ERROR_RATE", "0"),
+            ("truncate_rate", "TRUNCATE_RATE", "0"),
+            ("trickle_rate", "TRICKLE_RATE", "0"),
+            ("trickle_ms", "TRICKLE_MS", "5000"),
+        ] {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .unwrap_or_else(|| panic!("{id} is a setting"));
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(env), "{id}");
+            assert_eq!(
+                arg.get_default_values()
+                    .iter()
+                    .map(|v| v.to_str())
+                    .collect::<Vec<_>>(),
+                [Some(default)],
+                "{id}"
+            );
+        }
+        let calm = ChaosConfig::calm(0);
+        let local = Settings::local("postgres://unused").chaos();
+        assert_eq!(
+            (
+                local.proxy_error_rate,
+                local.truncate_rate,
+                local.trickle_rate,
+                local.trickle_ms
+            ),
+            (
+                calm.proxy_error_rate,
+                calm.truncate_rate,
+                calm.trickle_rate,
+                calm.trickle_ms
+            )
+        );
+        assert_eq!(calm.trickle_ms, 5_000);
     }
 }

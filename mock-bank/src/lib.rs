@@ -11,7 +11,7 @@
 //! - [`ledger`]: the double-entry journal, the balances it projects, verification.
 //! - [`domain`]: card numbers, CVVs, expiries, amounts and prefixed ids.
 //! - [`chaos`]: seeded fault injection (500s, latency, lost and held responses,
-//!   resets, outages).
+//!   resets, outages, proxy error pages, bodies cut short or trickled).
 //! - [`expiry`]: the sweeper that releases the holds of expired authorizations.
 //! - [`telemetry`]: JSON logs, request ids and Prometheus metrics.
 

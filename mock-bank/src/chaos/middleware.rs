@@ -1,10 +1,12 @@
-use actix_web::body::{BoxBody, MessageBody};
+use std::time::Duration;
+
+use actix_web::body::{self, BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::web::Data;
 use actix_web::{Error, HttpRequest, ResponseError};
 
-use super::{Chaos, ConnectionFd, ResetPoint};
+use super::{Chaos, ConnectionFd, FaultyBody, ResetPoint};
 use crate::api::error::BankError;
 
 /// Applies this request's faults around the handler. Mounted on `/api`
@@ -26,6 +28,12 @@ pub async fn inject_faults(
     if faults.fail_before {
         return Ok(fault(req.into_parts().0, "failure", BankError::Injected));
     }
+    // A proxy answers instead of the bank: nothing runs. After the 500, so
+    // that the original's fault keeps its meaning when both are drawn.
+    if let Some(answer) = faults.proxy_answer {
+        count(answer.kind());
+        return Ok(ServiceResponse::new(req.into_parts().0, answer.response()));
+    }
     let fd = req.conn_data::<ConnectionFd>().copied();
     if faults.reset == Some(ResetPoint::BeforeCommit) {
         return Ok(reset(req.into_parts().0, fd, "reset_before_commit"));
@@ -45,7 +53,37 @@ pub async fn inject_faults(
         count("timeout");
         tokio::time::sleep(hold).await;
     }
+    // Last: the body is damaged on its way out, after everything the bank
+    // itself does (including a held response) is done.
+    if faults.truncate || faults.trickle.is_some() {
+        return damage_body(response, faults.trickle, faults.truncate).await;
+    }
     Ok(response)
+}
+
+/// Sends the handler's answer (its status and headers unchanged) through a
+/// [`FaultyBody`]: trickled, cut short, or both (half the body, slowly).
+async fn damage_body(
+    response: ServiceResponse<BoxBody>,
+    trickle: Option<Duration>,
+    cut_short: bool,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    if trickle.is_some() {
+        count("trickle");
+    }
+    if cut_short {
+        count("truncate");
+    }
+    let (req, response) = response.into_parts();
+    let (head, body) = response.into_parts();
+    // The handlers' bodies are bytes already; this only unwraps them.
+    let bytes = body::to_bytes(body)
+        .await
+        .map_err(actix_web::error::ErrorInternalServerError)?;
+    let response = head
+        .set_body(FaultyBody::new(bytes, trickle, cut_short))
+        .map_into_boxed_body();
+    Ok(ServiceResponse::new(req, response))
 }
 
 fn count(kind: &'static str) {

@@ -1,12 +1,23 @@
 //! Injected faults: what the original bank does (random 500s, latency) and
-//! the extensions (lost responses, held responses, resets, outages).
+//! the extensions (lost responses, held responses, resets, outages, and
+//! what a network and its proxies do: proxy error pages, bodies cut short,
+//! bodies trickled).
 //!
-//! Every decision comes from one seeded generator, drawn a fixed number of
-//! times per request, so a seed and a sequence of requests give the same
-//! faults every time. The generator sits behind a mutex held only for the
-//! draw; latency is an async sleep and never blocks a worker thread.
+//! Every decision comes from one seed, drawn a fixed number of times per
+//! request, so a seed and a sequence of requests give the same faults every
+//! time. The generators sit behind a mutex held only for the draw; latency
+//! is an async sleep and never blocks a worker thread.
+//!
+//! The seed drives two streams. The first draws the faults that existed
+//! before the network faults, exactly as it always did; the network faults
+//! draw from a second stream derived from the same seed. Had they been
+//! appended to the first stream, every request after the first would have
+//! consumed more draws, and a seed recorded before they existed would no
+//! longer replay its faults.
 
+mod body;
 mod middleware;
+mod proxy;
 mod reset;
 
 use std::sync::Mutex;
@@ -15,8 +26,11 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
+pub use body::FaultyBody;
 pub use middleware::inject_faults;
+pub use proxy::ProxyAnswer;
 pub use reset::{ConnectionFd, remember_connection_fd};
 
 use crate::api::error::BankError;
@@ -38,6 +52,16 @@ pub struct ChaosConfig {
     /// Seconds left of the current outage (503 to every API request).
     pub outage_seconds: u64,
     pub seed: u64,
+    /// Share of requests answered by a "proxy" before doing anything: 408,
+    /// 429 (JSON, `Retry-After`), 502, 503 or 504 (HTML pages).
+    pub proxy_error_rate: f64,
+    /// Share of requests done and committed, then answered with a body cut
+    /// short: the full `Content-Length`, half the bytes, the connection closed.
+    pub truncate_rate: f64,
+    /// Share of requests done and committed, then answered with the whole
+    /// body sent a few bytes at a time over `trickle_ms`.
+    pub trickle_rate: f64,
+    pub trickle_ms: u64,
 }
 
 impl ChaosConfig {
@@ -53,6 +77,10 @@ impl ChaosConfig {
             reset_rate: 0.0,
             outage_seconds: 0,
             seed,
+            proxy_error_rate: 0.0,
+            truncate_rate: 0.0,
+            trickle_rate: 0.0,
+            trickle_ms: 5_000,
         }
     }
 
@@ -62,6 +90,9 @@ impl ChaosConfig {
             ("error_after_commit_rate", self.error_after_commit_rate),
             ("timeout_rate", self.timeout_rate),
             ("reset_rate", self.reset_rate),
+            ("proxy_error_rate", self.proxy_error_rate),
+            ("truncate_rate", self.truncate_rate),
+            ("trickle_rate", self.trickle_rate),
         ];
         for (name, rate) in rates {
             if !(0.0..=1.0).contains(&rate) {
@@ -92,6 +123,10 @@ pub struct ChaosUpdate {
     pub reset_rate: Option<f64>,
     pub outage_seconds: Option<u64>,
     pub seed: Option<u64>,
+    pub proxy_error_rate: Option<f64>,
+    pub truncate_rate: Option<f64>,
+    pub trickle_rate: Option<f64>,
+    pub trickle_ms: Option<u64>,
 }
 
 /// Where a reset closes the connection.
@@ -110,12 +145,31 @@ pub struct Faults {
     pub error_after_commit: bool,
     /// How long to hold the response, when it is held.
     pub hold_response: Option<Duration>,
+    /// What a proxy answers instead of the bank, when it does.
+    pub proxy_answer: Option<ProxyAnswer>,
+    /// Whether the committed response's body is cut short.
+    pub truncate: bool,
+    /// How long the committed response's body takes, when it is trickled.
+    pub trickle: Option<Duration>,
 }
 
 struct State {
     config: ChaosConfig,
+    /// Draws the faults that predate the network faults, as it always did.
     rng: StdRng,
+    /// Draws the network faults (proxy answers, cut and trickled bodies).
+    network_rng: StdRng,
     outage_until: Option<Instant>,
+}
+
+/// The network faults' generator for a seed: its own stream, so that
+/// drawing from it leaves the first stream's sequence untouched.
+fn network_rng(seed: u64) -> StdRng {
+    let digest = Sha256::new()
+        .chain_update(b"mock-bank chaos: network faults")
+        .chain_update(seed.to_le_bytes())
+        .finalize();
+    StdRng::from_seed(digest.into())
 }
 
 pub struct Chaos {
@@ -131,6 +185,7 @@ impl Chaos {
         Ok(Self {
             state: Mutex::new(State {
                 rng: StdRng::seed_from_u64(config.seed),
+                network_rng: network_rng(config.seed),
                 config,
                 outage_until,
             }),
@@ -160,6 +215,10 @@ impl Chaos {
                 reset_rate,
                 outage_seconds,
                 seed,
+                proxy_error_rate,
+                truncate_rate,
+                trickle_rate,
+                trickle_ms,
             } = update;
             next.failure_rate = failure_rate.unwrap_or(next.failure_rate);
             next.min_latency_ms = min_latency_ms.unwrap_or(next.min_latency_ms);
@@ -169,10 +228,15 @@ impl Chaos {
             next.timeout_rate = timeout_rate.unwrap_or(next.timeout_rate);
             next.timeout_ms = timeout_ms.unwrap_or(next.timeout_ms);
             next.reset_rate = reset_rate.unwrap_or(next.reset_rate);
+            next.proxy_error_rate = proxy_error_rate.unwrap_or(next.proxy_error_rate);
+            next.truncate_rate = truncate_rate.unwrap_or(next.truncate_rate);
+            next.trickle_rate = trickle_rate.unwrap_or(next.trickle_rate);
+            next.trickle_ms = trickle_ms.unwrap_or(next.trickle_ms);
             next.validate()?;
             if let Some(seed) = seed {
                 next.seed = seed;
                 state.rng = StdRng::seed_from_u64(seed);
+                state.network_rng = network_rng(seed);
             }
             if let Some(seconds) = outage_seconds {
                 state.outage_until =
@@ -192,13 +256,23 @@ impl Chaos {
     /// the sequence depends only on the seed and the order of requests.
     pub fn draw(&self) -> Faults {
         let mut state = self.lock();
-        let State { config, rng, .. } = &mut *state;
+        let State {
+            config,
+            rng,
+            network_rng,
+            ..
+        } = &mut *state;
         let latency_ms = rng.random_range(config.min_latency_ms..=config.max_latency_ms);
         let fail_before = rng.random::<f64>() < config.failure_rate;
         let reset = rng.random::<f64>() < config.reset_rate;
         let reset_before = rng.random::<bool>();
         let error_after_commit = rng.random::<f64>() < config.error_after_commit_rate;
         let hold = rng.random::<f64>() < config.timeout_rate;
+        // The network faults: four draws, whatever the rates, in this order.
+        let proxy_error = network_rng.random::<f64>() < config.proxy_error_rate;
+        let proxy_answer = ProxyAnswer::ALL[network_rng.random_range(0..ProxyAnswer::ALL.len())];
+        let truncate = network_rng.random::<f64>() < config.truncate_rate;
+        let trickle = network_rng.random::<f64>() < config.trickle_rate;
         Faults {
             latency: Duration::from_millis(latency_ms),
             fail_before,
@@ -209,6 +283,9 @@ impl Chaos {
             }),
             error_after_commit,
             hold_response: hold.then_some(Duration::from_millis(config.timeout_ms)),
+            proxy_answer: proxy_error.then_some(proxy_answer),
+            truncate,
+            trickle: trickle.then_some(Duration::from_millis(config.trickle_ms)),
         }
     }
 
@@ -306,6 +383,135 @@ mod tests {
             0.5,
             "a refused update changes nothing"
         );
+    }
+
+    /// The draws of the faults that predate the network faults, in their
+    /// original order, on a bare generator: what a seed gave before the
+    /// network faults existed.
+    fn original_draws(seed: u64, config: &ChaosConfig, requests: usize) -> Vec<Faults> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..requests)
+            .map(|_| {
+                let latency_ms = rng.random_range(config.min_latency_ms..=config.max_latency_ms);
+                let fail_before = rng.random::<f64>() < config.failure_rate;
+                let reset = rng.random::<f64>() < config.reset_rate;
+                let reset_before = rng.random::<bool>();
+                let error_after_commit = rng.random::<f64>() < config.error_after_commit_rate;
+                let hold = rng.random::<f64>() < config.timeout_rate;
+                Faults {
+                    latency: Duration::from_millis(latency_ms),
+                    fail_before,
+                    reset: reset.then_some(if reset_before {
+                        ResetPoint::BeforeCommit
+                    } else {
+                        ResetPoint::AfterCommit
+                    }),
+                    error_after_commit,
+                    hold_response: hold.then_some(Duration::from_millis(config.timeout_ms)),
+                    proxy_answer: None,
+                    truncate: false,
+                    trickle: None,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_seed_replays_the_original_faults_whatever_the_network_faults() {
+        let mut config = ChaosConfig::calm(11);
+        config.failure_rate = 0.3;
+        config.reset_rate = 0.2;
+        config.error_after_commit_rate = 0.1;
+        config.timeout_rate = 0.1;
+        config.max_latency_ms = 50;
+        let expected = original_draws(11, &config, 300);
+        config.proxy_error_rate = 0.5;
+        config.truncate_rate = 0.5;
+        config.trickle_rate = 0.5;
+        let chaos = Chaos::new(config).unwrap();
+        let drawn: Vec<Faults> = (0..300)
+            .map(|_| {
+                let f = chaos.draw();
+                Faults {
+                    proxy_answer: None,
+                    truncate: false,
+                    trickle: None,
+                    ..f
+                }
+            })
+            .collect();
+        assert_eq!(drawn, expected);
+    }
+
+    #[test]
+    fn network_faults_follow_their_rates_and_the_seed() {
+        let mut config = ChaosConfig::calm(5);
+        config.proxy_error_rate = 1.0;
+        config.truncate_rate = 1.0;
+        config.trickle_rate = 1.0;
+        config.trickle_ms = 70;
+        let answers = |config: &ChaosConfig| {
+            let chaos = Chaos::new(config.clone()).unwrap();
+            (0..100)
+                .map(|_| {
+                    let f = chaos.draw();
+                    assert!(f.truncate);
+                    assert_eq!(f.trickle, Some(Duration::from_millis(70)));
+                    f.proxy_answer.expect("a proxy answer at rate 1")
+                })
+                .collect::<Vec<_>>()
+        };
+        let first = answers(&config);
+        assert_eq!(first, answers(&config), "one seed, one sequence");
+        for answer in ProxyAnswer::ALL {
+            assert!(first.contains(&answer), "{answer:?} is drawn");
+        }
+        config.seed = 6;
+        assert_ne!(first, answers(&config));
+
+        let calm = Chaos::new(ChaosConfig::calm(5)).unwrap();
+        assert!((0..100).all(|_| {
+            let f = calm.draw();
+            f.proxy_answer.is_none() && !f.truncate && f.trickle.is_none()
+        }));
+    }
+
+    #[test]
+    fn a_new_seed_restarts_the_network_faults_too() {
+        let mut config = ChaosConfig::calm(3);
+        config.proxy_error_rate = 0.5;
+        let chaos = Chaos::new(config).unwrap();
+        let first: Vec<Faults> = (0..50).map(|_| chaos.draw()).collect();
+        chaos
+            .update(ChaosUpdate {
+                seed: Some(3),
+                ..ChaosUpdate::default()
+            })
+            .unwrap();
+        let again: Vec<Faults> = (0..50).map(|_| chaos.draw()).collect();
+        assert_eq!(first, again);
+    }
+
+    #[test]
+    fn network_rates_are_validated() {
+        let chaos = Chaos::new(ChaosConfig::calm(1)).unwrap();
+        for update in [
+            ChaosUpdate {
+                proxy_error_rate: Some(1.01),
+                ..ChaosUpdate::default()
+            },
+            ChaosUpdate {
+                truncate_rate: Some(-0.5),
+                ..ChaosUpdate::default()
+            },
+            ChaosUpdate {
+                trickle_rate: Some(f64::NAN),
+                ..ChaosUpdate::default()
+            },
+        ] {
+            assert!(chaos.update(update).is_err());
+        }
+        assert_eq!(chaos.config(), ChaosConfig::calm(1));
     }
 
     #[test]
