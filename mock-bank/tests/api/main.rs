@@ -8,5 +8,6 @@ mod helpers;
 mod idempotency;
 mod input;
 mod ledger_model;
+mod network_faults;
 mod operations;
 mod payments;
