@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::bank::RetryPolicy;
+use crate::faults::{FaultSettings, Mutant};
 use crate::idempotency::{Fingerprinter, Secret};
 use crate::payments::Leases;
 use crate::recovery::RecoverySettings;
@@ -81,9 +82,10 @@ pub struct Settings {
     /// After an unknown outcome, the earliest the operation is retried.
     #[arg(long, env = "RETRY_UNKNOWN_AFTER_MS", default_value_t = 1_000)]
     pub retry_unknown_after_ms: u64,
-    /// Answered idempotency keys are purged after this.
-    #[arg(long, env = "IDEMPOTENCY_RETENTION_HOURS", default_value_t = 24)]
-    pub idempotency_retention_hours: u64,
+    /// Idempotency keys are purged this long after they were answered
+    /// (24 hours by default).
+    #[arg(long, env = "IDEMPOTENCY_RETENTION_SECONDS", default_value_t = 86_400)]
+    pub idempotency_retention_seconds: u64,
     #[arg(long, env = "IDEMPOTENCY_PURGE_INTERVAL_MS", default_value_t = 60_000)]
     pub idempotency_purge_interval_ms: u64,
     /// How often the recovery worker looks for operations whose outcome is unknown.
@@ -153,6 +155,17 @@ pub struct Settings {
         allow_hyphen_values = true
     )]
     pub clock_skew_ms: i64,
+    /// Reintroduces a known bug (`gateway::faults::Mutant`), for the
+    /// simulator's mutation table only.
+    #[arg(long, env = "GATEWAY_MUTANT", hide = true, value_parser = parse_mutant)]
+    pub mutant: Option<Mutant>,
+}
+
+fn parse_mutant(raw: &str) -> Result<Mutant, String> {
+    Mutant::parse(raw).ok_or_else(|| {
+        let names: Vec<&str> = Mutant::ALL.iter().map(|m| m.as_str()).collect();
+        format!("unknown mutant {raw:?}: one of {}", names.join(", "))
+    })
 }
 
 impl Settings {
@@ -179,7 +192,7 @@ impl Settings {
             fingerprint_secret: Secret::random(),
             fingerprint_previous_secret: None,
             retry_unknown_after_ms: 1_000,
-            idempotency_retention_hours: 24,
+            idempotency_retention_seconds: 86_400,
             idempotency_purge_interval_ms: 60_000,
             recovery_interval_ms: 1_000,
             recovery_batch: 32,
@@ -199,6 +212,7 @@ impl Settings {
             faults: String::new(),
             fault_seed: 0,
             clock_skew_ms: 0,
+            mutant: None,
         }
     }
 
@@ -223,11 +237,24 @@ impl Settings {
         }
     }
 
+    pub fn faults(&self) -> FaultSettings {
+        FaultSettings {
+            spec: self.faults.clone(),
+            seed: self.fault_seed,
+            skew: chrono::TimeDelta::milliseconds(self.clock_skew_ms),
+            mutant: self.mutant,
+        }
+    }
+
     pub fn fingerprinter(&self) -> Fingerprinter {
-        Fingerprinter::new(
+        let printer = Fingerprinter::new(
             self.fingerprint_secret.clone(),
             self.fingerprint_previous_secret.clone(),
-        )
+        );
+        if self.mutant == Some(Mutant::PlainFingerprint) {
+            return printer.plain_sha256();
+        }
+        printer
     }
 
     pub fn batch_limits(&self) -> BatchLimits {

@@ -8,12 +8,11 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::web::{self, Data};
 use actix_web::{App, HttpServer};
-use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
 use crate::bank::{BankClient, CircuitSettings};
 use crate::config::Settings;
-use crate::faults::Faults;
+use crate::faults::{Faults, Mutant};
 use crate::idempotency::Fingerprinter;
 use crate::payments::Gateway;
 use crate::{api, idempotency, recovery, store, telemetry};
@@ -60,11 +59,8 @@ impl Application {
                 open_for: Duration::from_millis(settings.circuit_open_ms),
             },
         )?;
-        let faults = Faults::from_spec(
-            &settings.faults,
-            settings.fault_seed,
-            chrono::TimeDelta::milliseconds(settings.clock_skew_ms),
-        )?;
+        let faults = Faults::from_settings(&settings.faults())?;
+        let bank = bank.with_faults(faults.clone());
         let (gateway, flushers) = Gateway::spawn(
             pool.clone(),
             bank,
@@ -110,8 +106,8 @@ impl Application {
         let mut background = vec![
             tokio::spawn(gateway.clock().clone().measure_forever(pool.clone())),
             tokio::spawn(purge_keys_forever(
-                pool,
-                Duration::from_secs(settings.idempotency_retention_hours * 3600),
+                gateway.clone(),
+                Duration::from_secs(settings.idempotency_retention_seconds),
                 Duration::from_millis(settings.idempotency_purge_interval_ms),
             )),
             tokio::spawn(recovery::recover_forever(
@@ -169,13 +165,14 @@ impl Application {
 }
 
 /// Deletes answered idempotency keys past their retention, periodically.
-async fn purge_keys_forever(pool: PgPool, retention: Duration, interval: Duration) {
+async fn purge_keys_forever(gateway: Gateway, retention: Duration, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
+    let from_creation = gateway.faults().mutant(Mutant::PurgeFromCreation);
     loop {
         ticker.tick().await;
         let purged = async {
-            let mut conn = pool.acquire().await?;
-            idempotency::purge(&mut conn, retention).await
+            let mut conn = gateway.pool().acquire().await?;
+            idempotency::purge_counting_from(&mut conn, retention, from_creation).await
         };
         match purged.await {
             Ok(0) => {}

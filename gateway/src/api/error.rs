@@ -7,6 +7,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
 use crate::domain::DomainError;
+use crate::faults::Injected;
 use crate::idempotency::ClaimError;
 use crate::payments::{self, view::ErrorBody};
 
@@ -150,6 +151,12 @@ impl From<sqlx::Error> for ApiError {
         } else {
             Self::Internal(e.into())
         }
+    }
+}
+
+impl From<Injected> for ApiError {
+    fn from(injected: Injected) -> Self {
+        sqlx::Error::from(injected).into()
     }
 }
 

@@ -15,6 +15,7 @@ use crate::domain::{
     Amount, CardExpiry, CardNumber, Currency, CustomerId, Cvv, IdempotencyKey, MerchantId, OrderId,
     PaymentId,
 };
+use crate::faults::{Mutant, Point};
 use crate::idempotency;
 use crate::payments::view::{ErrorBody, PaymentView};
 use crate::payments::{Action, AuthorizeCommand, Reply};
@@ -267,10 +268,18 @@ pub async fn get_payment(
 ) -> Result<HttpResponse, ApiError> {
     let payment_id = PaymentId::parse(&id).map_err(|_| ApiError::NotFound)?;
     record_payment_id(payment_id);
+    let faults = state.gateway.faults();
     let mut conn = state.gateway.pool().acquire().await?;
-    let (payment, history) = store::get_with_history(&mut conn, merchant.0, payment_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let read = if faults.mutant(Mutant::TwoSnapshotReads) {
+        let between = async {
+            let _ = faults.hit(Point::PaymentRead).await;
+        };
+        store::get_then_history(&mut conn, merchant.0, payment_id, between).await?
+    } else {
+        faults.hit(Point::PaymentRead).await?;
+        store::get_with_history(&mut conn, merchant.0, payment_id).await?
+    };
+    let (payment, history) = read.ok_or(ApiError::NotFound)?;
     Ok(HttpResponse::Ok().json(PaymentView::new(&payment, history)))
 }
 

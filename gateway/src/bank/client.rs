@@ -19,9 +19,13 @@ use super::wire::{
     Authorization, AuthorizeRequest, BankErrorCode, Capture, CaptureRequest, ErrorBody, Refund,
     RefundRequest, Void, VoidRequest,
 };
+use crate::faults::{Faults, Mutant};
 
 /// The name of the bank's idempotency header.
 const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+/// Which gateway process sent a request: for the bank's logs, and for a
+/// tap that checks that no two processes ever call with one key at once.
+const INSTANCE_HEADER: &str = "X-Gateway-Instance";
 
 /// What one bank call came to. Never an error: when the client gives up
 /// without an answer the outcome is [`Unknown`](BankOutcome::Unknown), and
@@ -160,6 +164,10 @@ pub enum BankClientError {
 pub struct BankClient {
     shared: Arc<Shared>,
     policy: RetryPolicy,
+    /// Only for the mutants of the simulator's mutation table.
+    faults: Faults,
+    /// This process, as [`INSTANCE_HEADER`] names it.
+    instance: Option<HeaderValue>,
 }
 
 struct Shared {
@@ -326,6 +334,8 @@ impl BankClient {
                 circuit: Arc::new(CircuitBreaker::from_settings(circuit)),
             }),
             policy,
+            faults: Faults::default(),
+            instance: None,
         })
     }
 
@@ -336,7 +346,21 @@ impl BankClient {
         BankClient {
             shared: Arc::clone(&self.shared),
             policy,
+            faults: self.faults.clone(),
+            instance: self.instance.clone(),
         }
+    }
+
+    /// The same client, running the process's faults (its mutants).
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// The same client, naming `instance` as the sender of every request.
+    pub fn identified_as(mut self, instance: uuid::Uuid) -> Self {
+        self.instance = HeaderValue::from_str(&instance.to_string()).ok();
+        self
     }
 
     pub fn policy(&self) -> &RetryPolicy {
@@ -565,6 +589,7 @@ impl BankClient {
             let attempt_started = Instant::now();
             let verdict = {
                 let _in_flight = InFlight::enter();
+                let key_header = self.mutated_key(key_header.as_ref(), attempts);
                 let verdict = self
                     .attempt::<T>(op, &url, key_header.as_ref(), body.as_deref(), timeout)
                     .await;
@@ -711,6 +736,17 @@ impl BankClient {
         outcome
     }
 
+    /// The idempotency key an attempt sends: the operation's, always (but
+    /// for the mutant that sends a fresh one per attempt).
+    fn mutated_key(&self, key: Option<&HeaderValue>, attempt: u32) -> Option<HeaderValue> {
+        let key = key?;
+        if !self.faults.mutant(Mutant::FreshBankKeyPerRetry) {
+            return Some(key.clone());
+        }
+        let fresh = format!("{}-{attempt}", key.to_str().unwrap_or_default());
+        HeaderValue::from_str(&fresh).ok()
+    }
+
     /// One HTTP exchange, bounded by `timeout` (connect, send, and the whole
     /// response body), classified.
     async fn attempt<T: DeserializeOwned>(
@@ -729,6 +765,9 @@ impl BankClient {
             .header(ACCEPT, "application/json");
         if let Some(key) = key {
             request = request.header(IDEMPOTENCY_KEY, key.clone());
+        }
+        if let Some(instance) = &self.instance {
+            request = request.header(INSTANCE_HEADER, instance.clone());
         }
         if let Some(body) = body {
             request = request
@@ -760,8 +799,29 @@ impl BankClient {
                 status: e.status(),
                 error: error_chain(&e),
             },
-            Ok(Ok((status, bytes))) => classify(op, status, &bytes),
+            Ok(Ok((status, bytes))) => self.classify(op, status, &bytes),
         }
+    }
+}
+
+impl BankClient {
+    /// [`classify`], or its pre-fix forms under a mutant: any 4xx refused,
+    /// or an authorization's 5xx refused.
+    fn classify<T: DeserializeOwned>(
+        &self,
+        op: Operation,
+        status: StatusCode,
+        body: &[u8],
+    ) -> Attempt<T> {
+        let refused_anyway = (status.is_client_error()
+            && self.faults.mutant(Mutant::Any4xxIsDecline))
+            || (status.is_server_error()
+                && op == Operation::Authorize
+                && self.faults.mutant(Mutant::ServerErrorIsDecline));
+        if refused_anyway {
+            return Attempt::Refused(refusal(op, status, body));
+        }
+        classify(op, status, body)
     }
 }
 

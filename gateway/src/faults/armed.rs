@@ -11,7 +11,7 @@ use rand::{RngExt, SeedableRng};
 use tokio::sync::watch;
 
 use super::spec::{Action, FaultSpec, SpecError};
-use super::{Injected, Point};
+use super::{FaultSettings, Injected, Mutant, Point};
 
 #[derive(Clone)]
 pub struct Faults {
@@ -21,6 +21,8 @@ pub struct Faults {
 struct Inner {
     /// Added to the system clock wherever the gateway reads it.
     skew: chrono::TimeDelta,
+    /// The known bug this process runs with, if any.
+    mutant: Option<Mutant>,
     /// Whether any point is armed: the one load an unarmed hit costs.
     armed: AtomicBool,
     state: Mutex<State>,
@@ -45,15 +47,16 @@ impl std::fmt::Debug for Faults {
 
 impl Default for Faults {
     fn default() -> Self {
-        Self::new(0, chrono::TimeDelta::zero())
+        Self::new(0, chrono::TimeDelta::zero(), None)
     }
 }
 
 impl Faults {
-    pub fn new(seed: u64, skew: chrono::TimeDelta) -> Self {
+    pub fn new(seed: u64, skew: chrono::TimeDelta, mutant: Option<Mutant>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 skew,
+                mutant,
                 armed: AtomicBool::new(false),
                 state: Mutex::new(State {
                     specs: HashMap::new(),
@@ -66,12 +69,22 @@ impl Faults {
         }
     }
 
-    /// A registry armed with `spec` (see [`super::spec`]), its chances drawn
-    /// from `seed`, its clock `skew` off the system's.
-    pub fn from_spec(spec: &str, seed: u64, skew: chrono::TimeDelta) -> Result<Self, SpecError> {
-        let faults = Self::new(seed, skew);
-        faults.arm(spec)?;
+    /// A registry armed as `settings` say.
+    pub fn from_settings(settings: &FaultSettings) -> Result<Self, SpecError> {
+        let faults = Self::new(settings.seed, settings.skew, settings.mutant);
+        faults.arm(&settings.spec)?;
+        if let Some(mutant) = settings.mutant {
+            tracing::warn!(
+                mutant = mutant.as_str(),
+                "running with a known bug reintroduced"
+            );
+        }
         Ok(faults)
+    }
+
+    /// Whether this process runs with `mutant` reintroduced.
+    pub fn mutant(&self, mutant: Mutant) -> bool {
+        self.inner.mutant == Some(mutant)
     }
 
     /// This process's wall clock, skewed as configured.
@@ -182,9 +195,17 @@ mod tests {
 
     use super::*;
 
+    fn spec(spec: &str, seed: u64) -> FaultSettings {
+        FaultSettings {
+            spec: spec.to_owned(),
+            seed,
+            ..FaultSettings::default()
+        }
+    }
+
     #[tokio::test]
     async fn an_unarmed_point_does_nothing_and_an_error_fires_as_often_as_asked() {
-        let faults = Faults::new(7, chrono::TimeDelta::zero());
+        let faults = Faults::new(7, chrono::TimeDelta::zero(), None);
         assert!(faults.hit(Point::BankAnswered).await.is_ok());
         faults.arm("bank_answered=2*error").unwrap();
         assert!(faults.hit(Point::BankAnswered).await.is_err());
@@ -197,8 +218,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pause_lasts_until_the_point_is_disarmed() {
-        let faults =
-            Faults::from_spec("intent_committed=pause", 1, chrono::TimeDelta::zero()).unwrap();
+        let faults = Faults::from_settings(&spec("intent_committed=pause", 1)).unwrap();
         let paused = tokio::spawn({
             let faults = faults.clone();
             async move { faults.hit(Point::IntentCommitted).await }
@@ -214,9 +234,7 @@ mod tests {
     #[tokio::test]
     async fn the_seed_decides_which_hits_fire() {
         let fired = |seed| async move {
-            let faults =
-                Faults::from_spec("recovery_claimed=50%error", seed, chrono::TimeDelta::zero())
-                    .unwrap();
+            let faults = Faults::from_settings(&spec("recovery_claimed=50%error", seed)).unwrap();
             let mut pattern = Vec::new();
             for _ in 0..32 {
                 pattern.push(faults.hit(Point::RecoveryClaimed).await.is_err());

@@ -20,11 +20,27 @@
 
 #[cfg(feature = "fault-points")]
 mod armed;
+mod mutant;
 mod spec;
 
 use std::fmt;
 
+pub use mutant::Mutant;
 pub use spec::{Action, FaultSpec, SpecError};
+
+/// How a gateway's faults are configured at start (hidden settings that
+/// only tests and the simulator use).
+#[derive(Debug, Clone, Default)]
+pub struct FaultSettings {
+    /// Points to arm (see [`spec`]).
+    pub spec: String,
+    /// Seeds the armed points' chances.
+    pub seed: u64,
+    /// Added to this process's wall clock.
+    pub skew: chrono::TimeDelta,
+    /// A known bug to reintroduce.
+    pub mutant: Option<Mutant>,
+}
 
 /// Where on the payment path a fault can be injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,15 +56,19 @@ pub enum Point {
     BatchBeforeWrite,
     /// The recovery worker claimed operations and has not called the bank.
     RecoveryClaimed,
+    /// A read of a payment has begun (between its halves, in the mutant
+    /// that reads the payment and its history apart).
+    PaymentRead,
 }
 
 impl Point {
-    pub const ALL: [Point; 5] = [
+    pub const ALL: [Point; 6] = [
         Point::IntentCommitted,
         Point::BankAnswered,
         Point::OutcomeBeforeCommit,
         Point::BatchBeforeWrite,
         Point::RecoveryClaimed,
+        Point::PaymentRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +78,7 @@ impl Point {
             Point::OutcomeBeforeCommit => "outcome_before_commit",
             Point::BatchBeforeWrite => "batch_before_write",
             Point::RecoveryClaimed => "recovery_claimed",
+            Point::PaymentRead => "payment_read",
         }
     }
 
@@ -96,9 +117,11 @@ pub struct Faults;
 
 #[cfg(not(feature = "fault-points"))]
 impl Faults {
-    /// Refuses a spec or a skew: this build cannot inject faults.
-    pub fn from_spec(spec: &str, _seed: u64, skew: chrono::TimeDelta) -> Result<Self, SpecError> {
-        if spec.trim().is_empty() && skew.is_zero() {
+    /// Refuses any fault: this build cannot inject them.
+    pub fn from_settings(settings: &FaultSettings) -> Result<Self, SpecError> {
+        let inert =
+            settings.spec.trim().is_empty() && settings.skew.is_zero() && settings.mutant.is_none();
+        if inert {
             Ok(Self)
         } else {
             Err(SpecError::NotCompiledIn)
@@ -108,6 +131,11 @@ impl Faults {
     #[inline(always)]
     pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
         chrono::Utc::now()
+    }
+
+    #[inline(always)]
+    pub fn mutant(&self, _mutant: Mutant) -> bool {
+        false
     }
 
     #[inline(always)]

@@ -67,6 +67,8 @@ impl fmt::Debug for Secret {
 pub struct Fingerprinter {
     current: Secret,
     previous: Option<Secret>,
+    /// The mutant that stores a plain SHA-256 (the bug this module fixes).
+    plain: bool,
 }
 
 /// One request's fingerprint, under each secret the gateway knows.
@@ -78,11 +80,32 @@ pub struct Fingerprint {
 
 impl Fingerprinter {
     pub fn new(current: Secret, previous: Option<Secret>) -> Self {
-        Self { current, previous }
+        Self {
+            current,
+            previous,
+            plain: false,
+        }
+    }
+
+    /// The pre-fix form, for the simulator's mutation table only.
+    pub fn plain_sha256(self) -> Self {
+        Self {
+            plain: true,
+            ..self
+        }
     }
 
     pub fn fingerprint(&self, method: &str, path: &str, body: &Value) -> Fingerprint {
         let canonical = canonical(body).to_string();
+        if self.plain {
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(
+                format!("{method}\n{path}\n{canonical}").as_bytes(),
+            );
+            return Fingerprint {
+                current: digest.to_vec(),
+                previous: None,
+            };
+        }
         let under = |secret: &Secret| mac(secret, method, path, &canonical);
         Fingerprint {
             current: under(&self.current),

@@ -266,17 +266,25 @@ pub async fn is_answered(
 /// says how many. Unanswered keys stay: their operation may still be
 /// resumed through them. Rows another transaction holds are skipped, so a
 /// purge never waits on traffic.
+/// (`from_creation` is the mutant that counts retention from a key's
+/// creation.)
 pub async fn purge_batch(
     conn: &mut PgConnection,
     retention: Duration,
     batch: i64,
+    from_creation: bool,
 ) -> Result<u64, sqlx::Error> {
-    let deleted = sqlx::query(
+    let since = if from_creation {
+        "created_at"
+    } else {
+        "answered_at"
+    };
+    let deleted = sqlx::query(&format!(
         "DELETE FROM idempotency_keys WHERE (merchant_id, key) IN ( \
            SELECT merchant_id, key FROM idempotency_keys \
-           WHERE state = 'done' AND answered_at < now() - $1 \
-           LIMIT $2 FOR UPDATE SKIP LOCKED)",
-    )
+           WHERE state = 'done' AND {since} < now() - $1 \
+           LIMIT $2 FOR UPDATE SKIP LOCKED)"
+    ))
     .bind(retention)
     .bind(batch)
     .execute(conn)
@@ -290,9 +298,18 @@ pub const PURGE_BATCH: i64 = 1_000;
 
 /// Purges every key past its retention, [`PURGE_BATCH`] at a time.
 pub async fn purge(conn: &mut PgConnection, retention: Duration) -> Result<u64, sqlx::Error> {
+    purge_counting_from(conn, retention, false).await
+}
+
+/// [`purge`], or its mutant that counts from creation.
+pub async fn purge_counting_from(
+    conn: &mut PgConnection,
+    retention: Duration,
+    from_creation: bool,
+) -> Result<u64, sqlx::Error> {
     let mut purged = 0;
     loop {
-        let deleted = purge_batch(conn, retention, PURGE_BATCH).await?;
+        let deleted = purge_batch(conn, retention, PURGE_BATCH, from_creation).await?;
         purged += deleted;
         if deleted < PURGE_BATCH.unsigned_abs() {
             return Ok(purged);

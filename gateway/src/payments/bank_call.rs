@@ -16,6 +16,7 @@
 
 use crate::bank::{AuthorizeRequest, BankErrorCode, BankOutcome, Refusal};
 use crate::domain::{OperationKind, PaymentEvent};
+use crate::faults::Mutant;
 use crate::store::operations::OperationRecord;
 use crate::store::payments::{BankFacts, PaymentRecord};
 
@@ -159,6 +160,13 @@ impl Gateway {
         card: Option<&AuthorizeCommand>,
     ) -> Resolution {
         let key = operation.bank_idempotency_key.as_str();
+        if let Some(command) = card
+            && self.faults.mutant(Mutant::ResumeAnyOperation)
+        {
+            // The pre-fix form: the card goes to the bank under whatever
+            // operation the key resumed.
+            return self.authorize_with_card(key, command).await;
+        }
         let authorization_id = payment.bank_authorization_id.as_deref().unwrap_or_default();
         let capture_id = payment.bank_capture_id.as_deref().unwrap_or_default();
         let kind = operation.kind;
@@ -209,6 +217,9 @@ impl Gateway {
                     Resolution::failed(failed(kind), refusal.code.as_str())
                 }
             },
+            BankOutcome::Unknown(_) if self.faults.mutant(Mutant::UnknownIsFailure) => {
+                Resolution::failed(failed(kind), "unknown")
+            }
             BankOutcome::Unknown(reason) => Resolution::unknown(&reason),
         }
     }
@@ -222,8 +233,17 @@ impl Gateway {
             expiry_year: command.expiry.year(),
             amount_cents: command.amount.cents(),
         };
+        let lenient = self.faults.mutant(Mutant::Any4xxIsDecline)
+            || self.faults.mutant(Mutant::ServerErrorIsDecline);
         match self.bank.authorize(key, &request).await {
             BankOutcome::Done(authorization) => Resolution::approved(authorization),
+            // The pre-fix forms: whatever the bank or a proxy refused, a decline.
+            BankOutcome::Refused(refusal) if lenient => {
+                Resolution::failed(PaymentEvent::AuthorizeDeclined, refusal.code.as_str())
+            }
+            BankOutcome::Unknown(_) if self.faults.mutant(Mutant::UnknownIsFailure) => {
+                Resolution::failed(PaymentEvent::AuthorizeDeclined, "unknown")
+            }
             BankOutcome::Refused(refusal) => match meaning(OperationKind::Authorize, &refusal.code)
             {
                 Meaning::Declined => {
@@ -259,7 +279,9 @@ impl Gateway {
         match outcome {
             BankOutcome::Done(authorization) => Resolution::approved(authorization),
             BankOutcome::Refused(refusal) if refusal.code == BankErrorCode::NotFound => {
-                if past_grace {
+                if self.faults.mutant(Mutant::AbandonedIsDeclined) {
+                    Resolution::failed(PaymentEvent::AuthorizeDeclined, ABANDONED)
+                } else if past_grace {
                     Resolution::failed(PaymentEvent::AuthorizeFailed, ABANDONED)
                 } else {
                     Resolution::Unknown {

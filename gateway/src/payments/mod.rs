@@ -131,11 +131,12 @@ impl Gateway {
             faults.clone(),
         );
         tasks.extend(settlement_tasks);
+        let instance = Uuid::new_v4();
         let gateway = Self {
             pool,
-            bank,
+            bank: bank.identified_as(instance),
             leases,
-            instance: Uuid::new_v4(),
+            instance,
             starts,
             settlements,
             clock: DbClock::new(faults.clone()),
@@ -188,9 +189,37 @@ impl Gateway {
             Start::Call(call) => call,
         };
         self.faults.hit(Point::IntentCommitted).await?;
+        if !self.still_holds(&call.operation, call.leased_at).await? {
+            // Paused past the lease: whoever took the operation over calls
+            // the bank, not this request. Its key answers once they are done.
+            return Err(ClaimError::InUse.into());
+        }
         let resolution = self.call_bank(&call.operation, &call.payment, card).await;
         self.faults.hit(Point::BankAnswered).await?;
         self.settle(&call.operation, resolution, call.known).await
+    }
+
+    /// Whether this process still holds the operation's lease, taken at
+    /// `leased_at`. Within the first half of the lease it surely does (no
+    /// query); a caller that has been slower (paused, starved) than that
+    /// asks the database before calling the bank, so that two callers with
+    /// one bank key do not overlap.
+    async fn still_holds(
+        &self,
+        operation: &operations::OperationRecord,
+        leased_at: std::time::Instant,
+    ) -> Result<bool, Error> {
+        if leased_at.elapsed() < self.leases.lease / 2 {
+            return Ok(true);
+        }
+        let mut conn = self.pool.acquire().await?;
+        let held = operations::still_held(&mut conn, operation.id, self.instance).await?;
+        if !held {
+            metrics::counter!("gateway_leases_lost_total", "kind" => operation.kind.as_str())
+                .increment(1);
+            tracing::warn!(operation_id = %operation.id, "the operation's lease ran out before the bank call; leaving it to its new holder");
+        }
+        Ok(held)
     }
 
     /// A lease held by this process.

@@ -6,7 +6,9 @@ use futures_util::StreamExt;
 use futures_util::stream;
 
 use crate::domain::{OperationKind, PaymentEvent, PaymentStatus};
-use crate::faults::Point;
+use std::time::Instant;
+
+use crate::faults::{Mutant, Point};
 use crate::store::operations::{self, OperationRecord};
 use crate::store::payments::{self, BankFacts};
 
@@ -34,13 +36,16 @@ impl Gateway {
     pub async fn recover_due(&self, batch: i64) -> Result<Pass, Error> {
         let (claimed, claimed_at) = {
             let mut tx = self.pool.begin().await?;
-            let claimed = operations::claim_due(&mut tx, batch, self.lease()).await?;
+            let ignore_leases = self.faults.mutant(Mutant::WorkerIgnoresLeases);
+            let claimed =
+                operations::claim_due(&mut tx, batch, self.lease(), ignore_leases).await?;
             tx.commit().await?;
             claimed
         };
         if !claimed.is_empty() {
             self.faults.hit(Point::RecoveryClaimed).await?;
         }
+        let leased_at = Instant::now();
         let mut pass = Pass {
             claimed: claimed.len(),
             ..Pass::default()
@@ -49,7 +54,7 @@ impl Gateway {
         let results: Vec<Result<bool, Error>> = stream::iter(claimed)
             .map(|operation| {
                 let gateway = self.clone();
-                async move { gateway.recover(&operation, claimed_at).await }
+                async move { gateway.recover(&operation, claimed_at, leased_at).await }
             })
             .buffer_unordered(RECOVERY_CONCURRENCY)
             .collect()
@@ -69,7 +74,11 @@ impl Gateway {
         &self,
         operation: &OperationRecord,
         claimed_at: DateTime<Utc>,
+        leased_at: Instant,
     ) -> Result<bool, Error> {
+        if !self.still_holds(operation, leased_at).await? {
+            return Ok(false);
+        }
         tracing::info!(
             operation_id = %operation.id, payment_id = %operation.payment_id, kind = operation.kind.as_str(),
             attempts = operation.attempts, "recovering an operation whose outcome is unknown"
@@ -78,7 +87,8 @@ impl Gateway {
             OperationKind::Authorize => {
                 let grace =
                     TimeDelta::from_std(self.leases.authorization_grace).unwrap_or(TimeDelta::MAX);
-                let past_grace = claimed_at - operation.created_at >= grace;
+                let past_grace = claimed_at - operation.created_at >= grace
+                    || self.faults.mutant(Mutant::AbandonedIsDeclined);
                 self.resolve_authorization(operation, past_grace).await
             }
             OperationKind::Capture | OperationKind::Void | OperationKind::Refund => {

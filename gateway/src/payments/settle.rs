@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeDelta};
 
 use crate::bank::{Authorization, UnknownReason};
 use crate::domain::PaymentEvent;
-use crate::faults::Point;
+use crate::faults::{Mutant, Point};
 use crate::idempotency;
 use crate::store::operations::{self, OperationRecord};
 use crate::store::payments::TransitionError;
@@ -82,6 +82,11 @@ impl Gateway {
         resolution: Resolution,
         known: Option<(PaymentRecord, History)>,
     ) -> Result<Reply, Error> {
+        if self.faults.mutant(Mutant::StatusNotMovedWithOutcome)
+            && let Resolution::Settled { event, facts, .. } = &resolution
+        {
+            return self.settle_apart(operation, *event, facts.clone()).await;
+        }
         if let Resolution::Settled {
             event,
             facts,
@@ -174,6 +179,9 @@ impl Gateway {
             .await?
             .ok_or(Error::Invariant("an operation is gone"))?;
         if !current.is_pending() {
+            if self.faults.mutant(Mutant::LateAnswerWins) {
+                return render(operation.kind, &payment, history);
+            }
             // Settled by someone else meanwhile: theirs is the answer.
             let stored = idempotency::answer_of(&mut tx, operation.id).await?;
             tx.commit().await?;
@@ -209,6 +217,50 @@ impl Gateway {
         self.faults.hit(Point::OutcomeBeforeCommit).await?;
         tx.commit().await?;
         count_settled(operation, &reply);
+        Ok(reply)
+    }
+}
+
+impl Gateway {
+    /// The mutant that records the outcome and the answer in one
+    /// transaction and moves the payment in another: a crash between the
+    /// two leaves an answered, finished operation and a payment in flight
+    /// that nothing will ever move.
+    async fn settle_apart(
+        &self,
+        operation: &OperationRecord,
+        event: PaymentEvent,
+        facts: BankFacts,
+    ) -> Result<Reply, Error> {
+        let mut tx = self.pool.begin().await?;
+        let (payment, mut history) = payments::lock_with_history(&mut tx, operation.payment_id)
+            .await?
+            .ok_or(Error::NotFound)?;
+        let current = operations::lock(&mut tx, operation.id)
+            .await?
+            .ok_or(Error::NotFound)?;
+        if !current.is_pending() {
+            let stored = idempotency::answer_of(&mut tx, operation.id).await?;
+            return stored.map(Reply::replay).ok_or(Error::NotFound);
+        }
+        let at = self.settled_at(&payment);
+        let moved = payments::moved(&payment, event, &facts, at).map_err(TransitionError::from)?;
+        history.push((moved.status(), moved.updated_at));
+        let reply = render(operation.kind, &moved, history)?;
+        let succeeded = facts.failure_code.is_none();
+        operations::finish(
+            &mut tx,
+            operation.id,
+            succeeded,
+            facts.failure_code.as_deref(),
+        )
+        .await?;
+        idempotency::answer_operation(&mut tx, operation.id, reply.status, &reply.body).await?;
+        tx.commit().await?;
+        self.faults.hit(Point::OutcomeBeforeCommit).await?;
+        let mut tx = self.pool.begin().await?;
+        payments::apply(&mut tx, &payment, event, &facts).await?;
+        tx.commit().await?;
         Ok(reply)
     }
 }

@@ -4,14 +4,17 @@
 //! differs, replayed if answered, and otherwise resumes its own operation,
 //! never another's.
 
+use std::time::Instant;
+
 use crate::domain::{Amount, IdempotencyKey, MerchantId, PaymentEvent, PaymentId};
-use crate::idempotency::{self, ClaimError, Fingerprint, KeyRecord};
+use crate::faults::Mutant;
+use crate::idempotency::{self, ClaimError, Fingerprint, KeyRecord, StoredResponse};
 use crate::store::operations::{self, OperationRecord};
 use crate::store::payments::TransitionError;
 use crate::store::payments::{self, BankFacts, History, PaymentRecord, StartAuthorization};
 
 use super::command::{Action, AuthorizeCommand};
-use super::reply::{self, Reply};
+use super::reply::{self, Reply, render};
 use super::{Error, Gateway};
 
 /// How many times a new key is tried when another request with the same
@@ -33,6 +36,8 @@ pub(super) struct Call {
     /// The payment and its history as tx A wrote them, when it wrote them
     /// all, so that settling need not read them back.
     pub known: Option<(PaymentRecord, History)>,
+    /// When this process took the operation's lease.
+    pub leased_at: Instant,
 }
 
 impl Gateway {
@@ -67,6 +72,7 @@ impl Gateway {
             operation: started.operation,
             known: Some((started.payment.clone(), started.history)),
             payment: started.payment,
+            leased_at: Instant::now(),
         })))
     }
 
@@ -111,9 +117,11 @@ impl Gateway {
         amount: Option<Amount>,
     ) -> Result<Option<Start>, Error> {
         let mut tx = self.pool.begin().await?;
-        let (payment, expiry_due) = payments::lock_for_operation(&mut tx, new.merchant, payment_id)
-            .await?
-            .ok_or(Error::NotFound)?;
+        let lock = !self.faults.mutant(Mutant::NoRowLockOnStart);
+        let (payment, expiry_due) =
+            payments::lock_for_operation(&mut tx, new.merchant, payment_id, lock)
+                .await?
+                .ok_or(Error::NotFound)?;
         if let Some(amount) = amount.filter(|a| a.cents() != payment.amount) {
             tracing::debug!(requested = amount.cents(), "amount mismatch");
             return Err(Error::AmountMismatch {
@@ -178,6 +186,7 @@ impl Gateway {
             operation,
             payment: in_flight,
             known: None,
+            leased_at: Instant::now(),
         }))))
     }
 
@@ -193,11 +202,13 @@ impl Gateway {
         fingerprint: &Fingerprint,
         record: KeyRecord,
     ) -> Result<Start, Error> {
-        if !fingerprint.matches(&record.request_hash) {
+        if !fingerprint.matches(&record.request_hash)
+            && !self.faults.mutant(Mutant::RequestHashIgnored)
+        {
             return Err(ClaimError::Reused.into());
         }
         if let Some(stored) = record.answer() {
-            return Ok(Start::Answered(Reply::replay(stored)));
+            return self.replay(&record, stored).await;
         }
         let (Some(payment_id), Some(operation_id)) = (record.payment_id, record.operation_id)
         else {
@@ -207,16 +218,16 @@ impl Gateway {
         let payment = payments::lock_by_id(&mut tx, payment_id)
             .await?
             .ok_or(Error::Invariant("a key's payment is gone"))?;
-        let operation = operations::lock(&mut tx, operation_id)
-            .await?
-            .ok_or(Error::Invariant("a key's operation is gone"))?;
+        let operation = self
+            .operation_to_resume(&mut tx, payment.id, operation_id)
+            .await?;
         let record = idempotency::lock(&mut tx, merchant, key)
             .await?
             .ok_or(ClaimError::InUse)?;
         if let Some(stored) = record.answer() {
-            return Ok(Start::Answered(Reply::replay(stored)));
+            return self.replay(&record, stored).await;
         }
-        if record.live || operation.live {
+        if record.live || self.lease_runs(&operation) {
             return Err(ClaimError::InUse.into());
         }
         if !operation.is_pending() {
@@ -233,7 +244,54 @@ impl Gateway {
             operation,
             payment,
             known: None,
+            leased_at: Instant::now(),
         })))
+    }
+
+    /// The key's own operation, locked (or, under the mutant that resumes
+    /// anything, whatever operation the payment has in flight).
+    async fn operation_to_resume(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        payment_id: uuid::Uuid,
+        operation_id: uuid::Uuid,
+    ) -> Result<OperationRecord, Error> {
+        if self.faults.mutant(Mutant::ResumeAnyOperation)
+            && let Some(pending) = operations::lock_pending_of(tx, payment_id).await?
+        {
+            return Ok(pending);
+        }
+        operations::lock(tx, operation_id)
+            .await?
+            .ok_or(Error::Invariant("a key's operation is gone"))
+    }
+
+    /// Whether someone's lease on the operation still runs: by the
+    /// database's clock (or, under a mutant, by this process's).
+    fn lease_runs(&self, operation: &OperationRecord) -> bool {
+        if self.faults.mutant(Mutant::ProcessClockLeases) {
+            return operation.lease_until > self.faults.now();
+        }
+        operation.live
+    }
+
+    /// The stored answer, byte for byte (or, under the mutant that does so,
+    /// an answer recomputed from the payment as it is now).
+    async fn replay(&self, record: &KeyRecord, stored: StoredResponse) -> Result<Start, Error> {
+        if self.faults.mutant(Mutant::ReplayRecomputed)
+            && let (Some(payment_id), Some(operation_id)) = (record.payment_id, record.operation_id)
+        {
+            let mut tx = self.pool.begin().await?;
+            let (payment, history) = payments::lock_with_history(&mut tx, payment_id)
+                .await?
+                .ok_or(Error::NotFound)?;
+            let operation = operations::lock(&mut tx, operation_id)
+                .await?
+                .ok_or(Error::NotFound)?;
+            tx.commit().await?;
+            return Ok(Start::Answered(render(operation.kind, &payment, history)?));
+        }
+        Ok(Start::Answered(Reply::replay(stored)))
     }
 }
 

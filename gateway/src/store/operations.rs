@@ -20,7 +20,9 @@ pub struct OperationRecord {
     pub status: OperationStatus,
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
-    /// Whether someone's lease on it still runs, by the database's clock.
+    pub lease_until: DateTime<Utc>,
+    /// Whether someone's lease on it still runs, by the database's clock
+    /// (the one to judge by: `lease_until` was written by that clock).
     pub live: bool,
 }
 
@@ -31,7 +33,7 @@ impl OperationRecord {
 }
 
 pub(crate) const COLUMNS: &str = "id, payment_id, kind, bank_idempotency_key, status, attempts, \
-    created_at, coalesce(lease_until > now(), false) AS live";
+    created_at, lease_until, coalesce(lease_until > now(), false) AS live";
 
 /// A new operation's id and the bank idempotency key it will use on every
 /// call, retry and resume: fixed here, before anything is sent.
@@ -68,22 +70,25 @@ pub async fn insert(
 /// the claim. Rows another transaction holds are skipped, so any number of
 /// replicas can run this at once, each operation goes to one of them, and
 /// the claim never waits for a lock.
+/// `ignore_leases` is the mutant that takes operations others still hold.
 pub async fn claim_due(
     conn: &mut PgConnection,
     batch: i64,
     lease: Lease,
+    ignore_leases: bool,
 ) -> Result<(Vec<OperationRecord>, DateTime<Utc>), sqlx::Error> {
     let claimed: Vec<OperationRecord> = sqlx::query_as(&format!(
         "UPDATE operations SET lease_until = now() + $2, leased_by = $3 \
          WHERE id IN ( \
            SELECT id FROM operations \
-           WHERE status = 'pending' AND lease_until < now() AND next_attempt_at <= now() \
+           WHERE status = 'pending' AND (lease_until < now() OR $4) AND next_attempt_at <= now() \
            ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
          RETURNING {COLUMNS}"
     ))
     .bind(batch)
     .bind(lease.duration)
     .bind(lease.holder)
+    .bind(ignore_leases)
     .fetch_all(&mut *conn)
     .await?;
     let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(conn).await?;
@@ -100,6 +105,37 @@ pub async fn lock(
     ))
     .bind(id)
     .fetch_optional(conn)
+    .await
+}
+
+/// The payment's pending operation, whoever's it is, locked: only for the
+/// mutant that resumes it from any key.
+pub async fn lock_pending_of(
+    conn: &mut PgConnection,
+    payment_id: Uuid,
+) -> Result<Option<OperationRecord>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM operations WHERE payment_id = $1 AND status = 'pending' FOR UPDATE"
+    ))
+    .bind(payment_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Whether `holder` still holds the operation's lease, by the database's
+/// clock: a caller that was paused re-checks before it calls the bank.
+pub async fn still_held(
+    conn: &mut PgConnection,
+    id: Uuid,
+    holder: Uuid,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM operations \
+         WHERE id = $1 AND status = 'pending' AND leased_by = $2 AND lease_until > now())",
+    )
+    .bind(id)
+    .bind(holder)
+    .fetch_one(conn)
     .await
 }
 

@@ -231,17 +231,20 @@ struct DueRow {
     expiry_due: bool,
 }
 
-/// A merchant's payment, locked for the rest of the transaction, and
-/// whether its authorization is past its expiry by the database's clock.
+/// A merchant's payment, locked for the rest of the transaction (unless
+/// `lock` is false: the mutant that forgets), and whether its
+/// authorization is past its expiry by the database's clock.
 pub async fn lock_for_operation(
     conn: &mut PgConnection,
     merchant: MerchantId,
     id: PaymentId,
+    lock: bool,
 ) -> Result<Option<(PaymentRecord, bool)>, sqlx::Error> {
+    let lock = if lock { "FOR UPDATE" } else { "" };
     let row: Option<DueRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS}, \
            (status = 'authorized' AND authorization_expires_at <= now()) AS expiry_due \
-         FROM payments WHERE id = $1 AND merchant_id = $2 FOR UPDATE"
+         FROM payments WHERE id = $1 AND merchant_id = $2 {lock}"
     ))
     .bind(id.as_uuid())
     .bind(merchant.as_uuid())
@@ -378,6 +381,27 @@ impl WithHistoryRow {
     fn decode(self) -> Result<(PaymentRecord, History), sqlx::Error> {
         Ok((self.payment, parse_history(&self.history)?))
     }
+}
+
+/// A merchant's payment, and then, in a second statement, its history:
+/// only for the mutant that reads them apart (the two can disagree).
+pub async fn get_then_history(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+    id: PaymentId,
+    between: impl std::future::Future<Output = ()>,
+) -> Result<Option<(PaymentRecord, History)>, sqlx::Error> {
+    let Some(payment) = find(conn, id.as_uuid(), Some(merchant), false).await? else {
+        return Ok(None);
+    };
+    between.await;
+    let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT to_status::text, at FROM payment_events WHERE payment_id = $1 ORDER BY id",
+    )
+    .bind(payment.id)
+    .fetch_all(conn)
+    .await?;
+    Ok(Some((payment, decode_history(rows)?)))
 }
 
 /// A merchant's payment and its history, in one statement.

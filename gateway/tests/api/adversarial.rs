@@ -14,8 +14,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::bank_proxy::{BankProxy, Canned, Fault};
 use crate::helpers::*;
+use bank_tap::{BankProxy, Canned, Fault};
 use gateway::Settings;
 use gateway::faults::Point;
 

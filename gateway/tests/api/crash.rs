@@ -21,8 +21,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-use crate::bank_proxy::BankProxy;
 use crate::helpers::{HAPPY_CARD, new_key};
+use bank_tap::BankProxy;
 use harness::{Answer, GatewayProcess, Payment, Rig, SERIAL, payment};
 
 /// HAPPY_CARD's opening balance at the mock bank.

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::bank_proxy::BankProxy;
+use bank_tap::BankProxy;
 
 /// (number, cvv, month, year)
 pub type Card = (&'static str, &'static str, i64, i64);

@@ -4,7 +4,6 @@
 mod adversarial;
 mod api_keys;
 mod bank_client;
-mod bank_proxy;
 mod batching;
 mod chaos;
 mod circuit;

@@ -1,6 +1,6 @@
 //! Real processes for the crash tests: the `gateway` binary as a child
 //! process (killed with `kill -9`, stopped with SIGTERM, restarted on the
-//! same database) and the mock bank in-process; `bank_proxy` records what
+//! same database) and the mock bank in-process; `bank_tap` records what
 //! the gateways send to the bank.
 
 use std::collections::BTreeMap;

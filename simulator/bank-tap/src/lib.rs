@@ -1,9 +1,12 @@
-//! An HTTP proxy between a gateway and the mock bank: it records every
-//! request (path, `Idempotency-Key`, when it started and ended), and can be
-//! told to answer some of them itself, the way a real network and the
-//! proxies in front of a bank do: a 429 or a 408 from a load balancer, an
-//! HTML 502 page, an answer lost after the bank committed, or a refusal
-//! the bank would give in a state the test cannot otherwise produce.
+//! An HTTP proxy between a gateway and the bank: it records every request
+//! (path, `Idempotency-Key`, when it started and ended), and can be told to
+//! answer some of them itself, the way a real network and the proxies in
+//! front of a bank do: a 429 or a 408 from a load balancer, an HTML 502
+//! page, an answer lost after the bank committed, or a refusal the bank
+//! would give in a state a test cannot otherwise produce.
+//!
+//! The gateway's tests script it; the simulator reads its log to check that
+//! no two callers ever had one bank key in flight at once.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -20,6 +23,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Forwarded {
     pub path: String,
     pub key: Option<String>,
+    /// The `X-Gateway-Instance` header: which gateway process sent it.
+    pub caller: Option<String>,
     pub started: Instant,
     /// When the answer was sent back, or the gateway gave up on it;
     /// `None` while in flight.
@@ -89,6 +94,7 @@ struct ProxyState {
     rules: Arc<Mutex<Vec<Rule>>>,
 }
 
+/// A running proxy; it stops with the runtime it was started on.
 pub struct BankProxy {
     pub url: String,
     log: Arc<Mutex<Vec<Forwarded>>>,
@@ -97,9 +103,14 @@ pub struct BankProxy {
 
 impl BankProxy {
     pub fn start(bank: &str) -> Self {
+        let client = reqwest::Client::builder()
+            // Idle connections dropped before the bank's keep-alive closes them.
+            .pool_idle_timeout(std::time::Duration::from_secs(1))
+            .build()
+            .expect("a reqwest client");
         let state = ProxyState {
             bank: bank.to_owned(),
-            client: crate::helpers::test_client(),
+            client,
             log: Arc::default(),
             rules: Arc::default(),
         };
@@ -111,6 +122,8 @@ impl BankProxy {
                 .default_service(web::to(forward))
         })
         .workers(2)
+        .max_connections(100_000)
+        .backlog(4_096)
         .disable_signals()
         .bind(("127.0.0.1", 0))
         .expect("the proxy binds");
@@ -176,12 +189,18 @@ async fn forward(req: HttpRequest, body: Bytes, state: Data<ProxyState>) -> Http
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let caller = req
+        .headers()
+        .get("x-gateway-instance")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let fault = take_rule(&state, req.method().as_str(), req.path());
     let index = {
         let mut log = lock(&state.log);
         log.push(Forwarded {
             path: req.path().to_owned(),
             key: key.clone(),
+            caller,
             started: Instant::now(),
             ended: None,
             reached_bank: !matches!(fault, Some(Fault::Instead(_))),

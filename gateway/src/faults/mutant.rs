@@ -1,0 +1,145 @@
+//! Known bugs, each reintroducible on demand, to prove that the simulator
+//! finds them: a mutation table in the spirit of mutation testing, with
+//! realistic mutants instead of random ones. Each is a bug this gateway
+//! had (the money bugs found by reading it) or one a payments engineer
+//! would fear, written as a branch next to the correct code, and compiled
+//! only with the `fault-points` feature: a production build has none.
+//!
+//! `simulator mutants` runs each against seeded chaos and says which
+//! invariant caught it.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mutant {
+    /// A retried key resumes whatever operation its payment has in flight
+    /// (and an authorization's retry sends the card under that operation's
+    /// bank key).
+    ResumeAnyOperation,
+    /// A request whose operation someone else settled answers what it
+    /// computed itself, not the answer stored.
+    LateAnswerWins,
+    /// A replay is recomputed from the payment's current state instead of
+    /// the stored bytes.
+    ReplayRecomputed,
+    /// No grace period, and an authorization the bank never saw is a card
+    /// decline (402).
+    AbandonedIsDeclined,
+    /// Any 4xx from the bank is definitive, and for an authorization a
+    /// decline.
+    Any4xxIsDecline,
+    /// The request fingerprint is a plain SHA-256 of the body.
+    PlainFingerprint,
+    /// Leases are judged by the process's clock.
+    ProcessClockLeases,
+    /// Retention counts from a key's creation, not from its answer.
+    PurgeFromCreation,
+    /// A read takes the payment and its history in two statements.
+    TwoSnapshotReads,
+    /// Starting an operation does not lock the payment's row.
+    NoRowLockOnStart,
+    /// An unknown bank outcome is taken as a failure.
+    UnknownIsFailure,
+    /// A 5xx from the bank on an authorization is taken as a decline.
+    ServerErrorIsDecline,
+    /// Every attempt sends a fresh bank idempotency key.
+    FreshBankKeyPerRetry,
+    /// The same key with a different request replays the first answer.
+    RequestHashIgnored,
+    /// The recovery worker claims operations whose lease still runs.
+    WorkerIgnoresLeases,
+    /// The outcome is recorded and answered in one transaction, and the
+    /// payment moved in another.
+    StatusNotMovedWithOutcome,
+}
+
+impl Mutant {
+    pub const ALL: [Mutant; 16] = [
+        Mutant::ResumeAnyOperation,
+        Mutant::LateAnswerWins,
+        Mutant::ReplayRecomputed,
+        Mutant::AbandonedIsDeclined,
+        Mutant::Any4xxIsDecline,
+        Mutant::PlainFingerprint,
+        Mutant::ProcessClockLeases,
+        Mutant::PurgeFromCreation,
+        Mutant::TwoSnapshotReads,
+        Mutant::NoRowLockOnStart,
+        Mutant::UnknownIsFailure,
+        Mutant::ServerErrorIsDecline,
+        Mutant::FreshBankKeyPerRetry,
+        Mutant::RequestHashIgnored,
+        Mutant::WorkerIgnoresLeases,
+        Mutant::StatusNotMovedWithOutcome,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mutant::ResumeAnyOperation => "resume_any_operation",
+            Mutant::LateAnswerWins => "late_answer_wins",
+            Mutant::ReplayRecomputed => "replay_recomputed",
+            Mutant::AbandonedIsDeclined => "abandoned_is_declined",
+            Mutant::Any4xxIsDecline => "any_4xx_is_decline",
+            Mutant::PlainFingerprint => "plain_fingerprint",
+            Mutant::ProcessClockLeases => "process_clock_leases",
+            Mutant::PurgeFromCreation => "purge_from_creation",
+            Mutant::TwoSnapshotReads => "two_snapshot_reads",
+            Mutant::NoRowLockOnStart => "no_row_lock_on_start",
+            Mutant::UnknownIsFailure => "unknown_is_failure",
+            Mutant::ServerErrorIsDecline => "server_error_is_decline",
+            Mutant::FreshBankKeyPerRetry => "fresh_bank_key_per_retry",
+            Mutant::RequestHashIgnored => "request_hash_ignored",
+            Mutant::WorkerIgnoresLeases => "worker_ignores_leases",
+            Mutant::StatusNotMovedWithOutcome => "status_not_moved_with_outcome",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == raw)
+    }
+
+    /// What the bug is, in a sentence, for the mutation table.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Mutant::ResumeAnyOperation => "a retried key resumes another key's operation",
+            Mutant::LateAnswerWins => {
+                "a late request answers what it computed, not what was stored"
+            }
+            Mutant::ReplayRecomputed => "a replay is recomputed from the payment's current state",
+            Mutant::AbandonedIsDeclined => "an authorization the bank never saw is declined (402)",
+            Mutant::Any4xxIsDecline => "any 4xx from the bank is definitive (a decline)",
+            Mutant::PlainFingerprint => "the request fingerprint is a plain SHA-256",
+            Mutant::ProcessClockLeases => "leases judged by the process clock",
+            Mutant::PurgeFromCreation => "keys purged by creation time, not answer time",
+            Mutant::TwoSnapshotReads => "a read takes the payment and its history apart",
+            Mutant::NoRowLockOnStart => "no row lock when starting an operation",
+            Mutant::UnknownIsFailure => "an unknown bank outcome taken as a failure",
+            Mutant::ServerErrorIsDecline => "a 5xx from the bank taken as a decline",
+            Mutant::FreshBankKeyPerRetry => "a fresh bank key per retry",
+            Mutant::RequestHashIgnored => "a request-hash mismatch ignored",
+            Mutant::WorkerIgnoresLeases => "a recovery worker that ignores live leases",
+            Mutant::StatusNotMovedWithOutcome => {
+                "the payment not moved in the outcome's transaction"
+            }
+        }
+    }
+}
+
+impl fmt::Display for Mutant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for mutant in Mutant::ALL {
+            assert_eq!(Mutant::parse(mutant.as_str()), Some(mutant));
+        }
+        assert_eq!(Mutant::parse("nothing"), None);
+    }
+}
