@@ -168,6 +168,13 @@ impl BankAdmin {
         Ok(parse_faults(&text))
     }
 
+    /// `POST /admin/authorizations/{id}/expire`: the authorization's week
+    /// is over now (the bank releases its hold).
+    pub async fn expire_authorization(&self, id: &str) -> anyhow::Result<Value> {
+        let url = format!("{}/admin/authorizations/{id}/expire", self.base);
+        expect_json(self.client.post(&url).send().await, "POST", &url).await
+    }
+
     /// `GET /admin/ledger/verify`, as the bank answers it.
     pub async fn verify_ledger(&self) -> anyhow::Result<Value> {
         let url = format!("{}/admin/ledger/verify", self.base);

@@ -170,6 +170,10 @@ pub struct RunArgs {
     /// on a violation the shrunk scenario to FILE.shrunk.json).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Run the gateways with a known bug reintroduced (one of the mutation
+    /// table's: `simulator mutants --list`), to see the checks catch it.
+    #[arg(long, value_name = "NAME")]
+    pub mutant: Option<String>,
     /// On a violation, do not shrink the scenario (shrinking re-runs smaller
     /// scenarios, each on a fresh stack, a few times at most).
     #[arg(long)]

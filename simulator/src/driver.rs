@@ -1,7 +1,15 @@
-//! The client side of a run: FicMart's checkout, carrying out each
-//! [`PaymentPlan`] against the gateway replicas (round-robin), retrying
-//! with the same key as a careful client would, and recording every
-//! exchange for the invariant checks.
+//! The client side of a run: FicMart's checkout (and a second merchant),
+//! carrying out each [`PaymentPlan`] against the gateway replicas (round
+//! robin, so that a retried key may reach another replica), and recording
+//! every exchange for the invariant checks.
+//!
+//! Clients differ the way real ones do ([`ClientKind`]): a patient one
+//! retries a key until its final answer; a poller leaves a key answered
+//! 202 alone, polls the payment, goes on with new keys and sends the old
+//! key again later, after the payment moved on; a restarter gives up on an
+//! authorization answered 202 and starts over with a new key and the card.
+//! Some misuse keys (the same key with another body) or send a wrong
+//! amount; some send every key once more a few seconds after the flow.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -13,8 +21,8 @@ use serde_json::{Value, json};
 
 use crate::bank::NewCard;
 use crate::cards::random_card_number;
-use crate::model::Op;
-use crate::scenario::{Duplicate, Next, PaymentPlan, PlanKind, Step};
+use crate::model::{self, Op};
+use crate::scenario::{ClientKind, Duplicate, Misuse, Next, PaymentPlan, PlanKind, Step};
 use crate::stats::{micros, millis};
 
 /// A key is retried until it gets a final answer, or for this long.
@@ -24,6 +32,17 @@ pub const KEY_BUDGET: Duration = Duration::from_secs(90);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// A poller looks at its payment this often.
+const POLL_EVERY: Duration = Duration::from_millis(250);
+/// How long a simulation's gateways keep a key after its answer: the
+/// `--idempotency-retention-seconds` of `run::GATEWAY_SETTINGS`. Past it
+/// the key may be purged, and the same key starts anew, as it should.
+pub const KEY_RETENTION: Duration = Duration::from_secs(6);
+/// A key is sent again only while this much of its retention is left:
+/// the client's clock and the gateway's purge are not in lockstep.
+const RETENTION_MARGIN: Duration = Duration::from_secs(2);
+/// Late replays come this long after the flow, at most.
+pub const LATE_REPLAY_MAX: Duration = Duration::from_millis(3_000);
 
 /// What one HTTP attempt got.
 #[derive(Debug, Clone, Serialize)]
@@ -33,6 +52,9 @@ pub enum Answer {
         status: u16,
         /// `Idempotent-Replayed: true`.
         replayed: bool,
+        /// The `Retry-After` header, as sent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after: Option<String>,
         body: String,
     },
     /// No response: refused connection (a replica is down), reset, timeout.
@@ -44,6 +66,11 @@ pub enum Answer {
 pub struct Exchange {
     pub op: Op,
     pub key: String,
+    /// 0 for the key's own request; 1 for the same key sent with another
+    /// body (a misuse, which must be refused with 422).
+    pub variant: u8,
+    /// Which merchant's API key sent it.
+    pub merchant: u8,
     /// Milliseconds since the traffic started.
     pub at_ms: u64,
     pub latency_us: u64,
@@ -71,11 +98,11 @@ impl Exchange {
     }
 
     /// A final answer ends the key's retries: everything but 202, 409
-    /// `idempotency_key_in_use`, 429, 5xx other than 502 (the bank's
-    /// refusal, which is stored), and no answer at all.
+    /// `idempotency_key_in_use`, 429, 503, and no answer at all. (A 500 is
+    /// final too: it is a bug the checks report, not a state to wait out.)
     pub fn is_final(&self) -> bool {
         match self.status() {
-            None | Some(202 | 429 | 500 | 503 | 504) => false,
+            None | Some(202 | 429 | 503) => false,
             Some(409) => self.error_code().as_deref() != Some("idempotency_key_in_use"),
             Some(_) => true,
         }
@@ -96,11 +123,19 @@ impl Exchange {
             }
             Answer::Transport { error } => format!("no answer: {error}"),
         };
-        format!("+{}ms {} {} → {answer}", self.at_ms, self.op, self.key)
+        let variant = if self.variant == 0 {
+            ""
+        } else {
+            " [another body]"
+        };
+        format!(
+            "+{}ms {} {}{variant} → {answer}",
+            self.at_ms, self.op, self.key
+        )
     }
 }
 
-/// Which read: one payment, or an order's list.
+/// Which read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReadKind {
@@ -108,6 +143,8 @@ pub enum ReadKind {
     Read,
     /// `GET /v1/payments?order_id=…`.
     List,
+    /// `GET /v1/payments/{id}` with another merchant's key: must be 404.
+    Foreign,
 }
 
 /// One read attempt (no key, no retries): what the gateway showed.
@@ -116,6 +153,8 @@ pub struct Read {
     pub kind: ReadKind,
     /// Where the plan was: after which step (`authorize`, `capture`, …) or `end`.
     pub after: String,
+    /// The payment read (for a read of one).
+    pub payment_id: Option<String>,
     /// Milliseconds since the traffic started.
     pub at_ms: u64,
     pub latency_us: u64,
@@ -142,6 +181,7 @@ impl Read {
         let kind = match self.kind {
             ReadKind::Read => "read",
             ReadKind::List => "list",
+            ReadKind::Foreign => "read by another merchant",
         };
         let answer = match &self.answer {
             Answer::Http { status, .. } => {
@@ -171,25 +211,83 @@ pub struct FlowRecord {
     pub plan: PaymentPlan,
     /// The card authorized against, when it is one of the run's own.
     pub card_number: Option<String>,
-    /// Learnt from an answer (201, 202, or an error naming it).
+    /// The payment the flow went on with, learnt from an answer.
     pub payment_id: Option<String>,
+    /// Every payment the flow's answers named (a restarter makes two).
+    pub payment_ids: Vec<String>,
     pub exchanges: Vec<Exchange>,
     /// The plan's reads (when it has them), in order.
     pub reads: Vec<Read>,
     /// Keys that got no final answer within [`KEY_BUDGET`].
     pub unanswered: Vec<String>,
+    /// Authorization keys the client stopped retrying while their answer
+    /// was unknown (a poller's, a restarter's): only these may end
+    /// abandoned.
+    pub left_alone: Vec<String>,
     /// The card number and CVV the authorization sent (whatever the plan:
     /// an invalid or unknown number too), for the card-data check; never
     /// serialised.
     #[serde(skip)]
     pub sent_card: (String, String),
+    /// Every request the flow sent (each key and body once): for late
+    /// replays, and for the check that no digest of one is stored; never
+    /// serialised (bodies hold card numbers).
+    #[serde(skip)]
+    pub sent: Vec<Request>,
+    /// When each key (and body variant) was last seen answered for good,
+    /// or its payment seen settled: a key is sent again only within its
+    /// retention from then.
+    #[serde(skip)]
+    pub answered_at: Vec<(String, u8, Instant)>,
 }
 
-/// The gateways, the key, and the run's counters.
+impl FlowRecord {
+    fn answered(&mut self, key: &str, variant: u8) {
+        self.answered_at
+            .retain(|(k, v, _)| !(k == key && *v == variant));
+        self.answered_at
+            .push((key.to_owned(), variant, Instant::now()));
+    }
+
+    /// Until when `key` may be sent again safely: within its retention
+    /// from its answer; `None` if it was never answered (then it is kept).
+    fn replayable_until(&self, key: &str, variant: u8) -> Option<Instant> {
+        self.answered_at
+            .iter()
+            .find(|(k, v, _)| k == key && *v == variant)
+            .map(|(_, _, at)| *at + KEY_RETENTION - RETENTION_MARGIN)
+    }
+
+    fn learn_payment(&mut self, exchange: &Exchange) {
+        let Some(id) = exchange.json().and_then(|v| payment_id_in(&v)) else {
+            return;
+        };
+        if !self.payment_ids.contains(&id) {
+            self.payment_ids.push(id.clone());
+        }
+        if self.payment_id.is_none() {
+            self.payment_id = Some(id);
+        }
+    }
+}
+
+/// One request of a flow: what to send, with which key, to which path.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub op: Op,
+    pub path: String,
+    pub key: String,
+    pub body: String,
+    /// As [`Exchange::variant`].
+    pub variant: u8,
+}
+
+/// The gateways, the merchants' keys, and the run's counters.
 pub struct Driver {
     http: reqwest::Client,
     gateways: Vec<String>,
-    api_key: String,
+    /// One API key per merchant; the first is FicMart's.
+    api_keys: Vec<String>,
     next_gateway: AtomicUsize,
     started: Instant,
     pub requests: AtomicU64,
@@ -202,12 +300,13 @@ pub struct Driver {
 impl Driver {
     pub fn new(
         gateways: Vec<String>,
-        api_key: String,
+        api_keys: Vec<String>,
         run_id: String,
         cards: Vec<NewCard>,
         empty_card: NewCard,
         concurrency: usize,
     ) -> anyhow::Result<Self> {
+        anyhow::ensure!(!api_keys.is_empty(), "at least one merchant's API key");
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(concurrency * 2)
             .timeout(ATTEMPT_TIMEOUT)
@@ -215,7 +314,7 @@ impl Driver {
         Ok(Self {
             http,
             gateways,
-            api_key,
+            api_keys,
             next_gateway: AtomicUsize::new(0),
             started: Instant::now(),
             requests: AtomicU64::new(0),
@@ -234,8 +333,14 @@ impl Driver {
         &self.http
     }
 
+    /// FicMart's API key.
     pub fn api_key(&self) -> &str {
-        &self.api_key
+        &self.api_keys[0]
+    }
+
+    /// The API key of merchant `merchant` (0 is FicMart).
+    pub fn key_of(&self, merchant: u8) -> &str {
+        &self.api_keys[usize::from(merchant) % self.api_keys.len()]
     }
 
     /// `path` at the next replica, round robin; counts the request.
@@ -246,47 +351,69 @@ impl Driver {
     }
 
     /// One attempt, at the next replica.
-    async fn attempt(&self, op: Op, path: &str, key: &str, body: &str) -> Exchange {
-        let url = self.next_url(path);
+    async fn attempt(&self, merchant: u8, request: &Request) -> Exchange {
+        let url = self.next_url(&request.path);
         let at = self.started.elapsed();
         let sent = Instant::now();
         let result = self
             .http
             .post(&url)
-            .bearer_auth(&self.api_key)
+            .bearer_auth(self.key_of(merchant))
             .header(CONTENT_TYPE, "application/json")
-            .header("Idempotency-Key", key)
-            .body(body.to_owned())
+            .header("Idempotency-Key", &request.key)
+            .body(request.body.clone())
             .send()
             .await;
         let answer = answer(result).await;
         Exchange {
-            op,
-            key: key.to_owned(),
+            op: request.op,
+            key: request.key.clone(),
+            variant: request.variant,
+            merchant,
             at_ms: millis(at),
             latency_us: micros(sent.elapsed()),
             answer,
         }
     }
 
-    /// Retries `key` until a final answer (returned) or [`KEY_BUDGET`].
+    /// Sends `request` until a final answer (returned), or, when
+    /// `stop_at_202`, until a 202 (returned too), or [`KEY_BUDGET`].
     async fn until_final(
         &self,
-        op: Op,
-        path: &str,
-        key: &str,
-        body: &str,
-        log: &mut Vec<Exchange>,
+        record: &mut FlowRecord,
+        request: &Request,
+        stop_at_202: bool,
     ) -> Option<Exchange> {
+        if !record
+            .sent
+            .iter()
+            .any(|sent| sent.key == request.key && sent.variant == request.variant)
+        {
+            record.sent.push(request.clone());
+        }
         let deadline = Instant::now() + KEY_BUDGET;
         let mut backoff = BACKOFF_START;
         loop {
-            let exchange = self.attempt(op, path, key, body).await;
-            log.push(exchange.clone());
+            if record
+                .replayable_until(&request.key, request.variant)
+                .is_some_and(|until| Instant::now() > until)
+            {
+                // Past its retention the key may be gone: sending it would
+                // start a new operation, which is the client's doing.
+                return None;
+            }
+            let exchange = self.attempt(record.plan.merchant, request).await;
+            record.learn_payment(&exchange);
+            record.exchanges.push(exchange.clone());
             if exchange.is_final() {
+                record.answered(&request.key, request.variant);
+                return Some(exchange);
+            }
+            if stop_at_202 && exchange.status() == Some(202) {
                 return Some(exchange);
             }
             if Instant::now() + backoff > deadline {
+                record.unanswered.push(request.key.clone());
                 return None;
             }
             tokio::time::sleep(backoff).await;
@@ -294,51 +421,86 @@ impl Driver {
         }
     }
 
-    /// Sends one step of a plan, with the duplicate the plan asks for.
+    /// Sends one step of a plan as its client would, with the duplicate and
+    /// the misuse the plan asks for; the step's final answer, if any.
     async fn step(
         &self,
         record: &mut FlowRecord,
         step: Step,
-        op: Op,
-        path: &str,
-        key: &str,
-        body: &str,
+        request: Request,
+        left_alone: &mut Vec<Request>,
     ) -> Option<Exchange> {
-        let mut log = Vec::new();
         let last = match record.plan.duplicate {
             Duplicate::Concurrent(s) if s == step => {
-                let mut other = Vec::new();
+                let mut twin = record.clone();
+                twin.exchanges.clear();
+                twin.unanswered.clear();
+                twin.sent.clear();
+                twin.answered_at.clear();
                 let (a, b) = futures_util::join!(
-                    self.until_final(op, path, key, body, &mut log),
-                    self.until_final(op, path, key, body, &mut other)
+                    self.until_final(record, &request, false),
+                    self.until_final(&mut twin, &request, false)
                 );
-                log.extend(other);
+                record.exchanges.extend(twin.exchanges);
+                record.unanswered.extend(twin.unanswered);
+                record.answered_at.extend(twin.answered_at);
                 a.or(b)
             }
             Duplicate::Sequential(s) if s == step => {
-                let first = self.until_final(op, path, key, body, &mut log).await;
+                let first = self.until_final(record, &request, false).await;
                 if first.is_some() {
-                    self.until_final(op, path, key, body, &mut log).await;
+                    self.until_final(record, &request, false).await;
                 }
                 first
             }
             Duplicate::None | Duplicate::Concurrent(_) | Duplicate::Sequential(_) => {
-                self.until_final(op, path, key, body, &mut log).await
+                let patient = record.plan.client == ClientKind::Patient;
+                let answer = self.until_final(record, &request, !patient).await;
+                match answer {
+                    Some(pending) if pending.status() == Some(202) => {
+                        left_alone.push(request.clone());
+                        self.until_settled(record, request.op).await;
+                        // Settled means answered: the key's retention runs.
+                        record.answered(&request.key, request.variant);
+                        None
+                    }
+                    other => other,
+                }
             }
         };
-        for exchange in &log {
-            if record.payment_id.is_none()
-                && let Some(id) = exchange.json().and_then(|v| payment_id_in(&v))
-            {
-                record.payment_id = Some(id);
-            }
+        if record.plan.misuse == Misuse::ReusedKey(step) && last.is_some() {
+            let reused = Request {
+                body: altered(&request.body),
+                variant: 1,
+                ..request.clone()
+            };
+            self.until_final(record, &reused, false).await;
         }
-        record.exchanges.extend(log);
-        if last.is_none() {
-            record.unanswered.push(key.to_owned());
-        }
-        self.read(record, op.as_str()).await;
+        self.read(record, request.op.as_str()).await;
         last
+    }
+
+    /// A poller's wait: reads the payment until it leaves its in-flight
+    /// status (bounded by [`KEY_BUDGET`]).
+    async fn until_settled(&self, record: &mut FlowRecord, op: Op) {
+        let Some(id) = record.payment_id.clone() else {
+            return;
+        };
+        let deadline = Instant::now() + KEY_BUDGET;
+        while Instant::now() < deadline {
+            let read = self
+                .get(record.plan.merchant, ReadKind::Read, &id, op.as_str())
+                .await;
+            let settled = read
+                .json()
+                .and_then(|p| p["status"].as_str().and_then(model::status))
+                .is_some_and(model::is_settled);
+            if settled {
+                record.reads.push(read);
+                return;
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
     }
 
     /// When the plan reads and the payment id is known: one
@@ -351,25 +513,54 @@ impl Driver {
             return;
         };
         let read = self
-            .get(ReadKind::Read, &format!("/v1/payments/{id}"), after)
+            .get(record.plan.merchant, ReadKind::Read, &id, after)
             .await;
         record.reads.push(read);
     }
 
-    /// One GET, at the next replica.
-    async fn get(&self, kind: ReadKind, path: &str, after: &str) -> Read {
-        let url = self.next_url(path);
+    /// One GET of a payment (or, for a list, of the order `id`), at the
+    /// next replica.
+    async fn get(&self, merchant: u8, kind: ReadKind, id: &str, after: &str) -> Read {
+        let path = match kind {
+            ReadKind::Read | ReadKind::Foreign => format!("/v1/payments/{id}"),
+            ReadKind::List => format!("/v1/payments?order_id={id}&limit=100"),
+        };
+        let url = self.next_url(&path);
         let at = self.started.elapsed();
         let sent = Instant::now();
-        let result = self.http.get(&url).bearer_auth(&self.api_key).send().await;
+        let result = self
+            .http
+            .get(&url)
+            .bearer_auth(self.key_of(merchant))
+            .send()
+            .await;
         let answer = answer(result).await;
         Read {
             kind,
             after: after.to_owned(),
+            payment_id: matches!(kind, ReadKind::Read | ReadKind::Foreign).then(|| id.to_owned()),
             at_ms: millis(at),
             latency_us: micros(sent.elapsed()),
             answer,
         }
+    }
+
+    /// A capture, void or refund of the flow's payment, with its own key.
+    fn operation(
+        &self,
+        record: &FlowRecord,
+        op: Op,
+        key_suffix: &str,
+        amount: i64,
+    ) -> Option<Request> {
+        let payment_id = record.payment_id.as_deref()?;
+        Some(Request {
+            op,
+            path: format!("/v1/payments/{payment_id}/{}", op.as_str()),
+            key: format!("{}-{key_suffix}", record.order_id),
+            body: json!({ "amount": amount }).to_string(),
+            variant: 0,
+        })
     }
 
     async fn operate(
@@ -378,12 +569,19 @@ impl Driver {
         step: Step,
         op: Op,
         key_suffix: &str,
+        left_alone: &mut Vec<Request>,
     ) -> Option<Exchange> {
-        let payment_id = record.payment_id.clone()?;
-        let path = format!("/v1/payments/{payment_id}/{}", op.as_str());
-        let key = format!("{}-{key_suffix}", record.order_id);
-        let body = json!({ "amount": record.plan.amount }).to_string();
-        self.step(record, step, op, &path, &key, &body).await
+        if record.plan.misuse == Misuse::AmountMismatch && matches!(op, Op::Capture | Op::Refund) {
+            let wrong = self.operation(
+                record,
+                op,
+                &format!("{key_suffix}-wrong"),
+                record.plan.amount + 1,
+            )?;
+            self.until_final(record, &wrong, false).await;
+        }
+        let request = self.operation(record, op, key_suffix, record.plan.amount)?;
+        self.step(record, step, request, left_alone).await
     }
 
     /// Carries out plan `index`.
@@ -394,11 +592,32 @@ impl Driver {
             plan,
             card_number: None,
             payment_id: None,
+            payment_ids: Vec::new(),
             exchanges: Vec::new(),
             reads: Vec::new(),
             unanswered: Vec::new(),
+            left_alone: Vec::new(),
             sent_card: (String::new(), String::new()),
+            sent: Vec::new(),
+            answered_at: Vec::new(),
         };
+        let authorize = self.authorization(&mut record);
+        let mut left_alone = Vec::new();
+        let authorized = self
+            .authorize(&mut record, authorize, &mut left_alone)
+            .await;
+        if authorized {
+            self.after_authorization(&mut record, &mut left_alone).await;
+        }
+        self.finish(&mut record, left_alone).await;
+        self.flows_done.fetch_add(1, Ordering::Relaxed);
+        record
+    }
+
+    /// The authorization request of the plan (a valid card, or the wrong
+    /// one the plan asks for).
+    fn authorization(&self, record: &mut FlowRecord) -> Request {
+        let plan = record.plan;
         let card = &self.cards[usize::from(plan.card) % self.cards.len()];
         let (number, cvv, amount) = match plan.kind {
             PlanKind::BadAmount => (card.card_number.clone(), card.cvv.clone(), 0),
@@ -417,16 +636,15 @@ impl Driver {
                 self.empty_card.cvv.clone(),
                 plan.amount,
             ),
-            PlanKind::Normal { .. } | PlanKind::Conflict | PlanKind::EarlyRefund => {
-                (card.card_number.clone(), card.cvv.clone(), plan.amount)
-            }
-        };
-        if matches!(
-            plan.kind,
             PlanKind::Normal { .. }
-                | PlanKind::Conflict
-                | PlanKind::EarlyRefund
-                | PlanKind::Overdraw
+            | PlanKind::Conflict
+            | PlanKind::EarlyRefund
+            | PlanKind::CaptureRefundRace
+            | PlanKind::VoidRefundRace => (card.card_number.clone(), card.cvv.clone(), plan.amount),
+        };
+        if !matches!(
+            plan.kind,
+            PlanKind::BadAmount | PlanKind::BadCard | PlanKind::UnknownCard
         ) {
             record.card_number = Some(number.clone());
         }
@@ -439,70 +657,111 @@ impl Driver {
             "card": {"number": number, "cvv": cvv, "expiry_month": 12, "expiry_year": 2099},
         })
         .to_string();
-        let key = format!("{}-auth", record.order_id);
-        let authorized = self
-            .step(
-                &mut record,
-                Step::Authorize,
-                Op::Authorize,
-                "/v1/payments",
-                &key,
-                &body,
-            )
-            .await
-            .is_some_and(|e| e.status() == Some(201));
-        if authorized {
-            self.after_authorization(&mut record).await;
+        Request {
+            op: Op::Authorize,
+            path: "/v1/payments".to_owned(),
+            key: format!("{}-auth", record.order_id),
+            body,
+            variant: 0,
         }
-        self.read(&mut record, "end").await;
-        if record.plan.reads {
-            let path = format!("/v1/payments?order_id={}&limit=100", record.order_id);
-            let list = self.get(ReadKind::List, &path, "end").await;
-            record.reads.push(list);
-        }
-        self.flows_done.fetch_add(1, Ordering::Relaxed);
-        record
     }
 
-    async fn after_authorization(&self, record: &mut FlowRecord) {
+    /// The authorization, as the plan's client makes it; whether the payment
+    /// the flow goes on with is authorized.
+    async fn authorize(
+        &self,
+        record: &mut FlowRecord,
+        request: Request,
+        left_alone: &mut Vec<Request>,
+    ) -> bool {
+        if record.plan.client != ClientKind::Restarter {
+            let answer = self
+                .step(record, Step::Authorize, request, left_alone)
+                .await;
+            return answer.is_some_and(|e| e.status() == Some(201))
+                || self.shows(record, gateway::domain::PaymentStatus::Authorized);
+        }
+        // A restarter: one try; on a 202 it starts over with a new key.
+        let first = self.until_final(record, &request, true).await;
+        if first.as_ref().is_none_or(|e| e.status() != Some(202)) {
+            self.read(record, "authorize").await;
+            return first.is_some_and(|e| e.status() == Some(201));
+        }
+        left_alone.push(request.clone());
+        record.answered(&request.key, request.variant);
+        record.payment_id = None;
+        let again = Request {
+            key: format!("{}-auth-again", record.order_id),
+            ..request
+        };
+        let answer = self.until_final(record, &again, false).await;
+        if let Some(id) = answer
+            .as_ref()
+            .and_then(|e| e.json())
+            .and_then(|v| payment_id_in(&v))
+        {
+            record.payment_id = Some(id);
+        }
+        self.read(record, "authorize").await;
+        answer.is_some_and(|e| e.status() == Some(201))
+    }
+
+    /// Whether the last read showed the flow's payment in `status` (a
+    /// poller learns of an authorization by reading).
+    fn shows(&self, record: &FlowRecord, status: gateway::domain::PaymentStatus) -> bool {
+        record.reads.last().is_some_and(|read| {
+            read.json()
+                .is_some_and(|p| p["status"].as_str() == Some(status.as_str()))
+        })
+    }
+
+    async fn after_authorization(&self, record: &mut FlowRecord, left_alone: &mut Vec<Request>) {
         match record.plan.kind {
             PlanKind::Normal { next, refund } => match next {
                 Next::Nothing => {}
                 Next::Capture => {
                     let captured = self
-                        .operate(record, Step::Second, Op::Capture, "capture")
+                        .operate(record, Step::Second, Op::Capture, "capture", left_alone)
                         .await
-                        .is_some_and(|e| e.status() == Some(200));
+                        .is_some_and(|e| e.status() == Some(200))
+                        || self.shows(record, gateway::domain::PaymentStatus::Captured);
                     if captured && refund {
-                        self.operate(record, Step::Refund, Op::Refund, "refund")
+                        self.operate(record, Step::Refund, Op::Refund, "refund", left_alone)
                             .await;
                     }
                 }
                 Next::Void => {
-                    self.operate(record, Step::Second, Op::Void, "void").await;
+                    self.operate(record, Step::Second, Op::Void, "void", left_alone)
+                        .await;
                 }
             },
             PlanKind::Conflict => {
-                // Two clients at once: the plan's duplicate applies to neither.
-                let mut capture_side = record.clone();
-                capture_side.exchanges.clear();
-                capture_side.unanswered.clear();
-                capture_side.reads.clear();
-                let mut void_side = capture_side.clone();
-                futures_util::join!(
-                    self.operate(&mut capture_side, Step::Second, Op::Capture, "capture"),
-                    self.operate(&mut void_side, Step::Second, Op::Void, "void"),
-                );
-                for side in [capture_side, void_side] {
-                    record.exchanges.extend(side.exchanges);
-                    record.unanswered.extend(side.unanswered);
-                    record.reads.extend(side.reads);
-                }
+                self.at_once(record, (Op::Capture, "capture"), (Op::Void, "void"))
+                    .await;
             }
             PlanKind::EarlyRefund => {
-                self.operate(record, Step::Refund, Op::Refund, "refund-early")
+                self.operate(record, Step::Refund, Op::Refund, "refund-early", left_alone)
                     .await;
-                self.operate(record, Step::Second, Op::Void, "void").await;
+                self.operate(record, Step::Second, Op::Void, "void", left_alone)
+                    .await;
+            }
+            PlanKind::CaptureRefundRace => {
+                let captured = self
+                    .at_once(
+                        record,
+                        (Op::Capture, "capture"),
+                        (Op::Refund, "refund-racing"),
+                    )
+                    .await
+                    .0;
+                if captured.is_some_and(|e| e.status() == Some(200)) {
+                    self.operate(record, Step::Refund, Op::Refund, "refund", left_alone)
+                        .await;
+                }
+            }
+            PlanKind::VoidRefundRace => {
+                self.at_once(record, (Op::Void, "void"), (Op::Refund, "refund-racing"))
+                    .await;
             }
             PlanKind::BadAmount
             | PlanKind::BadCard
@@ -510,6 +769,118 @@ impl Driver {
             | PlanKind::Overdraw => {}
         }
     }
+
+    /// Two operations on the payment at the same moment, each with its own
+    /// key, as two clients would send them; both final answers.
+    async fn at_once(
+        &self,
+        record: &mut FlowRecord,
+        (a_op, a_key): (Op, &str),
+        (b_op, b_key): (Op, &str),
+    ) -> (Option<Exchange>, Option<Exchange>) {
+        let amount = record.plan.amount;
+        let (Some(a), Some(b)) = (
+            self.operation(record, a_op, a_key, amount),
+            self.operation(record, b_op, b_key, amount),
+        ) else {
+            return (None, None);
+        };
+        let mut other = record.clone();
+        other.exchanges.clear();
+        other.unanswered.clear();
+        other.reads.clear();
+        other.sent.clear();
+        other.answered_at.clear();
+        let answers = futures_util::join!(
+            self.until_final(record, &a, false),
+            self.until_final(&mut other, &b, false),
+        );
+        record.exchanges.extend(other.exchanges);
+        record.unanswered.extend(other.unanswered);
+        record.sent.extend(other.sent);
+        record.answered_at.extend(other.answered_at);
+        answers
+    }
+
+    /// The end of a flow: keys left alone are sent again (a restarter voids
+    /// its first payment should it have ended authorized), the payment is
+    /// read (and listed, and read by the other merchant), and, for a late
+    /// replay, every key is sent once more a little later.
+    async fn finish(&self, record: &mut FlowRecord, left_alone: Vec<Request>) {
+        for request in &left_alone {
+            if request.op == Op::Authorize {
+                record.left_alone.push(request.key.clone());
+            }
+            self.until_final(record, request, false).await;
+        }
+        if record.plan.client == ClientKind::Restarter {
+            self.void_first_payment(record).await;
+        }
+        self.read(record, "end").await;
+        if record.plan.reads {
+            let list = self
+                .get(
+                    record.plan.merchant,
+                    ReadKind::List,
+                    &record.order_id.clone(),
+                    "end",
+                )
+                .await;
+            record.reads.push(list);
+        }
+        let merchants = u8::try_from(self.api_keys.len()).unwrap_or(u8::MAX);
+        let own = record.plan.merchant % merchants;
+        if let Some(id) = record.payment_id.clone() {
+            let other = own.wrapping_add(1) % merchants;
+            if other != own {
+                let foreign = self.get(other, ReadKind::Foreign, &id, "end").await;
+                record.reads.push(foreign);
+            }
+        }
+        if record.plan.late_replay {
+            self.replay_late(record).await;
+        }
+    }
+
+    /// A restarter's first payment, should it have ended authorized (the
+    /// gateway adopted what the bank did after all): released.
+    async fn void_first_payment(&self, record: &mut FlowRecord) {
+        let current = record.payment_id.clone();
+        let Some(first) = record
+            .payment_ids
+            .iter()
+            .find(|id| Some(*id) != current.as_ref())
+            .cloned()
+        else {
+            return;
+        };
+        record.payment_id = Some(first.clone());
+        self.until_settled(record, Op::Authorize).await;
+        if self.shows(record, gateway::domain::PaymentStatus::Authorized)
+            && let Some(void) = self.operation(record, Op::Void, "void-first", record.plan.amount)
+        {
+            self.until_final(record, &void, false).await;
+        }
+        record.payment_id = current;
+    }
+
+    /// Every key the flow sent, once more, a little later (within their
+    /// retention): each must answer exactly as before.
+    async fn replay_late(&self, record: &mut FlowRecord) {
+        let most = u64::try_from(LATE_REPLAY_MAX.as_millis()).unwrap_or(u64::MAX);
+        tokio::time::sleep(Duration::from_millis(rand::random_range(500..=most))).await;
+        for request in record.sent.clone() {
+            self.until_final(record, &request, false).await;
+        }
+    }
+}
+
+/// The same request with another amount: for a key misused.
+fn altered(body: &str) -> String {
+    let mut value: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let amount = value["amount"].as_i64().unwrap_or(0);
+    value["amount"] = json!(amount + 1);
+    value.to_string()
 }
 
 /// The payment id a gateway answer names: a payment's `id`, or an error's
@@ -540,10 +911,16 @@ async fn answer(result: Result<reqwest::Response, reqwest::Error>) -> Answer {
                 .headers()
                 .get("Idempotent-Replayed")
                 .is_some_and(|v| v.as_bytes() == b"true");
+            let retry_after = response
+                .headers()
+                .get("Retry-After")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             match response.text().await {
                 Ok(body) => Answer::Http {
                     status,
                     replayed,
+                    retry_after,
                     body,
                 },
                 Err(e) => Answer::Transport {
@@ -585,11 +962,14 @@ mod tests {
         Exchange {
             op: Op::Capture,
             key: "k".into(),
+            variant: 0,
+            merchant: 0,
             at_ms: 0,
             latency_us: 0,
             answer: Answer::Http {
                 status,
                 replayed: false,
+                retry_after: None,
                 body: body.into(),
             },
         }
@@ -600,10 +980,12 @@ mod tests {
         assert!(http(200, "{}").is_final());
         assert!(http(402, "{}").is_final());
         assert!(http(502, "{}").is_final());
+        assert!(http(500, "{}").is_final(), "a 500 is judged, not retried");
         assert!(http(409, r#"{"error":{"code":"invalid_state"}}"#).is_final());
         assert!(!http(409, r#"{"error":{"code":"idempotency_key_in_use"}}"#).is_final());
         assert!(!http(202, "{}").is_final());
         assert!(!http(503, "{}").is_final());
+        assert!(!http(429, "{}").is_final());
         let lost = Exchange {
             answer: Answer::Transport {
                 error: "reset".into(),

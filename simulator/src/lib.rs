@@ -16,6 +16,7 @@
 //! - [`model`]: the legal payment states, from the gateway's transition table.
 //! - [`driver`]: the client side: plans carried out, every exchange recorded.
 //! - [`run`]: one simulation in phases (start, drive, settle, observe, finish).
+//! - [`faults`]: the fault plan carried out beside the traffic.
 //! - [`invariants`]: the eight checks, named in the report.
 //! - [`run_report`]: `simulator run`'s report: text, JSON, HTML.
 //! - [`simulate`]: `simulator run` itself (and the shrinking loop).
@@ -26,6 +27,7 @@ pub mod cards;
 pub mod cli;
 pub mod cpu;
 pub mod driver;
+pub mod faults;
 pub mod invariants;
 pub mod model;
 pub mod process;

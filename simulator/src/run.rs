@@ -26,26 +26,33 @@ use tokio::sync::{Mutex, watch};
 
 use crate::bank::{BankAdmin, NewCard};
 use crate::driver::{Driver, FlowRecord};
-use crate::invariants::{self, BankAuthorization, CardBalance, CardData, Observations};
+use crate::invariants::{
+    self, BankAuthorization, BankKey, CardBalance, CardData, GatewayOperation, Observations,
+    TappedCall,
+};
 use crate::process::{GatewayOptions, GatewayOutput, GatewayProcess, free_port};
 use crate::run_report::{Event, RunReport};
 use crate::scenario::Scenario;
-use crate::stack::Stack;
+use crate::stack::{MERCHANTS, Stack};
 use crate::stats::millis;
 
 /// Each fresh card opens with $100,000.
 pub const OPENING_BALANCE: i64 = 10_000_000;
-/// How long a killed replica stays down before it is restarted.
-const DOWN_FOR: Duration = Duration::from_millis(300);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a simulation's gateways wait for an authorization's client.
+pub const AUTHORIZATION_GRACE_MS: u64 = 8_000;
+
 /// The gateway's settings in a simulation: short timeouts and leases so
-/// that crashes and lost answers are recovered in seconds, not minutes,
-/// and no background reconciliation (it would repair what the checks must
-/// see).
-pub const GATEWAY_SETTINGS: [(&str, &str); 10] = [
+/// that crashes and lost answers are recovered in seconds, not minutes;
+/// keys kept only seconds after their answer (clients replay within that),
+/// so that a purge that counts from the wrong moment is seen; and no
+/// background reconciliation (it would repair what the checks must see).
+pub const GATEWAY_SETTINGS: [(&str, &str); 12] = [
     ("--bank-attempt-timeout-ms", "1000"),
-    ("--authorization-grace-ms", "4000"),
+    ("--authorization-grace-ms", "8000"),
+    ("--idempotency-retention-seconds", "6"),
+    ("--idempotency-purge-interval-ms", "500"),
     ("--bank-deadline-ms", "3000"),
     ("--lease-ms", "5000"),
     ("--retry-unknown-after-ms", "500"),
@@ -103,6 +110,9 @@ pub struct RunOptions {
     pub gateway_bank_url: Option<String>,
     /// A running system to use instead of starting gateways: see [`Given`].
     pub given: Option<Given>,
+    /// A known bug the gateways run with (`gateway::faults::Mutant`), for
+    /// the mutation table.
+    pub mutant: Option<String>,
 }
 
 /// A running system that `simulator run --gateway-url …` uses instead of
@@ -155,12 +165,14 @@ impl Default for RunOptions {
             quiesce_timeout: Duration::from_secs(120),
             gateway_bank_url: None,
             given: None,
+            mutant: None,
         }
     }
 }
 
-/// The gateway replicas: each restarts on its own port.
-struct Replicas {
+/// The gateway replicas: each restarts on its own port, with its own
+/// fault points and clock.
+pub struct Replicas {
     processes: Vec<GatewayProcess>,
     /// Gateways that someone else runs (no processes then).
     given: Vec<String>,
@@ -175,6 +187,7 @@ impl Replicas {
         database_url: &str,
         bank_url: &str,
         run: &RunOptions,
+        scenario: &Scenario,
         run_id: &str,
     ) -> anyhow::Result<Self> {
         let mut replicas = Self {
@@ -197,6 +210,9 @@ impl Replicas {
             options.db_pool_size = 20;
             options.program = run.program.clone();
             options.args = args.clone();
+            options
+                .args
+                .extend(replica_faults(scenario, i, run.mutant.as_deref()));
             options.fingerprint_secret = secret.clone();
             let process = GatewayProcess::spawn(database_url, bank_url, &options)?;
             replicas.processes.push(process);
@@ -235,14 +251,40 @@ impl Replicas {
             .collect()
     }
 
-    async fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+    /// How many replicas the simulator runs.
+    pub fn count(&self) -> usize {
+        self.processes.len()
+    }
+
+    pub fn pid(&self, i: usize) -> u32 {
+        self.processes[i].pid()
+    }
+
+    /// SIGKILL, as a crash.
+    pub async fn kill(&mut self, i: usize) -> anyhow::Result<()> {
         self.processes[i].kill().await?;
         Ok(())
     }
 
+    /// SIGTERM: in-flight requests finish, leases are handed back.
+    pub async fn terminate(&mut self, i: usize) -> anyhow::Result<std::process::ExitStatus> {
+        self.processes[i].terminate(SHUTDOWN_GRACE).await
+    }
+
+    /// The replicas that exited by themselves since they were (re)started.
+    pub fn exited(&mut self) -> anyhow::Result<Vec<(usize, std::process::ExitStatus)>> {
+        let mut exited = Vec::new();
+        for (i, process) in self.processes.iter_mut().enumerate() {
+            if let Some(status) = process.try_exited()? {
+                exited.push((i, status));
+            }
+        }
+        Ok(exited)
+    }
+
     /// Starts replica `i` again on its port (a few tries: the port may be
     /// briefly unavailable).
-    async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         let mut last = None;
         for _ in 0..5 {
             let mut process =
@@ -263,6 +305,19 @@ impl Replicas {
             .with_context(|| format!("restarting gateway replica {i}"))
     }
 
+    /// The faults lifted: every replica stopped gracefully (or found dead)
+    /// and started again without its fault points, so that settling is
+    /// not itself disturbed. Clock skews stay: they are not faults a
+    /// system recovers from, but a condition it lives with.
+    async fn calm(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.processes.len() {
+            self.terminate(i).await?;
+            self.options[i].args = without_fault_points(&self.options[i].args);
+            self.restart(i).await?;
+        }
+        Ok(())
+    }
+
     async fn stop(&mut self) {
         for process in &mut self.processes {
             if let Err(e) = process.terminate(SHUTDOWN_GRACE).await {
@@ -270,6 +325,47 @@ impl Replicas {
             }
         }
     }
+}
+
+/// Replica `i`'s fault flags: its fault points (seeded per replica), its
+/// clock skew, and the mutant the run reintroduces, if any.
+fn replica_faults(scenario: &Scenario, i: usize, mutant: Option<&str>) -> Vec<String> {
+    let mut args = Vec::new();
+    let gateways = &scenario.faults.gateways;
+    if let Some(faults) = gateways.get(i % gateways.len().max(1)) {
+        if !faults.points.is_empty() {
+            let seed = scenario.seed.wrapping_add(u64::try_from(i).unwrap_or(0));
+            args.extend([
+                "--faults".to_owned(),
+                faults.points.clone(),
+                "--fault-seed".to_owned(),
+                seed.to_string(),
+            ]);
+        }
+        if faults.clock_skew_ms != 0 {
+            args.push(format!("--clock-skew-ms={}", faults.clock_skew_ms));
+        }
+    }
+    if let Some(mutant) = mutant {
+        args.extend(["--mutant".to_owned(), mutant.to_owned()]);
+    }
+    args
+}
+
+/// `args` without `--faults SPEC` and `--fault-seed N`.
+fn without_fault_points(args: &[String]) -> Vec<String> {
+    let mut kept = Vec::new();
+    let mut skip = false;
+    for arg in args {
+        if skip {
+            skip = false;
+        } else if arg == "--faults" || arg == "--fault-seed" {
+            skip = true;
+        } else {
+            kept.push(arg.clone());
+        }
+    }
+    kept
 }
 
 /// What a run produced before the checks.
@@ -294,6 +390,12 @@ pub struct Session {
     /// With given URLs: the bank's chaos settings before the run, restored
     /// at the end.
     chaos_before: Option<Value>,
+    /// The gateways' own Postgres, when the simulator started one for them
+    /// (so that it can stop and start it without touching the bank's).
+    gateway_postgres: Option<Arc<throwaway_pg::Postgres>>,
+    /// Between the gateways and the bank, when the simulator runs them:
+    /// what they sent, with which key, when.
+    tap: Option<bank_tap::BankProxy>,
 }
 
 impl Session {
@@ -353,31 +455,39 @@ impl Session {
         let mut empty_card = admin.open_random_card(0).await?;
         empty_card.balance = 0;
         cards.push(empty_card.clone());
-        let (gateway_database, bank_database, api_key, replicas) = match (stack, &options.given) {
+        let mut gateway_postgres = None;
+        let mut tap = None;
+        let (gateway_database, bank_database, api_keys, replicas) = match (stack, &options.given) {
             (_, Some(given)) => (
                 given.gateway_database_url.clone(),
                 given.bank_database_url.clone(),
-                given.api_key.clone(),
+                vec![given.api_key.clone()],
                 Replicas::given(&given.gateway_urls),
             ),
             (Some(stack), None) => {
-                let (gateway_database, api_key) = stack.gateway_database().await?;
+                gateway_postgres = own_postgres().await?;
+                let postgres = gateway_postgres.as_deref().unwrap_or(stack.postgres());
+                let (gateway_database, api_keys) =
+                    crate::stack::gateway_database_on(postgres, &MERCHANTS).await?;
+                let tapped = bank_tap::BankProxy::start(&bank_url);
                 let replicas = Replicas::start(
                     options.replicas,
                     &gateway_database,
-                    options.gateway_bank_url.as_deref().unwrap_or(&bank_url),
+                    options.gateway_bank_url.as_deref().unwrap_or(&tapped.url),
                     &options,
+                    &scenario,
                     &run_id,
                 )
                 .await?;
+                tap = Some(tapped);
                 let bank_database = stack.urls().bank_database.clone();
-                (gateway_database, bank_database, api_key, replicas)
+                (gateway_database, bank_database, api_keys, replicas)
             }
             (None, None) => unreachable!("refused above"),
         };
         let driver = Driver::new(
             replicas.urls(),
-            api_key,
+            api_keys,
             run_id.clone(),
             cards[..cards.len() - 1].to_vec(),
             empty_card,
@@ -403,6 +513,8 @@ impl Session {
             settle_ms: 0,
             in_flight: Vec::new(),
             chaos_before,
+            gateway_postgres,
+            tap,
         })
     }
 
@@ -427,11 +539,16 @@ impl Session {
         let started = self.driver.started();
         let (stop_tx, stop_rx) = watch::channel(false);
         let events = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let fault_task = tokio::spawn(run_faults(
+        let targets = crate::faults::Targets {
+            replicas: self.replicas.clone(),
+            admin: self.admin.clone(),
+            gateway_database: self.gateway_database.clone(),
+            gateway_postgres: self.gateway_postgres.clone(),
+        };
+        let fault_task = tokio::spawn(crate::faults::run(
             self.scenario.clone(),
-            self.replicas.clone(),
-            self.admin.clone(),
-            started,
+            targets,
+            self.driver.clone(),
             stop_rx.clone(),
             events.clone(),
         ));
@@ -483,6 +600,7 @@ impl Session {
     pub async fn settle(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
         self.admin.put_chaos(&calm()).await?;
+        self.replicas.lock().await.calm().await?;
         let pool = gateway::store::connect(&self.gateway_database, 2, Duration::from_secs(10))
             .await
             .context("connecting to the gateway's database")?;
@@ -529,12 +647,96 @@ impl Session {
             flows: self.flows.clone(),
             receipts,
             bank,
+            bank_keys: self.bank_keys().await?,
+            operations: self.operations().await?,
+            tapped: self.tapped(),
             cards,
             ledger,
             reconcile,
             in_flight: self.in_flight.clone(),
+            authorization_grace_ms: AUTHORIZATION_GRACE_MS,
+            key_retention_ms: u64::try_from(crate::driver::KEY_RETENTION.as_millis())
+                .unwrap_or(u64::MAX),
             card_data: self.secrets(),
         })
+    }
+
+    /// What the bank did under the gateways' keys since the run began (a
+    /// bank may serve several runs): its stored successes.
+    async fn bank_keys(&self) -> anyhow::Result<Vec<BankKey>> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.bank_database)
+            .await
+            .context("connecting to the bank's database")?;
+        let rows: Vec<(String, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT path, key, response_body FROM idempotency_records \
+             WHERE key LIKE 'gw\\_%' AND response_status = 200 AND created_at >= $1",
+        )
+        .bind(self.since)
+        .fetch_all(&pool)
+        .await
+        .context("reading the bank's idempotency records")?;
+        pool.close().await;
+        Ok(rows
+            .into_iter()
+            .map(|(path, key, body)| {
+                let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+                let object_id = ["authorization_id", "capture_id", "void_id", "refund_id"]
+                    .into_iter()
+                    .rev()
+                    .find_map(|field| body[field].as_str().map(str::to_owned));
+                BankKey {
+                    path,
+                    key,
+                    object_id,
+                }
+            })
+            .collect())
+    }
+
+    /// The gateway's operations, from its database.
+    async fn operations(&self) -> anyhow::Result<Vec<GatewayOperation>> {
+        let pool = gateway::store::connect(&self.gateway_database, 1, Duration::from_secs(10))
+            .await
+            .context("connecting to the gateway's database")?;
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT 'pay_' || payment_id::text, kind, bank_idempotency_key, status FROM operations",
+        )
+        .fetch_all(&pool)
+        .await
+        .context("reading the gateway's operations")?;
+        pool.close().await;
+        Ok(rows
+            .into_iter()
+            .map(|(payment_id, kind, bank_key, status)| GatewayOperation {
+                payment_id,
+                kind,
+                bank_key,
+                status,
+            })
+            .collect())
+    }
+
+    /// What the tap saw pass to the bank, on the traffic's clock.
+    fn tapped(&self) -> Option<Vec<TappedCall>> {
+        let tap = self.tap.as_ref()?;
+        let started = self.driver.started();
+        let us = |at: Instant| {
+            u64::try_from(at.saturating_duration_since(started).as_micros()).unwrap_or(u64::MAX)
+        };
+        Some(
+            tap.forwarded()
+                .into_iter()
+                .map(|f| TappedCall {
+                    path: f.path,
+                    key: f.key,
+                    caller: f.caller,
+                    started_us: us(f.started),
+                    ended_us: f.ended.map(us),
+                })
+                .collect(),
+        )
     }
 
     /// Every card number and CVV the run sent (the dump and the logs are
@@ -556,9 +758,16 @@ impl Session {
             list.sort();
             list.dedup();
         }
+        let requests = self
+            .flows
+            .iter()
+            .flat_map(|f| &f.sent)
+            .map(|r| (r.path.clone(), r.body.clone()))
+            .collect();
         CardData {
             numbers,
             cvvs,
+            requests,
             ..CardData::default()
         }
     }
@@ -601,13 +810,14 @@ impl Session {
         futures_util::stream::iter(&self.flows)
             .map(|flow| {
                 let url = format!("{base}/v1/payments?order_id={}&limit=100", flow.order_id);
+                let api_key = driver.key_of(flow.plan.merchant);
                 async move {
                     // 429 and 503 are waited out, a few times.
                     for _ in 0..20 {
                         let response = driver
                             .http()
                             .get(&url)
-                            .bearer_auth(driver.api_key())
+                            .bearer_auth(api_key)
                             .send()
                             .await
                             .with_context(|| format!("GET {url}"))?;
@@ -838,86 +1048,24 @@ struct BankRow {
     refund_id: Option<String>,
 }
 
+/// A Postgres of the simulator's own for the gateways, unless the user
+/// named a server (`DATABASE_URL`): a database restart must not take the
+/// bank down with it.
+async fn own_postgres() -> anyhow::Result<Option<Arc<throwaway_pg::Postgres>>> {
+    if std::env::var("DATABASE_URL").is_ok_and(|url| !url.trim().is_empty()) {
+        return Ok(None);
+    }
+    let postgres = tokio::task::spawn_blocking(throwaway_pg::Postgres::throwaway)
+        .await?
+        .context("starting a Postgres for the gateways")?;
+    Ok(Some(Arc::new(postgres)))
+}
+
 /// Every fault rate 0, no latency, no outage.
 pub fn calm() -> Value {
     json!({"failure_rate": 0.0, "min_latency_ms": 0, "max_latency_ms": 0,
         "error_after_commit_rate": 0.0, "timeout_rate": 0.0, "reset_rate": 0.0,
         "outage_seconds": 0})
-}
-
-/// What the fault task does at a moment.
-#[derive(Debug, Clone, Copy)]
-enum Fault {
-    Kill(usize),
-    Outage(u32),
-}
-
-/// The fault plan on a clock: fixed kills, periodic kills, outages; until
-/// `stop` says the traffic is over.
-async fn run_faults(
-    scenario: Scenario,
-    replicas: Arc<Mutex<Replicas>>,
-    admin: BankAdmin,
-    started: Instant,
-    mut stop: watch::Receiver<bool>,
-    events: Arc<std::sync::Mutex<Vec<Event>>>,
-) -> anyhow::Result<()> {
-    let count = replicas.lock().await.processes.len();
-    let plan = &scenario.faults;
-    let mut schedule: Vec<(u64, Fault)> = Vec::new();
-    let mut kill_times: Vec<u64> = plan.kills_ms.iter().map(|&ms| u64::from(ms)).collect();
-    if let Some(every) = plan.kill_every_ms.filter(|&e| e > 0) {
-        // An hour of them; the traffic stops them long before.
-        kill_times.extend((1..=3_600_000 / u64::from(every)).map(|k| k * u64::from(every)));
-    }
-    kill_times.sort_unstable();
-    schedule.extend(
-        kill_times
-            .into_iter()
-            .enumerate()
-            .map(|(k, at)| (at, Fault::Kill(k % count))),
-    );
-    schedule.extend(
-        plan.outages
-            .iter()
-            .map(|&(at, seconds)| (u64::from(at), Fault::Outage(seconds))),
-    );
-    schedule.sort_by_key(|(at, _)| *at);
-    let record = |kind: &str, replica: Option<usize>, detail: String| {
-        let event = Event {
-            at_ms: millis(started.elapsed()),
-            kind: kind.to_owned(),
-            replica,
-            detail,
-        };
-        events.lock().unwrap_or_else(|e| e.into_inner()).push(event);
-    };
-    for (at, fault) in schedule {
-        let when = tokio::time::Instant::from_std(started + Duration::from_millis(at));
-        tokio::select! {
-            () = tokio::time::sleep_until(when) => {}
-            _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
-        }
-        match fault {
-            Fault::Kill(i) => {
-                let mut replicas = replicas.lock().await;
-                let pid = replicas.processes[i].pid();
-                replicas.kill(i).await?;
-                record("kill", Some(i), format!("kill -9 {pid}"));
-                tokio::time::sleep(DOWN_FOR).await;
-                replicas.restart(i).await?;
-                let pid = replicas.processes[i].pid();
-                record("restart", Some(i), format!("ready again as pid {pid}"));
-            }
-            Fault::Outage(seconds) => {
-                admin
-                    .put_chaos(&json!({ "outage_seconds": seconds }))
-                    .await?;
-                record("outage", None, format!("bank answers 503 for {seconds} s"));
-            }
-        }
-    }
-    Ok(())
 }
 
 async fn show_progress(

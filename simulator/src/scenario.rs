@@ -17,7 +17,8 @@ use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-/// The bank's fault settings for a run (what `PUT /admin/chaos` takes).
+/// A run's chaos: the bank's fault settings (what `PUT /admin/chaos`
+/// takes) and how many of each other fault the fault plan draws.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
     /// `calm`, `reference`, …, or `custom` for a JSON one.
@@ -30,6 +31,29 @@ pub struct Profile {
     pub outage_max_seconds: u32,
     /// Kill a gateway replica this often, unless `--kill-every` says otherwise.
     pub kill_every_ms: Option<u32>,
+    /// The gateways' Postgres stopped and started again, this many times.
+    #[serde(default)]
+    pub db_restarts: usize,
+    /// The gateways' database connections terminated mid-transaction
+    /// (`pg_terminate_backend`), this many times.
+    #[serde(default)]
+    pub backend_kills: usize,
+    /// Windows in which every statement of the gateways gets a short
+    /// `statement_timeout`, this many.
+    #[serde(default)]
+    pub statement_timeouts: usize,
+    /// A replica stopped with SIGTERM under traffic (and started again),
+    /// this many times.
+    #[serde(default)]
+    pub sigterms: usize,
+    /// Authorizations expired at the bank, as if their week had passed,
+    /// this many times during the run.
+    #[serde(default)]
+    pub expiry_waves: usize,
+    /// Fault points armed in the gateways (pauses past a lease, crashes in
+    /// a window) and clocks skewed per replica.
+    #[serde(default)]
+    pub gateway_faults: bool,
 }
 
 impl Profile {
@@ -64,6 +88,12 @@ impl Profile {
             outages,
             outage_max_seconds: 3,
             kill_every_ms,
+            db_restarts: 0,
+            backend_kills: 0,
+            statement_timeouts: 0,
+            sigterms: 0,
+            expiry_waves: 0,
+            gateway_faults: false,
         };
         Ok(match raw {
             "calm" => profile("calm", quiet.clone(), 0, None),
@@ -86,16 +116,26 @@ impl Profile {
                 0,
                 Some(3_000),
             ),
-            "everything" => profile(
-                "everything",
-                with(
-                    json!({"failure_rate": 0.03, "min_latency_ms": 5, "max_latency_ms": 100,
-                    "error_after_commit_rate": 0.03, "reset_rate": 0.02,
-                    "timeout_rate": 0.02, "timeout_ms": 1500}),
-                ),
-                3,
-                Some(5_000),
-            ),
+            "everything" => Self {
+                db_restarts: 1,
+                backend_kills: 2,
+                statement_timeouts: 1,
+                sigterms: 1,
+                expiry_waves: 1,
+                gateway_faults: true,
+                ..profile(
+                    "everything",
+                    with(
+                        json!({"failure_rate": 0.03, "min_latency_ms": 5, "max_latency_ms": 100,
+                        "error_after_commit_rate": 0.03, "reset_rate": 0.02,
+                        "timeout_rate": 0.02, "timeout_ms": 1500,
+                        "proxy_error_rate": 0.02, "truncate_rate": 0.01,
+                        "trickle_rate": 0.01, "trickle_ms": 1500}),
+                    ),
+                    3,
+                    Some(5_000),
+                )
+            },
             json if json.trim_start().starts_with('{') => {
                 let bank: Value = serde_json::from_str(json)
                     .map_err(|e| format!("--chaos is not a JSON object: {e}"))?;
@@ -139,6 +179,38 @@ pub enum PlanKind {
     UnknownCard,
     /// More than the card holds: 402 declined (insufficient funds).
     Overdraw,
+    /// Capture, and a refund sent at the same moment with its own key: the
+    /// refund is refused (409) unless the capture finished first; then a
+    /// refund that must succeed.
+    CaptureRefundRace,
+    /// Void and refund at once: the refund is refused, the void succeeds.
+    VoidRefundRace,
+}
+
+/// How a client behaves while the gateway has no final answer for a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ClientKind {
+    /// Retries each key at once until its final answer.
+    #[default]
+    Patient,
+    /// On a 202, lets the key be: polls the payment until it settles, goes
+    /// on with new keys, and sends the earlier keys again afterwards.
+    Poller,
+    /// On a 202 to its authorization, gives up on that key and starts over
+    /// with a new key and the card, voiding the first payment should it
+    /// turn out authorized; sends the first key again at the end.
+    Restarter,
+}
+
+/// A client's mistake the gateway must answer without changing anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Misuse {
+    #[default]
+    None,
+    /// The step's key sent again with another body: 422, nothing changes.
+    ReusedKey(Step),
+    /// A capture (or refund) of another amount, with its own key: 400.
+    AmountMismatch,
 }
 
 /// Which request of a plan is sent twice with its key.
@@ -171,18 +243,74 @@ pub struct PaymentPlan {
     /// at the end, and list the order's payments at the end.
     #[serde(default)]
     pub reads: bool,
+    #[serde(default)]
+    pub client: ClientKind,
+    #[serde(default)]
+    pub misuse: Misuse,
+    /// Which merchant (API key) the order is made with: 0 is FicMart.
+    #[serde(default)]
+    pub merchant: u8,
+    /// Every key of the flow sent once more, a few seconds after the flow
+    /// ended (within the keys' retention).
+    #[serde(default)]
+    pub late_replay: bool,
 }
 
-/// Faults beyond the bank's rates: when things go down.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Faults beyond the bank's rates: when things go down. Kills are placed
+/// in time; everything else at a point of the traffic's progress
+/// ([`Permille`] of the payments done), so that it always lands while
+/// payments are being made.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FaultPlan {
     /// Milliseconds after the traffic starts at which a gateway replica is
     /// killed with SIGKILL (and restarted); replica `k mod replicas` for the k-th.
     pub kills_ms: Vec<u32>,
     /// Then, while traffic runs, one more kill every this many ms.
     pub kill_every_ms: Option<u32>,
-    /// (ms after start, seconds) of each bank outage.
+    /// (when, seconds) of each bank outage.
     pub outages: Vec<(u32, u32)>,
+    /// (when, ms down) of each stop of the gateways' Postgres.
+    #[serde(default)]
+    pub db_restarts: Vec<(u32, u32)>,
+    /// When the gateways' database connections are terminated.
+    #[serde(default)]
+    pub backend_kills: Vec<u32>,
+    /// (when, ms long) windows of a short `statement_timeout`.
+    #[serde(default)]
+    pub statement_timeouts: Vec<(u32, u32)>,
+    /// When a replica gets SIGTERM (then starts again).
+    #[serde(default)]
+    pub sigterms: Vec<u32>,
+    /// When a share of the authorized payments expire at the bank.
+    #[serde(default)]
+    pub expiry_waves: Vec<u32>,
+    /// Per replica (the i-th uses entry i mod len): fault points and clock.
+    #[serde(default)]
+    pub gateways: Vec<ReplicaFaults>,
+}
+
+/// A gateway replica's own faults.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ReplicaFaults {
+    /// The `--faults` spec its process starts with (`gateway::faults`).
+    pub points: String,
+    /// Its clock's skew.
+    pub clock_skew_ms: i64,
+}
+
+impl FaultPlan {
+    /// Whether any fault at all is planned.
+    pub fn is_empty(&self) -> bool {
+        self.kills_ms.is_empty()
+            && self.kill_every_ms.is_none()
+            && self.outages.is_empty()
+            && self.db_restarts.is_empty()
+            && self.backend_kills.is_empty()
+            && self.statement_timeouts.is_empty()
+            && self.sigterms.is_empty()
+            && self.expiry_waves.is_empty()
+            && self.gateways.iter().all(|g| g == &ReplicaFaults::default())
+    }
 }
 
 /// One simulation: the seed it came from, the traffic and the faults.
@@ -224,7 +352,66 @@ fn plan_kind() -> impl Strategy<Value = PlanKind> {
         1 => Just(PlanKind::BadCard),
         1 => Just(PlanKind::UnknownCard),
         1 => Just(PlanKind::Overdraw),
+        1 => Just(PlanKind::CaptureRefundRace),
+        1 => Just(PlanKind::VoidRefundRace),
     ]
+}
+
+fn client_kind() -> impl Strategy<Value = ClientKind> {
+    prop_oneof![
+        6 => Just(ClientKind::Patient),
+        2 => Just(ClientKind::Poller),
+        1 => Just(ClientKind::Restarter),
+    ]
+}
+
+fn misuse() -> impl Strategy<Value = Misuse> {
+    let step = prop_oneof![
+        Just(Step::Authorize),
+        Just(Step::Second),
+        Just(Step::Refund)
+    ];
+    prop_oneof![
+        8 => Just(Misuse::None),
+        1 => step.prop_map(Misuse::ReusedKey),
+        1 => Just(Misuse::AmountMismatch),
+    ]
+}
+
+/// One replica's fault points: for each point, nothing or one action with
+/// a small chance. Sleeps of 6 s outlast the simulation's 5 s lease; an
+/// abort is a crash at exactly that point.
+fn replica_faults() -> impl Strategy<Value = ReplicaFaults> {
+    let choose = |point: &'static str, actions: &'static [&'static str]| {
+        (0..actions.len() + 1).prop_map(move |i| {
+            actions
+                .get(i.wrapping_sub(1))
+                .filter(|_| i > 0)
+                .map(|action| format!("{point}={action}"))
+        })
+    };
+    (
+        choose("intent_committed", &["3%sleep(6000)"]),
+        choose("bank_answered", &["3%sleep(6000)", "1%abort"]),
+        choose("outcome_before_commit", &["2%sleep(800)", "1%abort"]),
+        choose("batch_before_write", &["2%sleep(300)"]),
+        choose("recovery_claimed", &["10%sleep(6000)"]),
+        choose("payment_read", &["10%sleep(150)"]),
+        prop_oneof![
+            3 => Just(0i64),
+            1 => Just(90_000i64),
+            1 => Just(-90_000i64),
+            1 => Just(3_600_000i64),
+        ],
+    )
+        .prop_map(|(a, b, c, d, e, f, clock_skew_ms)| ReplicaFaults {
+            points: [a, b, c, d, e, f]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(";"),
+            clock_skew_ms,
+        })
 }
 
 fn duplicate() -> impl Strategy<Value = Duplicate> {
@@ -242,24 +429,44 @@ fn duplicate() -> impl Strategy<Value = Duplicate> {
 
 fn payment(cards: u16) -> impl Strategy<Value = PaymentPlan> {
     (
-        0..200u16,
-        0..cards.max(1),
-        100..50_000i64,
-        plan_kind(),
-        duplicate(),
-        proptest::bool::weighted(0.5),
+        (
+            0..200u16,
+            0..cards.max(1),
+            100..50_000i64,
+            plan_kind(),
+            duplicate(),
+            proptest::bool::weighted(0.5),
+        ),
+        (
+            client_kind(),
+            misuse(),
+            proptest::bool::weighted(0.2),
+            proptest::bool::weighted(0.3),
+        ),
     )
         .prop_map(
-            |(customer, card, amount, kind, duplicate, reads)| PaymentPlan {
+            |(
+                (customer, card, amount, kind, duplicate, reads),
+                (client, misuse, second_merchant, late_replay),
+            )| PaymentPlan {
                 customer,
                 card,
                 amount,
                 kind,
                 duplicate,
                 reads,
+                client,
+                misuse,
+                merchant: u8::from(second_merchant),
+                late_replay,
             },
         )
 }
+
+/// Where in the traffic a planned fault happens: at this many thousandths
+/// of the payments done, so that it lands in the traffic however fast the
+/// machine runs it.
+pub type Permille = u16;
 
 /// The strategy behind every scenario of `params`, for seed `seed`.
 pub fn strategy(seed: u64, params: &Params) -> BoxedStrategy<Scenario> {
@@ -267,36 +474,95 @@ pub fn strategy(seed: u64, params: &Params) -> BoxedStrategy<Scenario> {
     let profiles = params.profiles.clone();
     let horizon = params.horizon_ms.max(1_000);
     let kill_every = params.kill_every_ms;
-    let outages_max = profiles.iter().map(|p| p.outages).max().unwrap_or(0);
+    let most = |count: fn(&Profile) -> usize| profiles.iter().map(count).max().unwrap_or(0);
+    let windows = |n: usize, long: std::ops::RangeInclusive<u32>| {
+        proptest::collection::vec((50..950u16, long), n)
+    };
+    let moments = |n: usize| proptest::collection::vec(50..950u16, n);
     (
-        0..profiles.len().max(1),
-        proptest::collection::vec(payment(cards), params.payments.clone()),
-        proptest::collection::vec(horizon / 5..horizon, params.random_kills),
-        proptest::collection::vec((500..horizon, 1..=3u32), 0..=outages_max),
+        (
+            0..profiles.len().max(1),
+            proptest::collection::vec(payment(cards), params.payments.clone()),
+            proptest::collection::vec(horizon / 5..horizon, params.random_kills),
+            windows(most(|p| p.outages), 1..=3),
+        ),
+        (
+            windows(most(|p| p.db_restarts), 500..=2_500),
+            moments(most(|p| p.backend_kills)),
+            windows(most(|p| p.statement_timeouts), 500..=2_000),
+            moments(most(|p| p.sigterms)),
+            moments(most(|p| p.expiry_waves)),
+            proptest::collection::vec(replica_faults(), GATEWAY_FAULT_SLOTS),
+        ),
     )
-        .prop_map(move |(profile, payments, mut kills_ms, outages)| {
-            let profile = profiles[profile.min(profiles.len() - 1)].clone();
-            kills_ms.sort_unstable();
-            let mut outages: Vec<(u32, u32)> = outages
-                .into_iter()
-                .take(profile.outages)
-                .map(|(at, s)| (at, s.min(profile.outage_max_seconds)))
-                .collect();
-            outages.sort_unstable();
-            let kill_every_ms = kill_every.or(profile.kill_every_ms);
-            Scenario {
-                seed,
-                cards,
-                payments,
-                faults: FaultPlan {
+        .prop_map(
+            move |(
+                (profile, payments, mut kills_ms, outages),
+                (db_restarts, backend_kills, statement_timeouts, sigterms, expiry_waves, gateways),
+            )| {
+                let profile = profiles[profile.min(profiles.len() - 1)].clone();
+                kills_ms.sort_unstable();
+                let outages = outages
+                    .into_iter()
+                    .map(|(at, s)| (u32::from(at), s.min(profile.outage_max_seconds)))
+                    .collect();
+                let kill_every_ms = kill_every.or(profile.kill_every_ms);
+                let faults = FaultPlan {
                     kills_ms,
                     kill_every_ms,
-                    outages,
-                },
-                profile,
-            }
-        })
+                    outages: first(outages, profile.outages),
+                    db_restarts: first(
+                        db_restarts
+                            .into_iter()
+                            .map(|(at, ms)| (u32::from(at), ms))
+                            .collect(),
+                        profile.db_restarts,
+                    ),
+                    backend_kills: first(
+                        backend_kills.into_iter().map(u32::from).collect(),
+                        profile.backend_kills,
+                    ),
+                    statement_timeouts: first(
+                        statement_timeouts
+                            .into_iter()
+                            .map(|(at, ms)| (u32::from(at), ms))
+                            .collect(),
+                        profile.statement_timeouts,
+                    ),
+                    sigterms: first(
+                        sigterms.into_iter().map(u32::from).collect(),
+                        profile.sigterms,
+                    ),
+                    expiry_waves: first(
+                        expiry_waves.into_iter().map(u32::from).collect(),
+                        profile.expiry_waves,
+                    ),
+                    gateways: if profile.gateway_faults {
+                        gateways
+                    } else {
+                        Vec::new()
+                    },
+                };
+                Scenario {
+                    seed,
+                    cards,
+                    payments,
+                    faults,
+                    profile,
+                }
+            },
+        )
         .boxed()
+}
+
+/// Replicas' fault sets drawn per scenario; replica i takes set i mod this.
+pub const GATEWAY_FAULT_SLOTS: usize = 4;
+
+/// The first `n`, in order of when they happen.
+fn first<T: Ord>(mut planned: Vec<T>, n: usize) -> Vec<T> {
+    planned.truncate(n);
+    planned.sort_unstable();
+    planned
 }
 
 /// A proptest runner whose randomness is seed `seed` alone.
@@ -361,10 +627,20 @@ impl Scenario {
             fewer.faults.kill_every_ms = None;
             out.push(fewer);
         }
-        if !faults.outages.is_empty() {
+        let without: [fn(&mut FaultPlan) -> bool; 7] = [
+            |f| !std::mem::take(&mut f.outages).is_empty(),
+            |f| !std::mem::take(&mut f.db_restarts).is_empty(),
+            |f| !std::mem::take(&mut f.backend_kills).is_empty(),
+            |f| !std::mem::take(&mut f.statement_timeouts).is_empty(),
+            |f| !std::mem::take(&mut f.sigterms).is_empty(),
+            |f| !std::mem::take(&mut f.expiry_waves).is_empty(),
+            |f| !std::mem::take(&mut f.gateways).is_empty(),
+        ];
+        for drop_them in without {
             let mut fewer = self.clone();
-            fewer.faults.outages.clear();
-            out.push(fewer);
+            if drop_them(&mut fewer.faults) {
+                out.push(fewer);
+            }
         }
         if self.profile.name != "calm"
             && let Ok(calm) = Profile::parse("calm")
@@ -382,6 +658,22 @@ impl Scenario {
                 }),
                 plan.reads.then_some(PaymentPlan {
                     reads: false,
+                    ..*plan
+                }),
+                (plan.client != ClientKind::Patient).then_some(PaymentPlan {
+                    client: ClientKind::Patient,
+                    ..*plan
+                }),
+                (plan.misuse != Misuse::None).then_some(PaymentPlan {
+                    misuse: Misuse::None,
+                    ..*plan
+                }),
+                plan.late_replay.then_some(PaymentPlan {
+                    late_replay: false,
+                    ..*plan
+                }),
+                (plan.merchant != 0).then_some(PaymentPlan {
+                    merchant: 0,
                     ..*plan
                 }),
                 (plan.kind
@@ -441,6 +733,8 @@ impl fmt::Display for PaymentPlan {
             PlanKind::BadCard => f.write_str("bad-card")?,
             PlanKind::UnknownCard => f.write_str("unknown-card")?,
             PlanKind::Overdraw => f.write_str("overdraw")?,
+            PlanKind::CaptureRefundRace => f.write_str("auth>cap|ref>ref")?,
+            PlanKind::VoidRefundRace => f.write_str("auth>void|ref")?,
         }
         let step = |s: Step| match s {
             Step::Authorize => "auth",
@@ -454,6 +748,22 @@ impl fmt::Display for PaymentPlan {
         }
         if self.reads {
             f.write_str(" +reads")?;
+        }
+        match self.client {
+            ClientKind::Patient => {}
+            ClientKind::Poller => f.write_str(" poller")?,
+            ClientKind::Restarter => f.write_str(" restarter")?,
+        }
+        match self.misuse {
+            Misuse::None => {}
+            Misuse::ReusedKey(s) => write!(f, " reuse:{}", step(s))?,
+            Misuse::AmountMismatch => f.write_str(" wrong-amount")?,
+        }
+        if self.merchant != 0 {
+            write!(f, " m{}", self.merchant)?;
+        }
+        if self.late_replay {
+            f.write_str(" +late")?;
         }
         Ok(())
     }
@@ -488,14 +798,34 @@ impl fmt::Display for Scenario {
         if let Some(every) = &self.faults.kill_every_ms {
             write!(f, " · kill -9 every {}", ms(every))?;
         }
-        if !self.faults.outages.is_empty() {
-            let at: Vec<String> = self
-                .faults
-                .outages
+        let permille = |at: &u32| format!("{}.{}%", at / 10, at % 10);
+        let plan = &self.faults;
+        let windows = |name: &str, list: &[(u32, u32)], unit: &str| {
+            let at: Vec<String> = list
                 .iter()
-                .map(|(at, s)| format!("{}+{s}s", ms(at)))
+                .map(|(at, n)| format!("{}+{n}{unit}", permille(at)))
                 .collect();
-            write!(f, " · outages {}", at.join(","))?;
+            (!at.is_empty()).then(|| format!(" · {name} {}", at.join(",")))
+        };
+        let moments = |name: &str, list: &[u32]| {
+            let at: Vec<String> = list.iter().map(permille).collect();
+            (!at.is_empty()).then(|| format!(" · {name} at {}", at.join(",")))
+        };
+        for part in [
+            windows("outages", &plan.outages, "s"),
+            windows("db restarts", &plan.db_restarts, "ms"),
+            windows("statement timeouts", &plan.statement_timeouts, "ms"),
+            moments("backend kills", &plan.backend_kills),
+            moments("SIGTERM", &plan.sigterms),
+            moments("expiry waves", &plan.expiry_waves),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            f.write_str(&part)?;
+        }
+        if !plan.gateways.is_empty() {
+            f.write_str(" · gateway fault points")?;
         }
         write!(f, " · {} payments:", self.payments.len())?;
         for (i, plan) in self.payments.iter().enumerate() {

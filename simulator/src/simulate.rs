@@ -141,6 +141,7 @@ pub fn options_of(args: &RunArgs) -> anyhow::Result<RunOptions> {
         quiesce_timeout: Duration::from_secs(120),
         gateway_bank_url: None,
         given: given_of(args),
+        mutant: args.mutant.clone(),
     })
 }
 
@@ -328,10 +329,15 @@ mod tests {
             flows: vec![],
             receipts: vec![],
             bank: vec![],
+            bank_keys: vec![],
+            operations: vec![],
+            tapped: None,
             cards: vec![],
             ledger: serde_json::json!({"ok": true}),
             reconcile: Ok(vec![]),
             in_flight: vec![],
+            authorization_grace_ms: 0,
+            key_retention_ms: 0,
             card_data: CardData::default(),
         };
         let invariants = crate::invariants::check(&nothing);

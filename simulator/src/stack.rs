@@ -17,6 +17,9 @@ use crate::process::{GatewayOptions, GatewayProcess};
 
 /// The merchant whose API key the stack creates.
 pub const MERCHANT: &str = "ficmart";
+/// The merchants of a simulation: FicMart, and another whose payments
+/// FicMart must never see.
+pub const MERCHANTS: [&str; 2] = [MERCHANT, "otherco"];
 /// On shutdown, how long the gateway gets after SIGTERM before SIGKILL
 /// (a little more than its own 30 s grace for in-flight requests).
 const GATEWAY_STOP_GRACE: Duration = Duration::from_secs(35);
@@ -163,13 +166,13 @@ impl Stack {
     /// in it: (its URL, the key). For callers that run gateways themselves
     /// (`simulator run`: several replicas, killed and restarted).
     pub async fn gateway_database(&self) -> anyhow::Result<(String, String)> {
-        let database_url = self
-            .postgres
-            .fresh_database("gateway")
-            .await
-            .context("creating the gateway's database")?;
-        let api_key = create_api_key(&database_url, MERCHANT).await?;
-        Ok((database_url, api_key))
+        let (database_url, mut keys) = gateway_database_on(&self.postgres, &[MERCHANT]).await?;
+        Ok((database_url, keys.remove(0)))
+    }
+
+    /// The server the stack's databases are on.
+    pub fn postgres(&self) -> &Postgres {
+        &self.postgres
     }
 
     pub fn urls(&self) -> &StackUrls {
@@ -258,6 +261,23 @@ impl Stack {
             .await
             .ok();
     }
+}
+
+/// A fresh, migrated gateway database on `postgres` with an API key for
+/// each of `merchants`: its URL and the keys, in order.
+pub async fn gateway_database_on(
+    postgres: &Postgres,
+    merchants: &[&str],
+) -> anyhow::Result<(String, Vec<String>)> {
+    let database_url = postgres
+        .fresh_database("gateway")
+        .await
+        .context("creating the gateway's database")?;
+    let mut keys = Vec::new();
+    for merchant in merchants {
+        keys.push(create_api_key(&database_url, merchant).await?);
+    }
+    Ok((database_url, keys))
 }
 
 /// Applies the gateway's migrations to `database_url` and creates an API key

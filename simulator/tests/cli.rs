@@ -59,7 +59,7 @@ fn run_replays_a_scenario_file_and_says_how() {
         "{stdout}"
     );
     assert!(stdout.contains("3 of 3 payments"), "{stdout}");
-    assert!(stdout.contains("PASS  8. card data"), "{stdout}");
+    assert!(stdout.contains("PASS  12. card data"), "{stdout}");
     assert!(
         stdout.ends_with(&format!(
             "replay: simulator run --scenario {file} --concurrency 2 --replicas 1\n"

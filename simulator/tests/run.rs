@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 use simulator::run::{RunOptions, Session};
 use simulator::run_report::RunReport;
 use simulator::scenario::{
-    self, Duplicate, FaultPlan, Next, Params, PaymentPlan, PlanKind, Profile, Scenario,
+    self, ClientKind, Duplicate, FaultPlan, Misuse, Next, Params, PaymentPlan, PlanKind, Profile,
+    Scenario,
 };
 use simulator::simulate::{shrink, simulate, stack_options};
 use simulator::stack::Stack;
@@ -140,13 +141,13 @@ fn plain(n: usize) -> Scenario {
                 },
                 duplicate: Duplicate::None,
                 reads: false,
+                client: ClientKind::Patient,
+                misuse: Misuse::None,
+                merchant: 0,
+                late_replay: false,
             })
             .collect(),
-        faults: FaultPlan {
-            kills_ms: vec![],
-            kill_every_ms: None,
-            outages: vec![],
-        },
+        faults: FaultPlan::default(),
     }
 }
 
@@ -275,7 +276,7 @@ async fn key_rewriting_proxy(bank: String) -> String {
 }
 
 #[test]
-fn a_gateway_with_a_fresh_bank_key_per_retry_fails_idempotency_and_shrinks() {
+fn a_gateway_with_a_fresh_bank_key_per_retry_fails_no_orphan_money_movement_and_shrinks() {
     with_stack(async |stack| {
         let mut scenario = plain(8);
         scenario.profile =
@@ -288,14 +289,17 @@ fn a_gateway_with_a_fresh_bank_key_per_retry_fails_idempotency_and_shrinks() {
             .await
             .unwrap();
         let failed_first = failed(&report);
-        assert!(failed_first.contains(&"idempotency"), "{report}");
+        assert!(
+            failed_first.contains(&"no orphan money movement"),
+            "{report}"
+        );
         assert!(failed_first.contains(&"conservation"), "{report}");
         assert!(!failed_first.contains(&"legality"), "{report}");
         let (smallest, small_report) = shrink(stack, scenario, report, &options, 10).await;
         eprintln!("shrunk to:\n{smallest}\n{small_report}");
         assert!(!small_report.passed);
         assert!(
-            failed(&small_report).contains(&"idempotency"),
+            failed(&small_report).contains(&"no orphan money movement"),
             "{small_report}"
         );
         assert!(smallest.payments.len() < 8, "{smallest}");

@@ -1,0 +1,575 @@
+//! Each invariant fed a forged world: a consistent one passes them all,
+//! and each kind of damage fails exactly the invariants it should.
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::driver::{Answer, Exchange, FlowRecord, Read, ReadKind};
+use crate::model::Op;
+use crate::scenario::{ClientKind, Duplicate, Misuse, Next, PaymentPlan, PlanKind};
+
+fn exchange(op: Op, key: &str, status: u16, body: Value, replayed: bool) -> Exchange {
+    Exchange {
+        op,
+        key: key.into(),
+        variant: 0,
+        merchant: 0,
+        at_ms: 0,
+        latency_us: 1,
+        answer: Answer::Http {
+            status,
+            replayed,
+            retry_after: None,
+            body: body.to_string(),
+        },
+    }
+}
+
+fn read(kind: ReadKind, after: &str, status: u16, body: Value) -> Read {
+    Read {
+        kind,
+        after: after.into(),
+        payment_id: Some("pay_1".into()),
+        at_ms: 0,
+        latency_us: 1,
+        answer: Answer::Http {
+            status,
+            replayed: false,
+            retry_after: None,
+            body: body.to_string(),
+        },
+    }
+}
+
+fn receipt(status: &str, history: &[&str], bank: Value) -> Value {
+    json!({
+        "id": "pay_1", "status": status, "amount": 500, "bank": bank,
+        "history": history.iter().map(|s| json!({"status": s})).collect::<Vec<_>>(),
+    })
+}
+
+/// One captured payment, everything in order.
+fn world() -> Observations {
+    let bank = json!({"authorization_id": "auth_1", "capture_id": "cap_1", "void_id": null, "refund_id": null});
+    let authorized =
+        json!({"id": "pay_1", "status": "authorized", "bank": {"authorization_id": "auth_1"}});
+    let captured = json!({"id": "pay_1", "status": "captured", "bank": bank});
+    let authorized_read = receipt(
+        "authorized",
+        &["pending", "authorized"],
+        json!({"authorization_id": "auth_1"}),
+    );
+    let captured_read = receipt(
+        "captured",
+        &["pending", "authorized", "capturing", "captured"],
+        bank.clone(),
+    );
+    Observations {
+        seed: 1,
+        flows: vec![FlowRecord {
+            index: 0,
+            order_id: "ord_0".into(),
+            plan: PaymentPlan {
+                customer: 0,
+                card: 0,
+                amount: 500,
+                kind: PlanKind::Normal {
+                    next: Next::Capture,
+                    refund: false,
+                },
+                duplicate: Duplicate::None,
+                reads: true,
+                client: ClientKind::Patient,
+                misuse: Misuse::None,
+                merchant: 0,
+                late_replay: false,
+            },
+            card_number: Some("4000".into()),
+            payment_id: Some("pay_1".into()),
+            payment_ids: vec!["pay_1".into()],
+            exchanges: vec![
+                exchange(Op::Authorize, "a", 201, authorized, false),
+                exchange(Op::Capture, "c", 200, captured.clone(), false),
+                exchange(Op::Capture, "c", 200, captured, true),
+            ],
+            reads: vec![
+                read(ReadKind::Read, "authorize", 200, authorized_read.clone()),
+                read(ReadKind::Read, "capture", 200, captured_read.clone()),
+                read(ReadKind::List, "end", 200, json!({"data": [captured_read]})),
+            ],
+            unanswered: vec![],
+            left_alone: vec![],
+            sent_card: (CARD.into(), "987".into()),
+            sent: vec![],
+            answered_at: vec![],
+        }],
+        receipts: vec![vec![receipt(
+            "captured",
+            &["pending", "authorized", "capturing", "captured"],
+            bank,
+        )]],
+        bank: vec![BankAuthorization {
+            id: "auth_1".into(),
+            card_number: "4000".into(),
+            amount: 500,
+            state: "captured".into(),
+            captures: 1,
+            voids: 0,
+            refunds: 0,
+            capture_id: Some("cap_1".into()),
+            void_id: None,
+            refund_id: None,
+        }],
+        bank_keys: vec![
+            BankKey {
+                path: "/api/v1/authorizations".into(),
+                key: "gw_authorize_1".into(),
+                object_id: Some("auth_1".into()),
+            },
+            BankKey {
+                path: "/api/v1/captures".into(),
+                key: "gw_capture_2".into(),
+                object_id: Some("cap_1".into()),
+            },
+        ],
+        operations: vec![
+            GatewayOperation {
+                payment_id: "pay_1".into(),
+                kind: "authorize".into(),
+                bank_key: "gw_authorize_1".into(),
+                status: "succeeded".into(),
+            },
+            GatewayOperation {
+                payment_id: "pay_1".into(),
+                kind: "capture".into(),
+                bank_key: "gw_capture_2".into(),
+                status: "succeeded".into(),
+            },
+        ],
+        tapped: Some(vec![
+            TappedCall {
+                path: "/api/v1/authorizations".into(),
+                key: Some("gw_authorize_1".into()),
+                caller: Some("a".into()),
+                started_us: 0,
+                ended_us: Some(10),
+            },
+            TappedCall {
+                path: "/api/v1/captures".into(),
+                key: Some("gw_capture_2".into()),
+                caller: Some("a".into()),
+                started_us: 20,
+                ended_us: Some(30),
+            },
+        ]),
+        authorization_grace_ms: 8_000,
+        key_retention_ms: 6_000,
+        cards: vec![CardBalance {
+            card_number: "4000".into(),
+            opening: 1000,
+            balance: 500,
+            available: 500,
+        }],
+        ledger: json!({"ok": true}),
+        reconcile: Ok(vec![]),
+        in_flight: vec![],
+        card_data: CardData {
+            numbers: vec!["4000".into(), CARD.into()],
+            cvvs: vec!["987".into()],
+            requests: vec![],
+            dump: vec![
+                (
+                    "payments".into(),
+                    json!({"id": "pay_1", "card_last4": "1111",
+                    "created_at": "2024-06-01T12:09:59.987Z"})
+                    .to_string(),
+                ),
+                // A stored answer, as bytea: `{"card":{"last4":"1111"}}`.
+                (
+                    "idempotency_keys".into(),
+                    json!({"response_body":
+                    "\\x7b2263617264223a7b226c61737434223a2231313131227d7d"})
+                    .to_string(),
+                ),
+            ],
+            logs: vec![(
+                "gateway-0.log".into(),
+                "{\"level\":\"INFO\",\"card_last4\":\"1111\",\"elapsed_ms\":987}\n\
+                 {\"level\":\"WARN\",\"error\":\"invalid_cvv\",\"code\":987}\n"
+                    .into(),
+            )],
+            problems: vec![],
+        },
+    }
+}
+
+const CARD: &str = "4111111111111111";
+
+fn failed(obs: &Observations) -> Vec<&'static str> {
+    check(obs)
+        .into_iter()
+        .filter(|r| !r.passed)
+        .map(|r| r.name)
+        .collect()
+}
+
+#[test]
+fn a_consistent_world_passes_every_invariant() {
+    assert_eq!(failed(&world()), Vec::<&str>::new());
+}
+
+#[test]
+fn a_replay_with_another_body_fails_idempotency() {
+    let mut obs = world();
+    obs.flows[0].exchanges[2] = exchange(
+        Op::Capture,
+        "c",
+        200,
+        json!({"id": "pay_1", "status": "captured", "bank": {"capture_id": "cap_1"}, "extra": 1}),
+        true,
+    );
+    assert_eq!(failed(&obs), ["idempotency"]);
+}
+
+#[test]
+fn a_second_bank_authorization_fails_idempotency_and_conservation() {
+    let mut obs = world();
+    let mut orphan = obs.bank[0].clone();
+    orphan.id = "auth_2".into();
+    orphan.state = "active".into();
+    orphan.captures = 0;
+    orphan.capture_id = None;
+    obs.bank.push(orphan);
+    obs.cards[0].available = 0;
+    assert_eq!(failed(&obs), ["no orphan money movement", "conservation"]);
+}
+
+#[test]
+fn an_illegal_history_fails_legality() {
+    let mut obs = world();
+    obs.receipts[0][0]["history"] =
+        json!([{"status": "pending"}, {"status": "authorized"}, {"status": "captured"}]);
+    assert_eq!(failed(&obs), ["legality"]);
+}
+
+#[test]
+fn a_capture_the_receipt_forgot_fails_no_lost_acknowledgment() {
+    let mut obs = world();
+    obs.receipts[0][0] = receipt(
+        "authorized",
+        &["pending", "authorized"],
+        json!({"authorization_id": "auth_1"}),
+    );
+    obs.cards[0].available = 0;
+    obs.cards[0].balance = 1000;
+    let failed = failed(&obs);
+    assert!(failed.contains(&"no lost acknowledgment"), "{failed:?}");
+}
+
+#[test]
+fn a_dishonest_402_fails_honest_answers() {
+    let mut obs = world();
+    obs.flows[0].exchanges.push(exchange(
+        Op::Authorize,
+        "a",
+        402,
+        json!({"error": {"code": "insufficient_funds"}}),
+        false,
+    ));
+    let failed = failed(&obs);
+    assert!(failed.contains(&"honest answers"), "{failed:?}");
+}
+
+#[test]
+fn a_card_number_or_cvv_in_the_dump_or_a_log_fails_card_data() {
+    let scanned = check(&world())
+        .into_iter()
+        .find(|r| r.name == "card data")
+        .expect("the card-data check runs");
+    assert!(scanned.passed && scanned.checked == 11, "{scanned:?}");
+
+    let leaks = |obs: &Observations| -> Vec<String> {
+        check(obs)
+            .into_iter()
+            .filter(|r| !r.passed)
+            .flat_map(|r| {
+                r.examples
+                    .into_iter()
+                    .map(move |v| format!("{}: {}: {}", r.name, v.subject, v.message))
+            })
+            .collect()
+    };
+    // In a log line, inside a longer message.
+    let mut obs = world();
+    obs.card_data.logs[0]
+        .1
+        .push_str(&format!("{{\"message\":\"authorizing x{CARD}y\"}}\n"));
+    assert_eq!(
+        leaks(&obs),
+        ["card data: gateway-0.log line 3: card number …1111 appears"]
+    );
+    // In a table row.
+    let mut obs = world();
+    obs.card_data.dump[0].1 = json!({"id": "pay_1", "failure_code": CARD}).to_string();
+    assert_eq!(
+        leaks(&obs),
+        ["card data: table payments: card number …1111 appears"]
+    );
+    // In a bytea (hex) column: `{"n":"4111111111111111"}`.
+    let hex: String = format!("{{\"n\":\"{CARD}\"}}")
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut obs = world();
+    obs.card_data.dump[1].1 = json!({"response_body": format!("\\x{hex}")}).to_string();
+    assert_eq!(
+        leaks(&obs),
+        ["card data: table idempotency_keys: card number …1111 appears (in a bytea value)"]
+    );
+    // A CVV as a whole string value in the dump, or after a cvv key in a log.
+    let mut obs = world();
+    obs.card_data.dump[0].1 = json!({"id": "pay_1", "note": "987"}).to_string();
+    obs.card_data.logs[0]
+        .1
+        .push_str("{\"request\":\"{\\\"cvv\\\": \\\"987\\\"}\"}\n");
+    assert_eq!(
+        leaks(&obs),
+        [
+            "card data: table payments: a CVV appears as a string value",
+            "card data: gateway-0.log line 3: a CVV appears as the value of a cvv key",
+        ]
+    );
+    // In an answer: the flow is named.
+    let mut obs = world();
+    obs.flows[0].exchanges[0] = exchange(
+        Op::Authorize,
+        "a",
+        400,
+        json!({"error": {"message": format!("{CARD} is invalid")}}),
+        false,
+    );
+    let found = leaks(&obs);
+    assert!(
+        found
+            .iter()
+            .any(|l| l
+                .starts_with("card data: #0 ord_0 pay_1: authorize answer a: card number …1111")),
+        "{found:?}"
+    );
+    // Nothing collected is a failure, not a pass.
+    let mut obs = world();
+    obs.card_data
+        .problems
+        .push("dumping the database: refused".into());
+    assert_eq!(
+        leaks(&obs),
+        ["card data: card data: not scanned: dumping the database: refused"]
+    );
+}
+
+#[test]
+fn a_read_showing_an_illegal_payment_fails_legality() {
+    // A status the diagram does not know.
+    let mut obs = world();
+    obs.flows[0].reads[0] = read(
+        ReadKind::Read,
+        "authorize",
+        200,
+        json!({"id": "pay_1", "status": "approved",
+            "history": [{"status": "pending"}, {"status": "authorized"}]}),
+    );
+    assert_eq!(failed(&obs), ["legality"]);
+    // A history that skips a step (authorized → captured).
+    let mut obs = world();
+    obs.flows[0].reads[1] = read(
+        ReadKind::Read,
+        "capture",
+        200,
+        receipt(
+            "captured",
+            &["pending", "authorized", "captured"],
+            json!({}),
+        ),
+    );
+    assert_eq!(failed(&obs), ["legality"]);
+}
+
+#[test]
+fn a_500_or_a_503_without_retry_after_fails_no_server_errors_and_a_read_missing_the_payment_fails_honest_answers()
+ {
+    let mut obs = world();
+    obs.flows[0].reads[0] = read(
+        ReadKind::Read,
+        "authorize",
+        500,
+        json!({"error": {"code": "internal"}}),
+    );
+    assert_eq!(failed(&obs), ["no server errors"]);
+    let mut obs = world();
+    obs.flows[0].exchanges.push(exchange(
+        Op::Capture,
+        "c",
+        502,
+        json!({"error": {"code": "bank_error"}}),
+        false,
+    ));
+    assert!(failed(&obs).contains(&"no server errors"));
+    // 503 with Retry-After (a replica or the database down) and no answer
+    // are allowed; a 503 without it is not.
+    let mut obs = world();
+    obs.flows[0].reads[0] = read(ReadKind::Read, "authorize", 503, json!({}));
+    obs.flows[0].reads[1].answer = Answer::Transport {
+        error: "connection refused".into(),
+    };
+    assert_eq!(failed(&obs), ["no server errors"]);
+    if let Answer::Http { retry_after, .. } = &mut obs.flows[0].reads[0].answer {
+        *retry_after = Some("1".into());
+    }
+    assert_eq!(failed(&obs), Vec::<&str>::new());
+    // The order's list without its payment.
+    let mut obs = world();
+    obs.flows[0].reads[2] = read(ReadKind::List, "end", 200, json!({"data": []}));
+    assert_eq!(failed(&obs), ["honest answers"]);
+}
+
+#[test]
+fn a_left_over_in_flight_payment_fails_convergence() {
+    let mut obs = world();
+    obs.in_flight.push("pay_1".into());
+    assert_eq!(failed(&obs), ["convergence"]);
+}
+
+#[test]
+fn an_answer_showing_another_outcome_fails_own_outcome() {
+    let mut obs = world();
+    // A capture's retry answered with the payment as it is now (refunded).
+    obs.flows[0].exchanges[2] = exchange(
+        Op::Capture,
+        "c",
+        200,
+        json!({"id": "pay_1", "status": "refunded", "bank": {"capture_id": "cap_1"}}),
+        true,
+    );
+    let failed = failed(&obs);
+    assert!(failed.contains(&"own outcome"), "{failed:?}");
+    assert!(failed.contains(&"idempotency"), "{failed:?}");
+}
+
+#[test]
+fn a_movement_under_a_key_no_operation_has_fails_no_orphan_money_movement() {
+    // A capture made under a fresh key (a retry that did not reuse its key).
+    let mut obs = world();
+    obs.bank_keys[1].key = "gw_capture_2-2".into();
+    assert_eq!(failed(&obs), ["no orphan money movement"]);
+    // A hold made under the key of a capture (a retried key resuming
+    // another key's operation).
+    let mut obs = world();
+    obs.bank_keys[0].key = "gw_capture_2".into();
+    obs.bank_keys.remove(1);
+    assert_eq!(failed(&obs), ["no orphan money movement"]);
+}
+
+#[test]
+fn two_callers_with_one_key_at_once_fail_one_caller_per_bank_key() {
+    let mut obs = world();
+    obs.tapped.as_mut().unwrap().push(TappedCall {
+        path: "/api/v1/captures".into(),
+        key: Some("gw_capture_2".into()),
+        caller: Some("b".into()),
+        started_us: 25,
+        ended_us: None,
+    });
+    assert_eq!(failed(&obs), ["one caller per bank key"]);
+    // The same process's retry is one caller; one after the other is fine;
+    // nothing watched is nothing failed.
+    obs.tapped.as_mut().unwrap().last_mut().unwrap().caller = Some("a".into());
+    assert_eq!(failed(&obs), Vec::<&str>::new());
+    let last = obs.tapped.as_mut().unwrap().last_mut().unwrap();
+    last.caller = Some("b".into());
+    last.started_us = 31;
+    assert_eq!(failed(&obs), Vec::<&str>::new());
+    obs.tapped = None;
+    assert_eq!(failed(&obs), Vec::<&str>::new());
+}
+
+#[test]
+fn a_plain_digest_of_a_request_in_the_dump_fails_card_data() {
+    use sha2::{Digest, Sha256};
+    let mut obs = world();
+    let body = json!({"amount": 500, "card": {"number": CARD, "cvv": "987"}}).to_string();
+    obs.card_data.requests = vec![("/v1/payments".into(), body.clone())];
+    assert_eq!(failed(&obs), Vec::<&str>::new());
+    let canonical = service_kit::json::canonical(&serde_json::from_str(&body).unwrap()).to_string();
+    let digest = hex::encode(Sha256::digest(format!("POST\n/v1/payments\n{canonical}")));
+    obs.card_data.dump.push((
+        "idempotency_keys".into(),
+        json!({"request_hash": format!("\\x{digest}")}).to_string(),
+    ));
+    assert_eq!(failed(&obs), ["card data"]);
+}
+
+#[test]
+fn giving_up_within_the_grace_period_or_a_402_for_a_funded_card_fails_honest_answers() {
+    let mut obs = world();
+    obs.receipts[0].push(json!({
+        "id": "pay_2", "status": "failed", "failure": {"code": "authorization_abandoned"}, "bank": {},
+        "history": [
+            {"status": "pending", "at": "2030-01-01T00:00:00Z"},
+            {"status": "failed", "at": "2030-01-01T00:00:01Z"},
+        ],
+    }));
+    assert!(failed(&obs).contains(&"honest answers"));
+    obs.receipts[0][1]["history"][1]["at"] = json!("2030-01-01T00:00:09Z");
+    assert!(!failed(&obs).contains(&"honest answers"));
+
+    let mut obs = world();
+    obs.flows[0].exchanges[0] = exchange(
+        Op::Authorize,
+        "a",
+        402,
+        json!({"error": {"code": "insufficient_funds", "payment_id": "pay_1"}}),
+        false,
+    );
+    assert!(failed(&obs).contains(&"honest answers"));
+}
+
+#[test]
+fn a_reused_key_answered_anything_but_422_fails_idempotency_and_a_foreign_read_must_be_404() {
+    let mut obs = world();
+    let mut reused = exchange(
+        Op::Capture,
+        "c",
+        200,
+        json!({"id": "pay_1", "status": "captured", "bank": {"capture_id": "cap_1"}}),
+        true,
+    );
+    reused.variant = 1;
+    obs.flows[0].exchanges.push(reused.clone());
+    assert_eq!(failed(&obs), ["idempotency"]);
+    reused.answer = Answer::Http {
+        status: 422,
+        replayed: false,
+        retry_after: None,
+        body: json!({"error": {"code": "idempotency_key_reused"}}).to_string(),
+    };
+    *obs.flows[0].exchanges.last_mut().unwrap() = reused;
+    assert_eq!(failed(&obs), Vec::<&str>::new());
+
+    let mut obs = world();
+    let shown = receipt(
+        "authorized",
+        &["pending", "authorized"],
+        json!({"authorization_id": "auth_1"}),
+    );
+    obs.flows[0]
+        .reads
+        .push(read(ReadKind::Foreign, "end", 200, shown));
+    assert_eq!(failed(&obs), ["honest answers"]);
+    obs.flows[0].reads.last_mut().unwrap().answer = Answer::Http {
+        status: 404,
+        replayed: false,
+        retry_after: None,
+        body: "{}".into(),
+    };
+    assert_eq!(failed(&obs), Vec::<&str>::new());
+}
