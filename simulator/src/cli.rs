@@ -25,10 +25,41 @@ pub enum Command {
     Bench(BenchArgs),
     /// Run a seeded chaos scenario against its own stack (or given URLs) and check the invariants.
     Run(RunArgs),
+    /// The mutation table: reintroduce each known bug into the gateway and
+    /// say which invariant of the default run catches it, after how many seeds.
+    Mutants(MutantsArgs),
     /// Run the gateway's own command line (`gateway serve …`) in this
     /// process: the stack starts its gateway as a child process this way.
     #[command(hide = true, disable_help_flag = true, disable_version_flag = true)]
     Gateway(GatewayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MutantsArgs {
+    /// Seeds of the default run to try, in order, until one fails.
+    #[arg(long, value_delimiter = ',', default_values_t = [7_u64, 8, 9])]
+    pub seeds: Vec<u64>,
+    /// Payments in each run.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub payments: u32,
+    /// Gateway replicas in each run.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub replicas: u32,
+    /// Only these mutants (comma-separated names; `--list` shows them).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Skip the run of the unmodified gateway on the same seeds.
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// List the mutants and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Also write the table as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// The `simulator` binary to run the gateways with (tests); this one by default.
+    #[arg(long, hide = true)]
+    pub program: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -125,7 +156,7 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// Gateway processes on one database; requests go round-robin.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub replicas: u32,
     /// Run against this running gateway instead of starting a stack
     /// (repeat it for several; requests go round-robin). Needs
@@ -151,8 +182,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "URL", requires = "gateway_url")]
     pub bank_database_url: Option<String>,
     /// calm, reference, lossy, outage, crashy, everything, or a JSON object
-    /// of the bank's /admin/chaos fields.
-    #[arg(long, default_value = "reference")]
+    /// of the bank's /admin/chaos fields. `everything` (the default) also
+    /// restarts the gateways' database, terminates its connections, sends
+    /// SIGTERM, expires authorizations, arms fault points and skews clocks.
+    #[arg(long, default_value = "everything")]
     pub chaos: String,
     /// Kill a gateway replica with SIGKILL this often (e.g. 5s), and restart it.
     #[arg(long, value_parser = parse_duration)]
@@ -228,7 +261,7 @@ mod tests {
             .unwrap();
         match cli.command {
             Command::Gateway(args) => assert_eq!(args.args, ["serve", "--port", "9", "--help"]),
-            Command::Up(_) | Command::Bench(_) | Command::Run(_) => {
+            Command::Up(_) | Command::Bench(_) | Command::Run(_) | Command::Mutants(_) => {
                 panic!("not the gateway: {:?}", cli.command)
             }
         }
@@ -254,7 +287,9 @@ mod tests {
                 .command
             {
                 Command::Bench(args) => args.bank_latency_ms(),
-                Command::Up(_) | Command::Gateway(_) | Command::Run(_) => panic!("not bench"),
+                Command::Up(_) | Command::Gateway(_) | Command::Run(_) | Command::Mutants(_) => {
+                    panic!("not bench")
+                }
             };
         assert_eq!(bench("bank"), 0);
         assert_eq!(bench("gateway"), 1000);
@@ -264,7 +299,9 @@ mod tests {
         let cli = Cli::try_parse_from(["simulator", "run"].iter().chain(args))?;
         match cli.command {
             Command::Run(args) => Ok(args),
-            Command::Up(_) | Command::Bench(_) | Command::Gateway(_) => panic!("not run"),
+            Command::Up(_) | Command::Bench(_) | Command::Gateway(_) | Command::Mutants(_) => {
+                panic!("not run")
+            }
         }
     }
 
@@ -276,7 +313,7 @@ mod tests {
         // The defaults of what the file holds do not conflict with it ...
         assert_eq!(
             (args.payments, args.cards, args.chaos.as_str()),
-            (200, 20, "reference")
+            (200, 20, "everything")
         );
         // ... but saying them does.
         for also in [

@@ -244,18 +244,18 @@ pub struct FlowRecord {
 impl FlowRecord {
     fn answered(&mut self, key: &str, variant: u8) {
         self.answered_at
-            .retain(|(k, v, _)| !(k == key && *v == variant));
-        self.answered_at
             .push((key.to_owned(), variant, Instant::now()));
     }
 
     /// Until when `key` may be sent again safely: within its retention
-    /// from its answer; `None` if it was never answered (then it is kept).
+    /// from its first answer; `None` if it was never answered (then it is
+    /// kept).
     fn replayable_until(&self, key: &str, variant: u8) -> Option<Instant> {
         self.answered_at
             .iter()
-            .find(|(k, v, _)| k == key && *v == variant)
+            .filter(|(k, v, _)| k == key && *v == variant)
             .map(|(_, _, at)| *at + KEY_RETENTION - RETENTION_MARGIN)
+            .min()
     }
 
     fn learn_payment(&mut self, exchange: &Exchange) {
@@ -290,6 +290,8 @@ pub struct Driver {
     api_keys: Vec<String>,
     next_gateway: AtomicUsize,
     started: Instant,
+    /// The same moment on the wall clock, to place the gateways' log lines.
+    started_at: chrono::DateTime<chrono::Utc>,
     pub requests: AtomicU64,
     pub flows_done: AtomicU64,
     run_id: String,
@@ -317,6 +319,7 @@ impl Driver {
             api_keys,
             next_gateway: AtomicUsize::new(0),
             started: Instant::now(),
+            started_at: chrono::Utc::now(),
             requests: AtomicU64::new(0),
             flows_done: AtomicU64::new(0),
             run_id,
@@ -327,6 +330,11 @@ impl Driver {
 
     pub fn started(&self) -> Instant {
         self.started
+    }
+
+    /// When the traffic's clock started, on the wall clock.
+    pub fn started_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.started_at
     }
 
     pub fn http(&self) -> &reqwest::Client {

@@ -1,7 +1,7 @@
 //! Starts the FicMart stack locally and benchmarks it.
 //!
 //! Module map:
-//! - [`cli`]: the command line (`up`, `bench`, `run`, the hidden `gateway`).
+//! - [`cli`]: the command line (`up`, `bench`, `run`, `mutants`, the hidden `gateway`).
 //! - [`stack`]: Postgres plus the services running on it (the bank
 //!   in-process, the gateway as a child); started together, stopped together.
 //! - [`process`]: the gateway child process: spawn, ready, SIGTERM, SIGKILL.
@@ -17,9 +17,10 @@
 //! - [`driver`]: the client side: plans carried out, every exchange recorded.
 //! - [`run`]: one simulation in phases (start, drive, settle, observe, finish).
 //! - [`faults`]: the fault plan carried out beside the traffic.
-//! - [`invariants`]: the eight checks, named in the report.
+//! - [`invariants`]: the twelve checks, named in the report.
 //! - [`run_report`]: `simulator run`'s report: text, JSON, HTML.
 //! - [`simulate`]: `simulator run` itself (and the shrinking loop).
+//! - [`mutants`]: `simulator mutants`, the mutation table.
 
 pub mod bank;
 pub mod bench;
@@ -30,6 +31,7 @@ pub mod driver;
 pub mod faults;
 pub mod invariants;
 pub mod model;
+pub mod mutants;
 pub mod process;
 pub mod report;
 pub mod run;
@@ -55,6 +57,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Up(args) => on_runtime(async { up::run(args).await.map(|()| ExitCode::SUCCESS) }),
         Command::Bench(args) => on_runtime(bench::run(args)),
         Command::Run(args) => on_runtime(simulate::run(args)),
+        Command::Mutants(args) => on_runtime(mutants::run(args)),
     }
 }
 

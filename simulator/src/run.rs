@@ -658,6 +658,7 @@ impl Session {
             key_retention_ms: u64::try_from(crate::driver::KEY_RETENTION.as_millis())
                 .unwrap_or(u64::MAX),
             card_data: self.secrets(),
+            index: Default::default(),
         })
     }
 
@@ -944,17 +945,20 @@ impl Session {
                 .problems
                 .push(format!("dumping the gateway's database: {e:#}")),
         }
-        for log in &logs {
+        let mut events = self.events.clone();
+        for (replica, log) in logs.iter().enumerate() {
             match std::fs::read(log) {
-                Ok(bytes) => card_data.logs.push((
-                    log.display().to_string(),
-                    String::from_utf8_lossy(&bytes).into_owned(),
-                )),
+                Ok(bytes) => {
+                    let text = String::from_utf8_lossy(&bytes).into_owned();
+                    events.extend(fault_points_fired(&text, replica, self.driver.started_at()));
+                    card_data.logs.push((log.display().to_string(), text));
+                }
                 Err(e) => card_data
                     .problems
                     .push(format!("reading {}: {e}", log.display())),
             }
         }
+        events.sort_by_key(|e| e.at_ms);
         let observations = Observations {
             card_data,
             ..observations.clone()
@@ -966,7 +970,7 @@ impl Session {
             &observations,
             invariants,
             faults,
-            self.events.clone(),
+            events,
             self.driver.requests.load(Ordering::Relaxed),
             (self.traffic_ms, self.settle_ms),
         );
@@ -1018,6 +1022,35 @@ impl Session {
             eprintln!("restoring the bank's chaos settings {before}: {e:#}");
         }
     }
+}
+
+/// The fault points a replica's log says fired, as timeline events.
+fn fault_points_fired(
+    log: &str,
+    replica: usize,
+    started_at: chrono::DateTime<chrono::Utc>,
+) -> Vec<Event> {
+    log.lines()
+        .filter(|line| line.contains("fault point fired"))
+        .filter_map(|line| {
+            let entry: Value = serde_json::from_str(line).ok()?;
+            let at = chrono::DateTime::parse_from_rfc3339(entry["timestamp"].as_str()?).ok()?;
+            let fields = &entry["fields"];
+            Some(Event {
+                at_ms: u64::try_from(
+                    (at.with_timezone(&chrono::Utc) - started_at).num_milliseconds(),
+                )
+                .unwrap_or(0),
+                kind: "fault_point".to_owned(),
+                replica: Some(replica),
+                detail: format!(
+                    "{} {}",
+                    fields["point"].as_str().unwrap_or("?"),
+                    fields["action"].as_str().unwrap_or("?")
+                ),
+            })
+        })
+        .collect()
 }
 
 /// With given URLs nothing is ours to kill: a scenario with kills (the

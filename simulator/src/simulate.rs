@@ -297,7 +297,9 @@ mod tests {
     fn run_args(args: &[String]) -> RunArgs {
         match Cli::try_parse_from(args).unwrap().command {
             Command::Run(args) => args,
-            Command::Up(_) | Command::Bench(_) | Command::Gateway(_) => panic!("not run"),
+            Command::Up(_) | Command::Bench(_) | Command::Gateway(_) | Command::Mutants(_) => {
+                panic!("not run")
+            }
         }
     }
 
@@ -338,6 +340,7 @@ mod tests {
             in_flight: vec![],
             authorization_grace_ms: 0,
             key_retention_ms: 0,
+            index: Default::default(),
             card_data: CardData::default(),
         };
         let invariants = crate::invariants::check(&nothing);

@@ -26,7 +26,11 @@ pub fn idempotency(obs: &Observations) -> InvariantResult {
     let mut c = Check::new(obs, 4);
     for (i, flow) in obs.flows.iter().enumerate() {
         let mut first: BTreeMap<(&str, u8), (u16, &str, u64)> = BTreeMap::new();
-        for exchange in flow.exchanges.iter().filter(|e| e.is_final()) {
+        // In the order the answers came: concurrent duplicates are recorded
+        // one after the other.
+        let mut finals: Vec<&Exchange> = flow.exchanges.iter().filter(|e| e.is_final()).collect();
+        finals.sort_by_key(|e| e.at_ms + e.latency_us / 1000);
+        for exchange in finals {
             let Answer::Http {
                 status,
                 body,

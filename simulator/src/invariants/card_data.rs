@@ -31,8 +31,8 @@ pub struct CardData {
 /// The plain digests (hex) that a careless fingerprint would store, for
 /// each request: of method, path and canonical body (as the gateway once
 /// did), of the canonical body, and of the body as sent.
-fn digests(requests: &[(String, String)]) -> Vec<(String, String)> {
-    let mut out = Vec::new();
+fn digests(requests: &[(String, String)]) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
     for (path, body) in requests {
         let Ok(value) = serde_json::from_str::<Value>(body) else {
             continue;
@@ -46,10 +46,10 @@ fn digests(requests: &[(String, String)]) -> Vec<(String, String)> {
             (canonical.clone(), "a request body (canonical)"),
             (body.clone(), "a request body (as sent)"),
         ] {
-            out.push((
+            out.insert(
                 hex::encode(Sha256::digest(preimage.as_bytes())),
                 what.to_owned(),
-            ));
+            );
         }
     }
     out
@@ -76,14 +76,11 @@ pub fn card_data(obs: &Observations) -> InvariantResult {
         for leak in secrets.in_row(row) {
             c.other(format!("table {table}"), leak);
         }
-        let lower = row.to_lowercase();
-        for (digest, what) in &digests {
-            if lower.contains(digest.as_str()) {
-                c.other(
-                    format!("table {table}"),
-                    format!("the plain SHA-256 of {what} is stored: anyone with the dump can test card numbers against it"),
-                );
-            }
+        for what in hex_words(row).filter_map(|word| digests.get(&word)) {
+            c.other(
+                format!("table {table}"),
+                format!("the plain SHA-256 of {what} is stored: anyone with the dump can test card numbers against it"),
+            );
         }
     }
     for (path, text) in &data.logs {
@@ -126,6 +123,18 @@ pub fn card_data(obs: &Observations) -> InvariantResult {
         }
     }
     c.done()
+}
+
+/// Every 64-hex-digit window of the row's runs of hex digits, lowercased:
+/// where a SHA-256 would be (a `bytea` is `\\x` and hex in a dump).
+fn hex_words(row: &str) -> impl Iterator<Item = String> + '_ {
+    const DIGEST_HEX_LEN: usize = 64;
+    row.split(|c: char| !c.is_ascii_hexdigit())
+        .filter(|run| run.len() >= DIGEST_HEX_LEN)
+        .flat_map(|run| {
+            (0..=run.len() - DIGEST_HEX_LEN)
+                .map(move |at| run[at..at + DIGEST_HEX_LEN].to_ascii_lowercase())
+        })
 }
 
 /// The card numbers and CVVs to look for.

@@ -141,7 +141,14 @@ pub struct Observations {
     pub key_retention_ms: u64,
     /// What the card-data check looks for, and where.
     pub card_data: CardData,
+    /// Payment id → the flow whose receipts hold it; built on first use
+    /// (a run may have a hundred thousand payments).
+    pub index: PaymentIndex,
 }
+
+/// Which flow each payment belongs to, built once.
+#[derive(Debug, Clone, Default)]
+pub struct PaymentIndex(std::sync::OnceLock<std::collections::HashMap<String, usize>>);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Violation {
@@ -283,9 +290,21 @@ impl<'a> Check<'a> {
 impl Observations {
     /// The flow whose answers named `payment_id`.
     pub fn flow_of(&self, payment_id: &str) -> Option<usize> {
-        self.flows
-            .iter()
-            .position(|f| f.payment_ids.iter().any(|id| id == payment_id))
+        let index = self.index.0.get_or_init(|| {
+            let mut index = std::collections::HashMap::new();
+            for (i, flow) in self.flows.iter().enumerate() {
+                for id in &flow.payment_ids {
+                    index.insert(id.clone(), i);
+                }
+            }
+            for (i, receipt) in self.all_receipts() {
+                if let Some(id) = receipt["id"].as_str() {
+                    index.insert(id.to_owned(), i);
+                }
+            }
+            index
+        });
+        index.get(payment_id).copied()
     }
 
     /// Every receipt, with the index of its flow.
@@ -297,8 +316,9 @@ impl Observations {
     }
 
     fn receipt(&self, payment_id: &str) -> Option<&Value> {
-        self.all_receipts()
-            .map(|(_, r)| r)
+        self.receipts
+            .get(self.flow_of(payment_id)?)?
+            .iter()
             .find(|r| r["id"].as_str() == Some(payment_id))
     }
 }

@@ -164,6 +164,7 @@ fn world() -> Observations {
         ]),
         authorization_grace_ms: 8_000,
         key_retention_ms: 6_000,
+        index: PaymentIndex::default(),
         cards: vec![CardBalance {
             card_number: "4000".into(),
             opening: 1000,

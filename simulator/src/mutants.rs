@@ -1,0 +1,197 @@
+//! `simulator mutants`: the mutation table. Each known bug of
+//! [`gateway::faults::Mutant`] is reintroduced in turn, and the default
+//! adversarial run tried against it seed after seed until an invariant
+//! catches it; the table says which invariant, after how many seeds and
+//! how long. The unmodified gateway runs the same seeds first: a table is
+//! worth nothing if the correct code fails too.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use gateway::faults::Mutant;
+
+use crate::cli::MutantsArgs;
+use crate::run::RunOptions;
+use crate::run_report::RunReport;
+use crate::scenario::{self, Params, Profile, Scenario};
+use crate::simulate::{simulate, stack_options};
+use crate::stack::Stack;
+
+/// One row of the table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Row {
+    /// The mutant's name, or `none` for the gateway as it is.
+    pub mutant: String,
+    pub bug: String,
+    /// Whether some seed's run failed (for `none`: whether all passed).
+    pub caught: bool,
+    /// The invariants the first failing run named.
+    pub by: Vec<String>,
+    /// Seeds run until it was caught (or all of them).
+    pub seeds: usize,
+    pub seconds: u64,
+}
+
+/// The scenario of the default run for `seed`, as `simulator run` makes it.
+pub fn default_scenario(seed: u64, payments: usize) -> anyhow::Result<Scenario> {
+    let profile = Profile::parse("everything").map_err(anyhow::Error::msg)?;
+    Ok(scenario::generate(
+        seed,
+        &Params {
+            payments: payments..=payments,
+            cards: 20,
+            profiles: vec![profile],
+            kill_every_ms: None,
+            random_kills: 0,
+            horizon_ms: 30_000,
+        },
+    ))
+}
+
+/// The mutants to run: all, or those `--only` names.
+fn chosen(only: &[String]) -> anyhow::Result<Vec<Mutant>> {
+    if only.is_empty() {
+        return Ok(Mutant::ALL.to_vec());
+    }
+    only.iter()
+        .map(|name| {
+            Mutant::parse(name).with_context(|| {
+                let names: Vec<&str> = Mutant::ALL.iter().map(|m| m.as_str()).collect();
+                format!("unknown mutant {name:?}: one of {}", names.join(", "))
+            })
+        })
+        .collect()
+}
+
+pub async fn run(args: MutantsArgs) -> anyhow::Result<ExitCode> {
+    if args.list {
+        for mutant in Mutant::ALL {
+            println!("{:<32} {}", mutant.as_str(), mutant.describe());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mutants = chosen(&args.only)?;
+    let stack = Stack::start(&stack_options()).await?;
+    eprintln!("{}", stack.database());
+    let table = async {
+        let mut rows = Vec::new();
+        if !args.no_baseline {
+            rows.push(try_seeds(&stack, &args, None).await?);
+            print_row(rows.last().expect("just pushed"));
+        }
+        for mutant in mutants {
+            rows.push(try_seeds(&stack, &args, Some(mutant)).await?);
+            print_row(rows.last().expect("just pushed"));
+        }
+        Ok::<_, anyhow::Error>(rows)
+    }
+    .await;
+    stack.shutdown().await;
+    let rows = table?;
+    println!("\n{}", markdown(&rows));
+    if let Some(path) = &args.report {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let all_good = rows.iter().all(|row| row.caught);
+    Ok(if all_good {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Runs the seeds against the gateway with `mutant` (or as it is) until a
+/// run fails (or, for the gateway as it is, through all of them).
+async fn try_seeds(
+    stack: &Stack,
+    args: &MutantsArgs,
+    mutant: Option<Mutant>,
+) -> anyhow::Result<Row> {
+    let started = Instant::now();
+    let name = mutant.map_or("none", Mutant::as_str);
+    let mut row = Row {
+        mutant: name.to_owned(),
+        bug: mutant
+            .map_or(
+                "the gateway as it is: every seed must pass",
+                Mutant::describe,
+            )
+            .to_owned(),
+        caught: mutant.is_none(),
+        by: Vec::new(),
+        seeds: 0,
+        seconds: 0,
+    };
+    for &seed in &args.seeds {
+        row.seeds += 1;
+        let scenario = default_scenario(seed, usize::try_from(args.payments)?)?;
+        let options = RunOptions {
+            replicas: usize::try_from(args.replicas)?,
+            mutant: mutant.map(|m| m.as_str().to_owned()),
+            program: args.program.clone(),
+            ..RunOptions::default()
+        };
+        eprintln!("{name}: seed {seed}");
+        let report = simulate(stack, scenario, options)
+            .await
+            .with_context(|| format!("running seed {seed} against {name}"))?;
+        if !report.passed {
+            row.by = failed(&report);
+            row.caught = mutant.is_some();
+            if mutant.is_none() {
+                eprintln!("{report}");
+            }
+            break;
+        }
+    }
+    row.seconds = started.elapsed().as_secs();
+    Ok(row)
+}
+
+fn failed(report: &RunReport) -> Vec<String> {
+    report
+        .invariants
+        .iter()
+        .filter(|i| !i.passed)
+        .map(|i| i.name.to_owned())
+        .collect()
+}
+
+fn print_row(row: &Row) {
+    let verdict = match (row.mutant.as_str(), row.caught) {
+        ("none", true) => "passed every seed".to_owned(),
+        ("none", false) => format!("FAILED: {}", row.by.join(", ")),
+        (_, true) => format!("caught by {}", row.by.join(", ")),
+        (_, false) => "NOT CAUGHT".to_owned(),
+    };
+    eprintln!(
+        "{}: {verdict} ({} seed(s), {} s)",
+        row.mutant, row.seeds, row.seconds
+    );
+}
+
+/// The table as Markdown, for the README.
+pub fn markdown(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| mutant | the bug | caught | by | seeds | seconds |\n|---|---|---|---|---:|---:|\n",
+    );
+    for row in rows {
+        let caught = match (row.mutant.as_str(), row.caught) {
+            ("none", true) => "passes",
+            ("none", false) => "FAILS",
+            (_, true) => "yes",
+            (_, false) => "**no**",
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | {caught} | {} | {} | {} |\n",
+            row.mutant,
+            row.bug,
+            row.by.join(", "),
+            row.seeds,
+            row.seconds
+        ));
+    }
+    out
+}
