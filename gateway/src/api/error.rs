@@ -132,10 +132,11 @@ impl From<sqlx::Error> for ApiError {
         // The database cannot be reached, is shutting down or is saturated:
         // a retry later may succeed, and the transaction changed nothing.
         // SQLSTATE classes 08 (connection exception), 53 (insufficient
-        // resources), 57P (operator intervention, e.g. a shutdown) and 40
-        // (a deadlock or serialization failure: the transaction rolled back).
+        // resources), 57P (operator intervention, e.g. a shutdown), 57014
+        // (a statement cancelled, e.g. by statement_timeout) and 40 (a
+        // deadlock or serialization failure): the transaction rolled back.
         let transient_code = |code: &str| {
-            ["08", "53", "57P", "40"]
+            ["08", "53", "57P", "57014", "40"]
                 .iter()
                 .any(|class| code.starts_with(class))
         };

@@ -645,3 +645,34 @@ async fn a_read_shows_a_status_its_own_history_agrees_with() {
     let last = read["history"].as_array().unwrap().last().unwrap()["status"].clone();
     assert_eq!(read["status"], last, "{read}");
 }
+
+#[tokio::test]
+async fn a_statement_cancelled_by_its_timeout_answers_503_and_changes_nothing() {
+    // Found by the simulator's statement-timeout windows: a cancelled
+    // statement (SQLSTATE 57014) answered 500.
+    let app = spawn_app_with(Options {
+        gateway: Some(Box::new(|s: &mut Settings| {
+            s.database_url
+                .push_str("?options=-c%20statement_timeout%3D300");
+        })),
+        ..Options::default()
+    })
+    .await;
+    // Only the database can hold a lock long enough for a statement to
+    // time out: this session holds the payments table.
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE payments IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let key = new_key();
+    let body = payment_body(HAPPY_CARD, 1_234, "ord_t", "cus_t");
+    let refused = app.post("/v1/payments", &key, &body).await;
+    holder.rollback().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers().get("Retry-After").is_some());
+    // Nothing was recorded: the key is free for the retry.
+    let retried = app.post("/v1/payments", &key, &body).await;
+    assert_eq!(retried.status(), StatusCode::CREATED);
+    assert_eq!(app.count("payments").await, 1);
+}
