@@ -140,6 +140,11 @@ impl Application {
         self.port
     }
 
+    /// This process's instance id (it holds leases under it).
+    pub fn instance(&self) -> uuid::Uuid {
+        self.gateway.instance()
+    }
+
     /// This gateway's fault points, for a test to arm and watch.
     pub fn faults(&self) -> Faults {
         self.gateway.faults().clone()

@@ -234,17 +234,40 @@ pub struct FlowRecord {
     /// serialised (bodies hold card numbers).
     #[serde(skip)]
     pub sent: Vec<Request>,
-    /// When each key (and body variant) was last seen answered for good,
-    /// or its payment seen settled: a key is sent again only within its
-    /// retention from then.
+    /// The earliest each key (and body variant) may have been answered by
+    /// the gateway, as far as the client can tell: a key is sent again only
+    /// within its retention from then. For a key answered to the client,
+    /// that is when it was first sent (the gateway, or its recovery worker,
+    /// may have stored the answer long before the client saw it); for a
+    /// key whose payment a poller saw settle, just before that moment.
     #[serde(skip)]
     pub answered_at: Vec<(String, u8, Instant)>,
+    /// When each key (and variant) was first sent.
+    #[serde(skip)]
+    pub first_sent: Vec<(String, u8, Instant)>,
+    /// When a restarter gave up on its first authorization (answered 202).
+    #[serde(skip)]
+    pub restarted_at: Option<Instant>,
 }
 
 impl FlowRecord {
-    fn answered(&mut self, key: &str, variant: u8) {
-        self.answered_at
-            .push((key.to_owned(), variant, Instant::now()));
+    /// The key was answered at the latest `at`.
+    fn answered(&mut self, key: &str, variant: u8, at: Instant) {
+        self.answered_at.push((key.to_owned(), variant, at));
+    }
+
+    /// When the key was first sent (now, if it is being sent first).
+    fn first_sent(&mut self, key: &str, variant: u8) -> Instant {
+        let found = self
+            .first_sent
+            .iter()
+            .find(|(k, v, _)| k == key && *v == variant)
+            .map(|(_, _, at)| *at);
+        found.unwrap_or_else(|| {
+            let now = Instant::now();
+            self.first_sent.push((key.to_owned(), variant, now));
+            now
+        })
     }
 
     /// Until when `key` may be sent again safely: within its retention
@@ -410,11 +433,13 @@ impl Driver {
                 // start a new operation, which is the client's doing.
                 return None;
             }
+            record.first_sent(&request.key, request.variant);
             let exchange = self.attempt(record.plan.merchant, request).await;
             record.learn_payment(&exchange);
             record.exchanges.push(exchange.clone());
             if exchange.is_final() {
-                record.answered(&request.key, request.variant);
+                let sent = record.first_sent(&request.key, request.variant);
+                record.answered(&request.key, request.variant, sent);
                 return Some(exchange);
             }
             if stop_at_202 && exchange.status() == Some(202) {
@@ -445,6 +470,7 @@ impl Driver {
                 twin.unanswered.clear();
                 twin.sent.clear();
                 twin.answered_at.clear();
+                twin.first_sent.clear();
                 let (a, b) = futures_util::join!(
                     self.until_final(record, &request, false),
                     self.until_final(&mut twin, &request, false)
@@ -467,9 +493,11 @@ impl Driver {
                 match answer {
                     Some(pending) if pending.status() == Some(202) => {
                         left_alone.push(request.clone());
-                        self.until_settled(record, request.op).await;
-                        // Settled means answered: the key's retention runs.
-                        record.answered(&request.key, request.variant);
+                        let in_flight_at = Instant::now();
+                        if let Some(at) = self.until_settled(record, request.op, in_flight_at).await
+                        {
+                            record.answered(&request.key, request.variant, at);
+                        }
                         None
                     }
                     other => other,
@@ -489,26 +517,36 @@ impl Driver {
     }
 
     /// A poller's wait: reads the payment until it leaves its in-flight
-    /// status (bounded by [`KEY_BUDGET`]).
-    async fn until_settled(&self, record: &mut FlowRecord, op: Op) {
-        let Some(id) = record.payment_id.clone() else {
-            return;
-        };
+    /// status (bounded by [`KEY_BUDGET`]). When it did: the last moment the
+    /// client knew it in flight (`in_flight_at`, or a later read), the
+    /// earliest its operation may have been settled and its key answered.
+    async fn until_settled(
+        &self,
+        record: &mut FlowRecord,
+        op: Op,
+        mut in_flight_at: Instant,
+    ) -> Option<Instant> {
+        let id = record.payment_id.clone()?;
         let deadline = Instant::now() + KEY_BUDGET;
         while Instant::now() < deadline {
+            let sent = Instant::now();
             let read = self
                 .get(record.plan.merchant, ReadKind::Read, &id, op.as_str())
                 .await;
-            let settled = read
+            let status = read
                 .json()
-                .and_then(|p| p["status"].as_str().and_then(model::status))
-                .is_some_and(model::is_settled);
-            if settled {
-                record.reads.push(read);
-                return;
+                .and_then(|p| p["status"].as_str().and_then(model::status));
+            match status {
+                Some(status) if model::is_settled(status) => {
+                    record.reads.push(read);
+                    return Some(in_flight_at);
+                }
+                Some(_) => in_flight_at = sent,
+                None => {}
             }
             tokio::time::sleep(POLL_EVERY).await;
         }
+        None
     }
 
     /// When the plan reads and the payment id is known: one
@@ -608,6 +646,8 @@ impl Driver {
             sent_card: (String::new(), String::new()),
             sent: Vec::new(),
             answered_at: Vec::new(),
+            first_sent: Vec::new(),
+            restarted_at: None,
         };
         let authorize = self.authorization(&mut record);
         let mut left_alone = Vec::new();
@@ -696,7 +736,7 @@ impl Driver {
             return first.is_some_and(|e| e.status() == Some(201));
         }
         left_alone.push(request.clone());
-        record.answered(&request.key, request.variant);
+        record.restarted_at = Some(Instant::now());
         record.payment_id = None;
         let again = Request {
             key: format!("{}-auth-again", record.order_id),
@@ -799,6 +839,7 @@ impl Driver {
         other.reads.clear();
         other.sent.clear();
         other.answered_at.clear();
+        other.first_sent.clear();
         let answers = futures_util::join!(
             self.until_final(record, &a, false),
             self.until_final(&mut other, &b, false),
@@ -815,14 +856,19 @@ impl Driver {
     /// read (and listed, and read by the other merchant), and, for a late
     /// replay, every key is sent once more a little later.
     async fn finish(&self, record: &mut FlowRecord, left_alone: Vec<Request>) {
+        if record.plan.client == ClientKind::Restarter {
+            let first_key = left_alone.first().map(|r| (r.key.clone(), r.variant));
+            if let Some(at) = self.void_first_payment(record).await
+                && let Some((key, variant)) = first_key
+            {
+                record.answered(&key, variant, at);
+            }
+        }
         for request in &left_alone {
             if request.op == Op::Authorize {
                 record.left_alone.push(request.key.clone());
             }
             self.until_final(record, request, false).await;
-        }
-        if record.plan.client == ClientKind::Restarter {
-            self.void_first_payment(record).await;
         }
         self.read(record, "end").await;
         if record.plan.reads {
@@ -850,26 +896,28 @@ impl Driver {
         }
     }
 
-    /// A restarter's first payment, should it have ended authorized (the
-    /// gateway adopted what the bank did after all): released.
-    async fn void_first_payment(&self, record: &mut FlowRecord) {
+    /// A restarter's first payment, once settled, released should it have
+    /// ended authorized (the gateway adopted what the bank did after all);
+    /// the earliest it may have settled, if it was seen settled.
+    async fn void_first_payment(&self, record: &mut FlowRecord) -> Option<Instant> {
         let current = record.payment_id.clone();
-        let Some(first) = record
+        let first = record
             .payment_ids
             .iter()
             .find(|id| Some(*id) != current.as_ref())
-            .cloned()
-        else {
-            return;
-        };
+            .cloned()?;
         record.payment_id = Some(first.clone());
-        self.until_settled(record, Op::Authorize).await;
+        let in_flight_at = record.restarted_at.unwrap_or_else(Instant::now);
+        let settled = self
+            .until_settled(record, Op::Authorize, in_flight_at)
+            .await;
         if self.shows(record, gateway::domain::PaymentStatus::Authorized)
             && let Some(void) = self.operation(record, Op::Void, "void-first", record.plan.amount)
         {
             self.until_final(record, &void, false).await;
         }
         record.payment_id = current;
+        settled
     }
 
     /// Every key the flow sent, once more, a little later (within their

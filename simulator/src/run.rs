@@ -946,11 +946,14 @@ impl Session {
                 .push(format!("dumping the gateway's database: {e:#}")),
         }
         let mut events = self.events.clone();
+        let mut lifetimes = BTreeMap::new();
         for (replica, log) in logs.iter().enumerate() {
             match std::fs::read(log) {
                 Ok(bytes) => {
                     let text = String::from_utf8_lossy(&bytes).into_owned();
-                    events.extend(fault_points_fired(&text, replica, self.driver.started_at()));
+                    let started_at = self.driver.started_at();
+                    events.extend(fault_points_fired(&text, replica, started_at));
+                    lifetimes.extend(processes(&text, replica, started_at, &self.events));
                     card_data.logs.push((log.display().to_string(), text));
                 }
                 Err(e) => card_data
@@ -961,6 +964,10 @@ impl Session {
         events.sort_by_key(|e| e.at_ms);
         let observations = Observations {
             card_data,
+            tapped: observations
+                .tapped
+                .clone()
+                .map(|calls| cut_at_death(calls, &lifetimes)),
             ..observations.clone()
         };
         let invariants = invariants::check(&observations);
@@ -1022,6 +1029,85 @@ impl Session {
             eprintln!("restoring the bank's chaos settings {before}: {e:#}");
         }
     }
+}
+
+/// When each gateway process (by its instance id) lived, in ms of the
+/// traffic's clock: from its "gateway listening" line to its "gateway
+/// stopped" line, an armed abort, or the kill or crash the run recorded
+/// for its replica, whichever came first.
+fn processes(
+    log: &str,
+    replica: usize,
+    started_at: chrono::DateTime<chrono::Utc>,
+    events: &[Event],
+) -> BTreeMap<String, (u64, Option<u64>)> {
+    let mut lives: BTreeMap<String, (u64, Option<u64>)> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in log.lines() {
+        let Ok(entry) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let Some(at) = entry["timestamp"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        else {
+            continue;
+        };
+        let at_ms = u64::try_from((at.with_timezone(&chrono::Utc) - started_at).num_milliseconds())
+            .unwrap_or(0);
+        let fields = &entry["fields"];
+        match fields["message"].as_str() {
+            Some("gateway listening") => {
+                let instance = fields["instance"].as_str().unwrap_or_default().to_owned();
+                lives.insert(instance.clone(), (at_ms, None));
+                current = Some(instance);
+            }
+            Some("gateway stopped") => end(&mut lives, current.take(), at_ms),
+            Some("fault point fired") if fields["action"].as_str() == Some("Abort") => {
+                end(&mut lives, current.take(), at_ms);
+            }
+            _ => {}
+        }
+    }
+    for event in events.iter().filter(|e| e.replica == Some(replica)) {
+        if matches!(event.kind.as_str(), "kill" | "crash" | "sigterm") {
+            for (start, ended) in lives.values_mut() {
+                if *start <= event.at_ms && ended.is_none_or(|e| e > event.at_ms) {
+                    *ended = Some(event.at_ms);
+                }
+            }
+        }
+    }
+    lives
+}
+
+fn end(lives: &mut BTreeMap<String, (u64, Option<u64>)>, instance: Option<String>, at_ms: u64) {
+    if let Some(life) = instance.and_then(|i| lives.get_mut(&i)) {
+        life.1 = Some(at_ms);
+    }
+}
+
+/// A call cannot outlive the process that made it: the tap sees a call end
+/// only when the bank answers, even if its caller died long before.
+fn cut_at_death(
+    calls: Vec<TappedCall>,
+    lifetimes: &BTreeMap<String, (u64, Option<u64>)>,
+) -> Vec<TappedCall> {
+    calls
+        .into_iter()
+        .map(|mut call| {
+            let death_us = call
+                .caller
+                .as_ref()
+                .and_then(|c| lifetimes.get(c))
+                .and_then(|(_, ended)| *ended)
+                .map(|ms| ms * 1000);
+            if let Some(death_us) = death_us {
+                call.ended_us = Some(call.ended_us.map_or(death_us, |e| e.min(death_us)));
+            }
+            call
+        })
+        .collect()
 }
 
 /// The fault points a replica's log says fired, as timeline events.

@@ -396,10 +396,12 @@ fn replica_faults() -> impl Strategy<Value = ReplicaFaults> {
         choose("outcome_before_commit", &["2%sleep(800)", "1%abort"]),
         choose("batch_before_write", &["2%sleep(300)"]),
         choose("recovery_claimed", &["10%sleep(6000)"]),
-        choose("payment_read", &["10%sleep(150)"]),
+        choose("payment_read", &["30%sleep(400)"]),
+        // Mostly ahead: a clock ahead of the database's is the one that
+        // would take a live lease for an expired one.
         prop_oneof![
-            3 => Just(0i64),
-            1 => Just(90_000i64),
+            1 => Just(0i64),
+            2 => Just(90_000i64),
             1 => Just(-90_000i64),
             1 => Just(3_600_000i64),
         ],

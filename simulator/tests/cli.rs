@@ -62,7 +62,7 @@ fn run_replays_a_scenario_file_and_says_how() {
     assert!(stdout.contains("PASS  12. card data"), "{stdout}");
     assert!(
         stdout.ends_with(&format!(
-            "replay: simulator run --scenario {file} --concurrency 2 --replicas 1\n"
+            "replay: simulator run --scenario {file} --concurrency 2 --replicas 2\n"
         )),
         "{stdout}"
     );

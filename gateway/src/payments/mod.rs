@@ -256,6 +256,11 @@ impl Gateway {
         &self.faults
     }
 
+    /// This process, as it holds leases and names itself to the bank.
+    pub fn instance(&self) -> Uuid {
+        self.instance
+    }
+
     /// The database's clock, as this process reads it.
     pub fn clock(&self) -> &DbClock {
         &self.clock

@@ -102,6 +102,8 @@ fn world() -> Observations {
             sent_card: (CARD.into(), "987".into()),
             sent: vec![],
             answered_at: vec![],
+            first_sent: vec![],
+            restarted_at: None,
         }],
         receipts: vec![vec![receipt(
             "captured",
