@@ -37,7 +37,7 @@ const POLL_EVERY: Duration = Duration::from_millis(250);
 /// How long a simulation's gateways keep a key after its answer: the
 /// `--idempotency-retention-seconds` of `run::GATEWAY_SETTINGS`. Past it
 /// the key may be purged, and the same key starts anew, as it should.
-pub const KEY_RETENTION: Duration = Duration::from_secs(6);
+pub const KEY_RETENTION: Duration = Duration::from_secs(15);
 /// A key is sent again only while this much of its retention is left:
 /// the client's clock and the gateway's purge are not in lockstep.
 const RETENTION_MARGIN: Duration = Duration::from_secs(2);
@@ -242,9 +242,11 @@ pub struct FlowRecord {
     /// key whose payment a poller saw settle, just before that moment.
     #[serde(skip)]
     pub answered_at: Vec<(String, u8, Instant)>,
-    /// When each key (and variant) was first sent.
+    /// The last moment each key (and variant) was known to be unanswered:
+    /// when it was first sent, or a later 202 or `idempotency_key_in_use`
+    /// for it. Its answer, if any, was stored after that.
     #[serde(skip)]
-    pub first_sent: Vec<(String, u8, Instant)>,
+    pub unanswered_at: Vec<(String, u8, Instant)>,
     /// When a restarter gave up on its first authorization (answered 202).
     #[serde(skip)]
     pub restarted_at: Option<Instant>,
@@ -256,29 +258,40 @@ impl FlowRecord {
         self.answered_at.push((key.to_owned(), variant, at));
     }
 
-    /// When the key was first sent (now, if it is being sent first).
-    fn first_sent(&mut self, key: &str, variant: u8) -> Instant {
-        let found = self
-            .first_sent
+    /// The key is not answered yet, as of now.
+    fn still_unanswered(&mut self, key: &str, variant: u8) {
+        let now = Instant::now();
+        match self
+            .unanswered_at
+            .iter_mut()
+            .find(|(k, v, _)| k == key && *v == variant)
+        {
+            Some((_, _, at)) => *at = now,
+            None => self.unanswered_at.push((key.to_owned(), variant, now)),
+        }
+    }
+
+    /// The last moment the key was known to be unanswered.
+    fn last_unanswered(&self, key: &str, variant: u8) -> Option<Instant> {
+        self.unanswered_at
             .iter()
             .find(|(k, v, _)| k == key && *v == variant)
-            .map(|(_, _, at)| *at);
-        found.unwrap_or_else(|| {
-            let now = Instant::now();
-            self.first_sent.push((key.to_owned(), variant, now));
-            now
-        })
+            .map(|(_, _, at)| *at)
     }
 
     /// Until when `key` may be sent again safely: within its retention
-    /// from its first answer; `None` if it was never answered (then it is
-    /// kept).
+    /// from the earliest moment it may have been answered, which is the
+    /// last moment it was known unanswered (the gateway, or its recovery
+    /// worker, may store the answer while the client hears nothing) unless
+    /// a later moment is known; `None` before it is first sent.
     fn replayable_until(&self, key: &str, variant: u8) -> Option<Instant> {
         self.answered_at
             .iter()
             .filter(|(k, v, _)| k == key && *v == variant)
-            .map(|(_, _, at)| *at + KEY_RETENTION - RETENTION_MARGIN)
+            .map(|(_, _, at)| *at)
             .min()
+            .or_else(|| self.last_unanswered(key, variant))
+            .map(|at| at + KEY_RETENTION - RETENTION_MARGIN)
     }
 
     fn learn_payment(&mut self, exchange: &Exchange) {
@@ -433,14 +446,20 @@ impl Driver {
                 // start a new operation, which is the client's doing.
                 return None;
             }
-            record.first_sent(&request.key, request.variant);
+            if record.last_unanswered(&request.key, request.variant).is_none() {
+                record.still_unanswered(&request.key, request.variant);
+            }
             let exchange = self.attempt(record.plan.merchant, request).await;
             record.learn_payment(&exchange);
             record.exchanges.push(exchange.clone());
             if exchange.is_final() {
-                let sent = record.first_sent(&request.key, request.variant);
-                record.answered(&request.key, request.variant, sent);
+                if let Some(at) = record.last_unanswered(&request.key, request.variant) {
+                    record.answered(&request.key, request.variant, at);
+                }
                 return Some(exchange);
+            }
+            if exchange.status() == Some(202) || exchange.status() == Some(409) {
+                record.still_unanswered(&request.key, request.variant);
             }
             if stop_at_202 && exchange.status() == Some(202) {
                 return Some(exchange);
@@ -470,7 +489,7 @@ impl Driver {
                 twin.unanswered.clear();
                 twin.sent.clear();
                 twin.answered_at.clear();
-                twin.first_sent.clear();
+                twin.unanswered_at.clear();
                 let (a, b) = futures_util::join!(
                     self.until_final(record, &request, false),
                     self.until_final(&mut twin, &request, false)
@@ -646,7 +665,7 @@ impl Driver {
             sent_card: (String::new(), String::new()),
             sent: Vec::new(),
             answered_at: Vec::new(),
-            first_sent: Vec::new(),
+            unanswered_at: Vec::new(),
             restarted_at: None,
         };
         let authorize = self.authorization(&mut record);
@@ -839,7 +858,7 @@ impl Driver {
         other.reads.clear();
         other.sent.clear();
         other.answered_at.clear();
-        other.first_sent.clear();
+        other.unanswered_at.clear();
         let answers = futures_util::join!(
             self.until_final(record, &a, false),
             self.until_final(&mut other, &b, false),

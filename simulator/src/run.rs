@@ -51,7 +51,7 @@ pub const AUTHORIZATION_GRACE_MS: u64 = 8_000;
 pub const GATEWAY_SETTINGS: [(&str, &str); 12] = [
     ("--bank-attempt-timeout-ms", "1000"),
     ("--authorization-grace-ms", "8000"),
-    ("--idempotency-retention-seconds", "6"),
+    ("--idempotency-retention-seconds", "15"),
     ("--idempotency-purge-interval-ms", "500"),
     ("--bank-deadline-ms", "3000"),
     ("--lease-ms", "5000"),

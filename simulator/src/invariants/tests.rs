@@ -102,7 +102,7 @@ fn world() -> Observations {
             sent_card: (CARD.into(), "987".into()),
             sent: vec![],
             answered_at: vec![],
-            first_sent: vec![],
+            unanswered_at: vec![],
             restarted_at: None,
         }],
         receipts: vec![vec![receipt(
