@@ -1,6 +1,12 @@
 //! The report of `simulator run`: text for people, JSON for scripts, and a
 //! self-contained HTML page (inline SVG: a latency histogram and a timeline
 //! of kills, restarts and outages).
+//!
+//! - [`series`]: the run over time, per bucket, and its events as markers.
+//! - [`story`]: a failure example's story with the run's events between.
+
+pub mod series;
+pub mod story;
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
@@ -15,6 +21,9 @@ use crate::run::RunOptions;
 use crate::scenario::Scenario;
 use crate::stats::{Latency, format_ms};
 
+pub use series::{Marker, Series, TimeBucket};
+pub use story::{FailureStory, Source, StoryLine};
+
 /// Scenarios with more payments are reported by their headline only.
 pub const PLANS_SHOWN: usize = 30;
 /// Upper bounds of the latency histogram's buckets, in ms (the last is open).
@@ -24,10 +33,42 @@ const BUCKETS_MS: [u64; 13] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     pub at_ms: u64,
-    /// `kill`, `restart` or `outage`.
+    /// `kill`, `crash`, `sigterm`, `restart`, `outage`, `db_restart`,
+    /// `backend_kill`, `statement_timeout`, `expiry_wave`, `fault_point`
+    /// (from the gateways' logs) or `fault_error` (a fault not done).
     pub kind: String,
     pub replica: Option<usize>,
     pub detail: String,
+}
+
+impl Event {
+    /// One line without its moment: `kill -9, replica 1: kill -9 4242`.
+    pub fn describe(&self) -> String {
+        match self.replica {
+            Some(r) => format!("{}, replica {r}: {}", kind_label(&self.kind), self.detail),
+            None => format!("{}: {}", kind_label(&self.kind), self.detail),
+        }
+    }
+}
+
+/// An event kind as a tester says it.
+pub fn kind_label(kind: &str) -> &str {
+    // Kinds are strings (written by the fault plan and read from logs): one
+    // not known here is shown as it is.
+    match kind {
+        "kill" => "kill -9",
+        "crash" => "crash",
+        "sigterm" => "SIGTERM",
+        "restart" => "restart",
+        "outage" => "bank outage",
+        "db_restart" => "database restart",
+        "backend_kill" => "database connections killed",
+        "statement_timeout" => "statement timeout",
+        "expiry_wave" => "expiry wave",
+        "fault_point" => "fault point",
+        "fault_error" => "fault not done",
+        other => other,
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,7 +122,13 @@ pub struct RunReport {
     /// (only) a seed's: the replay command names it.
     pub scenario_file: Option<String>,
     pub events: Vec<Event>,
+    /// Requests, answers and latency per second (wider for long runs),
+    /// with the events as markers.
+    pub series: Series,
     pub invariants: Vec<InvariantResult>,
+    /// Each failure example's story as a timeline, with the run's events
+    /// around it (`invariant` and `example` say whose).
+    pub failure_stories: Vec<FailureStory>,
     pub passed: bool,
     /// The gateways' logs, kept when something failed.
     pub gateway_logs: Vec<String>,
@@ -131,6 +178,8 @@ impl RunReport {
             *final_statuses.entry(status).or_default() += 1;
         }
         let passed = invariants.iter().all(|i| i.passed);
+        let series = series::series(&obs.flows, &events, traffic_ms);
+        let failure_stories = story::stories(&invariants, &obs.flows, &events);
         Self {
             seed: scenario.seed,
             run_id: String::new(),
@@ -173,7 +222,9 @@ impl RunReport {
             duration_ms: options.duration.map(crate::stats::millis),
             scenario_file: None,
             events,
+            series,
             invariants,
+            failure_stories,
             passed,
             gateway_logs: Vec::new(),
         }
@@ -329,6 +380,101 @@ impl RunReport {
         );
         svg
     }
+
+    /// The lines of the text report between its verdict and its tables.
+    fn write_summary(&self, f: &mut impl fmt::Write) -> fmt::Result {
+        writeln!(f, "mode       {}", self.mode)?;
+        writeln!(f, "scenario   {}", self.scenario)?;
+        writeln!(f, "bank chaos {}", self.chaos)?;
+        writeln!(
+            f,
+            "traffic    {} of {} payments, {} requests, concurrency {}, {} replica(s), {} of traffic, {} to settle",
+            self.payments_run,
+            self.payments_planned,
+            self.requests,
+            self.concurrency,
+            self.replicas,
+            seconds(self.traffic_ms),
+            seconds(self.settle_ms)
+        )?;
+        if let Some(l) = &self.latency_us {
+            writeln!(
+                f,
+                "latency    p50 {} ms, p95 {} ms, p99 {} ms, max {} ms",
+                format_ms(l.p50_us),
+                format_ms(l.p95_us),
+                format_ms(l.p99_us),
+                format_ms(l.max_us)
+            )?;
+        }
+        if let Some(line) = self.over_time() {
+            writeln!(f, "over time  {line}")?;
+        }
+        let faults: Vec<String> = self
+            .faults_injected
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let outages = self.events.iter().filter(|e| e.kind == "outage").count();
+        writeln!(
+            f,
+            "faults     bank: {}; {outages} outage(s); {} kill -9 and restart(s)",
+            if faults.is_empty() {
+                "none".to_owned()
+            } else {
+                faults.join(", ")
+            },
+            self.restarts
+        )
+    }
+
+    /// The series in a line: the busiest bucket, the slowest, and how many
+    /// had attempts without an answer.
+    fn over_time(&self) -> Option<String> {
+        let buckets = &self.series.buckets;
+        // The first of the busiest (and of the slowest): the same data, the
+        // same line.
+        let busiest = buckets.iter().min_by_key(|b| std::cmp::Reverse(b.sent))?;
+        let mut line = format!(
+            "per {}: at most {} requests (+{})",
+            bucket_name(self.series.bucket_ms),
+            busiest.sent,
+            seconds(busiest.start_ms)
+        );
+        if let Some(slowest) = buckets
+            .iter()
+            .filter(|b| b.p99_us.is_some())
+            .min_by_key(|b| std::cmp::Reverse(b.p99_us))
+            && let Some(p99) = slowest.p99_us
+        {
+            let _ = write!(
+                line,
+                ", worst p99 {} ms (+{})",
+                format_ms(p99),
+                seconds(slowest.start_ms)
+            );
+        }
+        let unanswered = buckets.iter().filter(|b| b.no_answer > 0).count();
+        let _ = write!(
+            line,
+            ", {unanswered} {} with attempts left unanswered",
+            if self.series.bucket_ms == 1000 {
+                "second(s)"
+            } else {
+                "bucket(s)"
+            }
+        );
+        Some(line)
+    }
+}
+
+/// A bucket's width as a unit: `1 s`, `2 s`.
+fn bucket_name(bucket_ms: u64) -> String {
+    if bucket_ms == 1000 {
+        "second".to_owned()
+    } else {
+        format!("{} s", bucket_ms / 1000)
+    }
 }
 
 /// `word` as one shell word: as is when it is plain, else single-quoted.
@@ -358,46 +504,7 @@ impl fmt::Display for RunReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verdict = if self.passed { "PASS" } else { "FAIL" };
         writeln!(f, "simulator run: {verdict} (seed {})", self.seed)?;
-        writeln!(f, "mode       {}", self.mode)?;
-        writeln!(f, "scenario   {}", self.scenario)?;
-        writeln!(f, "bank chaos {}", self.chaos)?;
-        writeln!(
-            f,
-            "traffic    {} of {} payments, {} requests, concurrency {}, {} replica(s), {} of traffic, {} to settle",
-            self.payments_run,
-            self.payments_planned,
-            self.requests,
-            self.concurrency,
-            self.replicas,
-            seconds(self.traffic_ms),
-            seconds(self.settle_ms)
-        )?;
-        if let Some(l) = &self.latency_us {
-            writeln!(
-                f,
-                "latency    p50 {} ms, p95 {} ms, p99 {} ms, max {} ms",
-                format_ms(l.p50_us),
-                format_ms(l.p95_us),
-                format_ms(l.p99_us),
-                format_ms(l.max_us)
-            )?;
-        }
-        let faults: Vec<String> = self
-            .faults_injected
-            .iter()
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
-        let outages = self.events.iter().filter(|e| e.kind == "outage").count();
-        writeln!(
-            f,
-            "faults     bank: {}; {outages} outage(s); {} kill -9 and restart(s)",
-            if faults.is_empty() {
-                "none".to_owned()
-            } else {
-                faults.join(", ")
-            },
-            self.restarts
-        )?;
+        self.write_summary(f)?;
         writeln!(f, "final statuses")?;
         for (status, n) in &self.final_statuses {
             writeln!(f, "  {n:>6}  {status}")?;
@@ -421,10 +528,25 @@ impl fmt::Display for RunReport {
                     format!(", {} violation(s)", invariant.violations)
                 }
             )?;
-            for violation in &invariant.examples {
+            writeln!(f, "        {}", invariant.about)?;
+            for (i, violation) in invariant.examples.iter().enumerate() {
                 writeln!(f, "        {}: {}", violation.subject, violation.message)?;
                 for line in &violation.history {
                     writeln!(f, "          {line}")?;
+                }
+                // The story is printed as the checks wrote it; the faults
+                // around it follow, by time (the HTML interleaves them).
+                let events = self
+                    .failure_stories
+                    .iter()
+                    .filter(|s| s.invariant == invariant.number && s.example == i)
+                    .flat_map(|s| &s.lines)
+                    .filter(|l| l.source == Source::Event);
+                for line in events {
+                    match line.at_ms {
+                        Some(ms) => writeln!(f, "          during it: +{ms}ms {}", line.text)?,
+                        None => writeln!(f, "          during it: {}", line.text)?,
+                    }
                 }
             }
         }
@@ -432,5 +554,392 @@ impl fmt::Display for RunReport {
             writeln!(f, "gateway logs: {}", self.gateway_logs.join(", "))?;
         }
         write!(f, "replay: {}", self.replay_command())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::series::{bucket_width, series_of};
+    use super::story::{MAX_EVENTS, timeline, without_moment};
+    use super::*;
+    use crate::driver::{Exchange, Read, ReadKind};
+    use crate::invariants::Violation;
+    use crate::model::Op;
+
+    const EVIL: &str = "<script>alert(\"x\")</script>";
+
+    fn exchange(op: Op, at_ms: u64, latency_ms: u64, status: Option<u16>) -> Exchange {
+        Exchange {
+            op,
+            key: format!("k-{at_ms}"),
+            variant: 0,
+            merchant: 0,
+            at_ms,
+            latency_us: latency_ms * 1000,
+            answer: match status {
+                Some(status) => Answer::Http {
+                    status,
+                    replayed: false,
+                    retry_after: None,
+                    body: "{}".into(),
+                },
+                None => Answer::Transport {
+                    error: "connection refused".into(),
+                },
+            },
+        }
+    }
+
+    fn read(at_ms: u64, answered: bool) -> Read {
+        Read {
+            kind: ReadKind::Read,
+            after: "end".into(),
+            payment_id: None,
+            at_ms,
+            latency_us: 1000,
+            answer: if answered {
+                Answer::Http {
+                    status: 200,
+                    replayed: false,
+                    retry_after: None,
+                    body: "{}".into(),
+                }
+            } else {
+                Answer::Transport {
+                    error: "reset".into(),
+                }
+            },
+        }
+    }
+
+    fn event(at_ms: u64, kind: &str, replica: Option<usize>, detail: &str) -> Event {
+        Event {
+            at_ms,
+            kind: kind.into(),
+            replica,
+            detail: detail.into(),
+        }
+    }
+
+    fn sample() -> (Vec<Exchange>, Vec<Read>, Vec<Event>) {
+        let exchanges = vec![
+            exchange(Op::Authorize, 100, 50, Some(201)),
+            // Answered in the next second: counted there as final.
+            exchange(Op::Capture, 200, 1500, Some(200)),
+            // Not final: it counts as sent only.
+            exchange(Op::Void, 900, 10, Some(202)),
+            exchange(Op::Capture, 1200, 0, None),
+            exchange(Op::Refund, 2500, 3, Some(200)),
+        ];
+        let reads = vec![read(300, true), read(2100, false)];
+        let mut events = vec![
+            event(1500, "kill", Some(1), "kill -9 4242"),
+            event(1800, "restart", Some(1), "ready again"),
+        ];
+        events
+            .extend((0..7).map(|i| event(2000 + i, "fault_point", Some(0), "bank_answered Abort")));
+        events.push(event(2600, "outage", None, "bank answers 503 for 2 s"));
+        (exchanges, reads, events)
+    }
+
+    #[test]
+    fn buckets_count_requests_by_sending_and_final_answers_by_arrival() {
+        let (exchanges, reads, events) = sample();
+        let series = series_of(exchanges.iter(), reads.iter(), &events, 3500);
+        assert_eq!(series.bucket_ms, 1000);
+        let sent: Vec<u64> = series.buckets.iter().map(|b| b.sent).collect();
+        let finals: Vec<u64> = series.buckets.iter().map(|b| b.final_answers).collect();
+        let lost: Vec<u64> = series.buckets.iter().map(|b| b.no_answer).collect();
+        let starts: Vec<u64> = series.buckets.iter().map(|b| b.start_ms).collect();
+        assert_eq!(starts, [0, 1000, 2000, 3000], "to the end of the traffic");
+        assert_eq!(sent, [4, 1, 2, 0]);
+        assert_eq!(finals, [1, 1, 1, 0]);
+        assert_eq!(lost, [0, 1, 1, 0]);
+        assert_eq!(sent.iter().sum::<u64>(), 7, "every attempt once");
+    }
+
+    #[test]
+    fn bucket_percentiles_are_nearest_rank_over_answered_requests() {
+        let (exchanges, reads, events) = sample();
+        let series = series_of(exchanges.iter(), reads.iter(), &events, 3500);
+        let p50: Vec<Option<u64>> = series.buckets.iter().map(|b| b.p50_us).collect();
+        let p99: Vec<Option<u64>> = series.buckets.iter().map(|b| b.p99_us).collect();
+        // Second 0: 10, 50 and 1500 ms; second 1 only a request unanswered.
+        assert_eq!(p50, [Some(50_000), None, Some(3_000), None]);
+        assert_eq!(p99, [Some(1_500_000), None, Some(3_000), None]);
+    }
+
+    #[test]
+    fn markers_are_one_per_kind_and_bucket_in_time_order() {
+        let (exchanges, reads, events) = sample();
+        let series = series_of(exchanges.iter(), reads.iter(), &events, 3500);
+        let markers: Vec<(u64, &str, u64)> = series
+            .markers
+            .iter()
+            .map(|m| (m.at_ms, m.kind.as_str(), m.count))
+            .collect();
+        assert_eq!(
+            markers,
+            [
+                (1500, "kill", 1),
+                (1800, "restart", 1),
+                (2000, "fault_point", 7),
+                (2600, "outage", 1)
+            ]
+        );
+        let fault_points = &series.markers[2];
+        assert_eq!(fault_points.details.len(), series::MARKER_DETAILS);
+        assert_eq!(
+            fault_points.details[0],
+            "+2.0 s fault point, replica 0: bank_answered Abort"
+        );
+        assert_eq!(
+            series.markers[0].details,
+            ["+1.5 s kill -9, replica 1: kill -9 4242"]
+        );
+    }
+
+    #[test]
+    fn buckets_widen_to_stay_within_the_bound() {
+        assert_eq!(bucket_width(0), 1000);
+        assert_eq!(bucket_width(599_999), 1000);
+        assert_eq!(bucket_width(600_000), 2000);
+        assert_eq!(bucket_width(3_600_000), 7000);
+        for end_ms in [
+            0,
+            999,
+            1000,
+            599_999,
+            600_000,
+            1_000_000,
+            36_000_000,
+            123_456_789,
+        ] {
+            let late = [event(end_ms, "kill", Some(0), "kill -9 1")];
+            let series = series_of([].iter(), [].iter(), &late, 0);
+            let n = u64::try_from(series.buckets.len()).unwrap();
+            assert!((1..=series::MAX_BUCKETS).contains(&n), "{end_ms}: {n}");
+            assert!(series.end_ms() > end_ms, "{end_ms} is in a bucket");
+            assert_eq!(series.bucket_of(end_ms), series.buckets.len() - 1);
+            assert_eq!(series.bucket_ms % 1000, 0, "whole seconds");
+        }
+        let long = series_of(
+            [].iter(),
+            [].iter(),
+            &[event(1_000_000, "kill", None, "")],
+            0,
+        );
+        assert_eq!((long.bucket_ms, long.buckets.len()), (2000, 501));
+    }
+
+    #[test]
+    fn nothing_recorded_is_an_empty_series() {
+        assert_eq!(series_of([].iter(), [].iter(), &[], 0), Series::default());
+        let quiet = series_of([].iter(), [].iter(), &[], 1500);
+        assert_eq!(quiet.buckets.len(), 2);
+        assert!(
+            quiet
+                .buckets
+                .iter()
+                .all(|b| b.sent == 0 && b.p50_us.is_none())
+        );
+    }
+
+    fn history() -> Vec<String> {
+        [
+            "plan: normal, capture (seed 1)",
+            "+100ms authorize k-auth → 201 authorized",
+            "+2500ms capture k-cap → 503 bank_unavailable",
+            "+400ms read after authorize → 200 authorized",
+            "receipt pay_1: pending → authorized (bank ids {})",
+            "operation capture failed under bank key bk-1",
+            "  to the bank +2600ms /captures → +2700ms",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    #[test]
+    fn a_story_interleaves_the_runs_events_by_time() {
+        let events = [
+            event(50, "kill", Some(1), "kill -9 4242"),
+            event(2500, "fault_point", Some(0), "bank_answered Abort"),
+            event(4600, "restart", Some(1), "ready again"),
+            // Past the story's last moment and the margin.
+            event(4601, "outage", None, "bank answers 503 for 2 s"),
+        ];
+        let story = timeline(&history(), None, &events);
+        assert_eq!(story.span_ms, Some((100, 2600)));
+        let lines: Vec<(Option<u64>, Source, &str)> = story
+            .lines
+            .iter()
+            .map(|l| (l.at_ms, l.source, l.text.as_str()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                (None, Source::Payment, "plan: normal, capture (seed 1)"),
+                (Some(50), Source::Event, "kill -9, replica 1: kill -9 4242"),
+                (
+                    Some(100),
+                    Source::Payment,
+                    "+100ms authorize k-auth → 201 authorized"
+                ),
+                (
+                    Some(400),
+                    Source::Payment,
+                    "+400ms read after authorize → 200 authorized"
+                ),
+                (
+                    Some(2500),
+                    Source::Payment,
+                    "+2500ms capture k-cap → 503 bank_unavailable"
+                ),
+                (
+                    Some(2500),
+                    Source::Event,
+                    "fault point, replica 0: bank_answered Abort"
+                ),
+                (
+                    Some(2600),
+                    Source::Payment,
+                    "to the bank +2600ms /captures → +2700ms (operation capture failed)"
+                ),
+                (Some(4600), Source::Event, "restart, replica 1: ready again"),
+                (
+                    None,
+                    Source::Payment,
+                    "receipt pay_1: pending → authorized (bank ids {})"
+                ),
+                (
+                    None,
+                    Source::Payment,
+                    "operation capture failed under bank key bk-1"
+                ),
+            ]
+        );
+        assert_eq!(
+            without_moment("+100ms authorize k → 201"),
+            "authorize k → 201"
+        );
+        assert_eq!(
+            without_moment("to the bank +1ms /x → +5ms"),
+            "to the bank /x → +5ms"
+        );
+        assert_eq!(without_moment("plan: 4ms"), "plan: 4ms");
+    }
+
+    #[test]
+    fn a_given_span_decides_which_events_belong_and_they_are_bounded() {
+        let many: Vec<Event> = (0..60)
+            .map(|i| event(10_000 + i, "fault_point", Some(0), "tx_commit Error"))
+            .collect();
+        let story = timeline(&history(), Some((9_000, 9_500)), &many);
+        let events = story.lines.iter().filter(|l| l.source == Source::Event);
+        assert_eq!(
+            events.clone().filter(|l| l.at_ms.is_some()).count(),
+            MAX_EVENTS
+        );
+        assert!(
+            events
+                .clone()
+                .any(|l| l.text == "… and 10 more of the run's events in this span")
+        );
+        let outside = timeline(&history(), Some((20_000, 21_000)), &many);
+        assert!(outside.lines.iter().all(|l| l.source == Source::Payment));
+        let untimed = timeline(&["only words".to_owned()], None, &many);
+        assert_eq!(untimed.span_ms, None);
+        assert_eq!(untimed.lines.len(), 1);
+    }
+
+    fn report() -> RunReport {
+        let (exchanges, reads, mut events) = sample();
+        events.push(event(2700, "fault_point", Some(0), EVIL));
+        let mut history = history();
+        history.push(format!("+2650ms capture k-cap → 500 {EVIL}"));
+        let mut story = timeline(&history, None, &events);
+        story.invariant = 10;
+        let invariants = vec![
+            InvariantResult {
+                number: 1,
+                name: "no double charge",
+                about: "per authorization at most one capture",
+                passed: true,
+                checked: 3,
+                violations: 0,
+                examples: vec![],
+            },
+            InvariantResult {
+                number: 10,
+                name: "no server errors",
+                about: "no 5xx but 503 with Retry-After",
+                passed: false,
+                checked: 5,
+                violations: 2,
+                examples: vec![
+                    Violation {
+                        subject: format!("#0 ord_0 pay_1 {EVIL}"),
+                        message: format!("500 answered {EVIL}"),
+                        history,
+                    },
+                    Violation {
+                        subject: "the ledger".into(),
+                        message: "no story".into(),
+                        history: vec![],
+                    },
+                ],
+            },
+        ];
+        RunReport {
+            seed: 7,
+            run_id: "r1".into(),
+            scenario: format!("7 payments · chaos calm {EVIL}"),
+            chaos: serde_json::json!({"failure_rate": 0.0, "note": EVIL}),
+            payments_planned: 7,
+            payments_run: 7,
+            concurrency: 2,
+            replicas: 2,
+            mode: format!("own stack {EVIL}"),
+            own_stack: true,
+            traffic_ms: 3500,
+            settle_ms: 200,
+            requests: 7,
+            outcomes: BTreeMap::from([
+                ("capture 200".to_owned(), 1),
+                (format!("capture 500 {EVIL}"), 1),
+            ]),
+            final_statuses: BTreeMap::from([
+                ("captured".to_owned(), 5),
+                (format!("refunded {EVIL}"), 2),
+            ]),
+            latency_us: None,
+            latency_histogram: vec![Bucket {
+                le_ms: Some(1),
+                count: 3,
+            }],
+            faults_injected: BTreeMap::from([(format!("timeout {EVIL}"), 3)]),
+            restarts: 1,
+            kill_every_ms: None,
+            cards: 2,
+            duration_ms: None,
+            scenario_file: None,
+            series: series_of(exchanges.iter(), reads.iter(), &events, 3500),
+            events,
+            invariants,
+            failure_stories: vec![story],
+            passed: false,
+            gateway_logs: vec![],
+        }
+    }
+
+    #[test]
+    fn the_text_names_what_each_invariant_checks_and_the_faults_around_a_failure() {
+        let text = report().to_string();
+        assert!(text.contains("\n        per authorization at most one capture\n"));
+        assert!(text.contains("          during it: +1500ms kill -9, replica 1: kill -9 4242\n"));
+        assert!(
+            text.contains("over time  per second: at most 4 requests (+0.0 s)"),
+            "{text}"
+        );
     }
 }
