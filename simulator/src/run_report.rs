@@ -1,10 +1,14 @@
 //! The report of `simulator run`: text for people, JSON for scripts, and a
-//! self-contained HTML page (inline SVG: a latency histogram and a timeline
-//! of kills, restarts and outages).
+//! self-contained HTML page (inline SVG, no script): the invariants with
+//! each failure's story as a timeline, requests and latency over time with
+//! the faults marked, the faults by kind, the final statuses, the latency
+//! histogram and the answers.
 //!
 //! - [`series`]: the run over time, per bucket, and its events as markers.
 //! - [`story`]: a failure example's story with the run's events between.
+//! - [`charts`]: the SVG.
 
+mod charts;
 pub mod series;
 pub mod story;
 
@@ -276,8 +280,11 @@ impl RunReport {
         }
     }
 
-    /// A self-contained HTML page: summary, invariants, the latency
-    /// histogram and the timeline, as inline SVG.
+    /// A self-contained HTML page: the summary; the invariants, each
+    /// failure's story as a timeline with the run's events between its
+    /// lines; requests, answers and latency over time with the events
+    /// marked; the events by kind; the final statuses; the latency
+    /// histogram; the answers; and the text report.
     pub fn html(&self) -> String {
         let mut page = String::new();
         let verdict = if self.passed { "PASS" } else { "FAIL" };
@@ -286,99 +293,238 @@ impl RunReport {
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>simulator run {verdict} (seed {})</title>\
              <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}\
              .pass{{color:#1a7f37}}.fail{{color:#cf222e}}pre{{background:#f6f8fa;padding:1em;overflow:auto}}\
-             td,th{{padding:2px 10px;text-align:left}}</style></head><body>",
+             td,th{{padding:2px 10px;text-align:left;vertical-align:top}}td.n{{text-align:right}}\
+             table.story{{font-family:monospace;font-size:13px;border-collapse:collapse}}\
+             table.story tr.event{{background:#fff1e5;color:#953800;font-weight:bold}}\
+             table.story td{{border-bottom:1px solid #eee}}\
+             p.note{{color:#57606a;font-size:13px}}</style></head><body>",
             self.seed
         );
         let _ = write!(
             page,
-            "<h1>simulator run: <span class=\"{}\">{verdict}</span></h1><pre>{}</pre>",
-            verdict.to_lowercase(),
+            "<h1>simulator run: <span class=\"{}\">{verdict}</span></h1>",
+            verdict.to_lowercase()
+        );
+        let failed: Vec<String> = self
+            .invariants
+            .iter()
+            .filter(|i| !i.passed)
+            .map(|i| {
+                format!(
+                    "<a href=\"#invariant-{0}\">{0}. {1}</a>",
+                    i.number,
+                    escape(i.name)
+                )
+            })
+            .collect();
+        if !failed.is_empty() {
+            let _ = write!(page, "<p class=\"fail\">Failed: {}</p>", failed.join(", "));
+        }
+        let mut summary = String::new();
+        let _ = self.write_summary(&mut summary);
+        let _ = write!(
+            page,
+            "<pre>{}replay: {}</pre>",
+            escape(&summary),
+            escape(&self.replay_command())
+        );
+        self.invariants_html(&mut page);
+        self.over_time_html(&mut page);
+        page.push_str("<h2 id=\"faults\">Faults by kind</h2>");
+        match charts::event_rows(&self.series, &self.events, self.traffic_ms) {
+            Some(svg) => page.push_str(&svg),
+            None => page.push_str("<p>No faults, kills or restarts in this run.</p>"),
+        }
+        let bank: Vec<String> = self
+            .faults_injected
+            .iter()
+            .map(|(kind, n)| format!("{} {n}", escape(kind)))
+            .collect();
+        if !bank.is_empty() {
+            // The bank counts its faults; it does not say when: no ticks.
+            let _ = write!(
+                page,
+                "<p class=\"note\">The bank's own faults, counted but not timed: {}.</p>",
+                bank.join(", ")
+            );
+        }
+        page.push_str("<h2 id=\"statuses\">Final statuses</h2>");
+        let statuses: Vec<(String, u64)> = self
+            .final_statuses
+            .iter()
+            .map(|(status, n)| (status.clone(), *n))
+            .collect();
+        page.push_str(&charts::bars(&statuses));
+        page.push_str("<h2 id=\"histogram\">Latency (every answered request)</h2>");
+        page.push_str(&charts::histogram(&self.latency_histogram));
+        page.push_str(
+            "<h2 id=\"answers\">Answers by request and status (every attempt)</h2>\
+             <table><tr><th>request</th><th>answer</th><th>count</th></tr>",
+        );
+        for (outcome, n) in &self.outcomes {
+            let (op, answer) = outcome.split_once(' ').unwrap_or((outcome, ""));
+            let _ = write!(
+                page,
+                "<tr><td>{}</td><td>{}</td><td class=\"n\">{n}</td></tr>",
+                escape(op),
+                escape(answer)
+            );
+        }
+        let _ = write!(
+            page,
+            "</table><h2 id=\"text\">The text report</h2><details><summary>as printed</summary><pre>{}</pre></details>",
             escape(&self.to_string())
         );
-        page.push_str("<h2>Latency (every answered request)</h2>");
-        page.push_str(&self.histogram_svg());
-        page.push_str("<h2>Timeline: kills, restarts, outages</h2>");
-        page.push_str(&self.timeline_svg());
         page.push_str("</body></html>\n");
         page
     }
 
-    fn histogram_svg(&self) -> String {
-        let (width, height, bar) = (900u64, 220u64, 60u64);
-        let max = self
-            .latency_histogram
-            .iter()
-            .map(|b| b.count)
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        let mut svg = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{}\">",
-            height + 40
+    /// The invariants as a table, then each failed one's examples, each
+    /// with its story as a timeline.
+    fn invariants_html(&self, page: &mut String) {
+        page.push_str(
+            "<h2 id=\"invariants\">Invariants</h2><table><tr><th>#</th><th>invariant</th>\
+             <th>what it checks</th><th>checked</th><th>violations</th><th></th></tr>",
         );
-        for (i, bucket) in self.latency_histogram.iter().enumerate() {
-            let x = 10 + u64::try_from(i).unwrap_or(0) * (bar + 6);
-            let h = bucket.count * height / max;
-            let label = match bucket.le_ms {
-                Some(le) => format!("≤{le}ms"),
-                None => ">10s".to_owned(),
+        for invariant in &self.invariants {
+            let (class, verdict) = if invariant.passed {
+                ("pass", "PASS")
+            } else {
+                ("fail", "FAIL")
             };
             let _ = write!(
-                svg,
-                "<rect x=\"{x}\" y=\"{}\" width=\"{bar}\" height=\"{h}\" fill=\"#4c72b0\"/>\
-                 <text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\">{}</text>\
-                 <text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\">{label}</text>",
-                height - h + 10,
-                x + bar / 2,
-                height - h + 6,
-                bucket.count,
-                x + bar / 2,
-                height + 28
+                page,
+                "<tr><td class=\"n\">{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td>\
+                 <td class=\"n\">{}</td><td class=\"{class}\">{verdict}</td></tr>",
+                invariant.number,
+                escape(invariant.name),
+                escape(invariant.about),
+                invariant.checked,
+                invariant.violations
             );
         }
-        svg.push_str("</svg>");
-        svg
+        page.push_str("</table>");
+        for invariant in self.invariants.iter().filter(|i| !i.passed) {
+            let _ = write!(
+                page,
+                "<h3 id=\"invariant-{0}\" class=\"fail\">{0}. {1}: FAIL ({2} violation(s){3})</h3><p>{4}</p>",
+                invariant.number,
+                escape(invariant.name),
+                invariant.violations,
+                if invariant.examples.len()
+                    < usize::try_from(invariant.violations).unwrap_or(usize::MAX)
+                {
+                    format!(", the first {} shown", invariant.examples.len())
+                } else {
+                    String::new()
+                },
+                escape(invariant.about)
+            );
+            for (i, violation) in invariant.examples.iter().enumerate() {
+                let _ = write!(
+                    page,
+                    "<h4>{}</h4><p>{}</p>",
+                    escape(&violation.subject),
+                    escape(&violation.message)
+                );
+                let Some(story) = self
+                    .failure_stories
+                    .iter()
+                    .find(|s| s.invariant == invariant.number && s.example == i)
+                else {
+                    continue;
+                };
+                if let Some((first, last)) = story.span_ms {
+                    let _ = write!(
+                        page,
+                        "<p class=\"note\">From +{first}ms to +{last}ms; the run's events from {} s before to {} s after are between its lines.</p>",
+                        story::MARGIN_MS / 1000,
+                        story::MARGIN_MS / 1000
+                    );
+                }
+                page.push_str("<table class=\"story\">");
+                for line in &story.lines {
+                    let (class, text) = match line.source {
+                        Source::Payment => ("payment", story::without_moment(&line.text)),
+                        Source::Event => ("event", line.text.as_str().into()),
+                    };
+                    let at = line.at_ms.map(|ms| format!("+{ms}ms")).unwrap_or_default();
+                    let _ = write!(
+                        page,
+                        "<tr class=\"{class}\"><td class=\"n\">{at}</td><td>{}</td></tr>",
+                        escape(&text)
+                    );
+                }
+                page.push_str("</table>");
+            }
+        }
     }
 
-    fn timeline_svg(&self) -> String {
-        let width = 900u64;
-        let span = self.traffic_ms.max(1);
-        let x = |ms: u64| 10 + ms.min(span) * (width - 20) / span;
-        let mut svg = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"110\">\
-             <line x1=\"10\" y1=\"60\" x2=\"{}\" y2=\"60\" stroke=\"#888\"/>\
-             <text x=\"10\" y=\"100\" font-size=\"11\">0 s</text>\
-             <text x=\"{}\" y=\"100\" font-size=\"11\" text-anchor=\"end\">{} (traffic ends)</text>",
-            width - 10,
-            width - 10,
-            seconds(self.traffic_ms)
-        );
-        for event in &self.events {
-            let (colour, y) = match event.kind.as_str() {
-                "kill" => ("#cf222e", 40),
-                "restart" => ("#1a7f37", 50),
-                _ => ("#bf8700", 30),
-            };
-            let _ = write!(
-                svg,
-                "<line x1=\"{0}\" y1=\"{y}\" x2=\"{0}\" y2=\"70\" stroke=\"{colour}\" stroke-width=\"2\">\
-                 <title>{1} {2} at {3}: {4}</title></line>",
-                x(event.at_ms),
-                event.kind,
-                event
-                    .replica
-                    .map(|r| format!("replica {r}"))
-                    .unwrap_or_default(),
-                seconds(event.at_ms),
-                escape(&event.detail)
-            );
+    /// Requests and answers, then latency, per bucket, with the events as
+    /// vertical markers on the same time axis.
+    fn over_time_html(&self, page: &mut String) {
+        if self.series.buckets.is_empty() {
+            page.push_str("<h2 id=\"over-time\">Over time</h2><p>Nothing was sent.</p>");
+            return;
         }
-        svg.push_str(
-            "<text x=\"10\" y=\"15\" font-size=\"11\">\
-             <tspan fill=\"#cf222e\">■ kill -9</tspan>  <tspan fill=\"#1a7f37\">■ restart</tspan>  \
-             <tspan fill=\"#bf8700\">■ bank outage</tspan></text></svg>",
+        let per = bucket_name(self.series.bucket_ms);
+        let column = |value: fn(&TimeBucket) -> Option<u64>| -> Vec<Option<u64>> {
+            self.series.buckets.iter().map(value).collect()
+        };
+        let _ = write!(
+            page,
+            "<h2 id=\"over-time\">Requests and answers per {per}</h2>"
         );
-        svg
+        page.push_str(&charts::line_chart(
+            &self.series,
+            self.traffic_ms,
+            &format!("per {per}"),
+            &[
+                charts::Line {
+                    name: "requests sent",
+                    colour: "#4c72b0",
+                    values: column(|b| Some(b.sent)),
+                },
+                charts::Line {
+                    name: "final answers",
+                    colour: "#1a7f37",
+                    values: column(|b| Some(b.final_answers)),
+                },
+                charts::Line {
+                    name: "no answer",
+                    colour: "#cf222e",
+                    values: column(|b| Some(b.no_answer)),
+                },
+            ],
+            charts::Scale::Count,
+        ));
+        page.push_str(
+            "<p class=\"note\">A request counts when it was sent, a final answer when it \
+             arrived (202, 409 key in use, 429, 503 and no answer are not final). Vertical \
+             marks are the run's events; hover for what they were.</p>",
+        );
+        let _ = write!(page, "<h2 id=\"latency-over-time\">Latency per {per}</h2>");
+        page.push_str(&charts::line_chart(
+            &self.series,
+            self.traffic_ms,
+            "log scale",
+            &[
+                charts::Line {
+                    name: "p50",
+                    colour: "#4c72b0",
+                    values: column(|b| b.p50_us),
+                },
+                charts::Line {
+                    name: "p99",
+                    colour: "#cf222e",
+                    values: column(|b| b.p99_us),
+                },
+            ],
+            charts::Scale::LatencyUs,
+        ));
+        page.push_str(
+            "<p class=\"note\">Of the keyed requests sent in each bucket that got an answer.</p>",
+        );
     }
 
     /// The lines of the text report between its verdict and its tables.
@@ -494,10 +640,13 @@ fn seconds(ms: u64) -> String {
     format!("{}.{} s", ms / 1000, ms % 1000 / 100)
 }
 
+/// `text` safe in HTML and SVG, as content and as a quoted attribute.
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 impl fmt::Display for RunReport {
@@ -559,6 +708,7 @@ impl fmt::Display for RunReport {
 
 #[cfg(test)]
 mod tests {
+    use super::charts::{decades, nice_step};
     use super::series::{bucket_width, series_of};
     use super::story::{MAX_EVENTS, timeline, without_moment};
     use super::*;
@@ -743,6 +893,17 @@ mod tests {
                 .iter()
                 .all(|b| b.sent == 0 && b.p50_us.is_none())
         );
+    }
+
+    #[test]
+    fn chart_scales_are_round() {
+        assert_eq!(nice_step(0), 1);
+        assert_eq!(nice_step(7), 2);
+        assert_eq!(nice_step(100), 50);
+        assert_eq!(nice_step(u64::MAX), 5_000_000_000_000_000_000);
+        assert_eq!(decades(0, 0), (1, 10));
+        assert_eq!(decades(1500, 2_000_000), (1000, 10_000_000));
+        assert_eq!(decades(1000, 1000), (1000, 10_000));
     }
 
     fn history() -> Vec<String> {
@@ -930,6 +1091,53 @@ mod tests {
             passed: false,
             gateway_logs: vec![],
         }
+    }
+
+    #[test]
+    fn the_page_has_every_section_and_escapes_what_it_shows() {
+        let html = report().html();
+        for section in [
+            "id=\"invariants\"",
+            "id=\"invariant-10\"",
+            "id=\"over-time\"",
+            "id=\"latency-over-time\"",
+            "id=\"faults\"",
+            "id=\"statuses\"",
+            "id=\"histogram\"",
+            "id=\"answers\"",
+            "id=\"text\"",
+        ] {
+            assert!(html.contains(section), "{section}");
+        }
+        assert!(!html.contains("<script"), "nothing given runs");
+        assert!(html.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;"));
+        assert!(
+            html.contains("no 5xx but 503 with Retry-After"),
+            "the about line"
+        );
+        assert!(html.contains("<polyline"), "lines drawn");
+        assert!(
+            html.contains("bank answers 503 for 2 s"),
+            "a marker's title"
+        );
+        assert!(
+            html.contains("fault point bank_answered"),
+            "a row per fault point"
+        );
+        assert!(html.contains("The bank's own faults, counted but not timed"));
+        assert!(
+            html.contains("<td>capture</td><td>500 &lt;script&gt;"),
+            "the answers table"
+        );
+        assert!(
+            html.contains("<td>to the bank /captures → +2700ms (operation capture failed)</td>")
+        );
+        // The kill is shown between the requests it fell between.
+        let at = |needle: &str| html.find(needle).unwrap_or_else(|| panic!("{needle}"));
+        let kill = at("<tr class=\"event\"><td class=\"n\">+1500ms</td><td>kill -9, replica 1");
+        assert!(at("<td>authorize k-auth → 201 authorized</td>") < kill);
+        assert!(kill < at("<td>capture k-cap → 503 bank_unavailable</td>"));
+        assert_eq!(html, report().html(), "the same data, the same page");
     }
 
     #[test]
