@@ -12,6 +12,8 @@ use crate::payments::Leases;
 use crate::recovery::RecoverySettings;
 use crate::store::batch::BatchLimits;
 use crate::store::operations::Backoff;
+use crate::webhooks::WebhookSettings;
+use crate::webhooks::secret::WebhookKey;
 
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
@@ -139,6 +141,36 @@ pub struct Settings {
     /// HTTP worker threads; 0 means one per core.
     #[arg(long, env = "WORKERS", default_value_t = 0)]
     pub workers: usize,
+    /// The key webhook signing secrets are derived from: at least 32 bytes,
+    /// the same in every replica, never stored, never changed (each
+    /// endpoint's secret would change with it; rotate endpoints instead).
+    /// Unset, webhook endpoints cannot be registered.
+    #[arg(long, env = "WEBHOOK_SECRET_KEY", hide_env_values = true)]
+    pub webhook_secret_key: Option<Secret>,
+    /// Lets endpoints use plain http and private or loopback addresses:
+    /// for tests, the simulator and local development only.
+    #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE_URLS", default_value_t = false)]
+    pub webhook_allow_private_urls: bool,
+    /// One delivery attempt, from connecting to the last byte read.
+    #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
+    /// The wait before each retry of a failed delivery, comma-separated;
+    /// after the last, the delivery has failed (about three days by default).
+    #[arg(long, env = "WEBHOOK_RETRY_SCHEDULE_MS", value_delimiter = ',',
+        default_values_t = crate::webhooks::DEFAULT_SCHEDULE_MS)]
+    pub webhook_retry_schedule_ms: Vec<u64>,
+    /// Delivery attempts in flight at once, per process.
+    #[arg(long, env = "WEBHOOK_MAX_IN_FLIGHT", default_value_t = 64)]
+    pub webhook_max_in_flight: usize,
+    /// Delivery attempts in flight to one endpoint at once, per process.
+    #[arg(long, env = "WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT", default_value_t = 4)]
+    pub webhook_max_in_flight_per_endpoint: usize,
+    /// How often an idle delivery worker looks for due deliveries.
+    #[arg(long, env = "WEBHOOK_POLL_INTERVAL_MS", default_value_t = 250)]
+    pub webhook_poll_interval_ms: u64,
+    /// Postgres connections of the delivery workers, apart from DB_POOL_SIZE.
+    #[arg(long, env = "WEBHOOK_DB_POOL_SIZE", default_value_t = 2)]
+    pub webhook_db_pool_size: u32,
     /// Fault points to arm, for tests and the simulator only (see
     /// `gateway::faults`); refused by a build without them.
     #[arg(long, env = "GATEWAY_FAULTS", default_value = "", hide = true)]
@@ -209,6 +241,14 @@ impl Settings {
             rate_limit_burst: 200,
             shutdown_grace_seconds: 30,
             workers: 0,
+            webhook_secret_key: Some(Secret::random()),
+            webhook_allow_private_urls: true,
+            webhook_timeout_ms: 10_000,
+            webhook_retry_schedule_ms: crate::webhooks::DEFAULT_SCHEDULE_MS.to_vec(),
+            webhook_max_in_flight: 64,
+            webhook_max_in_flight_per_endpoint: 4,
+            webhook_poll_interval_ms: 250,
+            webhook_db_pool_size: 2,
             faults: String::new(),
             fault_seed: 0,
             clock_skew_ms: 0,
@@ -257,6 +297,22 @@ impl Settings {
         printer
     }
 
+    pub fn webhooks(&self) -> WebhookSettings {
+        WebhookSettings {
+            key: self.webhook_secret_key.clone().map(WebhookKey::new),
+            allow_private_urls: self.webhook_allow_private_urls,
+            timeout: Duration::from_millis(self.webhook_timeout_ms),
+            schedule: self
+                .webhook_retry_schedule_ms
+                .iter()
+                .map(|ms| Duration::from_millis(*ms))
+                .collect(),
+            max_in_flight: self.webhook_max_in_flight,
+            max_in_flight_per_endpoint: self.webhook_max_in_flight_per_endpoint,
+            poll_interval: Duration::from_millis(self.webhook_poll_interval_ms),
+        }
+    }
+
     pub fn batch_limits(&self) -> BatchLimits {
         BatchLimits {
             max_rows: self.db_batch_max_rows,
@@ -284,6 +340,15 @@ impl Settings {
         if self.db_pool_size == 0 || self.bank_max_in_flight == 0 || self.bank_max_attempts == 0 {
             return Err(
                 "pool size, bank in-flight limit and bank attempts must be at least 1".into(),
+            );
+        }
+        if self.webhook_max_in_flight == 0
+            || self.webhook_max_in_flight_per_endpoint == 0
+            || self.webhook_timeout_ms == 0
+            || self.webhook_db_pool_size == 0
+        {
+            return Err(
+                "webhook in-flight limits, timeout and pool size must be at least 1".into(),
             );
         }
         if self.db_batch_max_rows == 0 || self.db_batch_flushers == 0 || self.db_batch_queue == 0 {

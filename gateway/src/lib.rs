@@ -12,7 +12,10 @@
 //! - [`recovery`]: background work: the recovery worker and the expiry sweeper.
 //! - [`reconcile`]: receipts compared with the bank; those behind it moved
 //!   forward, mismatches reported.
-//! - [`store`]: Postgres: payments and their history, operations, merchants.
+//! - [`store`]: Postgres: payments and their history, operations, merchants,
+//!   events and webhook deliveries.
+//! - [`webhooks`]: every change of a payment, signed and delivered to the
+//!   merchant's endpoints, at least once, through crashes.
 //! - [`config`], [`startup`], [`telemetry`]: settings, wiring, logs and metrics.
 //! - [`faults`]: named fault points on the payment path, compiled only for
 //!   tests and the simulator.
@@ -31,6 +34,7 @@ pub mod recovery;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use config::Settings;
 pub use startup::Application;

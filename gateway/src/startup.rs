@@ -2,6 +2,7 @@
 //! HTTP server, and the idempotency-key purge.
 
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
@@ -15,6 +16,7 @@ use crate::config::Settings;
 use crate::faults::{Faults, Mutant};
 use crate::idempotency::Fingerprinter;
 use crate::payments::Gateway;
+use crate::webhooks::{WebhookSettings, delivery};
 use crate::{api, idempotency, recovery, store, telemetry};
 
 /// What every handler shares.
@@ -26,6 +28,7 @@ pub struct AppState {
     pub max_header_bytes: usize,
     /// Per API key; `None` when rate limiting is off.
     pub rate_limiter: Option<api::rate_limit::RateLimiter>,
+    pub webhooks: Arc<WebhookSettings>,
 }
 
 pub struct Application {
@@ -68,6 +71,7 @@ impl Application {
             settings.batch_limits(),
             faults,
         );
+        let webhooks = Arc::new(settings.webhooks());
         // Before serving: the first settlement must already write the
         // database's time.
         gateway.clock().measure(&pool).await?;
@@ -81,6 +85,7 @@ impl Application {
                 settings.rate_limit_burst,
                 api::rate_limit::MAX_TRACKED_KEYS,
             ),
+            webhooks: webhooks.clone(),
         });
 
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))?;
@@ -121,6 +126,7 @@ impl Application {
             )),
         ];
         background.extend(flushers);
+        background.extend(spawn_delivery(&settings, webhooks).await?);
         if settings.reconcile_interval_ms > 0 {
             background.push(tokio::spawn(crate::reconcile::run_forever(
                 gateway.pool().clone(),
@@ -167,6 +173,30 @@ impl Application {
         }
         result
     }
+}
+
+/// The webhook delivery workers, on a pool of their own so that a slow or
+/// failing receiver never takes a connection a payment needs. Without a
+/// webhook key nothing can be signed, so nothing is sent.
+async fn spawn_delivery(
+    settings: &Settings,
+    webhooks: Arc<WebhookSettings>,
+) -> anyhow::Result<Option<JoinHandle<()>>> {
+    let Some(key) = webhooks.key.clone() else {
+        tracing::info!(
+            "WEBHOOK_SECRET_KEY is unset: webhook endpoints cannot be registered and nothing is delivered"
+        );
+        return Ok(None);
+    };
+    let pool = store::connect(
+        &settings.database_url,
+        settings.webhook_db_pool_size,
+        Duration::from_millis(settings.db_acquire_timeout_ms),
+    )
+    .await?;
+    Ok(Some(tokio::spawn(delivery::deliver_forever(
+        pool, webhooks, key,
+    ))))
 }
 
 /// Deletes answered idempotency keys past their retention, periodically.

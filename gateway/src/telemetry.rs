@@ -20,6 +20,12 @@ const LATENCY_BUCKETS_SECONDS: [f64; 13] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0,
 ];
 
+/// Webhook delivery lag in seconds: from the change to the receiver's 2xx,
+/// retries included, so from sub-second to the schedule's three days.
+const DELIVERY_LAG_BUCKETS_SECONDS: [f64; 14] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1_800.0, 7_200.0, 43_200.0, 259_200.0,
+];
+
 /// Rows per batched write, up to the default `DB_BATCH_MAX_ROWS`.
 const BATCH_ROWS_BUCKETS: [f64; 7] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 
@@ -35,6 +41,11 @@ pub fn prometheus() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("gateway_webhook_delivery_lag_seconds".into()),
+                    &DELIVERY_LAG_BUCKETS_SECONDS,
+                )
+                .expect("the bucket list is not empty")
                 .set_buckets_for_metric(
                     Matcher::Suffix("_seconds".into()),
                     &LATENCY_BUCKETS_SECONDS,
@@ -124,7 +135,34 @@ pub fn register_metrics() {
         "gateway_rate_limited_total",
         "Requests refused with 429 by the per-key rate limit"
     );
+    describe_counter!(
+        "gateway_webhook_attempts_total",
+        "Webhook delivery attempts, by outcome: delivered (2xx) or failed"
+    );
+    describe_counter!(
+        "gateway_webhook_deliveries_total",
+        "Webhook deliveries finished, by outcome: delivered, or failed after the whole retry schedule"
+    );
+    describe_histogram!(
+        "gateway_webhook_delivery_lag_seconds",
+        Unit::Seconds,
+        "From a payment's change to its webhook's delivery, retries included"
+    );
+    describe_gauge!(
+        "gateway_webhook_deliveries_due",
+        "Webhook deliveries due now and not yet sent (enabled endpoints)"
+    );
+    describe_gauge!(
+        "gateway_webhook_endpoints_disabled",
+        "Webhook endpoints the gateway disabled because a delivery failed for its whole schedule"
+    );
+    describe_counter!(
+        "gateway_webhook_endpoints_disabled_total",
+        "Webhook endpoints disabled by the gateway for failing"
+    );
     for gauge in [
+        "gateway_webhook_deliveries_due",
+        "gateway_webhook_endpoints_disabled",
         "gateway_http_requests_in_flight",
         "gateway_bank_in_flight",
         "gateway_operations_unresolved",
@@ -138,6 +176,11 @@ pub fn register_metrics() {
     }
     metrics::counter!("gateway_idempotency_replays_total").increment(0);
     metrics::counter!("gateway_rate_limited_total").increment(0);
+    for outcome in ["delivered", "failed"] {
+        metrics::counter!("gateway_webhook_attempts_total", "outcome" => outcome).increment(0);
+        metrics::counter!("gateway_webhook_deliveries_total", "outcome" => outcome).increment(0);
+    }
+    metrics::counter!("gateway_webhook_endpoints_disabled_total").increment(0);
 }
 
 /// Outermost middleware: a request id (the client's, or a new one) on the

@@ -30,6 +30,12 @@ pub enum ApiError {
     NotFound,
     #[error("no such route")]
     NoRoute,
+    /// No such thing for this merchant (a webhook endpoint, an event).
+    #[error("no such {0}")]
+    Missing(&'static str),
+    /// The gateway has no webhook key, so no endpoint secret can be made.
+    #[error("webhooks are not configured on this gateway (its WEBHOOK_SECRET_KEY is unset)")]
+    WebhooksNotConfigured,
     #[error("the request body is larger than {limit_bytes} bytes")]
     PayloadTooLarge { limit_bytes: usize },
     #[error("a request with this Idempotency-Key is still being processed")]
@@ -80,8 +86,11 @@ impl ApiError {
             Self::Unauthenticated => {
                 ErrorBody::new("authentication_error", "invalid_api_key", message)
             }
-            Self::NotFound | Self::NoRoute => {
+            Self::NotFound | Self::NoRoute | Self::Missing(_) => {
                 ErrorBody::new("invalid_request_error", "resource_missing", message)
+            }
+            Self::WebhooksNotConfigured => {
+                ErrorBody::new("api_error", "webhooks_not_configured", message)
             }
             Self::PayloadTooLarge { .. } => {
                 ErrorBody::new("invalid_request_error", "payload_too_large", message)
@@ -186,11 +195,13 @@ impl ResponseError for ApiError {
         match self {
             Self::Invalid { .. } | Self::MissingIdempotencyKey => StatusCode::BAD_REQUEST,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Self::NotFound | Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::NoRoute | Self::Missing(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::KeyInUse => StatusCode::CONFLICT,
             Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) | Self::BankUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::BankUnavailable { .. } | Self::WebhooksNotConfigured => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -206,9 +217,13 @@ impl ResponseError for ApiError {
             | Self::Unauthenticated
             | Self::NotFound
             | Self::NoRoute
+            | Self::Missing(_)
             | Self::PayloadTooLarge { .. }
             | Self::RateLimited { .. }
             | Self::HeadersTooLarge { .. } => {}
+            Self::WebhooksNotConfigured => {
+                tracing::warn!("a webhook endpoint was refused: WEBHOOK_SECRET_KEY is unset")
+            }
             Self::KeyInUse => {
                 metrics::counter!("gateway_idempotency_conflicts_total", "kind" => "in_use")
                     .increment(1);
@@ -239,6 +254,8 @@ impl ResponseError for ApiError {
             | Self::Unauthenticated
             | Self::NotFound
             | Self::NoRoute
+            | Self::Missing(_)
+            | Self::WebhooksNotConfigured
             | Self::PayloadTooLarge { .. }
             | Self::KeyReused
             | Self::HeadersTooLarge { .. }

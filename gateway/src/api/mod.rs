@@ -1,10 +1,12 @@
 //! HTTP: routes, the edge's parsing, errors, and the OpenAPI document.
 
 pub mod error;
+pub mod events;
 pub mod operations;
 pub mod payments;
 pub mod rate_limit;
 pub mod request;
+pub mod webhooks;
 
 use actix_web::web::{self, ServiceConfig};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
@@ -21,6 +23,10 @@ use error::ApiError;
     paths(
         payments::create_payment, payments::capture_payment, payments::void_payment, payments::refund_payment,
         payments::get_payment, payments::list_payments,
+        webhooks::create_endpoint, webhooks::list_endpoints, webhooks::get_endpoint,
+        webhooks::enable_endpoint, webhooks::disable_endpoint, webhooks::delete_endpoint,
+        webhooks::rotate_secret,
+        events::list_events, events::get_event, events::list_deliveries, events::resend_event,
         operations::health, operations::ready, operations::metrics,
     ),
     modifiers(&BearerAuth)
@@ -47,7 +53,18 @@ pub fn routes(cfg: &mut ServiceConfig) {
             .service(payments::get_payment)
             .service(payments::capture_payment)
             .service(payments::void_payment)
-            .service(payments::refund_payment),
+            .service(payments::refund_payment)
+            .service(webhooks::create_endpoint)
+            .service(webhooks::list_endpoints)
+            .service(webhooks::get_endpoint)
+            .service(webhooks::enable_endpoint)
+            .service(webhooks::disable_endpoint)
+            .service(webhooks::delete_endpoint)
+            .service(webhooks::rotate_secret)
+            .service(events::list_events)
+            .service(events::get_event)
+            .service(events::list_deliveries)
+            .service(events::resend_event),
     )
     .service(operations::health)
     .service(operations::ready)
@@ -88,6 +105,18 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
         ["v1", "payments"] => Some("GET, POST"),
         ["v1", "payments", id] if !id.is_empty() => Some("GET"),
         ["v1", "payments", id, "capture" | "void" | "refund"] if !id.is_empty() => Some("POST"),
+        ["v1", "webhook_endpoints"] => Some("GET, POST"),
+        ["v1", "webhook_endpoints", id] if !id.is_empty() => Some("GET, DELETE"),
+        [
+            "v1",
+            "webhook_endpoints",
+            id,
+            "enable" | "disable" | "rotate_secret",
+        ] if !id.is_empty() => Some("POST"),
+        ["v1", "events"] => Some("GET"),
+        ["v1", "events", id] if !id.is_empty() => Some("GET"),
+        ["v1", "events", id, "deliveries"] if !id.is_empty() => Some("GET"),
+        ["v1", "events", id, "resend"] if !id.is_empty() => Some("POST"),
         ["health" | "ready" | "metrics" | "openapi.json" | "docs"] => Some("GET"),
         _ => None,
     }

@@ -72,6 +72,23 @@ pub struct PaymentList {
     pub has_more: bool,
 }
 
+/// A listing's `limit` query parameter.
+pub fn page_size(raw: Option<&String>) -> Result<i64, ApiError> {
+    match raw {
+        None => Ok(DEFAULT_PAGE_SIZE),
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_PAGE_SIZE).contains(l))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "limit",
+                    format!("limit must be an integer from 1 to {MAX_PAGE_SIZE}"),
+                )
+            }),
+    }
+}
+
 fn parse_create(body: &Value) -> Result<AuthorizeCommand, ApiError> {
     let fields = Fields::of(
         body,
@@ -319,19 +336,7 @@ pub async fn list_payments(
         }
         (None, None) => ListFilter::All,
     };
-    let limit = match query.get("limit") {
-        None => DEFAULT_PAGE_SIZE,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_PAGE_SIZE).contains(l))
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "limit",
-                    format!("limit must be an integer from 1 to {MAX_PAGE_SIZE}"),
-                )
-            })?,
-    };
+    let limit = page_size(query.get("limit"))?;
     let mut conn = state.gateway.pool().acquire().await?;
     let starting_after = match query.get("starting_after") {
         None => None,

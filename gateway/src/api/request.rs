@@ -196,6 +196,13 @@ impl<'a> Fields<'a> {
             .ok_or_else(|| ApiError::invalid(self.name(field), "must be a string"))
     }
 
+    pub fn optional_string(&self, field: &str) -> Result<Option<&'a str>, ApiError> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => self.string(field).map(Some),
+        }
+    }
+
     /// An integer that fits in i64; floats and overflowing numbers are refused.
     pub fn integer(&self, field: &str) -> Result<i64, ApiError> {
         self.required(field)?.as_i64().ok_or_else(|| {
@@ -208,6 +215,32 @@ impl<'a> Fields<'a> {
             None | Some(Value::Null) => Ok(None),
             Some(_) => self.integer(field).map(Some),
         }
+    }
+
+    /// An optional array of 1 to `max_items` strings.
+    pub fn optional_strings(
+        &self,
+        field: &str,
+        max_items: usize,
+    ) -> Result<Option<Vec<&'a str>>, ApiError> {
+        let items = match self.map.get(field) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Array(items)) if (1..=max_items).contains(&items.len()) => items,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    self.name(field),
+                    format!("must be an array of 1 to {max_items} strings"),
+                ));
+            }
+        };
+        items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .ok_or_else(|| ApiError::invalid(self.name(field), "must contain only strings"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
     }
 
     pub fn object(&self, field: &str, allowed: &[&str]) -> Result<Fields<'a>, ApiError> {

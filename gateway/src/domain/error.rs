@@ -40,6 +40,10 @@ pub enum DomainError {
     CustomerIdInvalid,
     #[error("payment id must be \"pay_\" followed by a lowercase UUID v7")]
     PaymentIdInvalid,
+    #[error("event id must be \"evt_\" followed by a lowercase UUID v7")]
+    EventIdInvalid,
+    #[error("webhook endpoint id must be \"we_\" followed by a lowercase UUID v7")]
+    EndpointIdInvalid,
     #[error(
         "Idempotency-Key must be 1 to {max} characters long",
         max = MAX_IDEMPOTENCY_KEY_LEN
@@ -66,7 +70,9 @@ impl DomainError {
             DomainError::ExpiryYearInvalid => "card.expiry_year",
             DomainError::OrderIdInvalid => "order_id",
             DomainError::CustomerIdInvalid => "customer_id",
-            DomainError::PaymentIdInvalid => "id",
+            DomainError::PaymentIdInvalid
+            | DomainError::EventIdInvalid
+            | DomainError::EndpointIdInvalid => "id",
             DomainError::IdempotencyKeyLength | DomainError::IdempotencyKeyCharset => {
                 "Idempotency-Key"
             }
@@ -89,7 +95,9 @@ impl DomainError {
             DomainError::ExpiryYearInvalid => "invalid_expiry_year",
             DomainError::OrderIdInvalid
             | DomainError::CustomerIdInvalid
-            | DomainError::PaymentIdInvalid => "parameter_invalid",
+            | DomainError::PaymentIdInvalid
+            | DomainError::EventIdInvalid
+            | DomainError::EndpointIdInvalid => "parameter_invalid",
             DomainError::IdempotencyKeyLength | DomainError::IdempotencyKeyCharset => {
                 "idempotency_key_invalid"
             }
@@ -117,6 +125,8 @@ mod tests {
             (DomainError::OrderIdInvalid, "order_id"),
             (DomainError::CustomerIdInvalid, "customer_id"),
             (DomainError::PaymentIdInvalid, "id"),
+            (DomainError::EventIdInvalid, "id"),
+            (DomainError::EndpointIdInvalid, "id"),
             (DomainError::IdempotencyKeyLength, "Idempotency-Key"),
             (DomainError::IdempotencyKeyCharset, "Idempotency-Key"),
         ];

@@ -8,60 +8,83 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 pub const MAX_ORDER_ID_LEN: usize = 64;
 pub const MAX_CUSTOMER_ID_LEN: usize = 64;
 
-/// A payment's id: `pay_` and a lowercase hyphenated UUID v7.
+/// Declares an id that travels as a prefix and a lowercase hyphenated
+/// UUID v7, and is stored as the bare UUID.
 ///
 /// Version 7 because its leading timestamp keeps new rows at the right edge
 /// of the primary-key index and makes ids sort roughly by creation, which the
-/// newest-first listings lean on. The database stores the bare UUID; the
-/// prefix exists only on the wire, where it tells a payment id from any other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PaymentId(Uuid);
+/// newest-first listings lean on. The prefix exists only on the wire, where
+/// it tells one kind of id from another.
+macro_rules! prefixed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $error:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Uuid);
 
-impl PaymentId {
-    pub const PREFIX: &'static str = "pay_";
+        impl $name {
+            pub const PREFIX: &'static str = $prefix;
 
-    #[allow(clippy::new_without_default)] // a fresh id is not a "default" one
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
+            #[allow(clippy::new_without_default)] // a fresh id is not a "default" one
+            pub fn new() -> Self {
+                Self(Uuid::now_v7())
+            }
 
-    /// Refuses anything but the exact form [`PaymentId`]'s `Display` writes:
-    /// no uppercase, braces, URN or unhyphenated forms, no other version.
-    pub fn parse(raw: &str) -> Result<Self, DomainError> {
-        let text = raw
-            .strip_prefix(Self::PREFIX)
-            .ok_or(DomainError::PaymentIdInvalid)?;
-        let uuid = Uuid::try_parse(text).map_err(|_| DomainError::PaymentIdInvalid)?;
-        if uuid.hyphenated().to_string() != text {
-            return Err(DomainError::PaymentIdInvalid);
+            /// Refuses anything but the exact form `Display` writes: no
+            /// uppercase, braces, URN or unhyphenated forms, no other version.
+            pub fn parse(raw: &str) -> Result<Self, DomainError> {
+                let text = raw.strip_prefix(Self::PREFIX).ok_or($error)?;
+                let uuid = Uuid::try_parse(text).map_err(|_| $error)?;
+                if uuid.hyphenated().to_string() != text {
+                    return Err($error);
+                }
+                Self::from_uuid(uuid)
+            }
+
+            /// For ids read back from the database, which stores the bare UUID.
+            pub fn from_uuid(uuid: Uuid) -> Result<Self, DomainError> {
+                if uuid.get_version_num() != 7 || uuid.get_variant() != uuid::Variant::RFC4122 {
+                    return Err($error);
+                }
+                Ok(Self(uuid))
+            }
+
+            pub fn as_uuid(self) -> Uuid {
+                self.0
+            }
         }
-        Self::from_uuid(uuid)
-    }
 
-    /// For ids read back from the database, which stores the bare UUID.
-    pub fn from_uuid(uuid: Uuid) -> Result<Self, DomainError> {
-        if uuid.get_version_num() != 7 || uuid.get_variant() != uuid::Variant::RFC4122 {
-            return Err(DomainError::PaymentIdInvalid);
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}{}", Self::PREFIX, self.0.hyphenated())
+            }
         }
-        Ok(Self(uuid))
-    }
 
-    pub fn as_uuid(self) -> Uuid {
-        self.0
-    }
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    };
 }
 
-impl fmt::Display for PaymentId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}", Self::PREFIX, self.0.hyphenated())
-    }
-}
-
-impl serde::Serialize for PaymentId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
+prefixed_id!(
+    /// A payment's id: `pay_` and a lowercase hyphenated UUID v7.
+    PaymentId,
+    "pay_",
+    DomainError::PaymentIdInvalid
+);
+prefixed_id!(
+    /// A webhook event's id (`evt_…`), the `webhook-id` of its deliveries.
+    EventId,
+    "evt_",
+    DomainError::EventIdInvalid
+);
+prefixed_id!(
+    /// A merchant's webhook endpoint (`we_…`).
+    EndpointId,
+    "we_",
+    DomainError::EndpointIdInvalid
+);
 
 /// A merchant: the tenant that owns API keys, payments and idempotency keys.
 /// Never on the wire (a merchant is known by its API key), so no prefix.

@@ -8,6 +8,7 @@
 //!   [`CustomerId`].
 //! - [`status`]: [`PaymentStatus`], [`PaymentEvent`] and the one
 //!   [`transition`] table.
+//! - [`event_type`]: [`EventType`], the webhook name of each change.
 //! - [`operation`]: [`OperationKind`], [`OperationStatus`] and the [`Lease`]
 //!   under which one process at a time works on a key or an operation.
 //! - [`error`]: [`DomainError`], naming the offending request field.
@@ -15,6 +16,7 @@
 pub mod amount;
 pub mod card;
 pub mod error;
+pub mod event_type;
 pub mod ids;
 pub mod operation;
 pub mod status;
@@ -25,9 +27,10 @@ mod schema_sync;
 pub use amount::{Amount, Currency, MAX_AMOUNT_CENTS};
 pub use card::{CardBrand, CardExpiry, CardNumber, Cvv};
 pub use error::DomainError;
+pub use event_type::EventType;
 pub use ids::{
-    CustomerId, IdempotencyKey, MAX_CUSTOMER_ID_LEN, MAX_IDEMPOTENCY_KEY_LEN, MAX_ORDER_ID_LEN,
-    MerchantId, OrderId, PaymentId,
+    CustomerId, EndpointId, EventId, IdempotencyKey, MAX_CUSTOMER_ID_LEN, MAX_IDEMPOTENCY_KEY_LEN,
+    MAX_ORDER_ID_LEN, MerchantId, OrderId, PaymentId,
 };
 pub use operation::{Lease, OperationKind, OperationStatus};
 pub use status::{

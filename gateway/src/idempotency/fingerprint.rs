@@ -24,7 +24,8 @@ use subtle::ConstantTimeEq;
 /// The shortest secret accepted: as long as the HMAC's output.
 pub const MIN_SECRET_BYTES: usize = 32;
 
-/// A fingerprint secret; `Debug` and `Display` never show it.
+/// A secret from the settings (the fingerprint's, the webhook key);
+/// `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -47,7 +48,7 @@ impl FromStr for Secret {
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
         if raw.len() < MIN_SECRET_BYTES {
             return Err(format!(
-                "a fingerprint secret must be at least {MIN_SECRET_BYTES} bytes (it is {})",
+                "a secret must be at least {MIN_SECRET_BYTES} bytes (it is {})",
                 raw.len()
             ));
         }

@@ -132,9 +132,22 @@ impl Gateway {
         Ok(expired)
     }
 
-    /// (unfinished operations, those unfinished for longer than `flag_after`).
-    pub async fn unresolved(&self, flag_after: std::time::Duration) -> Result<(i64, i64), Error> {
+    /// (unfinished operations, those unfinished for longer than `flag_after`),
+    /// after publishing `payment.flagged` for those newly past it (at most
+    /// `batch`), so that the merchant hears of them too.
+    pub async fn unresolved(
+        &self,
+        flag_after: std::time::Duration,
+        batch: i64,
+    ) -> Result<(i64, i64), Error> {
         let mut conn = self.pool.acquire().await?;
+        let published = crate::store::events::flag_unresolved(&mut conn, flag_after, batch).await?;
+        if published > 0 {
+            tracing::warn!(
+                published,
+                "payment.flagged published for unresolved operations"
+            );
+        }
         Ok(operations::unresolved(&mut conn, flag_after).await?)
     }
 }

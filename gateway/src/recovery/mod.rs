@@ -43,12 +43,12 @@ pub async fn recover_forever(gateway: Gateway, settings: RecoverySettings) {
                 }
             }
         }
-        report_unresolved(&gateway, settings.flag_after).await;
+        report_unresolved(&gateway, settings.flag_after, settings.batch).await;
     }
 }
 
-async fn report_unresolved(gateway: &Gateway, flag_after: Duration) {
-    match gateway.unresolved(flag_after).await {
+async fn report_unresolved(gateway: &Gateway, flag_after: Duration, batch: i64) {
+    match gateway.unresolved(flag_after, batch).await {
         Ok((pending, flagged)) => {
             metrics::gauge!("gateway_operations_unresolved").set(pending as f64);
             metrics::gauge!("gateway_operations_unresolved_flagged").set(flagged as f64);

@@ -24,9 +24,11 @@
 
 pub mod batch;
 pub mod clock;
+pub mod events;
 pub mod merchants;
 pub mod operations;
 pub mod payments;
+pub mod webhooks;
 
 use std::time::Duration;
 

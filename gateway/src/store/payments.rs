@@ -592,7 +592,7 @@ async fn update_settled(
     .await
 }
 
-fn parse_history(json: &str) -> Result<History, sqlx::Error> {
+pub(crate) fn parse_history(json: &str) -> Result<History, sqlx::Error> {
     let rows: Vec<(String, DateTime<Utc>)> =
         serde_json::from_str(json).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     decode_history(rows)

@@ -1,6 +1,6 @@
 //! The database refuses what the code refuses, checked on a live Postgres.
 
-use gateway::domain::{PaymentStatus, allowed_transitions};
+use gateway::domain::{EventType, PaymentEvent, PaymentStatus, allowed_transitions, transition};
 
 use crate::helpers::*;
 
@@ -29,6 +29,29 @@ async fn the_transition_table_in_the_database_is_the_codes() {
         .map(|s| s.as_str().to_owned())
         .collect();
     assert_eq!(labels, statuses);
+}
+
+#[tokio::test]
+async fn each_transition_publishes_the_event_type_the_code_names() {
+    let app = spawn_app().await;
+    let mut stored: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT from_status::text, to_status::text, event_type FROM payment_transitions",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    stored.sort();
+    let mut expected = Vec::new();
+    for (from, to) in allowed_transitions() {
+        let event = PaymentEvent::ALL
+            .into_iter()
+            .find(|e| transition(from, *e) == Ok(to))
+            .expect("every allowed pair has its event");
+        let name = EventType::of(event).as_str().to_owned();
+        expected.push((from.as_str().to_owned(), to.as_str().to_owned(), name));
+    }
+    expected.sort();
+    assert_eq!(stored, expected);
 }
 
 #[tokio::test]

@@ -1,0 +1,274 @@
+//! `/v1/webhook_endpoints`: where a merchant's events are sent.
+//!
+//! These POSTs take no Idempotency-Key: a create answers the endpoint's
+//! secret, which the gateway never stores, so it could not replay the
+//! answer. A create retried after a lost answer makes a second endpoint;
+//! list the endpoints and delete the extra one.
+
+use std::time::Duration;
+
+use actix_web::web::{self, Data, Path};
+use actix_web::{HttpResponse, delete, get, post};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::error::ApiError;
+use super::request::{Fields, Merchant, read_json};
+use crate::domain::{EndpointId, EventType};
+use crate::payments::view::ErrorBody;
+use crate::startup::AppState;
+use crate::store::webhooks::{self as store, CreateError, EndpointChange, EndpointRecord};
+use crate::webhooks::secret::{WebhookKey, new_salt};
+use crate::webhooks::url::EndpointUrl;
+use crate::webhooks::view::{EndpointList, EndpointView};
+
+/// How long the old secret signs beside the new one after a rotation, by
+/// default and at most.
+pub const DEFAULT_ROTATION_GRACE_SECONDS: i64 = 86_400;
+pub const MAX_ROTATION_GRACE_SECONDS: i64 = 7 * 86_400;
+
+/// The documented shape of `POST /v1/webhook_endpoints`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct CreateEndpoint {
+    /// https, at most 2048 characters, a public address.
+    #[schema(example = "https://checkout.ficmart.example/webhooks")]
+    url: String,
+    /// The event types to send; all of them if absent.
+    #[schema(example = json!(["payment.authorized", "payment.captured"]))]
+    event_types: Option<Vec<String>>,
+}
+
+/// The optional body of `rotate_secret`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct RotateSecret {
+    /// How long the old secret keeps signing beside the new one: 0 to
+    /// 604800, default 86400 (a day).
+    #[schema(minimum = 0, maximum = 604_800)]
+    grace_seconds: Option<i64>,
+}
+
+fn key(state: &AppState) -> Result<&WebhookKey, ApiError> {
+    state
+        .webhooks
+        .key
+        .as_ref()
+        .ok_or(ApiError::WebhooksNotConfigured)
+}
+
+fn endpoint_id(raw: &str) -> Result<EndpointId, ApiError> {
+    EndpointId::parse(raw).map_err(|_| ApiError::Missing("webhook endpoint"))
+}
+
+/// The view with the endpoint's current secret, for the two answers that
+/// show it.
+fn with_secret(key: &WebhookKey, record: &EndpointRecord) -> EndpointView {
+    let secret = key.endpoint_secret(record.id, &record.secret_salt);
+    EndpointView::new(record, Some(secret.to_whsec()))
+}
+
+fn parse_event_types(fields: &Fields<'_>) -> Result<Option<Vec<String>>, ApiError> {
+    let Some(names) = fields.optional_strings("event_types", EventType::ALL.len())? else {
+        return Ok(None);
+    };
+    let mut types: Vec<String> = Vec::with_capacity(names.len());
+    for name in names {
+        let kind = EventType::parse(name).ok_or_else(|| {
+            ApiError::invalid(
+                "event_types",
+                "contains an unknown event type (see the API documentation for the list)",
+            )
+        })?;
+        if !types.iter().any(|t| t == kind.as_str()) {
+            types.push(kind.as_str().to_owned());
+        }
+    }
+    Ok(Some(types))
+}
+
+#[utoipa::path(post, path = "/v1/webhook_endpoints", tag = "webhooks",
+    security(("api_key" = [])),
+    request_body = CreateEndpoint,
+    responses(
+        (status = 201, description = "Registered; `secret` is shown this once", body = EndpointView),
+        (status = 400, description = "Invalid url or event_types, or the limit of 16 endpoints reached", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 503, description = "webhooks_not_configured or service_unavailable", body = ErrorBody),
+    ))]
+#[post("/webhook_endpoints")]
+pub async fn create_endpoint(
+    merchant: Merchant,
+    payload: web::Payload,
+    state: Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let key = key(&state)?;
+    let body = read_json(payload, state.max_body_bytes).await?;
+    let fields = Fields::of(&body, "", &["url", "event_types"])?;
+    let url = EndpointUrl::parse(fields.string("url")?, state.webhooks.allow_private_urls)
+        .map_err(|e| ApiError::invalid("url", e.to_string()))?;
+    let event_types = parse_event_types(&fields)?;
+    let mut conn = state.gateway.pool().acquire().await?;
+    let record = store::create_endpoint(
+        &mut conn,
+        merchant.0,
+        url.as_str(),
+        event_types.as_deref(),
+        &new_salt(),
+    )
+    .await
+    .map_err(|e| match e {
+        CreateError::TooMany => ApiError::Invalid {
+            param: "url".into(),
+            code: "endpoint_limit_reached",
+            message: e.to_string(),
+        },
+        CreateError::Database(e) => e.into(),
+    })?;
+    tracing::info!(endpoint = %record.endpoint_id(), "webhook endpoint registered");
+    Ok(HttpResponse::Created().json(with_secret(key, &record)))
+}
+
+#[utoipa::path(get, path = "/v1/webhook_endpoints", tag = "webhooks",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Every endpoint (16 at most), oldest first", body = EndpointList),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+    ))]
+#[get("/webhook_endpoints")]
+pub async fn list_endpoints(
+    merchant: Merchant,
+    state: Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let mut conn = state.gateway.pool().acquire().await?;
+    let records = store::list_endpoints(&mut conn, merchant.0).await?;
+    let data = records.iter().map(|r| EndpointView::new(r, None)).collect();
+    Ok(HttpResponse::Ok().json(EndpointList { data }))
+}
+
+#[utoipa::path(get, path = "/v1/webhook_endpoints/{id}", tag = "webhooks",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The endpoint id (we_…)")),
+    responses(
+        (status = 200, description = "The endpoint", body = EndpointView),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 404, description = "No such endpoint (for this merchant)", body = ErrorBody),
+    ))]
+#[get("/webhook_endpoints/{id}")]
+pub async fn get_endpoint(
+    merchant: Merchant,
+    id: Path<String>,
+    state: Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = endpoint_id(&id)?;
+    let mut conn = state.gateway.pool().acquire().await?;
+    let record = store::get_endpoint(&mut conn, merchant.0, id)
+        .await?
+        .ok_or(ApiError::Missing("webhook endpoint"))?;
+    Ok(HttpResponse::Ok().json(EndpointView::new(&record, None)))
+}
+
+async fn change(
+    merchant: Merchant,
+    id: Path<String>,
+    state: Data<AppState>,
+    change: EndpointChange,
+) -> Result<HttpResponse, ApiError> {
+    let id = endpoint_id(&id)?;
+    let mut conn = state.gateway.pool().acquire().await?;
+    let record = store::change_endpoint(&mut conn, merchant.0, id, change)
+        .await?
+        .ok_or(ApiError::Missing("webhook endpoint"))?;
+    tracing::info!(endpoint = %id, status = %record.status, "webhook endpoint changed");
+    Ok(HttpResponse::Ok().json(EndpointView::new(&record, None)))
+}
+
+macro_rules! change_route {
+    ($name:ident, $method:ident, $path:literal, $change:expr, $what:literal) => {
+        #[utoipa::path($method, path = concat!("/v1", $path), tag = "webhooks",
+            security(("api_key" = [])),
+            description = $what,
+            params(("id" = String, Path, description = "The endpoint id (we_…)")),
+            responses(
+                (status = 200, description = "The endpoint as it is now", body = EndpointView),
+                (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+                (status = 404, description = "No such endpoint (for this merchant)", body = ErrorBody),
+            ))]
+        #[$method($path)]
+        pub async fn $name(
+            merchant: Merchant,
+            id: Path<String>,
+            state: Data<AppState>,
+        ) -> Result<HttpResponse, ApiError> {
+            change(merchant, id, state, $change).await
+        }
+    };
+}
+
+change_route!(
+    enable_endpoint,
+    post,
+    "/webhook_endpoints/{id}/enable",
+    EndpointChange::Enable,
+    "Sends to the endpoint again, starting with the deliveries that waited while it was disabled."
+);
+change_route!(
+    disable_endpoint,
+    post,
+    "/webhook_endpoints/{id}/disable",
+    EndpointChange::Disable,
+    "Stops sending to the endpoint; its pending deliveries wait, and events made meanwhile are not queued for it (GET /v1/events has them)."
+);
+change_route!(
+    delete_endpoint,
+    delete,
+    "/webhook_endpoints/{id}",
+    EndpointChange::Delete,
+    "Removes the endpoint for good; its pending deliveries end as failed. Its past attempts stay readable per event."
+);
+
+#[utoipa::path(post, path = "/v1/webhook_endpoints/{id}/rotate_secret", tag = "webhooks",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The endpoint id (we_…)")),
+    request_body(content = Option<RotateSecret>),
+    responses(
+        (status = 200, description = "The new `secret`, shown this once; deliveries carry a signature under each secret until `previous_secret_expires_at`", body = EndpointView),
+        (status = 400, description = "Invalid grace_seconds", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 404, description = "No such endpoint (for this merchant)", body = ErrorBody),
+        (status = 503, description = "webhooks_not_configured or service_unavailable", body = ErrorBody),
+    ))]
+#[post("/webhook_endpoints/{id}/rotate_secret")]
+pub async fn rotate_secret(
+    merchant: Merchant,
+    id: Path<String>,
+    payload: web::Payload,
+    state: Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let key = key(&state)?;
+    let id = endpoint_id(&id)?;
+    let body = read_json(payload, state.max_body_bytes).await?;
+    let grace_seconds = if body.is_null() {
+        DEFAULT_ROTATION_GRACE_SECONDS
+    } else {
+        Fields::of(&body, "", &["grace_seconds"])?
+            .optional_integer("grace_seconds")?
+            .unwrap_or(DEFAULT_ROTATION_GRACE_SECONDS)
+    };
+    let grace = u64::try_from(grace_seconds)
+        .ok()
+        .filter(|s| *s <= MAX_ROTATION_GRACE_SECONDS.unsigned_abs())
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "grace_seconds",
+                format!("must be an integer from 0 to {MAX_ROTATION_GRACE_SECONDS}"),
+            )
+        })?;
+    let mut conn = state.gateway.pool().acquire().await?;
+    let record = store::rotate_secret(&mut conn, merchant.0, id, &new_salt(), grace)
+        .await?
+        .ok_or(ApiError::Missing("webhook endpoint"))?;
+    tracing::info!(endpoint = %id, grace_s = grace.as_secs(), "webhook secret rotated");
+    Ok(HttpResponse::Ok().json(with_secret(key, &record)))
+}

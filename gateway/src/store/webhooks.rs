@@ -1,0 +1,457 @@
+//! Webhook endpoints, their deliveries and every attempt at one.
+//!
+//! Deliveries are written by the events trigger (one per event and enabled
+//! endpoint that wants its type); here they are claimed under a lease,
+//! recorded attempt by attempt (fenced by the claim's token, so a worker
+//! whose lease ran out cannot overwrite a newer attempt), and re-sent on
+//! demand.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::{EndpointId, EventId, MerchantId};
+
+/// Endpoints a merchant may have at once (not counting deleted ones).
+pub const MAX_ENDPOINTS_PER_MERCHANT: i64 = 16;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EndpointRecord {
+    pub id: Uuid,
+    pub merchant_id: Uuid,
+    pub url: String,
+    pub event_types: Option<Vec<String>>,
+    pub status: String,
+    pub disabled_reason: Option<String>,
+    pub secret_salt: Vec<u8>,
+    pub previous_secret_salt: Option<Vec<u8>>,
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl EndpointRecord {
+    pub fn endpoint_id(&self) -> EndpointId {
+        EndpointId::from_uuid(self.id).expect("endpoint ids are written by EndpointId::new")
+    }
+}
+
+const ENDPOINT_COLUMNS: &str = "id, merchant_id, url, event_types, status, disabled_reason, \
+    secret_salt, previous_secret_salt, previous_secret_expires_at, last_success_at, created_at, updated_at";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("a merchant may have at most {MAX_ENDPOINTS_PER_MERCHANT} webhook endpoints")]
+    TooMany,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Registers an endpoint, within the merchant's limit: the merchant's row
+/// is locked so that two registrations at once cannot both pass the count.
+pub async fn create_endpoint(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+    url: &str,
+    event_types: Option<&[String]>,
+    salt: &[u8],
+) -> Result<EndpointRecord, CreateError> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    let existing: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_endpoints w \
+         WHERE w.merchant_id = (SELECT id FROM merchants WHERE id = $1 FOR UPDATE) \
+           AND w.status <> 'deleted'",
+    )
+    .bind(merchant.as_uuid())
+    .fetch_one(&mut *tx)
+    .await?;
+    if existing >= MAX_ENDPOINTS_PER_MERCHANT {
+        return Err(CreateError::TooMany);
+    }
+    let record = sqlx::query_as(&format!(
+        "INSERT INTO webhook_endpoints (id, merchant_id, url, event_types, secret_salt) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING {ENDPOINT_COLUMNS}"
+    ))
+    .bind(EndpointId::new().as_uuid())
+    .bind(merchant.as_uuid())
+    .bind(url)
+    .bind(event_types)
+    .bind(salt)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(record)
+}
+
+/// The merchant's endpoints, oldest first, deleted ones left out.
+pub async fn list_endpoints(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+) -> Result<Vec<EndpointRecord>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints \
+         WHERE merchant_id = $1 AND status <> 'deleted' ORDER BY id"
+    ))
+    .bind(merchant.as_uuid())
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn get_endpoint(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+    id: EndpointId,
+) -> Result<Option<EndpointRecord>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints \
+         WHERE id = $1 AND merchant_id = $2 AND status <> 'deleted'"
+    ))
+    .bind(id.as_uuid())
+    .bind(merchant.as_uuid())
+    .fetch_optional(conn)
+    .await
+}
+
+/// What a merchant can do to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointChange {
+    Enable,
+    Disable,
+    /// Gone for good: its pending deliveries end as failed.
+    Delete,
+}
+
+/// Applies `change`; `None` if there is no such endpoint (or it is deleted).
+pub async fn change_endpoint(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+    id: EndpointId,
+    change: EndpointChange,
+) -> Result<Option<EndpointRecord>, sqlx::Error> {
+    let (status, reason) = match change {
+        EndpointChange::Enable => ("enabled", None),
+        EndpointChange::Disable => ("disabled", Some("merchant")),
+        EndpointChange::Delete => ("deleted", None),
+    };
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    let record: Option<EndpointRecord> = sqlx::query_as(&format!(
+        "UPDATE webhook_endpoints SET status = $3, disabled_reason = $4, updated_at = now() \
+         WHERE id = $1 AND merchant_id = $2 AND status <> 'deleted' RETURNING {ENDPOINT_COLUMNS}"
+    ))
+    .bind(id.as_uuid())
+    .bind(merchant.as_uuid())
+    .bind(status)
+    .bind(reason)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if record.is_some() && change == EndpointChange::Delete {
+        sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'failed', finished_at = now(), lease_token = NULL \
+             WHERE endpoint_id = $1 AND status = 'pending'",
+        )
+        .bind(id.as_uuid())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(record)
+}
+
+/// A new secret (salt); the old one keeps signing for `grace`.
+pub async fn rotate_secret(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+    id: EndpointId,
+    salt: &[u8],
+    grace: Duration,
+) -> Result<Option<EndpointRecord>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE webhook_endpoints SET previous_secret_salt = secret_salt, \
+           previous_secret_expires_at = now() + $4, secret_salt = $3, updated_at = now() \
+         WHERE id = $1 AND merchant_id = $2 AND status <> 'deleted' RETURNING {ENDPOINT_COLUMNS}"
+    ))
+    .bind(id.as_uuid())
+    .bind(merchant.as_uuid())
+    .bind(salt)
+    .bind(grace)
+    .fetch_optional(conn)
+    .await
+}
+
+/// A delivery of an event to one endpoint, with its attempts.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryRecord {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub endpoint_id: Uuid,
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    #[sqlx(skip)]
+    pub tries: Vec<AttemptRecord>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AttemptRecord {
+    pub delivery_id: Uuid,
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    pub latency_ms: i32,
+    pub response_status: Option<i16>,
+    pub response_body: Option<String>,
+    pub error: Option<String>,
+}
+
+const DELIVERY_COLUMNS: &str =
+    "id, event_id, endpoint_id, status, attempts, next_attempt_at, created_at, finished_at";
+
+/// An event's deliveries, each with every attempt, oldest first.
+pub async fn deliveries_of(
+    conn: &mut PgConnection,
+    event: EventId,
+) -> Result<Vec<DeliveryRecord>, sqlx::Error> {
+    let mut deliveries: Vec<DeliveryRecord> = sqlx::query_as(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE event_id = $1 ORDER BY id"
+    ))
+    .bind(event.as_uuid())
+    .fetch_all(&mut *conn)
+    .await?;
+    let attempts: Vec<AttemptRecord> = sqlx::query_as(
+        "SELECT a.delivery_id, a.attempt, a.started_at, a.latency_ms, a.response_status, \
+           a.response_body, a.error \
+         FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id \
+         WHERE d.event_id = $1 ORDER BY a.delivery_id, a.attempt",
+    )
+    .bind(event.as_uuid())
+    .fetch_all(&mut *conn)
+    .await?;
+    for attempt in attempts {
+        if let Some(delivery) = deliveries.iter_mut().find(|d| d.id == attempt.delivery_id) {
+            delivery.tries.push(attempt);
+        }
+    }
+    Ok(deliveries)
+}
+
+/// Sends an event again: to one endpoint, or to every enabled endpoint of
+/// the merchant that wants its type (including endpoints registered after
+/// the event). A finished delivery starts its schedule again; a pending one
+/// is made due now. Returns the deliveries touched.
+pub async fn resend(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+    event: EventId,
+    endpoint: Option<EndpointId>,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO webhook_deliveries (id, event_id, endpoint_id) \
+         SELECT gateway_uuid_v7(), e.id, w.id FROM events e \
+         JOIN webhook_endpoints w ON w.merchant_id = e.merchant_id \
+         WHERE e.id = $1 AND e.merchant_id = $2 AND w.status = 'enabled' \
+           AND ($3::uuid IS NULL OR w.id = $3) \
+           AND ($3::uuid IS NOT NULL OR w.event_types IS NULL OR e.type = ANY (w.event_types)) \
+         ON CONFLICT (event_id, endpoint_id) DO UPDATE SET status = 'pending', schedule_step = 0, \
+           next_attempt_at = now(), finished_at = NULL \
+         RETURNING id",
+    )
+    .bind(event.as_uuid())
+    .bind(merchant.as_uuid())
+    .bind(endpoint.map(EndpointId::as_uuid))
+    .fetch_all(conn)
+    .await
+}
+
+/// A delivery a worker has claimed, with what it needs to send it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedDelivery {
+    pub id: Uuid,
+    pub lease_token: Uuid,
+    /// The number the attempt about to be made will have.
+    pub attempt: i32,
+    pub schedule_step: i32,
+    pub event_id: Uuid,
+    pub endpoint_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub url: String,
+    pub secret_salt: Vec<u8>,
+    /// The previous secret, while its grace period lasts.
+    pub previous_secret_salt: Option<Vec<u8>>,
+}
+
+/// Claims due deliveries of enabled endpoints under a lease: at most
+/// `per_endpoint` per endpoint, `total` in all, none of `busy` endpoints
+/// (this process has as many in flight to them as it allows). Rows another
+/// worker holds are skipped, not waited for.
+pub async fn claim_due(
+    conn: &mut PgConnection,
+    total: i64,
+    per_endpoint: i64,
+    busy: &[Uuid],
+    lease: Duration,
+) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH picked AS ( \
+           SELECT d.id FROM webhook_endpoints w \
+           CROSS JOIN LATERAL ( \
+             SELECT d.id FROM webhook_deliveries d \
+             WHERE d.endpoint_id = w.id AND d.status = 'pending' \
+               AND d.next_attempt_at <= now() AND d.lease_until <= now() \
+             ORDER BY d.next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) d \
+           WHERE w.status = 'enabled' AND w.id <> ALL ($3) \
+           LIMIT $1), \
+         claimed AS ( \
+           UPDATE webhook_deliveries d SET lease_until = now() + $4, lease_token = gen_random_uuid() \
+           FROM picked WHERE d.id = picked.id \
+           RETURNING d.id, d.lease_token, d.attempts + 1 AS attempt, d.schedule_step, d.event_id, \
+             d.endpoint_id, d.created_at) \
+         SELECT c.*, w.url, w.secret_salt, \
+           CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret_salt END \
+             AS previous_secret_salt \
+         FROM claimed c JOIN webhook_endpoints w ON w.id = c.endpoint_id",
+    )
+    .bind(total)
+    .bind(per_endpoint)
+    .bind(busy)
+    .bind(lease)
+    .fetch_all(conn)
+    .await
+}
+
+/// Hands a claimed delivery back untried (this process had no room for it).
+pub async fn release(conn: &mut PgConnection, id: Uuid, token: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE webhook_deliveries SET lease_until = '-infinity', lease_token = NULL \
+         WHERE id = $1 AND lease_token = $2",
+    )
+    .bind(id)
+    .bind(token)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What one attempt got.
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    pub started_at: DateTime<Utc>,
+    pub latency_ms: i32,
+    pub response_status: Option<i16>,
+    pub response_body: Option<String>,
+    pub error: Option<String>,
+}
+
+impl AttemptOutcome {
+    pub fn delivered(&self) -> bool {
+        self.response_status
+            .is_some_and(|status| (200..300).contains(&status))
+    }
+}
+
+/// Where the delivery goes after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Try again after this long.
+    RetryIn(Duration),
+    /// The schedule is spent: the delivery has failed.
+    GiveUp,
+}
+
+/// How recording an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Written; `true` if the gateway disabled the endpoint because of it.
+    Written { endpoint_disabled: bool },
+    /// The claim's lease was lost: another worker owns the delivery now.
+    Fenced,
+}
+
+/// Records an attempt and moves the delivery on, in one transaction, only
+/// if the claim still holds. A delivery that gives up disables its
+/// endpoint if nothing was delivered to it since the delivery began: it
+/// failed for the whole schedule.
+pub async fn record_attempt(
+    conn: &mut PgConnection,
+    claim: &ClaimedDelivery,
+    outcome: &AttemptOutcome,
+    after_failure: AfterFailure,
+) -> Result<Recorded, sqlx::Error> {
+    let delivered = outcome.delivered();
+    let (status, retry_in) = match (delivered, after_failure) {
+        (true, _) => ("delivered", None),
+        (false, AfterFailure::RetryIn(delay)) => ("pending", Some(delay)),
+        (false, AfterFailure::GiveUp) => ("failed", None),
+    };
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    let moved = sqlx::query(
+        "UPDATE webhook_deliveries SET attempts = attempts + 1, status = $3, \
+           schedule_step = schedule_step + CASE WHEN $3 = 'pending' THEN 1 ELSE 0 END, \
+           next_attempt_at = CASE WHEN $4::interval IS NULL THEN next_attempt_at ELSE now() + $4 END, \
+           finished_at = CASE WHEN $3 = 'pending' THEN NULL ELSE now() END, \
+           lease_until = '-infinity', lease_token = NULL \
+         WHERE id = $1 AND lease_token = $2 AND status = 'pending'",
+    )
+    .bind(claim.id)
+    .bind(claim.lease_token)
+    .bind(status)
+    .bind(retry_in)
+    .execute(&mut *tx)
+    .await?;
+    if moved.rows_affected() == 0 {
+        return Ok(Recorded::Fenced);
+    }
+    sqlx::query(
+        "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, latency_ms, \
+           response_status, response_body, error) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(claim.id)
+    .bind(claim.attempt)
+    .bind(outcome.started_at)
+    .bind(outcome.latency_ms)
+    .bind(outcome.response_status)
+    .bind(&outcome.response_body)
+    .bind(&outcome.error)
+    .execute(&mut *tx)
+    .await?;
+    let endpoint_disabled = if delivered {
+        sqlx::query("UPDATE webhook_endpoints SET last_success_at = now() WHERE id = $1")
+            .bind(claim.endpoint_id)
+            .execute(&mut *tx)
+            .await?;
+        false
+    } else if status == "failed" {
+        sqlx::query(
+            "UPDATE webhook_endpoints SET status = 'disabled', disabled_reason = 'failing', \
+               updated_at = now() \
+             WHERE id = $1 AND status = 'enabled' \
+               AND (last_success_at IS NULL OR last_success_at < $2)",
+        )
+        .bind(claim.endpoint_id)
+        .bind(claim.created_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0
+    } else {
+        false
+    };
+    tx.commit().await?;
+    Ok(Recorded::Written { endpoint_disabled })
+}
+
+/// For the gauges: deliveries due now and waiting, and endpoints the
+/// gateway disabled for failing.
+pub async fn backlog(conn: &mut PgConnection) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM webhook_deliveries d JOIN webhook_endpoints w \
+                   ON w.id = d.endpoint_id AND w.status = 'enabled' \
+                 WHERE d.status = 'pending' AND d.next_attempt_at <= now()), \
+                (SELECT count(*) FROM webhook_endpoints WHERE disabled_reason = 'failing')",
+    )
+    .fetch_one(conn)
+    .await
+}

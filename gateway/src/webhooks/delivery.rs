@@ -1,0 +1,381 @@
+//! The delivery workers: every replica runs one loop that claims due
+//! deliveries under a lease and sends each as its own task, within two
+//! limits (in flight in all, in flight per endpoint) so that one slow
+//! receiver cannot take the others' turns.
+//!
+//! A delivery is at least once: a process that dies mid-attempt leaves the
+//! lease to run out and another worker tries again, with the same
+//! `webhook-id`. The lease is longer than an attempt can last (its timeout
+//! plus a margin), so two workers never send one delivery at the same
+//! time; the claim's token fences the record of a worker that overran.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rand::RngExt;
+use sqlx::PgPool;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
+
+use super::WebhookSettings;
+use super::secret::WebhookKey;
+use super::signature;
+use super::url::PublicOnly;
+use super::view::EventView;
+use crate::store::events::{self, EventRecord};
+use crate::store::webhooks::{
+    self as store, AfterFailure, AttemptOutcome, ClaimedDelivery, Recorded,
+};
+
+/// The receiver's answer kept per attempt, at most.
+pub const RESPONSE_KEPT_BYTES: usize = 1024;
+/// An error message kept per attempt, at most.
+const ERROR_KEPT_CHARS: usize = 1024;
+/// How much longer than an attempt's timeout a claim's lease lasts.
+pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// Each retry's delay is the schedule's, moved by up to this fraction
+/// either way, so that deliveries that failed together do not all come
+/// back together.
+const JITTER_FRACTION: f64 = 0.1;
+/// How often the backlog gauges are measured.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs until aborted.
+pub async fn deliver_forever(pool: PgPool, settings: Arc<WebhookSettings>, key: WebhookKey) {
+    let client = match http_client(&settings) {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "webhook delivery cannot start: no HTTP client");
+            return;
+        }
+    };
+    let worker = Arc::new(Worker {
+        pool,
+        client,
+        in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
+        per_endpoint: Mutex::new(HashMap::new()),
+        settings,
+        key,
+    });
+    let mut backlog_at = Instant::now();
+    loop {
+        let claimed = worker.clone().claim_and_send().await;
+        if backlog_at.elapsed() >= BACKLOG_EVERY {
+            worker.report_backlog().await;
+            backlog_at = Instant::now();
+        }
+        // A full claim means more may be due: go again at once.
+        if !claimed {
+            tokio::time::sleep(worker.settings.poll_interval).await;
+        }
+    }
+}
+
+/// The client deliveries go out on: no redirects followed (a 3xx is a
+/// failed attempt), the attempt's timeout over the whole exchange, and,
+/// unless private addresses are allowed, a resolver that drops them.
+fn http_client(settings: &WebhookSettings) -> reqwest::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(settings.timeout)
+        .connect_timeout(settings.timeout)
+        .user_agent(concat!(
+            "ficmart-gateway-webhooks/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .pool_max_idle_per_host(settings.max_in_flight_per_endpoint);
+    if !settings.allow_private_urls {
+        builder = builder.dns_resolver(Arc::new(PublicOnly));
+    }
+    builder.build()
+}
+
+struct Worker {
+    pool: PgPool,
+    client: reqwest::Client,
+    settings: Arc<WebhookSettings>,
+    key: WebhookKey,
+    in_flight: Arc<Semaphore>,
+    per_endpoint: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+}
+
+impl Worker {
+    /// One claim, each delivery sent in its own task; whether the claim
+    /// took all the room there was.
+    async fn claim_and_send(self: Arc<Self>) -> bool {
+        let room = self.in_flight.available_permits();
+        if room == 0 {
+            return false;
+        }
+        let claimed = match self.claim(room).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook claim failed; retrying");
+                return false;
+            }
+        };
+        let full = claimed.len() >= room;
+        for (claim, event) in claimed {
+            self.clone().start(claim, event).await;
+        }
+        full
+    }
+
+    async fn claim(
+        &self,
+        room: usize,
+    ) -> Result<Vec<(ClaimedDelivery, Arc<EventRecord>)>, sqlx::Error> {
+        let busy = self.busy_endpoints();
+        let lease = self.settings.timeout + LEASE_MARGIN;
+        let mut conn = self.pool.acquire().await?;
+        let claimed = store::claim_due(
+            &mut conn,
+            i64::try_from(room).unwrap_or(i64::MAX),
+            i64::try_from(self.settings.max_in_flight_per_endpoint).unwrap_or(i64::MAX),
+            &busy,
+            lease,
+        )
+        .await?;
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = claimed.iter().map(|c| c.event_id).collect();
+        let found: HashMap<Uuid, Arc<EventRecord>> = events::by_ids(&mut conn, &ids)
+            .await?
+            .into_iter()
+            .map(|event| (event.id.as_uuid(), Arc::new(event)))
+            .collect();
+        Ok(claimed
+            .into_iter()
+            .filter_map(|claim| {
+                let event = found.get(&claim.event_id)?.clone();
+                Some((claim, event))
+            })
+            .collect())
+    }
+
+    /// Endpoints this process already sends to as much as it allows.
+    fn busy_endpoints(&self) -> Vec<Uuid> {
+        let map = self.per_endpoint.lock().expect("never poisoned");
+        map.iter()
+            .filter(|(_, limit)| limit.available_permits() == 0)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn endpoint_limit(&self, endpoint: Uuid) -> Arc<Semaphore> {
+        let mut map = self.per_endpoint.lock().expect("never poisoned");
+        map.entry(endpoint)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.settings.max_in_flight_per_endpoint)))
+            .clone()
+    }
+
+    /// Sends the delivery in a task of its own if both limits have room;
+    /// otherwise hands it back for a later claim.
+    async fn start(self: Arc<Self>, claim: ClaimedDelivery, event: Arc<EventRecord>) {
+        let permits = (
+            self.in_flight.clone().try_acquire_owned(),
+            self.endpoint_limit(claim.endpoint_id).try_acquire_owned(),
+        );
+        let (Ok(total), Ok(endpoint)) = permits else {
+            if let Ok(mut conn) = self.pool.acquire().await {
+                let _ = store::release(&mut conn, claim.id, claim.lease_token).await;
+            }
+            return;
+        };
+        tokio::spawn(async move {
+            self.send(claim, event, (total, endpoint)).await;
+        });
+    }
+
+    async fn send(
+        &self,
+        claim: ClaimedDelivery,
+        event: Arc<EventRecord>,
+        _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    ) {
+        let outcome = self.attempt(&claim, &event).await;
+        let delivered = outcome.delivered();
+        metrics::counter!("gateway_webhook_attempts_total",
+            "outcome" => if delivered { "delivered" } else { "failed" })
+        .increment(1);
+        let after_failure = self.after_failure(claim.schedule_step);
+        let recorded = async {
+            let mut conn = self.pool.acquire().await?;
+            store::record_attempt(&mut conn, &claim, &outcome, after_failure).await
+        };
+        match recorded.await {
+            Ok(Recorded::Written { endpoint_disabled }) => {
+                self.account(&claim, &event, delivered, after_failure, endpoint_disabled);
+            }
+            Ok(Recorded::Fenced) => tracing::warn!(
+                delivery = %claim.id,
+                "webhook attempt outlived its lease; another worker owns the delivery"
+            ),
+            // The lease runs out and the delivery is tried again: at
+            // least once, with the same webhook-id.
+            Err(e) => {
+                tracing::warn!(delivery = %claim.id, error = %e, "webhook attempt not recorded")
+            }
+        }
+    }
+
+    fn account(
+        &self,
+        claim: &ClaimedDelivery,
+        event: &EventRecord,
+        delivered: bool,
+        after_failure: AfterFailure,
+        endpoint_disabled: bool,
+    ) {
+        if delivered {
+            metrics::counter!("gateway_webhook_deliveries_total", "outcome" => "delivered")
+                .increment(1);
+            let lag = (Utc::now() - event.created_at).to_std().unwrap_or_default();
+            metrics::histogram!("gateway_webhook_delivery_lag_seconds").record(lag.as_secs_f64());
+        } else if after_failure == AfterFailure::GiveUp {
+            metrics::counter!("gateway_webhook_deliveries_total", "outcome" => "failed")
+                .increment(1);
+            tracing::warn!(delivery = %claim.id, event = %event.id, attempts = claim.attempt,
+                "webhook delivery failed for its whole retry schedule");
+        }
+        if endpoint_disabled {
+            metrics::counter!("gateway_webhook_endpoints_disabled_total").increment(1);
+            tracing::warn!(endpoint = %claim.endpoint_id,
+                "webhook endpoint disabled: nothing delivered to it for a whole retry schedule");
+        }
+    }
+
+    fn after_failure(&self, schedule_step: i32) -> AfterFailure {
+        let step = usize::try_from(schedule_step).unwrap_or(usize::MAX);
+        match self.settings.schedule.get(step) {
+            Some(delay) => AfterFailure::RetryIn(jittered(*delay)),
+            None => AfterFailure::GiveUp,
+        }
+    }
+
+    /// One POST, signed with every live secret of the endpoint.
+    async fn attempt(&self, claim: &ClaimedDelivery, event: &EventRecord) -> AttemptOutcome {
+        let id = event.id.to_string();
+        let body = EventView::new(event).to_body();
+        let started_at = Utc::now();
+        let timestamp = started_at.timestamp();
+        let mut secrets = vec![
+            self.key
+                .endpoint_secret(claim.endpoint_id, &claim.secret_salt),
+        ];
+        if let Some(previous) = &claim.previous_secret_salt {
+            secrets.push(self.key.endpoint_secret(claim.endpoint_id, previous));
+        }
+        let clock = Instant::now();
+        let exchange = tokio::time::timeout(
+            self.settings.timeout,
+            self.post(
+                &claim.url,
+                &id,
+                timestamp,
+                &signature::header(&secrets, &id, timestamp, &body),
+                body,
+            ),
+        )
+        .await;
+        let latency_ms = i32::try_from(clock.elapsed().as_millis()).unwrap_or(i32::MAX);
+        let (response_status, response_body, error) = match exchange {
+            Ok(Ok((status, start))) => (Some(status), Some(start), None),
+            Ok(Err(e)) => (None, None, Some(describe(&e))),
+            Err(_) => (None, None, Some("timed out".to_owned())),
+        };
+        AttemptOutcome {
+            started_at,
+            latency_ms,
+            response_status,
+            response_body,
+            error,
+        }
+    }
+
+    /// The status, and the start of the answer: the rest is never read, so
+    /// a receiver that answers without end costs a bounded read.
+    async fn post(
+        &self,
+        url: &str,
+        id: &str,
+        timestamp: i64,
+        signature: &str,
+        body: Vec<u8>,
+    ) -> reqwest::Result<(i16, String)> {
+        let mut response = self
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await?;
+        let status = i16::try_from(response.status().as_u16()).unwrap_or(599);
+        let mut kept = Vec::new();
+        while kept.len() < RESPONSE_KEPT_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        kept.truncate(RESPONSE_KEPT_BYTES);
+        Ok((status, printable(&kept)))
+    }
+
+    async fn report_backlog(&self) {
+        let measured = async {
+            let mut conn = self.pool.acquire().await?;
+            store::backlog(&mut conn).await
+        };
+        match measured.await {
+            Ok((due, disabled)) => {
+                metrics::gauge!("gateway_webhook_deliveries_due").set(due as f64);
+                metrics::gauge!("gateway_webhook_endpoints_disabled").set(disabled as f64);
+            }
+            Err(e) => tracing::warn!(error = %e, "could not measure the webhook backlog"),
+        }
+    }
+}
+
+/// The receiver's bytes as text a `text` column takes (no NUL) and a
+/// person can read.
+fn printable(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).replace('\0', "\u{fffd}")
+}
+
+/// A failed exchange in a few words: what went wrong and its innermost
+/// cause, without the URL (the endpoint's, known already), within the
+/// column's limit.
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else if e.is_body() || e.is_decode() {
+        "the answer broke off"
+    } else {
+        "the request failed"
+    };
+    let mut innermost = None;
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        innermost = Some(cause.to_string());
+        source = cause.source();
+    }
+    let text = match innermost {
+        Some(cause) if !e.is_timeout() => format!("{kind}: {cause}"),
+        Some(_) | None => kind.to_owned(),
+    };
+    text.chars().take(ERROR_KEPT_CHARS).collect()
+}
+
+fn jittered(delay: Duration) -> Duration {
+    let factor = rand::rng().random_range((1.0 - JITTER_FRACTION)..=(1.0 + JITTER_FRACTION));
+    delay.mul_f64(factor)
+}
