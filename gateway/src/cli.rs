@@ -228,7 +228,11 @@ async fn api_key_revoke(database: &DatabaseArgs, selector: &str) -> anyhow::Resu
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     telemetry::init_logging();
     let application = Application::build(settings).await?;
-    tracing::info!(port = application.port(), "gateway listening");
+    tracing::info!(
+        port = application.port(),
+        operator_port = application.operator_port(),
+        "gateway listening"
+    );
     service_kit::shutdown::on_signal(application.handle())?;
     application.run_until_stopped().await?;
     tracing::info!("gateway stopped");

@@ -20,9 +20,17 @@ pub struct Settings {
     pub bank_url: String,
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     pub host: String,
-    /// 0 picks a free port.
+    /// The API's port (and `/health`, `/docs`). 0 picks a free port.
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
+    /// Where the operator listener binds (`/metrics`, `/ready`, `/health`);
+    /// HOST when not given. Bind it where only operators and Prometheus reach.
+    #[arg(long, env = "OPERATOR_HOST")]
+    pub operator_host: Option<String>,
+    /// The operator listener's port: `/metrics` and `/ready` are served
+    /// there only, never on PORT. 0 picks a free port.
+    #[arg(long, env = "OPERATOR_PORT", default_value_t = 8081)]
+    pub operator_port: u16,
     /// Postgres connections. No request holds one while the bank answers,
     /// so this bounds database work, not payments in flight.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 10)]
@@ -130,6 +138,8 @@ impl Settings {
             bank_url: bank_url.into(),
             host: "127.0.0.1".into(),
             port: 0,
+            operator_host: None,
+            operator_port: 0,
             db_pool_size: 10,
             db_acquire_timeout_ms: 2_000,
             db_batch_max_rows: 64,
@@ -199,8 +209,19 @@ impl Settings {
         }
     }
 
+    /// Where the operator listener binds: OPERATOR_HOST, or HOST.
+    pub fn operator_host(&self) -> &str {
+        self.operator_host.as_deref().unwrap_or(&self.host)
+    }
+
     /// Refuses settings that would break an invariant rather than a limit.
     pub fn validate(&self) -> Result<(), String> {
+        if self.port != 0 && self.operator_port == self.port {
+            return Err(format!(
+                "OPERATOR_PORT ({}) must differ from PORT: the operator endpoints are kept off the public listener",
+                self.operator_port
+            ));
+        }
         if self.lease_ms <= self.bank_deadline_ms {
             return Err(format!(
                 "LEASE_MS ({}) must exceed BANK_DEADLINE_MS ({}), or a slow request would be overtaken by its own retry",

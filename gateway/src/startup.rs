@@ -8,6 +8,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::web::{self, Data};
 use actix_web::{App, HttpServer};
+use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
@@ -27,7 +28,10 @@ pub struct AppState {
 
 pub struct Application {
     port: u16,
+    operator_port: u16,
     server: Server,
+    /// `/metrics`, `/ready` and `/health`, on a listener of its own.
+    operator: Server,
     background: Vec<JoinHandle<()>>,
     gateway: Gateway,
 }
@@ -73,6 +77,16 @@ impl Application {
             ),
         });
 
+        let operator_listener =
+            TcpListener::bind((settings.operator_host(), settings.operator_port))?;
+        let operator_port = operator_listener.local_addr()?.port();
+        let operator = operator_server(
+            operator_listener,
+            state.clone(),
+            prometheus.clone(),
+            settings.shutdown_grace_seconds,
+        )?;
+
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))?;
         let port = listener.local_addr()?.port();
         let mut server = HttpServer::new(move || {
@@ -80,7 +94,6 @@ impl Application {
                 .wrap(from_fn(api::request::limit_headers))
                 .wrap(from_fn(telemetry::observe))
                 .app_data(state.clone())
-                .app_data(prometheus.clone())
                 .configure(api::routes)
                 .default_service(web::to(api::no_route))
         })
@@ -119,7 +132,9 @@ impl Application {
         }
         Ok(Self {
             port,
+            operator_port,
             server: server.run(),
+            operator,
             background,
             gateway,
         })
@@ -129,16 +144,32 @@ impl Application {
         self.port
     }
 
-    /// Stops the server from elsewhere; `stop(true)` lets in-flight requests finish.
+    /// The operator listener's port: `/metrics`, `/ready`, `/health`.
+    pub fn operator_port(&self) -> u16 {
+        self.operator_port
+    }
+
+    /// Stops the API's server from elsewhere; `stop(true)` lets in-flight
+    /// requests finish. The operator listener stops after it.
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()
     }
 
     /// Serves until stopped, then stops the background work and hands back
     /// this process's leases: whatever is still unknown is left, whole, for
-    /// recovery by another replica or by this one restarted.
+    /// recovery by another replica or by this one restarted. The operator
+    /// listener keeps answering while the API drains, so that a scrape sees
+    /// the stop.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let operator_handle = self.operator.handle();
+        let operator = tokio::spawn(self.operator);
         let result = self.server.await;
+        operator_handle.stop(true).await;
+        match operator.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the operator listener failed"),
+            Err(e) => tracing::warn!(error = %e, "the operator listener's task failed"),
+        }
         self.background.iter().for_each(JoinHandle::abort);
         match self.gateway.release_leases().await {
             Ok((operations, keys)) => tracing::info!(operations, keys, "leases released"),
@@ -146,6 +177,30 @@ impl Application {
         }
         result
     }
+}
+
+/// The operator listener: its own server with one worker, so that a flood
+/// on the API's workers does not keep a scrape or a readiness probe waiting.
+fn operator_server(
+    listener: TcpListener,
+    state: Data<AppState>,
+    prometheus: Data<PrometheusHandle>,
+    shutdown_grace_seconds: u64,
+) -> std::io::Result<Server> {
+    // Observed like the API (a 503 from /ready is a series an alert reads).
+    Ok(HttpServer::new(move || {
+        App::new()
+            .wrap(from_fn(telemetry::observe))
+            .app_data(state.clone())
+            .app_data(prometheus.clone())
+            .configure(api::operator_routes)
+            .default_service(web::to(api::no_operator_route))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(shutdown_grace_seconds)
+    .listen(listener)?
+    .run())
 }
 
 /// Deletes answered idempotency keys past their retention, periodically.

@@ -202,7 +202,7 @@ async fn spawn_breakable_app() -> TestApp {
 async fn circuit_reported_by_ready(app: &TestApp) -> String {
     let response = app
         .client
-        .get(app.url("/ready"))
+        .get(app.operator_url("/ready"))
         .send()
         .await
         .expect("GET /ready answered");

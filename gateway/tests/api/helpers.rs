@@ -17,6 +17,8 @@ pub const ALL_CARDS: [Card; 4] = [HAPPY_CARD, LIMITED_CARD, EMPTY_CARD, EXPIRED_
 
 pub struct TestApp {
     pub address: String,
+    /// The operator listener: `/metrics`, `/ready`, `/health`.
+    pub operator_address: String,
     pub bank_address: String,
     pub client: Client,
     /// FicMart's key.
@@ -80,11 +82,13 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         .await
         .expect("the gateway starts");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let operator_address = format!("http://127.0.0.1:{}", app.operator_port());
     tokio::spawn(app.run_until_stopped());
     let pool = PgPool::connect(&url).await.expect("a gateway pool");
     let api_key = create_key(&pool, "ficmart").await;
     TestApp {
         address,
+        operator_address,
         bank_address,
         client: test_client(),
         api_key,
@@ -128,6 +132,11 @@ pub fn payment_body(card: Card, amount: i64, order: &str, customer: &str) -> Val
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
+    }
+
+    /// A URL on the operator listener.
+    pub fn operator_url(&self, path: &str) -> String {
+        format!("{}{path}", self.operator_address)
     }
 
     pub async fn post_as(&self, api_key: &str, path: &str, key: &str, body: &Value) -> Response {

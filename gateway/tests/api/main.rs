@@ -9,6 +9,7 @@ mod circuit;
 mod crash;
 mod docs;
 mod helpers;
+mod hostile;
 mod idempotency;
 mod lifecycle;
 mod limits;
