@@ -6,6 +6,7 @@ use std::time::Instant;
 use actix_web::Error;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -143,8 +144,12 @@ pub fn register_metrics() {
 /// Outermost middleware: a request id (the client's, or a new one) on the
 /// response and on every log line of the request, and one line and the
 /// HTTP metrics per request. The line has the request id, the merchant and
-/// the payment (when known) as span fields, and the status. Routes are
-/// labelled by pattern, never by path.
+/// the payment (when known) as span fields, and the status.
+///
+/// Every label value comes from a closed set, since each new value is a
+/// series kept in memory for good and in every scrape: routes by pattern
+/// (never by path; `unmatched` for no route), methods by [`method_label`],
+/// statuses from the answers this code gives.
 pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -156,7 +161,7 @@ pub async fn observe(
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN)
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     // `merchant_id` and `payment_id` are filled in by the extractor and the
     // handlers once known (`Span::current().record`), so that the request's
     // line below carries them.
@@ -176,7 +181,7 @@ pub async fn observe(
         .unwrap_or_else(|| "unmatched".to_owned());
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    metrics::counter!("gateway_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status.to_string())
+    metrics::counter!("gateway_http_requests_total", "method" => method, "route" => route.clone(), "status" => status.to_string())
         .increment(1);
     metrics::histogram!("gateway_http_request_duration_seconds", "route" => route.clone())
         .record(elapsed.as_secs_f64());
@@ -193,4 +198,40 @@ pub async fn observe(
         response.headers_mut().insert(REQUEST_ID, value);
     }
     Ok(response)
+}
+
+/// The method as a metric label and on the log line: the standard methods
+/// by name, anything else `other`. A client may send any token as a method,
+/// kilobytes of it, and each would be a series of its own (and a long line).
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    KNOWN
+        .iter()
+        .find(|known| *known == method)
+        .map_or("other", Method::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_outside_the_standard_set_are_one_label() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        assert_eq!(method_label(&Method::TRACE), "TRACE");
+        let made_up = Method::from_bytes(b"PROBE123").unwrap();
+        assert_eq!(method_label(&made_up), "other");
+        let lower = Method::from_bytes(b"get").unwrap();
+        assert_eq!(method_label(&lower), "other", "methods are case-sensitive");
+    }
 }
