@@ -92,6 +92,7 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(from_fn(api::request::limit_headers))
+                .wrap(from_fn(api::error::shape_bare_errors))
                 .wrap(from_fn(telemetry::observe))
                 .app_data(state.clone())
                 .configure(api::routes)

@@ -10,8 +10,12 @@ use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use service_kit::logging::Spans;
-use tracing::Instrument;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Instrument, Level, Subscriber};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// A request id longer than this, or not printable ASCII, is replaced.
@@ -25,9 +29,81 @@ const LATENCY_BUCKETS_SECONDS: [f64; 13] = [
 const BATCH_ROWS_BUCKETS: [f64; 7] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 
 /// JSON lines on stdout, filtered by `RUST_LOG` (default `info`); a line
-/// carries its request's span (request id, merchant, payment).
+/// carries its request's span (request id, merchant, payment). Does nothing
+/// if the process already has a subscriber.
+///
+/// The lines of `service_kit::logging` (`Spans::Current`), with one change
+/// the bank does not need: a connection that actix-http ends with an error
+/// is logged at WARN, not ERROR (see [`ClientFaultsAsWarnings`]).
 pub fn init_logging() {
-    service_kit::logging::init(Spans::Current);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = tracing_subscriber::fmt::format()
+        .json()
+        .with_current_span(true)
+        .with_span_list(false);
+    let _ = tracing_subscriber::fmt()
+        .fmt_fields(JsonFields::new())
+        .event_format(ClientFaultsAsWarnings(json))
+        .with_env_filter(filter)
+        .try_init();
+}
+
+/// actix-http ends a connection on a head it cannot parse (bad bytes in a
+/// header, both `Content-Length` and `Transfer-Encoding`), on a head too
+/// large, on a client that hangs up, or on a handler that answered without
+/// reading the body (a 401 or 413 before it), and logs each at ERROR
+/// ("stream error: …", target `actix_http::h1::dispatcher`). Any client can
+/// cause every one of them, so they are the client's fault, not the
+/// operator's: this writes those lines at WARN. Its other ERROR lines (a
+/// response body that failed, which is ours) stay ERROR.
+///
+/// `RUST_LOG` still filters them by their original level.
+struct ClientFaultsAsWarnings<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for ClientFaultsAsWarnings<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        if !is_connection_error(event) {
+            return self.0.format_event(ctx, writer, event);
+        }
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        // Inside a JSON string every quote is escaped, so the first
+        // unescaped `"level":"ERROR"` is the line's level and nothing else.
+        writer.write_str(&line.replacen(r#""level":"ERROR""#, r#""level":"WARN""#, 1))
+    }
+}
+
+/// actix-http's "stream error: …" line: a connection ended with an error.
+fn is_connection_error(event: &Event<'_>) -> bool {
+    let metadata = event.metadata();
+    if metadata.target() != "actix_http::h1::dispatcher" || *metadata.level() != Level::ERROR {
+        return false;
+    }
+    let mut message = Message(String::new());
+    event.record(&mut message);
+    message.0.starts_with("stream error")
+}
+
+/// An event's `message` field, as text.
+struct Message(String);
+
+impl Visit for Message {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            use std::fmt::Write as _;
+            let _ = write!(self.0, "{value:?}");
+        }
+    }
 }
 
 /// The process-wide Prometheus recorder, installed on first use.

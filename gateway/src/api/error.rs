@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
+use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
+use actix_web::middleware::Next;
 use actix_web::{HttpResponse, ResponseError};
 
 use crate::domain::DomainError;
@@ -238,9 +242,80 @@ impl ResponseError for ApiError {
     }
 }
 
+/// Gives an error answer without a JSON body the contract's error object,
+/// keeping its status: answers made below the handlers (the docs' file
+/// server's empty 404, an actix-web extractor's text) reach clients in the
+/// same shape as every other error. Inside `telemetry::observe`.
+pub async fn shape_bare_errors(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    // Handlers' and extractors' errors arrive here as answers already.
+    let response = next.call(req).await?.map_into_boxed_body();
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_json(response.headers()) {
+        return Ok(response);
+    }
+    if status.is_server_error() {
+        tracing::warn!(
+            status = status.as_u16(),
+            "a bare error answer from below the handlers"
+        );
+    }
+    Ok(response.map_body(|head, _| {
+        head.headers_mut().remove(CONTENT_LENGTH);
+        head.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let body = serde_json::to_vec(&bare_error_body(head.status)).unwrap_or_default();
+        BoxBody::new(body)
+    }))
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"))
+}
+
+/// The error object for a bare answer of `status`: its reason, in the
+/// contract's words where it has them.
+fn bare_error_body(status: StatusCode) -> ErrorBody {
+    let reason = status.canonical_reason().unwrap_or("error");
+    let (kind, code) = match status {
+        StatusCode::NOT_FOUND => ("invalid_request_error", "resource_missing".to_owned()),
+        StatusCode::PAYLOAD_TOO_LARGE => ("invalid_request_error", "payload_too_large".to_owned()),
+        other if other.is_server_error() => ("api_error", "internal_error".to_owned()),
+        _ => (
+            "invalid_request_error",
+            reason.to_ascii_lowercase().replace([' ', '-'], "_"),
+        ),
+    };
+    ErrorBody::new(kind, code, reason.to_ascii_lowercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bare_errors_get_a_code_from_their_status() {
+        let body = |status| serde_json::to_value(bare_error_body(status)).unwrap();
+        assert_eq!(
+            body(StatusCode::NOT_FOUND)["error"]["code"],
+            "resource_missing"
+        );
+        let bad = body(StatusCode::BAD_REQUEST);
+        assert_eq!(bad["error"]["code"], "bad_request");
+        assert_eq!(bad["error"]["type"], "invalid_request_error");
+        assert_eq!(
+            body(StatusCode::METHOD_NOT_ALLOWED)["error"]["code"],
+            "method_not_allowed"
+        );
+        let internal = body(StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(internal["error"]["type"], "api_error");
+        assert_eq!(internal["error"]["code"], "internal_error");
+    }
 
     #[test]
     fn retry_after_is_whole_seconds_rounded_up_and_at_least_one() {

@@ -5,6 +5,8 @@ use gateway::{Application, Settings};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use uuid::Uuid;
 
 /// (number, cvv, month, year)
@@ -249,4 +251,30 @@ pub async fn assert_error(response: Response, status: StatusCode, kind: &str, co
         "{body}"
     );
     body
+}
+
+/// Sends `request` as raw bytes to `address` (`http://host:port`) and
+/// returns everything the server wrote until it closed the connection (at
+/// most 10 s), as text.
+pub async fn raw_exchange(address: &str, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(address.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    // The server may answer and close before reading everything.
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The status code of a raw HTTP/1.1 answer, if it has one.
+pub fn status_of(answer: &str) -> Option<u16> {
+    answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
 }

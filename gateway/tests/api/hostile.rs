@@ -163,3 +163,84 @@ async fn made_up_methods_and_paths_add_no_metric_series() {
         new.iter().take(3).collect::<Vec<_>>()
     );
 }
+
+/// Waits (bounded) until the process has logged `count` lines from
+/// `target`, and returns them.
+async fn logged_from(gateway: &GatewayProcess, target: &str, count: usize) -> Vec<Value> {
+    for _ in 0..100 {
+        let lines: Vec<Value> = gateway
+            .logs()
+            .into_iter()
+            .filter(|line| line["target"] == target)
+            .collect();
+        if lines.len() >= count {
+            return lines;
+        }
+        tokio::time::sleep(crate::crash::harness::POLL).await;
+    }
+    panic!("fewer than {count} lines from {target} in 10 s");
+}
+
+#[tokio::test]
+async fn heads_the_http_layer_cannot_parse_get_400_and_no_error_line() {
+    let (gateway, _) = served(|launch| launch).await;
+    let malformed: [&[u8]; 3] = [
+        // A control byte in a header value.
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-Probe: a\x01b\r\n\r\n",
+        // Both framings: a smuggling attempt.
+        b"POST /v1/payments HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\
+          Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        // A header name that is not a token.
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX Probe: 1\r\n\r\n",
+    ];
+    for request in malformed {
+        let answer = raw_exchange(&gateway.base(), request).await;
+        assert_eq!(status_of(&answer), Some(400), "{answer}");
+    }
+    // actix-http says so once per connection; a client did it, so it must
+    // not page anyone.
+    let lines = logged_from(&gateway, "actix_http::h1::dispatcher", malformed.len()).await;
+    for line in &lines {
+        assert_eq!(line["level"], "WARN", "{line}");
+    }
+    assert!(
+        !gateway.logs().iter().any(|line| line["level"] == "ERROR"),
+        "no ERROR line at all"
+    );
+    // The server is unharmed.
+    let health = test_client()
+        .get(format!("{}/health", gateway.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn bare_error_answers_from_below_the_handlers_carry_the_error_object() {
+    let (gateway, _) = served(|launch| launch).await;
+    // The docs' file server answers an unknown file with an empty 404.
+    let response = test_client()
+        .get(format!("{}/docs/no-such-file.js", gateway.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_error(
+        response,
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "resource_missing",
+    )
+    .await;
+    let docs = test_client()
+        .get(format!("{}/docs/", gateway.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        docs.status(),
+        StatusCode::OK,
+        "answers that are not errors are untouched"
+    );
+    assert!(docs.text().await.unwrap().contains("swagger"));
+}
