@@ -104,6 +104,12 @@ pub struct Settings {
     /// Request bodies larger than this are refused with 413.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
+    /// A request's whole body must arrive within this once the gateway
+    /// starts reading it, or the answer is 408 and the connection closed
+    /// (slow-body clients). A declared Content-Length over MAX_BODY_BYTES
+    /// is refused with 413 before anything is read.
+    #[arg(long, env = "BODY_READ_TIMEOUT_MS", default_value_t = 5_000)]
+    pub body_read_timeout_ms: u64,
     /// Request headers larger than this, names and values together, are
     /// refused with 431. (Past 128 KiB or 96 headers the HTTP layer itself
     /// answers 431, whatever this says.)
@@ -164,6 +170,7 @@ impl Settings {
             circuit_open_ms: 5_000,
             reconcile_interval_ms: 300_000,
             max_body_bytes: 16 * 1024,
+            body_read_timeout_ms: 5_000,
             max_header_bytes: 16 * 1024,
             client_request_timeout_ms: 5_000,
             rate_limit_per_second: 100,

@@ -20,7 +20,7 @@ use crate::{api, idempotency, recovery, store, telemetry};
 /// What every handler shares.
 pub struct AppState {
     pub gateway: Gateway,
-    pub max_body_bytes: usize,
+    pub body: api::request::BodyLimits,
     pub max_header_bytes: usize,
     /// Per API key; `None` when rate limiting is off.
     pub rate_limiter: Option<api::rate_limit::RateLimiter>,
@@ -68,7 +68,10 @@ impl Application {
         );
         let state = Data::new(AppState {
             gateway: gateway.clone(),
-            max_body_bytes: settings.max_body_bytes,
+            body: api::request::BodyLimits {
+                max_bytes: settings.max_body_bytes,
+                read_timeout: Duration::from_millis(settings.body_read_timeout_ms),
+            },
             max_header_bytes: settings.max_header_bytes,
             rate_limiter: api::rate_limit::RateLimiter::new(
                 settings.rate_limit_per_second,

@@ -35,6 +35,9 @@ pub enum ApiError {
     NoRoute,
     #[error("the request body is larger than {limit_bytes} bytes")]
     PayloadTooLarge { limit_bytes: usize },
+    /// The body did not arrive in time (a slow or stalled client).
+    #[error("the request body did not arrive within {timeout_ms} ms")]
+    BodyTimeout { timeout_ms: u128 },
     #[error("a request with this Idempotency-Key is still being processed")]
     KeyInUse,
     #[error("this Idempotency-Key was already used with a different request")]
@@ -88,6 +91,9 @@ impl ApiError {
             }
             Self::PayloadTooLarge { .. } => {
                 ErrorBody::new("invalid_request_error", "payload_too_large", message)
+            }
+            Self::BodyTimeout { .. } => {
+                ErrorBody::new("invalid_request_error", "request_timeout", message)
             }
             Self::KeyInUse => {
                 ErrorBody::new("idempotency_error", "idempotency_key_in_use", message)
@@ -182,6 +188,7 @@ impl ResponseError for ApiError {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::NotFound | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::KeyInUse => StatusCode::CONFLICT,
             Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) | Self::BankUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -201,6 +208,7 @@ impl ResponseError for ApiError {
             | Self::NotFound
             | Self::NoRoute
             | Self::PayloadTooLarge { .. }
+            | Self::BodyTimeout { .. }
             | Self::RateLimited { .. }
             | Self::HeadersTooLarge { .. } => {}
             Self::KeyInUse => {
@@ -234,6 +242,7 @@ impl ResponseError for ApiError {
             | Self::NotFound
             | Self::NoRoute
             | Self::PayloadTooLarge { .. }
+            | Self::BodyTimeout { .. }
             | Self::KeyReused
             | Self::HeadersTooLarge { .. }
             | Self::Internal(_) => {}

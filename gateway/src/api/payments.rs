@@ -146,8 +146,9 @@ fn respond(reply: Reply) -> HttpResponse {
         (status = 400, description = "Invalid request or Idempotency-Key; nothing was created", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 402, description = "Declined; the payment exists with status declined", body = ErrorBody),
+        (status = 408, description = "request_timeout: the body did not arrive in time (5 s by default)", body = ErrorBody),
         (status = 409, description = "idempotency_key_in_use", body = ErrorBody),
-        (status = 413, description = "The body is larger than the limit (16 KiB by default)", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit (16 KiB by default), or says it is", body = ErrorBody),
         (status = 422, description = "idempotency_key_reused", body = ErrorBody),
         (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
         (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
@@ -161,7 +162,7 @@ pub async fn create_payment(
     state: Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&req)?;
-    let body = read_json(payload, state.max_body_bytes).await?;
+    let body = read_json(&req, payload, state.body).await?;
     let command = parse_create(&body)?;
     ensure_bank_available(&state, merchant.0, &key).await?;
     let hash = fingerprint("POST", req.path(), &body);
@@ -182,7 +183,7 @@ async fn operate(
     action: Action,
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&req)?;
-    let body = read_json(payload, state.max_body_bytes).await?;
+    let body = read_json(&req, payload, state.body).await?;
     let amount = if body.is_null() {
         None
     } else {
@@ -215,8 +216,9 @@ macro_rules! operation_route {
                 (status = 400, description = "Invalid body or Idempotency-Key", body = ErrorBody),
                 (status = 401, description = "Missing or unknown API key", body = ErrorBody),
                 (status = 404, description = "No such payment (for this merchant)", body = ErrorBody),
+                (status = 408, description = "request_timeout: the body did not arrive in time (5 s by default)", body = ErrorBody),
                 (status = 409, description = "invalid_state, authorization_expired or idempotency_key_in_use", body = ErrorBody),
-                (status = 413, description = "The body is larger than the limit (16 KiB by default)", body = ErrorBody),
+                (status = 413, description = "The body is larger than the limit (16 KiB by default), or says it is", body = ErrorBody),
                 (status = 422, description = "idempotency_key_reused", body = ErrorBody),
                 (status = 502, description = "the bank refused", body = ErrorBody),
                 (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),

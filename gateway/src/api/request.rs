@@ -3,9 +3,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::header::CONTENT_LENGTH;
 use actix_web::middleware::Next;
 use actix_web::web::{self, Data};
 use actix_web::{FromRequest, HttpRequest, ResponseError};
@@ -124,12 +126,32 @@ pub fn idempotency_key(req: &HttpRequest) -> Result<IdempotencyKey, ApiError> {
     Ok(IdempotencyKey::parse(raw)?)
 }
 
-/// Reads at most `limit_bytes` and parses them as JSON; an empty body is
-/// `null`, which operations accept as "no parameters".
-pub async fn read_json(payload: web::Payload, limit_bytes: usize) -> Result<Value, ApiError> {
-    let bytes = payload
-        .to_bytes_limited(limit_bytes)
+/// How large a request body may be, and how long it may take to arrive.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max_bytes: usize,
+    pub read_timeout: Duration,
+}
+
+/// Reads the body within `limits` and parses it as JSON; an empty body is
+/// `null`, which operations accept as "no parameters". A declared length
+/// over the limit is refused before anything is read, and a body that has
+/// not all arrived by the deadline is refused with 408: either way the
+/// connection is closed with the rest unread.
+pub async fn read_json(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limits: BodyLimits,
+) -> Result<Value, ApiError> {
+    let limit_bytes = limits.max_bytes;
+    if declared_length(req).is_some_and(|length| length > limit_bytes as u64) {
+        return Err(ApiError::PayloadTooLarge { limit_bytes });
+    }
+    let bytes = tokio::time::timeout(limits.read_timeout, payload.to_bytes_limited(limit_bytes))
         .await
+        .map_err(|_| ApiError::BodyTimeout {
+            timeout_ms: limits.read_timeout.as_millis(),
+        })?
         .map_err(|_| ApiError::PayloadTooLarge { limit_bytes })?
         .map_err(|_| ApiError::invalid("body", "the request body could not be read"))?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -144,6 +166,17 @@ pub async fn read_json(payload: web::Payload, limit_bytes: usize) -> Result<Valu
             e.column()
         ),
     })
+}
+
+/// The `Content-Length` the client declared (the HTTP layer has refused a
+/// malformed or repeated one already).
+fn declared_length(req: &HttpRequest) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// A JSON object read field by field, so that every refusal names the

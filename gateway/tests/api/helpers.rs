@@ -278,3 +278,9 @@ pub fn status_of(answer: &str) -> Option<u16> {
         .and_then(|rest| rest.get(..3))
         .and_then(|code| code.parse().ok())
 }
+
+/// The JSON body of a raw HTTP/1.1 answer (after the blank line), or null.
+pub fn body_of(answer: &str) -> Value {
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}

@@ -5,13 +5,23 @@ use std::collections::BTreeSet;
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use sqlx::PgPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::crash::harness::{GatewayProcess, Launch};
 use crate::helpers::*;
 
-/// A gateway process on a fresh database, its bank in this process, and
-/// FicMart's key.
-async fn served(configure: impl FnOnce(Launch) -> Launch) -> (GatewayProcess, String) {
+/// A gateway process on a fresh database, its bank in this process.
+struct Served {
+    gateway: GatewayProcess,
+    /// FicMart's key.
+    api_key: String,
+    /// The gateway's database.
+    pool: PgPool,
+}
+
+async fn served(configure: impl FnOnce(Launch) -> Launch) -> Served {
     let (bank_address, _) = spawn_bank(None).await;
     let database_url = throwaway_pg::shared()
         .fresh_database("gateway")
@@ -20,16 +30,27 @@ async fn served(configure: impl FnOnce(Launch) -> Launch) -> (GatewayProcess, St
     let gateway = configure(Launch::new(&database_url, &bank_address))
         .start()
         .await;
-    let pool = sqlx::PgPool::connect(&database_url)
+    let pool = PgPool::connect(&database_url)
         .await
         .expect("a gateway pool");
     let api_key = create_key(&pool, "ficmart").await;
-    (gateway, api_key)
+    Served {
+        gateway,
+        api_key,
+        pool,
+    }
+}
+
+async fn count(pool: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
 async fn metrics_and_ready_are_served_on_the_operator_port_only() {
-    let (gateway, _) = served(|launch| launch).await;
+    let Served { gateway, .. } = served(|launch| launch).await;
     let client = test_client();
     for path in ["/metrics", "/ready"] {
         let public = client
@@ -144,7 +165,7 @@ async fn probe(client: &reqwest::Client, base: &str, from: usize, to: usize) {
 
 #[tokio::test]
 async fn made_up_methods_and_paths_add_no_metric_series() {
-    let (gateway, _) = served(|launch| launch).await;
+    let Served { gateway, .. } = served(|launch| launch).await;
     let client = test_client();
     // Every kind of request the probe sends, a few times; then two scrapes
     // (a scrape's own series show from the next one on).
@@ -183,7 +204,7 @@ async fn logged_from(gateway: &GatewayProcess, target: &str, count: usize) -> Ve
 
 #[tokio::test]
 async fn heads_the_http_layer_cannot_parse_get_400_and_no_error_line() {
-    let (gateway, _) = served(|launch| launch).await;
+    let Served { gateway, .. } = served(|launch| launch).await;
     let malformed: [&[u8]; 3] = [
         // A control byte in a header value.
         b"GET /health HTTP/1.1\r\nHost: x\r\nX-Probe: a\x01b\r\n\r\n",
@@ -218,7 +239,7 @@ async fn heads_the_http_layer_cannot_parse_get_400_and_no_error_line() {
 
 #[tokio::test]
 async fn bare_error_answers_from_below_the_handlers_carry_the_error_object() {
-    let (gateway, _) = served(|launch| launch).await;
+    let Served { gateway, .. } = served(|launch| launch).await;
     // The docs' file server answers an unknown file with an empty 404.
     let response = test_client()
         .get(format!("{}/docs/no-such-file.js", gateway.base()))
@@ -243,4 +264,60 @@ async fn bare_error_answers_from_below_the_handlers_carry_the_error_object() {
         "answers that are not errors are untouched"
     );
     assert!(docs.text().await.unwrap().contains("swagger"));
+}
+
+/// The head of a `POST /v1/payments` with FicMart's key, as raw bytes.
+fn payment_head(api_key: &str, content_length: u64) -> String {
+    format!(
+        "POST /v1/payments HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api_key}\r\n\
+         Idempotency-Key: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {content_length}\r\nConnection: close\r\n\r\n",
+        new_key()
+    )
+}
+
+#[tokio::test]
+async fn a_declared_length_over_the_limit_is_413_before_any_body() {
+    let served = served(|launch| launch).await;
+    // Ten gigabytes announced, nothing sent.
+    let head = payment_head(&served.api_key, 10_000_000_000);
+    let answer = raw_exchange(&served.gateway.base(), head.as_bytes()).await;
+    assert_eq!(status_of(&answer), Some(413), "{answer:?}");
+    let error = body_of(&answer);
+    assert_eq!(error["error"]["code"], "payload_too_large", "{answer}");
+    assert_eq!(count(&served.pool, "idempotency_keys").await, 0);
+}
+
+#[tokio::test]
+async fn a_body_sent_too_slowly_is_408() {
+    let served = served(|launch| launch.set("BODY_READ_TIMEOUT_MS", 500)).await;
+    let stream = TcpStream::connect(served.gateway.base().trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    // A hundred bytes, one every 100 ms: ten seconds, well past the deadline,
+    // though never idle for long.
+    let head = payment_head(&served.api_key, 100);
+    let trickle = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            writer.write_all(b" ").await?;
+        }
+        std::io::Result::Ok(())
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        reader.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the server closed the connection");
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(status_of(&answer), Some(408), "{answer}");
+    let error = body_of(&answer);
+    assert_eq!(error["error"]["type"], "invalid_request_error", "{answer}");
+    assert_eq!(error["error"]["code"], "request_timeout", "{answer}");
+    assert_eq!(count(&served.pool, "idempotency_keys").await, 0);
 }
