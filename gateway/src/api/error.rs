@@ -35,6 +35,12 @@ pub enum ApiError {
     NoRoute,
     #[error("the request body is larger than {limit_bytes} bytes")]
     PayloadTooLarge { limit_bytes: usize },
+    /// A body that is not declared `application/json`, or is encoded.
+    #[error("{message}")]
+    UnsupportedMediaType {
+        param: &'static str,
+        message: &'static str,
+    },
     /// The body did not arrive in time (a slow or stalled client).
     #[error("the request body did not arrive within {timeout_ms} ms")]
     BodyTimeout { timeout_ms: u128 },
@@ -73,6 +79,16 @@ impl ApiError {
         }
     }
 
+    /// A parameter or header sent more than once: parsers on the way could
+    /// each take a different one.
+    pub fn duplicate(param: impl Into<String>) -> Self {
+        Self::Invalid {
+            param: param.into(),
+            code: "duplicate_parameter",
+            message: "is sent more than once; send it once".into(),
+        }
+    }
+
     fn body(&self) -> ErrorBody {
         let message = self.to_string();
         match self {
@@ -94,6 +110,10 @@ impl ApiError {
             }
             Self::BodyTimeout { .. } => {
                 ErrorBody::new("invalid_request_error", "request_timeout", message)
+            }
+            Self::UnsupportedMediaType { param, .. } => {
+                ErrorBody::new("invalid_request_error", "unsupported_media_type", message)
+                    .with_param(*param)
             }
             Self::KeyInUse => {
                 ErrorBody::new("idempotency_error", "idempotency_key_in_use", message)
@@ -189,6 +209,7 @@ impl ResponseError for ApiError {
             Self::NotFound | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::KeyInUse => StatusCode::CONFLICT,
             Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) | Self::BankUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -209,6 +230,7 @@ impl ResponseError for ApiError {
             | Self::NoRoute
             | Self::PayloadTooLarge { .. }
             | Self::BodyTimeout { .. }
+            | Self::UnsupportedMediaType { .. }
             | Self::RateLimited { .. }
             | Self::HeadersTooLarge { .. } => {}
             Self::KeyInUse => {
@@ -243,6 +265,7 @@ impl ResponseError for ApiError {
             | Self::NoRoute
             | Self::PayloadTooLarge { .. }
             | Self::BodyTimeout { .. }
+            | Self::UnsupportedMediaType { .. }
             | Self::KeyReused
             | Self::HeadersTooLarge { .. }
             | Self::Internal(_) => {}

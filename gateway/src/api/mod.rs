@@ -5,6 +5,7 @@
 //! the process knows about itself is not handed to whoever can reach the API.
 
 pub mod error;
+pub mod json;
 pub mod operations;
 pub mod payments;
 pub mod rate_limit;

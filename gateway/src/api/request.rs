@@ -7,16 +7,21 @@ use std::time::Duration;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
-use actix_web::http::header::CONTENT_LENGTH;
+use actix_web::http::header::{
+    AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue,
+};
 use actix_web::middleware::Next;
 use actix_web::web::{self, Data};
 use actix_web::{FromRequest, HttpRequest, ResponseError};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use super::json;
 use crate::domain::{IdempotencyKey, MerchantId, PaymentId};
 use crate::startup::AppState;
 use crate::store::merchants;
+
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// The merchant whose API key authenticated the request, and which the
 /// key's rate limit let through.
@@ -33,10 +38,10 @@ impl FromRequest for Merchant {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let key = bearer_token(req).map(str::to_owned);
+        let key = bearer_token(req).map(|token| token.map(str::to_owned));
         let state = req.app_data::<Data<AppState>>().cloned();
         Box::pin(async move {
-            let (Some(key), Some(state)) = (key, state) else {
+            let (Some(key), Some(state)) = (key?, state) else {
                 return Err(ApiError::Unauthenticated);
             };
             let mut conn = state.gateway.pool().acquire().await?;
@@ -79,10 +84,14 @@ pub async fn limit_headers(
     Ok(next.call(req).await?.map_into_left_body())
 }
 
-fn bearer_token(req: &HttpRequest) -> Option<&str> {
-    let header = req.headers().get("Authorization")?.to_str().ok()?;
-    let token = header.strip_prefix("Bearer ")?.trim();
-    (!token.is_empty()).then_some(token)
+/// The bearer token, if there is one; two Authorization headers are refused.
+fn bearer_token(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
+    let token = single_header(req, AUTHORIZATION)?
+        .and_then(|header| header.to_str().ok())
+        .and_then(|header| header.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty());
+    Ok(token)
 }
 
 /// Puts the payment a request is about on the request's log line.
@@ -114,7 +123,7 @@ pub fn record_payment_in_reply(body: &[u8]) {
 
 /// The `Idempotency-Key` header, required on every POST.
 pub fn idempotency_key(req: &HttpRequest) -> Result<IdempotencyKey, ApiError> {
-    let Some(header) = req.headers().get("Idempotency-Key") else {
+    let Some(header) = single_header(req, IDEMPOTENCY_KEY)? else {
         return Err(ApiError::MissingIdempotencyKey);
     };
     let raw = header
@@ -154,18 +163,83 @@ pub async fn read_json(
         })?
         .map_err(|_| ApiError::PayloadTooLarge { limit_bytes })?
         .map_err(|_| ApiError::invalid("body", "the request body could not be read"))?;
+    if bytes.is_empty() {
+        // No body: nothing to declare.
+        return Ok(Value::Null);
+    }
+    ensure_json_body(req)?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::Invalid {
-        param: "body".into(),
-        code: "invalid_json",
-        message: format!(
-            "the request body is not valid JSON (line {}, column {})",
-            e.line(),
-            e.column()
-        ),
+    json::parse(&bytes).map_err(|e| match e {
+        json::Error::Duplicate { path } => ApiError::duplicate(path),
+        json::Error::Syntax(e) => ApiError::Invalid {
+            param: "body".into(),
+            code: "invalid_json",
+            message: format!(
+                "the request body is not valid JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+        },
     })
+}
+
+/// A body must say it is JSON, once, and come unencoded: what an
+/// intermediary makes of `text/plain` or of a gzip body may not be what
+/// the gateway reads (and it decodes none).
+fn ensure_json_body(req: &HttpRequest) -> Result<(), ApiError> {
+    if req.headers().contains_key(CONTENT_ENCODING) {
+        return Err(ApiError::UnsupportedMediaType {
+            param: "Content-Encoding",
+            message: "a request body is taken without a Content-Encoding",
+        });
+    }
+    let declared = single_header(req, CONTENT_TYPE)?.and_then(|value| value.to_str().ok());
+    if declared.is_some_and(is_json_media_type) {
+        return Ok(());
+    }
+    Err(ApiError::UnsupportedMediaType {
+        param: "Content-Type",
+        message: "a request body must be sent as Content-Type: application/json",
+    })
+}
+
+/// `application/json`, with no parameter but `charset=utf-8` (JSON is UTF-8).
+fn is_json_media_type(content_type: &str) -> bool {
+    let mut parts = content_type.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+        && parts.all(|parameter| {
+            parameter.split_once('=').is_some_and(|(name, value)| {
+                name.trim().eq_ignore_ascii_case("charset")
+                    && value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+            })
+        })
+}
+
+/// A header that must come at most once: sent twice, two parsers on the
+/// way could each take a different one (400 `duplicate_parameter`).
+fn single_header(req: &HttpRequest, name: HeaderName) -> Result<Option<&HeaderValue>, ApiError> {
+    let mut values = req.headers().get_all(&name);
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::duplicate(header_label(&name)));
+    }
+    Ok(first)
+}
+
+/// A header's name as the API's documents spell it, for `param`.
+fn header_label(name: &HeaderName) -> &'static str {
+    if *name == AUTHORIZATION {
+        "Authorization"
+    } else if *name == CONTENT_TYPE {
+        "Content-Type"
+    } else if *name == IDEMPOTENCY_KEY {
+        "Idempotency-Key"
+    } else {
+        "header"
+    }
 }
 
 /// The `Content-Length` the client declared (the HTTP layer has refused a
@@ -245,5 +319,34 @@ impl<'a> Fields<'a> {
 
     pub fn object(&self, field: &str, allowed: &[&str]) -> Result<Fields<'a>, ApiError> {
         Fields::of(self.required(field)?, &self.name(field), allowed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_application_json_in_utf_8_only() {
+        for accepted in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+        ] {
+            assert!(is_json_media_type(accepted), "{accepted}");
+        }
+        for refused in [
+            "",
+            "text/plain",
+            "application/jsonx",
+            "application/json; charset=latin1",
+            "application/json; boundary=x",
+            "application/json;",
+            "text/json",
+            "application/x-www-form-urlencoded",
+        ] {
+            assert!(!is_json_media_type(refused), "{refused}");
+        }
     }
 }

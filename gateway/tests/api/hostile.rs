@@ -321,3 +321,128 @@ async fn a_body_sent_too_slowly_is_408() {
     assert_eq!(error["error"]["code"], "request_timeout", "{answer}");
     assert_eq!(count(&served.pool, "idempotency_keys").await, 0);
 }
+
+/// A payment's JSON text with `amount` and `card` as given (raw JSON).
+fn payment_text(amount: &str, card: &str) -> String {
+    format!(
+        r#"{{"order_id":"ord_amb","customer_id":"cus_amb",{amount},"currency":"USD","card":{card}}}"#
+    )
+}
+
+const CARD: &str =
+    r#"{"number":"4111111111111111","cvv":"123","expiry_month":12,"expiry_year":2030}"#;
+
+#[tokio::test]
+async fn ambiguous_requests_are_refused_and_store_nothing() {
+    let served = served(|launch| launch).await;
+    let client = test_client();
+    let url = format!("{}/v1/payments", served.gateway.base());
+    let post = |body: String| {
+        client
+            .post(&url)
+            .bearer_auth(&served.api_key)
+            .header("Idempotency-Key", new_key())
+            .header("Content-Type", "application/json")
+            .body(body)
+    };
+
+    // The same key twice, at the top, inside the card, and spelt with an
+    // escape: another parser on the way could read the other value.
+    let duplicated = [
+        (
+            payment_text(r#""amount":1,"amount":999999"#, CARD),
+            "amount",
+        ),
+        (
+            payment_text(
+                r#""amount":100"#,
+                r#"{"number":"4111111111111111","cvv":"123","expiry_month":12,"expiry_year":2030,"number":"5555555555554444"}"#,
+            ),
+            "card.number",
+        ),
+        (
+            payment_text(r#""amount":100,"\u0061mount":999999"#, CARD),
+            "amount",
+        ),
+    ];
+    for (body, param) in duplicated {
+        let error = assert_error(
+            post(body.clone()).send().await.unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "duplicate_parameter",
+        )
+        .await;
+        assert_eq!(error["error"]["param"], param, "{body}");
+    }
+
+    let valid = payment_text(r#""amount":100"#, CARD);
+    // Two Authorization headers: the same key twice is still two.
+    let two_keys = post(valid.clone())
+        .header("Authorization", format!("Bearer {}", served.api_key))
+        .send()
+        .await
+        .unwrap();
+    let error = assert_error(
+        two_keys,
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        "duplicate_parameter",
+    )
+    .await;
+    assert_eq!(error["error"]["param"], "Authorization");
+
+    // A body that is not declared JSON, or is encoded.
+    let not_json = client
+        .post(&url)
+        .bearer_auth(&served.api_key)
+        .header("Idempotency-Key", new_key())
+        .header("Content-Type", "text/plain")
+        .body(valid.clone())
+        .send()
+        .await
+        .unwrap();
+    let error = assert_error(
+        not_json,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "invalid_request_error",
+        "unsupported_media_type",
+    )
+    .await;
+    assert_eq!(error["error"]["param"], "Content-Type");
+    let encoded = post(valid.clone())
+        .header("Content-Encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    let error = assert_error(
+        encoded,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "invalid_request_error",
+        "unsupported_media_type",
+    )
+    .await;
+    assert_eq!(error["error"]["param"], "Content-Encoding");
+    assert_eq!(count(&served.pool, "idempotency_keys").await, 0);
+    assert_eq!(count(&served.pool, "payments").await, 0);
+
+    // Unambiguous, the same request goes through; a capture with no body
+    // needs no Content-Type.
+    let created = post(valid).send().await.unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let captured = client
+        .post(format!(
+            "{}/v1/payments/{id}/capture",
+            served.gateway.base()
+        ))
+        .bearer_auth(&served.api_key)
+        .header("Idempotency-Key", new_key())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(captured.status(), StatusCode::OK);
+}
