@@ -44,6 +44,10 @@ impl FromRequest for Merchant {
             let (Some(key), Some(state)) = (key?, state) else {
                 return Err(ApiError::Unauthenticated);
             };
+            // Refused without a query: a guess costs the database nothing.
+            if !well_formed_key(&key) {
+                return Err(ApiError::Unauthenticated);
+            }
             let mut conn = state.gateway.pool().acquire().await?;
             let found = merchants::merchant_for_key(&mut conn, &key)
                 .await?
@@ -82,6 +86,23 @@ pub async fn limit_headers(
         return Ok(req.into_response(response).map_into_right_body());
     }
     Ok(next.call(req).await?.map_into_left_body())
+}
+
+/// Hex characters after the prefix in a key `merchants::create_api_key`
+/// makes: 24 random bytes, hex-encoded (lowercase).
+const KEY_HEX_CHARS: usize = 48;
+
+/// Whether `token` has the shape of a key the gateway makes; no other
+/// could be found, so no other is looked up.
+fn well_formed_key(token: &str) -> bool {
+    token
+        .strip_prefix(merchants::KEY_PREFIX)
+        .is_some_and(|random| {
+            random.len() == KEY_HEX_CHARS
+                && random
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
 }
 
 /// The bearer token, if there is one; two Authorization headers are refused.
@@ -325,6 +346,25 @@ impl<'a> Fields<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_have_the_prefix_and_48_lowercase_hex_characters() {
+        let hex = "0123456789abcdef".repeat(3);
+        assert!(well_formed_key(&format!("sk_test_{hex}")));
+        for malformed in [
+            String::new(),
+            "sk_test_".to_owned(),
+            hex.clone(),
+            format!("sk_live_{hex}"),
+            format!("sk_test_{}", &hex[1..]),
+            format!("sk_test_{hex}0"),
+            format!("sk_test_{}", hex.to_uppercase()),
+            format!("sk_test_{}g", &hex[1..]),
+            format!("sk_test_{}\u{e9}", &hex[2..]),
+        ] {
+            assert!(!well_formed_key(&malformed), "{malformed}");
+        }
+    }
 
     #[test]
     fn json_is_application_json_in_utf_8_only() {

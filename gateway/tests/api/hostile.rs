@@ -446,3 +446,74 @@ async fn ambiguous_requests_are_refused_and_store_nothing() {
         .unwrap();
     assert_eq!(captured.status(), StatusCode::OK);
 }
+
+/// Waits (bounded) until a statement of this database waits for a lock.
+async fn until_a_lookup_waits_for_the_lock(pool: &PgPool) {
+    for _ in 0..100 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(crate::crash::harness::POLL).await;
+    }
+    panic!("no statement waited for the lock in 10 s");
+}
+
+#[tokio::test]
+async fn a_key_of_the_wrong_shape_is_refused_without_a_database_query() {
+    let served = served(|launch| launch).await;
+    let url = format!("{}/v1/payments", served.gateway.base());
+    // Every key lookup waits for this lock while it is held.
+    let mut lock = served.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let hex = "0123456789abcdef".repeat(3);
+    for malformed in [
+        "sk_test_nope".to_owned(),
+        format!("sk_live_{hex}"),
+        format!("sk_test_{}", &hex[1..]),
+        format!("sk_test_{hex}0"),
+        format!("sk_test_{}", hex.to_uppercase()),
+        format!("sk_test_{}g", &hex[1..]),
+        "k".repeat(4096),
+    ] {
+        let response = client
+            .get(&url)
+            .bearer_auth(&malformed)
+            .send()
+            .await
+            .expect("answered at once, though the key table is locked");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{malformed}");
+    }
+    // A key of the right shape is looked up: it waits for the lock, then
+    // is refused as unknown.
+    let well_shaped = client
+        .get(&url)
+        .bearer_auth(format!("sk_test_{hex}"))
+        .send();
+    let pending = tokio::spawn(well_shaped);
+    until_a_lookup_waits_for_the_lock(&served.pool).await;
+    lock.rollback().await.unwrap();
+    let response = pending.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // FicMart's own key, made by `api-key create`, has that shape.
+    let ours = client
+        .get(&url)
+        .bearer_auth(&served.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ours.status(), StatusCode::OK);
+}
