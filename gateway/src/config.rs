@@ -1,6 +1,7 @@
 //! Settings for `gateway serve`: flags, or environment variables of the
 //! same name. Every limit and timeout is here, with its unit in its name.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use clap::Args;
@@ -128,6 +129,12 @@ pub struct Settings {
     /// bucket's size; 0 turns rate limiting off).
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 200)]
     pub rate_limit_burst: u32,
+    /// Proxies whose `X-Forwarded-For` is believed, comma-separated IP
+    /// addresses (e.g. the load balancer's). A request from one of them is
+    /// logged and limited by the address it forwarded for; from anyone
+    /// else, by its own. None by default: a client can write that header.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpAddr>,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
@@ -175,6 +182,7 @@ impl Settings {
             client_request_timeout_ms: 5_000,
             rate_limit_per_second: 100,
             rate_limit_burst: 200,
+            trusted_proxies: Vec::new(),
             shutdown_grace_seconds: 30,
             workers: 0,
         }

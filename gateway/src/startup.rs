@@ -1,7 +1,7 @@
 //! Building and running the gateway: pool, migrations, bank client,
 //! HTTP server, and the idempotency-key purge.
 
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener};
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
@@ -22,6 +22,8 @@ pub struct AppState {
     pub gateway: Gateway,
     pub body: api::request::BodyLimits,
     pub max_header_bytes: usize,
+    /// Proxies whose `X-Forwarded-For` names the client (`api::client`).
+    pub trusted_proxies: Vec<IpAddr>,
     /// Per API key; `None` when rate limiting is off.
     pub rate_limiter: Option<api::rate_limit::RateLimiter>,
 }
@@ -73,6 +75,7 @@ impl Application {
                 read_timeout: Duration::from_millis(settings.body_read_timeout_ms),
             },
             max_header_bytes: settings.max_header_bytes,
+            trusted_proxies: settings.trusted_proxies.clone(),
             rate_limiter: api::rate_limit::RateLimiter::new(
                 settings.rate_limit_per_second,
                 settings.rate_limit_burst,
@@ -96,6 +99,7 @@ impl Application {
             App::new()
                 .wrap(from_fn(api::request::limit_headers))
                 .wrap(from_fn(api::error::shape_bare_errors))
+                .wrap(from_fn(api::client::identify))
                 .wrap(from_fn(telemetry::observe))
                 .app_data(state.clone())
                 .configure(api::routes)
@@ -194,6 +198,7 @@ fn operator_server(
     // Observed like the API (a 503 from /ready is a series an alert reads).
     Ok(HttpServer::new(move || {
         App::new()
+            .wrap(from_fn(api::client::identify))
             .wrap(from_fn(telemetry::observe))
             .app_data(state.clone())
             .app_data(prometheus.clone())

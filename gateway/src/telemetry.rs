@@ -238,12 +238,13 @@ pub async fn observe(
         .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN)
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
     let method = method_label(req.method());
-    // `merchant_id` and `payment_id` are filled in by the extractor and the
-    // handlers once known (`Span::current().record`), so that the request's
-    // line below carries them.
+    // `client_addr`, `merchant_id` and `payment_id` are filled in by
+    // `api::client::identify`, the extractor and the handlers once known
+    // (`Span::current().record`), so that the request's line carries them.
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
+        client_addr = tracing::field::Empty,
         merchant_id = tracing::field::Empty,
         payment_id = tracing::field::Empty,
     );

@@ -4,6 +4,7 @@
 //! the operator one serves `/metrics`, `/ready` and `/health`, so that what
 //! the process knows about itself is not handed to whoever can reach the API.
 
+pub mod client;
 pub mod error;
 pub mod json;
 pub mod operations;

@@ -517,3 +517,73 @@ async fn a_key_of_the_wrong_shape_is_refused_without_a_database_query() {
         .unwrap();
     assert_eq!(ours.status(), StatusCode::OK);
 }
+
+/// The `request` line of the request sent with `X-Request-Id: id`, waited
+/// for (bounded).
+async fn request_line(gateway: &GatewayProcess, id: &str) -> Value {
+    for _ in 0..100 {
+        let found = gateway
+            .messages("request")
+            .into_iter()
+            .find(|line| line["span"]["request_id"] == id);
+        if let Some(line) = found {
+            return line;
+        }
+        tokio::time::sleep(crate::crash::harness::POLL).await;
+    }
+    panic!("no request line for {id} in 10 s");
+}
+
+/// Sends `GET /v1/payments` with `key`, `X-Request-Id: id` and, if given,
+/// `X-Forwarded-For`; returns the status.
+async fn list_as(
+    gateway: &GatewayProcess,
+    key: &str,
+    id: &str,
+    forwarded_for: Option<&str>,
+) -> StatusCode {
+    let mut request = test_client()
+        .get(format!("{}/v1/payments", gateway.base()))
+        .bearer_auth(key)
+        .header("X-Request-Id", id);
+    if let Some(forwarded_for) = forwarded_for {
+        request = request.header("X-Forwarded-For", forwarded_for);
+    }
+    request.send().await.unwrap().status()
+}
+
+#[tokio::test]
+async fn the_request_line_names_the_client_address() {
+    // Trusting no proxy, the gateway ignores X-Forwarded-For: anyone can
+    // write one.
+    let direct = served(|launch| launch).await;
+    let status = list_as(
+        &direct.gateway,
+        "sk_test_nope",
+        "req-direct",
+        Some("203.0.113.9"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let line = request_line(&direct.gateway, "req-direct").await;
+    assert_eq!(line["span"]["client_addr"], "127.0.0.1", "{line}");
+
+    // Behind proxies it trusts (the test's own address is one), the client
+    // is the last address, from the right, that is not a trusted proxy.
+    let proxied = served(|launch| launch.set("TRUSTED_PROXIES", "127.0.0.1,10.0.0.2")).await;
+    for (id, forwarded_for, client) in [
+        ("req-one", Some("203.0.113.7"), "203.0.113.7"),
+        (
+            "req-chain",
+            Some("198.51.100.1, 203.0.113.7, 10.0.0.2"),
+            "203.0.113.7",
+        ),
+        ("req-v6", Some("2001:db8::1"), "2001:db8::1"),
+        ("req-none", None, "127.0.0.1"),
+    ] {
+        let status = list_as(&proxied.gateway, &proxied.api_key, id, forwarded_for).await;
+        assert_eq!(status, StatusCode::OK, "{id}");
+        let line = request_line(&proxied.gateway, id).await;
+        assert_eq!(line["span"]["client_addr"], client, "{line}");
+    }
+}
