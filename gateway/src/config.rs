@@ -129,6 +129,17 @@ pub struct Settings {
     /// bucket's size; 0 turns rate limiting off).
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 200)]
     pub rate_limit_burst: u32,
+    /// Failed authentications (401: no key, a malformed or unknown one) a
+    /// client address may have at once; past them its requests are refused
+    /// with 429 and `Retry-After` before any key lookup, a valid key's
+    /// too. 0 turns the limit off. Counted per process, per IPv4 address
+    /// or IPv6 /64 (see TRUSTED_PROXIES behind a proxy).
+    #[arg(long, env = "AUTH_FAILURE_LIMIT_BURST", default_value_t = 20)]
+    pub auth_failure_limit_burst: u32,
+    /// Failed authentications per second a client address earns back, on
+    /// average, after its burst (0 turns the limit off).
+    #[arg(long, env = "AUTH_FAILURE_LIMIT_PER_SECOND", default_value_t = 1)]
+    pub auth_failure_limit_per_second: u32,
     /// Proxies whose `X-Forwarded-For` is believed, comma-separated IP
     /// addresses (e.g. the load balancer's). A request from one of them is
     /// logged and limited by the address it forwarded for; from anyone
@@ -182,6 +193,8 @@ impl Settings {
             client_request_timeout_ms: 5_000,
             rate_limit_per_second: 100,
             rate_limit_burst: 200,
+            auth_failure_limit_burst: 20,
+            auth_failure_limit_per_second: 1,
             trusted_proxies: Vec::new(),
             shutdown_grace_seconds: 30,
             workers: 0,

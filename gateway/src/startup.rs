@@ -26,6 +26,8 @@ pub struct AppState {
     pub trusted_proxies: Vec<IpAddr>,
     /// Per API key; `None` when rate limiting is off.
     pub rate_limiter: Option<api::rate_limit::RateLimiter>,
+    /// Failed authentications per client address; `None` when off.
+    pub auth_failure_limiter: Option<api::rate_limit::AddressLimiter>,
 }
 
 pub struct Application {
@@ -80,6 +82,11 @@ impl Application {
                 settings.rate_limit_per_second,
                 settings.rate_limit_burst,
                 api::rate_limit::MAX_TRACKED_KEYS,
+            ),
+            auth_failure_limiter: api::rate_limit::RateLimiter::new(
+                settings.auth_failure_limit_per_second,
+                settings.auth_failure_limit_burst,
+                api::rate_limit::MAX_TRACKED_ADDRESSES,
             ),
         });
 

@@ -201,6 +201,10 @@ pub fn register_metrics() {
         "gateway_rate_limited_total",
         "Requests refused with 429 by the per-key rate limit"
     );
+    describe_counter!(
+        "gateway_auth_failures_total",
+        "Requests that did not authenticate, by reason: missing, malformed, unknown (401), limited (429: the client address failed too often)"
+    );
     for gauge in [
         "gateway_http_requests_in_flight",
         "gateway_bank_in_flight",
@@ -215,6 +219,9 @@ pub fn register_metrics() {
     }
     metrics::counter!("gateway_idempotency_replays_total").increment(0);
     metrics::counter!("gateway_rate_limited_total").increment(0);
+    for reason in ["missing", "malformed", "unknown", "limited"] {
+        metrics::counter!("gateway_auth_failures_total", "reason" => reason).increment(0);
+    }
 }
 
 /// Outermost middleware: a request id (the client's, or a new one) on the

@@ -63,6 +63,13 @@ pub enum ApiError {
         retry_after_seconds(*retry_after)
     )]
     RateLimited { retry_after: Duration },
+    /// This client address failed to authenticate too often (see
+    /// `request::Merchant`): refused before any key is looked up.
+    #[error(
+        "too many failed authentications from this address; retry after {} s",
+        retry_after_seconds(*retry_after)
+    )]
+    AuthFailuresLimited { retry_after: Duration },
     /// The request's headers, together, are larger than the limit.
     #[error("the request headers are larger than {limit_bytes} bytes")]
     HeadersTooLarge { limit_bytes: usize },
@@ -125,7 +132,9 @@ impl ApiError {
             Self::BankUnavailable { .. } => {
                 ErrorBody::new("api_error", "bank_unavailable", message)
             }
-            Self::RateLimited { .. } => ErrorBody::new("rate_limit_error", "rate_limited", message),
+            Self::RateLimited { .. } | Self::AuthFailuresLimited { .. } => {
+                ErrorBody::new("rate_limit_error", "rate_limited", message)
+            }
             Self::HeadersTooLarge { .. } => {
                 ErrorBody::new("invalid_request_error", "headers_too_large", message)
             }
@@ -213,7 +222,9 @@ impl ResponseError for ApiError {
             Self::KeyInUse => StatusCode::CONFLICT,
             Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) | Self::BankUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::AuthFailuresLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -232,6 +243,7 @@ impl ResponseError for ApiError {
             | Self::BodyTimeout { .. }
             | Self::UnsupportedMediaType { .. }
             | Self::RateLimited { .. }
+            | Self::AuthFailuresLimited { .. }
             | Self::HeadersTooLarge { .. } => {}
             Self::KeyInUse => {
                 metrics::counter!("gateway_idempotency_conflicts_total", "kind" => "in_use")
@@ -254,7 +266,9 @@ impl ResponseError for ApiError {
             Self::Unavailable(_) => {
                 response.insert_header(("Retry-After", "1"));
             }
-            Self::BankUnavailable { retry_after } | Self::RateLimited { retry_after } => {
+            Self::BankUnavailable { retry_after }
+            | Self::RateLimited { retry_after }
+            | Self::AuthFailuresLimited { retry_after } => {
                 response
                     .insert_header(("Retry-After", retry_after_seconds(*retry_after).to_string()));
             }

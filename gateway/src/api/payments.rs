@@ -151,7 +151,7 @@ fn respond(reply: Reply) -> HttpResponse {
         (status = 413, description = "The body is larger than the limit (16 KiB by default), or says it is", body = ErrorBody),
         (status = 415, description = "unsupported_media_type: a body not sent as application/json, or with a Content-Encoding", body = ErrorBody),
         (status = 422, description = "idempotency_key_reused", body = ErrorBody),
-        (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many requests with this API key, or too many failed authentications from this client address; retry after Retry-After (whole seconds)", body = ErrorBody),
         (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
         (status = 503, description = "bank_unavailable (the bank's circuit is open; nothing was created, retry after Retry-After with the same key) or service_unavailable", body = ErrorBody),
     ))]
@@ -223,7 +223,7 @@ macro_rules! operation_route {
         (status = 415, description = "unsupported_media_type: a body not sent as application/json, or with a Content-Encoding", body = ErrorBody),
                 (status = 422, description = "idempotency_key_reused", body = ErrorBody),
                 (status = 502, description = "the bank refused", body = ErrorBody),
-                (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
+                (status = 429, description = "rate_limited: too many requests with this API key, or too many failed authentications from this client address; retry after Retry-After (whole seconds)", body = ErrorBody),
                 (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
                 (status = 503, description = "bank_unavailable (the bank's circuit is open; nothing was done, retry after Retry-After with the same key) or service_unavailable", body = ErrorBody),
             ))]
@@ -266,7 +266,7 @@ operation_route!(
         (status = 400, description = "duplicate_parameter: two Authorization headers", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 404, description = "No such payment (for this merchant)", body = ErrorBody),
-        (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many requests with this API key, or too many failed authentications from this client address; retry after Retry-After (whole seconds)", body = ErrorBody),
         (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
         (status = 503, description = "service_unavailable", body = ErrorBody),
     ))]
@@ -297,7 +297,7 @@ pub async fn get_payment(
         (status = 200, description = "A page, newest first", body = PaymentList),
         (status = 400, description = "Invalid query: a malformed parameter, both filters, or an unknown starting_after; or two Authorization headers", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many requests with this API key, or too many failed authentications from this client address; retry after Retry-After (whole seconds)", body = ErrorBody),
         (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
         (status = 503, description = "service_unavailable", body = ErrorBody),
     ))]

@@ -2,6 +2,7 @@
 //! into domain types or refused with the field that was wrong.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -12,11 +13,13 @@ use actix_web::http::header::{
 };
 use actix_web::middleware::Next;
 use actix_web::web::{self, Data};
-use actix_web::{FromRequest, HttpRequest, ResponseError};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError};
 use serde_json::{Map, Value};
 
+use super::client::ClientAddr;
 use super::error::ApiError;
 use super::json;
+use super::rate_limit::AddressLimiter;
 use crate::domain::{IdempotencyKey, MerchantId, PaymentId};
 use crate::startup::AppState;
 use crate::store::merchants;
@@ -28,8 +31,10 @@ const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 ///
 /// Every `/v1` route takes this first, so the key is checked and counted
 /// before the body is read or anything is stored: a request refused here
-/// (401, 429) leaves its Idempotency-Key unused. The key is looked up on
-/// every request, never cached, so a revoked key is refused at once.
+/// (400, 401, 429) leaves its Idempotency-Key unused. The key is looked up
+/// on every request, never cached, so a revoked key is refused at once;
+/// but only a key of the right shape is looked up, and not from a client
+/// address that has failed too often (429, see `FailureBudget`).
 #[derive(Debug, Clone, Copy)]
 pub struct Merchant(pub MerchantId);
 
@@ -39,20 +44,22 @@ impl FromRequest for Merchant {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let key = bearer_token(req).map(|token| token.map(str::to_owned));
+        let client = req.extensions().get::<ClientAddr>().copied();
         let state = req.app_data::<Data<AppState>>().cloned();
         Box::pin(async move {
-            let (Some(key), Some(state)) = (key?, state) else {
+            let key = key?;
+            let Some(state) = state else {
                 return Err(ApiError::Unauthenticated);
             };
-            // Refused without a query: a guess costs the database nothing.
-            if !well_formed_key(&key) {
-                return Err(ApiError::Unauthenticated);
-            }
-            let mut conn = state.gateway.pool().acquire().await?;
-            let found = merchants::merchant_for_key(&mut conn, &key)
-                .await?
-                .ok_or(ApiError::Unauthenticated)?;
-            drop(conn);
+            let failures = FailureBudget::of(&state, client);
+            failures.ensure_left()?;
+            let found = match look_up(&state, key.as_deref()).await? {
+                Ok(found) => found,
+                Err(failure) => {
+                    failures.spend(failure);
+                    return Err(ApiError::Unauthenticated);
+                }
+            };
             tracing::Span::current().record("merchant_id", tracing::field::display(found.merchant));
             if let Some(limiter) = &state.rate_limiter {
                 limiter.check(found.key_id).map_err(|retry_after| {
@@ -62,6 +69,82 @@ impl FromRequest for Merchant {
             }
             Ok(Merchant(found.merchant))
         })
+    }
+}
+
+/// Why a request did not authenticate: the `reason` label of
+/// `gateway_auth_failures_total`.
+#[derive(Debug, Clone, Copy)]
+enum AuthFailure {
+    Missing,
+    Malformed,
+    Unknown,
+}
+
+impl AuthFailure {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// The key's merchant, or why there is none. A key without the right shape
+/// is refused without a query: a guess costs the database nothing.
+async fn look_up(
+    state: &AppState,
+    key: Option<&str>,
+) -> Result<Result<merchants::Authenticated, AuthFailure>, ApiError> {
+    let Some(key) = key else {
+        return Ok(Err(AuthFailure::Missing));
+    };
+    if !well_formed_key(key) {
+        return Ok(Err(AuthFailure::Malformed));
+    }
+    let mut conn = state.gateway.pool().acquire().await?;
+    let found = merchants::merchant_for_key(&mut conn, key).await?;
+    Ok(found.ok_or(AuthFailure::Unknown))
+}
+
+/// A client address's budget of failed authentications
+/// (`AUTH_FAILURE_LIMIT_*`): each 401 spends a token, and an address with
+/// none left is refused with 429 before its key is looked at, whatever the
+/// key. Guessing keys then costs a guesser its own address's access, and
+/// the database one query per token, not one per try.
+struct FailureBudget<'a> {
+    limiter: Option<&'a AddressLimiter>,
+    client: Option<IpAddr>,
+}
+
+impl<'a> FailureBudget<'a> {
+    fn of(state: &'a AppState, client: Option<ClientAddr>) -> Self {
+        Self {
+            limiter: state.auth_failure_limiter.as_ref(),
+            client: client.map(ClientAddr::limit_key),
+        }
+    }
+
+    /// 429 with the wait when the address has no failure left to spend.
+    fn ensure_left(&self) -> Result<(), ApiError> {
+        let (Some(limiter), Some(client)) = (self.limiter, self.client) else {
+            return Ok(());
+        };
+        limiter.peek(client).map_err(|retry_after| {
+            metrics::counter!("gateway_auth_failures_total", "reason" => "limited").increment(1);
+            ApiError::AuthFailuresLimited { retry_after }
+        })
+    }
+
+    fn spend(&self, failure: AuthFailure) {
+        metrics::counter!("gateway_auth_failures_total", "reason" => failure.label()).increment(1);
+        if let (Some(limiter), Some(client)) = (self.limiter, self.client) {
+            // Refused only when concurrent failures emptied the bucket since
+            // `ensure_left`: this one is answered 401 all the same, and the
+            // next is refused.
+            let _ = limiter.check(client);
+        }
     }
 }
 

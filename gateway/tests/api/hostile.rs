@@ -535,13 +535,13 @@ async fn request_line(gateway: &GatewayProcess, id: &str) -> Value {
 }
 
 /// Sends `GET /v1/payments` with `key`, `X-Request-Id: id` and, if given,
-/// `X-Forwarded-For`; returns the status.
+/// `X-Forwarded-For`.
 async fn list_as(
     gateway: &GatewayProcess,
     key: &str,
     id: &str,
     forwarded_for: Option<&str>,
-) -> StatusCode {
+) -> reqwest::Response {
     let mut request = test_client()
         .get(format!("{}/v1/payments", gateway.base()))
         .bearer_auth(key)
@@ -549,7 +549,7 @@ async fn list_as(
     if let Some(forwarded_for) = forwarded_for {
         request = request.header("X-Forwarded-For", forwarded_for);
     }
-    request.send().await.unwrap().status()
+    request.send().await.unwrap()
 }
 
 #[tokio::test]
@@ -557,14 +557,14 @@ async fn the_request_line_names_the_client_address() {
     // Trusting no proxy, the gateway ignores X-Forwarded-For: anyone can
     // write one.
     let direct = served(|launch| launch).await;
-    let status = list_as(
+    let response = list_as(
         &direct.gateway,
         "sk_test_nope",
         "req-direct",
         Some("203.0.113.9"),
     )
     .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     let line = request_line(&direct.gateway, "req-direct").await;
     assert_eq!(line["span"]["client_addr"], "127.0.0.1", "{line}");
 
@@ -581,9 +581,79 @@ async fn the_request_line_names_the_client_address() {
         ("req-v6", Some("2001:db8::1"), "2001:db8::1"),
         ("req-none", None, "127.0.0.1"),
     ] {
-        let status = list_as(&proxied.gateway, &proxied.api_key, id, forwarded_for).await;
-        assert_eq!(status, StatusCode::OK, "{id}");
+        let response = list_as(&proxied.gateway, &proxied.api_key, id, forwarded_for).await;
+        assert_eq!(response.status(), StatusCode::OK, "{id}");
         let line = request_line(&proxied.gateway, id).await;
         assert_eq!(line["span"]["client_addr"], client, "{line}");
+    }
+}
+
+#[tokio::test]
+async fn failed_authentications_are_limited_per_client_address() {
+    let served = served(|launch| {
+        launch
+            .set("AUTH_FAILURE_LIMIT_BURST", 5)
+            .set("AUTH_FAILURE_LIMIT_PER_SECOND", 1)
+            .set("TRUSTED_PROXIES", "127.0.0.1")
+    })
+    .await;
+    let gateway = &served.gateway;
+    let guesser = Some("203.0.113.66");
+    let unknown = format!("sk_test_{}", "0123456789abcdef".repeat(3));
+    for (i, key) in ["sk_test_nope", "", &unknown, "sk_test_nope", &unknown]
+        .into_iter()
+        .enumerate()
+    {
+        let response = list_as(gateway, key, &format!("req-guess-{i}"), guesser).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "guess {i}");
+    }
+    // The sixth is refused before any lookup, and so is the right key from
+    // that address until its budget refills.
+    let refused = list_as(gateway, &unknown, "req-refused", guesser).await;
+    let retry_after: u64 = refused.headers()["Retry-After"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("whole seconds");
+    assert!(retry_after >= 1);
+    assert_error(
+        refused,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_error",
+        "rate_limited",
+    )
+    .await;
+    let blocked = list_as(gateway, &served.api_key, "req-blocked", guesser).await;
+    assert_eq!(blocked.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Another client is not held back.
+    let other = list_as(gateway, &served.api_key, "req-other", Some("198.51.100.20")).await;
+    assert_eq!(other.status(), StatusCode::OK);
+    // Nor is the guesser, once the budget has refilled by one.
+    tokio::time::sleep(std::time::Duration::from_secs(retry_after)).await;
+    let later = list_as(gateway, &served.api_key, "req-later", guesser).await;
+    assert_eq!(later.status(), StatusCode::OK);
+
+    let metrics = test_client()
+        .get(format!("{}/metrics", gateway.operator_base()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (reason, at_least) in [
+        ("missing", 1),
+        ("malformed", 2),
+        ("unknown", 2),
+        ("limited", 2),
+    ] {
+        let series = format!("gateway_auth_failures_total{{reason=\"{reason}\"}} ");
+        let count: u64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series} in /metrics"))
+            .parse()
+            .unwrap();
+        assert!(count >= at_least, "{reason}: {count}");
     }
 }
