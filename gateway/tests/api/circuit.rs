@@ -218,17 +218,6 @@ async fn circuit_reported_by_ready(app: &TestApp) -> String {
         .to_owned()
 }
 
-fn retry_after_seconds(response: &reqwest::Response) -> u64 {
-    response
-        .headers()
-        .get("Retry-After")
-        .expect("Retry-After")
-        .to_str()
-        .unwrap()
-        .parse()
-        .expect("whole seconds")
-}
-
 fn new_payment_body() -> Value {
     payment_body(HAPPY_CARD, 1_000, "ord_circuit", "cus_circuit")
 }

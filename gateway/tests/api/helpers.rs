@@ -284,3 +284,15 @@ pub fn body_of(answer: &str) -> Value {
     let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
     serde_json::from_str(body).unwrap_or(Value::Null)
 }
+
+/// An answer's `Retry-After`, whole seconds; panics if it has none.
+pub fn retry_after_seconds(response: &Response) -> u64 {
+    response
+        .headers()
+        .get("Retry-After")
+        .expect("Retry-After")
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("whole seconds")
+}

@@ -322,6 +322,12 @@ async fn a_body_sent_too_slowly_is_408() {
     assert_eq!(count(&served.pool, "idempotency_keys").await, 0);
 }
 
+/// Asserts an `invalid_request_error` with `code`, naming `param`.
+async fn assert_refused(response: reqwest::Response, status: StatusCode, code: &str, param: &str) {
+    let error = assert_error(response, status, "invalid_request_error", code).await;
+    assert_eq!(error["error"]["param"], param, "{error}");
+}
+
 /// A payment's JSON text with `amount` and `card` as given (raw JSON).
 fn payment_text(amount: &str, card: &str) -> String {
     format!(
@@ -366,14 +372,14 @@ async fn ambiguous_requests_are_refused_and_store_nothing() {
         ),
     ];
     for (body, param) in duplicated {
-        let error = assert_error(
-            post(body.clone()).send().await.unwrap(),
+        let response = post(body).send().await.unwrap();
+        assert_refused(
+            response,
             StatusCode::BAD_REQUEST,
-            "invalid_request_error",
             "duplicate_parameter",
+            param,
         )
         .await;
-        assert_eq!(error["error"]["param"], param, "{body}");
     }
 
     let valid = payment_text(r#""amount":100"#, CARD);
@@ -383,14 +389,8 @@ async fn ambiguous_requests_are_refused_and_store_nothing() {
         .send()
         .await
         .unwrap();
-    let error = assert_error(
-        two_keys,
-        StatusCode::BAD_REQUEST,
-        "invalid_request_error",
-        "duplicate_parameter",
-    )
-    .await;
-    assert_eq!(error["error"]["param"], "Authorization");
+    let code = "duplicate_parameter";
+    assert_refused(two_keys, StatusCode::BAD_REQUEST, code, "Authorization").await;
 
     // A body that is not declared JSON, or is encoded.
     let not_json = client
@@ -402,27 +402,14 @@ async fn ambiguous_requests_are_refused_and_store_nothing() {
         .send()
         .await
         .unwrap();
-    let error = assert_error(
-        not_json,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "invalid_request_error",
-        "unsupported_media_type",
-    )
-    .await;
-    assert_eq!(error["error"]["param"], "Content-Type");
+    let unsupported = (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    assert_refused(not_json, unsupported.0, unsupported.1, "Content-Type").await;
     let encoded = post(valid.clone())
         .header("Content-Encoding", "gzip")
         .send()
         .await
         .unwrap();
-    let error = assert_error(
-        encoded,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "invalid_request_error",
-        "unsupported_media_type",
-    )
-    .await;
-    assert_eq!(error["error"]["param"], "Content-Encoding");
+    assert_refused(encoded, unsupported.0, unsupported.1, "Content-Encoding").await;
     assert_eq!(count(&served.pool, "idempotency_keys").await, 0);
     assert_eq!(count(&served.pool, "payments").await, 0);
 
@@ -610,11 +597,7 @@ async fn failed_authentications_are_limited_per_client_address() {
     // The sixth is refused before any lookup, and so is the right key from
     // that address until its budget refills.
     let refused = list_as(gateway, &unknown, "req-refused", guesser).await;
-    let retry_after: u64 = refused.headers()["Retry-After"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .expect("whole seconds");
+    let retry_after = retry_after_seconds(&refused);
     assert!(retry_after >= 1);
     assert_error(
         refused,
@@ -633,14 +616,7 @@ async fn failed_authentications_are_limited_per_client_address() {
     let later = list_as(gateway, &served.api_key, "req-later", guesser).await;
     assert_eq!(later.status(), StatusCode::OK);
 
-    let metrics = test_client()
-        .get(format!("{}/metrics", gateway.operator_base()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&test_client(), gateway).await;
     for (reason, at_least) in [
         ("missing", 1),
         ("malformed", 2),
