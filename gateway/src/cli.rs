@@ -229,7 +229,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     telemetry::init_logging();
     let application = Application::build(settings).await?;
     let instance = application.instance();
-    tracing::info!(port = application.port(), %instance, "gateway listening");
+    tracing::info!(
+        port = application.port(),
+        operator_port = application.operator_port(),
+        %instance,
+        "gateway listening"
+    );
     service_kit::shutdown::on_signal(application.handle())?;
     application.run_until_stopped().await?;
     tracing::info!(%instance, "gateway stopped");

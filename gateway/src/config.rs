@@ -1,6 +1,7 @@
 //! Settings for `gateway serve`: flags, or environment variables of the
 //! same name. Every limit and timeout is here, with its unit in its name.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use clap::Args;
@@ -24,9 +25,17 @@ pub struct Settings {
     pub bank_url: String,
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     pub host: String,
-    /// 0 picks a free port.
+    /// The API's port (and `/health`, `/docs`). 0 picks a free port.
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
+    /// Where the operator listener binds (`/metrics`, `/ready`, `/health`);
+    /// HOST when not given. Bind it where only operators and Prometheus reach.
+    #[arg(long, env = "OPERATOR_HOST")]
+    pub operator_host: Option<String>,
+    /// The operator listener's port: `/metrics` and `/ready` are served
+    /// there only, never on PORT. 0 picks a free port.
+    #[arg(long, env = "OPERATOR_PORT", default_value_t = 8081)]
+    pub operator_port: u16,
     /// Postgres connections. No request holds one while the bank answers,
     /// so this bounds database work, not payments in flight.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 10)]
@@ -117,6 +126,12 @@ pub struct Settings {
     /// Request bodies larger than this are refused with 413.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
+    /// A request's whole body must arrive within this once the gateway
+    /// starts reading it, or the answer is 408 and the connection closed
+    /// (slow-body clients). A declared Content-Length over MAX_BODY_BYTES
+    /// is refused with 413 before anything is read.
+    #[arg(long, env = "BODY_READ_TIMEOUT_MS", default_value_t = 5_000)]
+    pub body_read_timeout_ms: u64,
     /// Request headers larger than this, names and values together, are
     /// refused with 431. (Past 128 KiB or 96 headers the HTTP layer itself
     /// answers 431, whatever this says.)
@@ -135,6 +150,23 @@ pub struct Settings {
     /// bucket's size; 0 turns rate limiting off).
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 200)]
     pub rate_limit_burst: u32,
+    /// Failed authentications (401: no key, a malformed or unknown one) a
+    /// client address may have at once; past them its requests are refused
+    /// with 429 and `Retry-After` before any key lookup, a valid key's
+    /// too. 0 turns the limit off. Counted per process, per IPv4 address
+    /// or IPv6 /64 (see TRUSTED_PROXIES behind a proxy).
+    #[arg(long, env = "AUTH_FAILURE_LIMIT_BURST", default_value_t = 20)]
+    pub auth_failure_limit_burst: u32,
+    /// Failed authentications per second a client address earns back, on
+    /// average, after its burst (0 turns the limit off).
+    #[arg(long, env = "AUTH_FAILURE_LIMIT_PER_SECOND", default_value_t = 1)]
+    pub auth_failure_limit_per_second: u32,
+    /// Proxies whose `X-Forwarded-For` is believed, comma-separated IP
+    /// addresses (e.g. the load balancer's). A request from one of them is
+    /// logged and limited by the address it forwarded for; from anyone
+    /// else, by its own. None by default: a client can write that header.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpAddr>,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
@@ -208,6 +240,8 @@ impl Settings {
             bank_url: bank_url.into(),
             host: "127.0.0.1".into(),
             port: 0,
+            operator_host: None,
+            operator_port: 0,
             db_pool_size: 10,
             db_acquire_timeout_ms: 2_000,
             db_batch_max_rows: 64,
@@ -235,10 +269,14 @@ impl Settings {
             circuit_open_ms: 5_000,
             reconcile_interval_ms: 300_000,
             max_body_bytes: 16 * 1024,
+            body_read_timeout_ms: 5_000,
             max_header_bytes: 16 * 1024,
             client_request_timeout_ms: 5_000,
             rate_limit_per_second: 100,
             rate_limit_burst: 200,
+            auth_failure_limit_burst: 20,
+            auth_failure_limit_per_second: 1,
+            trusted_proxies: Vec::new(),
             shutdown_grace_seconds: 30,
             workers: 0,
             webhook_secret_key: Some(Secret::random()),
@@ -329,8 +367,19 @@ impl Settings {
         }
     }
 
+    /// Where the operator listener binds: OPERATOR_HOST, or HOST.
+    pub fn operator_host(&self) -> &str {
+        self.operator_host.as_deref().unwrap_or(&self.host)
+    }
+
     /// Refuses settings that would break an invariant rather than a limit.
     pub fn validate(&self) -> Result<(), String> {
+        if self.port != 0 && self.operator_port == self.port {
+            return Err(format!(
+                "OPERATOR_PORT ({}) must differ from PORT: the operator endpoints are kept off the public listener",
+                self.operator_port
+            ));
+        }
         if self.lease_ms <= self.bank_deadline_ms {
             return Err(format!(
                 "LEASE_MS ({}) must exceed BANK_DEADLINE_MS ({}), or a slow request would be overtaken by its own retry",

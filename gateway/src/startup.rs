@@ -1,7 +1,7 @@
 //! Building and running the gateway: pool, migrations, bank client,
 //! HTTP server, and the idempotency-key purge.
 
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +9,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::web::{self, Data};
 use actix_web::{App, HttpServer};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::task::JoinHandle;
 
 use crate::bank::{BankClient, CircuitSettings};
@@ -24,16 +25,23 @@ pub struct AppState {
     pub gateway: Gateway,
     /// What makes two requests with one Idempotency-Key the same request.
     pub fingerprinter: Fingerprinter,
-    pub max_body_bytes: usize,
+    pub body: api::request::BodyLimits,
     pub max_header_bytes: usize,
+    /// Proxies whose `X-Forwarded-For` names the client (`api::client`).
+    pub trusted_proxies: Vec<IpAddr>,
     /// Per API key; `None` when rate limiting is off.
     pub rate_limiter: Option<api::rate_limit::RateLimiter>,
+    /// Failed authentications per client address; `None` when off.
+    pub auth_failure_limiter: Option<api::rate_limit::AddressLimiter>,
     pub webhooks: Arc<WebhookSettings>,
 }
 
 pub struct Application {
     port: u16,
+    operator_port: u16,
     server: Server,
+    /// `/metrics`, `/ready` and `/health`, on a listener of its own.
+    operator: Server,
     background: Vec<JoinHandle<()>>,
     gateway: Gateway,
 }
@@ -78,24 +86,44 @@ impl Application {
         let state = Data::new(AppState {
             gateway: gateway.clone(),
             fingerprinter: settings.fingerprinter(),
-            max_body_bytes: settings.max_body_bytes,
+            body: api::request::BodyLimits {
+                max_bytes: settings.max_body_bytes,
+                read_timeout: Duration::from_millis(settings.body_read_timeout_ms),
+            },
             max_header_bytes: settings.max_header_bytes,
+            trusted_proxies: settings.trusted_proxies.clone(),
             rate_limiter: api::rate_limit::RateLimiter::new(
                 settings.rate_limit_per_second,
                 settings.rate_limit_burst,
                 api::rate_limit::MAX_TRACKED_KEYS,
             ),
+            auth_failure_limiter: api::rate_limit::RateLimiter::new(
+                settings.auth_failure_limit_per_second,
+                settings.auth_failure_limit_burst,
+                api::rate_limit::MAX_TRACKED_ADDRESSES,
+            ),
             webhooks: webhooks.clone(),
         });
+
+        let operator_listener =
+            TcpListener::bind((settings.operator_host(), settings.operator_port))?;
+        let operator_port = operator_listener.local_addr()?.port();
+        let operator = operator_server(
+            operator_listener,
+            state.clone(),
+            prometheus.clone(),
+            settings.shutdown_grace_seconds,
+        )?;
 
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))?;
         let port = listener.local_addr()?.port();
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(from_fn(api::request::limit_headers))
+                .wrap(from_fn(api::error::shape_bare_errors))
+                .wrap(from_fn(api::client::identify))
                 .wrap(from_fn(telemetry::observe))
                 .app_data(state.clone())
-                .app_data(prometheus.clone())
                 .configure(api::routes)
                 .default_service(web::to(api::no_route))
         })
@@ -136,7 +164,9 @@ impl Application {
         }
         Ok(Self {
             port,
+            operator_port,
             server: server.run(),
+            operator,
             background,
             gateway,
         })
@@ -156,16 +186,32 @@ impl Application {
         self.gateway.faults().clone()
     }
 
-    /// Stops the server from elsewhere; `stop(true)` lets in-flight requests finish.
+    /// The operator listener's port: `/metrics`, `/ready`, `/health`.
+    pub fn operator_port(&self) -> u16 {
+        self.operator_port
+    }
+
+    /// Stops the API's server from elsewhere; `stop(true)` lets in-flight
+    /// requests finish. The operator listener stops after it.
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()
     }
 
     /// Serves until stopped, then stops the background work and hands back
     /// this process's leases: whatever is still unknown is left, whole, for
-    /// recovery by another replica or by this one restarted.
+    /// recovery by another replica or by this one restarted. The operator
+    /// listener keeps answering while the API drains, so that a scrape sees
+    /// the stop.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let operator_handle = self.operator.handle();
+        let operator = tokio::spawn(self.operator);
         let result = self.server.await;
+        operator_handle.stop(true).await;
+        match operator.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the operator listener failed"),
+            Err(e) => tracing::warn!(error = %e, "the operator listener's task failed"),
+        }
         self.background.iter().for_each(JoinHandle::abort);
         match self.gateway.release_leases().await {
             Ok((operations, keys)) => tracing::info!(operations, keys, "leases released"),
@@ -197,6 +243,31 @@ async fn spawn_delivery(
     Ok(Some(tokio::spawn(delivery::deliver_forever(
         pool, webhooks, key,
     ))))
+}
+
+/// The operator listener: its own server with one worker, so that a flood
+/// on the API's workers does not keep a scrape or a readiness probe waiting.
+fn operator_server(
+    listener: TcpListener,
+    state: Data<AppState>,
+    prometheus: Data<PrometheusHandle>,
+    shutdown_grace_seconds: u64,
+) -> std::io::Result<Server> {
+    // Observed like the API (a 503 from /ready is a series an alert reads).
+    Ok(HttpServer::new(move || {
+        App::new()
+            .wrap(from_fn(api::client::identify))
+            .wrap(from_fn(telemetry::observe))
+            .app_data(state.clone())
+            .app_data(prometheus.clone())
+            .configure(api::operator_routes)
+            .default_service(web::to(api::no_operator_route))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(shutdown_grace_seconds)
+    .listen(listener)?
+    .run())
 }
 
 /// Deletes answered idempotency keys past their retention, periodically.

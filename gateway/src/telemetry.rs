@@ -6,11 +6,16 @@ use std::time::Instant;
 use actix_web::Error;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use service_kit::logging::Spans;
-use tracing::Instrument;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Instrument, Level, Subscriber};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// A request id longer than this, or not printable ASCII, is replaced.
@@ -30,9 +35,81 @@ const DELIVERY_LAG_BUCKETS_SECONDS: [f64; 14] = [
 const BATCH_ROWS_BUCKETS: [f64; 7] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 
 /// JSON lines on stdout, filtered by `RUST_LOG` (default `info`); a line
-/// carries its request's span (request id, merchant, payment).
+/// carries its request's span (request id, merchant, payment). Does nothing
+/// if the process already has a subscriber.
+///
+/// The lines of `service_kit::logging` (`Spans::Current`), with one change
+/// the bank does not need: a connection that actix-http ends with an error
+/// is logged at WARN, not ERROR (see [`ClientFaultsAsWarnings`]).
 pub fn init_logging() {
-    service_kit::logging::init(Spans::Current);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = tracing_subscriber::fmt::format()
+        .json()
+        .with_current_span(true)
+        .with_span_list(false);
+    let _ = tracing_subscriber::fmt()
+        .fmt_fields(JsonFields::new())
+        .event_format(ClientFaultsAsWarnings(json))
+        .with_env_filter(filter)
+        .try_init();
+}
+
+/// actix-http ends a connection on a head it cannot parse (bad bytes in a
+/// header, both `Content-Length` and `Transfer-Encoding`), on a head too
+/// large, on a client that hangs up, or on a handler that answered without
+/// reading the body (a 401 or 413 before it), and logs each at ERROR
+/// ("stream error: …", target `actix_http::h1::dispatcher`). Any client can
+/// cause every one of them, so they are the client's fault, not the
+/// operator's: this writes those lines at WARN. Its other ERROR lines (a
+/// response body that failed, which is ours) stay ERROR.
+///
+/// `RUST_LOG` still filters them by their original level.
+struct ClientFaultsAsWarnings<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for ClientFaultsAsWarnings<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        if !is_connection_error(event) {
+            return self.0.format_event(ctx, writer, event);
+        }
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        // Inside a JSON string every quote is escaped, so the first
+        // unescaped `"level":"ERROR"` is the line's level and nothing else.
+        writer.write_str(&line.replacen(r#""level":"ERROR""#, r#""level":"WARN""#, 1))
+    }
+}
+
+/// actix-http's "stream error: …" line: a connection ended with an error.
+fn is_connection_error(event: &Event<'_>) -> bool {
+    let metadata = event.metadata();
+    if metadata.target() != "actix_http::h1::dispatcher" || *metadata.level() != Level::ERROR {
+        return false;
+    }
+    let mut message = Message(String::new());
+    event.record(&mut message);
+    message.0.starts_with("stream error")
+}
+
+/// An event's `message` field, as text.
+struct Message(String);
+
+impl Visit for Message {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            use std::fmt::Write as _;
+            let _ = write!(self.0, "{value:?}");
+        }
+    }
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -160,6 +237,10 @@ pub fn register_metrics() {
         "gateway_webhook_endpoints_disabled_total",
         "Webhook endpoints disabled by the gateway for failing"
     );
+    describe_counter!(
+        "gateway_auth_failures_total",
+        "Requests that did not authenticate, by reason: missing, malformed, unknown (401), limited (429: the client address failed too often)"
+    );
     for gauge in [
         "gateway_webhook_deliveries_due",
         "gateway_webhook_endpoints_disabled",
@@ -181,13 +262,20 @@ pub fn register_metrics() {
         metrics::counter!("gateway_webhook_deliveries_total", "outcome" => outcome).increment(0);
     }
     metrics::counter!("gateway_webhook_endpoints_disabled_total").increment(0);
+    for reason in ["missing", "malformed", "unknown", "limited"] {
+        metrics::counter!("gateway_auth_failures_total", "reason" => reason).increment(0);
+    }
 }
 
 /// Outermost middleware: a request id (the client's, or a new one) on the
 /// response and on every log line of the request, and one line and the
 /// HTTP metrics per request. The line has the request id, the merchant and
-/// the payment (when known) as span fields, and the status. Routes are
-/// labelled by pattern, never by path.
+/// the payment (when known) as span fields, and the status.
+///
+/// Every label value comes from a closed set, since each new value is a
+/// series kept in memory for good and in every scrape: routes by pattern
+/// (never by path; `unmatched` for no route), methods by [`method_label`],
+/// statuses from the answers this code gives.
 pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -199,13 +287,14 @@ pub async fn observe(
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN)
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-    let method = req.method().to_string();
-    // `merchant_id` and `payment_id` are filled in by the extractor and the
-    // handlers once known (`Span::current().record`), so that the request's
-    // line below carries them.
+    let method = method_label(req.method());
+    // `client_addr`, `merchant_id` and `payment_id` are filled in by
+    // `api::client::identify`, the extractor and the handlers once known
+    // (`Span::current().record`), so that the request's line carries them.
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
+        client_addr = tracing::field::Empty,
         merchant_id = tracing::field::Empty,
         payment_id = tracing::field::Empty,
     );
@@ -219,7 +308,7 @@ pub async fn observe(
         .unwrap_or_else(|| "unmatched".to_owned());
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    metrics::counter!("gateway_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status.to_string())
+    metrics::counter!("gateway_http_requests_total", "method" => method, "route" => route.clone(), "status" => status.to_string())
         .increment(1);
     metrics::histogram!("gateway_http_request_duration_seconds", "route" => route.clone())
         .record(elapsed.as_secs_f64());
@@ -236,4 +325,40 @@ pub async fn observe(
         response.headers_mut().insert(REQUEST_ID, value);
     }
     Ok(response)
+}
+
+/// The method as a metric label and on the log line: the standard methods
+/// by name, anything else `other`. A client may send any token as a method,
+/// kilobytes of it, and each would be a series of its own (and a long line).
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    KNOWN
+        .iter()
+        .find(|known| *known == method)
+        .map_or("other", Method::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_outside_the_standard_set_are_one_label() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        assert_eq!(method_label(&Method::TRACE), "TRACE");
+        let made_up = Method::from_bytes(b"PROBE123").unwrap();
+        assert_eq!(method_label(&made_up), "other");
+        let lower = Method::from_bytes(b"get").unwrap();
+        assert_eq!(method_label(&lower), "other", "methods are case-sensitive");
+    }
 }

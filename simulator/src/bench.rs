@@ -136,6 +136,7 @@ fn own_stack_options(args: &BenchArgs, concurrency: usize) -> StackOptions {
         Target::Bank => None,
         Target::Gateway => Some(GatewayOptions {
             port: 0,
+            operator_port: 0,
             db_pool_size: args.pool_size,
             bank_max_in_flight: concurrency.max(MIN_BANK_MAX_IN_FLIGHT),
             output: if args.verbose {
@@ -262,9 +263,11 @@ async fn bench(
     })
 }
 
-/// `GET {url}/ready` answers 200.
+/// `GET {url}/health` answers 200. Readiness (`/ready`) is on the
+/// gateway's operator port, which a given `--url` does not name; a stack
+/// the bench started was waited for until ready.
 async fn gateway_ready(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
-    let ready = format!("{url}/ready");
+    let ready = format!("{url}/health");
     let response = client
         .get(&ready)
         .send()

@@ -70,6 +70,10 @@ pub struct UpArgs {
     /// Port of the gateway; 0 picks a free port.
     #[arg(long, default_value_t = 8080)]
     pub gateway_port: u16,
+    /// Port of the gateway's operator listener (`/metrics`, `/ready`); 0
+    /// picks a free port.
+    #[arg(long, default_value_t = 8081)]
+    pub operator_port: u16,
     /// Start the bank with no chaos (no injected failures, no added latency)
     /// instead of the contract's defaults (5% failures, 100–2000 ms latency).
     #[arg(long)]

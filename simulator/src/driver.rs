@@ -446,7 +446,10 @@ impl Driver {
                 // start a new operation, which is the client's doing.
                 return None;
             }
-            if record.last_unanswered(&request.key, request.variant).is_none() {
+            if record
+                .last_unanswered(&request.key, request.variant)
+                .is_none()
+            {
                 record.still_unanswered(&request.key, request.variant);
             }
             let exchange = self.attempt(record.plan.merchant, request).await;

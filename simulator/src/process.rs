@@ -50,6 +50,9 @@ impl GatewayOutput {
 pub struct GatewayOptions {
     /// 0 picks a free port.
     pub port: u16,
+    /// The operator listener's (`/metrics`, `/ready`); 0 picks a free port,
+    /// anew at every start.
+    pub operator_port: u16,
     /// `--db-pool-size`.
     pub db_pool_size: u32,
     /// `--bank-max-in-flight`.
@@ -76,6 +79,7 @@ impl GatewayOptions {
     pub fn new(port: u16, output: GatewayOutput) -> Self {
         Self {
             port,
+            operator_port: 0,
             db_pool_size: 10,
             bank_max_in_flight: 2048,
             output,
@@ -93,6 +97,8 @@ pub struct GatewayProcess {
     child: Child,
     pid: u32,
     url: String,
+    /// The operator listener's root URL.
+    operator_url: String,
     log_file: Option<PathBuf>,
 }
 
@@ -106,10 +112,11 @@ impl GatewayProcess {
         bank_url: &str,
         options: &GatewayOptions,
     ) -> anyhow::Result<Self> {
-        let port = match options.port {
-            0 => free_port()?,
-            port => port,
-        };
+        // Both held until both are picked, so that two free ones differ.
+        let mut held = Vec::new();
+        let port = pick_port(options.port, &mut held)?;
+        let operator_port = pick_port(options.operator_port, &mut held)?;
+        drop(held);
         let exe = match &options.program {
             Some(program) => program.clone(),
             None => {
@@ -128,6 +135,8 @@ impl GatewayProcess {
             .args(["--host", "127.0.0.1"])
             .arg("--port")
             .arg(port.to_string())
+            .arg("--operator-port")
+            .arg(operator_port.to_string())
             .arg("--db-pool-size")
             .arg(options.db_pool_size.to_string())
             .arg("--bank-max-in-flight")
@@ -164,6 +173,7 @@ impl GatewayProcess {
             child,
             pid,
             url: format!("http://127.0.0.1:{port}"),
+            operator_url: format!("http://127.0.0.1:{operator_port}"),
             log_file,
         })
     }
@@ -171,6 +181,11 @@ impl GatewayProcess {
     /// The gateway's root URL, e.g. `http://127.0.0.1:8080`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Its operator listener's root URL (`/metrics`, `/ready`).
+    pub fn operator_url(&self) -> &str {
+        &self.operator_url
     }
 
     pub fn pid(&self) -> u32 {
@@ -182,13 +197,13 @@ impl GatewayProcess {
         self.log_file.as_deref()
     }
 
-    /// Polls `GET /ready` until it answers 200. Fails, saying why, when the
+    /// Polls `GET /ready` (on the operator port) until it answers 200. Fails, saying why, when the
     /// process exits first or when it is still not ready after a minute.
     pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let client = reqwest::Client::builder()
             .timeout(READY_REQUEST_TIMEOUT)
             .build()?;
-        let url = format!("{}/ready", self.url);
+        let url = format!("{}/ready", self.operator_url);
         let mut last = String::from("no answer yet");
         for _ in 0..READY_TRIES {
             if let Some(status) = self.child.try_wait()? {
@@ -274,6 +289,18 @@ impl GatewayProcess {
             None => String::new(),
         }
     }
+}
+
+/// `port`, or for 0 a free one, whose listener is kept in `held` until the
+/// caller releases it.
+fn pick_port(port: u16, held: &mut Vec<TcpListener>) -> anyhow::Result<u16> {
+    if port != 0 {
+        return Ok(port);
+    }
+    let listener = TcpListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
+    let port = listener.local_addr()?.port();
+    held.push(listener);
+    Ok(port)
 }
 
 /// A port that was free a moment ago: bound on 127.0.0.1:0, read, released.

@@ -22,7 +22,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         } else {
             BankChaos::Default
         },
-        gateway: Some(GatewayOptions::new(args.gateway_port, output)),
+        gateway: Some(GatewayOptions {
+            operator_port: args.operator_port,
+            ..GatewayOptions::new(args.gateway_port, output)
+        }),
     };
     let mut signals = ShutdownSignals::listen()?;
     let mut stack = Stack::start(&options).await?;
@@ -60,6 +63,7 @@ mock bank is up
         return format!("{bank_part}\n\nCtrl-C stops the stack.");
     };
     let url = gateway.process.url();
+    let operator = gateway.process.operator_url();
     let key = &gateway.api_key;
     let pid = gateway.process.pid();
     let logs = match gateway.process.log_file() {
@@ -72,9 +76,10 @@ gateway is up (pid {pid})
   URL      {url}
   API      {url}/v1/payments
   docs     {url}/docs/
-  metrics  {url}/metrics
   health   {url}/health
-  ready    {url}/ready{logs}
+  operator {operator}
+  metrics  {operator}/metrics
+  ready    {operator}/ready{logs}
   API key  {key}   (merchant {MERCHANT})
 
 {bank_part}

@@ -241,10 +241,18 @@ fn gateway_is_running(pid: u32) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn up_serves_the_printed_payment_and_stops_cleanly_on_sigterm() {
-    let mut up = Up::start(&["--bank-port", "0", "--gateway-port", "0", "--calm"]);
-    let (mut pid, mut url, mut key) = (None, None, None);
+    let mut up = Up::start(&[
+        "--bank-port",
+        "0",
+        "--gateway-port",
+        "0",
+        "--operator-port",
+        "0",
+        "--calm",
+    ]);
+    let (mut pid, mut url, mut key, mut operator) = (None, None, None, None);
     let mut seen = Vec::new();
-    while pid.is_none() || url.is_none() || key.is_none() {
+    while pid.is_none() || url.is_none() || key.is_none() || operator.is_none() {
         let line = tokio::task::block_in_place(|| up.next_line(Duration::from_secs(120)))
             .unwrap_or_else(|| {
                 panic!(
@@ -259,11 +267,30 @@ async fn up_serves_the_printed_payment_and_stops_cleanly_on_sigterm() {
             url = Some(rest.trim().to_owned());
         } else if let Some(rest) = text.strip_prefix("API key ") {
             key = rest.split_whitespace().next().map(str::to_owned);
+        } else if let Some(rest) = text.strip_prefix("operator ") {
+            operator = Some(rest.trim().to_owned());
         }
         seen.push(line);
     }
     let (pid, url, key) = (pid.unwrap(), url.unwrap(), key.unwrap());
+    let operator = operator.unwrap();
     assert!(gateway_is_running(pid), "no gateway process at pid {pid}");
+    // The printed operator URL serves readiness and metrics; the API's does not.
+    for path in ["/ready", "/metrics"] {
+        let client = reqwest::Client::new();
+        let served = client.get(format!("{operator}{path}")).send().await;
+        assert_eq!(
+            served.expect("the operator port answers").status(),
+            reqwest::StatusCode::OK,
+            "{path}"
+        );
+        let public = client.get(format!("{url}{path}")).send().await;
+        assert_eq!(
+            public.expect("the API answers").status(),
+            reqwest::StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
 
     // What the printed curl sends.
     let response = reqwest::Client::new()

@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
+use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
+use actix_web::middleware::Next;
 use actix_web::{HttpResponse, ResponseError};
 
 use crate::domain::DomainError;
@@ -38,6 +42,15 @@ pub enum ApiError {
     WebhooksNotConfigured,
     #[error("the request body is larger than {limit_bytes} bytes")]
     PayloadTooLarge { limit_bytes: usize },
+    /// A body that is not declared `application/json`, or is encoded.
+    #[error("{message}")]
+    UnsupportedMediaType {
+        param: &'static str,
+        message: &'static str,
+    },
+    /// The body did not arrive in time (a slow or stalled client).
+    #[error("the request body did not arrive within {timeout_ms} ms")]
+    BodyTimeout { timeout_ms: u128 },
     #[error("a request with this Idempotency-Key is still being processed")]
     KeyInUse,
     #[error("this Idempotency-Key was already used with a different request")]
@@ -57,6 +70,13 @@ pub enum ApiError {
         retry_after_seconds(*retry_after)
     )]
     RateLimited { retry_after: Duration },
+    /// This client address failed to authenticate too often (see
+    /// `request::Merchant`): refused before any key is looked up.
+    #[error(
+        "too many failed authentications from this address; retry after {} s",
+        retry_after_seconds(*retry_after)
+    )]
+    AuthFailuresLimited { retry_after: Duration },
     /// The request's headers, together, are larger than the limit.
     #[error("the request headers are larger than {limit_bytes} bytes")]
     HeadersTooLarge { limit_bytes: usize },
@@ -70,6 +90,16 @@ impl ApiError {
             param: param.into(),
             code: "parameter_invalid",
             message: message.into(),
+        }
+    }
+
+    /// A parameter or header sent more than once: parsers on the way could
+    /// each take a different one.
+    pub fn duplicate(param: impl Into<String>) -> Self {
+        Self::Invalid {
+            param: param.into(),
+            code: "duplicate_parameter",
+            message: "is sent more than once; send it once".into(),
         }
     }
 
@@ -95,6 +125,13 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => {
                 ErrorBody::new("invalid_request_error", "payload_too_large", message)
             }
+            Self::BodyTimeout { .. } => {
+                ErrorBody::new("invalid_request_error", "request_timeout", message)
+            }
+            Self::UnsupportedMediaType { param, .. } => {
+                ErrorBody::new("invalid_request_error", "unsupported_media_type", message)
+                    .with_param(*param)
+            }
             Self::KeyInUse => {
                 ErrorBody::new("idempotency_error", "idempotency_key_in_use", message)
             }
@@ -105,7 +142,9 @@ impl ApiError {
             Self::BankUnavailable { .. } => {
                 ErrorBody::new("api_error", "bank_unavailable", message)
             }
-            Self::RateLimited { .. } => ErrorBody::new("rate_limit_error", "rate_limited", message),
+            Self::RateLimited { .. } | Self::AuthFailuresLimited { .. } => {
+                ErrorBody::new("rate_limit_error", "rate_limited", message)
+            }
             Self::HeadersTooLarge { .. } => {
                 ErrorBody::new("invalid_request_error", "headers_too_large", message)
             }
@@ -197,12 +236,16 @@ impl ResponseError for ApiError {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::NotFound | Self::NoRoute | Self::Missing(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::KeyInUse => StatusCode::CONFLICT,
             Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) | Self::BankUnavailable { .. } | Self::WebhooksNotConfigured => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::AuthFailuresLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -219,7 +262,10 @@ impl ResponseError for ApiError {
             | Self::NoRoute
             | Self::Missing(_)
             | Self::PayloadTooLarge { .. }
+            | Self::BodyTimeout { .. }
+            | Self::UnsupportedMediaType { .. }
             | Self::RateLimited { .. }
+            | Self::AuthFailuresLimited { .. }
             | Self::HeadersTooLarge { .. } => {}
             Self::WebhooksNotConfigured => {
                 tracing::warn!("a webhook endpoint was refused: WEBHOOK_SECRET_KEY is unset")
@@ -245,7 +291,9 @@ impl ResponseError for ApiError {
             Self::Unavailable(_) => {
                 response.insert_header(("Retry-After", "1"));
             }
-            Self::BankUnavailable { retry_after } | Self::RateLimited { retry_after } => {
+            Self::BankUnavailable { retry_after }
+            | Self::RateLimited { retry_after }
+            | Self::AuthFailuresLimited { retry_after } => {
                 response
                     .insert_header(("Retry-After", retry_after_seconds(*retry_after).to_string()));
             }
@@ -257,6 +305,8 @@ impl ResponseError for ApiError {
             | Self::Missing(_)
             | Self::WebhooksNotConfigured
             | Self::PayloadTooLarge { .. }
+            | Self::BodyTimeout { .. }
+            | Self::UnsupportedMediaType { .. }
             | Self::KeyReused
             | Self::HeadersTooLarge { .. }
             | Self::Internal(_) => {}
@@ -265,9 +315,80 @@ impl ResponseError for ApiError {
     }
 }
 
+/// Gives an error answer without a JSON body the contract's error object,
+/// keeping its status: answers made below the handlers (the docs' file
+/// server's empty 404, an actix-web extractor's text) reach clients in the
+/// same shape as every other error. Inside `telemetry::observe`.
+pub async fn shape_bare_errors(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    // Handlers' and extractors' errors arrive here as answers already.
+    let response = next.call(req).await?.map_into_boxed_body();
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_json(response.headers()) {
+        return Ok(response);
+    }
+    if status.is_server_error() {
+        tracing::warn!(
+            status = status.as_u16(),
+            "a bare error answer from below the handlers"
+        );
+    }
+    Ok(response.map_body(|head, _| {
+        head.headers_mut().remove(CONTENT_LENGTH);
+        head.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let body = serde_json::to_vec(&bare_error_body(head.status)).unwrap_or_default();
+        BoxBody::new(body)
+    }))
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"))
+}
+
+/// The error object for a bare answer of `status`: its reason, in the
+/// contract's words where it has them.
+fn bare_error_body(status: StatusCode) -> ErrorBody {
+    let reason = status.canonical_reason().unwrap_or("error");
+    let (kind, code) = match status {
+        StatusCode::NOT_FOUND => ("invalid_request_error", "resource_missing".to_owned()),
+        StatusCode::PAYLOAD_TOO_LARGE => ("invalid_request_error", "payload_too_large".to_owned()),
+        other if other.is_server_error() => ("api_error", "internal_error".to_owned()),
+        _ => (
+            "invalid_request_error",
+            reason.to_ascii_lowercase().replace([' ', '-'], "_"),
+        ),
+    };
+    ErrorBody::new(kind, code, reason.to_ascii_lowercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bare_errors_get_a_code_from_their_status() {
+        let body = |status| serde_json::to_value(bare_error_body(status)).unwrap();
+        assert_eq!(
+            body(StatusCode::NOT_FOUND)["error"]["code"],
+            "resource_missing"
+        );
+        let bad = body(StatusCode::BAD_REQUEST);
+        assert_eq!(bad["error"]["code"], "bad_request");
+        assert_eq!(bad["error"]["type"], "invalid_request_error");
+        assert_eq!(
+            body(StatusCode::METHOD_NOT_ALLOWED)["error"]["code"],
+            "method_not_allowed"
+        );
+        let internal = body(StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(internal["error"]["type"], "api_error");
+        assert_eq!(internal["error"]["code"], "internal_error");
+    }
 
     #[test]
     fn retry_after_is_whole_seconds_rounded_up_and_at_least_one() {

@@ -43,6 +43,9 @@ fn event_id(raw: &str) -> Result<EventId, ApiError> {
         (status = 200, description = "A page, newest first", body = EventList),
         (status = 400, description = "Invalid query", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many requests with this API key, or too many failed authentications from this client address; retry after Retry-After (whole seconds)", body = ErrorBody),
+        (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
+        (status = 503, description = "service_unavailable", body = ErrorBody),
     ))]
 #[get("/events")]
 pub async fn list_events(
@@ -89,6 +92,9 @@ pub async fn list_events(
         (status = 200, description = "The event, exactly as its deliveries carry it", body = EventView),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 404, description = "No such event (for this merchant)", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many requests with this API key, or too many failed authentications from this client address; retry after Retry-After (whole seconds)", body = ErrorBody),
+        (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
+        (status = 503, description = "service_unavailable", body = ErrorBody),
     ))]
 #[get("/events/{id}")]
 pub async fn get_event(
@@ -112,6 +118,9 @@ pub async fn get_event(
         (status = 200, description = "The event's deliveries, one per endpoint, each with every attempt", body = DeliveryList),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 404, description = "No such event (for this merchant)", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many requests with this API key, or too many failed authentications from this client address; retry after Retry-After (whole seconds)", body = ErrorBody),
+        (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
+        (status = 503, description = "service_unavailable", body = ErrorBody),
     ))]
 #[get("/events/{id}/deliveries")]
 pub async fn list_deliveries(
@@ -137,16 +146,23 @@ pub async fn list_deliveries(
         (status = 400, description = "Invalid endpoint_id", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 404, description = "No such event, or no such enabled endpoint (for this merchant)", body = ErrorBody),
+        (status = 408, description = "request_timeout: the body did not arrive in time (5 s by default)", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit (16 KiB by default), or says it is", body = ErrorBody),
+        (status = 415, description = "unsupported_media_type: a body not sent as application/json, or with a Content-Encoding", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many requests with this API key, or too many failed authentications from this client address; retry after Retry-After (whole seconds)", body = ErrorBody),
+        (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
+        (status = 503, description = "service_unavailable", body = ErrorBody),
     ))]
 #[post("/events/{id}/resend")]
 pub async fn resend_event(
+    req: HttpRequest,
     merchant: Merchant,
     id: Path<String>,
     payload: web::Payload,
     state: Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = event_id(&id)?;
-    let body = read_json(payload, state.max_body_bytes).await?;
+    let body = read_json(&req, payload, state.body).await?;
     let endpoint = if body.is_null() {
         None
     } else {

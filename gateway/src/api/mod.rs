@@ -1,7 +1,13 @@
 //! HTTP: routes, the edge's parsing, errors, and the OpenAPI document.
+//!
+//! Two listeners: the public one serves the API, `/health` and the docs;
+//! the operator one serves `/metrics`, `/ready` and `/health`, so that what
+//! the process knows about itself is not handed to whoever can reach the API.
 
+pub mod client;
 pub mod error;
 pub mod events;
+pub mod json;
 pub mod operations;
 pub mod payments;
 pub mod rate_limit;
@@ -27,7 +33,7 @@ use error::ApiError;
         webhooks::enable_endpoint, webhooks::disable_endpoint, webhooks::delete_endpoint,
         webhooks::rotate_secret,
         events::list_events, events::get_event, events::list_deliveries, events::resend_event,
-        operations::health, operations::ready, operations::metrics,
+        operations::health,
     ),
     modifiers(&BearerAuth)
 )]
@@ -45,6 +51,7 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The public listener's routes.
 pub fn routes(cfg: &mut ServiceConfig) {
     cfg.service(
         web::scope("/v1")
@@ -67,8 +74,6 @@ pub fn routes(cfg: &mut ServiceConfig) {
             .service(events::resend_event),
     )
     .service(operations::health)
-    .service(operations::ready)
-    .service(operations::metrics)
     .route(
         "/docs",
         web::get().to(|| async {
@@ -80,10 +85,27 @@ pub fn routes(cfg: &mut ServiceConfig) {
     .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", ApiDoc::openapi()));
 }
 
+/// The operator listener's routes.
+pub fn operator_routes(cfg: &mut ServiceConfig) {
+    cfg.service(operations::health)
+        .service(operations::ready)
+        .service(operations::metrics);
+}
+
 /// Unknown paths get 404 and known paths asked with a method they do not
 /// take get 405 with `Allow`, both with the contract's error object.
 pub async fn no_route(req: HttpRequest) -> HttpResponse {
-    match allowed_methods(req.path()) {
+    refuse(&req, allowed_methods(req.path()))
+}
+
+/// [`no_route`] for the operator listener.
+pub async fn no_operator_route(req: HttpRequest) -> HttpResponse {
+    let allow = matches!(req.path(), "/health" | "/ready" | "/metrics").then_some("GET");
+    refuse(&req, allow)
+}
+
+fn refuse(req: &HttpRequest, allow: Option<&'static str>) -> HttpResponse {
+    match allow {
         Some(allow) if !allow.split(", ").any(|m| m == req.method().as_str()) => {
             HttpResponse::MethodNotAllowed()
                 .insert_header(("Allow", allow))
@@ -117,7 +139,7 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
         ["v1", "events", id] if !id.is_empty() => Some("GET"),
         ["v1", "events", id, "deliveries"] if !id.is_empty() => Some("GET"),
         ["v1", "events", id, "resend"] if !id.is_empty() => Some("POST"),
-        ["health" | "ready" | "metrics" | "openapi.json" | "docs"] => Some("GET"),
+        ["health" | "openapi.json" | "docs"] => Some("GET"),
         _ => None,
     }
 }
@@ -153,5 +175,7 @@ mod tests {
         assert_eq!(allowed_methods("/v1/payments/"), None);
         assert_eq!(allowed_methods("/v1/payments/pay_x/settle"), None);
         assert_eq!(allowed_methods("/nowhere"), None);
+        assert_eq!(allowed_methods("/metrics"), None, "on the operator port");
+        assert_eq!(allowed_methods("/ready"), None, "on the operator port");
     }
 }

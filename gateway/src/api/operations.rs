@@ -1,4 +1,6 @@
 //! `/health`, `/ready` and `/metrics`, for operators and orchestrators.
+//! `/ready` and `/metrics` are served on the operator listener only;
+//! `/health` on both (it says nothing but "alive").
 
 use std::time::Duration;
 
@@ -19,11 +21,9 @@ pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-#[utoipa::path(get, path = "/ready", tag = "operations",
-    responses(
-        (status = 200, description = "Database reachable and migrated; `circuit` is the bank's circuit breaker (closed, open or half_open), reported but not a condition", content_type = "application/json", body = Object),
-        (status = 503, description = "Not ready; the body says why (`database`, `migrations`)", content_type = "application/json", body = Object),
-    ))]
+/// 200 when the database is reachable and migrated, else 503 with the
+/// reason (`database`, `migrations`); `circuit` is the bank's circuit
+/// breaker (closed, open or half_open), reported but not a condition.
 #[get("/ready")]
 pub async fn ready(state: Data<AppState>) -> HttpResponse {
     let expected = i64::try_from(MIGRATOR.iter().count()).unwrap_or(i64::MAX);
@@ -60,7 +60,7 @@ pub async fn ready(state: Data<AppState>) -> HttpResponse {
     }
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+/// The Prometheus text format.
 #[get("/metrics")]
 pub async fn metrics(handle: Data<PrometheusHandle>, state: Data<AppState>) -> HttpResponse {
     // The breaker moves from open to half-open by the clock, not by an

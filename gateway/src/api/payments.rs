@@ -154,13 +154,15 @@ fn respond(reply: Reply) -> HttpResponse {
     responses(
         (status = 201, description = "Authorized", body = PaymentView),
         (status = 202, description = "The bank's answer is not known yet; the payment is pending", body = PaymentView),
-        (status = 400, description = "Invalid request or Idempotency-Key; nothing was created", body = ErrorBody),
+        (status = 400, description = "Invalid request or Idempotency-Key, or a JSON key or header (Authorization, Idempotency-Key, Content-Type) sent twice (duplicate_parameter); nothing was created", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 402, description = "Declined by the bank (card_error); the payment exists with status declined", body = ErrorBody),
+        (status = 408, description = "request_timeout: the body did not arrive in time (5 s by default)", body = ErrorBody),
         (status = 409, description = "idempotency_key_in_use (retry after Retry-After with the same key), or authorization_abandoned: the bank's answer never came and the gateway gave up after its grace period; no money is held, the payment is failed: authorize again with a new key and the card", body = ErrorBody),
-        (status = 413, description = "The body is larger than the limit (16 KiB by default)", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit (16 KiB by default), or says it is", body = ErrorBody),
+        (status = 415, description = "unsupported_media_type: a body not sent as application/json, or with a Content-Encoding", body = ErrorBody),
         (status = 422, description = "idempotency_key_reused", body = ErrorBody),
-        (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many requests with this API key, or too many failed authentications from this client address; retry after Retry-After (whole seconds)", body = ErrorBody),
         (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
         (status = 502, description = "bank_error: the bank refused the gateway's request (not the card); the payment is failed and no money is held", body = ErrorBody),
         (status = 503, description = "bank_unavailable (the bank's circuit is open; nothing was created, retry after Retry-After with the same key) or service_unavailable", body = ErrorBody),
@@ -173,7 +175,7 @@ pub async fn create_payment(
     state: Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&req)?;
-    let body = read_json(payload, state.max_body_bytes).await?;
+    let body = read_json(&req, payload, state.body).await?;
     let command = parse_create(&body)?;
     ensure_bank_available(&state, merchant.0, &key).await?;
     let fingerprint = state.fingerprinter.fingerprint("POST", req.path(), &body);
@@ -194,7 +196,7 @@ async fn operate(
     action: Action,
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&req)?;
-    let body = read_json(payload, state.max_body_bytes).await?;
+    let body = read_json(&req, payload, state.body).await?;
     let amount = if body.is_null() {
         None
     } else {
@@ -224,14 +226,16 @@ macro_rules! operation_route {
             responses(
                 (status = 200, description = "Done", body = PaymentView),
                 (status = 202, description = "The bank's answer is not known yet", body = PaymentView),
-                (status = 400, description = "Invalid body or Idempotency-Key", body = ErrorBody),
+                (status = 400, description = "Invalid body or Idempotency-Key, or a JSON key or header sent twice (duplicate_parameter)", body = ErrorBody),
                 (status = 401, description = "Missing or unknown API key", body = ErrorBody),
                 (status = 404, description = "No such payment (for this merchant)", body = ErrorBody),
+                (status = 408, description = "request_timeout: the body did not arrive in time (5 s by default)", body = ErrorBody),
                 (status = 409, description = "invalid_state, authorization_expired or idempotency_key_in_use", body = ErrorBody),
-                (status = 413, description = "The body is larger than the limit (16 KiB by default)", body = ErrorBody),
+                (status = 413, description = "The body is larger than the limit (16 KiB by default), or says it is", body = ErrorBody),
+        (status = 415, description = "unsupported_media_type: a body not sent as application/json, or with a Content-Encoding", body = ErrorBody),
                 (status = 422, description = "idempotency_key_reused", body = ErrorBody),
                 (status = 502, description = "bank_error: the bank refused the gateway's request; the payment is as it was", body = ErrorBody),
-                (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
+                (status = 429, description = "rate_limited: too many requests with this API key, or too many failed authentications from this client address; retry after Retry-After (whole seconds)", body = ErrorBody),
                 (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
                 (status = 503, description = "bank_unavailable (the bank's circuit is open; nothing was done, retry after Retry-After with the same key) or service_unavailable", body = ErrorBody),
             ))]
@@ -271,9 +275,10 @@ operation_route!(
     params(("id" = String, Path, description = "The payment id; anything else answers 404", pattern = "^pay_[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")),
     responses(
         (status = 200, description = "The payment", body = PaymentView),
+        (status = 400, description = "duplicate_parameter: two Authorization headers", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 404, description = "No such payment (for this merchant)", body = ErrorBody),
-        (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many requests with this API key, or too many failed authentications from this client address; retry after Retry-After (whole seconds)", body = ErrorBody),
         (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
         (status = 503, description = "service_unavailable", body = ErrorBody),
     ))]
@@ -309,9 +314,9 @@ pub async fn get_payment(
     ),
     responses(
         (status = 200, description = "A page, newest first", body = PaymentList),
-        (status = 400, description = "Invalid query: a malformed parameter, both filters, or an unknown starting_after", body = ErrorBody),
+        (status = 400, description = "Invalid query: a malformed parameter, both filters, or an unknown starting_after; or two Authorization headers", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 429, description = "rate_limited: too many requests with this API key; retry after Retry-After (whole seconds)", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many requests with this API key, or too many failed authentications from this client address; retry after Retry-After (whole seconds)", body = ErrorBody),
         (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
         (status = 503, description = "service_unavailable", body = ErrorBody),
     ))]

@@ -1,19 +1,21 @@
-//! Rate limiting per API key: a token bucket per key, in this process's
-//! memory.
+//! Token buckets in this process's memory, one per key: per API key for
+//! requests, per client address for failed authentications.
 //!
-//! Each key may make `burst` requests at once, then `per_second` a second
+//! Each key may spend `burst` tokens at once, then `per_second` a second
 //! on average. A request over that is refused with 429 and `Retry-After`
 //! before any work is done. The buckets are per process: behind a load
 //! balancer with N replicas a key gets up to N times the configured rate.
-//! That is the trade for no shared store on the request path; the limit is
-//! against a runaway client, not a billing quota.
+//! That is the trade for no shared store on the request path; the limits
+//! are against runaway and guessing clients, not a billing quota.
 //!
-//! Memory is bounded: only authenticated keys get a bucket (an attacker
-//! guessing keys creates none), a bucket idle long enough to be full again
-//! is dropped (it is the same as a fresh one), and the map never holds more
-//! than `max_keys` buckets.
+//! Memory is bounded: only what spends gets a bucket (an authenticated key;
+//! an address that failed to authenticate), a bucket idle long enough to
+//! be full again is dropped (it is the same as a fresh one), and the map
+//! never holds more than `max_keys` buckets.
 
 use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,12 @@ use uuid::Uuid;
 
 /// Keys tracked at most; far more than a gateway has merchants' keys.
 pub const MAX_TRACKED_KEYS: usize = 10_000;
+/// Client addresses with failed authentications tracked at most. Past it
+/// the fullest bucket is dropped, so the addresses failing hardest stay.
+pub const MAX_TRACKED_ADDRESSES: usize = 10_000;
+
+/// Failed authentications per client address.
+pub type AddressLimiter = RateLimiter<IpAddr>;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -29,21 +37,21 @@ struct Bucket {
 }
 
 #[derive(Debug)]
-struct Buckets {
-    by_key: HashMap<Uuid, Bucket>,
+struct Buckets<K> {
+    by_key: HashMap<K, Bucket>,
     last_sweep: Instant,
 }
 
-/// Token buckets, one per API key.
+/// Token buckets, one per key (an API key's id by default).
 #[derive(Debug)]
-pub struct RateLimiter {
+pub struct RateLimiter<K = Uuid> {
     per_second: f64,
     burst: f64,
     max_keys: usize,
-    buckets: Mutex<Buckets>,
+    buckets: Mutex<Buckets<K>>,
 }
 
-impl RateLimiter {
+impl<K: Copy + Eq + Hash> RateLimiter<K> {
     /// `None` when either number is 0: rate limiting is off.
     pub fn new(per_second: u32, burst: u32, max_keys: usize) -> Option<Self> {
         (per_second > 0 && burst > 0).then(|| Self {
@@ -58,12 +66,27 @@ impl RateLimiter {
     }
 
     /// Takes a token for `key` now, or says how long until one is there.
-    pub fn check(&self, key: Uuid) -> Result<(), Duration> {
+    pub fn check(&self, key: K) -> Result<(), Duration> {
         self.check_at(key, Instant::now())
     }
 
+    /// Whether `key` has a token now, taking none (and tracking nothing
+    /// new: an untracked key has a full bucket), or how long until it has.
+    pub fn peek(&self, key: K) -> Result<(), Duration> {
+        self.peek_at(key, Instant::now())
+    }
+
+    /// [`RateLimiter::peek`] at a given instant.
+    pub fn peek_at(&self, key: K, now: Instant) -> Result<(), Duration> {
+        let buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        match buckets.by_key.get(&key) {
+            None => Ok(()),
+            Some(bucket) => self.wait_for_token(self.tokens_at(bucket, now)),
+        }
+    }
+
     /// [`RateLimiter::check`] at a given instant (the clock is the caller's).
-    pub fn check_at(&self, key: Uuid, now: Instant) -> Result<(), Duration> {
+    pub fn check_at(&self, key: K, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         if now.saturating_duration_since(buckets.last_sweep) >= self.refill_time() {
             self.sweep(&mut buckets.by_key, now);
@@ -81,13 +104,18 @@ impl RateLimiter {
         });
         bucket.tokens = self.tokens_at(bucket, now);
         bucket.at = bucket.at.max(now);
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        let tokens = bucket.tokens;
+        self.wait_for_token(tokens)?;
+        bucket.tokens -= 1.0;
+        Ok(())
+    }
+
+    /// Nothing with a token to spend, or how long until there is one.
+    fn wait_for_token(&self, tokens: f64) -> Result<(), Duration> {
+        if tokens >= 1.0 {
             Ok(())
         } else {
-            Err(Duration::from_secs_f64(
-                (1.0 - bucket.tokens) / self.per_second,
-            ))
+            Err(Duration::from_secs_f64((1.0 - tokens) / self.per_second))
         }
     }
 
@@ -111,13 +139,13 @@ impl RateLimiter {
     }
 
     /// Drops the buckets that are full again: a fresh one is the same.
-    fn sweep(&self, by_key: &mut HashMap<Uuid, Bucket>, now: Instant) {
+    fn sweep(&self, by_key: &mut HashMap<K, Bucket>, now: Instant) {
         by_key.retain(|_, bucket| self.tokens_at(bucket, now) < self.burst);
     }
 
     /// At the cap with every bucket in use: drops the one nearest to full,
     /// which forgives that key the least.
-    fn evict_fullest(&self, by_key: &mut HashMap<Uuid, Bucket>, now: Instant) {
+    fn evict_fullest(&self, by_key: &mut HashMap<K, Bucket>, now: Instant) {
         let fullest = by_key
             .iter()
             .max_by(|a, b| {
@@ -141,9 +169,9 @@ mod tests {
 
     #[test]
     fn zero_disables() {
-        assert!(RateLimiter::new(0, 10, 10).is_none());
-        assert!(RateLimiter::new(10, 0, 10).is_none());
-        assert!(RateLimiter::new(1, 1, 10).is_some());
+        assert!(RateLimiter::<Uuid>::new(0, 10, 10).is_none());
+        assert!(RateLimiter::<Uuid>::new(10, 0, 10).is_none());
+        assert!(RateLimiter::<Uuid>::new(1, 1, 10).is_some());
     }
 
     #[test]
@@ -226,6 +254,26 @@ mod tests {
         let later = t0 + Duration::from_secs(2);
         assert_eq!(limiter.check_at(Uuid::new_v4(), later), Ok(()));
         assert_eq!(limiter.tracked(), 1);
+    }
+
+    #[test]
+    fn peeking_takes_nothing_and_tracks_nothing() {
+        let limiter: AddressLimiter = RateLimiter::new(1, 2, 100).unwrap();
+        let address: IpAddr = "203.0.113.7".parse().unwrap();
+        let t0 = Instant::now();
+        assert_eq!(limiter.peek_at(address, t0), Ok(()));
+        assert_eq!(limiter.tracked(), 0, "a peek at a stranger tracks nothing");
+        assert_eq!(limiter.check_at(address, t0), Ok(()));
+        assert_eq!(limiter.peek_at(address, t0), Ok(()));
+        assert_eq!(
+            limiter.peek_at(address, t0),
+            Ok(()),
+            "a peek takes no token"
+        );
+        assert_eq!(limiter.check_at(address, t0), Ok(()));
+        let wait = limiter.peek_at(address, t0).unwrap_err();
+        assert!(wait <= ms(1001) && wait >= ms(999), "{wait:?}");
+        assert_eq!(limiter.peek_at(address, t0 + ms(1000)), Ok(()));
     }
 
     #[test]

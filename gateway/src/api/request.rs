@@ -2,27 +2,39 @@
 //! into domain types or refused with the field that was wrong.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
+use std::time::Duration;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{
+    AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue,
+};
 use actix_web::middleware::Next;
 use actix_web::web::{self, Data};
-use actix_web::{FromRequest, HttpRequest, ResponseError};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError};
 use serde_json::{Map, Value};
 
+use super::client::ClientAddr;
 use super::error::ApiError;
+use super::json;
+use super::rate_limit::AddressLimiter;
 use crate::domain::{IdempotencyKey, MerchantId, PaymentId};
 use crate::startup::AppState;
 use crate::store::merchants;
+
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// The merchant whose API key authenticated the request, and which the
 /// key's rate limit let through.
 ///
 /// Every `/v1` route takes this first, so the key is checked and counted
 /// before the body is read or anything is stored: a request refused here
-/// (401, 429) leaves its Idempotency-Key unused. The key is looked up on
-/// every request, never cached, so a revoked key is refused at once.
+/// (400, 401, 429) leaves its Idempotency-Key unused. The key is looked up
+/// on every request, never cached, so a revoked key is refused at once;
+/// but only a key of the right shape is looked up, and not from a client
+/// address that has failed too often (429, see `FailureBudget`).
 #[derive(Debug, Clone, Copy)]
 pub struct Merchant(pub MerchantId);
 
@@ -31,17 +43,23 @@ impl FromRequest for Merchant {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let key = bearer_token(req).map(str::to_owned);
+        let key = bearer_token(req).map(|token| token.map(str::to_owned));
+        let client = req.extensions().get::<ClientAddr>().copied();
         let state = req.app_data::<Data<AppState>>().cloned();
         Box::pin(async move {
-            let (Some(key), Some(state)) = (key, state) else {
+            let key = key?;
+            let Some(state) = state else {
                 return Err(ApiError::Unauthenticated);
             };
-            let mut conn = state.gateway.pool().acquire().await?;
-            let found = merchants::merchant_for_key(&mut conn, &key)
-                .await?
-                .ok_or(ApiError::Unauthenticated)?;
-            drop(conn);
+            let failures = FailureBudget::of(&state, client);
+            failures.ensure_left()?;
+            let found = match look_up(&state, key.as_deref()).await? {
+                Ok(found) => found,
+                Err(failure) => {
+                    failures.spend(failure);
+                    return Err(ApiError::Unauthenticated);
+                }
+            };
             tracing::Span::current().record("merchant_id", tracing::field::display(found.merchant));
             if let Some(limiter) = &state.rate_limiter {
                 limiter.check(found.key_id).map_err(|retry_after| {
@@ -51,6 +69,82 @@ impl FromRequest for Merchant {
             }
             Ok(Merchant(found.merchant))
         })
+    }
+}
+
+/// Why a request did not authenticate: the `reason` label of
+/// `gateway_auth_failures_total`.
+#[derive(Debug, Clone, Copy)]
+enum AuthFailure {
+    Missing,
+    Malformed,
+    Unknown,
+}
+
+impl AuthFailure {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// The key's merchant, or why there is none. A key without the right shape
+/// is refused without a query: a guess costs the database nothing.
+async fn look_up(
+    state: &AppState,
+    key: Option<&str>,
+) -> Result<Result<merchants::Authenticated, AuthFailure>, ApiError> {
+    let Some(key) = key else {
+        return Ok(Err(AuthFailure::Missing));
+    };
+    if !well_formed_key(key) {
+        return Ok(Err(AuthFailure::Malformed));
+    }
+    let mut conn = state.gateway.pool().acquire().await?;
+    let found = merchants::merchant_for_key(&mut conn, key).await?;
+    Ok(found.ok_or(AuthFailure::Unknown))
+}
+
+/// A client address's budget of failed authentications
+/// (`AUTH_FAILURE_LIMIT_*`): each 401 spends a token, and an address with
+/// none left is refused with 429 before its key is looked at, whatever the
+/// key. Guessing keys then costs a guesser its own address's access, and
+/// the database one query per token, not one per try.
+struct FailureBudget<'a> {
+    limiter: Option<&'a AddressLimiter>,
+    client: Option<IpAddr>,
+}
+
+impl<'a> FailureBudget<'a> {
+    fn of(state: &'a AppState, client: Option<ClientAddr>) -> Self {
+        Self {
+            limiter: state.auth_failure_limiter.as_ref(),
+            client: client.map(ClientAddr::limit_key),
+        }
+    }
+
+    /// 429 with the wait when the address has no failure left to spend.
+    fn ensure_left(&self) -> Result<(), ApiError> {
+        let (Some(limiter), Some(client)) = (self.limiter, self.client) else {
+            return Ok(());
+        };
+        limiter.peek(client).map_err(|retry_after| {
+            metrics::counter!("gateway_auth_failures_total", "reason" => "limited").increment(1);
+            ApiError::AuthFailuresLimited { retry_after }
+        })
+    }
+
+    fn spend(&self, failure: AuthFailure) {
+        metrics::counter!("gateway_auth_failures_total", "reason" => failure.label()).increment(1);
+        if let (Some(limiter), Some(client)) = (self.limiter, self.client) {
+            // Refused only when concurrent failures emptied the bucket since
+            // `ensure_left`: this one is answered 401 all the same, and the
+            // next is refused.
+            let _ = limiter.check(client);
+        }
     }
 }
 
@@ -77,10 +171,31 @@ pub async fn limit_headers(
     Ok(next.call(req).await?.map_into_left_body())
 }
 
-fn bearer_token(req: &HttpRequest) -> Option<&str> {
-    let header = req.headers().get("Authorization")?.to_str().ok()?;
-    let token = header.strip_prefix("Bearer ")?.trim();
-    (!token.is_empty()).then_some(token)
+/// Hex characters after the prefix in a key `merchants::create_api_key`
+/// makes: 24 random bytes, hex-encoded (lowercase).
+const KEY_HEX_CHARS: usize = 48;
+
+/// Whether `token` has the shape of a key the gateway makes; no other
+/// could be found, so no other is looked up.
+fn well_formed_key(token: &str) -> bool {
+    token
+        .strip_prefix(merchants::KEY_PREFIX)
+        .is_some_and(|random| {
+            random.len() == KEY_HEX_CHARS
+                && random
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+}
+
+/// The bearer token, if there is one; two Authorization headers are refused.
+fn bearer_token(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
+    let token = single_header(req, AUTHORIZATION)?
+        .and_then(|header| header.to_str().ok())
+        .and_then(|header| header.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty());
+    Ok(token)
 }
 
 /// Puts the payment a request is about on the request's log line.
@@ -112,7 +227,7 @@ pub fn record_payment_in_reply(body: &[u8]) {
 
 /// The `Idempotency-Key` header, required on every POST.
 pub fn idempotency_key(req: &HttpRequest) -> Result<IdempotencyKey, ApiError> {
-    let Some(header) = req.headers().get("Idempotency-Key") else {
+    let Some(header) = single_header(req, IDEMPOTENCY_KEY)? else {
         return Err(ApiError::MissingIdempotencyKey);
     };
     let raw = header
@@ -124,26 +239,122 @@ pub fn idempotency_key(req: &HttpRequest) -> Result<IdempotencyKey, ApiError> {
     Ok(IdempotencyKey::parse(raw)?)
 }
 
-/// Reads at most `limit_bytes` and parses them as JSON; an empty body is
-/// `null`, which operations accept as "no parameters".
-pub async fn read_json(payload: web::Payload, limit_bytes: usize) -> Result<Value, ApiError> {
-    let bytes = payload
-        .to_bytes_limited(limit_bytes)
+/// How large a request body may be, and how long it may take to arrive.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max_bytes: usize,
+    pub read_timeout: Duration,
+}
+
+/// Reads the body within `limits` and parses it as JSON; an empty body is
+/// `null`, which operations accept as "no parameters". A declared length
+/// over the limit is refused before anything is read, and a body that has
+/// not all arrived by the deadline is refused with 408: either way the
+/// connection is closed with the rest unread.
+pub async fn read_json(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limits: BodyLimits,
+) -> Result<Value, ApiError> {
+    let limit_bytes = limits.max_bytes;
+    if declared_length(req).is_some_and(|length| length > limit_bytes as u64) {
+        return Err(ApiError::PayloadTooLarge { limit_bytes });
+    }
+    let bytes = tokio::time::timeout(limits.read_timeout, payload.to_bytes_limited(limit_bytes))
         .await
+        .map_err(|_| ApiError::BodyTimeout {
+            timeout_ms: limits.read_timeout.as_millis(),
+        })?
         .map_err(|_| ApiError::PayloadTooLarge { limit_bytes })?
         .map_err(|_| ApiError::invalid("body", "the request body could not be read"))?;
+    if bytes.is_empty() {
+        // No body: nothing to declare.
+        return Ok(Value::Null);
+    }
+    ensure_json_body(req)?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::Invalid {
-        param: "body".into(),
-        code: "invalid_json",
-        message: format!(
-            "the request body is not valid JSON (line {}, column {})",
-            e.line(),
-            e.column()
-        ),
+    json::parse(&bytes).map_err(|e| match e {
+        json::Error::Duplicate { path } => ApiError::duplicate(path),
+        json::Error::Syntax(e) => ApiError::Invalid {
+            param: "body".into(),
+            code: "invalid_json",
+            message: format!(
+                "the request body is not valid JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+        },
     })
+}
+
+/// A body must say it is JSON, once, and come unencoded: what an
+/// intermediary makes of `text/plain` or of a gzip body may not be what
+/// the gateway reads (and it decodes none).
+fn ensure_json_body(req: &HttpRequest) -> Result<(), ApiError> {
+    if req.headers().contains_key(CONTENT_ENCODING) {
+        return Err(ApiError::UnsupportedMediaType {
+            param: "Content-Encoding",
+            message: "a request body is taken without a Content-Encoding",
+        });
+    }
+    let declared = single_header(req, CONTENT_TYPE)?.and_then(|value| value.to_str().ok());
+    if declared.is_some_and(is_json_media_type) {
+        return Ok(());
+    }
+    Err(ApiError::UnsupportedMediaType {
+        param: "Content-Type",
+        message: "a request body must be sent as Content-Type: application/json",
+    })
+}
+
+/// `application/json`, with no parameter but `charset=utf-8` (JSON is UTF-8).
+fn is_json_media_type(content_type: &str) -> bool {
+    let mut parts = content_type.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+        && parts.all(|parameter| {
+            parameter.split_once('=').is_some_and(|(name, value)| {
+                name.trim().eq_ignore_ascii_case("charset")
+                    && value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+            })
+        })
+}
+
+/// A header that must come at most once: sent twice, two parsers on the
+/// way could each take a different one (400 `duplicate_parameter`).
+fn single_header(req: &HttpRequest, name: HeaderName) -> Result<Option<&HeaderValue>, ApiError> {
+    let mut values = req.headers().get_all(&name);
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::duplicate(header_label(&name)));
+    }
+    Ok(first)
+}
+
+/// A header's name as the API's documents spell it, for `param`.
+fn header_label(name: &HeaderName) -> &'static str {
+    if *name == AUTHORIZATION {
+        "Authorization"
+    } else if *name == CONTENT_TYPE {
+        "Content-Type"
+    } else if *name == IDEMPOTENCY_KEY {
+        "Idempotency-Key"
+    } else {
+        "header"
+    }
+}
+
+/// The `Content-Length` the client declared (the HTTP layer has refused a
+/// malformed or repeated one already).
+fn declared_length(req: &HttpRequest) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// A JSON object read field by field, so that every refusal names the
@@ -245,5 +456,53 @@ impl<'a> Fields<'a> {
 
     pub fn object(&self, field: &str, allowed: &[&str]) -> Result<Fields<'a>, ApiError> {
         Fields::of(self.required(field)?, &self.name(field), allowed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_the_prefix_and_48_lowercase_hex_characters() {
+        let hex = "0123456789abcdef".repeat(3);
+        assert!(well_formed_key(&format!("sk_test_{hex}")));
+        for malformed in [
+            String::new(),
+            "sk_test_".to_owned(),
+            hex.clone(),
+            format!("sk_live_{hex}"),
+            format!("sk_test_{}", &hex[1..]),
+            format!("sk_test_{hex}0"),
+            format!("sk_test_{}", hex.to_uppercase()),
+            format!("sk_test_{}g", &hex[1..]),
+            format!("sk_test_{}\u{e9}", &hex[2..]),
+        ] {
+            assert!(!well_formed_key(&malformed), "{malformed}");
+        }
+    }
+
+    #[test]
+    fn json_is_application_json_in_utf_8_only() {
+        for accepted in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+        ] {
+            assert!(is_json_media_type(accepted), "{accepted}");
+        }
+        for refused in [
+            "",
+            "text/plain",
+            "application/jsonx",
+            "application/json; charset=latin1",
+            "application/json; boundary=x",
+            "application/json;",
+            "text/json",
+            "application/x-www-form-urlencoded",
+        ] {
+            assert!(!is_json_media_type(refused), "{refused}");
+        }
     }
 }

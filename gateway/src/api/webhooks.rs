@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use actix_web::web::{self, Data, Path};
-use actix_web::{HttpResponse, delete, get, post};
+use actix_web::{HttpRequest, HttpResponse, delete, get, post};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -95,15 +95,21 @@ fn parse_event_types(fields: &Fields<'_>) -> Result<Option<Vec<String>>, ApiErro
         (status = 400, description = "Invalid url or event_types, or the limit of 16 endpoints reached", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 503, description = "webhooks_not_configured or service_unavailable", body = ErrorBody),
+        (status = 408, description = "request_timeout: the body did not arrive in time (5 s by default)", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit (16 KiB by default), or says it is", body = ErrorBody),
+        (status = 415, description = "unsupported_media_type: a body not sent as application/json, or with a Content-Encoding", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many requests with this API key, or too many failed authentications from this client address; retry after Retry-After (whole seconds)", body = ErrorBody),
+        (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
     ))]
 #[post("/webhook_endpoints")]
 pub async fn create_endpoint(
+    req: HttpRequest,
     merchant: Merchant,
     payload: web::Payload,
     state: Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let key = key(&state)?;
-    let body = read_json(payload, state.max_body_bytes).await?;
+    let body = read_json(&req, payload, state.body).await?;
     let fields = Fields::of(&body, "", &["url", "event_types"])?;
     let url = EndpointUrl::parse(fields.string("url")?, state.webhooks.allow_private_urls)
         .map_err(|e| ApiError::invalid("url", e.to_string()))?;
@@ -134,6 +140,9 @@ pub async fn create_endpoint(
     responses(
         (status = 200, description = "Every endpoint (16 at most), oldest first", body = EndpointList),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many requests with this API key, or too many failed authentications from this client address; retry after Retry-After (whole seconds)", body = ErrorBody),
+        (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
+        (status = 503, description = "service_unavailable", body = ErrorBody),
     ))]
 #[get("/webhook_endpoints")]
 pub async fn list_endpoints(
@@ -153,6 +162,9 @@ pub async fn list_endpoints(
         (status = 200, description = "The endpoint", body = EndpointView),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 404, description = "No such endpoint (for this merchant)", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many requests with this API key, or too many failed authentications from this client address; retry after Retry-After (whole seconds)", body = ErrorBody),
+        (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
+        (status = 503, description = "service_unavailable", body = ErrorBody),
     ))]
 #[get("/webhook_endpoints/{id}")]
 pub async fn get_endpoint(
@@ -193,6 +205,9 @@ macro_rules! change_route {
                 (status = 200, description = "The endpoint as it is now", body = EndpointView),
                 (status = 401, description = "Missing or unknown API key", body = ErrorBody),
                 (status = 404, description = "No such endpoint (for this merchant)", body = ErrorBody),
+                (status = 429, description = "rate_limited: too many requests with this API key, or too many failed authentications from this client address; retry after Retry-After (whole seconds)", body = ErrorBody),
+                (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
+                (status = 503, description = "service_unavailable", body = ErrorBody),
             ))]
         #[$method($path)]
         pub async fn $name(
@@ -237,9 +252,15 @@ change_route!(
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 404, description = "No such endpoint (for this merchant)", body = ErrorBody),
         (status = 503, description = "webhooks_not_configured or service_unavailable", body = ErrorBody),
+        (status = 408, description = "request_timeout: the body did not arrive in time (5 s by default)", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit (16 KiB by default), or says it is", body = ErrorBody),
+        (status = 415, description = "unsupported_media_type: a body not sent as application/json, or with a Content-Encoding", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many requests with this API key, or too many failed authentications from this client address; retry after Retry-After (whole seconds)", body = ErrorBody),
+        (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
     ))]
 #[post("/webhook_endpoints/{id}/rotate_secret")]
 pub async fn rotate_secret(
+    req: HttpRequest,
     merchant: Merchant,
     id: Path<String>,
     payload: web::Payload,
@@ -247,7 +268,7 @@ pub async fn rotate_secret(
 ) -> Result<HttpResponse, ApiError> {
     let key = key(&state)?;
     let id = endpoint_id(&id)?;
-    let body = read_json(payload, state.max_body_bytes).await?;
+    let body = read_json(&req, payload, state.body).await?;
     let grace_seconds = if body.is_null() {
         DEFAULT_ROTATION_GRACE_SECONDS
     } else {

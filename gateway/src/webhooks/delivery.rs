@@ -375,7 +375,23 @@ fn describe(e: &reqwest::Error) -> String {
     text.chars().take(ERROR_KEPT_CHARS).collect()
 }
 
+/// Whole milliseconds: Postgres intervals hold microseconds at most.
 fn jittered(delay: Duration) -> Duration {
     let factor = rand::rng().random_range((1.0 - JITTER_FRACTION)..=(1.0 + JITTER_FRACTION));
-    delay.mul_f64(factor)
+    let ms = delay.mul_f64(factor).as_millis();
+    Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_its_fraction_in_whole_milliseconds() {
+        for _ in 0..1_000 {
+            let delay = jittered(Duration::from_millis(1_000));
+            assert!((900..=1_100).contains(&delay.as_millis()), "{delay:?}");
+            assert_eq!(delay.subsec_nanos() % 1_000_000, 0, "{delay:?}");
+        }
+    }
 }

@@ -401,7 +401,14 @@ async fn only_500s_until_the_deadline_is_unknown_deadline_passed() {
         panic!("expected Unknown(DeadlinePassed), got {outcome:?}");
     };
     assert!(elapsed >= policy.deadline, "{elapsed:?}");
-    assert!(last_error.contains("503"), "{last_error}");
+    // The last attempt may be the one the deadline cut short (on a loaded
+    // machine), so its error is the 503 or the cut.
+    assert!(
+        ["503", "no complete response", "timed out"]
+            .iter()
+            .any(|cut| last_error.contains(cut)),
+        "{last_error}"
+    );
     let received = server.received_requests().await.expect("recording");
     assert!(received.len() > 1, "retried: {} requests", received.len());
     assert!(received.len() <= attempts as usize);

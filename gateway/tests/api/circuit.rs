@@ -202,7 +202,7 @@ async fn spawn_breakable_app() -> TestApp {
 async fn circuit_reported_by_ready(app: &TestApp) -> String {
     let response = app
         .client
-        .get(app.url("/ready"))
+        .get(app.operator_url("/ready"))
         .send()
         .await
         .expect("GET /ready answered");
@@ -216,17 +216,6 @@ async fn circuit_reported_by_ready(app: &TestApp) -> String {
         .as_str()
         .expect("circuit in /ready")
         .to_owned()
-}
-
-fn retry_after_seconds(response: &reqwest::Response) -> u64 {
-    response
-        .headers()
-        .get("Retry-After")
-        .expect("Retry-After")
-        .to_str()
-        .unwrap()
-        .parse()
-        .expect("whole seconds")
 }
 
 fn new_payment_body() -> Value {

@@ -585,6 +585,7 @@ async fn postgres_stopped_and_started_under_load_503s_then_resumes_and_loses_not
     .await;
     let mut process = rig.launch().set("DB_ACQUIRE_TIMEOUT_MS", 500).start().await;
     let base = process.base();
+    let operator = process.operator_base();
 
     // A light load: eight clients, each sending a payment every 20 ms with
     // its own key, so that some are between tx A and tx B when Postgres stops.
@@ -629,7 +630,7 @@ async fn postgres_stopped_and_started_under_load_503s_then_resumes_and_loses_not
     for _ in 0..50 {
         let response = rig
             .client
-            .get(format!("{base}/ready"))
+            .get(format!("{operator}/ready"))
             .send()
             .await
             .unwrap();
@@ -824,6 +825,7 @@ async fn a_bank_outage_opens_the_circuit_then_it_closes_by_itself() {
         .start()
         .await;
     let base = process.base();
+    let operator = process.operator_base();
     rig.set_chaos(json!({"outage_seconds": 5})).await;
 
     let mut answers = Vec::new();
@@ -866,7 +868,7 @@ async fn a_bank_outage_opens_the_circuit_then_it_closes_by_itself() {
     }
     let mut ready: Value = rig
         .client
-        .get(format!("{base}/ready"))
+        .get(format!("{operator}/ready"))
         .send()
         .await
         .unwrap()
@@ -894,7 +896,7 @@ async fn a_bank_outage_opens_the_circuit_then_it_closes_by_itself() {
     assert!(created.is_some(), "a payment went through after the outage");
     ready = rig
         .client
-        .get(format!("{base}/ready"))
+        .get(format!("{operator}/ready"))
         .send()
         .await
         .unwrap()
@@ -921,7 +923,7 @@ async fn serve_takes_its_database_url_as_a_flag_with_settings_in_the_environment
     let process = rig.launch().database_url_as_flag_only().start().await;
     let ready = rig
         .client
-        .get(format!("{}/ready", process.base()))
+        .get(format!("{}/ready", process.operator_base()))
         .send()
         .await
         .unwrap();

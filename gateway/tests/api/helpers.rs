@@ -6,6 +6,8 @@ use gateway::{Application, Settings};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use uuid::Uuid;
 
 use bank_tap::BankProxy;
@@ -20,6 +22,8 @@ pub const ALL_CARDS: [Card; 4] = [HAPPY_CARD, LIMITED_CARD, EMPTY_CARD, EXPIRED_
 
 pub struct TestApp {
     pub address: String,
+    /// The operator listener: `/metrics`, `/ready`, `/health`.
+    pub operator_address: String,
     pub bank_address: String,
     pub client: Client,
     /// FicMart's key.
@@ -98,11 +102,13 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         .expect("the gateway starts");
     let address = format!("http://127.0.0.1:{}", app.port());
     let faults = app.faults();
+    let operator_address = format!("http://127.0.0.1:{}", app.operator_port());
     tokio::spawn(app.run_until_stopped());
     let pool = PgPool::connect(&url).await.expect("a gateway pool");
     let api_key = create_key(&pool, "ficmart").await;
     TestApp {
         address,
+        operator_address,
         bank_address,
         client: test_client(),
         api_key,
@@ -148,6 +154,11 @@ pub fn payment_body(card: Card, amount: i64, order: &str, customer: &str) -> Val
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
+    }
+
+    /// A URL on the operator listener.
+    pub fn operator_url(&self, path: &str) -> String {
+        format!("{}{path}", self.operator_address)
     }
 
     pub async fn post_as(&self, api_key: &str, path: &str, key: &str, body: &Value) -> Response {
@@ -278,4 +289,48 @@ pub async fn assert_error(response: Response, status: StatusCode, kind: &str, co
         "{body}"
     );
     body
+}
+
+/// Sends `request` as raw bytes to `address` (`http://host:port`) and
+/// returns everything the server wrote until it closed the connection (at
+/// most 10 s), as text.
+pub async fn raw_exchange(address: &str, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(address.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    // The server may answer and close before reading everything.
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The status code of a raw HTTP/1.1 answer, if it has one.
+pub fn status_of(answer: &str) -> Option<u16> {
+    answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+}
+
+/// The JSON body of a raw HTTP/1.1 answer (after the blank line), or null.
+pub fn body_of(answer: &str) -> Value {
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}
+
+/// An answer's `Retry-After`, whole seconds; panics if it has none.
+pub fn retry_after_seconds(response: &Response) -> u64 {
+    response
+        .headers()
+        .get("Retry-After")
+        .expect("Retry-After")
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("whole seconds")
 }

@@ -37,17 +37,7 @@ async fn post_raw(app: &TestApp, path: &str, key: &str, body: String) -> reqwest
 /// Sends `request` as raw bytes and returns the status line's code, or
 /// `None` if the server closed without answering.
 async fn raw_status(address: &str, request: &[u8]) -> Option<u16> {
-    let mut stream = TcpStream::connect(address.trim_start_matches("http://"))
-        .await
-        .unwrap();
-    // The server may answer and close before reading everything.
-    let _ = stream.write_all(request).await;
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
-    let text = String::from_utf8_lossy(&answer);
-    text.strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse().ok())
+    status_of(&raw_exchange(address, request).await)
 }
 
 #[tokio::test]

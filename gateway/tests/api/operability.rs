@@ -79,7 +79,12 @@ async fn the_series_an_operator_pages_on_are_exported_after_a_workload() {
         StatusCode::OK
     );
 
-    let scrape = app.client.get(app.url("/metrics")).send().await.unwrap();
+    let scrape = app
+        .client
+        .get(app.operator_url("/metrics"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(scrape.status(), StatusCode::OK);
     let text = scrape.text().await.unwrap();
 
@@ -350,7 +355,7 @@ async fn the_circuit_gauge_follows_the_clock_without_traffic() {
     let client = crate::helpers::test_client();
     let gauge = || async {
         let text = client
-            .get(format!("{}/metrics", served.base()))
+            .get(format!("{}/metrics", served.operator_base()))
             .send()
             .await
             .unwrap()

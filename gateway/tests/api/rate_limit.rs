@@ -55,14 +55,7 @@ async fn a_noisy_merchant_is_limited_and_a_quiet_one_is_not() {
     );
 
     let response = app.get("/v1/payments").await;
-    let retry_after: u64 = response
-        .headers()
-        .get("Retry-After")
-        .expect("Retry-After on a 429")
-        .to_str()
-        .unwrap()
-        .parse()
-        .expect("whole seconds");
+    let retry_after = retry_after_seconds(&response);
     assert!(retry_after >= 1);
     assert_error(
         response,
@@ -83,11 +76,7 @@ async fn a_limited_post_stores_nothing_and_its_key_works_after_retry_after() {
     let body = payment_body(HAPPY_CARD, 700, "ord_rl", "cus_rl");
     let refused = app.post("/v1/payments", &key, &body).await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry_after: u64 = refused.headers()["Retry-After"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after = retry_after_seconds(&refused);
     assert_eq!(app.count("idempotency_keys").await, 0);
     assert_eq!(app.count("payments").await, 0);
     assert_eq!(app.bank_count("authorizations").await, 0);

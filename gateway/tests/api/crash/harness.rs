@@ -62,6 +62,7 @@ impl Launch {
             ("RECONCILE_INTERVAL_MS", "0"),
             ("SHUTDOWN_GRACE_SECONDS", "10"),
             ("WORKERS", "2"),
+            ("OPERATOR_PORT", "0"),
         ]
         .into_iter()
         .map(|(k, v)| (k, v.to_owned()))
@@ -140,13 +141,16 @@ impl Launch {
             pid: child.id(),
             child,
             port: 0,
+            operator_port: 0,
             logs,
             stderr,
             stdout_reader: Some(stdout_reader),
         };
         for _ in 0..300 {
-            if let Some(port) = process.logged_port() {
+            if let Some(port) = process.logged_port("port") {
                 process.port = port;
+                // 0 if the line does not say: a test of the operator port fails on it.
+                process.operator_port = process.logged_port("operator_port").unwrap_or(0);
                 return process;
             }
             if let Ok(Some(status)) = process.child.try_wait() {
@@ -169,6 +173,8 @@ pub struct GatewayProcess {
     child: Child,
     pid: u32,
     pub port: u16,
+    /// Where `/metrics` and `/ready` are served.
+    pub operator_port: u16,
     logs: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
     /// Joined once the process has exited, so that its last lines are read.
@@ -180,10 +186,16 @@ impl GatewayProcess {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn logged_port(&self) -> Option<u16> {
+    /// The operator listener: `/metrics`, `/ready` (and `/health`).
+    pub fn operator_base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.operator_port)
+    }
+
+    /// A port (`field`) from the "gateway listening" line.
+    fn logged_port(&self, field: &str) -> Option<u16> {
         self.messages("gateway listening")
             .first()
-            .and_then(|log| log["fields"]["port"].as_u64())
+            .and_then(|log| log["fields"][field].as_u64())
             .and_then(|port| u16::try_from(port).ok())
     }
 

@@ -1,0 +1,676 @@
+//! Webhooks through HTTP: endpoints registered through the API, events
+//! made by real payments against the real mock bank, delivered to a real
+//! receiver (wiremock) that checks every signature the way a merchant's
+//! Standard Webhooks library does.
+
+use std::time::{Duration, Instant};
+
+use gateway::webhooks::signature::{self, SigningSecret};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::*;
+
+/// How long a test waits for deliveries, at most (not a timing target:
+/// deliveries here take milliseconds).
+const BOUND: Duration = Duration::from_secs(20);
+
+/// A gateway whose retry schedule is `schedule_ms` and whose workers look
+/// every 20 ms; attempts time out after `timeout_ms`.
+async fn webhook_app(schedule_ms: &[u64], timeout_ms: u64) -> TestApp {
+    let schedule = schedule_ms.to_vec();
+    spawn_app_with(Options {
+        gateway: Some(Box::new(move |s| {
+            s.webhook_retry_schedule_ms = schedule;
+            s.webhook_poll_interval_ms = 20;
+            s.webhook_timeout_ms = timeout_ms;
+        })),
+        ..Options::default()
+    })
+    .await
+}
+
+/// One POST the receiver got.
+#[derive(Debug, Clone)]
+struct Delivery {
+    id: String,
+    timestamp: i64,
+    signature: String,
+    raw: Vec<u8>,
+    body: Value,
+}
+
+impl Delivery {
+    fn verifies_with(&self, secret: &SigningSecret) -> bool {
+        let now = chrono::Utc::now().timestamp();
+        signature::verify(
+            secret,
+            &self.signature,
+            &self.id,
+            self.timestamp,
+            &self.raw,
+            now,
+            signature::DEFAULT_TOLERANCE_SECONDS,
+        )
+        .is_ok()
+    }
+}
+
+async fn deliveries(receiver: &MockServer) -> Vec<Delivery> {
+    let header = |r: &wiremock::Request, name: &str| {
+        r.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    receiver
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| Delivery {
+            id: header(r, "webhook-id"),
+            timestamp: header(r, "webhook-timestamp").parse().unwrap_or(0),
+            signature: header(r, "webhook-signature"),
+            raw: r.body.clone(),
+            body: serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+        })
+        .collect()
+}
+
+/// Waits (bounded) until `done` holds for what the receiver got.
+async fn until(receiver: &MockServer, done: impl Fn(&[Delivery]) -> bool) -> Vec<Delivery> {
+    let started = Instant::now();
+    loop {
+        let got = deliveries(receiver).await;
+        if done(&got) {
+            return got;
+        }
+        assert!(
+            started.elapsed() < BOUND,
+            "the receiver got only {} deliveries: {:?}",
+            got.len(),
+            got.iter().map(|d| &d.body["type"]).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn receiver_answering(status: u16) -> MockServer {
+    let receiver = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(status))
+        .mount(&receiver)
+        .await;
+    receiver
+}
+
+impl TestApp {
+    async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(&self.api_key)
+            .json(body)
+            .send()
+            .await
+            .expect("POST answered")
+    }
+
+    /// Registers `url`; the endpoint and its secret.
+    async fn register(&self, url: &str, types: Option<&[&str]>) -> (Value, SigningSecret) {
+        let mut body = json!({"url": url});
+        if let Some(types) = types {
+            body["event_types"] = json!(types);
+        }
+        let response = self.post_json("/v1/webhook_endpoints", &body).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let endpoint: Value = response.json().await.unwrap();
+        let secret = SigningSecret::parse(endpoint["secret"].as_str().unwrap()).unwrap();
+        (endpoint, secret)
+    }
+
+    async fn json_of(&self, path: &str) -> Value {
+        let response = self.get(path).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        response.json().await.unwrap()
+    }
+}
+
+fn types<'a>(bodies: impl IntoIterator<Item = &'a Value>) -> Vec<&'a str> {
+    bodies
+        .into_iter()
+        .map(|body| body["type"].as_str().unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test]
+async fn endpoints_are_registered_listed_and_their_secret_shown_once() {
+    let app = webhook_app(&[100], 1_000).await;
+    let (endpoint, secret) = app
+        .register("http://127.0.0.1:9/hooks", Some(&["payment.captured"]))
+        .await;
+    assert!(endpoint["id"].as_str().unwrap().starts_with("we_"));
+    assert_eq!(endpoint["status"], "enabled");
+    assert_eq!(endpoint["event_types"], json!(["payment.captured"]));
+    assert!(secret.to_whsec().starts_with("whsec_"));
+
+    let id = endpoint["id"].as_str().unwrap();
+    let read = app.json_of(&format!("/v1/webhook_endpoints/{id}")).await;
+    assert!(read.get("secret").is_none(), "{read}");
+    let list = app.json_of("/v1/webhook_endpoints").await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    assert!(list["data"][0].get("secret").is_none());
+
+    let disabled: Value = app
+        .post_json(&format!("/v1/webhook_endpoints/{id}/disable"), &json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&disabled["status"], &disabled["disabled_reason"]),
+        (&json!("disabled"), &json!("merchant"))
+    );
+    let enabled: Value = app
+        .post_json(&format!("/v1/webhook_endpoints/{id}/enable"), &json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(enabled["status"], "enabled");
+
+    let deleted = app
+        .client
+        .delete(app.url(&format!("/v1/webhook_endpoints/{id}")))
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::OK);
+    let gone = app.get(&format!("/v1/webhook_endpoints/{id}")).await;
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+
+    // Another merchant sees none of it.
+    let other = create_key(&app.pool, "otherco").await;
+    let (endpoint, _) = app.register("http://127.0.0.1:9/x", None).await;
+    let id = endpoint["id"].as_str().unwrap();
+    let foreign = app
+        .get_as(&other, &format!("/v1/webhook_endpoints/{id}"))
+        .await;
+    assert_eq!(foreign.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn bad_endpoints_are_refused_with_the_field_and_the_reason() {
+    let app = spawn_app_with(Options {
+        gateway: Some(Box::new(|s| s.webhook_allow_private_urls = false)),
+        ..Options::default()
+    })
+    .await;
+    let long = format!("https://example.com/{}", "a".repeat(2_100));
+    for (body, why) in [
+        (json!({"url": "http://example.com/hooks"}), "https"),
+        (json!({"url": "https://127.0.0.1/hooks"}), "private"),
+        (json!({"url": "https://169.254.169.254/latest"}), "private"),
+        (json!({"url": "https://localhost/hooks"}), "private"),
+        (json!({"url": "https://user:pw@example.com/"}), "password"),
+        (json!({"url": long}), "2048"),
+        (json!({"url": "not a url"}), "absolute"),
+        (json!({}), "required"),
+        (
+            json!({"url": "https://example.com/", "event_types": ["payment.bogus"]}),
+            "unknown event type",
+        ),
+        (
+            json!({"url": "https://example.com/", "event_types": []}),
+            "array of 1",
+        ),
+        (
+            json!({"url": "https://example.com/", "secret": "mine"}),
+            "not a known parameter",
+        ),
+    ] {
+        let response = app.post_json("/v1/webhook_endpoints", &body).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["type"], "invalid_request_error", "{error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(why), "{body}: {message}");
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_endpoints")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+
+    for _ in 0..16 {
+        let response = app
+            .post_json(
+                "/v1/webhook_endpoints",
+                &json!({"url": "https://example.com/"}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let over = app
+        .post_json(
+            "/v1/webhook_endpoints",
+            &json!({"url": "https://example.com/"}),
+        )
+        .await;
+    assert_eq!(over.status(), StatusCode::BAD_REQUEST);
+    let error: Value = over.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "endpoint_limit_reached");
+}
+
+#[tokio::test]
+async fn every_change_is_delivered_signed_and_in_sequence() {
+    let app = webhook_app(&[100], 2_000).await;
+    let receiver = receiver_answering(200).await;
+    let (_, secret) = app.register(&receiver.uri(), None).await;
+
+    let payment: Value = app
+        .create_payment(HAPPY_CARD, 2_500)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = payment["id"].as_str().unwrap();
+    for step in ["capture", "refund"] {
+        let response = app
+            .post(&format!("/v1/payments/{id}/{step}"), &new_key(), &json!({}))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "{step}");
+    }
+    let got = until(&receiver, |got| got.len() >= 6).await;
+
+    let mut by_sequence = got.clone();
+    by_sequence.sort_by_key(|d| d.body["data"]["sequence"].as_i64());
+    assert_eq!(
+        types(by_sequence.iter().map(|d| &d.body)),
+        [
+            "payment.created",
+            "payment.authorized",
+            "payment.capture_requested",
+            "payment.captured",
+            "payment.refund_requested",
+            "payment.refunded"
+        ]
+    );
+    let final_view: Value = app.json_of(&format!("/v1/payments/{id}")).await;
+    for (n, delivery) in by_sequence.iter().enumerate() {
+        assert!(delivery.verifies_with(&secret), "{}", delivery.id);
+        assert_eq!(delivery.body["id"], delivery.id.as_str());
+        assert_eq!(delivery.body["data"]["sequence"], n + 1);
+        let snapshot = &delivery.body["data"]["payment"];
+        assert_eq!(snapshot["id"], id);
+        // The snapshot's history ends with the change the event is about.
+        let history = snapshot["history"].as_array().unwrap();
+        assert_eq!(history.len(), n + 1);
+        assert_eq!(history, &final_view["history"].as_array().unwrap()[..=n]);
+        assert_eq!(snapshot["status"], history[n]["status"]);
+        // The feed serves the very bytes that were delivered.
+        let served = app
+            .get(&format!("/v1/events/{}", delivery.id))
+            .await
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(served.as_ref(), delivery.raw.as_slice());
+    }
+    assert_eq!(
+        by_sequence[3].body["data"]["payment"]["bank"]["capture_id"],
+        final_view["bank"]["capture_id"]
+    );
+    assert_eq!(by_sequence[3].body["data"]["previous_status"], "capturing");
+    assert_eq!(by_sequence[0].body["data"]["previous_status"], Value::Null);
+
+    let wrong = SigningSecret::from_bytes(vec![1; 32]);
+    assert!(!got[0].verifies_with(&wrong));
+}
+
+#[tokio::test]
+async fn a_failing_receiver_is_retried_with_the_same_id_and_every_attempt_is_kept() {
+    let app = webhook_app(&[50, 50, 50, 50], 2_000).await;
+    let receiver = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("not now"))
+        .up_to_n_times(2)
+        .with_priority(1)
+        .mount(&receiver)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(204))
+        .with_priority(2)
+        .mount(&receiver)
+        .await;
+    let (_, secret) = app
+        .register(&receiver.uri(), Some(&["payment.created"]))
+        .await;
+    app.create_payment(HAPPY_CARD, 700).await;
+    let got = until(&receiver, |got| got.len() >= 3).await;
+    assert_eq!(got.len(), 3, "one delivery, three attempts");
+    assert!(got.iter().all(|d| d.id == got[0].id), "the same webhook-id");
+    assert!(got.iter().all(|d| d.raw == got[0].raw), "the same body");
+    assert!(got.iter().all(|d| d.verifies_with(&secret)));
+
+    let started = Instant::now();
+    let deliveries = loop {
+        let list = app
+            .json_of(&format!("/v1/events/{}/deliveries", got[0].id))
+            .await;
+        if list["data"][0]["status"] == "delivered" || started.elapsed() > BOUND {
+            break list;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let delivery = &deliveries["data"][0];
+    assert_eq!(delivery["status"], "delivered", "{deliveries}");
+    let attempts = delivery["attempts"].as_array().unwrap();
+    let statuses: Vec<&Value> = attempts.iter().map(|a| &a["response_status"]).collect();
+    assert_eq!(statuses, [&json!(500), &json!(500), &json!(204)]);
+    assert_eq!(attempts[0]["response_body"], "not now");
+    assert_eq!(attempts[0]["attempt"], 1);
+    assert_eq!(attempts[2]["attempt"], 3);
+}
+
+#[tokio::test]
+async fn a_receiver_failing_the_whole_schedule_is_disabled_until_enabled_again() {
+    let app = webhook_app(&[20, 20], 2_000).await;
+    let receiver = receiver_answering(503).await;
+    let (endpoint, _) = app
+        .register(&receiver.uri(), Some(&["payment.created"]))
+        .await;
+    let id = endpoint["id"].as_str().unwrap();
+    let payment: Value = app
+        .create_payment(HAPPY_CARD, 300)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(payment["status"], "authorized", "payments go on meanwhile");
+    let got = until(&receiver, |got| got.len() >= 3).await;
+    let started = Instant::now();
+    let disabled = loop {
+        let read = app.json_of(&format!("/v1/webhook_endpoints/{id}")).await;
+        if read["status"] == "disabled" || started.elapsed() > BOUND {
+            break read;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(disabled["status"], "disabled");
+    assert_eq!(disabled["disabled_reason"], "failing");
+    let deliveries = app
+        .json_of(&format!("/v1/events/{}/deliveries", got[0].id))
+        .await;
+    assert_eq!(deliveries["data"][0]["status"], "failed");
+    assert_eq!(
+        deliveries["data"][0]["attempts"].as_array().unwrap().len(),
+        3
+    );
+    let metrics = app
+        .client
+        .get(app.operator_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gateway_webhook_deliveries_total{outcome=\"failed\"} 1"),
+        "{metrics}"
+    );
+
+    // Events made while it is disabled are not queued for it; the feed has
+    // them. Enabled again and re-sent, the failed one arrives.
+    receiver.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&receiver)
+        .await;
+    app.create_payment(HAPPY_CARD, 301).await;
+    app.post_json(&format!("/v1/webhook_endpoints/{id}/enable"), &json!({}))
+        .await;
+    let resent = app
+        .post_json(&format!("/v1/events/{}/resend", got[0].id), &json!({}))
+        .await;
+    assert_eq!(resent.status(), StatusCode::ACCEPTED);
+    let again = until(&receiver, |got| !got.is_empty()).await;
+    assert_eq!(again[0].id, got[0].id);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        deliveries_count(&receiver).await,
+        1,
+        "nothing else was queued"
+    );
+}
+
+async fn deliveries_count(receiver: &MockServer) -> usize {
+    deliveries(receiver).await.len()
+}
+
+#[tokio::test]
+async fn a_rotated_secret_signs_beside_the_old_one_during_its_grace() {
+    let app = webhook_app(&[100], 2_000).await;
+    let receiver = receiver_answering(200).await;
+    let (endpoint, old) = app
+        .register(&receiver.uri(), Some(&["payment.created"]))
+        .await;
+    let id = endpoint["id"].as_str().unwrap();
+    let rotated: Value = app
+        .post_json(
+            &format!("/v1/webhook_endpoints/{id}/rotate_secret"),
+            &json!({"grace_seconds": 3600}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let new = SigningSecret::parse(rotated["secret"].as_str().unwrap()).unwrap();
+    assert_ne!(new, old);
+    assert!(rotated["previous_secret_expires_at"].is_string());
+    app.create_payment(HAPPY_CARD, 100).await;
+    let got = until(&receiver, |got| !got.is_empty()).await;
+    assert_eq!(
+        got[0].signature.split(' ').count(),
+        2,
+        "{}",
+        got[0].signature
+    );
+    assert!(got[0].verifies_with(&new));
+    assert!(got[0].verifies_with(&old));
+
+    // With no grace, the old secret stops signing at once.
+    let rotated: Value = app
+        .post_json(
+            &format!("/v1/webhook_endpoints/{id}/rotate_secret"),
+            &json!({"grace_seconds": 0}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let newest = SigningSecret::parse(rotated["secret"].as_str().unwrap()).unwrap();
+    app.create_payment(HAPPY_CARD, 101).await;
+    let got = until(&receiver, |got| got.len() >= 2).await;
+    assert_eq!(got[1].signature.split(' ').count(), 1);
+    assert!(got[1].verifies_with(&newest));
+    assert!(!got[1].verifies_with(&new));
+
+    let bad = app
+        .post_json(
+            &format!("/v1/webhook_endpoints/{id}/rotate_secret"),
+            &json!({"grace_seconds": 8 * 86_400}),
+        )
+        .await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn the_events_feed_filters_pages_and_keeps_merchants_apart() {
+    let app = webhook_app(&[100], 2_000).await;
+    let first: Value = app
+        .create_payment(HAPPY_CARD, 100)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = first["id"].as_str().unwrap();
+    app.post(&format!("/v1/payments/{id}/void"), &new_key(), &json!({}))
+        .await;
+    app.create_payment(HAPPY_CARD, 200).await;
+
+    let all = app.json_of("/v1/events?limit=100").await;
+    assert_eq!(all["data"].as_array().unwrap().len(), 6);
+    let of_first = app.json_of(&format!("/v1/events?payment_id={id}")).await;
+    assert_eq!(
+        types(of_first["data"].as_array().unwrap().iter().rev()),
+        [
+            "payment.created",
+            "payment.authorized",
+            "payment.void_requested",
+            "payment.voided"
+        ]
+    );
+    let voided = app.json_of("/v1/events?type=payment.voided").await;
+    assert_eq!(voided["data"].as_array().unwrap().len(), 1);
+
+    let page = app.json_of("/v1/events?limit=4").await;
+    assert_eq!(page["has_more"], true);
+    let last = page["data"][3]["id"].as_str().unwrap();
+    let next = app
+        .json_of(&format!("/v1/events?limit=4&starting_after={last}"))
+        .await;
+    assert_eq!(next["has_more"], false);
+    assert_eq!(next["data"].as_array().unwrap().len(), 2);
+
+    for query in [
+        "type=payment.bogus",
+        "payment_id=nope",
+        "limit=0",
+        "starting_after=evt_x",
+    ] {
+        let response = app.get(&format!("/v1/events?{query}")).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+    }
+    let other = create_key(&app.pool, "otherco").await;
+    let theirs: Value = app.get_as(&other, "/v1/events").await.json().await.unwrap();
+    assert_eq!(theirs["data"], json!([]));
+    let event = all["data"][0]["id"].as_str().unwrap();
+    let foreign = app.get_as(&other, &format!("/v1/events/{event}")).await;
+    assert_eq!(foreign.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn hostile_receivers_cost_an_attempt_and_never_a_payment() {
+    let app = webhook_app(&[60_000], 300).await;
+    let slow = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(5)))
+        .mount(&slow)
+        .await;
+    let huge = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500).set_body_bytes(vec![b'x'; 4 * 1024 * 1024]))
+        .mount(&huge)
+        .await;
+    let target = receiver_answering(200).await;
+    let redirecting = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(307).insert_header("location", format!("{}/x", target.uri())),
+        )
+        .mount(&redirecting)
+        .await;
+    for receiver in [&slow, &huge, &redirecting] {
+        app.register(&receiver.uri(), Some(&["payment.authorized"]))
+            .await;
+    }
+
+    let response = app.create_payment(HAPPY_CARD, 900).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let payment: Value = response.json().await.unwrap();
+    let event = app
+        .json_of(&format!(
+            "/v1/events?type=payment.authorized&payment_id={}",
+            payment["id"].as_str().unwrap()
+        ))
+        .await["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let started = Instant::now();
+    let attempts = loop {
+        let list = app.json_of(&format!("/v1/events/{event}/deliveries")).await;
+        let tried = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| !d["attempts"].as_array().unwrap().is_empty())
+            .count();
+        if tried == 3 || started.elapsed() > BOUND {
+            break list;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut errors = Vec::new();
+    for delivery in attempts["data"].as_array().unwrap() {
+        let attempt = &delivery["attempts"][0];
+        assert_eq!(delivery["status"], "pending", "retried later: {delivery}");
+        if let Some(body) = attempt["response_body"].as_str() {
+            assert!(body.len() <= 1024, "kept {} bytes", body.len());
+        }
+        errors.push((attempt["response_status"].clone(), attempt["error"].clone()));
+    }
+    errors.sort_by_key(|e| e.0.to_string());
+    assert!(errors.contains(&(json!(307), Value::Null)), "{errors:?}");
+    assert!(errors.contains(&(json!(500), Value::Null)), "{errors:?}");
+    assert!(
+        errors.contains(&(Value::Null, json!("timed out"))),
+        "{errors:?}"
+    );
+    assert_eq!(
+        deliveries_count(&target).await,
+        0,
+        "the redirect was not followed"
+    );
+}
+
+#[tokio::test]
+async fn a_flagged_operation_is_published_once() {
+    let app = spawn_app_with(Options {
+        gateway: Some(Box::new(|s| {
+            s.recovery_flag_after_seconds = 0;
+            s.bank_deadline_ms = 300;
+            s.recovery_interval_ms = 50;
+            s.webhook_poll_interval_ms = 20;
+        })),
+        proxy: true,
+        ..Options::default()
+    })
+    .await;
+    let receiver = receiver_answering(200).await;
+    app.register(&receiver.uri(), Some(&["payment.flagged"]))
+        .await;
+    // Every answer from the bank is lost: the authorization stays unknown.
+    let proxy = app.proxy.as_ref().unwrap();
+    proxy.inject(
+        "POST",
+        "/api/v1/authorizations",
+        10_000,
+        bank_tap::Fault::After(bank_tap::Canned::html(502)),
+    );
+    let response = app.create_payment(HAPPY_CARD, 400).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let payment: Value = response.json().await.unwrap();
+    let got = until(&receiver, |got| !got.is_empty()).await;
+    assert_eq!(got[0].body["type"], "payment.flagged");
+    assert_eq!(got[0].body["data"]["flag"]["operation"], "authorize");
+    assert_eq!(got[0].body["data"]["payment"]["id"], payment["id"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(deliveries_count(&receiver).await, 1, "flagged once");
+}
