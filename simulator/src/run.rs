@@ -40,6 +40,11 @@ use crate::stats::millis;
 pub const OPENING_BALANCE: i64 = 10_000_000;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// One HTTP attempt of a simulation's gateway at the bank, at most (its
+/// `--bank-attempt-timeout-ms` below): after it the gateway has hung up,
+/// whenever the bank (or the tap in front of it) notices.
+pub const BANK_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1_000);
+
 /// How long a simulation's gateways wait for an authorization's client.
 pub const AUTHORIZATION_GRACE_MS: u64 = 8_000;
 
@@ -726,6 +731,7 @@ impl Session {
         let us = |at: Instant| {
             u64::try_from(at.saturating_duration_since(started).as_micros()).unwrap_or(u64::MAX)
         };
+        let given_up = |sent: Instant| sent + BANK_ATTEMPT_TIMEOUT;
         Some(
             tap.forwarded()
                 .into_iter()
@@ -734,7 +740,11 @@ impl Session {
                     key: f.key,
                     caller: f.caller,
                     started_us: us(f.started),
-                    ended_us: f.ended.map(us),
+                    // The caller's side of the call: the tap learns of a
+                    // hang-up only when the bank answers.
+                    ended_us: Some(us(f
+                        .ended
+                        .map_or(given_up(f.started), |ended| ended.min(given_up(f.started))))),
                 })
                 .collect(),
         )
@@ -1208,5 +1218,19 @@ async fn show_progress(
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_attempt_timeout_the_checks_assume_is_the_one_the_gateways_get() {
+        let passed = GATEWAY_SETTINGS
+            .iter()
+            .find(|(flag, _)| *flag == "--bank-attempt-timeout-ms")
+            .map(|(_, value)| value.parse::<u128>().unwrap());
+        assert_eq!(passed, Some(BANK_ATTEMPT_TIMEOUT.as_millis()));
     }
 }
