@@ -380,9 +380,10 @@ impl Settings {
                 self.operator_port
             ));
         }
-        if self.lease_ms <= self.bank_deadline_ms {
+        let margin_ms = u64::try_from(crate::payments::LEASE_MARGIN.as_millis()).unwrap_or(0);
+        if self.lease_ms < self.bank_deadline_ms.saturating_add(margin_ms) {
             return Err(format!(
-                "LEASE_MS ({}) must exceed BANK_DEADLINE_MS ({}), or a slow request would be overtaken by its own retry",
+                "LEASE_MS ({}) must be at least BANK_DEADLINE_MS ({}) plus {margin_ms}, or a bank call could outlive its lease and meet its own retry at the bank",
                 self.lease_ms, self.bank_deadline_ms
             ));
         }

@@ -48,6 +48,10 @@ use crate::store::payments::{self, Settlement, StartAuthorization, Started, Tran
 
 use start::Start;
 
+/// What a lease must still have, beyond the bank deadline, when a bank
+/// call starts: the round trips around the call.
+pub const LEASE_MARGIN: Duration = Duration::from_millis(500);
+
 /// How long a request may work on a key or an operation before another
 /// may take over, how soon an unknown outcome is tried again, and how long
 /// an unfinished authorization waits for its client before it is given up.
@@ -189,7 +193,10 @@ impl Gateway {
             Start::Call(call) => call,
         };
         self.faults.hit(Point::IntentCommitted).await?;
-        if !self.still_holds(&call.operation, call.leased_at).await? {
+        if !self
+            .lease_covers_call(&call.operation, call.leased_at)
+            .await?
+        {
             // Paused past the lease: whoever took the operation over calls
             // the bank, not this request. Its key answers once they are done.
             return Err(ClaimError::InUse.into());
@@ -199,27 +206,37 @@ impl Gateway {
         self.settle(&call.operation, resolution, call.known).await
     }
 
-    /// Whether this process still holds the operation's lease, taken at
-    /// `leased_at`. Within the first half of the lease it surely does (no
-    /// query); a caller that has been slower (paused, starved) than that
-    /// asks the database before calling the bank, so that two callers with
-    /// one bank key do not overlap.
-    async fn still_holds(
+    /// Whether this caller (this task, not merely this process) holds the
+    /// operation's lease, taken at `leased_at` with `operation.lease_until`
+    /// as its token, for as long as a whole bank call can take from now
+    /// (the bank deadline and a margin), so that two callers with one bank
+    /// key never overlap. While the lease surely covers it, no query; past
+    /// that (a caller that was paused or starved), the lease is renewed in
+    /// the database, only if this process still holds it.
+    async fn lease_covers_call(
         &self,
         operation: &operations::OperationRecord,
         leased_at: std::time::Instant,
     ) -> Result<bool, Error> {
-        if leased_at.elapsed() < self.leases.lease / 2 {
+        let call = self.bank.policy().deadline + LEASE_MARGIN;
+        if leased_at.elapsed() + call <= self.leases.lease {
             return Ok(true);
         }
         let mut conn = self.pool.acquire().await?;
-        let held = operations::still_held(&mut conn, operation.id, self.instance).await?;
-        if !held {
+        let renewed = operations::renew_lease(
+            &mut conn,
+            operation.id,
+            operation.lease_until,
+            self.leases.lease,
+        )
+        .await?
+        .is_some();
+        if !renewed {
             metrics::counter!("gateway_leases_lost_total", "kind" => operation.kind.as_str())
                 .increment(1);
             tracing::warn!(operation_id = %operation.id, "the operation's lease ran out before the bank call; leaving it to its new holder");
         }
-        Ok(held)
+        Ok(renewed)
     }
 
     /// A lease held by this process.

@@ -34,6 +34,9 @@ impl Gateway {
     /// Claims operations whose outcome is unknown and whose lease ran out,
     /// asks the bank again with each one's own key, and records the answer.
     pub async fn recover_due(&self, batch: i64) -> Result<Pass, Error> {
+        // Before the claim is sent: the lease runs from the database's
+        // now() inside it, never earlier than this.
+        let leased_at = Instant::now();
         let (claimed, claimed_at) = {
             let mut tx = self.pool.begin().await?;
             let ignore_leases = self.faults.mutant(Mutant::WorkerIgnoresLeases);
@@ -45,7 +48,6 @@ impl Gateway {
         if !claimed.is_empty() {
             self.faults.hit(Point::RecoveryClaimed).await?;
         }
-        let leased_at = Instant::now();
         let mut pass = Pass {
             claimed: claimed.len(),
             ..Pass::default()
@@ -76,7 +78,7 @@ impl Gateway {
         claimed_at: DateTime<Utc>,
         leased_at: Instant,
     ) -> Result<bool, Error> {
-        if !self.still_holds(operation, leased_at).await? {
+        if !self.lease_covers_call(operation, leased_at).await? {
             return Ok(false);
         }
         tracing::info!(

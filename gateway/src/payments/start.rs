@@ -50,6 +50,7 @@ impl Gateway {
         fingerprint: &Fingerprint,
         command: &AuthorizeCommand,
     ) -> Result<Start, Error> {
+        let leased_at = Instant::now();
         let started = self
             .starts
             .submit(StartAuthorization {
@@ -72,7 +73,7 @@ impl Gateway {
             operation: started.operation,
             known: Some((started.payment.clone(), started.history)),
             payment: started.payment,
-            leased_at: Instant::now(),
+            leased_at,
         })))
     }
 
@@ -116,6 +117,8 @@ impl Gateway {
         action: Action,
         amount: Option<Amount>,
     ) -> Result<Option<Start>, Error> {
+        // The lease runs from the transaction's now(), never earlier.
+        let leased_at = Instant::now();
         let mut tx = self.pool.begin().await?;
         let lock = !self.faults.mutant(Mutant::NoRowLockOnStart);
         let (payment, expiry_due) =
@@ -139,7 +142,10 @@ impl Gateway {
         let requested = action.requested();
         let start = match payments::apply(&mut tx, &payment, requested, &BankFacts::default()).await
         {
-            Ok(in_flight) => self.record_intent(&mut tx, &new, in_flight, action).await?,
+            Ok(in_flight) => {
+                self.record_intent(&mut tx, &new, in_flight, action, leased_at)
+                    .await?
+            }
             Err(TransitionError::Refused(refused)) => {
                 tracing::info!(%refused, "state machine refused the operation; the bank is not called");
                 let reply = reply::refused(&payment, refused)?;
@@ -170,6 +176,7 @@ impl Gateway {
         new: &New<'_>,
         in_flight: PaymentRecord,
         action: Action,
+        leased_at: Instant,
     ) -> Result<Option<Start>, Error> {
         let operation = operations::insert(tx, in_flight.id, action.kind(), self.lease()).await?;
         let keyed = idempotency::insert_for_operation(
@@ -186,7 +193,7 @@ impl Gateway {
             operation,
             payment: in_flight,
             known: None,
-            leased_at: Instant::now(),
+            leased_at,
         }))))
     }
 
@@ -214,6 +221,7 @@ impl Gateway {
         else {
             return Err(Error::Invariant("a key in progress has no operation"));
         };
+        let leased_at = Instant::now();
         let mut tx = self.pool.begin().await?;
         let payment = payments::lock_by_id(&mut tx, payment_id)
             .await?
@@ -236,7 +244,8 @@ impl Gateway {
             ));
         }
         idempotency::take_lease(&mut tx, merchant, key, self.lease()).await?;
-        operations::take_lease(&mut tx, operation.id, self.lease()).await?;
+        let mut operation = operation;
+        operation.lease_until = operations::take_lease(&mut tx, operation.id, self.lease()).await?;
         tx.commit().await?;
         metrics::counter!("gateway_operations_resumed_total", "kind" => operation.kind.as_str())
             .increment(1);
@@ -244,7 +253,7 @@ impl Gateway {
             operation,
             payment,
             known: None,
-            leased_at: Instant::now(),
+            leased_at,
         })))
     }
 

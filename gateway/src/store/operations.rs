@@ -122,36 +122,46 @@ pub async fn lock_pending_of(
     .await
 }
 
-/// Whether `holder` still holds the operation's lease, by the database's
-/// clock: a caller that was paused re-checks before it calls the bank.
-pub async fn still_held(
+/// Extends a lease to `lease` from now, by the database's clock, only if
+/// it is still the one taken when `lease_until` was written: not run out,
+/// and not taken since by anyone, another task of this process included
+/// (every take writes a later `lease_until`, so it fences like a token).
+/// The new `lease_until`, or `None` if the lease is lost.
+pub async fn renew_lease(
     conn: &mut PgConnection,
     id: Uuid,
-    holder: Uuid,
-) -> Result<bool, sqlx::Error> {
+    lease_until: DateTime<Utc>,
+    lease: Duration,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM operations \
-         WHERE id = $1 AND status = 'pending' AND leased_by = $2 AND lease_until > now())",
+        "UPDATE operations SET lease_until = now() + $3 \
+         WHERE id = $1 AND status = 'pending' AND lease_until = $2 AND lease_until > now() \
+         RETURNING lease_until",
     )
     .bind(id)
-    .bind(holder)
-    .fetch_one(conn)
+    .bind(lease_until)
+    .bind(lease)
+    .fetch_optional(conn)
     .await
 }
 
 /// Takes the (expired) lease: whoever holds it may call the bank.
+/// Returns the new `lease_until`, the lease's fencing token (see
+/// [`renew_lease`]).
 pub async fn take_lease(
     conn: &mut PgConnection,
     id: Uuid,
     lease: Lease,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE operations SET lease_until = now() + $2, leased_by = $3 WHERE id = $1")
-        .bind(id)
-        .bind(lease.duration)
-        .bind(lease.holder)
-        .execute(conn)
-        .await?;
-    Ok(())
+) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE operations SET lease_until = now() + $2, leased_by = $3 WHERE id = $1 \
+         RETURNING lease_until",
+    )
+    .bind(id)
+    .bind(lease.duration)
+    .bind(lease.holder)
+    .fetch_one(conn)
+    .await
 }
 
 /// The bank answered for good: the operation is over.

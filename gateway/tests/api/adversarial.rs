@@ -213,7 +213,7 @@ async fn a_retried_capture_key_answers_its_capture_while_a_refund_is_pending() {
 
 #[tokio::test]
 async fn a_request_paused_past_its_lease_cannot_change_the_answer_given_meanwhile() {
-    let app = proxied(|s| s.lease_ms = 1_000).await;
+    let app = proxied(|s| s.lease_ms = 1_100).await;
     let body = payment_body(HAPPY_CARD, 1_500, "ord_p", "cus_p");
     let k1 = new_key();
     app.faults.arm("bank_answered=1*pause").unwrap();
@@ -260,6 +260,49 @@ async fn a_request_paused_past_its_lease_cannot_change_the_answer_given_meanwhil
         "the stored answer is unchanged"
     );
     assert_eq!(app.bank_count("authorizations").await, 1);
+}
+
+#[tokio::test]
+async fn a_worker_paused_past_its_lease_never_calls_the_bank_beside_its_successor() {
+    let app = proxied(|_| {}).await;
+    let payment = app.authorized(HAPPY_CARD, 900).await;
+    let id = payment["id"].as_str().unwrap();
+    let capture_path = format!("/v1/payments/{id}/capture");
+    let k2 = new_key();
+    // Every answer of the capture's attempts is lost: 202, left to recovery.
+    proxy(&app).inject("POST", "/api/v1/captures", 3, lost());
+    app.faults.arm("recovery_claimed=1*pause").unwrap();
+    let pending = post(&app, &capture_path, &k2, &Value::Null).await;
+    assert_eq!(pending.status, StatusCode::ACCEPTED);
+    while app.faults.fired(Point::RecoveryClaimed) == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The worker claimed the capture and stalls; once its lease has run
+    // out, the client's retry takes the operation over and finishes it.
+    let captured = post_until_free(&app, &capture_path, &k2, &Value::Null).await;
+    assert_eq!(captured.status, StatusCode::OK);
+    let calls = proxy(&app).reached("/api/v1/captures");
+
+    app.faults.disarm(Point::RecoveryClaimed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        proxy(&app).reached("/api/v1/captures"),
+        calls,
+        "the stalled worker called the bank with a lease it had lost"
+    );
+    let lost_leases = app
+        .client
+        .get(app.operator_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        lost_leases.contains("gateway_leases_lost_total{kind=\"capture\"}"),
+        "{lost_leases}"
+    );
 }
 
 #[tokio::test]
