@@ -41,6 +41,10 @@ pub const KEY_RETENTION: Duration = Duration::from_secs(15);
 /// A key is sent again only while this much of its retention is left:
 /// the client's clock and the gateway's purge are not in lockstep.
 const RETENTION_MARGIN: Duration = Duration::from_secs(2);
+/// A hedger sends a key again when its request has not answered in this
+/// long: past the gateway's bank deadline (3 s), so only a request that is
+/// stuck (paused, or its process gone) is hedged.
+pub const HEDGE_AFTER: Duration = Duration::from_millis(3_500);
 /// Late replays come this long after the flow, at most.
 pub const LATE_REPLAY_MAX: Duration = Duration::from_millis(3_000);
 
@@ -250,6 +254,34 @@ pub struct FlowRecord {
     /// When a restarter gave up on its first authorization (answered 202).
     #[serde(skip)]
     pub restarted_at: Option<Instant>,
+    /// A hedger's first attempts still out when it went on without them.
+    #[serde(skip)]
+    pub hedged: Hedged,
+}
+
+/// Attempts a flow went on without; their answers join the flow's at its end.
+#[derive(Debug, Clone, Default)]
+pub struct Hedged(std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<Exchange>>>>);
+
+impl Hedged {
+    fn push(&self, attempt: tokio::task::JoinHandle<Exchange>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(attempt);
+    }
+
+    /// Every hedged attempt's answer, once each has one.
+    async fn answers(&self) -> Vec<Exchange> {
+        let out: Vec<_> = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut answers = Vec::with_capacity(out.len());
+        for attempt in out {
+            if let Ok(exchange) = attempt.await {
+                answers.push(exchange);
+            }
+        }
+        answers
+    }
 }
 
 impl FlowRecord {
@@ -396,27 +428,52 @@ impl Driver {
 
     /// One attempt, at the next replica.
     async fn attempt(&self, merchant: u8, request: &Request) -> Exchange {
+        self.attempt_owned(merchant, request).await
+    }
+
+    /// [`Self::attempt`] as a future that borrows nothing, to be spawned.
+    fn attempt_owned(
+        &self,
+        merchant: u8,
+        request: &Request,
+    ) -> impl std::future::Future<Output = Exchange> + Send + 'static {
         let url = self.next_url(&request.path);
         let at = self.started.elapsed();
-        let sent = Instant::now();
-        let result = self
+        let post = self
             .http
             .post(&url)
             .bearer_auth(self.key_of(merchant))
             .header(CONTENT_TYPE, "application/json")
             .header("Idempotency-Key", &request.key)
-            .body(request.body.clone())
-            .send()
-            .await;
-        let answer = answer(result).await;
-        Exchange {
-            op: request.op,
-            key: request.key.clone(),
-            variant: request.variant,
-            merchant,
-            at_ms: millis(at),
-            latency_us: micros(sent.elapsed()),
-            answer,
+            .body(request.body.clone());
+        let (op, key, variant) = (request.op, request.key.clone(), request.variant);
+        async move {
+            let sent = Instant::now();
+            let answer = answer(post.send().await).await;
+            Exchange {
+                op,
+                key,
+                variant,
+                merchant,
+                at_ms: millis(at),
+                latency_us: micros(sent.elapsed()),
+                answer,
+            }
+        }
+    }
+
+    /// A hedger's first attempt of a key: the answer if it comes within
+    /// [`HEDGE_AFTER`]; otherwise the attempt is left running (its answer
+    /// joins the flow's at the end) and `None` says to send the key again.
+    async fn hedged_attempt(&self, record: &FlowRecord, request: &Request) -> Option<Exchange> {
+        let mut first = tokio::spawn(self.attempt_owned(record.plan.merchant, request));
+        match tokio::time::timeout(HEDGE_AFTER, &mut first).await {
+            Ok(Ok(exchange)) => Some(exchange),
+            Ok(Err(_)) => None,
+            Err(_) => {
+                record.hedged.push(first);
+                None
+            }
         }
     }
 
@@ -452,7 +509,18 @@ impl Driver {
             {
                 record.still_unanswered(&request.key, request.variant);
             }
-            let exchange = self.attempt(record.plan.merchant, request).await;
+            let first_of_key = !record
+                .exchanges
+                .iter()
+                .any(|e| e.key == request.key && e.variant == request.variant);
+            let exchange = if record.plan.client == ClientKind::Hedger && first_of_key {
+                match self.hedged_attempt(record, request).await {
+                    Some(exchange) => exchange,
+                    None => continue,
+                }
+            } else {
+                self.attempt(record.plan.merchant, request).await
+            };
             record.learn_payment(&exchange);
             record.exchanges.push(exchange.clone());
             if exchange.is_final() {
@@ -511,7 +579,10 @@ impl Driver {
             }
             Duplicate::None | Duplicate::Concurrent(_) | Duplicate::Sequential(_) => {
                 let patient = record.plan.client == ClientKind::Patient;
-                let answer = self.until_final(record, &request, !patient).await;
+                let watch = self.watch(record);
+                let (answer, watched) =
+                    futures_util::join!(self.until_final(record, &request, !patient), watch);
+                record.reads.extend(watched);
                 match answer {
                     Some(pending) if pending.status() == Some(202) => {
                         left_alone.push(request.clone());
@@ -584,6 +655,23 @@ impl Driver {
             .get(record.plan.merchant, ReadKind::Read, &id, after)
             .await;
         record.reads.push(read);
+    }
+
+    /// For a plan with reads, a read of the payment while the step's
+    /// request is in flight (a little after it is sent, about when the
+    /// bank answers): a read must never show a payment half moved.
+    fn watch(&self, record: &FlowRecord) -> impl std::future::Future<Output = Option<Read>> + '_ {
+        let target = record
+            .plan
+            .reads
+            .then(|| record.payment_id.clone())
+            .flatten();
+        let merchant = record.plan.merchant;
+        async move {
+            let id = target?;
+            tokio::time::sleep(Duration::from_millis(rand::random_range(0..=100))).await;
+            Some(self.get(merchant, ReadKind::Read, &id, "during").await)
+        }
     }
 
     /// One GET of a payment (or, for a list, of the order `id`), at the
@@ -670,6 +758,7 @@ impl Driver {
             answered_at: Vec::new(),
             unanswered_at: Vec::new(),
             restarted_at: None,
+            hedged: Hedged::default(),
         };
         let authorize = self.authorization(&mut record);
         let mut left_alone = Vec::new();
@@ -712,10 +801,9 @@ impl Driver {
             | PlanKind::CaptureRefundRace
             | PlanKind::VoidRefundRace => (card.card_number.clone(), card.cvv.clone(), plan.amount),
         };
-        if !matches!(
-            plan.kind,
-            PlanKind::BadAmount | PlanKind::BadCard | PlanKind::UnknownCard
-        ) {
+        // A bad amount is sent with a run's own card: its key reused with
+        // another body (amount 1) authorizes against it.
+        if !matches!(plan.kind, PlanKind::BadCard | PlanKind::UnknownCard) {
             record.card_number = Some(number.clone());
         }
         record.sent_card = (number.clone(), cvv.clone());
@@ -915,6 +1003,12 @@ impl Driver {
         }
         if record.plan.late_replay {
             self.replay_late(record).await;
+        }
+        // A hedger's slower answers, last: they are answers to the same
+        // keys, and must agree with the ones the flow went on with.
+        for exchange in record.hedged.answers().await {
+            record.learn_payment(&exchange);
+            record.exchanges.push(exchange);
         }
     }
 

@@ -200,6 +200,12 @@ pub enum ClientKind {
     /// with a new key and the card, voiding the first payment should it
     /// turn out authorized; sends the first key again at the end.
     Restarter,
+    /// When a request has not answered within [`crate::driver::HEDGE_AFTER`],
+    /// sends the same key again to another replica without hanging up on
+    /// the first, goes on with whichever answers finally first, and keeps
+    /// the slower answer when it comes: two holders of one key, one of
+    /// them past its lease.
+    Hedger,
 }
 
 /// A client's mistake the gateway must answer without changing anything.
@@ -362,6 +368,7 @@ fn client_kind() -> impl Strategy<Value = ClientKind> {
         6 => Just(ClientKind::Patient),
         2 => Just(ClientKind::Poller),
         1 => Just(ClientKind::Restarter),
+        2 => Just(ClientKind::Hedger),
     ]
 }
 
@@ -392,7 +399,7 @@ fn replica_faults() -> impl Strategy<Value = ReplicaFaults> {
     };
     (
         choose("intent_committed", &["3%sleep(6000)"]),
-        choose("bank_answered", &["3%sleep(6000)", "1%abort"]),
+        choose("bank_answered", &["3%sleep(7000)", "1%abort"]),
         choose("outcome_before_commit", &["2%sleep(800)", "1%abort"]),
         choose("batch_before_write", &["2%sleep(300)"]),
         choose("recovery_claimed", &["10%sleep(6000)"]),
@@ -757,6 +764,7 @@ impl fmt::Display for PaymentPlan {
             ClientKind::Patient => {}
             ClientKind::Poller => f.write_str(" poller")?,
             ClientKind::Restarter => f.write_str(" restarter")?,
+            ClientKind::Hedger => f.write_str(" hedger")?,
         }
         match self.misuse {
             Misuse::None => {}

@@ -104,6 +104,7 @@ fn world() -> Observations {
             answered_at: vec![],
             unanswered_at: vec![],
             restarted_at: None,
+            hedged: Default::default(),
         }],
         receipts: vec![vec![receipt(
             "captured",
