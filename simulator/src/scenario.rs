@@ -368,7 +368,7 @@ fn client_kind() -> impl Strategy<Value = ClientKind> {
         6 => Just(ClientKind::Patient),
         2 => Just(ClientKind::Poller),
         1 => Just(ClientKind::Restarter),
-        2 => Just(ClientKind::Hedger),
+        3 => Just(ClientKind::Hedger),
     ]
 }
 
@@ -399,7 +399,12 @@ fn replica_faults() -> impl Strategy<Value = ReplicaFaults> {
     };
     (
         choose("intent_committed", &["3%sleep(6000)"]),
-        choose("bank_answered", &["3%sleep(7000)", "1%abort"]),
+        // Always armed: a request that holds the bank's answer past its
+        // lease is what a hedging client's second copy overtakes.
+        prop_oneof![
+            2 => Just(Some("bank_answered=8%sleep(7000)".to_owned())),
+            1 => Just(Some("bank_answered=1%abort".to_owned())),
+        ],
         choose("outcome_before_commit", &["2%sleep(800)", "1%abort"]),
         choose("batch_before_write", &["2%sleep(300)"]),
         choose("recovery_claimed", &["10%sleep(6000)"]),
