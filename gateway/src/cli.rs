@@ -1,5 +1,6 @@
 //! The `gateway` command line: `serve` (the default), `migrate`,
-//! `api-key create|list|revoke`, `reconcile`, `state-diagram`.
+//! `api-key create|list|revoke`, `reconcile`, `webhooks resend`,
+//! `state-diagram`.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -60,6 +61,29 @@ pub enum Command {
     /// Compare recent payments with the bank; move receipts that are behind
     /// it forward, report mismatches. Exits 1 if any is left over.
     Reconcile(crate::reconcile::cli::ReconcileArgs),
+    /// Webhook deliveries.
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Send an event again (same webhook-id): to one endpoint, or to every
+    /// enabled endpoint of its merchant that wants its type. A running
+    /// gateway's workers deliver it at once. Prints one line per delivery
+    /// queued: the endpoint and its URL.
+    Resend {
+        /// The event's id (`evt_…`), from `GET /v1/events` or a delivery.
+        #[arg(value_name = "EVENT_ID")]
+        event: String,
+        /// Only to this endpoint (`we_…`).
+        #[arg(long, value_name = "ENDPOINT_ID")]
+        endpoint: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -173,7 +197,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ApiKey {
             command: ApiKeyCommand::Revoke { key, database },
         } => api_key_revoke(&database, &key).await,
+        Command::Webhooks {
+            command:
+                WebhooksCommand::Resend {
+                    event,
+                    endpoint,
+                    database,
+                },
+        } => webhooks_resend(&database, &event, endpoint.as_deref()).await,
     }
+}
+
+async fn webhooks_resend(
+    database: &DatabaseArgs,
+    event: &str,
+    endpoint: Option<&str>,
+) -> anyhow::Result<()> {
+    use crate::domain::{EndpointId, EventId};
+    let event = EventId::parse(event).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let endpoint = endpoint
+        .map(|raw| EndpointId::parse(raw).map_err(|e| anyhow::anyhow!("{e}")))
+        .transpose()?;
+    let pool = store::connect(
+        &database.database_url,
+        1,
+        std::time::Duration::from_secs(10),
+    )
+    .await?;
+    let mut conn = pool.acquire().await?;
+    let Some(merchant) = store::events::merchant_of(&mut conn, event).await? else {
+        anyhow::bail!("no event {event}");
+    };
+    let queued = store::webhooks::resend(&mut conn, merchant, event, endpoint).await?;
+    if queued.is_empty() {
+        anyhow::bail!("no enabled endpoint to send {event} to; nothing was queued");
+    }
+    for delivery in store::webhooks::deliveries_of(&mut conn, event).await? {
+        if queued.contains(&delivery.id) {
+            let endpoint = store::webhooks::endpoint_url(&mut conn, delivery.endpoint_id).await?;
+            println!(
+                "{}\t{endpoint}",
+                EndpointId::from_uuid(delivery.endpoint_id)?
+            );
+        }
+    }
+    eprintln!("gateway: {event} queued for {} endpoint(s)", queued.len());
+    Ok(())
 }
 
 async fn api_key_list(database: &DatabaseArgs, merchant: Option<&str>) -> anyhow::Result<()> {

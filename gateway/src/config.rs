@@ -181,7 +181,8 @@ pub struct Settings {
     pub webhook_secret_key: Option<Secret>,
     /// Lets endpoints use plain http and private or loopback addresses:
     /// for tests, the simulator and local development only.
-    #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE_URLS", default_value_t = false)]
+    #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE_URLS", default_value_t = false,
+        action = clap::ArgAction::Set)]
     pub webhook_allow_private_urls: bool,
     /// One delivery attempt, from connecting to the last byte read.
     #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]

@@ -150,6 +150,7 @@ fn own_stack_options(args: &BenchArgs, concurrency: usize) -> StackOptions {
             // (one key sends every request).
             args: vec!["--rate-limit-per-second".into(), "0".into()],
             fingerprint_secret: gateway::idempotency::Secret::random(),
+            webhook_secret_key: gateway::idempotency::Secret::random(),
         }),
     };
     StackOptions {

@@ -72,6 +72,9 @@ pub struct GatewayOptions {
     /// must share it. Passed in the environment, not on the command line
     /// (which `ps` shows).
     pub fingerprint_secret: Secret,
+    /// The key webhook secrets derive from: shared by gateways on one
+    /// database like the fingerprint's. In the environment too.
+    pub webhook_secret_key: Secret,
 }
 
 impl GatewayOptions {
@@ -87,6 +90,7 @@ impl GatewayOptions {
             env: Vec::new(),
             args: Vec::new(),
             fingerprint_secret: Secret::random(),
+            webhook_secret_key: Secret::random(),
         }
     }
 }
@@ -127,6 +131,7 @@ impl GatewayProcess {
         command
             .envs(options.env.iter().map(|(k, v)| (k, v)))
             .env("FINGERPRINT_SECRET", options.fingerprint_secret.expose())
+            .env("WEBHOOK_SECRET_KEY", options.webhook_secret_key.expose())
             .args(["gateway", "serve"])
             .arg("--database-url")
             .arg(database_url)

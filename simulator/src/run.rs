@@ -53,7 +53,7 @@ pub const AUTHORIZATION_GRACE_MS: u64 = 8_000;
 /// keys kept only seconds after their answer (clients replay within that),
 /// so that a purge that counts from the wrong moment is seen; and no
 /// background reconciliation (it would repair what the checks must see).
-pub const GATEWAY_SETTINGS: [(&str, &str); 12] = [
+pub const GATEWAY_SETTINGS: [(&str, &str); 13] = [
     ("--bank-attempt-timeout-ms", "1000"),
     ("--authorization-grace-ms", "8000"),
     ("--idempotency-retention-seconds", "15"),
@@ -66,6 +66,8 @@ pub const GATEWAY_SETTINGS: [(&str, &str); 12] = [
     ("--circuit-open-ms", "1000"),
     ("--reconcile-interval-ms", "0"),
     ("--shutdown-grace-seconds", "5"),
+    // The run's webhook receiver listens on loopback.
+    ("--webhook-allow-private-urls", "true"),
 ];
 
 /// Settings passed only when this gateway build has them: the simulated
@@ -205,6 +207,7 @@ impl Replicas {
         let args = gateway_args(run.program.as_ref())?;
         // One secret for every replica: a key retried on another must match.
         let secret = gateway::idempotency::Secret::random();
+        let webhook_key = gateway::idempotency::Secret::random();
         for i in 0..count.max(1) {
             let output = if run.verbose {
                 GatewayOutput::Inherit
@@ -219,6 +222,7 @@ impl Replicas {
                 .args
                 .extend(replica_faults(scenario, i, run.mutant.as_deref()));
             options.fingerprint_secret = secret.clone();
+            options.webhook_secret_key = webhook_key.clone();
             let process = GatewayProcess::spawn(database_url, bank_url, &options)?;
             replicas.processes.push(process);
             replicas.options.push(options);

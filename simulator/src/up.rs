@@ -24,6 +24,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         },
         gateway: Some(GatewayOptions {
             operator_port: args.operator_port,
+            // A checkout developer's receiver runs on this machine.
+            args: vec!["--webhook-allow-private-urls".into(), "true".into()],
             ..GatewayOptions::new(args.gateway_port, output)
         }),
     };

@@ -156,6 +156,18 @@ pub async fn exists(
         .await
 }
 
+/// The merchant an event belongs to, for an operator's command.
+pub async fn merchant_of(
+    conn: &mut PgConnection,
+    id: EventId,
+) -> Result<Option<MerchantId>, sqlx::Error> {
+    let merchant: Option<Uuid> = sqlx::query_scalar("SELECT merchant_id FROM events WHERE id = $1")
+        .bind(id.as_uuid())
+        .fetch_optional(conn)
+        .await?;
+    Ok(merchant.map(MerchantId::from_uuid))
+}
+
 /// Publishes `payment.flagged` once for each operation unresolved for
 /// longer than `flag_after` (at most `limit` per call), with fan-out to the
 /// endpoints, in one transaction. The payments are locked first, in a

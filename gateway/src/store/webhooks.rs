@@ -160,6 +160,13 @@ pub async fn change_endpoint(
     Ok(record)
 }
 
+pub async fn endpoint_url(conn: &mut PgConnection, id: Uuid) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT url FROM webhook_endpoints WHERE id = $1")
+        .bind(id)
+        .fetch_one(conn)
+        .await
+}
+
 /// A new secret (salt); the old one keeps signing for `grace`.
 pub async fn rotate_secret(
     conn: &mut PgConnection,

@@ -674,3 +674,114 @@ async fn a_flagged_operation_is_published_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(deliveries_count(&receiver).await, 1, "flagged once");
 }
+
+/// The outbox through a `kill -9`: changes committed while the receiver is
+/// down, the process killed before it could deliver them, a new process on
+/// the same database delivers every one, signed with the same secret; and
+/// `gateway webhooks resend` sends one again.
+#[tokio::test]
+async fn no_event_is_lost_when_the_gateway_dies_between_a_change_and_its_delivery() {
+    use crate::crash::harness::{Rig, SERIAL, payment};
+    let _serial = SERIAL.lock().await;
+    let rig = Rig::new(None, None).await;
+    rig.set_chaos(
+        json!({"min_latency_ms": 0, "max_latency_ms": 0, "timeout_rate": 0.0,
+        "failure_rate": 0.0, "outage_seconds": 0}),
+    )
+    .await;
+    let receiver = receiver_answering(503).await;
+    let key = gateway::idempotency::Secret::random();
+    let schedule = vec!["100"; 100].join(",");
+    let launch = rig
+        .launch()
+        .set("WEBHOOK_SECRET_KEY", key.expose())
+        .set("WEBHOOK_ALLOW_PRIVATE_URLS", "true")
+        .set("WEBHOOK_RETRY_SCHEDULE_MS", schedule)
+        .set("WEBHOOK_POLL_INTERVAL_MS", 20);
+    let mut first = launch.start().await;
+    let registered: Value = rig
+        .client
+        .post(format!("{}/v1/webhook_endpoints", first.base()))
+        .bearer_auth(&rig.api_key)
+        .json(&json!({"url": receiver.uri()}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = SigningSecret::parse(registered["secret"].as_str().unwrap()).unwrap();
+    for n in 0..5 {
+        let answer = rig
+            .post(
+                &first.base(),
+                "/v1/payments",
+                &new_key(),
+                &payment(HAPPY_CARD, 100, n),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::CREATED);
+        let id = answer.body["id"].as_str().unwrap();
+        let path = format!("/v1/payments/{id}/capture");
+        let captured = rig.post(&first.base(), &path, &new_key(), &json!({})).await;
+        assert_eq!(captured.unwrap().status, StatusCode::OK);
+    }
+    first.kill9().await;
+    let made: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM events ORDER BY id")
+        .fetch_all(&rig.pool)
+        .await
+        .unwrap();
+    assert_eq!(made.len(), 20, "four changes for each of five payments");
+
+    receiver.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&receiver)
+        .await;
+    let second = launch.start().await;
+    let expected: std::collections::BTreeSet<String> = made
+        .iter()
+        .map(|id| format!("evt_{}", id.hyphenated()))
+        .collect();
+    let got = until(&receiver, |got| {
+        let ids: std::collections::BTreeSet<&str> = got.iter().map(|d| d.id.as_str()).collect();
+        expected.iter().all(|id| ids.contains(id.as_str()))
+    })
+    .await;
+    for delivery in &got {
+        assert!(
+            expected.contains(&delivery.id),
+            "an event that was never made"
+        );
+        assert!(delivery.verifies_with(&secret), "{}", delivery.id);
+    }
+
+    let event = expected.iter().next().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "webhooks",
+            "resend",
+            event,
+            "--database-url",
+            &rig.database_url,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.starts_with(registered["id"].as_str().unwrap()),
+        "{stdout}"
+    );
+    let before = got.iter().filter(|d| &d.id == event).count();
+    until(&receiver, |got| {
+        got.iter().filter(|d| &d.id == event).count() > before
+    })
+    .await;
+    drop(second);
+}
