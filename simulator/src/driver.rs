@@ -585,6 +585,12 @@ impl Driver {
                 record.reads.extend(watched);
                 match answer {
                     Some(pending) if pending.status() == Some(202) => {
+                        // The keys it let be earlier, sent again while this
+                        // one is in flight (a client's queue of pending
+                        // keys): each must answer for itself only.
+                        for earlier in left_alone.clone() {
+                            self.until_final(record, &earlier, true).await;
+                        }
                         left_alone.push(request.clone());
                         let in_flight_at = Instant::now();
                         if let Some(at) = self.until_settled(record, request.op, in_flight_at).await

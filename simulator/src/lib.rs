@@ -17,6 +17,7 @@
 //! - [`driver`]: the client side: plans carried out, every exchange recorded.
 //! - [`run`]: one simulation in phases (start, drive, settle, observe, finish).
 //! - [`faults`]: the fault plan carried out beside the traffic.
+//! - [`receiver`]: the merchants' webhook receiver, with chaos of its own.
 //! - [`invariants`]: the twelve checks, named in the report.
 //! - [`run_report`]: `simulator run`'s report: text, JSON, HTML.
 //! - [`simulate`]: `simulator run` itself (and the shrinking loop).
@@ -33,6 +34,7 @@ pub mod invariants;
 pub mod model;
 pub mod mutants;
 pub mod process;
+pub mod receiver;
 pub mod report;
 pub mod run;
 pub mod run_report;

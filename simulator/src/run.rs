@@ -26,15 +26,18 @@ use tokio::sync::{Mutex, watch};
 
 use crate::bank::{BankAdmin, NewCard};
 use crate::driver::{Driver, FlowRecord};
+use crate::invariants::webhooks::{Delivery, EndpointSeen, PaymentHistory, WebhookObservations};
 use crate::invariants::{
     self, BankAuthorization, BankKey, CardBalance, CardData, GatewayOperation, Observations,
     TappedCall,
 };
 use crate::process::{GatewayOptions, GatewayOutput, GatewayProcess, free_port};
+use crate::receiver::Receiver;
 use crate::run_report::{Event, RunReport};
 use crate::scenario::Scenario;
 use crate::stack::{MERCHANTS, Stack};
-use crate::stats::millis;
+use crate::stats::{micros, millis};
+use gateway::webhooks::signature::SigningSecret;
 
 /// Each fresh card opens with $100,000.
 pub const OPENING_BALANCE: i64 = 10_000_000;
@@ -53,7 +56,7 @@ pub const AUTHORIZATION_GRACE_MS: u64 = 8_000;
 /// keys kept only seconds after their answer (clients replay within that),
 /// so that a purge that counts from the wrong moment is seen; and no
 /// background reconciliation (it would repair what the checks must see).
-pub const GATEWAY_SETTINGS: [(&str, &str); 13] = [
+pub const GATEWAY_SETTINGS: [(&str, &str); 16] = [
     ("--bank-attempt-timeout-ms", "1000"),
     ("--authorization-grace-ms", "8000"),
     ("--idempotency-retention-seconds", "15"),
@@ -66,9 +69,21 @@ pub const GATEWAY_SETTINGS: [(&str, &str); 13] = [
     ("--circuit-open-ms", "1000"),
     ("--reconcile-interval-ms", "0"),
     ("--shutdown-grace-seconds", "5"),
-    // The run's webhook receiver listens on loopback.
+    // The run's webhook receiver listens on loopback; its deliveries are
+    // retried for about 20 s, not three days.
     ("--webhook-allow-private-urls", "true"),
+    ("--webhook-timeout-ms", "1000"),
+    (
+        "--webhook-retry-schedule-ms",
+        "100,200,400,800,1000,1000,1000,1000,1000,1000,1000,1000,1000,1000,1000,1000,1000,1000,1000,1000",
+    ),
+    ("--webhook-poll-interval-ms", "50"),
 ];
+
+/// The `--webhook-timeout-ms` above.
+pub const WEBHOOK_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// How long the old secret keeps signing after the run's rotation.
+const ROTATION_GRACE_SECONDS: u64 = 3_600;
 
 /// Settings passed only when this gateway build has them: the simulated
 /// client is one merchant sending thousands of requests, which a per-key
@@ -405,6 +420,17 @@ pub struct Session {
     /// Between the gateways and the bank, when the simulator runs them:
     /// what they sent, with which key, when.
     tap: Option<bank_tap::BankProxy>,
+    /// The merchants' webhook receiver and their endpoints, when the
+    /// simulator runs the gateways.
+    webhooks: Option<RunWebhooks>,
+}
+
+/// The run's webhook receiver, and each merchant's endpoint on it.
+struct RunWebhooks {
+    receiver: Receiver,
+    endpoints: Arc<std::sync::Mutex<Vec<EndpointSeen>>>,
+    /// The merchants' API keys, in the order of the endpoints.
+    api_keys: Vec<String>,
 }
 
 impl Session {
@@ -466,6 +492,7 @@ impl Session {
         cards.push(empty_card.clone());
         let mut gateway_postgres = None;
         let mut tap = None;
+        let mut webhooks = None;
         let (gateway_database, bank_database, api_keys, replicas) = match (stack, &options.given) {
             (_, Some(given)) => (
                 given.gateway_database_url.clone(),
@@ -489,6 +516,20 @@ impl Session {
                 )
                 .await?;
                 tap = Some(tapped);
+                let receiver = Receiver::start(scenario.seed).await?;
+                let endpoints = register_endpoints(
+                    &replicas.urls()[0],
+                    &api_keys,
+                    &receiver,
+                    &gateway_database,
+                    &run_id,
+                )
+                .await?;
+                webhooks = Some(RunWebhooks {
+                    receiver,
+                    endpoints: Arc::new(std::sync::Mutex::new(endpoints)),
+                    api_keys: api_keys.clone(),
+                });
                 let bank_database = stack.urls().bank_database.clone();
                 (gateway_database, bank_database, api_keys, replicas)
             }
@@ -524,6 +565,7 @@ impl Session {
             chaos_before,
             gateway_postgres,
             tap,
+            webhooks,
         })
     }
 
@@ -570,6 +612,15 @@ impl Session {
             ))
         });
 
+        let rotation = self.webhooks.as_ref().map(|webhooks| {
+            tokio::spawn(rotate_halfway(
+                self.driver.clone(),
+                self.replicas.clone(),
+                webhooks.endpoints.clone(),
+                webhooks.api_keys[0].clone(),
+                self.scenario.payments.len(),
+            ))
+        });
         let plans = Arc::new(self.scenario.payments.clone());
         let next = Arc::new(AtomicUsize::new(0));
         let deadline = self.options.duration.map(|d| started + d);
@@ -596,6 +647,9 @@ impl Session {
         self.flows = flows;
         self.traffic_ms = millis(started.elapsed());
         stop_tx.send(true).ok();
+        if let Some(rotation) = rotation {
+            rotation.abort();
+        }
         let faults = fault_task.await.context("the fault task panicked")?;
         if let Some(progress) = progress {
             progress.await.ok();
@@ -629,8 +683,16 @@ impl Session {
             }
         }
         .await;
+        let drained = match &self.webhooks {
+            Some(webhooks) => {
+                webhooks.receiver.calm();
+                drain_deliveries(&pool, started, self.options.quiesce_timeout).await
+            }
+            None => Ok(()),
+        };
         pool.close().await;
         self.in_flight = result?;
+        drained?;
         self.settle_ms = millis(started.elapsed());
         Ok(())
     }
@@ -667,8 +729,81 @@ impl Session {
             key_retention_ms: u64::try_from(crate::driver::KEY_RETENTION.as_millis())
                 .unwrap_or(u64::MAX),
             card_data: self.secrets(),
+            webhooks: self.webhook_observations().await?,
             index: Default::default(),
         })
+    }
+
+    /// What the receiver got and every payment's history, for the
+    /// webhook checks.
+    async fn webhook_observations(&self) -> anyhow::Result<Option<WebhookObservations>> {
+        let Some(webhooks) = &self.webhooks else {
+            return Ok(None);
+        };
+        let pool = gateway::store::connect(&self.gateway_database, 1, Duration::from_secs(10))
+            .await
+            .context("connecting to the gateway's database")?;
+        let payments: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT 'pay_' || p.id::text, p.merchant_id::text, \
+               (SELECT coalesce(json_agg(e.to_status ORDER BY e.id), '[]') \
+                FROM payment_events e WHERE e.payment_id = p.id)::text \
+             FROM payments p",
+        )
+        .fetch_all(&pool)
+        .await?;
+        let left: Vec<String> = sqlx::query_scalar(
+            "SELECT count(*) || ' deliveries ' || status FROM webhook_deliveries \
+             WHERE status <> 'delivered' GROUP BY status \
+             UNION ALL SELECT 'endpoint we_' || id::text || ' disabled for failing' \
+             FROM webhook_endpoints WHERE disabled_reason = 'failing'",
+        )
+        .fetch_all(&pool)
+        .await?;
+        pool.close().await;
+        let started = self.driver.started();
+        let us = |at: Instant| micros(at.saturating_duration_since(started));
+        let ours = format!("/{}/", self.run_id);
+        let received = webhooks
+            .receiver
+            .received()
+            .into_iter()
+            .filter(|r| r.path.starts_with(&ours))
+            .map(|r| {
+                let created = serde_json::from_slice::<Value>(&r.body)
+                    .ok()
+                    .and_then(|b| b["created_at"].as_str().map(str::to_owned))
+                    .and_then(|at| chrono::DateTime::parse_from_rfc3339(&at).ok());
+                Delivery {
+                    lag_ms: created.map(|c| (r.arrived_at - c.to_utc()).num_milliseconds()),
+                    delivered: r.reaction.delivered(),
+                    path: r.path,
+                    id: r.id,
+                    timestamp: r.timestamp.parse().unwrap_or(0),
+                    signature: r.signature,
+                    body: r.body,
+                    arrived_us: us(r.arrived),
+                    ended_us: us(r.ended),
+                }
+            })
+            .collect();
+        Ok(Some(WebhookObservations {
+            endpoints: webhooks
+                .endpoints
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            received,
+            payments: payments
+                .into_iter()
+                .map(|(id, merchant_id, history)| PaymentHistory {
+                    id,
+                    merchant_id,
+                    statuses: serde_json::from_str(&history).unwrap_or_default(),
+                })
+                .collect(),
+            left,
+            timeout_us: micros(WEBHOOK_TIMEOUT),
+        }))
     }
 
     /// What the bank did under the gateways' keys since the run began (a
@@ -1222,6 +1357,151 @@ async fn show_progress(
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
+    }
+}
+
+/// One endpoint per merchant on the receiver (`/<run>/m0`, `/<run>/m1`, …), registered
+/// through the API as a merchant would.
+async fn register_endpoints(
+    gateway: &str,
+    api_keys: &[String],
+    receiver: &Receiver,
+    database: &str,
+    run_id: &str,
+) -> anyhow::Result<Vec<EndpointSeen>> {
+    let http = reqwest::Client::new();
+    let pool = gateway::store::connect(database, 1, Duration::from_secs(10)).await?;
+    let mut endpoints = Vec::new();
+    for (i, key) in api_keys.iter().enumerate() {
+        // The run's id in the path: a gateway of an earlier run, still
+        // stopping, may deliver to a receiver that got its old port.
+        let path = format!("/{run_id}/m{i}");
+        let response = http
+            .post(format!("{gateway}/v1/webhook_endpoints"))
+            .bearer_auth(key)
+            .json(&json!({"url": receiver.url(&path)}))
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        if status != reqwest::StatusCode::CREATED {
+            bail!("registering a webhook endpoint: {status} {body}");
+        }
+        let id = body["id"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches("we_");
+        let merchant_id: String = sqlx::query_scalar(
+            "SELECT merchant_id::text FROM webhook_endpoints WHERE id::text = $1",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await?;
+        let secret = body["secret"]
+            .as_str()
+            .and_then(SigningSecret::parse)
+            .context("the endpoint's secret")?;
+        endpoints.push(EndpointSeen {
+            merchant_id,
+            path,
+            secret,
+            rotated: None,
+        });
+    }
+    pool.close().await;
+    Ok(endpoints)
+}
+
+/// Rotates the first merchant's secret once half the flows are done, at
+/// whichever replica answers; records the new secret and when.
+async fn rotate_halfway(
+    driver: Arc<Driver>,
+    replicas: Arc<Mutex<Replicas>>,
+    endpoints: Arc<std::sync::Mutex<Vec<EndpointSeen>>>,
+    api_key: String,
+    flows: usize,
+) {
+    let half = u64::try_from(flows / 2).unwrap_or(u64::MAX);
+    while driver.flows_done.load(Ordering::Relaxed) < half {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let http = reqwest::Client::new();
+    let path = {
+        let endpoints = endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(first) = endpoints.first() else {
+            return;
+        };
+        first.path.clone()
+    };
+    let id = {
+        let pool_urls = replicas.lock().await.urls();
+        let listed = async {
+            let body: Value = http
+                .get(format!("{}/v1/webhook_endpoints", pool_urls[0]))
+                .bearer_auth(&api_key)
+                .send()
+                .await?
+                .json()
+                .await?;
+            Ok::<_, reqwest::Error>(body)
+        };
+        match listed.await {
+            Ok(body) => body["data"]
+                .as_array()
+                .and_then(|all| {
+                    all.iter()
+                        .find(|e| e["url"].as_str().is_some_and(|u| u.ends_with(&path)))
+                })
+                .and_then(|e| e["id"].as_str().map(str::to_owned)),
+            Err(_) => None,
+        }
+    };
+    let Some(id) = id else { return };
+    for _ in 0..50 {
+        let urls = replicas.lock().await.urls();
+        for url in urls {
+            let answer = http
+                .post(format!("{url}/v1/webhook_endpoints/{id}/rotate_secret"))
+                .bearer_auth(&api_key)
+                .json(&json!({"grace_seconds": ROTATION_GRACE_SECONDS}))
+                .send()
+                .await;
+            let Ok(response) = answer else { continue };
+            if !response.status().is_success() {
+                continue;
+            }
+            let Ok(body) = response.json::<Value>().await else {
+                continue;
+            };
+            let at_us = micros(driver.started().elapsed());
+            if let Some(new) = body["secret"].as_str().and_then(SigningSecret::parse) {
+                let mut endpoints = endpoints.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(first) = endpoints.first_mut() {
+                    first.rotated = Some((new, at_us));
+                }
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits (bounded) until no webhook delivery is pending: the receiver is
+/// calm by now, so each is delivered on its next attempt.
+async fn drain_deliveries(
+    pool: &sqlx::PgPool,
+    started: Instant,
+    bound: Duration,
+) -> anyhow::Result<()> {
+    loop {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
+                .fetch_one(pool)
+                .await?;
+        if pending == 0 || started.elapsed() >= bound {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -136,6 +136,8 @@ pub struct RunReport {
     pub passed: bool,
     /// The gateways' logs, kept when something failed.
     pub gateway_logs: Vec<String>,
+    /// Events, requests and delivery lag, when the run had a receiver.
+    pub webhooks: Option<crate::invariants::webhooks::WebhookSummary>,
 }
 
 impl RunReport {
@@ -231,6 +233,10 @@ impl RunReport {
             failure_stories,
             passed,
             gateway_logs: Vec::new(),
+            webhooks: obs
+                .webhooks
+                .as_ref()
+                .map(crate::invariants::webhooks::summary),
         }
     }
 
@@ -571,7 +577,21 @@ impl RunReport {
                 faults.join(", ")
             },
             self.restarts
-        )
+        )?;
+        if let Some(w) = &self.webhooks {
+            writeln!(
+                f,
+                "webhooks   {} events to the receiver in {} requests ({} retries, {} answered 2xx); delivery lag p50 {} ms, p99 {} ms, max {} ms",
+                w.events,
+                w.requests,
+                w.retries,
+                w.delivered,
+                w.lag_p50_ms,
+                w.lag_p99_ms,
+                w.lag_max_ms
+            )?;
+        }
+        Ok(())
     }
 
     /// The series in a line: the busiest bucket, the slowest, and how many
@@ -1052,6 +1072,7 @@ mod tests {
             },
         ];
         RunReport {
+            webhooks: None,
             seed: 7,
             run_id: "r1".into(),
             scenario: format!("7 payments · chaos calm {EVIL}"),

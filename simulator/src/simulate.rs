@@ -340,6 +340,7 @@ mod tests {
             in_flight: vec![],
             authorization_grace_ms: 0,
             key_retention_ms: 0,
+            webhooks: None,
             index: Default::default(),
             card_data: CardData::default(),
         };

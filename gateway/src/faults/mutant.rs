@@ -101,7 +101,9 @@ impl Mutant {
     /// What the bug is, in a sentence, for the mutation table.
     pub fn describe(self) -> &'static str {
         match self {
-            Mutant::ResumeAnyOperation => "a retried key resumes another key's operation",
+            Mutant::ResumeAnyOperation => {
+                "a retried key resumes another key's operation (and the worker leaves keys unanswered)"
+            }
             Mutant::LateAnswerWins => {
                 "a late request answers what it computed, not what was stored"
             }

@@ -106,7 +106,11 @@ impl Gateway {
         let settled = matches!(resolution, super::settle::Resolution::Settled { .. });
         metrics::counter!("gateway_recovery_attempts_total", "kind" => operation.kind.as_str(), "settled" => settled.to_string())
             .increment(1);
-        self.settle(operation, resolution, None).await?;
+        if self.faults.mutant(Mutant::ResumeAnyOperation) {
+            self.settle_leaving_key(operation, resolution).await?;
+        } else {
+            self.settle(operation, resolution, None).await?;
+        }
         Ok(settled)
     }
 

@@ -265,6 +265,41 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// The recovery worker's pre-fix settlement, for the mutant that
+    /// resumes any operation: the payment moves and the operation ends,
+    /// and the key that started it is left in progress, unanswered, for
+    /// its client's retry to resume (whatever is pending by then).
+    pub(super) async fn settle_leaving_key(
+        &self,
+        operation: &OperationRecord,
+        resolution: Resolution,
+    ) -> Result<(), Error> {
+        let Resolution::Settled {
+            event,
+            facts,
+            succeeded,
+        } = resolution
+        else {
+            return Ok(());
+        };
+        let mut tx = self.pool.begin().await?;
+        let payment = payments::lock_by_id(&mut tx, operation.payment_id)
+            .await?
+            .ok_or(Error::NotFound)?;
+        let current = operations::lock(&mut tx, operation.id)
+            .await?
+            .ok_or(Error::NotFound)?;
+        if current.is_pending() {
+            payments::apply(&mut tx, &payment, event, &facts).await?;
+            let failure = facts.failure_code.as_deref();
+            operations::finish(&mut tx, operation.id, succeeded, failure).await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}
+
 fn count_settled(operation: &OperationRecord, reply: &Reply) {
     metrics::counter!("gateway_operations_settled_total", "kind" => operation.kind.as_str(), "status" => reply.status.to_string())
         .increment(1);

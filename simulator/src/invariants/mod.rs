@@ -12,6 +12,7 @@
 //! - [`states`]: convergence, legality.
 //! - [`callers`]: one caller per bank key at a time.
 //! - [`card_data`]: no card data at rest or in the open, in any form.
+//! - [`webhooks`]: every change delivered, signed, in order, never twice at once.
 
 mod answers;
 mod callers;
@@ -20,6 +21,7 @@ mod money;
 mod states;
 #[cfg(test)]
 mod tests;
+pub mod webhooks;
 
 use gateway::domain::PaymentStatus;
 use serde::Serialize;
@@ -141,6 +143,8 @@ pub struct Observations {
     pub key_retention_ms: u64,
     /// What the card-data check looks for, and where.
     pub card_data: CardData,
+    /// What the merchants' webhook receiver got, when the run had one.
+    pub webhooks: Option<webhooks::WebhookObservations>,
     /// Payment id → the flow whose receipts hold it; built on first use
     /// (a run may have a hundred thousand payments).
     pub index: PaymentIndex,
@@ -174,7 +178,7 @@ pub struct InvariantResult {
 }
 
 /// Each invariant's name and what it checks.
-pub const INVARIANTS: [(&str, &str); 12] = [
+pub const INVARIANTS: [(&str, &str); 15] = [
     (
         "no double charge",
         "per authorization at most one capture and one refund, never a capture and a void; per order at most one payment holding or taking money",
@@ -219,6 +223,18 @@ pub const INVARIANTS: [(&str, &str); 12] = [
     (
         "card data",
         "no card number or CVV, nor any digest of a request the run sent, in a table, a log, an answer or a receipt",
+    ),
+    (
+        "webhooks delivered",
+        "every change of every payment reached its merchant's endpoint with the payment as it stood; no event describes a history the payment lacks; nothing left undelivered",
+    ),
+    (
+        "webhooks signed",
+        "every delivery verifies with its endpoint's secret (the new one after a rotation); webhook-id is the event's and a retry carries the same body",
+    ),
+    (
+        "webhooks ordered",
+        "ordered by sequence, a payment's events are its history in order; no event sent to one endpoint twice at once",
     ),
 ];
 
@@ -413,5 +429,8 @@ pub fn check(obs: &Observations) -> Vec<InvariantResult> {
         answers::no_server_errors(obs),
         callers::one_caller_per_key(obs),
         card_data::card_data(obs),
+        webhooks::delivered(obs),
+        webhooks::signed(obs),
+        webhooks::ordered(obs),
     ]
 }

@@ -3,10 +3,12 @@
 
 use serde_json::{Value, json};
 
+use super::webhooks::{Delivery, EndpointSeen, PaymentHistory, WebhookObservations};
 use super::*;
 use crate::driver::{Answer, Exchange, FlowRecord, Read, ReadKind};
 use crate::model::Op;
 use crate::scenario::{ClientKind, Duplicate, Misuse, Next, PaymentPlan, PlanKind};
+use gateway::webhooks::signature::{self, SigningSecret};
 
 fn exchange(op: Op, key: &str, status: u16, body: Value, replayed: bool) -> Exchange {
     Exchange {
@@ -167,6 +169,7 @@ fn world() -> Observations {
         ]),
         authorization_grace_ms: 8_000,
         key_retention_ms: 6_000,
+        webhooks: Some(webhook_world()),
         index: PaymentIndex::default(),
         cards: vec![CardBalance {
             card_number: "4000".into(),
@@ -208,6 +211,66 @@ fn world() -> Observations {
 }
 
 const CARD: &str = "4111111111111111";
+
+fn endpoint_secret() -> SigningSecret {
+    SigningSecret::from_bytes(vec![3; 32])
+}
+
+/// The event for pay_1's `n`-th change (1-based), as delivered at `at_us`.
+fn delivery(n: usize, at_us: u64, secret: &SigningSecret) -> Delivery {
+    const HISTORY: [&str; 4] = ["pending", "authorized", "capturing", "captured"];
+    const TYPES: [&str; 4] = [
+        "payment.created",
+        "payment.authorized",
+        "payment.capture_requested",
+        "payment.captured",
+    ];
+    let id = format!("evt_{n}");
+    let history: Vec<Value> = HISTORY[..n].iter().map(|s| json!({"status": s})).collect();
+    let body = json!({"id": id, "type": TYPES[n - 1], "created_at": "2024-06-01T12:00:00Z",
+        "data": {"sequence": n, "payment": {"id": "pay_1", "history": history}}})
+    .to_string()
+    .into_bytes();
+    Delivery {
+        path: "/m0".into(),
+        signature: signature::sign(secret, &id, 1_700_000_000, &body),
+        id,
+        timestamp: 1_700_000_000,
+        body,
+        arrived_us: at_us,
+        ended_us: at_us + 10,
+        delivered: true,
+        lag_ms: Some(5),
+    }
+}
+
+fn webhook_world() -> WebhookObservations {
+    let secret = endpoint_secret();
+    WebhookObservations {
+        endpoints: vec![EndpointSeen {
+            merchant_id: "m0".into(),
+            path: "/m0".into(),
+            secret: secret.clone(),
+            rotated: None,
+        }],
+        received: (1..=4)
+            .map(|n| delivery(n, n as u64 * 1_000, &secret))
+            .collect(),
+        payments: vec![PaymentHistory {
+            id: "pay_1".into(),
+            merchant_id: "m0".into(),
+            statuses: ["pending", "authorized", "capturing", "captured"]
+                .map(str::to_owned)
+                .to_vec(),
+        }],
+        left: vec![],
+        timeout_us: 1_000_000,
+    }
+}
+
+fn webhooks(obs: &mut Observations) -> &mut WebhookObservations {
+    obs.webhooks.as_mut().unwrap()
+}
 
 fn failed(obs: &Observations) -> Vec<&'static str> {
     check(obs)
@@ -576,4 +639,75 @@ fn a_reused_key_answered_anything_but_422_fails_idempotency_and_a_foreign_read_m
         body: "{}".into(),
     };
     assert_eq!(failed(&obs), Vec::<&str>::new());
+}
+
+#[test]
+fn a_change_never_delivered_or_left_pending_fails_webhooks_delivered() {
+    let mut obs = world();
+    webhooks(&mut obs).received[2].delivered = false;
+    assert_eq!(failed(&obs), ["webhooks delivered"]);
+    let mut obs = world();
+    webhooks(&mut obs).left.push("3 deliveries pending".into());
+    assert_eq!(failed(&obs), ["webhooks delivered"]);
+    let mut obs = world();
+    webhooks(&mut obs).payments[0].statuses.truncate(3);
+    assert_eq!(
+        failed(&obs),
+        ["webhooks delivered"],
+        "an event beyond the history"
+    );
+}
+
+#[test]
+fn a_bad_signature_a_changed_retry_or_the_old_secret_after_rotation_fails_webhooks_signed() {
+    let mut obs = world();
+    webhooks(&mut obs).received[1].signature = "v1,AAAA".into();
+    assert_eq!(failed(&obs), ["webhooks signed"]);
+
+    let mut obs = world();
+    let mut retry = delivery(2, 9_000, &endpoint_secret());
+    retry.body.push(b' ');
+    retry.signature = signature::sign(&endpoint_secret(), &retry.id, retry.timestamp, &retry.body);
+    webhooks(&mut obs).received.push(retry);
+    assert_eq!(failed(&obs), ["webhooks signed"]);
+
+    let mut obs = world();
+    let new = SigningSecret::from_bytes(vec![4; 32]);
+    webhooks(&mut obs).endpoints[0].rotated = Some((new.clone(), 2_500));
+    assert_eq!(
+        failed(&obs),
+        ["webhooks signed"],
+        "signed with the old secret after"
+    );
+    let mut obs = world();
+    webhooks(&mut obs).endpoints[0].rotated = Some((new.clone(), 2_500));
+    let both = |d: &mut Delivery| {
+        d.signature = format!(
+            "{} {}",
+            signature::sign(&new, &d.id, d.timestamp, &d.body),
+            signature::sign(&endpoint_secret(), &d.id, d.timestamp, &d.body)
+        );
+    };
+    webhooks(&mut obs).received.iter_mut().for_each(both);
+    assert_eq!(failed(&obs), Vec::<&str>::new());
+}
+
+#[test]
+fn events_out_of_sequence_or_sent_twice_at_once_fail_webhooks_ordered() {
+    let mut obs = world();
+    let secret = endpoint_secret();
+    // The third and fourth changes numbered the other way round.
+    for (i, sequence) in [(2, 4), (3, 3)] {
+        let d = &mut webhooks(&mut obs).received[i];
+        let mut body: Value = serde_json::from_slice(&d.body).unwrap();
+        body["data"]["sequence"] = json!(sequence);
+        d.body = body.to_string().into_bytes();
+        d.signature = signature::sign(&secret, &d.id, d.timestamp, &d.body);
+    }
+    assert_eq!(failed(&obs), ["webhooks ordered"]);
+
+    let mut obs = world();
+    let again = delivery(2, 2_005, &endpoint_secret());
+    webhooks(&mut obs).received.push(again);
+    assert_eq!(failed(&obs), ["webhooks ordered"], "twice at once");
 }
