@@ -88,9 +88,13 @@ wire_enum! {
         InvalidJson => "invalid_json",
         IdempotencyKeyInvalid => "idempotency_key_invalid",
         MissingIdempotencyKey => "missing_idempotency_key",
-        // The HTTP layer's refusals (405, 413, 431).
+        DuplicateParameter => "duplicate_parameter",
+        // The HTTP layer's refusals (400, 405, 408, 413, 415, 431).
+        BadRequest => "bad_request",
         MethodNotAllowed => "method_not_allowed",
+        RequestTimeout => "request_timeout",
         PayloadTooLarge => "payload_too_large",
+        UnsupportedMediaType => "unsupported_media_type",
         HeadersTooLarge => "headers_too_large",
         // 404 and 401.
         ResourceMissing => "resource_missing",
@@ -166,11 +170,13 @@ impl ApiError {
     /// The gateway asks to be asked again, with the same key, later: the
     /// key is busy with its first request (409 `idempotency_key_in_use`),
     /// the API key is over its rate (429), or the bank's circuit is open or
-    /// the database unreachable (503). None of these did anything.
+    /// the database unreachable (503); or the request's body did not reach
+    /// it in time (408), which, like a connection that dropped, a resend
+    /// settles. None of these did anything.
     pub fn asks_for_retry(&self) -> bool {
         match self.status {
             409 => self.code == ErrorCode::IdempotencyKeyInUse,
-            429 | 503 => true,
+            408 | 429 | 503 => true,
             _ => false,
         }
     }
@@ -237,14 +243,14 @@ impl fmt::Display for ApiError {
 /// let error = Error::from(ApiError::parse(409, body).expect("an error object"));
 /// assert!(error.needs_new_key());
 /// ```
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// 402 `card_error`: the bank declined the card (`code` says why);
     /// the payment exists with status `declined`.
     #[error("declined: {0}")]
     Declined(ApiError),
-    /// 400 (or 405, 413, 431): the request is malformed; `param` names the
-    /// field. Nothing was created or stored.
+    /// 400 (or 405, 413, 415, 431): the request is malformed; `param`
+    /// names the field. Nothing was created or stored.
     #[error("invalid request: {0}")]
     InvalidRequest(ApiError),
     /// 409 `invalid_state`: the payment's status does not allow the
@@ -287,9 +293,10 @@ pub enum Error {
         payment: Box<Payment>,
         key: IdempotencyKey,
     },
-    /// 409 `idempotency_key_in_use`, 429 or 503 on every attempt until the
-    /// attempts or the deadline ran out (or `Retry-After` asked for longer
-    /// than was left). Nothing was done; call again later with the same key.
+    /// 409 `idempotency_key_in_use`, 429 or 503 (or 408) on every attempt
+    /// until the attempts or the deadline ran out (or `Retry-After` asked
+    /// for longer than was left). Nothing was done; call again later with
+    /// the same key.
     #[error(
         "the gateway stayed unavailable through {attempts} attempt(s), last: {last}; call again later with the same Idempotency-Key"
     )]
@@ -329,7 +336,7 @@ impl From<ApiError> for Error {
         }
         let code = &api.code;
         match api.status {
-            400 | 405 | 413 | 431 => Error::InvalidRequest(api),
+            400 | 405 | 413 | 415 | 431 => Error::InvalidRequest(api),
             401 => Error::Unauthenticated(api),
             402 => Error::Declined(api),
             404 => Error::NotFound(api),
@@ -438,7 +445,16 @@ mod tests {
     fn every_answer_of_the_contract_has_its_variant() {
         /// The status, the error object's type and code, and the variant.
         type Case = (u16, &'static str, &'static str, fn(&Error) -> bool);
-        let cases: [Case; 18] = [
+        let cases: [Case; 20] = [
+            (
+                415,
+                "invalid_request_error",
+                "unsupported_media_type",
+                |e| matches!(e, Error::InvalidRequest(_)),
+            ),
+            (408, "invalid_request_error", "request_timeout", |e| {
+                matches!(e, Error::Unavailable { .. })
+            }),
             (400, "invalid_request_error", "parameter_invalid", |e| {
                 matches!(e, Error::InvalidRequest(_))
             }),
@@ -502,6 +518,12 @@ mod tests {
             assert!(expected(&error), "{status} {code}: {error:?}");
             assert_eq!(error.code().map(ErrorCode::as_str), Some(code));
         }
+    }
+
+    #[test]
+    fn an_error_can_be_kept_and_sent_across_tasks() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        shareable::<Error>();
     }
 
     #[test]

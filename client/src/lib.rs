@@ -31,7 +31,8 @@
 //!   is retried with the same key, which resumes the operation, until it is
 //!   final or the deadline comes; 409 `idempotency_key_in_use`, 429 and 503
 //!   are retried after their `Retry-After`; no answer at all (refused,
-//!   reset, timed out) is retried with the same key. Nothing else is: 400,
+//!   reset, timed out, and the gateway's 408 for a body that did not
+//!   arrive in time) is retried with the same key. Nothing else is: 400,
 //!   401, 402, 404, the other 409s, 422 and 502 are final. Without a
 //!   `Retry-After`, waits are exponential with full jitter; the
 //!   [`RetryPolicy`]'s deadline bounds the whole call.
