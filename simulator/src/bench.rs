@@ -1,5 +1,6 @@
 //! `simulator bench`: authorizations at a fixed concurrency, against the
-//! bank or through the gateway, then a check of the bank's ledger.
+//! bank or through the gateway (sent by the `ficmart-client` crate, as
+//! FicMart's checkout sends them), then a check of the bank's ledger.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -8,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use futures_util::{StreamExt, TryStreamExt};
+use client::{AuthorizeRequest, Card, IdempotencyKey, RetryPolicy};
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 
@@ -206,18 +209,20 @@ async fn bench(
             "sending {} authorizations, {} at a time",
             args.requests, args.concurrency
         );
-        let (request, expected) = match endpoint {
-            Endpoint::Bank => (bank_requests(&client, bank_url, &cards), StatusCode::OK),
-            Endpoint::Gateway { url, api_key } => (
-                gateway_requests(&client, url, api_key, &cards),
-                StatusCode::CREATED,
-            ),
+        let send = match endpoint {
+            Endpoint::Bank => bank_requests(&client, bank_url, &cards),
+            Endpoint::Gateway { url, api_key } => gateway_requests(
+                url,
+                api_key,
+                &cards,
+                REQUEST_TIMEOUT + Duration::from_millis(latency_ms),
+            )?,
         };
         let before = match parties {
             Some(parties) => parties.sample().await,
             None => None,
         };
-        let load = fire(u64::from(args.requests), concurrency, expected, request).await?;
+        let load = fire(u64::from(args.requests), concurrency, send).await?;
         let cpu = match (parties, before) {
             (Some(parties), Some(before)) => parties
                 .sample()
@@ -289,17 +294,18 @@ async fn open_cards(admin: &BankAdmin, count: u32, balance: i64) -> anyhow::Resu
         .await
 }
 
-/// Builds request number `i` of a run.
-pub type MakeRequest = Arc<dyn Fn(u64) -> reqwest::RequestBuilder + Send + Sync>;
-
 /// A hex id for this run, so that its idempotency keys are its own.
 fn run_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
+/// Sends request `i` of the load: `Ok` for the answer expected, or what
+/// came instead (a status code, or a kind of transport failure).
+pub type SendOne = Arc<dyn Fn(u64) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
 /// Authorization `i` of [`AMOUNT_CENTS`] goes to card `i mod cards`, with
 /// its own idempotency key.
-fn bank_requests(client: &reqwest::Client, bank_url: &str, cards: &[NewCard]) -> MakeRequest {
+fn bank_requests(client: &reqwest::Client, bank_url: &str, cards: &[NewCard]) -> SendOne {
     let url = format!("{bank_url}/api/v1/authorizations");
     let bodies: Vec<String> = cards
         .iter()
@@ -316,49 +322,94 @@ fn bank_requests(client: &reqwest::Client, bank_url: &str, cards: &[NewCard]) ->
         .collect();
     let (client, run) = (client.clone(), run_id());
     Arc::new(move |i| {
-        client
+        let request = client
             .post(&url)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header("Idempotency-Key", format!("bench-{run}-{i}"))
-            .body(bodies[card_index(i, bodies.len())].clone())
+            .body(bodies[card_index(i, bodies.len())].clone());
+        async move {
+            let response = request.send().await.map_err(|e| error_kind(&e))?;
+            let status = response.status();
+            // The body is read so that the connection can be reused.
+            response.bytes().await.map_err(|e| error_kind(&e))?;
+            if status == StatusCode::OK {
+                Ok(())
+            } else {
+                Err(status.as_u16().to_string())
+            }
+        }
+        .boxed()
     })
 }
 
 /// Payment `i` of [`AMOUNT_CENTS`], for order `i`, goes to card
-/// `i mod cards` (one customer per card), with its own idempotency key.
+/// `i mod cards` (one customer per card), with its own idempotency key,
+/// through the `ficmart-client` crate as FicMart's checkout would send it,
+/// with one attempt each: a bench measures answers, not retries.
 fn gateway_requests(
-    client: &reqwest::Client,
     gateway_url: &str,
     api_key: &str,
     cards: &[NewCard],
-) -> MakeRequest {
-    let url = format!("{gateway_url}/v1/payments");
-    let cards: Vec<String> = cards
+    timeout: Duration,
+) -> anyhow::Result<SendOne> {
+    let gateway = client::Client::new([gateway_url], api_key)?.with_retry_policy(RetryPolicy {
+        max_attempts: 1,
+        deadline: timeout,
+        attempt_timeout: timeout,
+        ..RetryPolicy::default()
+    });
+    let cards: Vec<Card> = cards
         .iter()
         .map(|card| {
-            serde_json::json!({
-                "number": card.card_number,
-                "cvv": card.cvv,
-                "expiry_month": card.expiry_month,
-                "expiry_year": card.expiry_year,
-            })
-            .to_string()
+            Card::new(
+                card.card_number.clone(),
+                card.cvv.clone(),
+                u8::try_from(card.expiry_month).unwrap_or_default(),
+                u16::try_from(card.expiry_year).unwrap_or_default(),
+            )
         })
         .collect();
-    let (client, run, api_key) = (client.clone(), run_id(), api_key.to_owned());
-    Arc::new(move |i| {
+    let run = run_id();
+    Ok(Arc::new(move |i| {
         let card = card_index(i, cards.len());
-        let body = format!(
-            r#"{{"order_id":"ord_bench_{run}_{i}","customer_id":"cus_bench_{card}","amount":{AMOUNT_CENTS},"currency":"USD","card":{}}}"#,
-            cards[card]
+        let request = AuthorizeRequest::usd(
+            format!("ord_bench_{run}_{i}"),
+            format!("cus_bench_{card}"),
+            AMOUNT_CENTS,
+            cards[card].clone(),
         );
-        client
-            .post(&url)
-            .bearer_auth(&api_key)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header("Idempotency-Key", format!("bench-{run}-{i}"))
-            .body(body)
-    })
+        let key = IdempotencyKey::new(format!("bench-{run}-{i}"));
+        let gateway = gateway.clone();
+        async move {
+            let key = key.map_err(|e| format!("bad key: {e}"))?;
+            match gateway.authorize(&key, &request).await {
+                Ok(_) => Ok(()),
+                Err(error) => Err(client_error_kind(&error)),
+            }
+        }
+        .boxed()
+    }))
+}
+
+/// The errors table's name for what the client crate said.
+fn client_error_kind(error: &client::Error) -> String {
+    use client::Error;
+    match error {
+        Error::StillPending { .. } => "202".to_owned(),
+        Error::Transport { .. } => "transport error".to_owned(),
+        Error::Decode { status, .. } => format!("{status} unreadable"),
+        Error::Declined(api)
+        | Error::InvalidRequest(api)
+        | Error::InvalidState(api)
+        | Error::AuthorizationExpired(api)
+        | Error::AuthorizationAbandoned(api)
+        | Error::KeyReused(api)
+        | Error::NotFound(api)
+        | Error::Unauthenticated(api)
+        | Error::BankError(api)
+        | Error::Other(api)
+        | Error::Unavailable { last: api, .. } => format!("{} {}", api.status, api.code.as_str()),
+    }
 }
 
 fn card_index(i: u64, cards: usize) -> usize {
@@ -387,20 +438,14 @@ impl Load {
     }
 }
 
-/// Sends `requests` requests made by `make` from `concurrency` workers,
-/// which take the next request number from a shared counter. A response
-/// with the `expected` status is ok; any other is counted by its code.
-pub async fn fire(
-    requests: u64,
-    concurrency: usize,
-    expected: StatusCode,
-    make: MakeRequest,
-) -> anyhow::Result<Load> {
+/// Sends `requests` requests with `send` from `concurrency` workers,
+/// which take the next request number from a shared counter.
+pub async fn fire(requests: u64, concurrency: usize, send: SendOne) -> anyhow::Result<Load> {
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (make, next) = (make.clone(), next.clone());
+            let (send, next) = (send.clone(), next.clone());
             tokio::spawn(async move {
                 let mut load = Load::default();
                 loop {
@@ -408,21 +453,8 @@ pub async fn fire(
                     if i >= requests {
                         break load;
                     }
-                    let request = make(i);
                     let sent = Instant::now();
-                    // The body is read so that the connection can be reused.
-                    let outcome = match request.send().await {
-                        Ok(response) => {
-                            let status = response.status();
-                            match response.bytes().await {
-                                Ok(_) if status == expected => Ok(()),
-                                Ok(_) => Err(status.as_u16().to_string()),
-                                Err(e) => Err(error_kind(&e)),
-                            }
-                        }
-                        Err(e) => Err(error_kind(&e)),
-                    };
-                    match outcome {
+                    match send(i).await {
                         Ok(()) => {
                             load.ok += 1;
                             load.ok_latencies.push(sent.elapsed());

@@ -14,11 +14,12 @@
 //! - [`cpu`]: CPU per authorization by process, from `/proc`, for the report.
 //! - [`scenario`]: a chaos scenario as data, generated from a seed by proptest.
 //! - [`model`]: the legal payment states, from the gateway's transition table.
-//! - [`driver`]: the client side: plans carried out, every exchange recorded.
+//! - [`driver`]: the client side: plans carried out (patient clients through
+//!   the `ficmart-client` crate), every exchange recorded.
 //! - [`run`]: one simulation in phases (start, drive, settle, observe, finish).
 //! - [`faults`]: the fault plan carried out beside the traffic.
 //! - [`receiver`]: the merchants' webhook receiver, with chaos of its own.
-//! - [`invariants`]: the twelve checks, named in the report.
+//! - [`invariants`]: the fifteen checks, named in the report.
 //! - [`run_report`]: `simulator run`'s report: text, JSON, HTML.
 //! - [`simulate`]: `simulator run` itself (and the shrinking loop).
 //! - [`mutants`]: `simulator mutants`, the mutation table.

@@ -1127,7 +1127,10 @@ impl Session {
             invariants,
             faults,
             events,
-            self.driver.requests.load(Ordering::Relaxed),
+            (
+                self.driver.requests.load(Ordering::Relaxed),
+                self.driver.requests_through_client.load(Ordering::Relaxed),
+            ),
             (self.traffic_ms, self.settle_ms),
         );
         let mut kept = Vec::new();

@@ -104,6 +104,9 @@ pub struct RunReport {
     pub settle_ms: u64,
     /// HTTP attempts sent to the gateways.
     pub requests: u64,
+    /// Of them, those the `ficmart-client` crate sent (patient clients).
+    #[serde(default)]
+    pub requests_through_client: u64,
     /// Every attempt by request kind and answer, e.g. `capture 200`,
     /// `authorize 409 idempotency_key_in_use`, `void no answer`.
     pub outcomes: BTreeMap<String, u64>,
@@ -149,7 +152,7 @@ impl RunReport {
         invariants: Vec<InvariantResult>,
         faults_injected: BTreeMap<String, u64>,
         events: Vec<Event>,
-        requests: u64,
+        (requests, requests_through_client): (u64, u64),
         (traffic_ms, settle_ms): (u64, u64),
     ) -> Self {
         let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
@@ -210,6 +213,7 @@ impl RunReport {
             traffic_ms,
             settle_ms,
             requests,
+            requests_through_client,
             outcomes,
             final_statuses,
             latency_us: Latency::summarise(latencies),
@@ -540,10 +544,11 @@ impl RunReport {
         writeln!(f, "bank chaos {}", self.chaos)?;
         writeln!(
             f,
-            "traffic    {} of {} payments, {} requests, concurrency {}, {} replica(s), {} of traffic, {} to settle",
+            "traffic    {} of {} payments, {} requests ({} through ficmart-client), concurrency {}, {} replica(s), {} of traffic, {} to settle",
             self.payments_run,
             self.payments_planned,
             self.requests,
+            self.requests_through_client,
             self.concurrency,
             self.replicas,
             seconds(self.traffic_ms),
@@ -1086,6 +1091,7 @@ mod tests {
             traffic_ms: 3500,
             settle_ms: 200,
             requests: 7,
+            requests_through_client: 3,
             outcomes: BTreeMap::from([
                 ("capture 200".to_owned(), 1),
                 (format!("capture 500 {EVIL}"), 1),

@@ -353,7 +353,7 @@ mod tests {
             invariants,
             Default::default(),
             events,
-            0,
+            (0, 0),
             (0, 0),
         )
     }

@@ -87,7 +87,7 @@ fn seeded_scenarios_with_lost_answers_and_a_crash_keep_every_invariant() {
         horizon_ms: 1_000,
     };
     with_stack(async |stack| {
-        let mut restarts = 0;
+        let (mut restarts, mut through_client) = (0, 0);
         for seed in base..base + cases {
             let scenario = scenario::generate(seed, &params);
             let report = simulate(stack, scenario.clone(), options())
@@ -101,6 +101,7 @@ fn seeded_scenarios_with_lost_answers_and_a_crash_keep_every_invariant() {
                 if report.passed { "PASS" } else { "FAIL" }
             );
             restarts += report.restarts;
+            through_client += report.requests_through_client;
             let card_data = report
                 .invariants
                 .iter()
@@ -121,6 +122,12 @@ fn seeded_scenarios_with_lost_answers_and_a_crash_keep_every_invariant() {
         assert!(
             restarts > 0,
             "no case killed a gateway: the cases prove less than they say"
+        );
+        // Patient clients are the ficmart-client crate: the checks judge
+        // what it sent, through the same kills and lost answers.
+        assert!(
+            through_client > 0,
+            "no request went through the client crate"
         );
     });
 }

@@ -4,12 +4,15 @@
 //! every exchange for the invariant checks.
 //!
 //! Clients differ the way real ones do ([`ClientKind`]): a patient one
-//! retries a key until its final answer; a poller leaves a key answered
+//! retries a key until its final answer, through the `ficmart-client`
+//! crate ([`checkout`]); a poller leaves a key answered
 //! 202 alone, polls the payment, goes on with new keys and sends the old
 //! key again later, after the payment moved on; a restarter gives up on an
 //! authorization answered 202 and starts over with a new key and the card.
 //! Some misuse keys (the same key with another body) or send a wrong
 //! amount; some send every key once more a few seconds after the flow.
+
+mod checkout;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -292,7 +295,11 @@ impl FlowRecord {
 
     /// The key is not answered yet, as of now.
     fn still_unanswered(&mut self, key: &str, variant: u8) {
-        let now = Instant::now();
+        self.unanswered_as_of(key, variant, Instant::now());
+    }
+
+    /// The key was not answered yet at `now`.
+    fn unanswered_as_of(&mut self, key: &str, variant: u8, now: Instant) {
         match self
             .unanswered_at
             .iter_mut()
@@ -361,10 +368,14 @@ pub struct Driver {
     /// The same moment on the wall clock, to place the gateways' log lines.
     started_at: chrono::DateTime<chrono::Utc>,
     pub requests: AtomicU64,
+    /// Of them, those the crate sent for patient clients.
+    pub requests_through_client: AtomicU64,
     pub flows_done: AtomicU64,
     run_id: String,
     cards: Vec<NewCard>,
     empty_card: NewCard,
+    /// The patient clients: the crate's, one per merchant.
+    checkouts: checkout::Checkouts,
 }
 
 impl Driver {
@@ -381,14 +392,17 @@ impl Driver {
             .pool_max_idle_per_host(concurrency * 2)
             .timeout(ATTEMPT_TIMEOUT)
             .build()?;
+        let checkouts = checkout::Checkouts::new(&gateways, &api_keys)?;
         Ok(Self {
             http,
+            checkouts,
             gateways,
             api_keys,
             next_gateway: AtomicUsize::new(0),
             started: Instant::now(),
             started_at: chrono::Utc::now(),
             requests: AtomicU64::new(0),
+            requests_through_client: AtomicU64::new(0),
             flows_done: AtomicU64::new(0),
             run_id,
             cards,
@@ -491,6 +505,9 @@ impl Driver {
             .any(|sent| sent.key == request.key && sent.variant == request.variant)
         {
             record.sent.push(request.clone());
+        }
+        if !stop_at_202 && checkout::goes_through_client(record, request) {
+            return self.until_final_through_client(record, request).await;
         }
         let deadline = Instant::now() + KEY_BUDGET;
         let mut backoff = BACKOFF_START;
@@ -813,14 +830,12 @@ impl Driver {
             record.card_number = Some(number.clone());
         }
         record.sent_card = (number.clone(), cvv.clone());
-        let body = json!({
-            "order_id": record.order_id,
-            "customer_id": format!("cus_{}_{}", self.run_id, plan.customer),
-            "amount": amount,
-            "currency": "USD",
-            "card": {"number": number, "cvv": cvv, "expiry_month": 12, "expiry_year": 2099},
-        })
-        .to_string();
+        let body = checkout::authorization_body(&client::AuthorizeRequest::usd(
+            record.order_id.clone(),
+            format!("cus_{}_{}", self.run_id, plan.customer),
+            amount,
+            client::Card::new(number, cvv, 12, 2099),
+        ));
         Request {
             op: Op::Authorize,
             path: "/v1/payments".to_owned(),
