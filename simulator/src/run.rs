@@ -26,7 +26,9 @@ use tokio::sync::{Mutex, watch};
 
 use crate::bank::{BankAdmin, NewCard};
 use crate::driver::{Driver, FlowRecord};
-use crate::invariants::webhooks::{Delivery, EndpointSeen, PaymentHistory, WebhookObservations};
+use crate::invariants::webhooks::{
+    Delivery, EndpointSeen, PaymentHistory, Rotation, WebhookObservations,
+};
 use crate::invariants::{
     self, BankAuthorization, BankKey, CardBalance, CardData, GatewayOperation, Observations,
     TappedCall,
@@ -1476,11 +1478,16 @@ async fn rotate_halfway(
             let Ok(body) = response.json::<Value>().await else {
                 continue;
             };
-            let at_us = micros(driver.started().elapsed());
-            if let Some(new) = body["secret"].as_str().and_then(SigningSecret::parse) {
+            let answered_us = micros(driver.started().elapsed());
+            let answered_unix_s = chrono::Utc::now().timestamp();
+            if let Some(secret) = body["secret"].as_str().and_then(SigningSecret::parse) {
                 let mut endpoints = endpoints.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(first) = endpoints.first_mut() {
-                    first.rotated = Some((new, at_us));
+                    first.rotated = Some(Rotation {
+                        secret,
+                        answered_us,
+                        answered_unix_s,
+                    });
                 }
             }
             return;

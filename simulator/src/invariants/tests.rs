@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::webhooks::{Delivery, EndpointSeen, PaymentHistory, WebhookObservations};
+use super::webhooks::{Delivery, EndpointSeen, PaymentHistory, Rotation, WebhookObservations};
 use super::*;
 use crate::driver::{Answer, Exchange, FlowRecord, Read, ReadKind};
 use crate::model::Op;
@@ -673,14 +673,29 @@ fn a_bad_signature_a_changed_retry_or_the_old_secret_after_rotation_fails_webhoo
 
     let mut obs = world();
     let new = SigningSecret::from_bytes(vec![4; 32]);
-    webhooks(&mut obs).endpoints[0].rotated = Some((new.clone(), 2_500));
+    let rotation = |answered_unix_s| {
+        Some(Rotation {
+            secret: new.clone(),
+            answered_us: 2_500,
+            answered_unix_s,
+        })
+    };
+    // The deliveries are signed at 1_700_000_000 and arrive after 2_500 µs.
+    webhooks(&mut obs).endpoints[0].rotated = rotation(1_699_999_999);
     assert_eq!(
         failed(&obs),
         ["webhooks signed"],
         "signed with the old secret after"
     );
     let mut obs = world();
-    webhooks(&mut obs).endpoints[0].rotated = Some((new.clone(), 2_500));
+    webhooks(&mut obs).endpoints[0].rotated = rotation(1_700_000_000);
+    assert_eq!(
+        failed(&obs),
+        Vec::<&str>::new(),
+        "signed with the old secret before the rotation, sent after it"
+    );
+    let mut obs = world();
+    webhooks(&mut obs).endpoints[0].rotated = rotation(1_699_999_999);
     let both = |d: &mut Delivery| {
         d.signature = format!(
             "{} {}",

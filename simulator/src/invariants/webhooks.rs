@@ -33,9 +33,21 @@ pub struct EndpointSeen {
     /// The receiver's path for it.
     pub path: String,
     pub secret: SigningSecret,
-    /// After a rotation: the new secret, and from when (µs of the traffic's
-    /// clock) the answer that made it had been received.
-    pub rotated: Option<(SigningSecret, u64)>,
+    pub rotated: Option<Rotation>,
+}
+
+/// An endpoint's secret rotation, as the client saw it done.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    pub secret: SigningSecret,
+    /// When its answer had been received, in µs of the traffic's clock.
+    pub answered_us: u64,
+    /// The same moment on the wall clock, in Unix seconds: a delivery
+    /// signed later (its `webhook-timestamp`) must carry the new secret's
+    /// signature. One signed earlier may not: a worker signs with the
+    /// secrets of the moment it claimed the delivery, which may be just
+    /// before the rotation committed, and send it just after.
+    pub answered_unix_s: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -210,8 +222,12 @@ pub fn signed(obs: &Observations) -> InvariantResult {
             .is_ok()
         };
         let expected = match &endpoint.rotated {
-            Some((new, at_us)) if request.arrived_us > *at_us => vec![new],
-            Some((new, _)) => vec![&endpoint.secret, new],
+            Some(r)
+                if request.arrived_us > r.answered_us && request.timestamp > r.answered_unix_s =>
+            {
+                vec![&r.secret]
+            }
+            Some(r) => vec![&endpoint.secret, &r.secret],
             None => vec![&endpoint.secret],
         };
         if !expected.into_iter().any(verifies) {
@@ -222,7 +238,7 @@ pub fn signed(obs: &Observations) -> InvariantResult {
                     request.path,
                     request.arrived_us / 1000,
                     match &endpoint.rotated {
-                        Some((_, at_us)) => format!("rotated at +{} ms", at_us / 1000),
+                        Some(r) => format!("rotated at +{} ms", r.answered_us / 1000),
                         None => "never rotated".into(),
                     },
                     request.signature.split(' ').count()
