@@ -20,7 +20,7 @@ use crate::cli::{BenchArgs, Target};
 use crate::cpu::{self, Parties};
 use crate::process::{GatewayOptions, GatewayOutput};
 use crate::report::{self, Report};
-use crate::stack::{BankChaos, Stack, StackOptions};
+use crate::stack::{BankChaos, Durability, Stack, StackOptions};
 use crate::stats::{Latency, micros};
 
 /// Every authorization is for $1.00.
@@ -87,6 +87,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let parties = stack.as_ref().and_then(cpu_parties);
+    let durability = match &stack {
+        Some(stack) => Some(durability_of(stack.postgres().url()).await?),
+        None => None,
+    };
     let outcome = bench(
         &args,
         &bank_url,
@@ -114,7 +118,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             eprintln!("the gateway's log: {}", log.display());
         }
     }
-    let report = outcome?;
+    let mut report = outcome?;
+    report.postgres_durability = durability;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -160,6 +165,8 @@ fn own_stack_options(args: &BenchArgs, concurrency: usize) -> StackOptions {
         bank_port: 0,
         bank_chaos: BankChaos::Calm,
         gateway,
+        // Production commits are flushed to disk: so are the bench's.
+        durability: Durability::Durable,
     }
 }
 
@@ -266,6 +273,7 @@ async fn bench(
         latency_us: Latency::summarise(load.ok_latencies),
         ledger,
         cpu_ms_per_authorization: cpu,
+        postgres_durability: None,
     })
 }
 
@@ -292,6 +300,21 @@ async fn open_cards(admin: &BankAdmin, count: u32, balance: i64) -> anyhow::Resu
         .buffer_unordered(CARD_CREATION_CONCURRENCY)
         .try_collect()
         .await
+}
+
+/// What the stack's Postgres does with a commit, as it says itself.
+async fn durability_of(url: &str) -> anyhow::Result<String> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let mut setting = async |name: &str| -> anyhow::Result<String> {
+        let value: String = sqlx::query_scalar(&format!("SHOW {name}"))
+            .fetch_one(&mut conn)
+            .await?;
+        Ok(format!("{name} {value}"))
+    };
+    let fsync = setting("fsync").await?;
+    let synchronous_commit = setting("synchronous_commit").await?;
+    Ok(format!("{fsync}, {synchronous_commit}"))
 }
 
 /// A hex id for this run, so that its idempotency keys are its own.

@@ -38,6 +38,10 @@ pub struct Report {
     /// CPU per successful authorization during the load, by process (see
     /// [`crate::cpu`]); `null` unless the bench started a gateway itself.
     pub cpu_ms_per_authorization: Option<CpuPerAuthorization>,
+    /// What the Postgres under the stack does with a commit, as it says
+    /// itself (`fsync on, synchronous_commit on`); `null` for a running
+    /// stack, whose database the bench was not given.
+    pub postgres_durability: Option<String>,
 }
 
 impl Report {
@@ -77,6 +81,9 @@ impl fmt::Display for Report {
         match self.gateway_db_pool_size {
             Some(pool) => writeln!(f, ", gateway pool of {pool} connections")?,
             None => writeln!(f)?,
+        }
+        if let Some(durability) = &self.postgres_durability {
+            writeln!(f, "  postgres    {durability}")?;
         }
         writeln!(f, "  requests    {}", self.total)?;
         writeln!(f, "  ok          {}", self.ok)?;

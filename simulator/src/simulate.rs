@@ -14,7 +14,7 @@ use crate::cli::RunArgs;
 use crate::run::{Given, RunOptions, Session};
 use crate::run_report::RunReport;
 use crate::scenario::{self, Params, Profile, Scenario};
-use crate::stack::{BankChaos, Stack, StackOptions};
+use crate::stack::{BankChaos, Durability, Stack, StackOptions};
 
 /// Re-runs `simulator run` may spend on shrinking a failure.
 pub const SHRINK_RUNS: usize = 6;
@@ -26,6 +26,7 @@ pub fn stack_options() -> StackOptions {
         bank_port: 0,
         bank_chaos: BankChaos::Calm,
         gateway: None,
+        durability: Durability::Fast,
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use actix_web::dev::ServerHandle;
 use anyhow::Context;
 use mock_bank::{Application, Settings};
+pub use throwaway_pg::Durability;
 use throwaway_pg::Postgres;
 use tokio::task::JoinHandle;
 
@@ -40,6 +41,9 @@ pub struct StackOptions {
     pub bank_chaos: BankChaos,
     /// `None`: no gateway, only Postgres and the bank.
     pub gateway: Option<GatewayOptions>,
+    /// How a throwaway cluster commits (a server at `DATABASE_URL` is as
+    /// it is): fast for tests and chaos runs, durable for benchmarks.
+    pub durability: Durability,
 }
 
 /// Where the stack's services listen.
@@ -84,9 +88,11 @@ impl Stack {
     /// Gets a Postgres (`DATABASE_URL` or a throwaway cluster), then starts
     /// every service on it. On failure, whatever was started is stopped.
     pub async fn start(options: &StackOptions) -> anyhow::Result<Self> {
-        let postgres = tokio::task::spawn_blocking(Postgres::from_env_or_throwaway)
-            .await?
-            .context("getting a PostgreSQL server")?;
+        let durability = options.durability;
+        let postgres =
+            tokio::task::spawn_blocking(move || Postgres::from_env_or_throwaway_with(durability))
+                .await?
+                .context("getting a PostgreSQL server")?;
         let mut stack = Self {
             urls: StackUrls {
                 bank: String::new(),

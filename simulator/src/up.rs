@@ -4,7 +4,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::cli::UpArgs;
 use crate::process::{GatewayOptions, GatewayOutput};
-use crate::stack::{BankChaos, MERCHANT, Stack, StackOptions};
+use crate::stack::{BankChaos, Durability, MERCHANT, Stack, StackOptions};
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if args.verbose {
@@ -28,6 +28,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             args: vec!["--webhook-allow-private-urls".into(), "true".into()],
             ..GatewayOptions::new(args.gateway_port, output)
         }),
+        durability: Durability::Fast,
     };
     let mut signals = ShutdownSignals::listen()?;
     let mut stack = Stack::start(&options).await?;

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use serde_json::{Value, json};
 use simulator::process::{GatewayOptions, GatewayOutput};
 use simulator::run::{GATEWAY_SETTINGS, OPTIONAL_GATEWAY_SETTINGS};
-use simulator::stack::{BankChaos, Stack, StackOptions};
+use simulator::stack::{BankChaos, Durability, Stack, StackOptions};
 
 async fn simulator(args: Vec<String>) -> Output {
     tokio::task::spawn_blocking(move || {
@@ -35,6 +35,7 @@ async fn run_on_given_urls_starts_nothing_passes_and_restores_the_chaos() {
         bank_port: 0,
         bank_chaos: BankChaos::Calm,
         gateway: Some(gateway),
+        durability: Durability::Fast,
     })
     .await
     .expect("the stack starts");

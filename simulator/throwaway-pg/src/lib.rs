@@ -42,6 +42,27 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+/// How a throwaway cluster commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `fsync`, `synchronous_commit` and full-page writes off: the data is
+    /// a test's and dies with it, and tests run several times faster.
+    #[default]
+    Fast,
+    /// Postgres' own defaults (every commit flushed to disk), as production
+    /// runs: what a benchmark must measure.
+    Durable,
+}
+
+impl Durability {
+    fn server_options(self) -> &'static str {
+        match self {
+            Durability::Fast => "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            Durability::Durable => "",
+        }
+    }
+}
+
 /// A Postgres server we may create databases on.
 #[derive(Debug)]
 pub struct Postgres {
@@ -52,12 +73,18 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// `DATABASE_URL` when set, otherwise a new throwaway cluster.
+    /// `DATABASE_URL` when set, otherwise a new (fast) throwaway cluster.
     pub fn from_env_or_throwaway() -> Result<Self, Error> {
+        Self::from_env_or_throwaway_with(Durability::Fast)
+    }
+
+    /// `DATABASE_URL` when set, otherwise a new throwaway cluster that
+    /// commits as `durability` says.
+    pub fn from_env_or_throwaway_with(durability: Durability) -> Result<Self, Error> {
         match std::env::var("DATABASE_URL") {
             Ok(url) if !url.trim().is_empty() => Ok(Self { url, cluster: None }),
             _ => {
-                let cluster = Cluster::start()?;
+                let cluster = Cluster::start(durability)?;
                 Ok(Self {
                     url: cluster.url(),
                     cluster: Some(cluster),
@@ -69,7 +96,7 @@ impl Postgres {
     /// A new throwaway cluster of our own, whatever `DATABASE_URL` says: for
     /// a test that stops and starts its server.
     pub fn throwaway() -> Result<Self, Error> {
-        let cluster = Cluster::start()?;
+        let cluster = Cluster::start(Durability::Fast)?;
         Ok(Self {
             url: cluster.url(),
             cluster: Some(cluster),
@@ -103,10 +130,14 @@ impl Postgres {
         match &self.cluster {
             None => "using the PostgreSQL server at DATABASE_URL".to_owned(),
             Some(cluster) => format!(
-                "started a throwaway PostgreSQL cluster in {} on 127.0.0.1:{} \
+                "started a throwaway PostgreSQL cluster in {} on 127.0.0.1:{}{} \
                  (removed on exit; set DATABASE_URL to use your own server)",
                 cluster.dir.display(),
-                cluster.port
+                cluster.port,
+                match cluster.durability {
+                    Durability::Fast => ", fsync off",
+                    Durability::Durable => ", durable (fsync on)",
+                }
             ),
         }
     }
@@ -160,10 +191,11 @@ struct Cluster {
     dir: PathBuf,
     port: u16,
     as_postgres_user: bool,
+    durability: Durability,
 }
 
 impl Cluster {
-    fn start() -> Result<Self, Error> {
+    fn start(durability: Durability) -> Result<Self, Error> {
         let bin = server_bin_dir().ok_or(Error::BinariesMissing)?;
         let as_postgres_user = std::fs::metadata("/proc/self")?.uid() == 0;
         let dir = make_temp_dir()?;
@@ -175,6 +207,7 @@ impl Cluster {
             dir,
             port: 0,
             as_postgres_user,
+            durability,
         };
         cluster.spawn_watchdog()?;
         cluster.initdb()?;
@@ -220,12 +253,12 @@ impl Cluster {
     }
 
     fn pg_ctl_start(&self) -> Result<(), Error> {
-        // fsync off: this cluster holds test data only and dies with the run.
         let options = format!(
-            "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off -c max_connections={MAX_CONNECTIONS}",
+            "-p {port} -k {dir} -c listen_addresses=127.0.0.1 {durability} \
+             -c max_connections={MAX_CONNECTIONS}",
             port = self.port,
             dir = self.dir.display(),
+            durability = self.durability.server_options(),
         );
         let mut command = self.server_command("pg_ctl");
         command
