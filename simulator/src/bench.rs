@@ -16,10 +16,11 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 
 use crate::bank::{BankAdmin, Chaos, NewCard};
-use crate::cli::{BenchArgs, Target};
+use crate::cli::{BenchArgs, Target, WebhookReceiver};
 use crate::cpu::{self, Parties};
 use crate::process::{GatewayOptions, GatewayOutput};
-use crate::report::{self, Report};
+use crate::receiver::Receiver;
+use crate::report::{self, Report, WebhookLoad};
 use crate::stack::{BankChaos, Durability, Stack, StackOptions};
 use crate::stats::{Latency, micros};
 
@@ -156,7 +157,13 @@ fn own_stack_options(args: &BenchArgs, concurrency: usize) -> StackOptions {
             env: Vec::new(),
             // A benchmark measures the gateway, not its per-key rate limit
             // (one key sends every request).
-            args: vec!["--rate-limit-per-second".into(), "0".into()],
+            // `--webhook`'s receiver listens on loopback.
+            args: vec![
+                "--rate-limit-per-second".into(),
+                "0".into(),
+                "--webhook-allow-private-urls".into(),
+                "true".into(),
+            ],
             fingerprint_secret: gateway::idempotency::Secret::random(),
             webhook_secret_key: gateway::idempotency::Secret::random(),
         }),
@@ -225,11 +232,25 @@ async fn bench(
                 REQUEST_TIMEOUT + Duration::from_millis(latency_ms),
             )?,
         };
+        let receiver = match (args.webhook, endpoint) {
+            (Some(kind), Endpoint::Gateway { url, api_key }) if own_stack => {
+                Some((kind, register_webhook(&client, url, api_key, kind).await?))
+            }
+            (Some(_), _) => bail!("--webhook needs --target gateway and the bench's own stack"),
+            (None, _) => None,
+        };
         let before = match parties {
             Some(parties) => parties.sample().await,
             None => None,
         };
         let load = fire(u64::from(args.requests), concurrency, send).await?;
+        let webhook = receiver.map(|(kind, receiver)| WebhookLoad {
+            receiver: match kind {
+                WebhookReceiver::Calm => "calm",
+                WebhookReceiver::Chaotic => "chaotic",
+            },
+            deliveries_received: receiver.received().len() as u64,
+        });
         let cpu = match (parties, before) {
             (Some(parties), Some(before)) => parties
                 .sample()
@@ -238,7 +259,7 @@ async fn bench(
             (Some(_) | None, None) | (None, Some(_)) => None,
         };
         let ledger = admin.verify_ledger().await?;
-        Ok::<_, anyhow::Error>((load, ledger, cpu))
+        Ok::<_, anyhow::Error>((load, ledger, cpu, webhook))
     }
     .await;
 
@@ -248,7 +269,7 @@ async fn bench(
             .await
             .context("restoring the bank's chaos")?;
     }
-    let (load, ledger, cpu) = result?;
+    let (load, ledger, cpu, webhook) = result?;
     let elapsed_us = micros(load.elapsed);
     let (target, url, gateway_db_pool_size) = match endpoint {
         Endpoint::Bank => ("bank", bank_url.to_owned(), None),
@@ -274,6 +295,7 @@ async fn bench(
         ledger,
         cpu_ms_per_authorization: cpu,
         postgres_durability: None,
+        webhook,
     })
 }
 
@@ -300,6 +322,33 @@ async fn open_cards(admin: &BankAdmin, count: u32, balance: i64) -> anyhow::Resu
         .buffer_unordered(CARD_CREATION_CONCURRENCY)
         .try_collect()
         .await
+}
+
+/// A receiver in this process, and an endpoint for the merchant at it.
+async fn register_webhook(
+    client: &reqwest::Client,
+    gateway_url: &str,
+    api_key: &str,
+    kind: WebhookReceiver,
+) -> anyhow::Result<Receiver> {
+    let receiver = Receiver::start(1).await?;
+    if kind == WebhookReceiver::Calm {
+        receiver.calm();
+    }
+    let response = client
+        .post(format!("{gateway_url}/v1/webhook_endpoints"))
+        .bearer_auth(api_key)
+        .json(&serde_json::json!({ "url": receiver.url("/bench") }))
+        .send()
+        .await?;
+    let status = response.status();
+    if status != StatusCode::CREATED {
+        bail!(
+            "registering the webhook endpoint: {status} {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+    Ok(receiver)
 }
 
 /// What the stack's Postgres does with a commit, as it says itself.

@@ -132,6 +132,19 @@ pub struct BenchArgs {
     /// Print the in-process bank's and the gateway's JSON logs.
     #[arg(long, short)]
     pub verbose: bool,
+    /// With `--target gateway` and no `--url`: register a webhook endpoint
+    /// for the merchant first, at a receiver in this process that answers
+    /// 200 at once (`calm`) or has chaos of its own (`chaotic`: 500s,
+    /// hang-ups, answers too late), to measure what webhooks cost a payment.
+    #[arg(long, value_enum)]
+    pub webhook: Option<WebhookReceiver>,
+}
+
+/// The receiver of `simulator bench --webhook`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WebhookReceiver {
+    Calm,
+    Chaotic,
 }
 
 impl BenchArgs {

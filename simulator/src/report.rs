@@ -42,6 +42,17 @@ pub struct Report {
     /// itself (`fsync on, synchronous_commit on`); `null` for a running
     /// stack, whose database the bench was not given.
     pub postgres_durability: Option<String>,
+    /// With `--webhook`: the receiver's kind and the deliveries it got
+    /// while the load ran.
+    pub webhook: Option<WebhookLoad>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WebhookLoad {
+    /// `calm` or `chaotic`.
+    pub receiver: &'static str,
+    /// Delivery requests the receiver got before the load ended.
+    pub deliveries_received: u64,
 }
 
 impl Report {
@@ -84,6 +95,13 @@ impl fmt::Display for Report {
         }
         if let Some(durability) = &self.postgres_durability {
             writeln!(f, "  postgres    {durability}")?;
+        }
+        if let Some(webhook) = &self.webhook {
+            writeln!(
+                f,
+                "  webhooks    an endpoint registered, {} receiver: {} deliveries during the load",
+                webhook.receiver, webhook.deliveries_received
+            )?;
         }
         writeln!(f, "  requests    {}", self.total)?;
         writeln!(f, "  ok          {}", self.ok)?;

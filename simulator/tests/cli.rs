@@ -327,3 +327,39 @@ async fn up_serves_the_printed_payment_and_stops_cleanly_on_sigterm() {
         "the gateway (pid {pid}) outlived `up`"
     );
 }
+
+#[test]
+fn bench_with_a_webhook_endpoint_delivers_while_it_loads() {
+    // 200 payments, 20 at a time, each at least 100 ms at the bank: a
+    // second of load, in which the delivery workers (polling every 250 ms)
+    // send the first events.
+    let output = simulator(&[
+        "bench",
+        "--target",
+        "gateway",
+        "--requests",
+        "200",
+        "--concurrency",
+        "20",
+        "--cards",
+        "5",
+        "--bank-latency-ms",
+        "100",
+        "--webhook",
+        "calm",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed:\n{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{stderr}"));
+    assert_eq!(report["ok"], 200, "{report:#}\n{stderr}");
+    assert_eq!(report["webhook"]["receiver"], "calm", "{report:#}");
+    let received = report["webhook"]["deliveries_received"]
+        .as_u64()
+        .expect("a count");
+    assert!(
+        received > 0,
+        "nothing delivered during the load: {report:#}"
+    );
+}
