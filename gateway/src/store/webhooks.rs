@@ -288,6 +288,11 @@ pub struct ClaimedDelivery {
     pub secret_salt: Vec<u8>,
     /// The previous secret, while its grace period lasts.
     pub previous_secret_salt: Option<Vec<u8>>,
+    /// The database's clock when the claim read the secrets: the
+    /// attempt's `webhook-timestamp`. An attempt signed without a rotation's
+    /// new secret is then always stamped before that rotation committed,
+    /// however long it waited between the claim and the POST.
+    pub claimed_at: DateTime<Utc>,
 }
 
 /// Claims due deliveries of enabled endpoints under a lease: at most
@@ -316,7 +321,7 @@ pub async fn claim_due(
            FROM picked WHERE d.id = picked.id \
            RETURNING d.id, d.lease_token, d.attempts + 1 AS attempt, d.schedule_step, d.event_id, \
              d.endpoint_id, d.created_at) \
-         SELECT c.*, w.url, w.secret_salt, \
+         SELECT c.*, w.url, w.secret_salt, now() AS claimed_at, \
            CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret_salt END \
              AS previous_secret_salt \
          FROM claimed c JOIN webhook_endpoints w ON w.id = c.endpoint_id",

@@ -261,7 +261,7 @@ impl Worker {
         let id = event.id.to_string();
         let body = EventView::new(event).to_body();
         let started_at = Utc::now();
-        let timestamp = started_at.timestamp();
+        let timestamp = claim.claimed_at.timestamp();
         let mut secrets = vec![
             self.key
                 .endpoint_secret(claim.endpoint_id, &claim.secret_salt),
