@@ -54,7 +54,7 @@ pub async fn list_events(
     state: Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
-        .map_err(|_| ApiError::invalid("query", "the query string could not be parsed"))?;
+        .map_err(|_| ApiError::invalid("query", "string could not be parsed"))?;
     let filter = EventFilter {
         payment: query
             .get("payment_id")
@@ -75,7 +75,10 @@ pub async fn list_events(
             let cursor = EventId::parse(raw)
                 .map_err(|_| ApiError::invalid("starting_after", "must be an event id"))?;
             if !events::exists(&mut conn, merchant.0, cursor).await? {
-                return Err(ApiError::invalid("starting_after", "no such event"));
+                return Err(ApiError::invalid(
+                    "starting_after",
+                    "names no event of this merchant",
+                ));
             }
             Some(cursor)
         }

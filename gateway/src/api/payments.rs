@@ -83,7 +83,7 @@ pub fn page_size(raw: Option<&String>) -> Result<i64, ApiError> {
             .ok_or_else(|| {
                 ApiError::invalid(
                     "limit",
-                    format!("limit must be an integer from 1 to {MAX_PAGE_SIZE}"),
+                    format!("must be an integer from 1 to {MAX_PAGE_SIZE}"),
                 )
             }),
     }
@@ -327,12 +327,12 @@ pub async fn list_payments(
     state: Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
-        .map_err(|_| ApiError::invalid("query", "the query string could not be parsed"))?;
+        .map_err(|_| ApiError::invalid("query", "string could not be parsed"))?;
     let filter = match (query.get("order_id"), query.get("customer_id")) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
                 "customer_id",
-                "filter by order_id or by customer_id, not both",
+                "cannot be given with order_id: filter by one or the other",
             ));
         }
         (Some(order), None) => ListFilter::Order(OrderId::parse(order)?.as_str().to_owned()),
@@ -349,7 +349,10 @@ pub async fn list_payments(
             let cursor = PaymentId::parse(raw)
                 .map_err(|_| ApiError::invalid("starting_after", "must be a payment id"))?;
             if !store::exists(&mut conn, merchant.0, cursor).await? {
-                return Err(ApiError::invalid("starting_after", "no such payment"));
+                return Err(ApiError::invalid(
+                    "starting_after",
+                    "names no payment of this merchant",
+                ));
             }
             Some(cursor)
         }

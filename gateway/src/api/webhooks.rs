@@ -112,7 +112,12 @@ pub async fn create_endpoint(
     let body = read_json(&req, payload, state.body).await?;
     let fields = Fields::of(&body, "", &["url", "event_types"])?;
     let url = EndpointUrl::parse(fields.string("url")?, state.webhooks.allow_private_urls)
-        .map_err(|e| ApiError::invalid("url", e.to_string()))?;
+        .map_err(|e| ApiError::Invalid {
+            param: "url".into(),
+            code: "parameter_invalid",
+            // Each says "url must …" already.
+            message: e.to_string(),
+        })?;
     let event_types = parse_event_types(&fields)?;
     let mut conn = state.gateway.pool().acquire().await?;
     let record = store::create_endpoint(

@@ -16,17 +16,17 @@ pub enum DomainError {
     AmountTooLarge,
     #[error("currency must be \"USD\", the only one supported")]
     UnsupportedCurrency,
-    #[error("card number must be 13 to 19 digits long")]
+    #[error("card.number must be 13 to 19 digits long")]
     CardNumberLength,
-    #[error("card number must contain only the digits 0-9")]
+    #[error("card.number must contain only the digits 0-9")]
     CardNumberNotDigits,
-    #[error("card number is invalid (it fails the Luhn check)")]
+    #[error("card.number is invalid (it fails the Luhn check)")]
     CardNumberLuhn,
-    #[error("cvv must be 3 or 4 digits")]
+    #[error("card.cvv must be 3 or 4 digits")]
     CvvInvalid,
-    #[error("expiry_month must be between 1 and 12")]
+    #[error("card.expiry_month must be between 1 and 12")]
     ExpiryMonthInvalid,
-    #[error("expiry_year must be between 2000 and 2099")]
+    #[error("card.expiry_year must be between 2000 and 2099")]
     ExpiryYearInvalid,
     #[error(
         "order_id must be 1 to {max} characters of A-Z, a-z, 0-9, '_' or '-'",
@@ -133,7 +133,7 @@ mod tests {
         for (error, param) in expected {
             assert_eq!(error.param(), param, "{error:?}");
             assert!(!error.code().is_empty(), "{error:?}");
-            assert!(!error.to_string().is_empty(), "{error:?}");
+            assert!(error.to_string().contains(param), "{error:?}: {error}");
         }
     }
 
