@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use actix_web::web::{self, Data, Path};
 use actix_web::{HttpRequest, HttpResponse, get, post};
+use chrono::Datelike;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -107,6 +108,31 @@ fn parse_create(body: &Value) -> Result<AuthorizeCommand, ApiError> {
     })
 }
 
+/// Refuses a card past its expiry month (in UTC) with 400 `card_expired`,
+/// `param` naming the month or the year: the bank is not called and
+/// nothing is stored, so the key stays usable with another card. A key
+/// used before is let through to its usual answer (a replay, its resumed
+/// operation, or 422): a retry of a payment authorized on the card's last
+/// valid day is still that payment. This reads the key only for an expired
+/// card, so the usual path costs nothing.
+async fn ensure_card_not_expired(
+    state: &AppState,
+    merchant: MerchantId,
+    key: &IdempotencyKey,
+    expiry: CardExpiry,
+) -> Result<(), ApiError> {
+    let today = state.gateway.faults().now();
+    let Err(expired) = expiry.ensure_valid_in(today.year(), today.month()) else {
+        return Ok(());
+    };
+    let mut conn = state.gateway.pool().acquire().await?;
+    if idempotency::read(&mut conn, merchant, key).await?.is_some() {
+        return Ok(());
+    }
+    tracing::info!("card past its expiry refused; the bank is not called");
+    Err(expired.into())
+}
+
 /// Refuses the request up front while the bank's circuit is open: 503
 /// `bank_unavailable` with `Retry-After`, before the idempotency key is
 /// claimed or anything is written, so the client may retry with the same
@@ -177,6 +203,7 @@ pub async fn create_payment(
     let key = idempotency_key(&req)?;
     let body = read_json(&req, payload, state.body).await?;
     let command = parse_create(&body)?;
+    ensure_card_not_expired(&state, merchant.0, &key, command.expiry).await?;
     ensure_bank_available(&state, merchant.0, &key).await?;
     let fingerprint = state.fingerprinter.fingerprint("POST", req.path(), &body);
     let reply = state
