@@ -43,6 +43,11 @@ pub struct Settings {
     /// A request that cannot get a connection this fast answers 503.
     #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2_000)]
     pub db_acquire_timeout_ms: u64,
+    /// At start-up, how long to keep trying to reach the database (a
+    /// refused connection, a server still starting) before exiting with
+    /// the host, port and cause.
+    #[arg(long, env = "DB_CONNECT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub db_connect_timeout_ms: u64,
     /// Rows in one batched write (the start of an authorization, a
     /// settlement), at most: concurrent requests share one statement.
     #[arg(long, env = "DB_BATCH_MAX_ROWS", default_value_t = 64)]
@@ -245,6 +250,7 @@ impl Settings {
             operator_port: 0,
             db_pool_size: 10,
             db_acquire_timeout_ms: 2_000,
+            db_connect_timeout_ms: 5_000,
             db_batch_max_rows: 64,
             db_batch_flushers: 1,
             db_batch_queue: 4_096,

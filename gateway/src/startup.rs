@@ -51,10 +51,11 @@ impl Application {
     /// [`Application::run_until_stopped`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.validate().map_err(anyhow::Error::msg)?;
-        let pool = store::connect(
+        let pool = store::connect_within(
             &settings.database_url,
             settings.db_pool_size,
             Duration::from_millis(settings.db_acquire_timeout_ms),
+            Duration::from_millis(settings.db_connect_timeout_ms),
         )
         .await?;
         store::MIGRATOR.run(&pool).await?;
