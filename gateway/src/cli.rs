@@ -170,8 +170,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 std::time::Duration::from_secs(10),
             )
             .await?;
-            store::MIGRATOR.run(&pool).await?;
-            eprintln!("gateway: migrations applied");
+            let migrated = store::migrate(&pool).await?;
+            eprintln!("gateway: {migrated}");
             Ok(())
         }
         Command::ApiKey {

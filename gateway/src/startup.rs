@@ -58,7 +58,13 @@ impl Application {
             Duration::from_millis(settings.db_connect_timeout_ms),
         )
         .await?;
-        store::MIGRATOR.run(&pool).await?;
+        let migrated = store::migrate(&pool).await?;
+        tracing::info!(
+            total = migrated.total,
+            applied_now = migrated.applied_now,
+            latest = %migrated.latest,
+            "{migrated}"
+        );
         // The recorder first, so that the breaker's initial state is on it.
         let prometheus = Data::new(telemetry::prometheus());
         telemetry::register_metrics();

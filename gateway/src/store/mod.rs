@@ -168,3 +168,58 @@ fn transient(error: &sqlx::Error) -> bool {
             .and_then(|e| e.code())
             .is_some_and(|code| ["57P03", "57P01", "53300"].contains(&code.as_ref()))
 }
+
+/// What [`migrate`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migrated {
+    /// Migrations in place now.
+    pub total: usize,
+    /// Of those, the ones this run applied.
+    pub applied_now: usize,
+    /// The newest, as its file is named (`0007_webhooks`).
+    pub latest: String,
+}
+
+impl std::fmt::Display for Migrated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "migrations applied: {} (latest {}; {} new)",
+            self.total, self.latest, self.applied_now
+        )
+    }
+}
+
+/// Applies the migrations not applied yet and says what is in place.
+pub async fn migrate(pool: &PgPool) -> Result<Migrated, sqlx::migrate::MigrateError> {
+    let before = applied_count(pool).await?;
+    MIGRATOR.run(pool).await?;
+    let after = applied_count(pool).await?;
+    let latest = MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .max_by_key(|m| m.version)
+        .map(|m| format!("{:04}_{}", m.version, m.description.replace(' ', "_")))
+        .unwrap_or_default();
+    Ok(Migrated {
+        total: after,
+        applied_now: after.saturating_sub(before),
+        latest,
+    })
+}
+
+/// Migrations recorded as applied (none before the first run).
+async fn applied_count(pool: &PgPool) -> Result<usize, sqlx::Error> {
+    // Two statements: a table named in a statement must exist for it to
+    // be planned at all.
+    let table: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !table {
+        return Ok(0);
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await?;
+    Ok(usize::try_from(count).unwrap_or(0))
+}

@@ -185,3 +185,44 @@ fn an_unreachable_database_is_named_with_its_cause_and_the_password_never_shown(
     );
     assert!(!stderr.contains(password) && !stdout.contains(password));
 }
+
+#[tokio::test]
+async fn the_log_opens_with_the_gateways_own_migration_line_not_sqlx_notices() {
+    let database_url = throwaway_pg::shared()
+        .fresh_database("gateway")
+        .await
+        .unwrap();
+    let total = gateway::store::MIGRATOR.iter().count();
+    let latest = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter_map(|name| name.strip_suffix(".sql").map(str::to_owned))
+        .max()
+        .expect("migrations");
+
+    // A first start applies them all; every start after finds the table,
+    // which is when Postgres says so in a notice.
+    let (status, _, stderr, _) = run_to_exit(&["migrate", "--database-url", &database_url], &[]);
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "migrations applied: {total} (latest {latest}; {total} new)"
+        )),
+        "{stderr}"
+    );
+
+    let (bank_address, _) = spawn_bank(None).await;
+    let gateway = Launch::new(&database_url, &bank_address).start().await;
+    let lines = gateway.lines();
+    let logs = gateway.stop().await;
+    for line in lines.iter().chain(&logs) {
+        assert!(!line.contains("_sqlx_migrations"), "{line}");
+    }
+    let first: Value = serde_json::from_str(&lines[0]).expect("a JSON line");
+    assert_eq!(first["level"], "INFO", "{first}");
+    assert_eq!(
+        first["fields"]["message"],
+        format!("migrations applied: {total} (latest {latest}; 0 new)"),
+        "{first}"
+    );
+}
