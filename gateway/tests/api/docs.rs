@@ -81,3 +81,75 @@ fn the_readme_embeds_the_generated_state_diagram() {
         "regenerate it with `cargo run -p gateway -- state-diagram`"
     );
 }
+
+/// The options and arguments in a `--help` text that have no description
+/// (clap then prints only `[env: …]` and `[default: …]`, or nothing).
+fn undescribed(help: &str) -> Vec<String> {
+    let lines: Vec<&str> = help.lines().collect();
+    let mut missing = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let entry = line.trim_start();
+        if !line.starts_with(' ') || !(entry.starts_with('-') || entry.starts_with('<')) {
+            continue;
+        }
+        let description = match entry.split_once("  ") {
+            Some((_, rest)) if !rest.trim().is_empty() => rest.trim(),
+            // The long layout: the description on the next line.
+            _ => lines.get(i + 1).map_or("", |next| next.trim()),
+        };
+        if description.is_empty()
+            || description.starts_with('[')
+            || description.starts_with('-')
+            || description.starts_with('<')
+        {
+            missing.push(entry.to_owned());
+        }
+    }
+    missing
+}
+
+#[test]
+fn every_flag_of_every_command_has_a_description_in_help() {
+    let password = "hunter2-Passw0rd";
+    for command in [
+        &[][..],
+        &["serve"],
+        &["migrate"],
+        &["api-key", "create"],
+        &["api-key", "list"],
+        &["api-key", "revoke"],
+        &["reconcile"],
+        &["webhooks", "resend"],
+        &["state-diagram"],
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(command)
+            .arg("--help")
+            .env(
+                "DATABASE_URL",
+                format!("postgres://gateway:{password}@db/gateway"),
+            )
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{command:?}");
+        let help = String::from_utf8(output.stdout).unwrap();
+        assert!(help.contains("--help"), "{command:?}: {help}");
+        let missing = undescribed(&help);
+        assert!(
+            missing.is_empty(),
+            "gateway {} --help: no description for {missing:?}\n{help}",
+            command.join(" ")
+        );
+        assert!(
+            !help.contains(password),
+            "the database password is shown:\n{help}"
+        );
+    }
+    assert_eq!(
+        undescribed(
+            "Options:\n      --host <HOST>\n          [env: HOST=]\n  -h, --help  Print help\n"
+        ),
+        ["--host <HOST>"],
+        "the check finds a flag without help"
+    );
+}
