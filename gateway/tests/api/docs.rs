@@ -153,3 +153,74 @@ fn every_flag_of_every_command_has_a_description_in_help() {
         "the check finds a flag without help"
     );
 }
+
+#[tokio::test]
+async fn every_operation_has_a_summary_and_statuses_are_an_enum() {
+    let app = spawn_app().await;
+    let openapi: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut operations = 0;
+    for (path, item) in openapi["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            operations += 1;
+            let summary = operation["summary"].as_str().unwrap_or_default();
+            assert!(!summary.is_empty(), "{method} {path} has no summary");
+            assert!(summary.len() <= 80, "{method} {path}: a summary is a line");
+            assert!(
+                operation["description"]
+                    .as_str()
+                    .is_some_and(|d| !d.is_empty()),
+                "{method} {path} has no description"
+            );
+        }
+    }
+    assert!(operations >= 18, "{operations} operations");
+
+    let schemas = &openapi["components"]["schemas"];
+    let statuses: Vec<&str> = schemas["PaymentStatus"]["enum"]
+        .as_array()
+        .expect("PaymentStatus is an enum")
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let expected: Vec<&str> = gateway::domain::PaymentStatus::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    assert_eq!(statuses, expected);
+    let payment = &schemas["PaymentView"]["properties"];
+    assert_eq!(
+        payment["status"]["$ref"], "#/components/schemas/PaymentStatus",
+        "{payment}"
+    );
+    // Examples a developer can paste: a real amount, a test card, a status.
+    let create = &schemas["CreatePayment"]["properties"];
+    assert_eq!(create["amount"]["example"], 4999);
+    assert_eq!(create["card"]["$ref"], "#/components/schemas/CardInput");
+    // The mock bank's card that approves, with its expiry.
+    let card = &schemas["CardInput"]["properties"];
+    assert_eq!(card["number"]["example"], "4111111111111111");
+    assert_eq!(
+        (
+            &card["expiry_month"]["example"],
+            &card["expiry_year"]["example"]
+        ),
+        (&serde_json::json!(12), &serde_json::json!(2030))
+    );
+    assert_eq!(payment["amount"]["example"], 4999, "{payment}");
+    assert_eq!(payment["currency"]["example"], "USD");
+    let events: Vec<&str> = schemas["EventType"]["enum"]
+        .as_array()
+        .expect("EventType is an enum")
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert!(events.contains(&"payment.captured"), "{events:?}");
+}
