@@ -88,7 +88,10 @@ pub enum WebhooksCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    #[arg(long, env = "DATABASE_URL")]
+    /// The gateway's Postgres database, e.g.
+    /// postgres://gateway:PASSWORD@db:5432/gateway (its password is never
+    /// shown).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 }
 
@@ -170,8 +173,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 std::time::Duration::from_secs(10),
             )
             .await?;
-            store::MIGRATOR.run(&pool).await?;
-            eprintln!("gateway: migrations applied");
+            let migrated = store::migrate(&pool).await?;
+            eprintln!("gateway: {migrated}");
             Ok(())
         }
         Command::ApiKey {
@@ -319,6 +322,26 @@ mod tests {
     #[test]
     fn definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_of_every_command_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                if !arg.is_hide_set() && arg.get_help().is_none() {
+                    missing.push(format!("{path} --{}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {}", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "gateway", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
     }
 
     #[test]

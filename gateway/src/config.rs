@@ -18,11 +18,15 @@ use crate::webhooks::secret::WebhookKey;
 
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
-    #[arg(long, env = "DATABASE_URL")]
+    /// The gateway's Postgres database, e.g.
+    /// postgres://gateway:PASSWORD@db:5432/gateway: a role that may run
+    /// the migrations. Its password is never logged, nor shown here.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// The acquiring bank's base URL.
     #[arg(long, env = "BANK_URL", default_value = "http://127.0.0.1:8787")]
     pub bank_url: String,
+    /// The address the API listens on (0.0.0.0: every interface).
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     pub host: String,
     /// The API's port (and `/health`, `/docs`). 0 picks a free port.
@@ -43,6 +47,11 @@ pub struct Settings {
     /// A request that cannot get a connection this fast answers 503.
     #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2_000)]
     pub db_acquire_timeout_ms: u64,
+    /// At start-up, how long to keep trying to reach the database (a
+    /// refused connection, a server still starting) before exiting with
+    /// the host, port and cause.
+    #[arg(long, env = "DB_CONNECT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub db_connect_timeout_ms: u64,
     /// Rows in one batched write (the start of an authorization, a
     /// settlement), at most: concurrent requests share one statement.
     #[arg(long, env = "DB_BATCH_MAX_ROWS", default_value_t = 64)]
@@ -59,15 +68,22 @@ pub struct Settings {
     /// Bank HTTP attempts in flight at once, across all requests.
     #[arg(long, env = "BANK_MAX_IN_FLIGHT", default_value_t = 2_048)]
     pub bank_max_in_flight: usize,
+    /// One HTTP attempt at the bank, from connecting to the last byte of
+    /// its answer; past it the attempt is retried with the same key.
     #[arg(long, env = "BANK_ATTEMPT_TIMEOUT_MS", default_value_t = 3_000)]
     pub bank_attempt_timeout_ms: u64,
     /// Past this, a request answers 202 and the operation completes later.
     #[arg(long, env = "BANK_DEADLINE_MS", default_value_t = 10_000)]
     pub bank_deadline_ms: u64,
+    /// Attempts of one bank call at most, the first included, all within
+    /// BANK_DEADLINE_MS.
     #[arg(long, env = "BANK_MAX_ATTEMPTS", default_value_t = 8)]
     pub bank_max_attempts: u32,
+    /// The wait before a bank call's first retry, at most: it doubles per
+    /// retry up to BANK_MAX_BACKOFF_MS, with full jitter.
     #[arg(long, env = "BANK_BASE_BACKOFF_MS", default_value_t = 100)]
     pub bank_base_backoff_ms: u64,
+    /// The longest wait between two attempts of a bank call.
     #[arg(long, env = "BANK_MAX_BACKOFF_MS", default_value_t = 2_000)]
     pub bank_max_backoff_ms: u64,
     /// How long a request owns its idempotency key and operation; must
@@ -97,6 +113,7 @@ pub struct Settings {
     /// (24 hours by default).
     #[arg(long, env = "IDEMPOTENCY_RETENTION_SECONDS", default_value_t = 86_400)]
     pub idempotency_retention_seconds: u64,
+    /// How often answered keys past their retention are deleted.
     #[arg(long, env = "IDEMPOTENCY_PURGE_INTERVAL_MS", default_value_t = 60_000)]
     pub idempotency_purge_interval_ms: u64,
     /// How often the recovery worker looks for operations whose outcome is unknown.
@@ -245,6 +262,7 @@ impl Settings {
             operator_port: 0,
             db_pool_size: 10,
             db_acquire_timeout_ms: 2_000,
+            db_connect_timeout_ms: 5_000,
             db_batch_max_rows: 64,
             db_batch_flushers: 1,
             db_batch_queue: 4_096,

@@ -51,13 +51,20 @@ impl Application {
     /// [`Application::run_until_stopped`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.validate().map_err(anyhow::Error::msg)?;
-        let pool = store::connect(
+        let pool = store::connect_within(
             &settings.database_url,
             settings.db_pool_size,
             Duration::from_millis(settings.db_acquire_timeout_ms),
+            Duration::from_millis(settings.db_connect_timeout_ms),
         )
         .await?;
-        store::MIGRATOR.run(&pool).await?;
+        let migrated = store::migrate(&pool).await?;
+        tracing::info!(
+            total = migrated.total,
+            applied_now = migrated.applied_now,
+            latest = %migrated.latest,
+            "{migrated}"
+        );
         // The recorder first, so that the breaker's initial state is on it.
         let prometheus = Data::new(telemetry::prometheus());
         telemetry::register_metrics();

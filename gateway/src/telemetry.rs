@@ -42,7 +42,8 @@ const BATCH_ROWS_BUCKETS: [f64; 7] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 /// the bank does not need: a connection that actix-http ends with an error
 /// is logged at WARN, not ERROR (see [`ClientFaultsAsWarnings`]).
 pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let spec = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    let filter = EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new(log_filter(None)));
     let json = tracing_subscriber::fmt::format()
         .json()
         .with_current_span(true)
@@ -52,6 +53,21 @@ pub fn init_logging() {
         .event_format(ClientFaultsAsWarnings(json))
         .with_env_filter(filter)
         .try_init();
+}
+
+/// sqlx writes the notices Postgres sends at INFO, and at every start but
+/// the first Postgres sends one ("relation \"_sqlx_migrations\" already
+/// exists, skipping"): noise that opened the log. Notices are shown from
+/// WARN up, unless RUST_LOG says something about sqlx itself.
+const QUIET_POSTGRES_NOTICES: &str = "sqlx::postgres::notice=warn";
+
+/// The filter: RUST_LOG (default `info`), with Postgres's notices quieted.
+fn log_filter(rust_log: Option<&str>) -> String {
+    match rust_log.map(str::trim) {
+        Some(spec) if spec.contains("sqlx") => spec.to_owned(),
+        Some(spec) if !spec.is_empty() => format!("{spec},{QUIET_POSTGRES_NOTICES}"),
+        _ => format!("info,{QUIET_POSTGRES_NOTICES}"),
+    }
 }
 
 /// actix-http ends a connection on a head it cannot parse (bad bytes in a
@@ -360,5 +376,19 @@ mod tests {
         assert_eq!(method_label(&made_up), "other");
         let lower = Method::from_bytes(b"get").unwrap();
         assert_eq!(method_label(&lower), "other", "methods are case-sensitive");
+    }
+
+    #[test]
+    fn postgres_notices_are_quiet_unless_rust_log_speaks_of_sqlx() {
+        assert_eq!(log_filter(None), "info,sqlx::postgres::notice=warn");
+        assert_eq!(log_filter(Some(" ")), "info,sqlx::postgres::notice=warn");
+        assert_eq!(
+            log_filter(Some("debug")),
+            "debug,sqlx::postgres::notice=warn"
+        );
+        assert_eq!(log_filter(Some("info,sqlx=info")), "info,sqlx=info");
+        for spec in [None, Some("warn"), Some("gateway=debug")] {
+            assert!(EnvFilter::try_new(log_filter(spec)).is_ok(), "{spec:?}");
+        }
     }
 }

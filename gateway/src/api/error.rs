@@ -85,21 +85,28 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+    /// 400 `parameter_invalid` for `param`; the message is the field's
+    /// name followed by `predicate` ("amount is required"), so that it
+    /// reads on its own, without `param` beside it.
+    pub fn invalid(param: impl Into<String>, predicate: impl AsRef<str>) -> Self {
+        let param = param.into();
+        let message = format!("{param} {}", predicate.as_ref());
         Self::Invalid {
-            param: param.into(),
+            param,
             code: "parameter_invalid",
-            message: message.into(),
+            message,
         }
     }
 
     /// A parameter or header sent more than once: parsers on the way could
     /// each take a different one.
     pub fn duplicate(param: impl Into<String>) -> Self {
+        let param = param.into();
+        let message = format!("{param} is sent more than once; send it once");
         Self::Invalid {
-            param: param.into(),
+            param,
             code: "duplicate_parameter",
-            message: "is sent more than once; send it once".into(),
+            message,
         }
     }
 
@@ -215,7 +222,7 @@ impl From<payments::Error> for ApiError {
             payments::Error::NotFound => Self::NotFound,
             payments::Error::AmountMismatch { expected } => Self::invalid(
                 "amount",
-                format!("amount must equal the payment's amount ({expected} cents)"),
+                format!("must equal the payment's amount ({expected} cents)"),
             ),
             payments::Error::Claim(ClaimError::InUse) => Self::KeyInUse,
             payments::Error::Claim(ClaimError::Reused) => Self::KeyReused,

@@ -33,6 +33,8 @@ fn event_id(raw: &str) -> Result<EventId, ApiError> {
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "webhooks", security(("api_key" = [])),
+    summary = "List events",
+    description = "Every change of this merchant's payments, newest first, as webhooks carry them: for a receiver that missed some, or for polling instead of webhooks.",
     params(
         ("payment_id" = Option<String>, Query, description = "Only this payment's events"),
         ("type" = Option<String>, Query, description = "Only events of this type, e.g. payment.captured"),
@@ -54,7 +56,7 @@ pub async fn list_events(
     state: Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
-        .map_err(|_| ApiError::invalid("query", "the query string could not be parsed"))?;
+        .map_err(|_| ApiError::invalid("query", "string could not be parsed"))?;
     let filter = EventFilter {
         payment: query
             .get("payment_id")
@@ -75,7 +77,10 @@ pub async fn list_events(
             let cursor = EventId::parse(raw)
                 .map_err(|_| ApiError::invalid("starting_after", "must be an event id"))?;
             if !events::exists(&mut conn, merchant.0, cursor).await? {
-                return Err(ApiError::invalid("starting_after", "no such event"));
+                return Err(ApiError::invalid(
+                    "starting_after",
+                    "names no event of this merchant",
+                ));
             }
             Some(cursor)
         }
@@ -87,6 +92,8 @@ pub async fn list_events(
 }
 
 #[utoipa::path(get, path = "/v1/events/{id}", tag = "webhooks", security(("api_key" = [])),
+    summary = "Retrieve an event",
+    description = "The event, byte for byte the body its deliveries carry.",
     params(("id" = String, Path, description = "The event id (evt_…)")),
     responses(
         (status = 200, description = "The event, exactly as its deliveries carry it", body = EventView),
@@ -113,6 +120,8 @@ pub async fn get_event(
 }
 
 #[utoipa::path(get, path = "/v1/events/{id}/deliveries", tag = "webhooks", security(("api_key" = [])),
+    summary = "List an event's deliveries",
+    description = "One delivery per endpoint the event was sent to, each with every attempt: when, the receiver's status or the error, and how long it took.",
     params(("id" = String, Path, description = "The event id (evt_…)")),
     responses(
         (status = 200, description = "The event's deliveries, one per endpoint, each with every attempt", body = DeliveryList),
@@ -139,6 +148,8 @@ pub async fn list_deliveries(
 }
 
 #[utoipa::path(post, path = "/v1/events/{id}/resend", tag = "webhooks", security(("api_key" = [])),
+    summary = "Resend an event",
+    description = "Queues the event again, due now, with the same webhook-id (a receiver that deduplicates sees it once): to one endpoint, or to every enabled endpoint that wants its type.",
     params(("id" = String, Path, description = "The event id (evt_…)")),
     request_body(content = Option<Resend>),
     responses(

@@ -15,7 +15,10 @@ use crate::store::MIGRATOR;
 /// A readiness probe that cannot reach the database this fast says no.
 const READY_DB_TIMEOUT: Duration = Duration::from_secs(2);
 
-#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, description = "The process is alive: `{\"status\": \"ok\"}`", content_type = "application/json", body = Object)))]
+#[utoipa::path(get, path = "/health", tag = "operations",
+    summary = "Liveness",
+    description = "The process is alive; says nothing about the database or the bank (the operator listener's `/ready` does).",
+    responses((status = 200, description = "The process is alive: `{\"status\": \"ok\"}`", content_type = "application/json", body = Object)))]
 #[get("/health")]
 pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))

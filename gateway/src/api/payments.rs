@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use actix_web::web::{self, Data, Path};
 use actix_web::{HttpRequest, HttpResponse, get, post};
+use chrono::Datelike;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -62,7 +63,7 @@ pub struct CardInput {
 #[allow(dead_code)]
 pub struct OperationInput {
     /// If given, must equal the payment's amount (full amounts only).
-    #[schema(minimum = 1, maximum = 100_000_000)]
+    #[schema(example = 4999, minimum = 1, maximum = 100_000_000)]
     amount: Option<i64>,
 }
 
@@ -83,7 +84,7 @@ pub fn page_size(raw: Option<&String>) -> Result<i64, ApiError> {
             .ok_or_else(|| {
                 ApiError::invalid(
                     "limit",
-                    format!("limit must be an integer from 1 to {MAX_PAGE_SIZE}"),
+                    format!("must be an integer from 1 to {MAX_PAGE_SIZE}"),
                 )
             }),
     }
@@ -105,6 +106,31 @@ fn parse_create(body: &Value) -> Result<AuthorizeCommand, ApiError> {
         cvv: Cvv::parse(card.string("cvv")?)?,
         expiry: CardExpiry::new(card.integer("expiry_month")?, card.integer("expiry_year")?)?,
     })
+}
+
+/// Refuses a card past its expiry month (in UTC) with 400 `card_expired`,
+/// `param` naming the month or the year: the bank is not called and
+/// nothing is stored, so the key stays usable with another card. A key
+/// used before is let through to its usual answer (a replay, its resumed
+/// operation, or 422): a retry of a payment authorized on the card's last
+/// valid day is still that payment. This reads the key only for an expired
+/// card, so the usual path costs nothing.
+async fn ensure_card_not_expired(
+    state: &AppState,
+    merchant: MerchantId,
+    key: &IdempotencyKey,
+    expiry: CardExpiry,
+) -> Result<(), ApiError> {
+    let today = state.gateway.faults().now();
+    let Err(expired) = expiry.ensure_valid_in(today.year(), today.month()) else {
+        return Ok(());
+    };
+    let mut conn = state.gateway.pool().acquire().await?;
+    if idempotency::read(&mut conn, merchant, key).await?.is_some() {
+        return Ok(());
+    }
+    tracing::info!("card past its expiry refused; the bank is not called");
+    Err(expired.into())
 }
 
 /// Refuses the request up front while the bank's circuit is open: 503
@@ -148,13 +174,15 @@ fn respond(reply: Reply) -> HttpResponse {
 }
 
 #[utoipa::path(post, path = "/v1/payments", tag = "payments",
+    summary = "Authorize a payment",
+    description = "Reserves `amount` on the card at the bank; capture it later (or void it). Use one new Idempotency-Key per checkout attempt, and the same key with the same body on every retry of it. 201: authorized. 202: the bank's answer is not known yet; retry with the same key and body, or wait for the webhook. 402: declined by the bank, and the payment exists as `declined`. 400: invalid input, `param` names the field (a card past its expiry month is `card_expired`, refused without calling the bank); nothing is stored and the key may be used again.",
     security(("api_key" = [])),
     params(("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters (space to tilde); unique per operation", min_length = 1, max_length = 255, pattern = "^[ -~]{1,255}$")),
     request_body = CreatePayment,
     responses(
         (status = 201, description = "Authorized", body = PaymentView),
         (status = 202, description = "The bank's answer is not known yet; the payment is pending", body = PaymentView),
-        (status = 400, description = "Invalid request or Idempotency-Key, or a JSON key or header (Authorization, Idempotency-Key, Content-Type) sent twice (duplicate_parameter); nothing was created", body = ErrorBody),
+        (status = 400, description = "Invalid request or Idempotency-Key, a card past its expiry month (card_expired; the bank is not called), or a JSON key or header (Authorization, Idempotency-Key, Content-Type) sent twice (duplicate_parameter); nothing was created", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 402, description = "Declined by the bank (card_error); the payment exists with status declined", body = ErrorBody),
         (status = 408, description = "request_timeout: the body did not arrive in time (5 s by default)", body = ErrorBody),
@@ -177,6 +205,7 @@ pub async fn create_payment(
     let key = idempotency_key(&req)?;
     let body = read_json(&req, payload, state.body).await?;
     let command = parse_create(&body)?;
+    ensure_card_not_expired(&state, merchant.0, &key, command.expiry).await?;
     ensure_bank_available(&state, merchant.0, &key).await?;
     let fingerprint = state.fingerprinter.fingerprint("POST", req.path(), &body);
     let reply = state
@@ -217,9 +246,10 @@ async fn operate(
 }
 
 macro_rules! operation_route {
-    ($name:ident, $path:literal, $action:expr, $what:literal) => {
+    ($name:ident, $path:literal, $action:expr, $summary:literal, $what:literal) => {
         #[utoipa::path(post, path = concat!("/v1", $path), tag = "payments",
             security(("api_key" = [])),
+            summary = $summary,
             description = $what,
             params(("id" = String, Path, description = "The payment id; anything else answers 404", pattern = "^pay_[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"), ("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters (space to tilde); unique per operation", min_length = 1, max_length = 255, pattern = "^[ -~]{1,255}$")),
             request_body(content = Option<OperationInput>),
@@ -256,22 +286,27 @@ operation_route!(
     capture_payment,
     "/payments/{id}/capture",
     Action::Capture,
-    "Captures the full authorized amount."
+    "Capture a payment",
+    "Captures the full authorized amount: the money moves. Only an `authorized` payment can be captured; an optional `amount` must equal the payment's. 202: the bank's answer is not known yet; retry with the same key."
 );
 operation_route!(
     void_payment,
     "/payments/{id}/void",
     Action::Void,
-    "Releases the authorization."
+    "Void a payment",
+    "Releases the authorization's hold: nothing is charged. Only an `authorized` payment can be voided. 202: the bank's answer is not known yet; retry with the same key."
 );
 operation_route!(
     refund_payment,
     "/payments/{id}/refund",
     Action::Refund,
-    "Refunds the full captured amount."
+    "Refund a payment",
+    "Refunds the full captured amount. Only a `captured` payment can be refunded. 202: the bank's answer is not known yet; retry with the same key."
 );
 
 #[utoipa::path(get, path = "/v1/payments/{id}", tag = "payments", security(("api_key" = [])),
+    summary = "Retrieve a payment",
+    description = "The payment (the receipt): its status, the card's brand and last four digits, the bank's ids and every status it went through. Poll it while a payment is in flight (`pending`, `capturing`, `voiding`, `refunding`), or wait for the webhook.",
     params(("id" = String, Path, description = "The payment id; anything else answers 404", pattern = "^pay_[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")),
     responses(
         (status = 200, description = "The payment", body = PaymentView),
@@ -306,6 +341,8 @@ pub async fn get_payment(
 }
 
 #[utoipa::path(get, path = "/v1/payments", tag = "payments", security(("api_key" = [])),
+    summary = "List payments",
+    description = "This merchant's payments, newest first, optionally only one order's or one customer's; `limit` per page, the next page `starting_after` the last id while `has_more`.",
     params(
         ("order_id" = Option<String>, Query, description = "Only this order's payments; not with customer_id", pattern = "^[A-Za-z0-9_-]{1,64}$"),
         ("customer_id" = Option<String>, Query, description = "Only this customer's payments; not with order_id", pattern = "^[A-Za-z0-9_-]{1,64}$"),
@@ -327,12 +364,12 @@ pub async fn list_payments(
     state: Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
-        .map_err(|_| ApiError::invalid("query", "the query string could not be parsed"))?;
+        .map_err(|_| ApiError::invalid("query", "string could not be parsed"))?;
     let filter = match (query.get("order_id"), query.get("customer_id")) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
                 "customer_id",
-                "filter by order_id or by customer_id, not both",
+                "cannot be given with order_id: filter by one or the other",
             ));
         }
         (Some(order), None) => ListFilter::Order(OrderId::parse(order)?.as_str().to_owned()),
@@ -349,7 +386,10 @@ pub async fn list_payments(
             let cursor = PaymentId::parse(raw)
                 .map_err(|_| ApiError::invalid("starting_after", "must be a payment id"))?;
             if !store::exists(&mut conn, merchant.0, cursor).await? {
-                return Err(ApiError::invalid("starting_after", "no such payment"));
+                return Err(ApiError::invalid(
+                    "starting_after",
+                    "names no payment of this merchant",
+                ));
             }
             Some(cursor)
         }

@@ -266,7 +266,11 @@ pub async fn read_json(
             timeout_ms: limits.read_timeout.as_millis(),
         })?
         .map_err(|_| ApiError::PayloadTooLarge { limit_bytes })?
-        .map_err(|_| ApiError::invalid("body", "the request body could not be read"))?;
+        .map_err(|_| ApiError::Invalid {
+            param: "body".into(),
+            code: "parameter_invalid",
+            message: "the request body could not be read".into(),
+        })?;
     if bytes.is_empty() {
         // No body: nothing to declare.
         return Ok(Value::Null);
@@ -368,10 +372,15 @@ impl<'a> Fields<'a> {
     /// The body as an object; `allowed` lists the fields it may have.
     pub fn of(value: &'a Value, path: &str, allowed: &[&str]) -> Result<Self, ApiError> {
         let map = value.as_object().ok_or_else(|| {
-            ApiError::invalid(
-                if path.is_empty() { "body" } else { path },
-                "must be a JSON object",
-            )
+            if path.is_empty() {
+                ApiError::Invalid {
+                    param: "body".into(),
+                    code: "parameter_invalid",
+                    message: "the request body must be a JSON object".into(),
+                }
+            } else {
+                ApiError::invalid(path, "must be a JSON object")
+            }
         })?;
         let fields = Self {
             map,

@@ -88,6 +88,8 @@ fn parse_event_types(fields: &Fields<'_>) -> Result<Option<Vec<String>>, ApiErro
 }
 
 #[utoipa::path(post, path = "/v1/webhook_endpoints", tag = "webhooks",
+    summary = "Register a webhook endpoint",
+    description = "Every change of a payment is sent to the endpoint as a signed event (Standard Webhooks), at least once, retried for about three days. The answer holds the signing `secret`, shown this once.",
     security(("api_key" = [])),
     request_body = CreateEndpoint,
     responses(
@@ -112,7 +114,12 @@ pub async fn create_endpoint(
     let body = read_json(&req, payload, state.body).await?;
     let fields = Fields::of(&body, "", &["url", "event_types"])?;
     let url = EndpointUrl::parse(fields.string("url")?, state.webhooks.allow_private_urls)
-        .map_err(|e| ApiError::invalid("url", e.to_string()))?;
+        .map_err(|e| ApiError::Invalid {
+            param: "url".into(),
+            code: "parameter_invalid",
+            // Each says "url must …" already.
+            message: e.to_string(),
+        })?;
     let event_types = parse_event_types(&fields)?;
     let mut conn = state.gateway.pool().acquire().await?;
     let record = store::create_endpoint(
@@ -136,6 +143,8 @@ pub async fn create_endpoint(
 }
 
 #[utoipa::path(get, path = "/v1/webhook_endpoints", tag = "webhooks",
+    summary = "List webhook endpoints",
+    description = "Every endpoint of this merchant, oldest first, without their secrets.",
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Every endpoint (16 at most), oldest first", body = EndpointList),
@@ -156,6 +165,8 @@ pub async fn list_endpoints(
 }
 
 #[utoipa::path(get, path = "/v1/webhook_endpoints/{id}", tag = "webhooks",
+    summary = "Retrieve a webhook endpoint",
+    description = "The endpoint, its status and why it is disabled if it is; never its secret.",
     security(("api_key" = [])),
     params(("id" = String, Path, description = "The endpoint id (we_…)")),
     responses(
@@ -196,9 +207,10 @@ async fn change(
 }
 
 macro_rules! change_route {
-    ($name:ident, $method:ident, $path:literal, $change:expr, $what:literal) => {
+    ($name:ident, $method:ident, $path:literal, $change:expr, $summary:literal, $what:literal) => {
         #[utoipa::path($method, path = concat!("/v1", $path), tag = "webhooks",
             security(("api_key" = [])),
+            summary = $summary,
             description = $what,
             params(("id" = String, Path, description = "The endpoint id (we_…)")),
             responses(
@@ -225,6 +237,7 @@ change_route!(
     post,
     "/webhook_endpoints/{id}/enable",
     EndpointChange::Enable,
+    "Enable a webhook endpoint",
     "Sends to the endpoint again, starting with the deliveries that waited while it was disabled."
 );
 change_route!(
@@ -232,6 +245,7 @@ change_route!(
     post,
     "/webhook_endpoints/{id}/disable",
     EndpointChange::Disable,
+    "Disable a webhook endpoint",
     "Stops sending to the endpoint; its pending deliveries wait, and events made meanwhile are not queued for it (GET /v1/events has them)."
 );
 change_route!(
@@ -239,10 +253,13 @@ change_route!(
     delete,
     "/webhook_endpoints/{id}",
     EndpointChange::Delete,
+    "Delete a webhook endpoint",
     "Removes the endpoint for good; its pending deliveries end as failed. Its past attempts stay readable per event."
 );
 
 #[utoipa::path(post, path = "/v1/webhook_endpoints/{id}/rotate_secret", tag = "webhooks",
+    summary = "Rotate an endpoint's signing secret",
+    description = "Makes a new secret, shown this once. For `grace_seconds` (a day by default) deliveries carry a signature under the old secret too, so receivers can switch without missing one.",
     security(("api_key" = [])),
     params(("id" = String, Path, description = "The endpoint id (we_…)")),
     request_body(content = Option<RotateSecret>),

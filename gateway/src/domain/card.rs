@@ -154,9 +154,12 @@ impl fmt::Debug for Cvv {
 
 /// A card's expiry month and year, as printed on it.
 ///
-/// Whether the card has expired is the bank's call (it declines with
-/// `expired_card`, a 402), not a validation error: the gateway's clock is not
-/// the bank's.
+/// A card is valid through the last day of its expiry month. One whose
+/// month has passed (in UTC) is refused by the gateway itself, before
+/// anything is stored or sent: see [`CardExpiry::ensure_valid_in`]. A card
+/// the gateway lets through may still be declined by the bank as expired
+/// (402 `card_expired`): around midnight at a month's end the two clocks
+/// may disagree, and the bank's answer is the one that counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CardExpiry {
     month: u8,
@@ -187,6 +190,22 @@ impl CardExpiry {
 
     pub fn year(self) -> u16 {
         self.year
+    }
+
+    /// Refuses a card whose expiry month is before `year`-`month` (the
+    /// current month, in UTC): the card is valid through the end of its
+    /// expiry month, so the current month itself is still good. The error
+    /// names the field that is in the past.
+    pub fn ensure_valid_in(self, year: i32, month: u32) -> Result<(), DomainError> {
+        let (year_now, month_now) = (i64::from(year), i64::from(month));
+        let (expiry_year, expiry_month) = (i64::from(self.year), i64::from(self.month));
+        if expiry_year < year_now {
+            Err(DomainError::CardExpiredYear)
+        } else if expiry_year == year_now && expiry_month < month_now {
+            Err(DomainError::CardExpiredMonth)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -356,6 +375,29 @@ mod tests {
                 Err(DomainError::ExpiryYearInvalid),
                 "{year}"
             );
+        }
+    }
+
+    #[test]
+    fn a_card_is_valid_through_the_end_of_its_expiry_month() {
+        let expiry = CardExpiry::new(3, 2026).expect("valid expiry");
+        assert_eq!(expiry.ensure_valid_in(2026, 3), Ok(()), "its own month");
+        assert_eq!(expiry.ensure_valid_in(2026, 2), Ok(()));
+        assert_eq!(expiry.ensure_valid_in(2025, 12), Ok(()));
+        assert_eq!(
+            expiry.ensure_valid_in(2026, 4),
+            Err(DomainError::CardExpiredMonth)
+        );
+        assert_eq!(
+            expiry.ensure_valid_in(2027, 1),
+            Err(DomainError::CardExpiredYear)
+        );
+        assert_eq!(
+            CardExpiry::new(12, 2025).unwrap().ensure_valid_in(2026, 1),
+            Err(DomainError::CardExpiredYear)
+        );
+        for error in [DomainError::CardExpiredMonth, DomainError::CardExpiredYear] {
+            assert_eq!(error.code(), "card_expired");
         }
     }
 

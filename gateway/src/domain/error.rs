@@ -16,18 +16,26 @@ pub enum DomainError {
     AmountTooLarge,
     #[error("currency must be \"USD\", the only one supported")]
     UnsupportedCurrency,
-    #[error("card number must be 13 to 19 digits long")]
+    #[error("card.number must be 13 to 19 digits long")]
     CardNumberLength,
-    #[error("card number must contain only the digits 0-9")]
+    #[error("card.number must contain only the digits 0-9")]
     CardNumberNotDigits,
-    #[error("card number is invalid (it fails the Luhn check)")]
+    #[error("card.number is invalid (it fails the Luhn check)")]
     CardNumberLuhn,
-    #[error("cvv must be 3 or 4 digits")]
+    #[error("card.cvv must be 3 or 4 digits")]
     CvvInvalid,
-    #[error("expiry_month must be between 1 and 12")]
+    #[error("card.expiry_month must be between 1 and 12")]
     ExpiryMonthInvalid,
-    #[error("expiry_year must be between 2000 and 2099")]
+    #[error("card.expiry_year must be between 2000 and 2099")]
     ExpiryYearInvalid,
+    #[error(
+        "card.expiry_year is in the past: the card has expired; ask the customer for another card"
+    )]
+    CardExpiredYear,
+    #[error(
+        "card.expiry_month is in the past: the card expired at the end of that month; ask the customer for another card"
+    )]
+    CardExpiredMonth,
     #[error(
         "order_id must be 1 to {max} characters of A-Z, a-z, 0-9, '_' or '-'",
         max = MAX_ORDER_ID_LEN
@@ -66,8 +74,8 @@ impl DomainError {
             | DomainError::CardNumberNotDigits
             | DomainError::CardNumberLuhn => "card.number",
             DomainError::CvvInvalid => "card.cvv",
-            DomainError::ExpiryMonthInvalid => "card.expiry_month",
-            DomainError::ExpiryYearInvalid => "card.expiry_year",
+            DomainError::ExpiryMonthInvalid | DomainError::CardExpiredMonth => "card.expiry_month",
+            DomainError::ExpiryYearInvalid | DomainError::CardExpiredYear => "card.expiry_year",
             DomainError::OrderIdInvalid => "order_id",
             DomainError::CustomerIdInvalid => "customer_id",
             DomainError::PaymentIdInvalid
@@ -93,6 +101,9 @@ impl DomainError {
             DomainError::CvvInvalid => "invalid_cvc",
             DomainError::ExpiryMonthInvalid => "invalid_expiry_month",
             DomainError::ExpiryYearInvalid => "invalid_expiry_year",
+            // The bank's code for the same refusal, so that a client
+            // handles an expired card one way whoever noticed it.
+            DomainError::CardExpiredMonth | DomainError::CardExpiredYear => "card_expired",
             DomainError::OrderIdInvalid
             | DomainError::CustomerIdInvalid
             | DomainError::PaymentIdInvalid
@@ -122,6 +133,8 @@ mod tests {
             (DomainError::CvvInvalid, "card.cvv"),
             (DomainError::ExpiryMonthInvalid, "card.expiry_month"),
             (DomainError::ExpiryYearInvalid, "card.expiry_year"),
+            (DomainError::CardExpiredMonth, "card.expiry_month"),
+            (DomainError::CardExpiredYear, "card.expiry_year"),
             (DomainError::OrderIdInvalid, "order_id"),
             (DomainError::CustomerIdInvalid, "customer_id"),
             (DomainError::PaymentIdInvalid, "id"),
@@ -133,7 +146,7 @@ mod tests {
         for (error, param) in expected {
             assert_eq!(error.param(), param, "{error:?}");
             assert!(!error.code().is_empty(), "{error:?}");
-            assert!(!error.to_string().is_empty(), "{error:?}");
+            assert!(error.to_string().contains(param), "{error:?}: {error}");
         }
     }
 

@@ -4,60 +4,122 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::{PartialSchema, ToSchema};
 
-use crate::domain::{PaymentId, PaymentStatus};
+use crate::domain::{EventType, PaymentId, PaymentStatus};
 use crate::store::payments::PaymentRecord;
 
+/// The payment: the receipt, and what every answer about it holds.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PaymentView {
     #[schema(value_type = String, example = "pay_01936b2e-7c4a-7d1e-9f3b-2a1c4e5f6a7b")]
     pub id: PaymentId,
+    #[schema(example = "ord_1001")]
     pub order_id: String,
+    #[schema(example = "cus_77")]
     pub customer_id: String,
     /// Integer cents.
+    #[schema(example = 4999)]
     pub amount: i64,
     #[schema(example = "USD")]
     pub currency: String,
-    #[schema(value_type = String, example = "authorized")]
     pub status: PaymentStatus,
     pub card: CardView,
     pub bank: BankIdsView,
+    /// Until when an authorization may be captured or voided; past it the
+    /// bank releases the hold and the payment becomes `expired`.
+    #[schema(example = "2030-01-08T12:00:00Z")]
     pub authorization_expires_at: Option<DateTime<Utc>>,
+    /// Why it was declined or failed; `null` otherwise.
     pub failure: Option<FailureView>,
+    /// Every status the payment went through, oldest first.
     pub history: Vec<HistoryEntry>,
+    #[schema(example = "2030-01-01T12:00:00Z")]
     pub created_at: DateTime<Utc>,
+    #[schema(example = "2030-01-01T12:00:01Z")]
     pub updated_at: DateTime<Utc>,
 }
 
+/// What is kept of the card: never its number nor its CVV.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CardView {
+    /// `visa`, `mastercard`, `amex`, `discover` or `unknown`.
+    #[schema(example = "visa")]
     pub brand: String,
+    #[schema(example = "1111")]
     pub last4: String,
+    #[schema(example = 12)]
     pub expiry_month: i16,
+    #[schema(example = 2030)]
     pub expiry_year: i16,
 }
 
+/// The bank's ids for each operation, once it has answered.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BankIdsView {
+    #[schema(example = "auth_5f8a7c2e-1b3d-4e6f-9a0b-c1d2e3f4a5b6")]
     pub authorization_id: Option<String>,
+    #[schema(example = json!(null))]
     pub capture_id: Option<String>,
+    #[schema(example = json!(null))]
     pub void_id: Option<String>,
+    #[schema(example = json!(null))]
     pub refund_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FailureView {
-    /// The bank's code, e.g. `insufficient_funds`.
+    /// The bank's code, e.g. `insufficient_funds`, or the gateway's
+    /// (`authorization_abandoned`).
+    #[schema(example = "insufficient_funds")]
     pub code: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HistoryEntry {
-    #[schema(value_type = String)]
     pub status: PaymentStatus,
+    #[schema(example = "2030-01-01T12:00:01Z")]
     pub at: DateTime<Utc>,
 }
+
+/// The payment's status as the API spells it: one of
+/// [`PaymentStatus::ALL`], so the document cannot drift from the code.
+impl PartialSchema for PaymentStatus {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "`pending`, `capturing`, `voiding` and `refunding`: the bank's answer is not \
+                 known yet. `authorized`: funds held. `captured`: charged. `voided`, \
+                 `refunded`: given back. `declined`: the bank refused the card. `failed`: \
+                 the authorization did not happen, nothing is held. `expired`: the \
+                 authorization lapsed before it was captured.",
+            ))
+            .enum_values(Some(PaymentStatus::ALL.iter().map(|s| s.as_str())))
+            .examples([PaymentStatus::Authorized.as_str()])
+            .into()
+    }
+}
+
+impl ToSchema for PaymentStatus {}
+
+/// An event's type: one of [`EventType::ALL`].
+impl PartialSchema for EventType {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "What changed: the payment's new status, or `payment.flagged`.",
+            ))
+            .enum_values(Some(EventType::ALL.iter().map(|t| t.as_str())))
+            .examples([EventType::Captured.as_str()])
+            .into()
+    }
+}
+
+impl ToSchema for EventType {}
 
 impl PaymentView {
     pub fn new(record: &PaymentRecord, history: Vec<(PaymentStatus, DateTime<Utc>)>) -> Self {
@@ -103,10 +165,17 @@ pub struct ErrorObject {
     /// `invalid_request_error`, `card_error`, `idempotency_error`,
     /// `authentication_error`, `rate_limit_error` or `api_error`.
     #[serde(rename = "type")]
+    #[schema(example = "invalid_request_error")]
     pub kind: &'static str,
+    #[schema(example = "parameter_invalid")]
     pub code: String,
+    /// Names the field when there is one; never echoes card data.
+    #[schema(example = "amount is required")]
     pub message: String,
+    /// The field that was wrong, as a path into the body (`card.cvv`) or a
+    /// header's name.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "amount")]
     pub param: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]

@@ -18,7 +18,6 @@ pub struct EventView {
     #[schema(value_type = String, example = "evt_01936b2e-7c4a-7d1e-9f3b-2a1c4e5f6a7b")]
     pub id: EventId,
     #[serde(rename = "type")]
-    #[schema(value_type = String, example = "payment.captured")]
     pub kind: EventType,
     pub created_at: DateTime<Utc>,
     pub data: EventData,
@@ -31,7 +30,6 @@ pub struct EventData {
     pub sequence: i32,
     /// The status the transition left (absent for `payment.created` and
     /// `payment.flagged`).
-    #[schema(value_type = Option<String>)]
     pub previous_status: Option<PaymentStatus>,
     /// The payment right after the change, its history up to it.
     pub payment: PaymentView,

@@ -1,5 +1,6 @@
 //! Each test card through its lifecycle, and every 409 of the state machine.
 
+use chrono::Datelike;
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -136,7 +137,6 @@ async fn declines_are_402_and_recorded_as_declined() {
     let app = spawn_app().await;
     let cases = [
         (EMPTY_CARD, "insufficient_funds"),
-        (EXPIRED_CARD, "card_expired"),
         (("4111111111111111", "999", 12, 2030), "invalid_cvv"),
         (("4000000000000002", "123", 12, 2030), "invalid_card"),
     ];
@@ -157,6 +157,127 @@ async fn declines_are_402_and_recorded_as_declined() {
         assert_eq!(history(&payment), ["pending", "declined"]);
     }
     assert_eq!(app.bank_count("authorizations").await, 0);
+}
+
+#[tokio::test]
+async fn a_card_past_its_expiry_month_is_refused_without_calling_the_bank() {
+    let app = spawn_app_with(Options {
+        proxy: true,
+        ..Options::default()
+    })
+    .await;
+    let proxy = app.proxy.as_ref().expect("a proxied app");
+    let now = chrono::Utc::now();
+    let (year, month) = (i64::from(now.year()), i64::from(now.month()));
+    let last_month = if month == 1 {
+        (12, year - 1)
+    } else {
+        (month - 1, year)
+    };
+    for ((number, cvv, expiry_month, expiry_year), param) in [
+        (EXPIRED_CARD, "card.expiry_year"),
+        (
+            (HAPPY_CARD.0, HAPPY_CARD.1, 12, year - 1),
+            "card.expiry_year",
+        ),
+        (
+            (HAPPY_CARD.0, HAPPY_CARD.1, last_month.0, last_month.1),
+            if month == 1 {
+                "card.expiry_year"
+            } else {
+                "card.expiry_month"
+            },
+        ),
+    ] {
+        let key = new_key();
+        let card = (number, cvv, expiry_month, expiry_year);
+        let body = payment_body(card, 4999, "ord_x", "cus_x");
+        let stored = (
+            app.count("payments").await,
+            app.count("idempotency_keys").await,
+        );
+        let response = app.post("/v1/payments", &key, &body).await;
+        let error = assert_error(
+            response,
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "card_expired",
+        )
+        .await;
+        assert_eq!(error["error"]["param"], param, "{error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(param) && message.contains("expired"),
+            "{message}"
+        );
+        assert!(error["error"].get("payment_id").is_none(), "{error}");
+        // Nothing stored: the same key authorizes another card.
+        assert_eq!(
+            (
+                app.count("payments").await,
+                app.count("idempotency_keys").await
+            ),
+            stored
+        );
+        let again = app
+            .post(
+                "/v1/payments",
+                &key,
+                &payment_body(HAPPY_CARD, 4999, "ord_x", "cus_x"),
+            )
+            .await;
+        assert_eq!(again.status(), StatusCode::CREATED);
+    }
+    assert_eq!(
+        proxy.reached("/api/v1/authorizations"),
+        3,
+        "only the three valid cards reached the bank"
+    );
+
+    // A card is good through the end of its expiry month: one that
+    // expires this month is sent to the bank, which approves it.
+    let this_month = ("4000056655665556", "314", month, year);
+    let opened = app
+        .client
+        .post(format!("{}/admin/accounts", app.bank_address))
+        .json(&serde_json::json!({
+            "card_number": this_month.0, "cvv": this_month.1,
+            "expiry_month": month, "expiry_year": year, "balance": 100_000,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(opened.status().is_success(), "{}", opened.status());
+    let approved = app.create_payment(this_month, 4999).await;
+    assert_eq!(approved.status(), StatusCode::CREATED);
+    assert_eq!(proxy.reached("/api/v1/authorizations"), 4);
+
+    // A key used before gets its usual answer, not the expiry: a retry of
+    // an authorization must find that authorization.
+    let key = new_key();
+    let first = app
+        .post(
+            "/v1/payments",
+            &key,
+            &payment_body(HAPPY_CARD, 100, "ord_y", "cus_y"),
+        )
+        .await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let reused = app
+        .post(
+            "/v1/payments",
+            &key,
+            &payment_body(EXPIRED_CARD, 100, "ord_y", "cus_y"),
+        )
+        .await;
+    assert_error(
+        reused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_error",
+        "idempotency_key_reused",
+    )
+    .await;
+    assert_eq!(proxy.reached("/api/v1/authorizations"), 5);
 }
 
 #[tokio::test]

@@ -94,3 +94,135 @@ async fn the_binary_serves_and_its_logs_hold_no_card_data() {
         );
     }
 }
+
+/// Runs the binary with `args` and `env` to its exit (at most 30 s):
+/// its status, stdout, stderr and how long it took.
+fn run_to_exit(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (
+    std::process::ExitStatus,
+    String,
+    String,
+    std::time::Duration,
+) {
+    use std::process::Stdio;
+    let started = std::time::Instant::now();
+    let mut command = Command::new(GATEWAY);
+    command
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("the gateway binary starts");
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("the gateway did not exit within 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let took = started.elapsed();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        took,
+    )
+}
+
+#[test]
+fn an_unreachable_database_is_named_with_its_cause_and_the_password_never_shown() {
+    // A port nobody listens on: bound, then let go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let password = "s3cret-Passw0rd";
+    let url = format!("postgres://ficmart:{password}@127.0.0.1:{port}/payments");
+    let secret = gateway::idempotency::Secret::random().expose().to_owned();
+    let (status, stdout, stderr, took) = run_to_exit(
+        &["serve", "--port", "0", "--operator-port", "0"],
+        &[
+            ("DATABASE_URL", &url),
+            ("FINGERPRINT_SECRET", &secret),
+            ("DB_CONNECT_TIMEOUT_MS", "1500"),
+        ],
+    );
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")),
+        "the host and port: {stderr}"
+    );
+    assert!(
+        stderr.to_lowercase().contains("connection refused"),
+        "the cause: {stderr}"
+    );
+    assert!(!stderr.contains("pool timed out"), "{stderr}");
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    assert!(
+        took >= std::time::Duration::from_millis(1_000),
+        "tried again: {took:?}"
+    );
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains(password), "the password was shown: {text}");
+    }
+
+    // The one-shot commands say the same.
+    let (status, stdout, stderr, _) = run_to_exit(&["migrate", "--database-url", &url], &[]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}"))
+            && stderr.to_lowercase().contains("connection refused"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(password) && !stdout.contains(password));
+}
+
+#[tokio::test]
+async fn the_log_opens_with_the_gateways_own_migration_line_not_sqlx_notices() {
+    let database_url = throwaway_pg::shared()
+        .fresh_database("gateway")
+        .await
+        .unwrap();
+    let total = gateway::store::MIGRATOR.iter().count();
+    let latest = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter_map(|name| name.strip_suffix(".sql").map(str::to_owned))
+        .max()
+        .expect("migrations");
+
+    // A first start applies them all; every start after finds the table,
+    // which is when Postgres says so in a notice.
+    let (status, _, stderr, _) = run_to_exit(&["migrate", "--database-url", &database_url], &[]);
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "migrations applied: {total} (latest {latest}; {total} new)"
+        )),
+        "{stderr}"
+    );
+
+    let (bank_address, _) = spawn_bank(None).await;
+    let gateway = Launch::new(&database_url, &bank_address).start().await;
+    let lines = gateway.lines();
+    let logs = gateway.stop().await;
+    for line in lines.iter().chain(&logs) {
+        assert!(!line.contains("_sqlx_migrations"), "{line}");
+    }
+    let first: Value = serde_json::from_str(&lines[0]).expect("a JSON line");
+    assert_eq!(first["level"], "INFO", "{first}");
+    assert_eq!(
+        first["fields"]["message"],
+        format!("migrations applied: {total} (latest {latest}; 0 new)"),
+        "{first}"
+    );
+}

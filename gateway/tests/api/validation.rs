@@ -161,6 +161,7 @@ async fn invalid_fields_are_400_with_param_and_create_nothing() {
         )
         .await;
         assert_eq!(error["error"]["param"], param, "{body}");
+        assert_names_its_param(&error);
         assert!(
             !error.to_string().contains("4111111111111111"),
             "no card number echoed"
@@ -285,4 +286,105 @@ async fn unknown_payments_and_routes_are_404() {
         "resource_missing",
     )
     .await;
+}
+
+/// The message reads on its own: it names the field that `param` names.
+fn assert_names_its_param(error: &Value) {
+    let param = error["error"]["param"].as_str().expect("a param");
+    let message = error["error"]["message"].as_str().expect("a message");
+    assert!(
+        message.contains(param),
+        "the message does not name {param}: {error}"
+    );
+}
+
+#[tokio::test]
+async fn every_missing_or_invalid_field_is_named_in_the_message() {
+    let app = spawn_app().await;
+    let good = payment_body(HAPPY_CARD, 1000, "ord_1", "cus_1");
+    let mut bodies = Vec::new();
+    for field in ["order_id", "customer_id", "amount", "currency", "card"] {
+        bodies.push((with(good.clone(), &[field], Value::Null), field.to_owned()));
+        bodies.push((with(good.clone(), &[field], json!(true)), field.to_owned()));
+    }
+    for field in ["number", "cvv", "expiry_month", "expiry_year"] {
+        let path = format!("card.{field}");
+        bodies.push((
+            with(good.clone(), &["card", field], Value::Null),
+            path.clone(),
+        ));
+        bodies.push((with(good.clone(), &["card", field], json!([])), path));
+    }
+    for (body, param) in bodies {
+        let response = app.post("/v1/payments", &new_key(), &body).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["param"], param.as_str(), "{error}");
+        assert_names_its_param(&error);
+    }
+
+    // The example from the issue, word for word.
+    let response = app
+        .post(
+            "/v1/payments",
+            &new_key(),
+            &with(good.clone(), &["amount"], Value::Null),
+        )
+        .await;
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["message"], "amount is required", "{error}");
+
+    // A key sent twice, an operation's amount, query parameters.
+    let twice = app
+        .client
+        .post(app.url("/v1/payments"))
+        .bearer_auth(&app.api_key)
+        .header("Idempotency-Key", new_key())
+        .header(CONTENT_TYPE, "application/json")
+        .body(r#"{"amount": 1, "amount": 2}"#)
+        .send()
+        .await
+        .unwrap();
+    let error: Value = twice.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "duplicate_parameter", "{error}");
+    assert_names_its_param(&error);
+    let payment = app.authorized(HAPPY_CARD, 1000).await;
+    let id = payment["id"].as_str().unwrap();
+    for body in [
+        json!({"amount": 999}),
+        json!({"amount": "x"}),
+        json!({"amout": 1}),
+    ] {
+        let response = app
+            .post(&format!("/v1/payments/{id}/capture"), &new_key(), &body)
+            .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        assert_names_its_param(&response.json().await.unwrap());
+    }
+    for query in [
+        "/v1/payments?limit=0",
+        "/v1/payments?order_id=a&customer_id=b",
+        "/v1/payments?starting_after=nope",
+        "/v1/payments?starting_after=pay_0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b",
+        "/v1/payments?order_id=a%20b",
+        "/v1/events?type=payment.nope",
+        "/v1/events?payment_id=nope",
+        "/v1/events?limit=101",
+        "/v1/events?starting_after=evt_0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b",
+    ] {
+        let response = app.get(query).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+        assert_names_its_param(&response.json().await.unwrap());
+    }
+    for body in [
+        json!({}),
+        json!({"url": 1}),
+        json!({"url": "ftp://x"}),
+        json!({"url": "https://example.com/hooks", "event_types": "payment.captured"}),
+        json!({"url": "https://example.com/hooks", "event_types": ["payment.nope"]}),
+    ] {
+        let response = app.post("/v1/webhook_endpoints", &new_key(), &body).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        assert_names_its_param(&response.json().await.unwrap());
+    }
 }
