@@ -1,5 +1,5 @@
 //! FicMart's payment gateway: authorize, capture, void and refund against the
-//! bank, surviving its own crashes. See `shared/gateway-api.md` for the API
+//! bank, surviving its own crashes. See `docs/api.md` for the API
 //! and `migrations/` for the schema.
 //!
 //! Module map:

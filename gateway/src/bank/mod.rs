@@ -1,4 +1,4 @@
-//! The gateway's HTTP client for the acquiring bank (`shared/bank-contract.md`).
+//! The gateway's HTTP client for the acquiring bank (`docs/bank.md`).
 //!
 //! Every call answers a [`BankOutcome`]: [`Done`](BankOutcome::Done) (a 2xx
 //! that parsed), [`Refused`](BankOutcome::Refused) (a 4xx: the bank looked

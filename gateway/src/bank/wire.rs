@@ -1,5 +1,5 @@
 //! Request and response bodies of the bank's contract
-//! (`shared/bank-contract.md`), field for field.
+//! (`docs/bank.md`), field for field.
 
 use std::fmt;
 

@@ -9,6 +9,7 @@ mod chaos;
 mod circuit;
 mod crash;
 mod docs;
+mod documentation;
 mod helpers;
 mod hostile;
 mod idempotency;
