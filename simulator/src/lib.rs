@@ -5,6 +5,7 @@
 //! - [`stack`]: Postgres plus the services running on it (the bank
 //!   in-process, the gateway as a child); started together, stopped together.
 //! - [`process`]: the gateway child process: spawn, ready, SIGTERM, SIGKILL.
+//! - [`children`]: child processes that die with this one, even by SIGKILL.
 //! - [`up`]: `simulator up`, the stack until Ctrl-C.
 //! - [`bench`]: `simulator bench`, concurrent authorizations and a ledger check.
 //! - [`bank`]: a client for the bank's health and admin endpoints.
@@ -27,6 +28,7 @@
 pub mod bank;
 pub mod bench;
 pub mod cards;
+pub mod children;
 pub mod cli;
 pub mod cpu;
 pub mod driver;

@@ -170,7 +170,7 @@ impl GatewayProcess {
                 Some(path.clone())
             }
         };
-        let child = command.spawn().context("starting the gateway process")?;
+        let child = crate::children::spawn(command).context("starting the gateway process")?;
         let pid = child
             .id()
             .context("the gateway process has no id right after starting")?;
