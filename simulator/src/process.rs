@@ -4,6 +4,7 @@
 
 use std::ffi::OsString;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, ExitStatus, Stdio};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use gateway::idempotency::Secret;
 use tokio::process::{Child, Command};
 
 use crate::cli::GatewayArgs;
+use crate::running;
 
 /// `/ready` is polled this often while the gateway starts ...
 const READY_POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -21,9 +23,57 @@ const READY_POLL_INTERVAL: Duration = Duration::from_millis(100);
 const READY_TRIES: u32 = 600;
 const READY_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The hidden `simulator gateway …` subcommand: the gateway's command line.
+/// `simulator gateway …`: the gateway's command line, with `DATABASE_URL`
+/// and `BANK_URL` pointed at the running `simulator up`'s stack (see
+/// [`running`]). A command that names its database (`--database-url`, as
+/// the stack's own gateway children do) is run as it is.
 pub fn gateway_main(args: GatewayArgs) -> ExitCode {
-    gateway::cli::main_from(std::iter::once(OsString::from("gateway")).chain(args.args))
+    if names_database(&args.args) {
+        return run_gateway(args.args);
+    }
+    match running::find() {
+        Ok(None) => run_gateway(args.args),
+        Ok(Some(up)) if points_at(&up) => run_gateway(args.args),
+        Ok(Some(up)) => {
+            eprintln!(
+                "simulator gateway: on the stack of `simulator up` (pid {}): DATABASE_URL={}",
+                up.pid, up.gateway_database_url
+            );
+            // Exec'ed again with the environment set, rather than setting it
+            // here: this process's environment is only safe to change before
+            // any thread starts, which a library function cannot promise.
+            let exe = std::env::current_exe().unwrap_or_else(|_| "simulator".into());
+            let error = std::process::Command::new(exe)
+                .arg("gateway")
+                .args(&args.args)
+                .env("DATABASE_URL", &up.gateway_database_url)
+                .env("BANK_URL", &up.bank_url)
+                .exec();
+            eprintln!("simulator gateway: running the gateway: {error}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("simulator gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_gateway(args: Vec<OsString>) -> ExitCode {
+    gateway::cli::main_from(std::iter::once(OsString::from("gateway")).chain(args))
+}
+
+/// Whether the arguments say which database to use.
+fn names_database(args: &[OsString]) -> bool {
+    args.iter()
+        .any(|arg| arg.to_string_lossy().split('=').next() == Some("--database-url"))
+}
+
+/// Whether this process's environment already points at `up`'s stack.
+fn points_at(up: &running::UpRecord) -> bool {
+    let var = |name| std::env::var(name).ok();
+    var("DATABASE_URL").as_ref() == Some(&up.gateway_database_url)
+        && var("BANK_URL").as_ref() == Some(&up.bank_url)
 }
 
 /// Where the child's stdout and stderr go.
