@@ -91,6 +91,10 @@ pub struct UpArgs {
     /// default info). Without it the gateway's go to a log file.
     #[arg(long, short)]
     pub verbose: bool,
+    /// Keep the run directory (the gateway's log) after a clean stop; it is
+    /// always kept when a service failed.
+    #[arg(long)]
+    pub keep_logs: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -338,12 +338,26 @@ impl GatewayProcess {
         Ok(self.child.wait().await?)
     }
 
+    /// Where its output is, after its last line: when it exits at start,
+    /// that line is its error (e.g. "Address already in use"), which belongs
+    /// in the message rather than only in the file.
     fn see_log(&self) -> String {
-        match &self.log_file {
-            Some(path) => format!("; its output is in {}", path.display()),
-            None => String::new(),
+        let Some(path) = &self.log_file else {
+            return String::new();
+        };
+        match last_line(path) {
+            Some(line) => format!(": {line}\n(its output is in {})", path.display()),
+            None => format!("; its output is in {}", path.display()),
         }
     }
+}
+
+/// The last non-empty line of a file, cut to a readable length.
+fn last_line(path: &Path) -> Option<String> {
+    const MAX_CHARS: usize = 500;
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().rev().find(|line| !line.trim().is_empty())?;
+    Some(line.trim().chars().take(MAX_CHARS).collect())
 }
 
 /// `port`, or for 0 a free one, whose listener is kept in `held` until the
