@@ -6,6 +6,7 @@
 //! ends well, and otherwise leaves the directory (and says where) so that the
 //! logs of what failed can be read.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -29,7 +30,10 @@ impl RunDir {
             std::fs::remove_dir_all(&path)
                 .with_context(|| format!("removing the stale {}", path.display()))?;
         }
-        std::fs::create_dir_all(&path)
+        // Only for its owner: it holds database URLs, which may hold a password.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
             .with_context(|| format!("creating the run directory {}", path.display()))?;
         Ok(Self { path })
     }
@@ -65,6 +69,9 @@ mod tests {
             .into_owned();
         assert_eq!(name, format!("ficmart-unit-test-{}", std::process::id()));
         std::fs::write(dir.file("gateway.log"), "x").unwrap();
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&dir.path().metadata().unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o700, "only its owner may read it");
         let path = dir.path().to_owned();
         dir.remove().unwrap();
         assert!(!path.exists());
