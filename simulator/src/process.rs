@@ -32,7 +32,17 @@ pub fn gateway_main(args: GatewayArgs) -> ExitCode {
         return run_gateway(args.args);
     }
     match running::find() {
-        Ok(None) => run_gateway(args.args),
+        Ok(None) => {
+            // Said first: the gateway's own error (clap's) exits the process.
+            if needs_database(&args.args) && std::env::var_os("DATABASE_URL").is_none() {
+                eprintln!(
+                    "simulator gateway: no `simulator up` is running (none recorded in {}), \
+                     and DATABASE_URL is not set",
+                    std::env::temp_dir().display()
+                );
+            }
+            run_gateway(args.args)
+        }
         Ok(Some(up)) if points_at(&up) => run_gateway(args.args),
         Ok(Some(up)) => {
             eprintln!(
@@ -67,6 +77,16 @@ fn run_gateway(args: Vec<OsString>) -> ExitCode {
 fn names_database(args: &[OsString]) -> bool {
     args.iter()
         .any(|arg| arg.to_string_lossy().split('=').next() == Some("--database-url"))
+}
+
+/// Whether the command reads a database: all but help, the version and
+/// the state diagram.
+fn needs_database(args: &[OsString]) -> bool {
+    let first = args.first().map(|arg| arg.to_string_lossy());
+    !matches!(
+        first.as_deref(),
+        Some("state-diagram" | "help" | "--help" | "-h" | "--version" | "-V")
+    )
 }
 
 /// Whether this process's environment already points at `up`'s stack.

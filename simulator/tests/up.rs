@@ -290,7 +290,9 @@ fn simulator_gateway_runs_on_the_running_stack_and_a_clean_stop_leaves_nothing()
         .env_remove("DATABASE_URL")
         .output()
         .unwrap();
-    assert!(!after.status.success(), "no stack runs any more");
+    let stderr = String::from_utf8_lossy(&after.stderr);
+    assert!(!after.status.success(), "no stack runs any more: {stderr}");
+    assert!(stderr.contains("no `simulator up` is running"), "{stderr}");
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 
