@@ -1,4 +1,4 @@
-//! The command line: `up`, `bench`, and the hidden `gateway`.
+//! The command line: `up`, `bench`, `run`, `mutants`, and `gateway`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -28,9 +28,18 @@ pub enum Command {
     /// The mutation table: reintroduce each known bug into the gateway and
     /// say which invariant of the default run catches it, after how many seeds.
     Mutants(MutantsArgs),
-    /// Run the gateway's own command line (`gateway serve …`) in this
-    /// process: the stack starts its gateway as a child process this way.
-    #[command(hide = true, disable_help_flag = true, disable_version_flag = true)]
+    /// Run a `gateway` command (`api-key list`, `reconcile`, …) against the
+    /// running `simulator up`: DATABASE_URL and BANK_URL are its stack's.
+    #[command(
+        disable_help_flag = true,
+        disable_version_flag = true,
+        long_about = "Run a `gateway` command (`api-key list`, `reconcile`, `migrate`, …) \
+against the running `simulator up`: DATABASE_URL and BANK_URL are set to its stack's, \
+found through the record `up` keeps in its run directory ($TMPDIR/ficmart-up-<pid>/stack.json). \
+With several `up`s running, SIMULATOR_UP_DIR names the run directory of one. \
+`--database-url` given on the command line is used as given. \
+`simulator gateway --help` is the gateway's own help."
+    )]
     Gateway(GatewayArgs),
 }
 
@@ -82,6 +91,10 @@ pub struct UpArgs {
     /// default info). Without it the gateway's go to a log file.
     #[arg(long, short)]
     pub verbose: bool,
+    /// Keep the run directory (the gateway's log) after a clean stop; it is
+    /// always kept when a service failed.
+    #[arg(long)]
+    pub keep_logs: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -285,13 +298,12 @@ mod tests {
     }
 
     #[test]
-    fn the_gateway_subcommand_is_hidden() {
+    fn the_gateway_subcommand_is_offered_for_the_running_stack() {
         let help = Cli::command().render_help().to_string();
-        assert!(!help.contains("gateway serve"), "{help}");
         assert!(
-            !help
-                .lines()
-                .any(|line| line.trim_start().starts_with("gateway")),
+            help.lines()
+                .any(|line| line.trim_start().starts_with("gateway")
+                    && line.contains("`simulator up`")),
             "{help}"
         );
     }

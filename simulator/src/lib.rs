@@ -1,11 +1,14 @@
 //! Starts the FicMart stack locally and benchmarks it.
 //!
 //! Module map:
-//! - [`cli`]: the command line (`up`, `bench`, `run`, `mutants`, the hidden `gateway`).
+//! - [`cli`]: the command line (`up`, `bench`, `run`, `mutants`, `gateway`).
 //! - [`stack`]: Postgres plus the services running on it (the bank
 //!   in-process, the gateway as a child); started together, stopped together.
 //! - [`process`]: the gateway child process: spawn, ready, SIGTERM, SIGKILL.
+//! - [`children`]: child processes that die with this one, even by SIGKILL.
 //! - [`up`]: `simulator up`, the stack until Ctrl-C.
+//! - [`run_dir`]: one temp directory per command for its logs, removed when it ends well.
+//! - [`running`]: the record of a running `up`, which `simulator gateway` reads.
 //! - [`bench`]: `simulator bench`, concurrent authorizations and a ledger check.
 //! - [`bank`]: a client for the bank's health and admin endpoints.
 //! - [`cards`]: Luhn-valid test card numbers.
@@ -27,6 +30,7 @@
 pub mod bank;
 pub mod bench;
 pub mod cards;
+pub mod children;
 pub mod cli;
 pub mod cpu;
 pub mod driver;
@@ -38,7 +42,9 @@ pub mod process;
 pub mod receiver;
 pub mod report;
 pub mod run;
+pub mod run_dir;
 pub mod run_report;
+pub mod running;
 pub mod scenario;
 pub mod simulate;
 pub mod stack;

@@ -5,6 +5,7 @@
 //! how long. The unmodified gateway runs the same seeds first: a table is
 //! worth nothing if the correct code fails too.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -13,6 +14,7 @@ use gateway::faults::Mutant;
 
 use crate::cli::MutantsArgs;
 use crate::run::RunOptions;
+use crate::run_dir::RunDir;
 use crate::run_report::RunReport;
 use crate::scenario::{self, Params, Profile, Scenario};
 use crate::simulate::{simulate, stack_options};
@@ -72,29 +74,38 @@ pub async fn run(args: MutantsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mutants = chosen(&args.only)?;
+    // Every caught mutant is a failed run, whose gateway logs a run keeps.
+    let logs = RunDir::create("mutants")?;
     let stack = Stack::start(&stack_options()).await?;
     eprintln!("{}", stack.database());
     let table = async {
         let mut rows = Vec::new();
         if !args.no_baseline {
-            rows.push(try_seeds(&stack, &args, None).await?);
+            rows.push(try_seeds(&stack, &args, None, logs.path()).await?);
             print_row(rows.last().expect("just pushed"));
         }
         for mutant in mutants {
-            rows.push(try_seeds(&stack, &args, Some(mutant)).await?);
+            rows.push(try_seeds(&stack, &args, Some(mutant), logs.path()).await?);
             print_row(rows.last().expect("just pushed"));
         }
         Ok::<_, anyhow::Error>(rows)
     }
     .await;
     stack.shutdown().await;
-    let rows = table?;
+    let rows = table.inspect_err(|_| {
+        eprintln!("the gateways' logs are kept in {}", logs.path().display());
+    })?;
     println!("\n{}", markdown(&rows));
     if let Some(path) = &args.report {
         std::fs::write(path, serde_json::to_string_pretty(&rows)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     let all_good = rows.iter().all(|row| row.caught);
+    if all_good {
+        logs.remove()?;
+    } else {
+        eprintln!("the gateways' logs are kept in {}", logs.path().display());
+    }
     Ok(if all_good {
         ExitCode::SUCCESS
     } else {
@@ -108,6 +119,7 @@ async fn try_seeds(
     stack: &Stack,
     args: &MutantsArgs,
     mutant: Option<Mutant>,
+    log_dir: &Path,
 ) -> anyhow::Result<Row> {
     let started = Instant::now();
     let name = mutant.map_or("none", Mutant::as_str);
@@ -131,6 +143,7 @@ async fn try_seeds(
             replicas: usize::try_from(args.replicas)?,
             mutant: mutant.map(|m| m.as_str().to_owned()),
             program: args.program.clone(),
+            log_dir: Some(log_dir.to_owned()),
             ..RunOptions::default()
         };
         eprintln!("{name}: seed {seed}");

@@ -4,6 +4,7 @@
 
 use std::ffi::OsString;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, ExitStatus, Stdio};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use gateway::idempotency::Secret;
 use tokio::process::{Child, Command};
 
 use crate::cli::GatewayArgs;
+use crate::running;
 
 /// `/ready` is polled this often while the gateway starts ...
 const READY_POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -21,9 +23,77 @@ const READY_POLL_INTERVAL: Duration = Duration::from_millis(100);
 const READY_TRIES: u32 = 600;
 const READY_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The hidden `simulator gateway …` subcommand: the gateway's command line.
+/// `simulator gateway …`: the gateway's command line, with `DATABASE_URL`
+/// and `BANK_URL` pointed at the running `simulator up`'s stack (see
+/// [`running`]). A command that names its database (`--database-url`, as
+/// the stack's own gateway children do) is run as it is.
 pub fn gateway_main(args: GatewayArgs) -> ExitCode {
-    gateway::cli::main_from(std::iter::once(OsString::from("gateway")).chain(args.args))
+    if names_database(&args.args) {
+        return run_gateway(args.args);
+    }
+    match running::find() {
+        Ok(None) => {
+            // Said first: the gateway's own error (clap's) exits the process.
+            if needs_database(&args.args) && std::env::var_os("DATABASE_URL").is_none() {
+                eprintln!(
+                    "simulator gateway: no `simulator up` is running (none recorded in {}), \
+                     and DATABASE_URL is not set",
+                    std::env::temp_dir().display()
+                );
+            }
+            run_gateway(args.args)
+        }
+        Ok(Some(up)) if points_at(&up) => run_gateway(args.args),
+        Ok(Some(up)) => {
+            eprintln!(
+                "simulator gateway: on the stack of `simulator up` (pid {}): DATABASE_URL={}",
+                up.pid, up.gateway_database_url
+            );
+            // Exec'ed again with the environment set, rather than setting it
+            // here: this process's environment is only safe to change before
+            // any thread starts, which a library function cannot promise.
+            let exe = std::env::current_exe().unwrap_or_else(|_| "simulator".into());
+            let error = std::process::Command::new(exe)
+                .arg("gateway")
+                .args(&args.args)
+                .env("DATABASE_URL", &up.gateway_database_url)
+                .env("BANK_URL", &up.bank_url)
+                .exec();
+            eprintln!("simulator gateway: running the gateway: {error}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("simulator gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_gateway(args: Vec<OsString>) -> ExitCode {
+    gateway::cli::main_from(std::iter::once(OsString::from("gateway")).chain(args))
+}
+
+/// Whether the arguments say which database to use.
+fn names_database(args: &[OsString]) -> bool {
+    args.iter()
+        .any(|arg| arg.to_string_lossy().split('=').next() == Some("--database-url"))
+}
+
+/// Whether the command reads a database: all but help, the version and
+/// the state diagram.
+fn needs_database(args: &[OsString]) -> bool {
+    let first = args.first().map(|arg| arg.to_string_lossy());
+    !matches!(
+        first.as_deref(),
+        Some("state-diagram" | "help" | "--help" | "-h" | "--version" | "-V")
+    )
+}
+
+/// Whether this process's environment already points at `up`'s stack.
+fn points_at(up: &running::UpRecord) -> bool {
+    let var = |name| std::env::var(name).ok();
+    var("DATABASE_URL").as_ref() == Some(&up.gateway_database_url)
+        && var("BANK_URL").as_ref() == Some(&up.bank_url)
 }
 
 /// Where the child's stdout and stderr go.
@@ -170,7 +240,7 @@ impl GatewayProcess {
                 Some(path.clone())
             }
         };
-        let child = command.spawn().context("starting the gateway process")?;
+        let child = crate::children::spawn(command).context("starting the gateway process")?;
         let pid = child
             .id()
             .context("the gateway process has no id right after starting")?;
@@ -288,12 +358,26 @@ impl GatewayProcess {
         Ok(self.child.wait().await?)
     }
 
+    /// Where its output is, after its last line: when it exits at start,
+    /// that line is its error (e.g. "Address already in use"), which belongs
+    /// in the message rather than only in the file.
     fn see_log(&self) -> String {
-        match &self.log_file {
-            Some(path) => format!("; its output is in {}", path.display()),
-            None => String::new(),
+        let Some(path) = &self.log_file else {
+            return String::new();
+        };
+        match last_line(path) {
+            Some(line) => format!(": {line}\n(its output is in {})", path.display()),
+            None => format!("; its output is in {}", path.display()),
         }
     }
+}
+
+/// The last non-empty line of a file, cut to a readable length.
+fn last_line(path: &Path) -> Option<String> {
+    const MAX_CHARS: usize = 500;
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().rev().find(|line| !line.trim().is_empty())?;
+    Some(line.trim().chars().take(MAX_CHARS).collect())
 }
 
 /// `port`, or for 0 a free one, whose listener is kept in `held` until the

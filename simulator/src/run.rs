@@ -125,6 +125,11 @@ pub struct RunOptions {
     pub program: Option<PathBuf>,
     /// The gateways' output on this terminal instead of log files.
     pub verbose: bool,
+    /// Where the gateways' log files go: the temp directory when `None`.
+    /// A failed run keeps its logs (the report names them), so a caller
+    /// that expects failures (the mutation table, tests) gives a directory
+    /// of its own and removes it.
+    pub log_dir: Option<PathBuf>,
     /// A counter line on stderr.
     pub progress: bool,
     /// The longest wait for in-flight payments to settle.
@@ -185,6 +190,7 @@ impl Default for RunOptions {
             duration: None,
             program: None,
             verbose: false,
+            log_dir: None,
             progress: false,
             quiesce_timeout: Duration::from_secs(120),
             gateway_bank_url: None,
@@ -226,10 +232,11 @@ impl Replicas {
         let secret = gateway::idempotency::Secret::random();
         let webhook_key = gateway::idempotency::Secret::random();
         for i in 0..count.max(1) {
-            let output = if run.verbose {
-                GatewayOutput::Inherit
-            } else {
-                GatewayOutput::temp_log_file(&format!("run-{run_id}-gateway-{i}"))
+            let label = format!("run-{run_id}-gateway-{i}");
+            let output = match (run.verbose, &run.log_dir) {
+                (true, _) => GatewayOutput::Inherit,
+                (false, None) => GatewayOutput::temp_log_file(&label),
+                (false, Some(dir)) => GatewayOutput::LogFile(dir.join(format!("{label}.log"))),
             };
             let mut options = GatewayOptions::new(free_port()?, output);
             options.db_pool_size = 20;

@@ -138,6 +138,7 @@ pub fn options_of(args: &RunArgs) -> anyhow::Result<RunOptions> {
         duration: args.duration,
         program: None,
         verbose: args.verbose,
+        log_dir: None,
         progress: !args.quiet,
         quiesce_timeout: Duration::from_secs(120),
         gateway_bank_url: None,

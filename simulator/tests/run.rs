@@ -29,10 +29,19 @@ const SHRINK_BUDGET: usize = 6;
 
 static TURN: Mutex<()> = Mutex::new(());
 
+/// The gateways' logs of every run here. A failed run keeps its logs, and
+/// several tests fail runs on purpose: the directory is removed after each
+/// test that passes, and kept for reading after one that fails.
+fn log_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("ficmart-test-run-{}", std::process::id()))
+}
+
 fn options() -> RunOptions {
+    std::fs::create_dir_all(log_dir()).expect("the log directory can be made");
     RunOptions {
         concurrency: 8,
         program: Some(PathBuf::from(env!("CARGO_BIN_EXE_simulator"))),
+        log_dir: Some(log_dir()),
         quiesce_timeout: Duration::from_secs(60),
         ..RunOptions::default()
     }
@@ -50,8 +59,10 @@ fn with_stack(test: impl AsyncFnOnce(&Stack)) {
         let outcome = AssertUnwindSafe(test(&stack)).catch_unwind().await;
         stack.shutdown().await;
         if let Err(panic) = outcome {
+            eprintln!("the gateways' logs are kept in {}", log_dir().display());
             std::panic::resume_unwind(panic);
         }
+        std::fs::remove_dir_all(log_dir()).ok();
     });
 }
 
@@ -228,10 +239,6 @@ fn a_card_number_in_the_gateways_database_fails_card_data() {
             "{report}"
         );
         assert!(!report.to_string().contains(&number), "{report}");
-        // The failure kept the gateway's log for a reader; none is needed.
-        for log in &report.gateway_logs {
-            std::fs::remove_file(log).ok();
-        }
     });
 }
 
