@@ -386,16 +386,39 @@ fn pick_port(port: u16, held: &mut Vec<TcpListener>) -> anyhow::Result<u16> {
     if port != 0 {
         return Ok(port);
     }
-    let listener = TcpListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
+    let listener = bind_listening_port()?;
     let port = listener.local_addr()?.port();
     held.push(listener);
     Ok(port)
 }
 
-/// A port that was free a moment ago: bound on 127.0.0.1:0, read, released.
-/// Another process may take it before the child binds it; the child then
-/// fails to start, and says so.
+/// A port that was free a moment ago, for a service to listen on; another
+/// process may take it before the child binds it, and the child then fails
+/// to start and says so. A replica keeps its port across restarts, so the
+/// port is taken below the kernel's ephemeral range: there no outgoing
+/// connection (of which a run makes thousands) can be given it while the
+/// replica is down.
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
+    Ok(bind_listening_port()?.local_addr()?.port())
+}
+
+/// Ports below this are well-known or registered for common services.
+const LISTENING_PORTS_FROM: u16 = 10_000;
+/// Random ports tried before falling back to one the kernel picks.
+const LISTENING_PORT_TRIES: u32 = 64;
+
+fn bind_listening_port() -> anyhow::Result<TcpListener> {
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_from > LISTENING_PORTS_FROM {
+        for _ in 0..LISTENING_PORT_TRIES {
+            let port = rand::random_range(LISTENING_PORTS_FROM..ephemeral_from);
+            if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+                return Ok(listener);
+            }
+        }
+    }
+    TcpListener::bind(("127.0.0.1", 0)).context("finding a free port")
 }
