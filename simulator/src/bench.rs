@@ -465,23 +465,17 @@ fn gateway_requests(
 
 /// The errors table's name for what the client crate said.
 fn client_error_kind(error: &client::Error) -> String {
-    use client::Error;
-    match error {
-        Error::StillPending { .. } => "202".to_owned(),
-        Error::Transport { .. } => "transport error".to_owned(),
-        Error::Decode { status, .. } => format!("{status} unreadable"),
-        Error::Declined(api)
-        | Error::InvalidRequest(api)
-        | Error::InvalidState(api)
-        | Error::AuthorizationExpired(api)
-        | Error::AuthorizationAbandoned(api)
-        | Error::KeyReused(api)
-        | Error::NotFound(api)
-        | Error::Unauthenticated(api)
-        | Error::BankError(api)
-        | Error::Other(api)
-        | Error::Unavailable { last: api, .. } => format!("{} {}", api.status, api.code.as_str()),
+    if let Some(api) = error.api_error() {
+        return format!("{} {}", api.status, api.code.as_str());
     }
+    if let client::Error::Decode { status, .. } = error {
+        return format!("{status} unreadable");
+    }
+    if let client::Error::StillPending { .. } = error {
+        return "202".to_owned();
+    }
+    // With one attempt, what is left is a transport error.
+    "transport error".to_owned()
 }
 
 fn card_index(i: u64, cards: usize) -> usize {

@@ -68,6 +68,23 @@ pub enum Answer {
     Transport { error: String },
 }
 
+impl Answer {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Answer::Http { status, .. } => Some(*status),
+            Answer::Transport { .. } => None,
+        }
+    }
+
+    /// The body, when there is one and it is JSON.
+    pub fn json(&self) -> Option<Value> {
+        match self {
+            Answer::Http { body, .. } => serde_json::from_str(body).ok(),
+            Answer::Transport { .. } => None,
+        }
+    }
+}
+
 /// One HTTP attempt.
 #[derive(Debug, Clone, Serialize)]
 pub struct Exchange {
@@ -86,17 +103,11 @@ pub struct Exchange {
 
 impl Exchange {
     pub fn status(&self) -> Option<u16> {
-        match &self.answer {
-            Answer::Http { status, .. } => Some(*status),
-            Answer::Transport { .. } => None,
-        }
+        self.answer.status()
     }
 
     pub fn json(&self) -> Option<Value> {
-        match &self.answer {
-            Answer::Http { body, .. } => serde_json::from_str(body).ok(),
-            Answer::Transport { .. } => None,
-        }
+        self.answer.json()
     }
 
     /// The `error.code` of an error body.
@@ -170,17 +181,11 @@ pub struct Read {
 
 impl Read {
     pub fn status(&self) -> Option<u16> {
-        match &self.answer {
-            Answer::Http { status, .. } => Some(*status),
-            Answer::Transport { .. } => None,
-        }
+        self.answer.status()
     }
 
     pub fn json(&self) -> Option<Value> {
-        match &self.answer {
-            Answer::Http { body, .. } => serde_json::from_str(body).ok(),
-            Answer::Transport { .. } => None,
-        }
+        self.answer.json()
     }
 
     /// One line for a report: `+1234ms read after capture → 200 captured`.
