@@ -44,6 +44,9 @@ pub struct KeyRecord {
     pub payment_id: Option<Uuid>,
     pub operation_id: Option<Uuid>,
     pub live: bool,
+    /// The lease itself, for the mutant that judges it by the process's
+    /// clock (`faults::Mutant::ProcessClockLeases`); `live` is the truth.
+    pub lease_until: Option<chrono::DateTime<chrono::Utc>>,
     pub response_status: Option<i16>,
     pub response_body: Option<Vec<u8>>,
 }
@@ -69,7 +72,7 @@ pub enum ClaimError {
 }
 
 const KEY_COLUMNS: &str = "request_hash, payment_id, operation_id, \
-    coalesce(lease_until > now(), false) AS live, response_status, response_body";
+    coalesce(lease_until > now(), false) AS live, lease_until, response_status, response_body";
 
 /// The key, unlocked: enough to refuse a different request or replay an
 /// answer (neither ever changes once written), or to learn which payment

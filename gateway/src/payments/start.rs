@@ -235,7 +235,7 @@ impl Gateway {
         if let Some(stored) = record.answer() {
             return self.replay(&record, stored).await;
         }
-        if record.live || self.lease_runs(&operation) {
+        if self.lease_runs(&record, &operation) {
             return Err(ClaimError::InUse.into());
         }
         if !operation.is_pending() {
@@ -275,13 +275,14 @@ impl Gateway {
             .ok_or(Error::Invariant("a key's operation is gone"))
     }
 
-    /// Whether someone's lease on the operation still runs: by the
-    /// database's clock (or, under a mutant, by this process's).
-    fn lease_runs(&self, operation: &OperationRecord) -> bool {
+    /// Whether someone's lease on the key or its operation still runs: by
+    /// the database's clock (or, under a mutant, by this process's).
+    fn lease_runs(&self, key: &KeyRecord, operation: &OperationRecord) -> bool {
         if self.faults.mutant(Mutant::ProcessClockLeases) {
-            return operation.lease_until > self.faults.now();
+            let now = self.faults.now();
+            return key.lease_until.is_some_and(|until| until > now) || operation.lease_until > now;
         }
-        operation.live
+        key.live || operation.live
     }
 
     /// The stored answer, byte for byte (or, under the mutant that does so,
