@@ -56,5 +56,8 @@ async fn the_checkout_example_tells_a_decline_and_exits_1() {
     let output = checkout(&stack, "empty").await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("declined by the bank (insufficient_funds)"), "{stdout}");
+    assert!(
+        stdout.contains("declined by the bank (insufficient_funds)"),
+        "{stdout}"
+    );
 }
