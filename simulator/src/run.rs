@@ -41,8 +41,13 @@ use crate::stack::{MERCHANTS, Stack};
 use crate::stats::{micros, millis};
 use gateway::webhooks::signature::SigningSecret;
 
-/// Each fresh card opens with $100,000.
+/// Each fresh card opens with $100,000 at least ...
 pub const OPENING_BALANCE: i64 = 10_000_000;
+/// ... and with room for every plan on it to hold this much twice (a
+/// restarter authorizes twice), so that no funded card of the run runs dry
+/// however many payments share it: the checks take a 402 on a run's card
+/// for a lie.
+const MOST_HELD_PER_PLAN: i64 = 2 * crate::scenario::MAX_AMOUNT;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// One HTTP attempt of a simulation's gateway at the bank, at most (its
@@ -493,8 +498,15 @@ impl Session {
         // but an outage left by a previous run would be).
         admin.put_chaos(&calm()).await?;
         let mut cards = Vec::new();
+        let per_card = scenario
+            .payments
+            .len()
+            .div_ceil(usize::from(scenario.cards.max(1)));
+        let balance = OPENING_BALANCE.max(
+            i64::try_from(per_card).unwrap_or(i64::MAX / MOST_HELD_PER_PLAN) * MOST_HELD_PER_PLAN,
+        );
         for _ in 0..scenario.cards.max(1) {
-            cards.push(admin.open_random_card(OPENING_BALANCE).await?);
+            cards.push(admin.open_random_card(balance).await?);
         }
         let mut empty_card = admin.open_random_card(0).await?;
         empty_card.balance = 0;

@@ -442,12 +442,15 @@ fn duplicate() -> impl Strategy<Value = Duplicate> {
     ]
 }
 
+/// A plan's amount is below this many cents.
+pub const MAX_AMOUNT: i64 = 50_000;
+
 fn payment(cards: u16) -> impl Strategy<Value = PaymentPlan> {
     (
         (
             0..200u16,
             0..cards.max(1),
-            100..50_000i64,
+            100..MAX_AMOUNT,
             plan_kind(),
             duplicate(),
             proptest::bool::weighted(0.5),
