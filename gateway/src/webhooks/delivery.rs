@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use rand::RngExt;
 use sqlx::PgPool;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::WebhookSettings;
@@ -56,6 +56,7 @@ pub async fn deliver_forever(pool: PgPool, settings: Arc<WebhookSettings>, key: 
         client,
         in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
         per_endpoint: Mutex::new(HashMap::new()),
+        freed: Notify::new(),
         settings,
         key,
     });
@@ -66,9 +67,14 @@ pub async fn deliver_forever(pool: PgPool, settings: Arc<WebhookSettings>, key: 
             worker.report_backlog().await;
             backlog_at = Instant::now();
         }
-        // A full claim means more may be due: go again at once.
+        // A full claim means more may be due: go again at once. Otherwise
+        // wait for the poll, or for an attempt to end: an endpoint at its
+        // limit had more due, which may go now that a slot is free.
         if !claimed {
-            tokio::time::sleep(worker.settings.poll_interval).await;
+            tokio::select! {
+                () = tokio::time::sleep(worker.settings.poll_interval) => {}
+                () = worker.freed.notified() => {}
+            }
         }
     }
 }
@@ -99,6 +105,8 @@ struct Worker {
     key: WebhookKey,
     in_flight: Arc<Semaphore>,
     per_endpoint: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+    /// Told when an attempt ends and frees its slots.
+    freed: Notify,
 }
 
 impl Worker {
@@ -187,6 +195,7 @@ impl Worker {
         };
         tokio::spawn(async move {
             self.send(claim, event, (total, endpoint)).await;
+            self.freed.notify_one();
         });
     }
 

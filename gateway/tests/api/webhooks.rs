@@ -785,3 +785,35 @@ async fn no_event_is_lost_when_the_gateway_dies_between_a_change_and_its_deliver
     .await;
     drop(second);
 }
+
+/// An endpoint at its in-flight limit is sent more as soon as an attempt
+/// ends, not at the next poll: before, each poll took at most the limit
+/// (4) for it, so one fast endpoint got 4 deliveries per poll interval and
+/// a busy merchant's lag grew without bound.
+#[tokio::test]
+async fn a_fast_endpoint_is_not_held_to_its_limit_per_poll() {
+    let app = spawn_app_with(Options {
+        gateway: Some(Box::new(|s| {
+            s.webhook_retry_schedule_ms = vec![100];
+            s.webhook_poll_interval_ms = 4_000;
+            s.webhook_timeout_ms = 2_000;
+        })),
+        ..Options::default()
+    })
+    .await;
+    let receiver = receiver_answering(200).await;
+    app.register(&receiver.uri(), None).await;
+    for amount in 1_000..1_008 {
+        let response = app.create_payment(HAPPY_CARD, amount).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    // 8 payments, 16 events: the first poll finds them all due.
+    until(&receiver, |got| !got.is_empty()).await;
+    let first = Instant::now();
+    until(&receiver, |got| got.len() >= 16).await;
+    assert!(
+        first.elapsed() < Duration::from_millis(3_000),
+        "16 deliveries to one endpoint took {:?} after the first: held to the limit per poll",
+        first.elapsed()
+    );
+}
