@@ -5,18 +5,22 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-#[tokio::test]
-async fn openapi_and_docs_are_served_from_the_code() {
-    let app = spawn_app().await;
-    let openapi: Value = app
-        .client
+/// The OpenAPI document the running gateway serves.
+async fn openapi(app: &TestApp) -> Value {
+    app.client
         .get(app.url("/openapi.json"))
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn openapi_and_docs_are_served_from_the_code() {
+    let app = spawn_app().await;
+    let openapi = openapi(&app).await;
     for path in [
         "/v1/payments",
         "/v1/payments/{id}",
@@ -157,15 +161,7 @@ fn every_flag_of_every_command_has_a_description_in_help() {
 #[tokio::test]
 async fn every_operation_has_a_summary_and_statuses_are_an_enum() {
     let app = spawn_app().await;
-    let openapi: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let openapi = openapi(&app).await;
     let mut operations = 0;
     for (path, item) in openapi["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {
