@@ -406,6 +406,12 @@ impl Settings {
                 self.lease_ms, self.bank_deadline_ms
             ));
         }
+        if self.bank_attempt_timeout_ms > self.bank_deadline_ms {
+            return Err(format!(
+                "BANK_ATTEMPT_TIMEOUT_MS ({}) must be at most BANK_DEADLINE_MS ({}): an attempt is never cut short, so a longer one would never be made",
+                self.bank_attempt_timeout_ms, self.bank_deadline_ms
+            ));
+        }
         if self.db_pool_size == 0 || self.bank_max_in_flight == 0 || self.bank_max_attempts == 0 {
             return Err(
                 "pool size, bank in-flight limit and bank attempts must be at least 1".into(),
@@ -433,5 +439,35 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings::local("postgres://localhost/gateway", "http://127.0.0.1:1")
+    }
+
+    #[test]
+    fn the_local_settings_are_valid() {
+        assert_eq!(settings().validate(), Ok(()));
+    }
+
+    #[test]
+    fn an_attempt_longer_than_the_deadline_is_refused() {
+        let mut s = settings();
+        s.bank_attempt_timeout_ms = s.bank_deadline_ms + 1;
+        let refused = s.validate().unwrap_err();
+        assert!(refused.contains("BANK_ATTEMPT_TIMEOUT_MS"), "{refused}");
+    }
+
+    #[test]
+    fn a_lease_shorter_than_a_bank_call_is_refused() {
+        let mut s = settings();
+        s.lease_ms = s.bank_deadline_ms;
+        let refused = s.validate().unwrap_err();
+        assert!(refused.contains("LEASE_MS"), "{refused}");
     }
 }

@@ -125,7 +125,7 @@ impl fmt::Display for UnknownReason {
                 last_error,
             } => write!(
                 f,
-                "deadline passed after {attempts} attempt(s); last error: {last_error}"
+                "no whole attempt fit before the deadline after {attempts} attempt(s); last error: {last_error}"
             ),
             UnknownReason::AttemptsExhausted {
                 attempts,
@@ -548,8 +548,16 @@ impl BankClient {
         let mut attempts: u32 = 0;
         let mut last_error = String::from("no attempt was made");
 
+        // An attempt is given its whole timeout or is not made: one cut
+        // short by the deadline would hang up while the bank may still be
+        // working on it, and the operation's next caller (a retry on
+        // another replica) could then meet it at the bank with the same
+        // key. So every attempt ends, answered or given up, by the deadline,
+        // and "slack" is how long this call may still wait for a slot or
+        // sleep before the last attempt that fits.
+        let attempt_timeout = self.policy.attempt_timeout;
         let outcome = loop {
-            let Some(left) = time_left(deadline) else {
+            let Some(slack) = slack_before(deadline, attempt_timeout) else {
                 break deadline_passed(attempts, last_error);
             };
             // The breaker first: an open circuit answers at once, before
@@ -562,7 +570,7 @@ impl BankClient {
             };
             // Waiting for a slot counts against the deadline; the permit is
             // held for this attempt only, never during a backoff sleep.
-            let permit = match tokio::time::timeout(left, self.shared.permits.acquire()).await {
+            let permit = match tokio::time::timeout(slack, self.shared.permits.acquire()).await {
                 Ok(Ok(permit)) => permit,
                 Ok(Err(_closed)) => {
                     admission.not_sent();
@@ -579,19 +587,24 @@ impl BankClient {
                     break deadline_passed(attempts, last_error);
                 }
             };
-            let Some(left) = time_left(deadline) else {
+            if slack_before(deadline, attempt_timeout).is_none() {
                 drop(permit);
                 admission.not_sent();
                 break deadline_passed(attempts, last_error);
-            };
-            let timeout = self.policy.attempt_timeout.min(left);
+            }
             attempts += 1;
             let attempt_started = Instant::now();
             let verdict = {
                 let _in_flight = InFlight::enter();
                 let key_header = self.mutated_key(key_header.as_ref(), attempts);
                 let verdict = self
-                    .attempt::<T>(op, &url, key_header.as_ref(), body.as_deref(), timeout)
+                    .attempt::<T>(
+                        op,
+                        &url,
+                        key_header.as_ref(),
+                        body.as_deref(),
+                        attempt_timeout,
+                    )
                     .await;
                 drop(permit);
                 verdict
@@ -664,12 +677,12 @@ impl BankClient {
             if let Err(open) = self.shared.circuit.check() {
                 break circuit_open(attempts, open.retry_after);
             }
-            let Some(left) = time_left(deadline) else {
+            let Some(slack) = slack_before(deadline, attempt_timeout) else {
                 break deadline_passed(attempts, last_error);
             };
             let sleep = {
                 let mut rng = rand::rng();
-                backoff(&self.policy, attempts, left, &mut rng)
+                backoff(&self.policy, attempts, slack, &mut rng)
             };
             tokio::time::sleep(sleep).await;
             metrics::counter!("gateway_bank_retries_total", "operation" => op.name()).increment(1);
@@ -976,10 +989,11 @@ fn deadline_from(started: Instant, deadline: Duration) -> Instant {
         .unwrap_or(started)
 }
 
-/// The time left before `deadline`, or `None` once it has passed.
-fn time_left(deadline: Instant) -> Option<Duration> {
+/// How long before a whole attempt of `attempt_timeout` no longer fits
+/// before `deadline`, or `None` once it does not.
+fn slack_before(deadline: Instant, attempt_timeout: Duration) -> Option<Duration> {
     let left = deadline.saturating_duration_since(Instant::now());
-    (!left.is_zero()).then_some(left)
+    left.checked_sub(attempt_timeout)
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -1,5 +1,6 @@
 //! The retry policy and its backoff: exponential, capped, with full jitter,
-//! and never longer than the time left before the deadline.
+//! and never so long that the next whole attempt would not fit before the
+//! deadline.
 
 use std::time::Duration;
 
@@ -9,10 +10,12 @@ use rand::RngExt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// The longest one HTTP attempt may take (connect, send, read the whole
-    /// response). Clipped to the time left before the deadline.
+    /// response). Never cut short: an attempt is only started while this
+    /// much time is left before the deadline.
     pub attempt_timeout: Duration,
     /// The longest the whole call may take, from its start, attempts,
-    /// waits for an in-flight slot and backoff sleeps included.
+    /// waits for an in-flight slot and backoff sleeps included. At least
+    /// `attempt_timeout`, or no attempt fits.
     pub deadline: Duration,
     /// The most attempts in one call (at least one is always made, if the
     /// deadline allows).
@@ -47,18 +50,18 @@ pub fn backoff_cap(policy: &RetryPolicy, failed_attempts: u32) -> Duration {
 }
 
 /// The sleep after `failed_attempts` failed attempts, with full jitter:
-/// uniform in `0..=backoff_cap`, then clipped to `time_left` so that a
-/// sleep never carries a call past its deadline.
+/// uniform in `0..=backoff_cap`, then clipped to `slack` (how long the
+/// call may wait and still fit a whole attempt before its deadline).
 pub fn backoff<R: rand::Rng + ?Sized>(
     policy: &RetryPolicy,
     failed_attempts: u32,
-    time_left: Duration,
+    slack: Duration,
     rng: &mut R,
 ) -> Duration {
     let cap = backoff_cap(policy, failed_attempts);
     let cap_nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
     let sleep = Duration::from_nanos(rng.random_range(0..=cap_nanos));
-    sleep.min(time_left)
+    sleep.min(slack)
 }
 
 #[cfg(test)]

@@ -719,3 +719,73 @@ async fn a_statement_cancelled_by_its_timeout_answers_503_and_changes_nothing() 
     assert_eq!(retried.status(), StatusCode::CREATED);
     assert_eq!(app.count("payments").await, 1);
 }
+
+#[tokio::test]
+async fn a_retry_on_another_replica_never_meets_an_attempt_still_open_at_the_bank() {
+    // The bank holds every answer past the attempt timeout, and the
+    // deadline leaves a second attempt less than a whole timeout. The
+    // client's retry, the moment it hears 202, goes to another replica.
+    let attempt_timeout = Duration::from_millis(300);
+    let configure = move |s: &mut Settings| {
+        s.bank_attempt_timeout_ms = u64::try_from(attempt_timeout.as_millis()).unwrap();
+        s.bank_deadline_ms = 400;
+        s.bank_max_attempts = 3;
+        s.lease_ms = 1_500;
+        s.retry_unknown_after_ms = 60_000;
+        s.circuit_failure_threshold = 10_000;
+        s.reconcile_interval_ms = 0;
+    };
+    let app = spawn_app_with(Options {
+        bank: Some(Box::new(|s| {
+            s.min_latency_ms = 1_000;
+            s.max_latency_ms = 1_000;
+        })),
+        gateway: Some(Box::new(configure)),
+        proxy: true,
+    })
+    .await;
+    let replica = app.replica().await;
+    let key = new_key();
+    let body = payment_body(HAPPY_CARD, 1_200, "ord_r1", "cus_r1");
+
+    let first = post(&app, "/v1/payments", &key, &body).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    let retried = app
+        .client
+        .post(format!("{replica}/v1/payments"))
+        .bearer_auth(&app.api_key)
+        .header("Idempotency-Key", &key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status(), StatusCode::ACCEPTED);
+
+    let calls: Vec<_> = proxy(&app)
+        .forwarded()
+        .into_iter()
+        .filter(|f| f.path == "/api/v1/authorizations")
+        .collect();
+    let callers: std::collections::HashSet<_> = calls.iter().map(|c| &c.caller).collect();
+    assert_eq!(
+        callers.len(),
+        2,
+        "both replicas called the bank: {calls:#?}"
+    );
+    // A call is open at the bank until the bank answers or its caller's
+    // attempt timeout is up, whichever is first.
+    for (i, earlier) in calls.iter().enumerate() {
+        let open_until = earlier
+            .ended
+            .map_or(earlier.started + attempt_timeout, |ended| {
+                ended.min(earlier.started + attempt_timeout)
+            });
+        for later in &calls[i + 1..] {
+            assert!(
+                later.caller == earlier.caller || later.started >= open_until,
+                "another replica called the bank with the key {:?} after the first call began, while it was still open",
+                later.started - earlier.started
+            );
+        }
+    }
+}

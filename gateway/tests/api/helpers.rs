@@ -38,6 +38,8 @@ pub struct TestApp {
     pub proxy: Option<BankProxy>,
     /// The gateway's fault points.
     pub faults: Faults,
+    /// Its settings as the test made them, for a replica to share.
+    settings: Settings,
 }
 
 /// Changes a test makes to the defaults before a service starts.
@@ -91,13 +93,11 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let bank_url = proxy
         .as_ref()
         .map_or(bank_address.as_str(), |p| p.url.as_str());
-    let mut settings = Settings::local(&url, bank_url);
-    settings.bank_base_backoff_ms = 10;
-    settings.bank_max_backoff_ms = 200;
+    let mut settings = test_settings(&url, bank_url);
     if let Some(configure) = options.gateway {
         configure(&mut settings);
     }
-    let app = Application::build(settings)
+    let app = Application::build(settings.clone())
         .await
         .expect("the gateway starts");
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -117,7 +117,16 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         bank_pool,
         proxy,
         faults,
+        settings,
     }
+}
+
+/// A gateway's settings in tests: quick bank retries.
+fn test_settings(database_url: &str, bank_url: &str) -> Settings {
+    let mut settings = Settings::local(database_url, bank_url);
+    settings.bank_base_backoff_ms = 10;
+    settings.bank_max_backoff_ms = 200;
+    settings
 }
 
 pub async fn create_key(pool: &PgPool, merchant: &str) -> String {
@@ -152,6 +161,18 @@ pub fn payment_body(card: Card, amount: i64, order: &str, customer: &str) -> Val
 }
 
 impl TestApp {
+    /// Another gateway process with this app's settings (its database,
+    /// its bank or proxy, its secrets): a replica, a second caller of the
+    /// bank. Returns its address.
+    pub async fn replica(&self) -> String {
+        let replica = Application::build(self.settings.clone())
+            .await
+            .expect("the replica starts");
+        let address = format!("http://127.0.0.1:{}", replica.port());
+        tokio::spawn(replica.run_until_stopped());
+        address
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }

@@ -645,6 +645,7 @@ async fn a_flagged_operation_is_published_once() {
     let app = spawn_app_with(Options {
         gateway: Some(Box::new(|s| {
             s.recovery_flag_after_seconds = 0;
+            s.bank_attempt_timeout_ms = 300;
             s.bank_deadline_ms = 300;
             s.recovery_interval_ms = 50;
             s.webhook_poll_interval_ms = 20;
