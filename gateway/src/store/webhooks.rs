@@ -2,17 +2,18 @@
 //!
 //! Deliveries are written by the events trigger (one per event and enabled
 //! endpoint that wants its type); here they are claimed under a lease,
-//! recorded attempt by attempt (fenced by the claim's token, so a worker
-//! whose lease ran out cannot overwrite a newer attempt), and re-sent on
-//! demand.
+//! recorded in batches of attempts (each fenced by its claim's token, so a
+//! worker whose lease ran out cannot overwrite a newer attempt), and
+//! re-sent on demand.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::domain::{EndpointId, EventId, MerchantId};
+use crate::store::batch::BoxFuture;
 
 /// Endpoints a merchant may have at once (not counting deleted ones).
 pub const MAX_ENDPOINTS_PER_MERCHANT: i64 = 16;
@@ -382,77 +383,150 @@ pub enum Recorded {
     Fenced,
 }
 
-/// Records an attempt and moves the delivery on, in one transaction, only
-/// if the claim still holds. A delivery that gives up disables its
-/// endpoint if nothing was delivered to it since the delivery began: it
-/// failed for the whole schedule.
-pub async fn record_attempt(
-    conn: &mut PgConnection,
-    claim: &ClaimedDelivery,
-    outcome: &AttemptOutcome,
-    after_failure: AfterFailure,
-) -> Result<Recorded, sqlx::Error> {
-    let delivered = outcome.delivered();
-    let (status, retry_in) = match (delivered, after_failure) {
-        (true, _) => ("delivered", None),
-        (false, AfterFailure::RetryIn(delay)) => ("pending", Some(delay)),
-        (false, AfterFailure::GiveUp) => ("failed", None),
-    };
-    let mut tx = sqlx::Connection::begin(conn).await?;
-    let moved = sqlx::query(
-        "UPDATE webhook_deliveries SET attempts = attempts + 1, status = $3, \
-           schedule_step = schedule_step + CASE WHEN $3 = 'pending' THEN 1 ELSE 0 END, \
-           next_attempt_at = CASE WHEN $4::interval IS NULL THEN next_attempt_at ELSE now() + $4 END, \
-           finished_at = CASE WHEN $3 = 'pending' THEN NULL ELSE now() END, \
-           lease_until = '-infinity', lease_token = NULL \
-         WHERE id = $1 AND lease_token = $2 AND status = 'pending'",
-    )
-    .bind(claim.id)
-    .bind(claim.lease_token)
-    .bind(status)
-    .bind(retry_in)
-    .execute(&mut *tx)
-    .await?;
-    if moved.rows_affected() == 0 {
-        return Ok(Recorded::Fenced);
+/// An attempt made under a claim, to be recorded.
+#[derive(Debug, Clone)]
+pub struct FinishedAttempt {
+    pub claim: ClaimedDelivery,
+    pub outcome: AttemptOutcome,
+    pub after_failure: AfterFailure,
+}
+
+impl FinishedAttempt {
+    /// The delivery's status after this attempt, and when it is tried
+    /// again (whole milliseconds), if it is.
+    fn next(&self) -> (&'static str, Option<i64>) {
+        match (self.outcome.delivered(), self.after_failure) {
+            (true, _) => ("delivered", None),
+            (false, AfterFailure::RetryIn(delay)) => (
+                "pending",
+                Some(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+            ),
+            (false, AfterFailure::GiveUp) => ("failed", None),
+        }
     }
-    sqlx::query(
-        "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, latency_ms, \
-           response_status, response_body, error) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(claim.id)
-    .bind(claim.attempt)
-    .bind(outcome.started_at)
-    .bind(outcome.latency_ms)
-    .bind(outcome.response_status)
-    .bind(&outcome.response_body)
-    .bind(&outcome.error)
-    .execute(&mut *tx)
-    .await?;
-    let endpoint_disabled = if delivered {
-        sqlx::query("UPDATE webhook_endpoints SET last_success_at = now() WHERE id = $1")
-            .bind(claim.endpoint_id)
-            .execute(&mut *tx)
-            .await?;
-        false
-    } else if status == "failed" {
-        sqlx::query(
-            "UPDATE webhook_endpoints SET status = 'disabled', disabled_reason = 'failing', \
-               updated_at = now() \
-             WHERE id = $1 AND status = 'enabled' \
-               AND (last_success_at IS NULL OR last_success_at < $2)",
-        )
-        .bind(claim.endpoint_id)
-        .bind(claim.created_at)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0
-    } else {
-        false
+}
+
+/// Records attempts (a batch, see [`crate::store::batch`]): each moves its
+/// delivery on and keeps its attempt row, only if its claim still holds;
+/// endpoints that got a delivery note their last success, once per batch.
+/// A delivery that gives up disables its endpoint if nothing was delivered
+/// to it since the delivery began: it failed for the whole schedule. One
+/// statement and one commit for the lot: per delivery, a transaction of
+/// its own cost five round trips and a flush to disk, about as much as the
+/// payment it reports.
+pub fn record_attempts(
+    pool: PgPool,
+    attempts: Vec<FinishedAttempt>,
+) -> BoxFuture<Result<Vec<Recorded>, sqlx::Error>> {
+    Box::pin(async move {
+        let mut conn = pool.acquire().await?;
+        let written = write_attempts(&mut conn, &attempts).await?;
+        let mut disabled_told = Vec::new();
+        Ok(attempts
+            .iter()
+            .map(|attempt| {
+                let id = attempt.claim.id;
+                let Some((_, disabled)) = written.iter().find(|(w, _)| *w == id) else {
+                    return Recorded::Fenced;
+                };
+                // One disabling is told once, however many of the batch's
+                // deliveries to the endpoint gave up.
+                let endpoint = attempt.claim.endpoint_id;
+                let endpoint_disabled = *disabled && !disabled_told.contains(&endpoint);
+                if endpoint_disabled {
+                    disabled_told.push(endpoint);
+                }
+                Recorded::Written { endpoint_disabled }
+            })
+            .collect())
+    })
+}
+
+/// (delivery moved on, its endpoint disabled by this batch) for each
+/// attempt whose claim held.
+async fn write_attempts(
+    conn: &mut PgConnection,
+    attempts: &[FinishedAttempt],
+) -> Result<Vec<(Uuid, bool)>, sqlx::Error> {
+    let next: Vec<_> = attempts.iter().map(FinishedAttempt::next).collect();
+    let outcome = |f: fn(&AttemptOutcome) -> Option<&str>| {
+        attempts.iter().map(|a| f(&a.outcome)).collect::<Vec<_>>()
     };
-    tx.commit().await?;
-    Ok(Recorded::Written { endpoint_disabled })
+    // An endpoint is updated at most once by the statement (Postgres cannot
+    // change one row twice in one statement): one that got a delivery in
+    // this batch is not disabled by it, rightly, since it just succeeded.
+    sqlx::query_as(
+        "WITH input AS ( \
+           SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::int4[], \
+             $6::timestamptz[], $7::int4[], $8::int2[], $9::text[], $10::text[]) \
+           AS i(id, token, status, retry_ms, attempt, started_at, latency_ms, response_status, \
+             response_body, error)), \
+         moved AS ( \
+           UPDATE webhook_deliveries d SET attempts = d.attempts + 1, status = i.status, \
+             schedule_step = d.schedule_step + CASE WHEN i.status = 'pending' THEN 1 ELSE 0 END, \
+             next_attempt_at = CASE WHEN i.retry_ms IS NULL THEN d.next_attempt_at \
+               ELSE now() + i.retry_ms * interval '1 millisecond' END, \
+             finished_at = CASE WHEN i.status = 'pending' THEN NULL ELSE now() END, \
+             lease_until = '-infinity', lease_token = NULL \
+           FROM input i WHERE d.id = i.id AND d.lease_token = i.token AND d.status = 'pending' \
+           RETURNING d.id, d.endpoint_id, d.created_at, i.status), \
+         kept AS ( \
+           INSERT INTO webhook_attempts (delivery_id, attempt, started_at, latency_ms, \
+             response_status, response_body, error) \
+           SELECT i.id, i.attempt, i.started_at, i.latency_ms, i.response_status, \
+             i.response_body, i.error \
+           FROM input i JOIN moved m ON m.id = i.id), \
+         succeeded AS ( \
+           UPDATE webhook_endpoints w SET last_success_at = now() \
+           WHERE w.id IN (SELECT endpoint_id FROM moved WHERE status = 'delivered')), \
+         disabled AS ( \
+           UPDATE webhook_endpoints w SET status = 'disabled', disabled_reason = 'failing', \
+             updated_at = now() \
+           FROM (SELECT endpoint_id, max(created_at) AS began FROM moved \
+                 WHERE status = 'failed' GROUP BY endpoint_id) f \
+           WHERE w.id = f.endpoint_id AND w.status = 'enabled' \
+             AND (w.last_success_at IS NULL OR w.last_success_at < f.began) \
+             AND w.id NOT IN (SELECT endpoint_id FROM moved WHERE status = 'delivered') \
+           RETURNING w.id) \
+         SELECT m.id, m.status = 'failed' AND m.endpoint_id IN (SELECT id FROM disabled) \
+         FROM moved m",
+    )
+    .bind(attempts.iter().map(|a| a.claim.id).collect::<Vec<_>>())
+    .bind(
+        attempts
+            .iter()
+            .map(|a| a.claim.lease_token)
+            .collect::<Vec<_>>(),
+    )
+    .bind(next.iter().map(|(status, _)| *status).collect::<Vec<_>>())
+    .bind(
+        next.iter()
+            .map(|(_, retry_ms)| *retry_ms)
+            .collect::<Vec<_>>(),
+    )
+    .bind(attempts.iter().map(|a| a.claim.attempt).collect::<Vec<_>>())
+    .bind(
+        attempts
+            .iter()
+            .map(|a| a.outcome.started_at)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        attempts
+            .iter()
+            .map(|a| a.outcome.latency_ms)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        attempts
+            .iter()
+            .map(|a| a.outcome.response_status)
+            .collect::<Vec<_>>(),
+    )
+    .bind(outcome(|o| o.response_body.as_deref()))
+    .bind(outcome(|o| o.error.as_deref()))
+    .fetch_all(conn)
+    .await
 }
 
 /// For the gauges: deliveries due now and waiting, and endpoints the

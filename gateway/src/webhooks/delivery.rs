@@ -24,9 +24,11 @@ use super::secret::WebhookKey;
 use super::signature;
 use super::url::PublicOnly;
 use super::view::EventView;
+use crate::faults::Faults;
+use crate::store::batch::{BatchLimits, Batcher};
 use crate::store::events::{self, EventRecord};
 use crate::store::webhooks::{
-    self as store, AfterFailure, AttemptOutcome, ClaimedDelivery, Recorded,
+    self as store, AfterFailure, AttemptOutcome, ClaimedDelivery, FinishedAttempt, Recorded,
 };
 
 /// The receiver's answer kept per attempt, at most.
@@ -41,6 +43,8 @@ pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
 const JITTER_FRACTION: f64 = 0.1;
 /// How often the backlog gauges are measured.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+/// Attempts recorded in one statement, at most.
+const RECORD_BATCH_ROWS: usize = 256;
 
 /// Runs until aborted.
 pub async fn deliver_forever(pool: PgPool, settings: Arc<WebhookSettings>, key: WebhookKey) {
@@ -51,8 +55,22 @@ pub async fn deliver_forever(pool: PgPool, settings: Arc<WebhookSettings>, key: 
             return;
         }
     };
+    // One flusher: the webhook pool is small, and a batch holds one of its
+    // connections while it writes. Every attempt in flight may be queued.
+    let (recorder, _flushers) = Batcher::spawn(
+        "webhook_attempt",
+        pool.clone(),
+        BatchLimits {
+            max_rows: RECORD_BATCH_ROWS,
+            flushers: 1,
+            queue: settings.max_in_flight.max(1),
+        },
+        store::record_attempts,
+        Faults::default(),
+    );
     let worker = Arc::new(Worker {
         pool,
+        recorder,
         client,
         in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
         per_endpoint: Mutex::new(HashMap::new()),
@@ -100,6 +118,8 @@ fn http_client(settings: &WebhookSettings) -> reqwest::Result<reqwest::Client> {
 
 struct Worker {
     pool: PgPool,
+    /// Attempts are recorded in batches: one commit for many deliveries.
+    recorder: Batcher<FinishedAttempt, Recorded>,
     client: reqwest::Client,
     settings: Arc<WebhookSettings>,
     key: WebhookKey,
@@ -211,11 +231,15 @@ impl Worker {
             "outcome" => if delivered { "delivered" } else { "failed" })
         .increment(1);
         let after_failure = self.after_failure(claim.schedule_step);
-        let recorded = async {
-            let mut conn = self.pool.acquire().await?;
-            store::record_attempt(&mut conn, &claim, &outcome, after_failure).await
-        };
-        match recorded.await {
+        let recorded = self
+            .recorder
+            .submit(FinishedAttempt {
+                claim: claim.clone(),
+                outcome,
+                after_failure,
+            })
+            .await;
+        match recorded {
             Ok(Recorded::Written { endpoint_disabled }) => {
                 self.account(&claim, &event, delivered, after_failure, endpoint_disabled);
             }
