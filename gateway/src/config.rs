@@ -213,7 +213,7 @@ pub struct Settings {
     #[arg(long, env = "WEBHOOK_MAX_IN_FLIGHT", default_value_t = 64)]
     pub webhook_max_in_flight: usize,
     /// Delivery attempts in flight to one endpoint at once, per process.
-    #[arg(long, env = "WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT", default_value_t = 4)]
+    #[arg(long, env = "WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT", default_value_t = 16)]
     pub webhook_max_in_flight_per_endpoint: usize,
     /// How often an idle delivery worker looks for due deliveries.
     #[arg(long, env = "WEBHOOK_POLL_INTERVAL_MS", default_value_t = 250)]
@@ -303,7 +303,7 @@ impl Settings {
             webhook_timeout_ms: 10_000,
             webhook_retry_schedule_ms: crate::webhooks::DEFAULT_SCHEDULE_MS.to_vec(),
             webhook_max_in_flight: 64,
-            webhook_max_in_flight_per_endpoint: 4,
+            webhook_max_in_flight_per_endpoint: 16,
             webhook_poll_interval_ms: 250,
             webhook_db_pool_size: 2,
             faults: String::new(),
