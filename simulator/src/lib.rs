@@ -10,6 +10,7 @@
 //! - [`run_dir`]: one temp directory per command for its logs, removed when it ends well.
 //! - [`running`]: the record of a running `up`, which `simulator gateway` reads.
 //! - [`bench`]: `simulator bench`, concurrent authorizations and a ledger check.
+//! - [`floor`]: the machine's floor, pgbench's single-row insert on the same cluster.
 //! - [`bank`]: a client for the bank's health and admin endpoints.
 //! - [`cards`]: Luhn-valid test card numbers.
 //! - [`stats`]: nearest-rank latency percentiles.
@@ -35,6 +36,7 @@ pub mod cli;
 pub mod cpu;
 pub mod driver;
 pub mod faults;
+pub mod floor;
 pub mod invariants;
 pub mod model;
 pub mod mutants;
