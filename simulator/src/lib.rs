@@ -10,6 +10,7 @@
 //! - [`run_dir`]: one temp directory per command for its logs, removed when it ends well.
 //! - [`running`]: the record of a running `up`, which `simulator gateway` reads.
 //! - [`bench`]: `simulator bench`, concurrent authorizations and a ledger check.
+//! - [`steady`]: the steady-state window of a bench (every client busy).
 //! - [`floor`]: the machine's floor, pgbench's single-row insert on the same cluster.
 //! - [`bank`]: a client for the bank's health and admin endpoints.
 //! - [`cards`]: Luhn-valid test card numbers.
@@ -51,6 +52,7 @@ pub mod scenario;
 pub mod simulate;
 pub mod stack;
 pub mod stats;
+pub mod steady;
 pub mod up;
 
 use std::future::Future;
