@@ -28,8 +28,9 @@ use crate::stats::micros;
 pub const MAX_CLIENTS: u32 = 16;
 /// pgbench's threads, at most (`--jobs`): one per core of this machine.
 pub const MAX_THREADS: u32 = 2;
-/// pgbench runs this much longer than the window, to be connected before
-/// it opens and still connected when it closes.
+/// pgbench is told to run this much longer than the window, to be
+/// connected before it opens and still connected when it closes; it is
+/// stopped when the window closes.
 const MARGIN_SECONDS: u64 = 3;
 /// How long pgbench may take to open its connections.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -224,20 +225,11 @@ async fn run(
         return Err("pgbench inserted nothing in the window".to_owned());
     }
 
-    let waited = tokio::time::timeout(
-        Duration::from_secs(MARGIN_SECONDS + 30),
-        child.wait_with_output(),
-    )
-    .await
-    .map_err(|_| "pgbench did not finish".to_owned())?
-    .map_err(|e| format!("waiting for pgbench: {e}"))?;
-    if !waited.status.success() {
-        return Err(format!(
-            "pgbench failed ({}): {}",
-            waited.status,
-            String::from_utf8_lossy(&waited.stderr).trim()
-        ));
-    }
+    // The figure is taken: the rest of pgbench's run is not waited for.
+    child
+        .kill()
+        .await
+        .map_err(|e| format!("stopping pgbench: {e}"))?;
     Ok(InsertCost {
         program: program.display().to_string(),
         clients,
