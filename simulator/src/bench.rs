@@ -1,8 +1,12 @@
 //! `simulator bench`: authorizations at a fixed concurrency, against the
 //! bank or through the gateway (sent by the `ficmart-client` crate, as
-//! FicMart's checkout sends them), then a check of the bank's ledger.
+//! FicMart's checkout sends them), or with `--mix` whole checkout flows
+//! (see [`crate::mix`]); then a check of the bank's ledger and, on its
+//! own stack, the machine's floor (see [`crate::floor`]). Every report has
+//! the steady state apart from ramp-up and drain (see [`crate::steady`]).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,18 +18,22 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use serde::Serialize;
 
 use crate::bank::{BankAdmin, Chaos, NewCard};
 use crate::cli::{BenchArgs, Target, WebhookReceiver};
-use crate::cpu::{self, Parties};
+use crate::cpu::{self, CpuPerAuthorization, Parties};
+use crate::floor::{self, Floor, InsertCost};
+use crate::mix::{self, FlowPlan};
 use crate::process::{GatewayOptions, GatewayOutput};
 use crate::receiver::Receiver;
-use crate::report::{self, Report, WebhookLoad};
+use crate::report::{self, MixReport, OperationReport, Report, SteadyState, WebhookLoad};
 use crate::stack::{BankChaos, Durability, Stack, StackOptions};
 use crate::stats::{Latency, micros};
+use crate::steady::{self, Answered, Span, Window};
 
 /// Every authorization is for $1.00.
-const AMOUNT_CENTS: i64 = 100;
+pub(crate) const AMOUNT_CENTS: i64 = 100;
 /// Cards are opened concurrently, this many at a time.
 const CARD_CREATION_CONCURRENCY: usize = 16;
 /// A request that takes longer than this (beyond the added latency) is an error.
@@ -47,6 +55,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         mock_bank::telemetry::init_logging();
     }
     let concurrency = usize::try_from(args.concurrency)?;
+    if args.mix && args.target != Target::Gateway {
+        bail!("--mix runs checkout flows through the gateway: it needs --target gateway");
+    }
     warn_if_too_few_open_files(concurrency, args.url.is_none());
     let stack = match &args.url {
         Some(_) => None,
@@ -92,12 +103,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Some(stack) => Some(durability_of(stack.postgres().url()).await?),
         None => None,
     };
+    // The floor is measured on the database the target writes to.
+    let floor_database = stack.as_ref().map(|stack| {
+        stack
+            .urls()
+            .gateway_database
+            .clone()
+            .unwrap_or_else(|| stack.urls().bank_database.clone())
+    });
     let outcome = bench(
         &args,
         &bank_url,
         &endpoint,
         stack.is_some(),
         parties.as_ref(),
+        floor_database.as_deref(),
     )
     .await;
     let gateway_log = stack
@@ -194,9 +214,11 @@ async fn bench(
     endpoint: &Endpoint,
     own_stack: bool,
     parties: Option<&Parties>,
+    floor_database: Option<&str>,
 ) -> anyhow::Result<Report> {
     let concurrency = usize::try_from(args.concurrency)?;
     let latency_ms = args.bank_latency_ms();
+    let seed = args.seed.unwrap_or_else(rand::random);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .timeout(REQUEST_TIMEOUT + Duration::from_millis(latency_ms))
@@ -219,18 +241,13 @@ async fn bench(
         let balance = i64::try_from(per_card)? * AMOUNT_CENTS * 2 + 1_000_000;
         eprintln!("opening {} test cards", args.cards);
         let cards = open_cards(&admin, args.cards, balance).await?;
-        eprintln!(
-            "sending {} authorizations, {} at a time",
-            args.requests, args.concurrency
-        );
+        let timeout = REQUEST_TIMEOUT + Duration::from_millis(latency_ms);
         let send = match endpoint {
             Endpoint::Bank => bank_requests(&client, bank_url, &cards),
-            Endpoint::Gateway { url, api_key } => gateway_requests(
-                url,
-                api_key,
-                &cards,
-                REQUEST_TIMEOUT + Duration::from_millis(latency_ms),
-            )?,
+            Endpoint::Gateway { url, api_key } if args.mix => {
+                mix::gateway_flows(url, api_key, &cards, timeout, seed)?
+            }
+            Endpoint::Gateway { url, api_key } => gateway_requests(url, api_key, &cards, timeout)?,
         };
         let receiver = match (args.webhook, endpoint) {
             (Some(kind), Endpoint::Gateway { url, api_key }) if own_stack => {
@@ -239,6 +256,16 @@ async fn bench(
             (Some(_), _) => bail!("--webhook needs --target gateway and the bench's own stack"),
             (None, _) => None,
         };
+        eprintln!(
+            "sending {} {}, {} at a time",
+            args.requests,
+            if args.mix {
+                "checkout flows"
+            } else {
+                "authorizations"
+            },
+            args.concurrency
+        );
         let before = match parties {
             Some(parties) => parties.sample().await,
             None => None,
@@ -251,6 +278,7 @@ async fn bench(
             },
             deliveries_received: receiver.received().len() as u64,
         });
+        // Per authorization, or with --mix per flow.
         let cpu = match (parties, before) {
             (Some(parties), Some(before)) => parties
                 .sample()
@@ -259,7 +287,13 @@ async fn bench(
             (Some(_) | None, None) | (None, Some(_)) => None,
         };
         let ledger = admin.verify_ledger().await?;
-        Ok::<_, anyhow::Error>((load, ledger, cpu, webhook))
+        let floor = match floor_database {
+            Some(database) if args.floor_seconds > 0 => {
+                Some(measure_floor(database, args.concurrency, args.floor_seconds).await)
+            }
+            Some(_) | None => None,
+        };
+        Ok::<_, anyhow::Error>((load, ledger, cpu, webhook, floor))
     }
     .await;
 
@@ -269,14 +303,41 @@ async fn bench(
             .await
             .context("restoring the bank's chaos")?;
     }
-    let (load, ledger, cpu, webhook) = result?;
-    let elapsed_us = micros(load.elapsed);
+    let (load, ledger, cpu, webhook, floor) = result?;
     let (target, url, gateway_db_pool_size) = match endpoint {
         Endpoint::Bank => ("bank", bank_url.to_owned(), None),
         Endpoint::Gateway { url, .. } => {
             ("gateway", url.clone(), own_stack.then_some(args.pool_size))
         }
     };
+    let ceiling = if args.mix {
+        let plans: Vec<FlowPlan> = (0..u64::from(args.requests))
+            .map(|i| FlowPlan::draw(seed, i))
+            .collect();
+        mix::ceiling(args.concurrency, latency_ms, &plans)
+    } else {
+        report::ceiling(args.concurrency, latency_ms)
+    };
+    let (cpu_ms_per_authorization, cpu_ms_per_flow) =
+        if args.mix { (None, cpu) } else { (cpu, None) };
+    let floor = floor.map(|measured| {
+        Floor::new(
+            measured,
+            cpu_ms_per_authorization
+                .as_ref()
+                .and_then(CpuPerAuthorization::gateway_own),
+            cpu_ms_per_flow
+                .as_ref()
+                .and_then(CpuPerAuthorization::gateway_own),
+        )
+    });
+    let elapsed_us = micros(load.elapsed);
+    let window = steady::all_busy(&load.spans);
+    let authorizations = load
+        .answered
+        .iter()
+        .filter(|a| a.ok && a.kind == Operation::Authorize)
+        .count() as u64;
     Ok(Report {
         target,
         url,
@@ -287,16 +348,118 @@ async fn bench(
         gateway_db_pool_size,
         total: u64::from(args.requests),
         ok: load.ok,
-        errors: load.errors,
+        errors: error_table(&load.errors, args.mix),
         elapsed_us,
-        authorizations_per_second: report::rate(load.ok, elapsed_us),
-        ceiling_per_second: report::ceiling(args.concurrency, latency_ms),
-        latency_us: Latency::summarise(load.ok_latencies),
+        authorizations_per_second: report::rate(authorizations, elapsed_us),
+        ceiling_per_second: ceiling,
+        latency_us: Latency::summarise(load.ok_latencies()),
+        steady_state: window.map(|window| steady_state(&load, window, args.mix, ceiling)),
+        mix: args
+            .mix
+            .then(|| mix_report(&load, window, seed, elapsed_us)),
         ledger,
-        cpu_ms_per_authorization: cpu,
+        cpu_ms_per_authorization,
+        cpu_ms_per_flow,
+        floor,
         postgres_durability: None,
         webhook,
     })
+}
+
+/// pgbench's single-row inserts on `database`, or why there is no figure.
+async fn measure_floor(
+    database: &str,
+    concurrency: u32,
+    seconds: u64,
+) -> Result<InsertCost, String> {
+    let Some(pgbench) = floor::pgbench() else {
+        return Err(
+            "pgbench was not found beside the cluster's server binaries nor on PATH \
+                    (it comes with the postgresql-client package)"
+                .to_owned(),
+        );
+    };
+    eprintln!("measuring the floor: pgbench's single-row inserts for {seconds} s");
+    floor::measure(&pgbench, database, concurrency, seconds).await
+}
+
+/// The errors table: by status or kind of failure, and with `--mix` by
+/// operation first (`capture: 409 invalid_state`).
+fn error_table(errors: &BTreeMap<(Operation, String), u64>, mix: bool) -> BTreeMap<String, u64> {
+    let mut table = BTreeMap::new();
+    for ((operation, kind), n) in errors {
+        let name = if mix {
+            format!("{}: {kind}", operation.name())
+        } else {
+            kind.clone()
+        };
+        *table.entry(name).or_default() += n;
+    }
+    table
+}
+
+/// The rate and latencies of the units (authorizations, or flows)
+/// answered within `window`.
+fn steady_state(load: &Load, window: Window, mix: bool, ceiling: Option<f64>) -> SteadyState {
+    let ok_units = || load.units.iter().filter(|u| u.ok);
+    let per_second = steady::rate_within(window, ok_units().map(|u| u.done));
+    let latencies: Vec<Duration> = ok_units()
+        .filter(|u| window.contains(u.done))
+        .map(Answered::latency)
+        .collect();
+    SteadyState {
+        window: steady::DEFINITION,
+        start_us: micros(window.start),
+        end_us: micros(window.end),
+        ok: latencies.len() as u64,
+        per_second,
+        operations_per_second: mix.then(|| {
+            steady::rate_within(
+                window,
+                load.answered.iter().filter(|a| a.ok).map(|a| a.done),
+            )
+        }),
+        share_of_ceiling: ceiling.map(|ceiling| per_second / ceiling),
+        latency_us: Latency::summarise(latencies),
+    }
+}
+
+/// `--mix`'s rates and its latencies by operation, over the whole run and
+/// over the steady `window`.
+fn mix_report(load: &Load, window: Option<Window>, seed: u64, elapsed_us: u64) -> MixReport {
+    let ok_operations = load.answered.iter().filter(|a| a.ok).count() as u64;
+    let mut whole = steady::latencies_by_kind(&load.answered, None);
+    let mut in_window = match window {
+        Some(window) => steady::latencies_by_kind(&load.answered, Some(window)),
+        None => BTreeMap::new(),
+    };
+    let mut by_operation: BTreeMap<Operation, OperationReport> = BTreeMap::new();
+    for answered in &load.answered {
+        by_operation
+            .entry(answered.kind)
+            .or_insert_with(|| OperationReport {
+                ok: 0,
+                errors: BTreeMap::new(),
+                latency_us: Latency::summarise(whole.remove(&answered.kind).unwrap_or_default()),
+                steady_latency_us: Latency::summarise(
+                    in_window.remove(&answered.kind).unwrap_or_default(),
+                ),
+            })
+            .ok += u64::from(answered.ok);
+    }
+    for ((operation, kind), n) in &load.errors {
+        if let Some(report) = by_operation.get_mut(operation) {
+            *report.errors.entry(kind.clone()).or_default() += n;
+        }
+    }
+    MixReport {
+        seed,
+        proportions: mix::proportions(),
+        flows_per_second: report::rate(load.ok, elapsed_us),
+        operations: load.answered.len() as u64,
+        operations_per_second: report::rate(ok_operations, elapsed_us),
+        by_operation,
+    }
 }
 
 /// `GET {url}/health` answers 200. Readiness (`/ready`) is on the
@@ -367,13 +530,75 @@ async fn durability_of(url: &str) -> anyhow::Result<String> {
 }
 
 /// A hex id for this run, so that its idempotency keys are its own.
-fn run_id() -> String {
+pub(crate) fn run_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-/// Sends request `i` of the load: `Ok` for the answer expected, or what
-/// came instead (a status code, or a kind of transport failure).
-pub type SendOne = Arc<dyn Fn(u64) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+/// What a request of the load does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    Authorize,
+    Get,
+    Capture,
+    Void,
+    ListByOrder,
+    Refund,
+    ListByCustomer,
+}
+
+impl Operation {
+    /// Its name in the report (the JSON key).
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Authorize => "authorize",
+            Operation::Get => "get",
+            Operation::Capture => "capture",
+            Operation::Void => "void",
+            Operation::ListByOrder => "list_by_order",
+            Operation::Refund => "refund",
+            Operation::ListByCustomer => "list_by_customer",
+        }
+    }
+
+    /// A read: it changes nothing and does not reach the bank.
+    pub fn is_read(self) -> bool {
+        match self {
+            Operation::Get | Operation::ListByOrder | Operation::ListByCustomer => true,
+            Operation::Authorize | Operation::Capture | Operation::Void | Operation::Refund => {
+                false
+            }
+        }
+    }
+}
+
+/// One request sent: what it was, when, and `Ok` for the answer expected
+/// or what came instead (a status code, or a kind of transport failure).
+pub struct Op {
+    pub operation: Operation,
+    pub sent: Instant,
+    pub done: Instant,
+    pub outcome: Result<(), String>,
+}
+
+/// Sends unit `i` of the load (one authorization, or with `--mix` one
+/// flow) and tells what each of its requests got.
+pub type SendOne = Arc<dyn Fn(u64) -> BoxFuture<'static, Vec<Op>> + Send + Sync>;
+
+/// One request of `operation`, timed.
+async fn single(
+    operation: Operation,
+    request: impl Future<Output = Result<(), String>>,
+) -> Vec<Op> {
+    let sent = Instant::now();
+    let outcome = request.await;
+    vec![Op {
+        operation,
+        sent,
+        done: Instant::now(),
+        outcome,
+    }]
+}
 
 /// Authorization `i` of [`AMOUNT_CENTS`] goes to card `i mod cards`, with
 /// its own idempotency key.
@@ -399,7 +624,7 @@ fn bank_requests(client: &reqwest::Client, bank_url: &str, cards: &[NewCard]) ->
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header("Idempotency-Key", format!("bench-{run}-{i}"))
             .body(bodies[card_index(i, bodies.len())].clone());
-        async move {
+        single(Operation::Authorize, async move {
             let response = request.send().await.map_err(|e| error_kind(&e))?;
             let status = response.status();
             // The body is read so that the connection can be reused.
@@ -409,7 +634,7 @@ fn bank_requests(client: &reqwest::Client, bank_url: &str, cards: &[NewCard]) ->
             } else {
                 Err(status.as_u16().to_string())
             }
-        }
+        })
         .boxed()
     })
 }
@@ -452,19 +677,19 @@ fn gateway_requests(
         );
         let key = IdempotencyKey::new(format!("bench-{run}-{i}"));
         let gateway = gateway.clone();
-        async move {
+        single(Operation::Authorize, async move {
             let key = key.map_err(|e| format!("bad key: {e}"))?;
             match gateway.authorize(&key, &request).await {
                 Ok(_) => Ok(()),
                 Err(error) => Err(client_error_kind(&error)),
             }
-        }
+        })
         .boxed()
     }))
 }
 
 /// The errors table's name for what the client crate said.
-fn client_error_kind(error: &client::Error) -> String {
+pub(crate) fn client_error_kind(error: &client::Error) -> String {
     if let Some(api) = error.api_error() {
         return format!("{} {}", api.status, api.code.as_str());
     }
@@ -478,19 +703,25 @@ fn client_error_kind(error: &client::Error) -> String {
     "transport error".to_owned()
 }
 
-fn card_index(i: u64, cards: usize) -> usize {
+pub(crate) fn card_index(i: u64, cards: usize) -> usize {
     usize::try_from(i).unwrap_or(0) % cards
 }
 
-/// What the workers saw.
+/// What the workers saw, in offsets from the load's start.
 #[derive(Default)]
 pub struct Load {
-    /// Responses with the expected status.
+    /// Units (authorizations, or flows) whose every request got the
+    /// answer expected.
     pub ok: u64,
-    /// Other statuses by code, and transport errors by kind.
-    pub errors: BTreeMap<String, u64>,
-    /// Latency of each ok response.
-    pub ok_latencies: Vec<Duration>,
+    /// Failed requests by operation, and by status code or kind of
+    /// transport error.
+    pub errors: BTreeMap<(Operation, String), u64>,
+    /// Every request answered.
+    pub answered: Vec<Answered<Operation>>,
+    /// Every unit: from its first request sent to its last answered.
+    pub units: Vec<Answered<()>>,
+    /// When each client that sent anything was at work.
+    pub spans: Vec<Span>,
     pub elapsed: Duration,
 }
 
@@ -500,13 +731,24 @@ impl Load {
         for (kind, n) in other.errors {
             *self.errors.entry(kind).or_default() += n;
         }
-        self.ok_latencies.extend(other.ok_latencies);
+        self.answered.extend(other.answered);
+        self.units.extend(other.units);
+        self.spans.extend(other.spans);
+    }
+
+    /// Latencies of the units that went as expected.
+    pub fn ok_latencies(&self) -> Vec<Duration> {
+        self.units
+            .iter()
+            .filter(|u| u.ok)
+            .map(Answered::latency)
+            .collect()
     }
 }
 
-/// Sends `requests` requests with `send` from `concurrency` workers,
-/// which take the next request number from a shared counter.
-pub async fn fire(requests: u64, concurrency: usize, send: SendOne) -> anyhow::Result<Load> {
+/// Sends `units` units with `send` from `concurrency` workers, which take
+/// the next unit's number from a shared counter.
+pub async fn fire(units: u64, concurrency: usize, send: SendOne) -> anyhow::Result<Load> {
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
@@ -514,18 +756,44 @@ pub async fn fire(requests: u64, concurrency: usize, send: SendOne) -> anyhow::R
             let (send, next) = (send.clone(), next.clone());
             tokio::spawn(async move {
                 let mut load = Load::default();
+                let mut span: Option<Span> = None;
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= requests {
+                    if i >= units {
+                        load.spans.extend(span);
                         break load;
                     }
-                    let sent = Instant::now();
-                    match send(i).await {
-                        Ok(()) => {
-                            load.ok += 1;
-                            load.ok_latencies.push(sent.elapsed());
+                    let ops = send(i).await;
+                    let (Some(first), Some(last)) = (ops.first(), ops.last()) else {
+                        *load
+                            .errors
+                            .entry((Operation::Authorize, "nothing sent".to_owned()))
+                            .or_default() += 1;
+                        continue;
+                    };
+                    let (sent, done) = (first.sent - started, last.done - started);
+                    span = Some(Span {
+                        first_sent: span.map_or(sent, |s| s.first_sent),
+                        last_done: done,
+                    });
+                    let ok = ops.iter().all(|op| op.outcome.is_ok());
+                    load.ok += u64::from(ok);
+                    load.units.push(Answered {
+                        kind: (),
+                        sent,
+                        done,
+                        ok,
+                    });
+                    for op in ops {
+                        load.answered.push(Answered {
+                            kind: op.operation,
+                            sent: op.sent - started,
+                            done: op.done - started,
+                            ok: op.outcome.is_ok(),
+                        });
+                        if let Err(kind) = op.outcome {
+                            *load.errors.entry((op.operation, kind)).or_default() += 1;
                         }
-                        Err(kind) => *load.errors.entry(kind).or_default() += 1,
                     }
                 }
             })

@@ -128,7 +128,8 @@ pub struct BenchArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub concurrency: u32,
-    /// Authorizations to send in total.
+    /// Authorizations to send in total (with `--mix`: flows, each a
+    /// payment's whole life).
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
     pub requests: u32,
     /// Latency the bank adds to every API request, in milliseconds
@@ -151,6 +152,21 @@ pub struct BenchArgs {
     /// hang-ups, answers too late), to measure what webhooks cost a payment.
     #[arg(long, value_enum)]
     pub webhook: Option<WebhookReceiver>,
+    /// With `--target gateway`: each client runs whole checkout flows
+    /// instead of authorizations alone (authorize, read, capture or void,
+    /// a share refunded, lists by order and by customer), and the report
+    /// gives rates and latencies per operation.
+    #[arg(long)]
+    pub mix: bool,
+    /// The seed of `--mix`'s plan (which flows capture, void, refund,
+    /// list) [default: a random one, printed in the report].
+    #[arg(long, requires = "mix")]
+    pub seed: Option<u64>,
+    /// With the bench's own stack: after the load, run pgbench's
+    /// single-row INSERTs on the same cluster for this many seconds and
+    /// report the gateway's CPU in inserts' worth; 0 skips it.
+    #[arg(long, default_value_t = 10)]
+    pub floor_seconds: u64,
 }
 
 /// The receiver of `simulator bench --webhook`.

@@ -15,7 +15,7 @@ use sqlx::Connection;
 
 /// Linux reports process times in USER_HZ ticks, 100 per second on every
 /// architecture it supports.
-const TICKS_PER_SECOND: u64 = 100;
+pub(crate) const TICKS_PER_SECOND: u64 = 100;
 
 /// Whose CPU is counted, and how to find them.
 pub struct Parties {
@@ -45,6 +45,14 @@ const MACHINE: &str = "machine, all busy cores";
 #[derive(Debug, Clone, Serialize)]
 pub struct CpuPerAuthorization {
     pub ms: BTreeMap<&'static str, f64>,
+}
+
+impl CpuPerAuthorization {
+    /// The gateway's own share: its process plus the Postgres backends
+    /// serving its database; `None` when either is missing.
+    pub fn gateway_own(&self) -> Option<f64> {
+        Some(self.ms.get(GATEWAY)? + self.ms.get(GATEWAY_POSTGRES)?)
+    }
 }
 
 impl Parties {
@@ -127,7 +135,7 @@ pub fn per_authorization(
 }
 
 /// utime + stime of `/proc/{pid}/stat`, all threads included.
-fn process_ticks(pid: &str) -> Option<u64> {
+pub(crate) fn process_ticks(pid: &str) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_process_ticks(&stat)
 }

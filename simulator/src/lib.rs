@@ -10,6 +10,9 @@
 //! - [`run_dir`]: one temp directory per command for its logs, removed when it ends well.
 //! - [`running`]: the record of a running `up`, which `simulator gateway` reads.
 //! - [`bench`]: `simulator bench`, concurrent authorizations and a ledger check.
+//! - [`mix`]: `bench --mix`, whole checkout flows in set proportions, from a seed.
+//! - [`steady`]: the steady-state window of a bench (every client busy).
+//! - [`floor`]: the machine's floor, pgbench's single-row insert on the same cluster.
 //! - [`bank`]: a client for the bank's health and admin endpoints.
 //! - [`cards`]: Luhn-valid test card numbers.
 //! - [`stats`]: nearest-rank latency percentiles.
@@ -35,7 +38,9 @@ pub mod cli;
 pub mod cpu;
 pub mod driver;
 pub mod faults;
+pub mod floor;
 pub mod invariants;
+pub mod mix;
 pub mod model;
 pub mod mutants;
 pub mod process;
@@ -49,6 +54,7 @@ pub mod scenario;
 pub mod simulate;
 pub mod stack;
 pub mod stats;
+pub mod steady;
 pub mod up;
 
 use std::future::Future;

@@ -6,7 +6,10 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::bench::Operation;
 use crate::cpu::CpuPerAuthorization;
+use crate::floor::Floor;
+use crate::mix::Proportions;
 use crate::stats::{Latency, format_ms, format_seconds};
 
 #[derive(Debug, Clone, Serialize)]
@@ -21,23 +24,41 @@ pub struct Report {
     pub added_latency_ms: u64,
     /// The `--db-pool-size` of a gateway the bench started; `null` otherwise.
     pub gateway_db_pool_size: Option<u32>,
+    /// Authorizations sent, or with `--mix` flows.
     pub total: u64,
+    /// Authorizations, or flows, that got every answer expected.
     pub ok: u64,
-    /// Failed requests by HTTP status, or by kind of transport error.
+    /// Failed requests by HTTP status, or by kind of transport error; with
+    /// `--mix` prefixed by the operation (`capture: 409 invalid_state`).
     pub errors: BTreeMap<String, u64>,
     pub elapsed_us: u64,
     /// Successful authorizations per second of the run.
     pub authorizations_per_second: f64,
     /// The most any system could reach in this setup (see [`ceiling`]);
+    /// with `--mix` in flows per second (see [`crate::mix::ceiling`]);
     /// `null` when the bank adds no latency.
     pub ceiling_per_second: Option<f64>,
-    /// Latency of the successful authorizations; `null` when none succeeded.
+    /// Latency of the successful authorizations (with `--mix`, of whole
+    /// flows, first request sent to last answered); `null` when none
+    /// succeeded.
     pub latency_us: Option<Latency>,
+    /// The run apart from its ramp-up and drain (see [`crate::steady`]);
+    /// `null` when no stretch had every client busy.
+    pub steady_state: Option<SteadyState>,
+    /// With `--mix`: its plan, rates and latencies by operation.
+    pub mix: Option<MixReport>,
     /// `GET /admin/ledger/verify` after the run, as the bank answered it.
     pub ledger: Value,
     /// CPU per successful authorization during the load, by process (see
-    /// [`crate::cpu`]); `null` unless the bench started a gateway itself.
+    /// [`crate::cpu`]); `null` unless the bench started a gateway itself,
+    /// and with `--mix` (see `cpu_ms_per_flow`).
     pub cpu_ms_per_authorization: Option<CpuPerAuthorization>,
+    /// With `--mix`: the same per successful flow.
+    pub cpu_ms_per_flow: Option<CpuPerAuthorization>,
+    /// The machine's floor, pgbench's single-row insert on the same
+    /// cluster, and the gateway's CPU in inserts' worth; `null` unless the
+    /// bench started its own stack (and `--floor-seconds` is not 0).
+    pub floor: Option<Floor>,
     /// What the Postgres under the stack does with a commit, as it says
     /// itself (`fsync on, synchronous_commit on`); `null` for a running
     /// stack, whose database the bench was not given.
@@ -45,6 +66,52 @@ pub struct Report {
     /// With `--webhook`: the receiver's kind and the deliveries it got
     /// while the load ran.
     pub webhook: Option<WebhookLoad>,
+}
+
+/// The steady window's rate and latencies.
+#[derive(Debug, Clone, Serialize)]
+pub struct SteadyState {
+    /// How the window is chosen.
+    pub window: &'static str,
+    /// The window, from the load's start.
+    pub start_us: u64,
+    pub end_us: u64,
+    /// Successful authorizations (with `--mix`, flows) answered in it.
+    pub ok: u64,
+    /// Those per second of the window.
+    pub per_second: f64,
+    /// With `--mix`: successful requests of every kind per second.
+    pub operations_per_second: Option<f64>,
+    /// `per_second` over `ceiling_per_second` (1.0 is the ceiling).
+    pub share_of_ceiling: Option<f64>,
+    /// Latency of what `ok` counts.
+    pub latency_us: Option<Latency>,
+}
+
+/// `--mix`: the plan and what each kind of request got.
+#[derive(Debug, Clone, Serialize)]
+pub struct MixReport {
+    /// The plan's seed: `--seed` repeats it.
+    pub seed: u64,
+    pub proportions: Proportions,
+    /// Successful flows per second of the run.
+    pub flows_per_second: f64,
+    /// Requests answered, of every kind.
+    pub operations: u64,
+    /// Successful requests per second of the run.
+    pub operations_per_second: f64,
+    pub by_operation: BTreeMap<Operation, OperationReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OperationReport {
+    pub ok: u64,
+    /// By HTTP status and code, or kind of failure.
+    pub errors: BTreeMap<String, u64>,
+    /// Of the successful ones, over the whole run.
+    pub latency_us: Option<Latency>,
+    /// Of the successful ones answered in the steady window.
+    pub steady_latency_us: Option<Latency>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -103,54 +170,141 @@ impl fmt::Display for Report {
                 webhook.receiver, webhook.deliveries_received
             )?;
         }
-        writeln!(f, "  requests    {}", self.total)?;
+        let unit = if self.mix.is_some() {
+            "flows"
+        } else {
+            "authorizations"
+        };
+        if let Some(mix) = &self.mix {
+            let p = &mix.proportions;
+            writeln!(
+                f,
+                "  mix         seed {}: {}% captured, {}% voided, {}% of captures refunded \
+                 (in full), every payment read by id, {}% listed by order, {}% by customer",
+                mix.seed,
+                p.capture_percent,
+                p.void_percent,
+                p.refund_percent_of_captured,
+                p.list_by_order_percent,
+                p.list_by_customer_percent
+            )?;
+            writeln!(
+                f,
+                "  requests    {} flows ({} requests)",
+                self.total, mix.operations
+            )?;
+        } else {
+            writeln!(f, "  requests    {}", self.total)?;
+        }
         writeln!(f, "  ok          {}", self.ok)?;
         let errors = if self.errors.is_empty() {
             "none".to_owned()
         } else {
-            self.errors
-                .iter()
-                .map(|(kind, n)| format!("{kind}: {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            error_list(&self.errors)
         };
         writeln!(f, "  errors      {errors}")?;
         writeln!(f, "  elapsed     {} s", format_seconds(self.elapsed_us))?;
-        write!(
-            f,
-            "  rate        {:.1} authorizations/s",
-            self.authorizations_per_second
-        )?;
+        match &self.mix {
+            Some(mix) => write!(
+                f,
+                "  rate        {:.1} flows/s, {:.1} operations/s, {:.1} authorizations/s",
+                mix.flows_per_second, mix.operations_per_second, self.authorizations_per_second
+            )?,
+            None => write!(
+                f,
+                "  rate        {:.1} authorizations/s",
+                self.authorizations_per_second
+            )?,
+        }
         match self.ceiling_per_second {
             Some(ceiling) => writeln!(
                 f,
-                " (ceiling {ceiling:.1}: {} clients, each waiting {} ms at the bank per request)",
-                self.concurrency, self.added_latency_ms
+                " (ceiling {ceiling:.1} {unit}/s: {} clients, each waiting {} ms at the bank per \
+                 request{})",
+                self.concurrency,
+                self.added_latency_ms,
+                if self.mix.is_some() {
+                    ", reads aside"
+                } else {
+                    ""
+                }
             )?,
             None => writeln!(f)?,
         }
+        let latency_label = if self.mix.is_some() {
+            "  latency     whole flows: "
+        } else {
+            "  latency     "
+        };
         match &self.latency_us {
-            Some(l) => writeln!(
-                f,
-                "  latency     p50 {} ms, p95 {} ms, p99 {} ms, max {} ms",
-                format_ms(l.p50_us),
-                format_ms(l.p95_us),
-                format_ms(l.p99_us),
-                format_ms(l.max_us)
-            )?,
+            Some(l) => writeln!(f, "{latency_label}{}", percentiles(l, true))?,
             None => writeln!(f, "  latency     no successful requests")?,
         }
-        if let Some(cpu) = &self.cpu_ms_per_authorization {
-            let parts: Vec<String> = cpu
-                .ms
-                .iter()
-                .map(|(party, ms)| format!("{party} {ms:.3}"))
-                .collect();
-            writeln!(
+        if let Some(mix) = &self.mix {
+            for (operation, report) in &mix.by_operation {
+                let errors = if report.errors.is_empty() {
+                    "no errors".to_owned()
+                } else {
+                    format!("errors {}", error_list(&report.errors))
+                };
+                let whole = report
+                    .latency_us
+                    .as_ref()
+                    .map_or("no successes".to_owned(), |l| percentiles(l, false));
+                let steady = report
+                    .steady_latency_us
+                    .as_ref()
+                    .map_or("none in the window".to_owned(), |l| percentiles(l, false));
+                writeln!(
+                    f,
+                    "  {:<17} {} ok, {errors}; {whole}; steady {steady}",
+                    operation.name(),
+                    report.ok
+                )?;
+            }
+        }
+        match &self.steady_state {
+            Some(steady) => {
+                write!(
+                    f,
+                    "  steady      {} s of {} s, {}: {:.1} {unit}/s",
+                    format_seconds(steady.end_us.saturating_sub(steady.start_us)),
+                    format_seconds(self.elapsed_us),
+                    steady.window,
+                    steady.per_second
+                )?;
+                if let Some(ops) = steady.operations_per_second {
+                    write!(f, ", {ops:.1} operations/s")?;
+                }
+                match steady.share_of_ceiling {
+                    Some(share) => writeln!(f, ", {:.1}% of the ceiling", share * 100.0)?,
+                    None => writeln!(f)?,
+                }
+                match &steady.latency_us {
+                    Some(l) => writeln!(f, "              latency {}", percentiles(l, true))?,
+                    None => writeln!(f, "              no successful requests in the window")?,
+                }
+            }
+            None => writeln!(
                 f,
-                "  cpu         ms per authorization: {}",
-                parts.join(", ")
-            )?;
+                "  steady      none: no stretch of the run had every client busy"
+            )?,
+        }
+        for (label, cpu) in [
+            ("authorization", &self.cpu_ms_per_authorization),
+            ("flow", &self.cpu_ms_per_flow),
+        ] {
+            if let Some(cpu) = cpu {
+                let parts: Vec<String> = cpu
+                    .ms
+                    .iter()
+                    .map(|(party, ms)| format!("{party} {ms:.3}"))
+                    .collect();
+                writeln!(f, "  cpu         ms per {label}: {}", parts.join(", "))?;
+            }
+        }
+        if let Some(floor) = &self.floor {
+            write_floor(f, floor)?;
         }
         let ledger = &self.ledger;
         if self.ledger_ok() {
@@ -163,6 +317,68 @@ impl fmt::Display for Report {
             write!(f, "  ledger      NOT OK: {ledger}")
         }
     }
+}
+
+/// `kind: n, kind: n`.
+fn error_list(errors: &BTreeMap<String, u64>) -> String {
+    errors
+        .iter()
+        .map(|(kind, n)| format!("{kind}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `p50 1.000 ms, p95 …, p99 …` and, with `max`, `, max …`.
+fn percentiles(l: &Latency, max: bool) -> String {
+    let mut text = format!(
+        "p50 {} ms, p95 {} ms, p99 {} ms",
+        format_ms(l.p50_us),
+        format_ms(l.p95_us),
+        format_ms(l.p99_us)
+    );
+    if max {
+        text.push_str(&format!(", max {} ms", format_ms(l.max_us)));
+    }
+    text
+}
+
+fn write_floor(f: &mut fmt::Formatter<'_>, floor: &Floor) -> fmt::Result {
+    let Some(insert) = &floor.insert else {
+        return writeln!(
+            f,
+            "  floor       not measured: {}",
+            floor.skipped.as_deref().unwrap_or("no reason given")
+        );
+    };
+    writeln!(
+        f,
+        "  floor       pgbench, single-row INSERTs on this cluster ({} clients, {} threads): \
+         {:.1}/s over {} s, {:.4} ms CPU per insert (Postgres {:.4}, pgbench {:.4})",
+        insert.clients,
+        insert.threads,
+        insert.inserts_per_second,
+        format_seconds(insert.window_us),
+        insert.cpu_ms_per_insert,
+        insert.postgres_cpu_ms_per_insert,
+        insert.pgbench_cpu_ms_per_insert
+    )?;
+    for (unit, ms, ratio) in [
+        (
+            "authorization",
+            floor.gateway_cpu_ms_per_authorization,
+            floor.authorization_in_inserts,
+        ),
+        ("flow", floor.gateway_cpu_ms_per_flow, floor.flow_in_inserts),
+    ] {
+        if let (Some(ms), Some(ratio)) = (ms, ratio) {
+            writeln!(
+                f,
+                "              gateway CPU per {unit} {ms:.3} ms (its process and its \
+                 Postgres): {unit} = {ratio:.2} inserts' worth of CPU"
+            )?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -80,6 +80,8 @@ fn bench_against_its_own_bank_reports_every_authorization() {
         "16",
         "--cards",
         "5",
+        "--floor-seconds",
+        "0",
         "--json",
     ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -87,6 +89,26 @@ fn bench_against_its_own_bank_reports_every_authorization() {
     let report: serde_json::Value = serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{stderr}"));
     assert_eq!(report["total"], 200);
+    assert_eq!(
+        report["floor"],
+        serde_json::Value::Null,
+        "--floor-seconds 0"
+    );
+    // The steady window is inside the run and has its own rate.
+    let steady = &report["steady_state"];
+    let start = steady["start_us"].as_u64().expect("a window start");
+    let end = steady["end_us"].as_u64().expect("a window end");
+    assert!(start < end, "{report:#}");
+    assert!(end <= report["elapsed_us"].as_u64().unwrap(), "{report:#}");
+    assert!(
+        steady["per_second"].as_f64().expect("a rate") > 0.0,
+        "{report:#}"
+    );
+    assert_eq!(
+        steady["share_of_ceiling"],
+        serde_json::Value::Null,
+        "{report:#}"
+    );
     assert_eq!(report["ok"], 200, "{report:#}");
     assert_eq!(report["errors"], serde_json::json!({}), "{report:#}");
     let rate = report["authorizations_per_second"]
@@ -120,6 +142,8 @@ fn bench_through_its_own_gateway_reports_every_payment() {
         "5",
         "--bank-latency-ms",
         "50",
+        "--floor-seconds",
+        "0",
         "--json",
     ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -146,6 +170,12 @@ fn bench_through_its_own_gateway_reports_every_payment() {
         .as_f64()
         .expect("a rate");
     assert!(rate > 0.0 && rate <= 400.0, "{report:#}");
+    let share = report["steady_state"]["share_of_ceiling"]
+        .as_f64()
+        .expect("a share of the ceiling");
+    // Not bounded by 1 in so short a run: a window of a few requests per
+    // client counts whole requests that began just before it.
+    assert!(share > 0.0, "{report:#}");
     // Every party is reported; the gateway and its database certainly
     // worked (coarser ones may round to zero ticks of 10 ms in so short a
     // run), and the machine's total covers them.
@@ -347,6 +377,8 @@ fn bench_with_a_webhook_endpoint_delivers_while_it_loads() {
         "100",
         "--webhook",
         "calm",
+        "--floor-seconds",
+        "0",
         "--json",
     ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -362,4 +394,105 @@ fn bench_with_a_webhook_endpoint_delivers_while_it_loads() {
         received > 0,
         "nothing delivered during the load: {report:#}"
     );
+}
+
+/// A few dozen checkout flows: every kind of request is answered, each
+/// has its latencies, the steady state has its rates, the ledger holds,
+/// and the floor (pgbench on the same cluster) puts a flow in inserts.
+#[test]
+fn bench_mix_runs_whole_flows_and_reports_each_operation() {
+    let output = simulator(&[
+        "bench",
+        "--target",
+        "gateway",
+        "--mix",
+        "--seed",
+        "7",
+        "--requests",
+        "30",
+        "--concurrency",
+        "6",
+        "--cards",
+        "5",
+        "--bank-latency-ms",
+        "20",
+        "--floor-seconds",
+        "1",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed:\n{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{stderr}"));
+    assert_eq!(report["total"], 30);
+    assert_eq!(report["ok"], 30, "{report:#}\n{stderr}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report:#}");
+    assert_eq!(report["ledger"]["ok"], true, "{report:#}");
+    let mix = &report["mix"];
+    assert_eq!(mix["seed"], 7, "{report:#}");
+    assert!(
+        mix["flows_per_second"].as_f64().unwrap() > 0.0,
+        "{report:#}"
+    );
+    assert!(
+        mix["operations_per_second"].as_f64().unwrap() > mix["flows_per_second"].as_f64().unwrap(),
+        "{report:#}"
+    );
+    let by = &mix["by_operation"];
+    let ok = |op: &str| by[op]["ok"].as_u64().unwrap_or(0);
+    assert_eq!(ok("authorize"), 30, "{report:#}");
+    assert_eq!(ok("get"), 30, "{report:#}");
+    assert_eq!(ok("capture") + ok("void"), 30, "{report:#}");
+    assert!(ok("capture") > ok("void"), "{report:#}");
+    for op in [
+        "authorize",
+        "get",
+        "capture",
+        "list_by_order",
+        "list_by_customer",
+    ] {
+        let latency = &by[op]["latency_us"];
+        let us = |field: &str| {
+            latency[field]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {field} for {op}: {report:#}"))
+        };
+        assert!(us("p50_us") <= us("p95_us") && us("p95_us") <= us("p99_us"));
+        assert_eq!(by[op]["errors"], serde_json::json!({}), "{report:#}");
+    }
+    let steady = &report["steady_state"];
+    assert!(
+        steady["per_second"].as_f64().expect("flows/s") > 0.0,
+        "{report:#}"
+    );
+    assert!(
+        steady["operations_per_second"]
+            .as_f64()
+            .expect("operations/s")
+            > 0.0,
+        "{report:#}"
+    );
+    assert!(steady["share_of_ceiling"].as_f64().is_some(), "{report:#}");
+    // CPU per flow, and the floor beside it (or why there is none).
+    assert!(
+        report["cpu_ms_per_flow"]["ms"]["gateway process"]
+            .as_f64()
+            .is_some(),
+        "{report:#}"
+    );
+    assert_eq!(report["cpu_ms_per_authorization"], serde_json::Value::Null);
+    let floor = &report["floor"];
+    match floor["skipped"].as_str() {
+        None => {
+            let insert = floor["insert"]["cpu_ms_per_insert"]
+                .as_f64()
+                .expect("a cost");
+            assert!(insert > 0.0, "{report:#}");
+            assert!(
+                floor["flow_in_inserts"].as_f64().expect("a ratio") > 0.0,
+                "{report:#}"
+            );
+        }
+        Some(why) => eprintln!("the floor was not measured: {why}"),
+    }
 }

@@ -328,6 +328,21 @@ impl Drop for Cluster {
     }
 }
 
+/// A program installed with the server a throwaway cluster runs on (e.g.
+/// `pgbench`, to measure that cluster): in the newest installed server's
+/// `bin` directory, or else on PATH. `None` when it is in neither.
+pub fn server_program(name: &str) -> Option<PathBuf> {
+    let beside_server = server_bin_dir()
+        .map(|bin| bin.join(name))
+        .filter(|program| program.is_file());
+    beside_server.or_else(|| {
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|program| program.is_file())
+    })
+}
+
 /// The newest installed server's `bin` directory, or where `initdb` is on PATH.
 fn server_bin_dir() -> Option<PathBuf> {
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
