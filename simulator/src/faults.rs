@@ -270,9 +270,17 @@ async fn db_restart(
 }
 
 /// One connection to the gateways' database, for a fault.
+/// A connection of the harness's own, exempt from the statement timeout
+/// the harness sets on the database: otherwise, under load, its own
+/// `RESET` could be cancelled by the 30 ms it is lifting, and the timeout
+/// would outlive its window (and fail the run's checks).
 async fn admin_connection(database_url: &str) -> anyhow::Result<sqlx::PgConnection> {
-    use sqlx::Connection;
-    sqlx::PgConnection::connect(database_url)
+    use sqlx::ConnectOptions;
+    use std::str::FromStr;
+    sqlx::postgres::PgConnectOptions::from_str(database_url)
+        .context("the gateways' database URL")?
+        .options([("statement_timeout", "0")])
+        .connect()
         .await
         .context("connecting to the gateways' database")
 }
@@ -354,4 +362,27 @@ async fn expiry_wave(targets: &Targets, rng: &mut StdRng) -> anyhow::Result<u64>
         expired += 1;
     }
     Ok(expired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_harness_is_exempt_from_the_statement_timeout_it_sets() {
+        let url = throwaway_pg::shared()
+            .fresh_database("faults")
+            .await
+            .expect("a database");
+        statement_timeout(&url, Some(SHORT_STATEMENT_TIMEOUT_MS))
+            .await
+            .expect("set");
+        let mut conn = admin_connection(&url).await.expect("a connection");
+        sqlx::query("SELECT pg_sleep(0.2)")
+            .execute(&mut conn)
+            .await
+            .expect("a statement longer than the short timeout");
+        drop(conn);
+        statement_timeout(&url, None).await.expect("reset");
+    }
 }
