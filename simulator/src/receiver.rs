@@ -148,15 +148,9 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) {
     };
     let reaction = react(&state);
     let answer: Option<&[u8]> = match reaction {
-        Reaction::Ok | Reaction::OkTwice => Some(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"),
-        Reaction::SlowOk => {
-            tokio::time::sleep(SLOW).await;
-            Some(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
-        }
-        Reaction::TooSlow => {
-            tokio::time::sleep(TOO_SLOW).await;
-            Some(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
-        }
+        Reaction::Ok | Reaction::OkTwice => Some(OK),
+        Reaction::SlowOk => answer_after(&mut stream, SLOW).await,
+        Reaction::TooSlow => answer_after(&mut stream, TOO_SLOW).await,
         Reaction::Failed => Some(
             b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 17\r\nconnection: close\r\n\r\nprocessing failed",
         ),
@@ -189,6 +183,25 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) {
         log.push(received.clone());
     }
     log.push(received);
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+
+/// 200 after `delay`, unless the gateway hangs up first: then nothing, and
+/// the request ends there, as it does for a real server whose client went
+/// away. (Measured from when the connection was accepted, which can be
+/// well after the gateway started its timeout on a loaded machine, the
+/// request would otherwise look open after the gateway had given up on it
+/// and sent the delivery again.)
+async fn answer_after(stream: &mut TcpStream, delay: Duration) -> Option<&'static [u8]> {
+    let hung_up = async {
+        let mut byte = [0u8; 1];
+        while let Ok(1..) = stream.read(&mut byte).await {}
+    };
+    tokio::select! {
+        () = tokio::time::sleep(delay) => Some(OK),
+        () = hung_up => None,
+    }
 }
 
 type Request = (String, Vec<(String, String)>, Vec<u8>);

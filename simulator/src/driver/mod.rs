@@ -115,12 +115,14 @@ impl Exchange {
         Some(self.json()?["error"]["code"].as_str()?.to_owned())
     }
 
-    /// A final answer ends the key's retries: everything but 202, 409
-    /// `idempotency_key_in_use`, 429, 503, and no answer at all. (A 500 is
-    /// final too: it is a bug the checks report, not a state to wait out.)
+    /// A final answer ends the key's retries: everything but 202, 408 (the
+    /// request did not arrive whole in time, so the key was never read),
+    /// 409 `idempotency_key_in_use`, 429, 503, and no answer at all. (A 500
+    /// is final too: it is a bug the checks report, not a state to wait
+    /// out.)
     pub fn is_final(&self) -> bool {
         match self.status() {
-            None | Some(202 | 429 | 503) => false,
+            None | Some(202 | 408 | 429 | 503) => false,
             Some(409) => self.error_code().as_deref() != Some("idempotency_key_in_use"),
             Some(_) => true,
         }
@@ -1184,6 +1186,10 @@ mod tests {
         assert!(!http(202, "{}").is_final());
         assert!(!http(503, "{}").is_final());
         assert!(!http(429, "{}").is_final());
+        assert!(
+            !http(408, "").is_final(),
+            "the request never reached the key"
+        );
         let lost = Exchange {
             answer: Answer::Transport {
                 error: "reset".into(),
