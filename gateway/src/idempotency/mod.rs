@@ -293,7 +293,9 @@ pub async fn purge_batch(
 /// retention Postgres finds a sequential scan cheaper for the first rows
 /// it wants, and every batch then reads again, from the start of the
 /// table, the rows the batches before it deleted (dead until vacuumed):
-/// a purge of a table of millions of expired keys becomes quadratic.
+/// quadratic over millions of expired keys, unless synchronized scans
+/// happen to start each batch where the last stopped (only for a table
+/// over a quarter of `shared_buffers`).
 pub fn purge_statement(from_creation: bool) -> String {
     let since = if from_creation {
         "created_at"
