@@ -26,6 +26,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use rand::RngExt;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
@@ -124,13 +125,23 @@ async fn load(args: &LoadArgs, database_url: &str) -> anyhow::Result<String> {
             "the loader skips the row-by-row triggers (and checks their rules afterwards), \
              which needs a superuser (SET session_replication_role)",
         )?;
+    // This session's memory, not the server's: a chunk's plan tables and
+    // sorts stay in memory, and the indexes are built in one pass.
+    for setting in [
+        "SET temp_buffers = '1GB'",
+        "SET work_mem = '256MB'",
+        "SET maintenance_work_mem = '1GB'",
+    ] {
+        execute(&mut conn, setting).await?;
+    }
     let now: chrono::DateTime<chrono::Utc> =
         sqlx::query_scalar("SELECT date_trunc('second', now())")
             .fetch_one(&mut conn)
             .await?;
-    let history_base: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) + 1 FROM payment_events")
-        .fetch_one(&mut conn)
-        .await?;
+    let history_base: i64 =
+        sqlx::query_scalar("SELECT coalesce(max(id), 0) + 1 FROM payment_events")
+            .fetch_one(&mut conn)
+            .await?;
     let span = plan.days * 86_400.0;
     // The newest payment is a minute old: every bank call in the load has
     // been answered.
@@ -147,6 +158,7 @@ async fn load(args: &LoadArgs, database_url: &str) -> anyhow::Result<String> {
         now,
         key_since,
         history_base,
+        salt: rand::rng().random::<i64>() >> 8,
     };
     let load_started = Instant::now();
     let mut spent = vec![Duration::ZERO; statements.1.len() + 1];
@@ -298,6 +310,8 @@ struct ChunkParams {
     now: chrono::DateTime<chrono::Utc>,
     key_since: chrono::DateTime<chrono::Utc>,
     history_base: i64,
+    /// Random per load: the ids' bits (see [`random_bytes`]).
+    salt: i64,
 }
 
 /// Writes payments `lo .. hi` and everything that goes with them.
@@ -324,9 +338,11 @@ async fn write_chunk(
         .bind(params.now)
         .bind(params.key_since)
         .bind(params.history_base)
+        .bind(params.salt)
         .execute(&mut *conn)
         .await
         .with_context(|| format!("planning payments {lo}..{hi}"))?;
+    execute(conn, "ANALYZE load_chunk").await?;
     spent[0] += planned_at.elapsed();
     for (i, statement) in write_chunk.iter().enumerate() {
         let at = Instant::now();
@@ -334,6 +350,10 @@ async fn write_chunk(
             .execute(&mut *conn)
             .await
             .with_context(|| format!("loading payments {lo}..{hi}"))?;
+        if let Some(table) = statement.strip_prefix("CREATE TEMP TABLE ") {
+            let table = table.split_whitespace().next().unwrap_or_default();
+            execute(conn, &format!("ANALYZE {table}")).await?;
+        }
         spent[i + 1] += at.elapsed();
     }
     Ok(())
@@ -395,10 +415,6 @@ async fn drop_indexes(conn: &mut PgConnection) -> anyhow::Result<Vec<Dropped>> {
             create,
         });
     }
-    // Sorting for the builds.
-    sqlx::query("SET maintenance_work_mem = '1GB'")
-        .execute(&mut *conn)
-        .await?;
     Ok(dropped)
 }
 
@@ -425,14 +441,37 @@ fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
 
-/// A UUID version 7 for the time `at` (an SQL expression), random bits
-/// from `gen_random_uuid()`: as `gateway_uuid_v7()` and `Uuid::now_v7()`
-/// make them, at a time of our choosing.
-fn uuid7(at: &str) -> String {
+/// Sixteen pseudo-random bytes for row `n` (an SQL expression), the
+/// `k`th use, under the load's `salt`: hashes rather than
+/// `gen_random_uuid()`, which costs a few microseconds a call here and was
+/// most of the time spent planning a chunk. The salt is random per load,
+/// so ids differ from one load to the next.
+fn random_bytes(n: &str, salt: &str, k: u32) -> String {
     format!(
-        "encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) \
+        "(int8send(hashint8extended({n}, {salt} + {a})) || int8send(hashint8extended({n}, {salt} + {b})))",
+        a = 2 * k,
+        b = 2 * k + 1
+    )
+}
+
+/// A UUID version 7 for the time `at`, the rest of its bits from
+/// [`random_bytes`]: as `gateway_uuid_v7()` and `Uuid::now_v7()` make
+/// them, at a time of our choosing.
+fn uuid7(at: &str, n: &str, salt: &str, k: u32) -> String {
+    format!(
+        "encode(set_bit(set_bit(set_bit(set_bit(set_bit(set_bit(overlay({bytes} \
            placing substring(int8send(floor(extract(epoch FROM {at}) * 1000)::bigint) FROM 3) \
-           FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid"
+           FROM 1 FOR 6), 55, 0), 54, 1), 53, 1), 52, 1), 71, 1), 70, 0), 'hex')::uuid",
+        bytes = random_bytes(n, salt, k)
+    )
+}
+
+/// A random UUID (version 4), as the bank's ids and the clients' keys are.
+fn uuid4(n: &str, salt: &str, k: u32) -> String {
+    format!(
+        "encode(set_bit(set_bit(set_bit(set_bit(set_bit(set_bit({bytes}, \
+           55, 0), 54, 1), 53, 0), 52, 0), 71, 1), 70, 0), 'hex')::uuid",
+        bytes = random_bytes(n, salt, k)
     )
 }
 
@@ -445,8 +484,8 @@ fn draw(k: u32) -> String {
 /// The statements that load payments `$1 .. $2` of `$3`: the first makes
 /// the chunk's plan (`load_chunk`), with parameters `$4` seed, `$5` the
 /// first payment's time, `$6` the span in seconds, `$7` the merchants,
-/// `$8` now, `$9` the oldest time a key is kept for and `$10` the history
-/// ids' base; the others, without parameters, write its rows from it.
+/// `$8` now, `$9` the oldest time a key is kept for, `$10` the history
+/// ids' base and `$11` the ids' salt; the others, without parameters, write its rows from it.
 fn chunk_statements() -> (String, Vec<String>) {
     let chunk = format!(
         "CREATE TEMP TABLE load_chunk AS \
@@ -506,10 +545,10 @@ fn chunk_statements() -> (String, Vec<String>) {
            CASE WHEN status = 'expired' THEN 'expired' WHEN status = 'voided' THEN 'voiding' \
              ELSE 'capturing' END AS s2, \
            CASE WHEN status = 'voided' THEN 'voided' ELSE 'captured' END AS s3, \
-           CASE WHEN status NOT IN ('declined', 'failed') THEN 'auth_' || gen_random_uuid() END AS auth_id, \
-           CASE WHEN status IN ('captured', 'refunded') THEN 'cap_' || gen_random_uuid() END AS cap_id, \
-           CASE WHEN status = 'voided' THEN 'void_' || gen_random_uuid() END AS void_id, \
-           CASE WHEN status = 'refunded' THEN 'ref_' || gen_random_uuid() END AS ref_id, \
+           CASE WHEN status NOT IN ('declined', 'failed') THEN 'auth_' || {auth_id} END AS auth_id, \
+           CASE WHEN status IN ('captured', 'refunded') THEN 'cap_' || {cap_id} END AS cap_id, \
+           CASE WHEN status = 'voided' THEN 'void_' || {void_id} END AS void_id, \
+           CASE WHEN status = 'refunded' THEN 'ref_' || {ref_id} END AS ref_id, \
            CASE WHEN status NOT IN ('declined', 'failed') THEN expires_at END AS expires_at, \
            CASE WHEN status = 'declined' THEN \
                CASE WHEN r_pick < 0.8 THEN 'insufficient_funds' ELSE 'card_expired' END \
@@ -520,7 +559,7 @@ fn chunk_statements() -> (String, Vec<String>) {
            CASE WHEN status IN ('declined', 'failed', 'authorized') THEN t1 \
              WHEN status = 'expired' THEN t2 WHEN status IN ('captured', 'voided') THEN t3 \
              ELSE t5 END AS updated_at, \
-           $9::timestamptz AS key_since, $10::bigint AS history_base \
+           $9::timestamptz AS key_since, $10::bigint AS history_base, $11::bigint AS salt \
          FROM final",
         r_time = draw(1),
         r_merchant = draw(2),
@@ -535,13 +574,17 @@ fn chunk_statements() -> (String, Vec<String>) {
         r_refund = draw(11),
         r_lat3 = draw(12),
         r_pick = draw(13),
-        payment_id = uuid7("t0"),
-        op_auth = uuid7("t0"),
-        op_2 = uuid7("t2"),
-        op_3 = uuid7("t4"),
+        payment_id = uuid7("t0", "n", "$11::bigint", 0),
+        op_auth = uuid7("t0", "n", "$11::bigint", 1),
+        op_2 = uuid7("t2", "n", "$11::bigint", 2),
+        op_3 = uuid7("t4", "n", "$11::bigint", 3),
+        auth_id = uuid4("n", "$11::bigint", 4),
+        cap_id = uuid4("n", "$11::bigint", 5),
+        void_id = uuid4("n", "$11::bigint", 6),
+        ref_id = uuid4("n", "$11::bigint", 7),
     );
     let steps = "CREATE TEMP TABLE load_steps AS \
-         SELECT c.id AS payment_id, c.merchant_id, c.history_base + c.n * 6 + s.k AS history_id, s.k, \
+         SELECT c.id AS payment_id, c.merchant_id, c.history_base + c.n * 6 + s.k AS history_id, s.k, c.salt, \
            s.from_status, s.to_status, s.at, \
            CASE WHEN s.k >= 1 THEN c.auth_id END AS auth_id, \
            CASE WHEN s.k >= 3 THEN c.cap_id END AS cap_id, \
@@ -576,20 +619,20 @@ fn chunk_statements() -> (String, Vec<String>) {
          FROM load_steps s LEFT JOIN payment_transitions t \
            ON t.from_status::text = s.from_status AND t.to_status::text = s.to_status \
          ORDER BY s.at",
-        event_id = uuid7("s.at"),
+        event_id = uuid7("s.at", "s.history_id", "s.salt", 8),
     );
     let operations = "CREATE TEMP TABLE load_operations AS \
          SELECT c.id AS payment_id, o.* FROM load_chunk c CROSS JOIN LATERAL (VALUES \
-           (c.op_auth, 'authorize', c.t0, c.t1, \
+           (1, c.op_auth, 'authorize', c.t0, c.t1, \
              CASE WHEN c.status IN ('declined', 'failed') THEN 'failed' ELSE 'succeeded' END, \
              CASE WHEN c.status = 'declined' THEN c.failure_code \
                WHEN c.status = 'failed' THEN 'the bank did not answer' END, \
              CASE WHEN c.status = 'failed' THEN 8 ELSE 1 END, 2, \
              CASE WHEN c.status = 'declined' THEN 402 WHEN c.status = 'failed' THEN 409 ELSE 201 END), \
-           (c.op_2, CASE WHEN c.status = 'voided' THEN 'void' ELSE 'capture' END, c.t2, c.t3, \
+           (2, c.op_2, CASE WHEN c.status = 'voided' THEN 'void' ELSE 'capture' END, c.t2, c.t3, \
              'succeeded', NULL, 1, 4, 200), \
-           (c.op_3, 'refund', c.t4, c.t5, 'succeeded', NULL, 1, 6, 200)) \
-           AS o(id, kind, created_at, finished_at, status, last_error, attempts, upto, response_status) \
+           (3, c.op_3, 'refund', c.t4, c.t5, 'succeeded', NULL, 1, 6, 200)) \
+           AS o(k, id, kind, created_at, finished_at, status, last_error, attempts, upto, response_status) \
          WHERE o.id IS NOT NULL"
         .to_owned();
     let insert_operations =
@@ -601,9 +644,10 @@ fn chunk_statements() -> (String, Vec<String>) {
             .to_owned();
     // The answer as the gateway stored it: the payment as the operation
     // left it (its history up to then), or the error of a refusal.
-    let keys = "INSERT INTO idempotency_keys (merchant_id, key, request_hash, state, lease_until, \
+    let keys = format!(
+        "INSERT INTO idempotency_keys (merchant_id, key, request_hash, state, lease_until, \
            response_status, response_body, payment_id, created_at, operation_id, answered_at) \
-         SELECT c.merchant_id, gen_random_uuid()::text, sha256(uuid_send(gen_random_uuid())), 'done', NULL, \
+         SELECT c.merchant_id, {key}::text, {hash_a} || {hash_b}, 'done', NULL, \
            o.response_status, convert_to(CASE \
              WHEN o.response_status = 402 THEN json_build_object('error', json_build_object( \
                'type', 'card_error', 'code', c.failure_code, 'message', 'the bank declined the payment', \
@@ -634,8 +678,12 @@ no money is held. Authorize again with a new Idempotency-Key and the card', \
              END, 'UTF8'), \
            c.id, o.created_at, o.id, o.finished_at \
          FROM load_operations o JOIN load_chunk c ON c.id = o.payment_id \
-         WHERE o.created_at >= c.key_since"
-        .to_owned();
+         WHERE o.created_at >= c.key_since",
+        key = uuid4("(c.n * 4 + o.k)", "c.salt", 9),
+        hash_a = random_bytes("(c.n * 4 + o.k)", "c.salt", 10),
+        hash_b = random_bytes("(c.n * 4 + o.k)", "c.salt", 11),
+    );
+
     (
         chunk,
         vec![
