@@ -285,11 +285,15 @@ async fn purge_keys_forever(gateway: Gateway, retention: Duration, interval: Dur
         ticker.tick().await;
         let purged = async {
             let mut conn = gateway.pool().acquire().await?;
-            idempotency::purge_counting_from(&mut conn, retention, from_creation).await
+            idempotency::purge_in_batches(&mut conn, retention, from_creation).await
         };
         match purged.await {
-            Ok(0) => {}
-            Ok(purged) => tracing::info!(purged, "purged expired idempotency keys"),
+            Ok(purged) if purged.keys == 0 => {}
+            Ok(purged) => tracing::info!(
+                purged = purged.keys,
+                statements = purged.statements,
+                "purged expired idempotency keys"
+            ),
             Err(e) => {
                 tracing::warn!(error = %e, "idempotency key purge failed; retrying next tick")
             }

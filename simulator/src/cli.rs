@@ -1,4 +1,5 @@
-//! The command line: `up`, `bench`, `run`, `mutants`, and `gateway`.
+//! The command line: `up`, `bench`, `run`, `mutants`, `load`, `reads`,
+//! and `gateway`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -28,6 +29,15 @@ pub enum Command {
     /// The mutation table: reintroduce each known bug into the gateway and
     /// say which invariant of the default run catches it, after how many seeds.
     Mutants(MutantsArgs),
+    /// Fill a gateway database with a year of payments (set-based SQL, in
+    /// chunks): a throwaway durable cluster of its own, kept running, or
+    /// --database-url.
+    Load(LoadArgs),
+    /// Time reads (GET by id, list by customer and by order, first and
+    /// deep cursor pages) through a gateway on a loaded database, print
+    /// table and index sizes per million payments, and optionally purge
+    /// expired idempotency keys under traffic.
+    Reads(ReadsArgs),
     /// Run a `gateway` command (`api-key list`, `reconcile`, …) against the
     /// running `simulator up`: DATABASE_URL and BANK_URL are its stack's.
     #[command(
@@ -41,6 +51,74 @@ With several `up`s running, SIMULATOR_UP_DIR names the run directory of one. \
 `simulator gateway --help` is the gateway's own help."
     )]
     Gateway(GatewayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Payments to load.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub payments: u32,
+    /// The gateway's database (migrated here if it is not yet); without
+    /// it a durable throwaway cluster is started and kept running.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Merchants the payments are spread over (unevenly: the first,
+    /// `ficmart`, gets the most).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub merchants: u32,
+    /// Days the payments are spread over, ending now.
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub days: u32,
+    /// Idempotency keys are kept for the operations of the last this many
+    /// days [default: all of --days]; those older than the gateway's
+    /// retention (24 h) are what its purge deletes.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=3650))]
+    pub key_days: Option<u32>,
+    /// Payments written per statement (and per transaction).
+    #[arg(long, default_value_t = 250_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub chunk: u32,
+    /// The seed of the mix (statuses, merchants, customers, times); ids
+    /// are random.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Add to a database that holds payments already (refused without it).
+    #[arg(long)]
+    pub append: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReadsArgs {
+    /// The loaded gateway database.
+    #[arg(long)]
+    pub database_url: String,
+    /// A running gateway on that database; without it one is started
+    /// (its bank is not needed for reads).
+    #[arg(long, requires = "api_key")]
+    pub url: Option<String>,
+    /// An API key of --merchant that the given gateway accepts (with --url);
+    /// without --url a key is created.
+    #[arg(long, env = "SIMULATOR_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// The merchant whose payments are read.
+    #[arg(long, default_value = "ficmart")]
+    pub merchant: String,
+    /// Timed requests of each kind.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub samples: u32,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: u32,
+    /// The deep page: the page of this number reached by following cursors.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(2..))]
+    pub deep_page: u32,
+    /// Then purge the expired idempotency keys (the gateway's own purge,
+    /// batch by batch) while the reads go on, and report its rate and the
+    /// table's dead rows and size before and after.
+    #[arg(long)]
+    pub purge: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -307,7 +385,12 @@ mod tests {
             .unwrap();
         match cli.command {
             Command::Gateway(args) => assert_eq!(args.args, ["serve", "--port", "9", "--help"]),
-            Command::Up(_) | Command::Bench(_) | Command::Run(_) | Command::Mutants(_) => {
+            Command::Up(_)
+            | Command::Bench(_)
+            | Command::Run(_)
+            | Command::Mutants(_)
+            | Command::Load(_)
+            | Command::Reads(_) => {
                 panic!("not the gateway: {:?}", cli.command)
             }
         }
@@ -332,7 +415,12 @@ mod tests {
                 .command
             {
                 Command::Bench(args) => args.bank_latency_ms(),
-                Command::Up(_) | Command::Gateway(_) | Command::Run(_) | Command::Mutants(_) => {
+                Command::Up(_)
+                | Command::Gateway(_)
+                | Command::Run(_)
+                | Command::Mutants(_)
+                | Command::Load(_)
+                | Command::Reads(_) => {
                     panic!("not bench")
                 }
             };
@@ -344,7 +432,12 @@ mod tests {
         let cli = Cli::try_parse_from(["simulator", "run"].iter().chain(args))?;
         match cli.command {
             Command::Run(args) => Ok(args),
-            Command::Up(_) | Command::Bench(_) | Command::Gateway(_) | Command::Mutants(_) => {
+            Command::Up(_)
+            | Command::Bench(_)
+            | Command::Gateway(_)
+            | Command::Mutants(_)
+            | Command::Load(_)
+            | Command::Reads(_) => {
                 panic!("not run")
             }
         }

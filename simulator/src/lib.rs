@@ -29,6 +29,8 @@
 //! - [`run_report`]: `simulator run`'s report: text, JSON, HTML.
 //! - [`simulate`]: `simulator run` itself (and the shrinking loop).
 //! - [`mutants`]: `simulator mutants`, the mutation table.
+//! - [`load`]: `simulator load`, a year of payments written set-based.
+//! - [`reads`]: `simulator reads`, reads and sizes on a loaded database.
 
 pub mod bank;
 pub mod bench;
@@ -40,10 +42,12 @@ pub mod driver;
 pub mod faults;
 pub mod floor;
 pub mod invariants;
+pub mod load;
 pub mod mix;
 pub mod model;
 pub mod mutants;
 pub mod process;
+pub mod reads;
 pub mod receiver;
 pub mod report;
 pub mod run;
@@ -73,6 +77,8 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Bench(args) => on_runtime(bench::run(args)),
         Command::Run(args) => on_runtime(simulate::run(args)),
         Command::Mutants(args) => on_runtime(mutants::run(args)),
+        Command::Load(args) => on_runtime(load::run(args)),
+        Command::Reads(args) => on_runtime(reads::run(args)),
     }
 }
 

@@ -299,7 +299,12 @@ mod tests {
     fn run_args(args: &[String]) -> RunArgs {
         match Cli::try_parse_from(args).unwrap().command {
             Command::Run(args) => args,
-            Command::Up(_) | Command::Bench(_) | Command::Gateway(_) | Command::Mutants(_) => {
+            Command::Up(_)
+            | Command::Bench(_)
+            | Command::Gateway(_)
+            | Command::Mutants(_)
+            | Command::Load(_)
+            | Command::Reads(_) => {
                 panic!("not run")
             }
         }

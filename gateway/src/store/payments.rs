@@ -632,22 +632,14 @@ pub async fn list(
         ListFilter::Order(order) => (Some(order.as_str()), None),
         ListFilter::Customer(customer) => (None, Some(customer.as_str())),
     };
-    let mut rows: Vec<WithHistoryRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS}, {HISTORY_JSON} FROM payments \
-         WHERE merchant_id = $1 \
-           AND ($2::text IS NULL OR order_id = $2) \
-           AND ($3::text IS NULL OR customer_id = $3) \
-           AND ($4::uuid IS NULL OR (created_at, id) < \
-                (SELECT created_at, id FROM payments WHERE id = $4 AND merchant_id = $1)) \
-         ORDER BY created_at DESC, id DESC LIMIT $5"
-    ))
-    .bind(merchant.as_uuid())
-    .bind(order_id)
-    .bind(customer_id)
-    .bind(starting_after.map(PaymentId::as_uuid))
-    .bind(limit + 1)
-    .fetch_all(conn)
-    .await?;
+    let mut rows: Vec<WithHistoryRow> = sqlx::query_as(&list_statement())
+        .bind(merchant.as_uuid())
+        .bind(order_id)
+        .bind(customer_id)
+        .bind(starting_after.map(PaymentId::as_uuid))
+        .bind(limit + 1)
+        .fetch_all(conn)
+        .await?;
     let page = usize::try_from(limit).unwrap_or(usize::MAX);
     let has_more = rows.len() > page;
     rows.truncate(page);
@@ -656,6 +648,21 @@ pub async fn list(
         .map(WithHistoryRow::decode)
         .collect::<Result<_, _>>()?;
     Ok((rows, has_more))
+}
+
+/// The statement behind [`list`]: `$1` the merchant, `$2` the order or
+/// `$3` the customer (or neither), `$4` the cursor, `$5` the rows wanted
+/// (one more than the page). Public so that a benchmark can EXPLAIN it.
+pub fn list_statement() -> String {
+    format!(
+        "SELECT {COLUMNS}, {HISTORY_JSON} FROM payments \
+         WHERE merchant_id = $1 \
+           AND ($2::text IS NULL OR order_id = $2) \
+           AND ($3::text IS NULL OR customer_id = $3) \
+           AND ($4::uuid IS NULL OR (created_at, id) < \
+                (SELECT created_at, id FROM payments WHERE id = $4 AND merchant_id = $1)) \
+         ORDER BY created_at DESC, id DESC LIMIT $5"
+    )
 }
 
 /// Whether a payment with this id exists for this merchant (for cursors).

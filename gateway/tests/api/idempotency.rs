@@ -253,3 +253,125 @@ async fn answered_keys_are_purged_after_the_retention() {
     assert_eq!(purged, 1);
     assert_eq!(app.count("idempotency_keys").await, 0);
 }
+
+/// A year of keys with the purge turned on (200,000 here; millions in
+/// `simulator reads --purge`): the purge deletes them a bounded batch per
+/// statement, through the index on `answered_at` (no pass over the whole
+/// table per batch), and authorizations go on being answered meanwhile.
+#[tokio::test]
+async fn a_large_purge_goes_in_bounded_batches_while_authorizations_are_answered() {
+    const EXPIRED: i64 = 200_000;
+    let app = spawn_app().await;
+    let payment = app.authorized(HAPPY_CARD, 100).await;
+    let payment_id = uuid::Uuid::parse_str(
+        payment["id"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("pay_")
+            .unwrap(),
+    )
+    .unwrap();
+    // Answered two days ago, one a millisecond after the other, each with
+    // an answer the size of a payment's.
+    sqlx::query(
+        "INSERT INTO idempotency_keys (merchant_id, key, request_hash, state, response_status, \
+           response_body, payment_id, created_at, answered_at) \
+         SELECT p.merchant_id, 'old-' || n, sha256(int8send(n)), 'done', 201, \
+           convert_to(repeat('x', 700), 'UTF8'), p.id, now() - interval '2 days', \
+           now() - interval '2 days' + n * interval '1 millisecond' \
+         FROM payments p, generate_series(1, $2::int8) AS n WHERE p.id = $1",
+    )
+    .bind(payment_id)
+    .bind(EXPIRED)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE idempotency_keys")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let retention = Duration::from_secs(24 * 3600);
+    let plan: Vec<String> = sqlx::query_scalar(&format!(
+        "EXPLAIN {}",
+        gateway::idempotency::purge_statement(false)
+    ))
+    .bind(retention)
+    .bind(gateway::idempotency::PURGE_BATCH)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(
+        !plan.contains("Seq Scan on idempotency_keys"),
+        "a batch must not scan the whole table:\n{plan}"
+    );
+
+    // Authorizations, four at a time, until the purge is over.
+    let purging = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let answered_during = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let traffic: Vec<_> = (0..4)
+        .map(|_| {
+            let (app_client, url, api_key) = (
+                app.client.clone(),
+                app.url("/v1/payments"),
+                app.api_key.clone(),
+            );
+            let (purging, answered_during) = (purging.clone(), answered_during.clone());
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                while purging.load(std::sync::atomic::Ordering::SeqCst) {
+                    let status = app_client
+                        .post(&url)
+                        .bearer_auth(&api_key)
+                        .header("Idempotency-Key", new_key())
+                        .json(&payment_body(HAPPY_CARD, 1, "ord_during", "cus_during"))
+                        .send()
+                        .await
+                        .unwrap()
+                        .status();
+                    if purging.load(std::sync::atomic::Ordering::SeqCst) {
+                        answered_during.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    statuses.push(status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut conn = app.pool.acquire().await.unwrap();
+    let purged = gateway::idempotency::purge_in_batches(&mut conn, retention, false)
+        .await
+        .unwrap();
+    let during = answered_during.load(std::sync::atomic::Ordering::SeqCst);
+    purging.store(false, std::sync::atomic::Ordering::SeqCst);
+    let statuses: Vec<StatusCode> = join_all(traffic)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap)
+        .collect();
+
+    assert_eq!(purged.keys, EXPIRED.unsigned_abs(), "{purged:?}");
+    assert!(
+        purged.largest <= gateway::idempotency::PURGE_BATCH.unsigned_abs(),
+        "{purged:?}"
+    );
+    assert!(
+        purged.statements
+            >= EXPIRED.unsigned_abs() / gateway::idempotency::PURGE_BATCH.unsigned_abs(),
+        "{purged:?}"
+    );
+    assert!(
+        during > 0,
+        "no authorization was answered while the purge ran"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::CREATED),
+        "{statuses:?}"
+    );
+    // What is left: the keys of today's authorizations, each still replayable.
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 1 + i64::try_from(statuses.len()).unwrap());
+}

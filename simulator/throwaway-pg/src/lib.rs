@@ -103,6 +103,29 @@ impl Postgres {
         })
     }
 
+    /// A new throwaway cluster that outlives this process: no watchdog,
+    /// and dropping it leaves it running. For a loaded database that other
+    /// commands are pointed at afterwards; [`Postgres::stop_command`] says
+    /// how to remove it.
+    pub fn kept(durability: Durability) -> Result<Self, Error> {
+        let cluster = Cluster::start_with(durability, true)?;
+        Ok(Self {
+            url: cluster.url(),
+            cluster: Some(cluster),
+        })
+    }
+
+    /// The data directory of our cluster; `None` for a server we did not start.
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        self.cluster.as_ref().map(Cluster::data_dir)
+    }
+
+    /// The shell command that stops our cluster and removes its directory
+    /// (what dropping it does, unless it is [kept](Postgres::kept)).
+    pub fn stop_command(&self) -> Option<String> {
+        self.cluster.as_ref().map(Cluster::stop_script)
+    }
+
     /// Stops our cluster (fast shutdown: connections are cut), keeping its
     /// data, as in a database outage. An error for a server we did not start.
     pub fn stop(&self) -> Result<(), Error> {
@@ -130,13 +153,17 @@ impl Postgres {
         match &self.cluster {
             None => "using the PostgreSQL server at DATABASE_URL".to_owned(),
             Some(cluster) => format!(
-                "started a throwaway PostgreSQL cluster in {} on 127.0.0.1:{}{} \
-                 (removed on exit; set DATABASE_URL to use your own server)",
+                "started a throwaway PostgreSQL cluster in {} on 127.0.0.1:{}{} ({})",
                 cluster.dir.display(),
                 cluster.port,
                 match cluster.durability {
                     Durability::Fast => ", fsync off",
                     Durability::Durable => ", durable (fsync on)",
+                },
+                if cluster.kept {
+                    "kept running after exit"
+                } else {
+                    "removed on exit; set DATABASE_URL to use your own server"
                 }
             ),
         }
@@ -192,10 +219,16 @@ struct Cluster {
     port: u16,
     as_postgres_user: bool,
     durability: Durability,
+    /// Left running when dropped, and without a watchdog.
+    kept: bool,
 }
 
 impl Cluster {
     fn start(durability: Durability) -> Result<Self, Error> {
+        Self::start_with(durability, false)
+    }
+
+    fn start_with(durability: Durability, kept: bool) -> Result<Self, Error> {
         let bin = server_bin_dir().ok_or(Error::BinariesMissing)?;
         let as_postgres_user = std::fs::metadata("/proc/self")?.uid() == 0;
         let dir = make_temp_dir()?;
@@ -208,8 +241,11 @@ impl Cluster {
             port: 0,
             as_postgres_user,
             durability,
+            kept,
         };
-        cluster.spawn_watchdog()?;
+        if !kept {
+            cluster.spawn_watchdog()?;
+        }
         cluster.initdb()?;
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
@@ -321,6 +357,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
         let _ = Command::new("sh")
             .args(["-c", &self.stop_script()])
             .stdin(Stdio::null())
