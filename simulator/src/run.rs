@@ -49,6 +49,9 @@ pub const OPENING_BALANCE: i64 = 10_000_000;
 /// for a lie.
 const MOST_HELD_PER_PLAN: i64 = 2 * crate::scenario::MAX_AMOUNT;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The longest one step of reading the world after the traffic may take
+/// (the receipts of 100,000 payments take a few minutes).
+const STEP_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 /// One HTTP attempt of a simulation's gateway at the bank, at most (its
 /// `--bank-attempt-timeout-ms` below): after it the gateway has hung up,
@@ -718,10 +721,73 @@ impl Session {
         Ok(())
     }
 
-    /// Reads the world: receipts, the bank's books, reconciliation.
+    /// Reads the world: receipts, the bank's books, reconciliation. Each
+    /// step is bounded and, with progress on, says when it ends.
     pub async fn observe(&self) -> anyhow::Result<Observations> {
-        let receipts = self.receipts().await?;
-        let bank = self.bank_authorizations().await?;
+        let receipts = self.step("receipts", self.receipts()).await?;
+        let bank = self
+            .step("the bank's authorizations", self.bank_authorizations())
+            .await?;
+        let cards = self.step("card balances", self.card_balances()).await?;
+        let ledger = self
+            .step("the bank's ledger", self.admin.verify_ledger())
+            .await?;
+        let reconcile = self
+            .step("reconciliation", async { Ok(self.reconcile().await) })
+            .await?;
+        let bank_keys = self.step("the bank's keys", self.bank_keys()).await?;
+        let operations = self.step("operations", self.operations()).await?;
+        let webhooks = self
+            .step("webhook deliveries", self.webhook_observations())
+            .await?;
+        Ok(Observations {
+            seed: self.scenario.seed,
+            flows: self.flows.clone(),
+            receipts,
+            bank,
+            bank_keys,
+            operations,
+            tapped: self.tapped(),
+            cards,
+            ledger,
+            reconcile,
+            in_flight: self.in_flight.clone(),
+            authorization_grace_ms: AUTHORIZATION_GRACE_MS,
+            key_retention_ms: u64::try_from(crate::driver::KEY_RETENTION.as_millis())
+                .unwrap_or(u64::MAX),
+            card_data: self.secrets(),
+            webhooks,
+            index: Default::default(),
+        })
+    }
+
+    /// One step of reading the world after the traffic: bounded by
+    /// [`STEP_TIMEOUT`], so a step that never ends fails the run naming
+    /// itself instead of leaving it idle (a 100,000-payment run once sat
+    /// 25 minutes after its traffic with nothing to show where).
+    async fn step<T>(
+        &self,
+        name: &str,
+        work: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        let started = Instant::now();
+        let result = tokio::time::timeout(STEP_TIMEOUT, work)
+            .await
+            .map_err(|_| anyhow::anyhow!("{name}: no answer within {} s", STEP_TIMEOUT.as_secs()))
+            .and_then(|r| r.with_context(|| format!("reading {name}")));
+        self.say_step(name, started);
+        result
+    }
+
+    /// With progress on: how long a step of observe or finish took.
+    fn say_step(&self, name: &str, started: Instant) {
+        if self.options.progress {
+            eprintln!("  {name}: {:.1} s", started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Every card's balances at the bank beside what it opened with.
+    async fn card_balances(&self) -> anyhow::Result<Vec<CardBalance>> {
         let mut cards = Vec::new();
         for card in &self.cards {
             let (balance, available) = self.admin.account(&card.card_number).await?;
@@ -732,27 +798,7 @@ impl Session {
                 available,
             });
         }
-        let ledger = self.admin.verify_ledger().await?;
-        let reconcile = self.reconcile().await;
-        Ok(Observations {
-            seed: self.scenario.seed,
-            flows: self.flows.clone(),
-            receipts,
-            bank,
-            bank_keys: self.bank_keys().await?,
-            operations: self.operations().await?,
-            tapped: self.tapped(),
-            cards,
-            ledger,
-            reconcile,
-            in_flight: self.in_flight.clone(),
-            authorization_grace_ms: AUTHORIZATION_GRACE_MS,
-            key_retention_ms: u64::try_from(crate::driver::KEY_RETENTION.as_millis())
-                .unwrap_or(u64::MAX),
-            card_data: self.secrets(),
-            webhooks: self.webhook_observations().await?,
-            index: Default::default(),
-        })
+        Ok(cards)
     }
 
     /// What the receiver got and every payment's history, for the
@@ -1090,6 +1136,7 @@ impl Session {
     /// the card-data check), checks the invariants on `observations`, and
     /// reports. The gateways' logs are kept only when something failed.
     pub async fn finish(self, observations: &Observations) -> RunReport {
+        let started = Instant::now();
         let faults_after = self.admin.faults_injected().await.unwrap_or_default();
         let mut faults = BTreeMap::new();
         for (kind, n) in faults_after {
@@ -1103,18 +1150,23 @@ impl Session {
         replicas.stop().await;
         let logs = replicas.logs();
         drop(replicas);
+        self.say_step("stopping the gateways", started);
         let mut card_data = CardData {
             dump: Vec::new(),
             logs: Vec::new(),
             problems: Vec::new(),
             ..observations.card_data.clone()
         };
-        match self.dump_gateway_database().await {
+        match self
+            .step("the gateway's database", self.dump_gateway_database())
+            .await
+        {
             Ok(dump) => card_data.dump = dump,
             Err(e) => card_data
                 .problems
                 .push(format!("dumping the gateway's database: {e:#}")),
         }
+        let started = Instant::now();
         let mut events = self.events.clone();
         let mut lifetimes = BTreeMap::new();
         for (replica, log) in logs.iter().enumerate() {
@@ -1140,7 +1192,10 @@ impl Session {
                 .map(|calls| cut_at_death(calls, &lifetimes)),
             ..observations.clone()
         };
+        self.say_step("reading the gateways' logs", started);
+        let started = Instant::now();
         let invariants = invariants::check(&observations);
+        self.say_step("checking the invariants", started);
         let report = RunReport::new(
             &self.scenario,
             &self.options,
@@ -1174,7 +1229,9 @@ impl Session {
     pub async fn run(mut self) -> anyhow::Result<RunReport> {
         let observed = async {
             self.drive().await?;
+            let started = Instant::now();
             self.settle().await?;
+            self.say_step("settling", started);
             self.observe().await
         }
         .await;

@@ -26,6 +26,9 @@ const START_TIMEOUT_SECONDS: u32 = 30;
 const MAX_CONNECTIONS: u32 = 500;
 /// A free port can be taken between our probe and the server's bind.
 const START_ATTEMPTS: u32 = 3;
+/// Environment variable with extra `postgres` options for a throwaway
+/// cluster (profiling: `-c shared_preload_libraries=pg_stat_statements`).
+pub const EXTRA_OPTIONS_VAR: &str = "THROWAWAY_PG_OPTIONS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -289,9 +292,12 @@ impl Cluster {
     }
 
     fn pg_ctl_start(&self) -> Result<(), Error> {
+        // Extra server options, for profiling a run (for instance
+        // `-c shared_preload_libraries=pg_stat_statements`); none by default.
+        let extra = std::env::var(EXTRA_OPTIONS_VAR).unwrap_or_default();
         let options = format!(
             "-p {port} -k {dir} -c listen_addresses=127.0.0.1 {durability} \
-             -c max_connections={MAX_CONNECTIONS}",
+             -c max_connections={MAX_CONNECTIONS} {extra}",
             port = self.port,
             dir = self.dir.display(),
             durability = self.durability.server_options(),
