@@ -218,6 +218,10 @@ pub struct Settings {
     /// How often an idle delivery worker looks for due deliveries.
     #[arg(long, env = "WEBHOOK_POLL_INTERVAL_MS", default_value_t = 250)]
     pub webhook_poll_interval_ms: u64,
+    /// While payments queue for the database, a delivery worker waits at
+    /// most this long between claims (0: deliveries never yield).
+    #[arg(long, env = "WEBHOOK_MAX_YIELD_MS", default_value_t = 1_000)]
+    pub webhook_max_yield_ms: u64,
     /// Postgres connections of the delivery workers, apart from DB_POOL_SIZE.
     #[arg(long, env = "WEBHOOK_DB_POOL_SIZE", default_value_t = 2)]
     pub webhook_db_pool_size: u32,
@@ -305,6 +309,7 @@ impl Settings {
             webhook_max_in_flight: 64,
             webhook_max_in_flight_per_endpoint: 16,
             webhook_poll_interval_ms: 250,
+            webhook_max_yield_ms: 1_000,
             webhook_db_pool_size: 2,
             faults: String::new(),
             fault_seed: 0,
@@ -367,6 +372,7 @@ impl Settings {
             max_in_flight: self.webhook_max_in_flight,
             max_in_flight_per_endpoint: self.webhook_max_in_flight_per_endpoint,
             poll_interval: Duration::from_millis(self.webhook_poll_interval_ms),
+            max_yield: Duration::from_millis(self.webhook_max_yield_ms),
         }
     }
 

@@ -17,6 +17,7 @@ use crate::config::Settings;
 use crate::faults::{Faults, Mutant};
 use crate::idempotency::Fingerprinter;
 use crate::payments::Gateway;
+use crate::store::batch::Pressure;
 use crate::webhooks::{WebhookSettings, delivery};
 use crate::{api, idempotency, recovery, store, telemetry};
 
@@ -161,7 +162,7 @@ impl Application {
             )),
         ];
         background.extend(flushers);
-        background.extend(spawn_delivery(&settings, webhooks).await?);
+        background.extend(spawn_delivery(&settings, webhooks, gateway.pressure()).await?);
         if settings.reconcile_interval_ms > 0 {
             background.push(tokio::spawn(crate::reconcile::run_forever(
                 gateway.pool().clone(),
@@ -234,6 +235,7 @@ impl Application {
 async fn spawn_delivery(
     settings: &Settings,
     webhooks: Arc<WebhookSettings>,
+    payments: Pressure,
 ) -> anyhow::Result<Option<JoinHandle<()>>> {
     let Some(key) = webhooks.key.clone() else {
         tracing::info!(
@@ -248,7 +250,7 @@ async fn spawn_delivery(
     )
     .await?;
     Ok(Some(tokio::spawn(delivery::deliver_forever(
-        pool, webhooks, key,
+        pool, webhooks, key, payments,
     ))))
 }
 

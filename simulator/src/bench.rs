@@ -34,6 +34,10 @@ use crate::steady::{self, Answered, Span, Window};
 
 /// Every authorization is for $1.00.
 pub(crate) const AMOUNT_CENTS: i64 = 100;
+/// With `--webhook`: how often, and how long at most, the bench looks for
+/// deliveries left after the load.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 /// Cards are opened concurrently, this many at a time.
 const CARD_CREATION_CONCURRENCY: usize = 16;
 /// A request that takes longer than this (beyond the added latency) is an error.
@@ -271,13 +275,9 @@ async fn bench(
             None => None,
         };
         let load = fire(u64::from(args.requests), concurrency, send).await?;
-        let webhook = receiver.map(|(kind, receiver)| WebhookLoad {
-            receiver: match kind {
-                WebhookReceiver::Calm => "calm",
-                WebhookReceiver::Chaotic => "chaotic",
-            },
-            deliveries_received: receiver.received().len() as u64,
-        });
+        let during_load = receiver
+            .as_ref()
+            .map(|(_, receiver)| receiver.received().len() as u64);
         // Per authorization, or with --mix per flow.
         let cpu = match (parties, before) {
             (Some(parties), Some(before)) => parties
@@ -286,6 +286,23 @@ async fn bench(
                 .map(|after| cpu::per_authorization(&before, &after, load.ok)),
             (Some(_) | None, None) | (None, Some(_)) => None,
         };
+        // After the CPU window: how long the deliveries left take to go.
+        let drained_after = match (&receiver, parties) {
+            (Some(_), Some(parties)) => Some(drain(&parties.gateway_database_url).await?),
+            (Some(_) | None, None) | (None, Some(_)) => None,
+        };
+        let webhook = receiver.map(|(kind, receiver)| WebhookLoad {
+            receiver: match kind {
+                WebhookReceiver::Calm => "calm",
+                WebhookReceiver::Chaotic => "chaotic",
+            },
+            deliveries_received: during_load.unwrap_or(0),
+            deliveries_after_load: (receiver.received().len() as u64)
+                .saturating_sub(during_load.unwrap_or(0)),
+            drained_after_ms: drained_after
+                .flatten()
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        });
         let ledger = admin.verify_ledger().await?;
         let floor = match floor_database {
             Some(database) if args.floor_seconds > 0 => {
@@ -488,6 +505,28 @@ async fn open_cards(admin: &BankAdmin, count: u32, balance: i64) -> anyhow::Resu
 }
 
 /// A receiver in this process, and an endpoint for the merchant at it.
+/// How long after the load the gateway's due deliveries took to go (none
+/// pending), polled every [`DRAIN_POLL`]; `None` past [`DRAIN_TIMEOUT`].
+async fn drain(gateway_database: &str) -> anyhow::Result<Option<Duration>> {
+    let started = Instant::now();
+    let pool = gateway::store::connect(gateway_database, 1, Duration::from_secs(10)).await?;
+    let drained = loop {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
+                .fetch_one(&pool)
+                .await?;
+        if pending == 0 {
+            break Some(started.elapsed());
+        }
+        if started.elapsed() >= DRAIN_TIMEOUT {
+            break None;
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    };
+    pool.close().await;
+    Ok(drained)
+}
+
 async fn register_webhook(
     client: &reqwest::Client,
     gateway_url: &str,

@@ -120,6 +120,11 @@ pub struct WebhookLoad {
     pub receiver: &'static str,
     /// Delivery requests the receiver got before the load ended.
     pub deliveries_received: u64,
+    /// And after it, until none was due.
+    pub deliveries_after_load: u64,
+    /// How long after the load (and the CPU sample) no delivery was due;
+    /// `None` if some still were after the bench's bound.
+    pub drained_after_ms: Option<u64>,
 }
 
 impl Report {
@@ -164,11 +169,15 @@ impl fmt::Display for Report {
             writeln!(f, "  postgres    {durability}")?;
         }
         if let Some(webhook) = &self.webhook {
-            writeln!(
+            write!(
                 f,
-                "  webhooks    an endpoint registered, {} receiver: {} deliveries during the load",
-                webhook.receiver, webhook.deliveries_received
+                "  webhooks    an endpoint registered, {} receiver: {} deliveries during the load, {} after it",
+                webhook.receiver, webhook.deliveries_received, webhook.deliveries_after_load
             )?;
+            match webhook.drained_after_ms {
+                Some(ms) => writeln!(f, "; none due {:.1} s after the load", ms as f64 / 1000.0)?,
+                None => writeln!(f, "; some still due when the bench stopped looking")?,
+            }
         }
         let unit = if self.mix.is_some() {
             "flows"

@@ -41,7 +41,7 @@ use crate::bank::BankClient;
 use crate::domain::{Amount, IdempotencyKey, Lease, MerchantId, PaymentId};
 use crate::faults::{Faults, Injected, Point};
 use crate::idempotency::{self, ClaimError, Fingerprint};
-use crate::store::batch::{BatchLimits, Batcher};
+use crate::store::batch::{BatchLimits, Batcher, Pressure};
 use crate::store::clock::DbClock;
 use crate::store::operations::{self, Backoff};
 use crate::store::payments::{self, Settlement, StartAuthorization, Started, TransitionError};
@@ -80,6 +80,8 @@ pub struct Gateway {
     instance: Uuid,
     starts: Batcher<StartAuthorization, Option<Started>>,
     settlements: Batcher<Settlement, bool>,
+    /// Whether payments' writes are queueing: the webhook workers yield.
+    pressure: Pressure,
     clock: DbClock,
     faults: Faults,
 }
@@ -120,12 +122,14 @@ impl Gateway {
         batches: BatchLimits,
         faults: Faults,
     ) -> (Self, Vec<JoinHandle<()>>) {
+        let pressure = Pressure::default();
         let (starts, mut tasks) = Batcher::spawn(
             "start_authorization",
             pool.clone(),
             batches,
             payments::start_authorizations,
             faults.clone(),
+            Some(pressure.clone()),
         );
         let (settlements, settlement_tasks) = Batcher::spawn(
             "settlement",
@@ -133,6 +137,7 @@ impl Gateway {
             batches,
             payments::write_settlements,
             faults.clone(),
+            Some(pressure.clone()),
         );
         tasks.extend(settlement_tasks);
         let instance = Uuid::new_v4();
@@ -143,10 +148,16 @@ impl Gateway {
             instance,
             starts,
             settlements,
+            pressure,
             clock: DbClock::new(faults.clone()),
             faults,
         };
         (gateway, tasks)
+    }
+
+    /// When this gateway's payment writes last queued for the database.
+    pub fn pressure(&self) -> Pressure {
+        self.pressure.clone()
     }
 
     /// Authorizes: records the intent, asks the bank with the card, records

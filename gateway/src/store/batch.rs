@@ -18,6 +18,8 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use sqlx::PgPool;
@@ -36,6 +38,46 @@ pub struct BatchLimits {
     pub flushers: usize,
     /// Writes waiting for a flusher, at most; past it, callers wait to queue.
     pub queue: usize,
+}
+
+/// When writes last queued behind busy flushers (a batch took more than one
+/// row): the sign that requests are waiting on the database. The payment
+/// batches report it and the webhook workers read it, to yield to payments.
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Pressure {
+    origin: Instant,
+    /// Milliseconds from `origin` to the last queued batch, plus one; 0 for never.
+    last_queued_ms: Arc<AtomicU64>,
+}
+
+impl Default for Pressure {
+    fn default() -> Self {
+        Self {
+            origin: Instant::now(),
+            last_queued_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Pressure {
+    /// Writes queued just now.
+    pub(crate) fn queued(&self) {
+        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_queued_ms
+            .store(ms.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// Whether writes queued within the last `window`.
+    pub fn within(&self, window: Duration) -> bool {
+        match self.last_queued_ms.load(Ordering::Relaxed) {
+            0 => false,
+            at => {
+                let queued = self.origin + Duration::from_millis(at - 1);
+                queued.elapsed() <= window
+            }
+        }
+    }
 }
 
 /// Writes `rows` in one statement and returns one output per row, in order.
@@ -67,13 +109,15 @@ where
     O: Send + 'static,
 {
     /// Starts `limits.flushers` tasks that drain the queue through `write`.
-    /// `name` labels the batch-size histogram.
+    /// `name` labels the batch-size histogram; a batch of more than one row
+    /// is reported to `pressure`, if given.
     pub fn spawn(
         name: &'static str,
         pool: PgPool,
         limits: BatchLimits,
         write: WriteFn<I, O>,
         faults: Faults,
+        pressure: Option<Pressure>,
     ) -> (Self, Vec<JoinHandle<()>>) {
         assert!(limits.max_rows >= 1 && limits.flushers >= 1 && limits.queue >= 1);
         let (sender, receiver) = mpsc::channel(limits.queue);
@@ -87,6 +131,7 @@ where
                     write,
                     queue: receiver.clone(),
                     faults: faults.clone(),
+                    pressure: pressure.clone(),
                 };
                 tokio::spawn(flusher.run())
             })
@@ -114,6 +159,7 @@ struct Flusher<I, O> {
     write: WriteFn<I, O>,
     queue: Arc<Mutex<mpsc::Receiver<Job<I, O>>>>,
     faults: Faults,
+    pressure: Option<Pressure>,
 }
 
 impl<I: Clone + Send + 'static, O: Send + 'static> Flusher<I, O> {
@@ -150,6 +196,9 @@ impl<I: Clone + Send + 'static, O: Send + 'static> Flusher<I, O> {
     }
 
     async fn flush(&self, batch: Vec<Job<I, O>>) {
+        if let (Some(pressure), true) = (&self.pressure, batch.len() > 1) {
+            pressure.queued();
+        }
         metrics::histogram!("gateway_db_batch_rows", "write" => self.name)
             .record(batch.len() as f64);
         let inputs: Vec<I> = batch.iter().map(|job| job.input.clone()).collect();
@@ -220,7 +269,7 @@ mod tests {
             flushers: 1,
             queue: 16,
         };
-        Batcher::spawn("unit", pool, limits, double, Faults::default()).0
+        Batcher::spawn("unit", pool, limits, double, Faults::default(), None).0
     }
 
     #[tokio::test]
@@ -229,6 +278,38 @@ mod tests {
         let answers = futures_util::future::join_all((0..10).map(|n| batcher.submit(n))).await;
         let answers: Vec<i64> = answers.into_iter().map(Result::unwrap).collect();
         assert_eq!(answers, (0..10).map(|n| n * 2).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn only_rows_that_queued_together_are_pressure() {
+        let pool = PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").expect("a lazy pool");
+        let limits = BatchLimits {
+            max_rows: 4,
+            flushers: 1,
+            queue: 16,
+        };
+        let pressure = Pressure::default();
+        let (batcher, _) = Batcher::spawn(
+            "unit",
+            pool,
+            limits,
+            double,
+            Faults::default(),
+            Some(pressure.clone()),
+        );
+        let window = Duration::from_secs(60);
+        batcher.submit(1).await.unwrap();
+        assert!(
+            !pressure.within(window),
+            "one row at a time waited for nothing"
+        );
+        futures_util::future::join_all((0..10).map(|n| batcher.submit(n))).await;
+        assert!(pressure.within(window), "ten rows at once queued");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(
+            !pressure.within(Duration::from_millis(10)),
+            "pressure passes"
+        );
     }
 
     #[tokio::test]

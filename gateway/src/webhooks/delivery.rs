@@ -25,7 +25,7 @@ use super::signature;
 use super::url::PublicOnly;
 use super::view::EventView;
 use crate::faults::Faults;
-use crate::store::batch::{BatchLimits, Batcher};
+use crate::store::batch::{BatchLimits, Batcher, Pressure};
 use crate::store::events::{self, EventRecord};
 use crate::store::webhooks::{
     self as store, AfterFailure, AttemptOutcome, ClaimedDelivery, FinishedAttempt, Recorded,
@@ -45,9 +45,20 @@ const JITTER_FRACTION: f64 = 0.1;
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 /// Attempts recorded in one statement, at most.
 const RECORD_BATCH_ROWS: usize = 256;
+/// Payments count as waiting on the database for this long after their
+/// writes last queued.
+const PRESSURE_WINDOW: Duration = Duration::from_millis(100);
+/// How often a worker that yields to payments looks again.
+const YIELD_STEP: Duration = Duration::from_millis(20);
 
-/// Runs until aborted.
-pub async fn deliver_forever(pool: PgPool, settings: Arc<WebhookSettings>, key: WebhookKey) {
+/// Runs until aborted. `payments` says when payments' writes queue for the
+/// database: the worker then yields (see [`yield_to_payments`]).
+pub async fn deliver_forever(
+    pool: PgPool,
+    settings: Arc<WebhookSettings>,
+    key: WebhookKey,
+    payments: Pressure,
+) {
     let client = match http_client(&settings) {
         Ok(client) => client,
         Err(e) => {
@@ -67,6 +78,7 @@ pub async fn deliver_forever(pool: PgPool, settings: Arc<WebhookSettings>, key: 
         },
         store::record_attempts,
         Faults::default(),
+        None,
     );
     let worker = Arc::new(Worker {
         pool,
@@ -79,8 +91,11 @@ pub async fn deliver_forever(pool: PgPool, settings: Arc<WebhookSettings>, key: 
         key,
     });
     let mut backlog_at = Instant::now();
+    let mut claimed_at = Instant::now();
     loop {
+        yield_to_payments(&payments, claimed_at, worker.settings.max_yield).await;
         let claimed = worker.clone().claim_and_send().await;
+        claimed_at = Instant::now();
         if backlog_at.elapsed() >= BACKLOG_EVERY {
             worker.report_backlog().await;
             backlog_at = Instant::now();
@@ -94,6 +109,27 @@ pub async fn deliver_forever(pool: PgPool, settings: Arc<WebhookSettings>, key: 
                 () = worker.freed.notified() => {}
             }
         }
+    }
+}
+
+/// While payments' writes queue for the database, waits, up to `max_yield`
+/// after the last claim. A delivery is never urgent the way an
+/// authorization is, and on a machine that is out of CPU or a database that
+/// is out of commits, every delivery's share comes out of a payment's (a
+/// delivery costs about a third of an authorization: a claim, the event's
+/// read, a signed POST, its attempt's record). So under saturation
+/// deliveries go once per `max_yield` at most and catch up when the load
+/// passes; the lag shows in `gateway_webhook_delivery_lag_seconds` and the
+/// time spent waiting in `gateway_webhook_yield_milliseconds_total`.
+async fn yield_to_payments(payments: &Pressure, claimed_at: Instant, max_yield: Duration) {
+    let started = Instant::now();
+    while payments.within(PRESSURE_WINDOW) && claimed_at.elapsed() < max_yield {
+        tokio::time::sleep(YIELD_STEP).await;
+    }
+    let waited = started.elapsed();
+    if !waited.is_zero() {
+        metrics::counter!("gateway_webhook_yield_milliseconds_total")
+            .increment(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
     }
 }
 
@@ -418,6 +454,35 @@ fn jittered(delay: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn deliveries_wait_for_queued_payments_but_never_longer_than_the_bound() {
+        let max_yield = Duration::from_millis(200);
+        let calm = Pressure::default();
+        let started = Instant::now();
+        yield_to_payments(&calm, Instant::now(), max_yield).await;
+        assert!(started.elapsed() < max_yield, "no payment queued: no wait");
+
+        let busy = Pressure::default();
+        let hot = busy.clone();
+        let keep_hot = tokio::spawn(async move {
+            loop {
+                hot.queued();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let started = Instant::now();
+        yield_to_payments(&busy, Instant::now(), max_yield).await;
+        keep_hot.abort();
+        assert!(
+            started.elapsed() >= max_yield,
+            "payments queued: the worker waited"
+        );
+
+        let started = Instant::now();
+        yield_to_payments(&busy, Instant::now(), Duration::ZERO).await;
+        assert!(started.elapsed() < max_yield, "a zero bound never waits");
+    }
 
     #[test]
     fn jitter_stays_within_its_fraction_in_whole_milliseconds() {

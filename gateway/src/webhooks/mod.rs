@@ -51,4 +51,7 @@ pub struct WebhookSettings {
     pub max_in_flight_per_endpoint: usize,
     /// How often an idle worker looks for due deliveries.
     pub poll_interval: Duration,
+    /// While payments' writes queue for the database, the longest a worker
+    /// waits between claims; zero never waits.
+    pub max_yield: Duration,
 }

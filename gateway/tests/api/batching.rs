@@ -95,6 +95,7 @@ async fn a_row_the_database_refuses_fails_alone() {
         limits,
         payments::start_authorizations,
         gateway::faults::Faults::default(),
+        None,
     );
     // Queued together on this single-threaded runtime, so one batch; the
     // space in the order id breaks the schema's CHECK, and so the batch.
