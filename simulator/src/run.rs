@@ -1416,11 +1416,22 @@ async fn own_postgres() -> anyhow::Result<Option<Arc<throwaway_pg::Postgres>>> {
     Ok(Some(Arc::new(postgres)))
 }
 
-/// Every fault rate 0, no latency, no outage.
+/// Every fault rate 0, no latency, no outage: the bank's own calm
+/// configuration, so a fault the bank learns is lifted here too. A list
+/// written by hand once missed the newer ones: after a run's faults were
+/// "lifted" the bank still sent HTML 502s, truncated and trickled bodies,
+/// and reconciling 100,000 payments through them took over an hour. The
+/// seed, and how long a fault that no longer fires would last, stay as
+/// they are.
 pub fn calm() -> Value {
-    json!({"failure_rate": 0.0, "min_latency_ms": 0, "max_latency_ms": 0,
-        "error_after_commit_rate": 0.0, "timeout_rate": 0.0, "reset_rate": 0.0,
-        "outage_seconds": 0})
+    let mut calm =
+        serde_json::to_value(mock_bank::chaos::ChaosConfig::calm(0)).unwrap_or_else(|_| json!({}));
+    if let Some(fields) = calm.as_object_mut() {
+        for kept in ["seed", "timeout_ms", "trickle_ms"] {
+            fields.remove(kept);
+        }
+    }
+    calm
 }
 
 async fn show_progress(
@@ -1600,6 +1611,19 @@ async fn drain_deliveries(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calm_lifts_every_fault_of_the_harshest_profile() {
+        let everything = crate::scenario::Profile::parse("everything").unwrap().bank;
+        let mut lifted = everything.as_object().unwrap().clone();
+        lifted.extend(calm().as_object().unwrap().clone());
+        for (field, value) in &lifted {
+            if field.ends_with("_rate") || field.ends_with("latency_ms") {
+                assert_eq!(value.as_f64(), Some(0.0), "{field} is still {value}");
+            }
+        }
+        assert_eq!(lifted["outage_seconds"], json!(0));
+    }
 
     #[test]
     fn the_attempt_timeout_the_checks_assume_is_the_one_the_gateways_get() {

@@ -68,8 +68,7 @@ impl Profile {
 
     /// A named profile, or a JSON object of `/admin/chaos` fields.
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let quiet = json!({"failure_rate": 0.0, "min_latency_ms": 0, "max_latency_ms": 0,
-            "error_after_commit_rate": 0.0, "timeout_rate": 0.0, "reset_rate": 0.0});
+        let quiet = crate::run::calm();
         let with = |changes: Value| {
             let mut bank = quiet.clone();
             if let (Some(bank), Some(changes)) = (bank.as_object_mut(), changes.as_object()) {

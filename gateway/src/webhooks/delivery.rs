@@ -464,6 +464,7 @@ mod tests {
         assert!(started.elapsed() < max_yield, "no payment queued: no wait");
 
         let busy = Pressure::default();
+        busy.queued();
         let hot = busy.clone();
         let keep_hot = tokio::spawn(async move {
             loop {
