@@ -17,7 +17,8 @@ pub enum Mutant {
     /// bank key).
     ResumeAnyOperation,
     /// A request whose operation someone else settled answers what it
-    /// computed itself, not the answer stored.
+    /// computed itself (its own settlement's reply, or the payment as it
+    /// finds it), not the answer stored.
     LateAnswerWins,
     /// A replay is recomputed from the payment's current state instead of
     /// the stored bytes.

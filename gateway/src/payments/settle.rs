@@ -150,6 +150,9 @@ impl Gateway {
             .await?;
         if written {
             count_settled(operation, &reply);
+        } else if self.faults.mutant(Mutant::LateAnswerWins) {
+            // Someone settled it first; the bug answers its own reply anyway.
+            return Ok(Some(reply));
         }
         Ok(written.then_some(reply))
     }
@@ -180,6 +183,8 @@ impl Gateway {
             .ok_or(Error::Invariant("an operation is gone"))?;
         if !current.is_pending() {
             if self.faults.mutant(Mutant::LateAnswerWins) {
+                // Without a reply of its own (it read the payment only
+                // now), the bug answers the payment as it finds it.
                 return render(operation.kind, &payment, history);
             }
             // Settled by someone else meanwhile: theirs is the answer.
