@@ -20,6 +20,7 @@ use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
+use gateway::store::payments::{ListFilter, list_statement};
 
 use crate::cli::ReadsArgs;
 use crate::process::{GatewayOptions, GatewayOutput, GatewayProcess};
@@ -596,9 +597,30 @@ async fn index_sizes(pool: &PgPool) -> anyhow::Result<Vec<IndexSize>> {
 /// One list request whose plan is shown.
 struct Case {
     what: &'static str,
-    order: Option<String>,
-    customer: Option<String>,
+    filter: ListFilter,
     cursor: Option<Uuid>,
+}
+
+impl Case {
+    /// The PREPARE and EXECUTE (which takes no bind parameters: the values
+    /// go in as literals) of the gateway's statement for this case.
+    fn statements(&self, merchant: Uuid) -> (String, String) {
+        let statement = list_statement(&self.filter, self.cursor.is_some());
+        let mut types = vec!["uuid", "int8"];
+        let mut values = vec![literal(Some(merchant.to_string())), "21".to_owned()];
+        if let ListFilter::Order(value) | ListFilter::Customer(value) = &self.filter {
+            types.push("text");
+            values.push(literal(Some(value.clone())));
+        }
+        if let Some(cursor) = self.cursor {
+            types.push("uuid");
+            values.push(literal(Some(cursor.to_string())));
+        }
+        (
+            format!("PREPARE reads_list ({}) AS {statement}", types.join(", ")),
+            format!("EXECUTE reads_list({})", values.join(", ")),
+        )
+    }
 }
 
 /// The list statement's plans: as the gateway's cached (prepared)
@@ -617,53 +639,40 @@ async fn plans(
         let id = Uuid::parse_str(d.cursor.strip_prefix("pay_")?).ok()?;
         Some((d.value.clone(), id))
     };
-    let mut cases = vec![
-        Case {
+    let mut cases = Vec::new();
+    if let Some(customer) = targets.heavy_customers.first() {
+        cases.push(Case {
             what: "list by customer (the heaviest), first page",
-            order: None,
-            customer: targets.heavy_customers.first().cloned(),
+            filter: ListFilter::Customer(customer.clone()),
             cursor: None,
-        },
-        Case {
+        });
+    }
+    if let Some(order) = targets.heavy_orders.first() {
+        cases.push(Case {
             what: "list by order (the heaviest), first page",
-            order: targets.heavy_orders.first().cloned(),
-            customer: None,
+            filter: ListFilter::Order(order.clone()),
             cursor: None,
-        },
-    ];
+        });
+    }
     if let Some((customer, id)) = cursor(deep_customers) {
         cases.push(Case {
             what: "list by customer, deep page",
-            order: None,
-            customer: Some(customer),
+            filter: ListFilter::Customer(customer),
             cursor: Some(id),
         });
     }
     if let Some((order, id)) = cursor(deep_orders) {
         cases.push(Case {
             what: "list by order, deep page",
-            order: Some(order),
-            customer: None,
+            filter: ListFilter::Order(order),
             cursor: Some(id),
         });
     }
-    let statement = gateway::store::payments::list_statement();
     let mut conn = pool.acquire().await?;
     let mut plans = Vec::new();
     for case in cases {
-        sqlx::query(&format!(
-            "PREPARE reads_list (uuid, text, text, uuid, int8) AS {statement}"
-        ))
-        .execute(&mut *conn)
-        .await?;
-        // EXECUTE takes no bind parameters: the values go in as literals.
-        let execute = format!(
-            "EXECUTE reads_list({}, {}, {}, {}, 21)",
-            literal(Some(merchant.to_string())),
-            literal(case.order.clone()),
-            literal(case.customer.clone()),
-            literal(case.cursor.map(|c| c.to_string())),
-        );
+        let (prepare, execute) = case.statements(merchant);
+        sqlx::query(&prepare).execute(&mut *conn).await?;
         for _ in 0..5 {
             sqlx::query(&execute).execute(&mut *conn).await?;
         }

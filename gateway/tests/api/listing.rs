@@ -60,6 +60,17 @@ async fn list_by_customer_and_by_order_pages_newest_first() {
     assert!(!more);
     let (all, _) = page(&app, "limit=100").await;
     assert_eq!(all.len(), 6);
+
+    // Every shape of the statement (filter or none, cursor or none).
+    let (newest, _) = page(&app, "order_id=ord_0&limit=1").await;
+    let (after, more) = page(
+        &app,
+        &format!("order_id=ord_0&limit=2&starting_after={}", newest[0]),
+    )
+    .await;
+    assert_eq!((after, more), (vec![created[4].clone(), created[2].clone()], true));
+    let (after, more) = page(&app, &format!("limit=100&starting_after={}", created[3])).await;
+    assert_eq!((after.as_slice(), more), (&newest_first[2..], false));
 }
 
 #[tokio::test]
