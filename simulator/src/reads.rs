@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
+use gateway::store::payments::{ListFilter, list_statement};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
-use gateway::store::payments::{ListFilter, list_statement};
 
 use crate::cli::ReadsArgs;
 use crate::process::{GatewayOptions, GatewayOutput, GatewayProcess};

@@ -68,7 +68,10 @@ async fn list_by_customer_and_by_order_pages_newest_first() {
         &format!("order_id=ord_0&limit=2&starting_after={}", newest[0]),
     )
     .await;
-    assert_eq!((after, more), (vec![created[4].clone(), created[2].clone()], true));
+    assert_eq!(
+        (after, more),
+        (vec![created[4].clone(), created[2].clone()], true)
+    );
     let (after, more) = page(&app, &format!("limit=100&starting_after={}", created[3])).await;
     assert_eq!((after.as_slice(), more), (&newest_first[2..], false));
 }
