@@ -274,7 +274,7 @@ async fn bench(
             Some(parties) => parties.sample().await,
             None => None,
         };
-        let load = fire(u64::from(args.requests), concurrency, send).await?;
+        let load = fire(u64::from(args.requests), concurrency, args.ramp(), send).await?;
         let during_load = receiver
             .as_ref()
             .map(|(_, receiver)| receiver.received().len() as u64);
@@ -362,6 +362,7 @@ async fn bench(
         cards: args.cards,
         concurrency: args.concurrency,
         added_latency_ms: latency_ms,
+        ramp_ms: u64::try_from(args.ramp().as_millis()).unwrap_or(u64::MAX),
         gateway_db_pool_size,
         total: u64::from(args.requests),
         ok: load.ok,
@@ -786,14 +787,22 @@ impl Load {
 }
 
 /// Sends `units` units with `send` from `concurrency` workers, which take
-/// the next unit's number from a shared counter.
-pub async fn fire(units: u64, concurrency: usize, send: SendOne) -> anyhow::Result<Load> {
+/// the next unit's number from a shared counter; worker k starts k/concurrency
+/// of the way through `ramp`.
+pub async fn fire(
+    units: u64,
+    concurrency: usize,
+    ramp: Duration,
+    send: SendOne,
+) -> anyhow::Result<Load> {
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
+        .map(|k| {
             let (send, next) = (send.clone(), next.clone());
+            let offset = ramp.mul_f64(k as f64 / concurrency as f64);
             tokio::spawn(async move {
+                tokio::time::sleep(offset).await;
                 let mut load = Load::default();
                 let mut span: Option<Span> = None;
                 loop {
@@ -914,6 +923,29 @@ Max locked memory         8388608              8388608              bytes
             Some(usize::MAX)
         );
         assert_eq!(parse_soft_open_files("nothing here"), None);
+    }
+
+    #[tokio::test]
+    async fn clients_start_spread_over_the_ramp() {
+        let origin = Instant::now();
+        let firsts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = firsts.clone();
+        // Each send outlasts the ramp, so each worker sends one unit.
+        let send: SendOne = Arc::new(move |_| {
+            seen.lock().unwrap().push(origin.elapsed());
+            async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Vec::new()
+            }
+            .boxed()
+        });
+        fire(4, 4, Duration::from_millis(200), send).await.unwrap();
+        let mut firsts = firsts.lock().unwrap().clone();
+        firsts.sort();
+        for (k, first) in firsts.iter().enumerate() {
+            let offset = Duration::from_millis(50) * u32::try_from(k).unwrap();
+            assert!(*first >= offset, "client {k} started at {first:?}");
+        }
     }
 
     #[test]

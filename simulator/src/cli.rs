@@ -214,6 +214,13 @@ pub struct BenchArgs {
     /// [default: 0 for the bank, 1000 for the gateway].
     #[arg(long, alias = "latency-ms")]
     pub bank_latency_ms: Option<u64>,
+    /// Spread the clients' first requests evenly over this many
+    /// milliseconds [default: the bank's latency]: independent shoppers
+    /// rather than all of them at the same instant. With a fixed bank
+    /// latency, clients that start together stay together, and the gateway
+    /// sees the whole concurrency arrive in one wave each round trip.
+    #[arg(long)]
+    pub ramp_ms: Option<u64>,
     /// Postgres connections of the gateway the bench starts (its
     /// `--db-pool-size`); ignored with `--url`.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
@@ -261,6 +268,11 @@ impl BenchArgs {
             Target::Bank => 0,
             Target::Gateway => 1000,
         })
+    }
+
+    /// Over how long the clients' first requests are spread.
+    pub fn ramp(&self) -> Duration {
+        Duration::from_millis(self.ramp_ms.unwrap_or_else(|| self.bank_latency_ms()))
     }
 }
 
@@ -407,25 +419,45 @@ mod tests {
         );
     }
 
+    fn bench_args(args: &[&str]) -> BenchArgs {
+        let cli = Cli::try_parse_from(["simulator", "bench"].iter().chain(args)).unwrap();
+        match cli.command {
+            Command::Bench(args) => args,
+            Command::Up(_)
+            | Command::Gateway(_)
+            | Command::Run(_)
+            | Command::Mutants(_)
+            | Command::Load(_)
+            | Command::Reads(_) => {
+                panic!("not bench")
+            }
+        }
+    }
+
     #[test]
     fn bank_latency_defaults_by_target() {
-        let bench =
-            |target: &str| match Cli::try_parse_from(["simulator", "bench", "--target", target])
-                .unwrap()
-                .command
-            {
-                Command::Bench(args) => args.bank_latency_ms(),
-                Command::Up(_)
-                | Command::Gateway(_)
-                | Command::Run(_)
-                | Command::Mutants(_)
-                | Command::Load(_)
-                | Command::Reads(_) => {
-                    panic!("not bench")
-                }
-            };
-        assert_eq!(bench("bank"), 0);
-        assert_eq!(bench("gateway"), 1000);
+        assert_eq!(bench_args(&["--target", "bank"]).bank_latency_ms(), 0);
+        assert_eq!(bench_args(&["--target", "gateway"]).bank_latency_ms(), 1000);
+    }
+
+    #[test]
+    fn clients_start_spread_over_one_bank_latency_unless_told() {
+        let ramp = |args: &[&str]| bench_args(args).ramp();
+        assert_eq!(ramp(&["--target", "gateway"]), Duration::from_secs(1));
+        assert_eq!(ramp(&["--target", "bank"]), Duration::ZERO);
+        let told = [
+            "--target",
+            "gateway",
+            "--bank-latency-ms",
+            "500",
+            "--ramp-ms",
+            "0",
+        ];
+        assert_eq!(ramp(&told), Duration::ZERO);
+        assert_eq!(
+            ramp(&["--target", "bank", "--bank-latency-ms", "250"]),
+            Duration::from_millis(250)
+        );
     }
 
     fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {

@@ -22,6 +22,8 @@ pub struct Report {
     pub concurrency: u32,
     /// Latency the bank was told to add to every API request.
     pub added_latency_ms: u64,
+    /// Over how long the clients' first requests were spread.
+    pub ramp_ms: u64,
     /// The `--db-pool-size` of a gateway the bench started; `null` otherwise.
     pub gateway_db_pool_size: Option<u32>,
     /// Authorizations sent, or with `--mix` flows.
@@ -161,6 +163,9 @@ impl fmt::Display for Report {
             "  setup       {} cards, concurrency {}, calm bank with {} ms added latency",
             self.cards, self.concurrency, self.added_latency_ms
         )?;
+        if self.ramp_ms > 0 {
+            write!(f, ", first requests spread over {} ms", self.ramp_ms)?;
+        }
         match self.gateway_db_pool_size {
             Some(pool) => writeln!(f, ", gateway pool of {pool} connections")?,
             None => writeln!(f)?,
