@@ -104,6 +104,31 @@ pub async fn by_ids(
     rows.into_iter().map(EventRow::decode).collect()
 }
 
+/// The statement behind [`list`] for this filter, with or without a
+/// cursor: `$1` the merchant, `$2` the rows wanted, then the payment, the
+/// type and the cursor, each only when given. One statement per shape: a
+/// catch-all's generic plan (which Postgres may cache after five runs)
+/// walks the merchant's whole feed backwards for one payment's events
+/// (14 s on 5 million payments, against 1 ms on its own index).
+fn list_statement(filter: &EventFilter, after_cursor: bool) -> String {
+    let mut clauses = String::new();
+    let mut next = 3;
+    let mut add = |clause: &str| {
+        clauses.push_str(&format!(" AND {clause}{next}"));
+        next += 1;
+    };
+    if filter.payment.is_some() {
+        add("e.payment_id = $");
+    }
+    if filter.kind.is_some() {
+        add("e.type = $");
+    }
+    if after_cursor {
+        add("e.id < $");
+    }
+    format!("{EVENT_SELECT} WHERE e.merchant_id = $1{clauses} ORDER BY e.id DESC LIMIT $2")
+}
+
 /// Which events a listing covers.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
@@ -120,20 +145,20 @@ pub async fn list(
     starting_after: Option<EventId>,
     limit: i64,
 ) -> Result<(Vec<EventRecord>, bool), sqlx::Error> {
-    let mut rows: Vec<EventRow> = sqlx::query_as(&format!(
-        "{EVENT_SELECT} WHERE e.merchant_id = $1 \
-           AND ($2::uuid IS NULL OR e.payment_id = $2) \
-           AND ($3::text IS NULL OR e.type = $3) \
-           AND ($4::uuid IS NULL OR e.id < $4) \
-         ORDER BY e.id DESC LIMIT $5"
-    ))
-    .bind(merchant.as_uuid())
-    .bind(filter.payment.map(PaymentId::as_uuid))
-    .bind(filter.kind.map(EventType::as_str))
-    .bind(starting_after.map(EventId::as_uuid))
-    .bind(limit + 1)
-    .fetch_all(conn)
-    .await?;
+    let statement = list_statement(filter, starting_after.is_some());
+    let mut query = sqlx::query_as(&statement)
+        .bind(merchant.as_uuid())
+        .bind(limit + 1);
+    if let Some(payment) = filter.payment {
+        query = query.bind(payment.as_uuid());
+    }
+    if let Some(kind) = filter.kind {
+        query = query.bind(kind.as_str());
+    }
+    if let Some(cursor) = starting_after {
+        query = query.bind(cursor.as_uuid());
+    }
+    let mut rows: Vec<EventRow> = query.fetch_all(conn).await?;
     let page = usize::try_from(limit).unwrap_or(usize::MAX);
     let has_more = rows.len() > page;
     rows.truncate(page);

@@ -538,6 +538,35 @@ async fn the_events_feed_filters_pages_and_keeps_merchants_apart() {
     );
     let voided = app.json_of("/v1/events?type=payment.voided").await;
     assert_eq!(voided["data"].as_array().unwrap().len(), 1);
+    // Every shape of the statement: filters together and with a cursor.
+    let last_of_first = of_first["data"][0]["id"].as_str().unwrap();
+    let older = app
+        .json_of(&format!(
+            "/v1/events?payment_id={id}&starting_after={last_of_first}"
+        ))
+        .await;
+    assert_eq!(
+        types(older["data"].as_array().unwrap().iter().rev()),
+        [
+            "payment.created",
+            "payment.authorized",
+            "payment.void_requested"
+        ]
+    );
+    for (query, expected) in [
+        (format!("payment_id={id}&type=payment.authorized"), 1),
+        (
+            format!("payment_id={id}&type=payment.voided&starting_after={last_of_first}"),
+            0,
+        ),
+        (
+            format!("type=payment.created&starting_after={last_of_first}"),
+            1,
+        ),
+    ] {
+        let page = app.json_of(&format!("/v1/events?{query}")).await;
+        assert_eq!(page["data"].as_array().unwrap().len(), expected, "{query}");
+    }
 
     let page = app.json_of("/v1/events?limit=4").await;
     assert_eq!(page["has_more"], true);
