@@ -28,6 +28,7 @@ use crate::mix::{self, FlowPlan};
 use crate::process::{GatewayOptions, GatewayOutput};
 use crate::receiver::Receiver;
 use crate::report::{self, MixReport, OperationReport, Report, SteadyState, WebhookLoad};
+use crate::run::drain_deliveries;
 use crate::stack::{BankChaos, Durability, Stack, StackOptions};
 use crate::stats::{Latency, micros};
 use crate::steady::{self, Answered, Span, Window};
@@ -505,29 +506,17 @@ async fn open_cards(admin: &BankAdmin, count: u32, balance: i64) -> anyhow::Resu
         .await
 }
 
-/// A receiver in this process, and an endpoint for the merchant at it.
 /// How long after the load the gateway's due deliveries took to go (none
 /// pending), polled every [`DRAIN_POLL`]; `None` past [`DRAIN_TIMEOUT`].
 async fn drain(gateway_database: &str) -> anyhow::Result<Option<Duration>> {
     let started = Instant::now();
     let pool = gateway::store::connect(gateway_database, 1, Duration::from_secs(10)).await?;
-    let drained = loop {
-        let pending: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
-                .fetch_one(&pool)
-                .await?;
-        if pending == 0 {
-            break Some(started.elapsed());
-        }
-        if started.elapsed() >= DRAIN_TIMEOUT {
-            break None;
-        }
-        tokio::time::sleep(DRAIN_POLL).await;
-    };
+    let drained = drain_deliveries(&pool, started, DRAIN_TIMEOUT, DRAIN_POLL).await;
     pool.close().await;
-    Ok(drained)
+    drained
 }
 
+/// A receiver in this process, and an endpoint for the merchant at it.
 async fn register_webhook(
     client: &reqwest::Client,
     gateway_url: &str,

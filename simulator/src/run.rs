@@ -49,6 +49,9 @@ pub const OPENING_BALANCE: i64 = 10_000_000;
 /// for a lie.
 const MOST_HELD_PER_PLAN: i64 = 2 * crate::scenario::MAX_AMOUNT;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often settling looks again for payments in flight and pending
+/// deliveries.
+const QUIESCE_POLL: Duration = Duration::from_millis(250);
 /// The longest one step of reading the world after the traffic may take
 /// (the receipts of 100,000 payments take a few minutes).
 const STEP_TIMEOUT: Duration = Duration::from_secs(20 * 60);
@@ -709,14 +712,17 @@ impl Session {
                 if in_flight.is_empty() || started.elapsed() >= self.options.quiesce_timeout {
                     return Ok::<_, anyhow::Error>(in_flight);
                 }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::time::sleep(QUIESCE_POLL).await;
             }
         }
         .await;
         let drained = match &self.webhooks {
             Some(webhooks) => {
                 webhooks.receiver.calm();
-                drain_deliveries(&pool, started, self.options.quiesce_timeout).await
+                let bound = self.options.quiesce_timeout;
+                drain_deliveries(&pool, started, bound, QUIESCE_POLL)
+                    .await
+                    .map(|_| ())
             }
             None => Ok(()),
         };
@@ -1589,22 +1595,27 @@ async fn rotate_halfway(
     }
 }
 
-/// Waits (bounded) until no webhook delivery is pending: the receiver is
-/// calm by now, so each is delivered on its next attempt.
-async fn drain_deliveries(
+/// Waits, looking every `poll`, until no webhook delivery is pending (when
+/// the receiver is calm, each is delivered on its next attempt): how long
+/// after `started` that was, or `None` once `bound` has passed.
+pub(crate) async fn drain_deliveries(
     pool: &sqlx::PgPool,
     started: Instant,
     bound: Duration,
-) -> anyhow::Result<()> {
+    poll: Duration,
+) -> anyhow::Result<Option<Duration>> {
     loop {
         let pending: i64 =
             sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
                 .fetch_one(pool)
                 .await?;
-        if pending == 0 || started.elapsed() >= bound {
-            return Ok(());
+        if pending == 0 {
+            return Ok(Some(started.elapsed()));
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        if started.elapsed() >= bound {
+            return Ok(None);
+        }
+        tokio::time::sleep(poll).await;
     }
 }
 
