@@ -13,6 +13,9 @@ use crate::payments::Leases;
 use crate::recovery::RecoverySettings;
 use crate::store::batch::BatchLimits;
 use crate::store::operations::Backoff;
+
+/// The kinds of batched write, each with `DB_BATCH_FLUSHERS` connections.
+const BATCHED_WRITES: usize = 3;
 use crate::webhooks::WebhookSettings;
 use crate::webhooks::secret::WebhookKey;
 
@@ -57,7 +60,9 @@ pub struct Settings {
     #[arg(long, env = "DB_BATCH_MAX_ROWS", default_value_t = 64)]
     pub db_batch_max_rows: usize,
     /// Batched statements of each kind in flight at once; each holds a
-    /// pooled connection, so twice this must stay below the pool size.
+    /// pooled connection, so three times this (three kinds: the start of
+    /// an authorization, of an operation, a settlement) must stay below
+    /// the pool size.
     /// One gives the biggest batches, and the best throughput measured.
     #[arg(long, env = "DB_BATCH_FLUSHERS", default_value_t = 1)]
     pub db_batch_flushers: usize,
@@ -435,12 +440,13 @@ impl Settings {
         if self.db_batch_max_rows == 0 || self.db_batch_flushers == 0 || self.db_batch_queue == 0 {
             return Err("batch rows, flushers and queue must be at least 1".into());
         }
-        // The two batched writes must leave connections for everything else.
+        // The batched writes must leave connections for everything else.
         let batch_connections =
-            u32::try_from(self.db_batch_flushers.saturating_mul(2)).unwrap_or(u32::MAX);
+            u32::try_from(self.db_batch_flushers.saturating_mul(BATCHED_WRITES))
+                .unwrap_or(u32::MAX);
         if batch_connections >= self.db_pool_size {
             return Err(format!(
-                "DB_BATCH_FLUSHERS ({}) times two must be below DB_POOL_SIZE ({})",
+                "DB_BATCH_FLUSHERS ({}) times {BATCHED_WRITES} (the batched writes) must be below DB_POOL_SIZE ({})",
                 self.db_batch_flushers, self.db_pool_size
             ));
         }

@@ -44,7 +44,8 @@ use crate::idempotency::{self, ClaimError, Fingerprint};
 use crate::store::batch::{BatchLimits, Batcher, Pressure};
 use crate::store::clock::DbClock;
 use crate::store::operations::{self, Backoff};
-use crate::store::payments::{self, Settlement, StartAuthorization, Started, TransitionError};
+use crate::store::payments::{self, Settlement, TransitionError};
+use crate::store::starts::{self, StartAuthorization, StartOperation, Started, StartedOperation};
 
 use start::Start;
 
@@ -69,8 +70,9 @@ pub struct Leases {
     pub authorization_grace: Duration,
 }
 
-/// The gateway's core: a pool, the bank, the lease timings, and the two
-/// hot writes, batched (see [`crate::store::batch`]).
+/// The gateway's core: a pool, the bank, the lease timings, and the hot
+/// writes (the two kinds of start, and the settlement), batched (see
+/// [`crate::store::batch`]).
 #[derive(Clone)]
 pub struct Gateway {
     pool: PgPool,
@@ -79,6 +81,7 @@ pub struct Gateway {
     /// This process, as the holder of the leases it takes.
     instance: Uuid,
     starts: Batcher<StartAuthorization, Option<Started>>,
+    operation_starts: Batcher<StartOperation, Option<StartedOperation>>,
     settlements: Batcher<Settlement, bool>,
     /// Whether payments' writes are queueing: the webhook workers yield.
     pressure: Pressure,
@@ -127,10 +130,19 @@ impl Gateway {
             "start_authorization",
             pool.clone(),
             batches,
-            payments::start_authorizations,
+            starts::start_authorizations,
             faults.clone(),
             Some(pressure.clone()),
         );
+        let (operation_starts, operation_start_tasks) = Batcher::spawn(
+            "start_operation",
+            pool.clone(),
+            batches,
+            starts::start_operations,
+            faults.clone(),
+            Some(pressure.clone()),
+        );
+        tasks.extend(operation_start_tasks);
         let (settlements, settlement_tasks) = Batcher::spawn(
             "settlement",
             pool.clone(),
@@ -147,6 +159,7 @@ impl Gateway {
             leases,
             instance,
             starts,
+            operation_starts,
             settlements,
             pressure,
             clock: DbClock::new(faults.clone()),

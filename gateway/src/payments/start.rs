@@ -2,16 +2,19 @@
 //! called. A new key starts its operation (or is answered at once, when the
 //! state machine refuses); a key seen before is refused if the request
 //! differs, replayed if answered, and otherwise resumes its own operation,
-//! never another's.
+//! never another's. The usual start of either kind is one batched
+//! statement ([`crate::store::starts`]); what it leaves undone takes the
+//! locking transaction here.
 
 use std::time::Instant;
 
-use crate::domain::{Amount, IdempotencyKey, MerchantId, PaymentEvent, PaymentId};
+use crate::domain::{Amount, IdempotencyKey, MerchantId, PaymentEvent, PaymentId, transition};
 use crate::faults::Mutant;
 use crate::idempotency::{self, ClaimError, Fingerprint, KeyRecord, StoredResponse};
 use crate::store::operations::{self, OperationRecord};
 use crate::store::payments::TransitionError;
-use crate::store::payments::{self, BankFacts, History, PaymentRecord, StartAuthorization};
+use crate::store::payments::{self, BankFacts, Found, History, PaymentRecord};
+use crate::store::starts::{StartAuthorization, StartOperation};
 
 use super::command::{Action, AuthorizeCommand};
 use super::reply::{self, Reply, render};
@@ -89,33 +92,94 @@ impl Gateway {
     ) -> Result<Start, Error> {
         for _ in 0..KEY_RACES {
             let mut conn = self.pool.acquire().await?;
-            let record = idempotency::read(&mut conn, merchant, key).await?;
-            drop(conn);
-            if let Some(record) = record {
+            if let Some(record) = idempotency::read(&mut conn, merchant, key).await? {
+                drop(conn);
                 return self.resume(merchant, key, fingerprint, record).await;
+            }
+            let found = payments::read_for_operation(&mut conn, merchant, payment_id)
+                .await?
+                .ok_or(Error::NotFound)?;
+            drop(conn);
+            // The amount never changes: the payment as read decides.
+            if let Some(amount) = amount.filter(|a| a.cents() != found.payment.amount) {
+                tracing::debug!(requested = amount.cents(), "amount mismatch");
+                return Err(Error::AmountMismatch {
+                    expected: found.payment.amount,
+                });
             }
             let new = New {
                 merchant,
                 key,
                 fingerprint,
             };
-            if let Some(start) = self.begin(new, payment_id, action, amount).await? {
+            if let Some(start) = self.start_in_one_statement(&new, found, action).await? {
+                return Ok(start);
+            }
+            if let Some(start) = self.begin(new, payment_id, action).await? {
                 return Ok(start);
             }
         }
         Err(ClaimError::InUse.into())
     }
 
-    /// Tx A for a new key: locks the payment, checks the amount and the
-    /// state machine, and records the operation with the key, or the
-    /// refusal on the key. `None` if the key appeared meanwhile (nothing is
-    /// committed then).
+    /// The usual case, in one batched statement: the payment as read can
+    /// take the operation, so the statement puts it in flight (if it is
+    /// still as read), records the operation and claims the key. `None`
+    /// when it did not (the payment moved meanwhile, the key appeared), and
+    /// for what only the locked path does: expire an authorization first,
+    /// or store a refusal on the key.
+    async fn start_in_one_statement(
+        &self,
+        new: &New<'_>,
+        found: Found,
+        action: Action,
+    ) -> Result<Option<Start>, Error> {
+        if found.expiry_due {
+            return Ok(None);
+        }
+        let Ok(to) = transition(found.payment.status(), action.requested()) else {
+            return Ok(None);
+        };
+        let (operation_id, bank_key) = operations::new_identity(action.kind());
+        // Taken before the statement, whose now() starts the lease: the
+        // lease this process counts on never outlasts the database's.
+        let leased_at = Instant::now();
+        let started = self
+            .operation_starts
+            .submit(StartOperation {
+                payment: found.payment,
+                to,
+                kind: action.kind(),
+                key: new.key.as_str().to_owned(),
+                request_hash: new.fingerprint.as_bytes().to_vec(),
+                lease: self.lease(),
+                operation_id,
+                bank_key,
+                compare: !self.faults.mutant(Mutant::NoRowLockOnStart),
+            })
+            .await?;
+        let Some(started) = started else {
+            return Ok(None);
+        };
+        let mut history = found.history;
+        history.push((started.payment.status(), started.payment.updated_at));
+        Ok(Some(Start::Call(Box::new(Call {
+            operation: started.operation,
+            payment: started.payment.clone(),
+            known: Some((started.payment, history)),
+            leased_at,
+        }))))
+    }
+
+    /// Tx A for a new key, the general path: locks the payment, expires an
+    /// authorization past its expiry, checks the state machine, and
+    /// records the operation with the key, or the refusal on the key.
+    /// `None` if the key appeared meanwhile (nothing is committed then).
     async fn begin(
         &self,
         new: New<'_>,
         payment_id: PaymentId,
         action: Action,
-        amount: Option<Amount>,
     ) -> Result<Option<Start>, Error> {
         // The lease runs from the transaction's now(), never earlier.
         let leased_at = Instant::now();
@@ -125,12 +189,6 @@ impl Gateway {
             payments::lock_for_operation(&mut tx, new.merchant, payment_id, lock)
                 .await?
                 .ok_or(Error::NotFound)?;
-        if let Some(amount) = amount.filter(|a| a.cents() != payment.amount) {
-            tracing::debug!(requested = amount.cents(), "amount mismatch");
-            return Err(Error::AmountMismatch {
-                expected: payment.amount,
-            });
-        }
         // An authorization past its expiry is expired first, so that capture
         // and void answer `authorization_expired` without calling the bank.
         let payment = if expiry_due {

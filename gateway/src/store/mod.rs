@@ -2,16 +2,18 @@
 //! (`idempotency_keys` has its own module, [`crate::idempotency`]).
 //!
 //! Every function takes a `&mut PgConnection` so the caller decides the
-//! transaction, except the two hot writes, which take the pool because a
-//! [`batch::Batcher`] runs them for many requests at once; none of them is
-//! ever called while a bank call is pending.
+//! transaction, except the hot writes ([`starts`], and the settlement in
+//! [`payments`]), which take the pool because a [`batch::Batcher`] runs
+//! them for many requests at once; none of them is ever called while a
+//! bank call is pending.
 //!
 //! # One lock order
 //!
 //! A transaction that locks more than one of a payment's rows locks them in
 //! this order: the payment, then its operation, then the idempotency key.
 //! Starting an operation locks the payment and then writes the operation
-//! and the key; resuming a key reads it unlocked to learn its payment and
+//! and the key (its batched statement updates the payment, then inserts
+//! the operation and the key, in the same order); resuming a key reads it unlocked to learn its payment and
 //! operation, then locks the three in order; settling locks the payment,
 //! then the operation, then answers the key; the batched settlement's one
 //! statement updates them in the same order. Two paths can therefore never
@@ -28,6 +30,7 @@ pub mod events;
 pub mod merchants;
 pub mod operations;
 pub mod payments;
+pub mod starts;
 pub mod webhooks;
 
 use std::str::FromStr;

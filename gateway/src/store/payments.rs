@@ -1,18 +1,14 @@
 //! Payments (the receipts) and their append-only history.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::domain::{
-    InvalidTransition, Lease, MerchantId, OperationKind, PaymentEvent, PaymentId, PaymentStatus,
-    transition,
+    InvalidTransition, MerchantId, PaymentEvent, PaymentId, PaymentStatus, transition,
 };
 use crate::idempotency;
 use crate::store::batch::BoxFuture;
-use crate::store::operations::{self, OperationRecord};
 
 /// A payment row as stored. `status` is decoded through the domain enum.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -82,148 +78,6 @@ const COLUMNS: &str = "id, merchant_id, order_id, customer_id, amount, currency,
     card_brand, card_last4, card_exp_month, card_exp_year, bank_authorization_id, bank_capture_id, \
     bank_void_id, bank_refund_id, authorization_expires_at, failure_code, created_at, updated_at";
 
-/// The usual start of an authorization: a new key, a new payment.
-#[derive(Debug, Clone)]
-pub struct StartAuthorization {
-    pub payment: NewPayment,
-    pub key: String,
-    pub request_hash: Vec<u8>,
-    pub lease: Lease,
-}
-
-/// Starts a batch of authorizations in one statement (one round trip, no
-/// explicit transaction): for each, claim the idempotency key, insert the
-/// pending payment and its first history row, and the operation with its
-/// bank key, leased to the caller. `None` for a key that exists already
-/// (the caller then takes the general path), including the second of two
-/// rows in one batch with the same key. For [`crate::store::batch::Batcher`].
-pub fn start_authorizations(
-    pool: PgPool,
-    starts: Vec<StartAuthorization>,
-) -> BoxFuture<Result<Vec<Option<Started>>, sqlx::Error>> {
-    Box::pin(async move {
-        let mut conn = pool.acquire().await?;
-        let rows = insert_starts(&mut conn, &starts).await?;
-        let mut by_payment: HashMap<Uuid, StartedRow> = rows
-            .into_iter()
-            .map(|row| (row.operation.payment_id, row))
-            .collect();
-        Ok(starts
-            .into_iter()
-            .map(|start| {
-                by_payment
-                    .remove(&start.payment.id.as_uuid())
-                    .map(|row| row.started(start.payment))
-            })
-            .collect())
-    })
-}
-
-async fn insert_starts(
-    conn: &mut PgConnection,
-    starts: &[StartAuthorization],
-) -> Result<Vec<StartedRow>, sqlx::Error> {
-    let column = |f: fn(&StartAuthorization) -> &str| starts.iter().map(f).collect::<Vec<_>>();
-    let identities: Vec<(Uuid, String)> = starts
-        .iter()
-        .map(|_| operations::new_identity(OperationKind::Authorize))
-        .collect();
-    sqlx::query_as(&format!(
-        "WITH input AS ( \
-           SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::interval[], $5::uuid[], $6::uuid[], \
-             $7::text[], $8::text[], $9::int8[], $10::text[], $11::text[], $12::text[], $13::int2[], $14::int2[], \
-             $15::uuid[], $16::text[]) \
-           AS i(merchant_id, key, request_hash, lease, leased_by, payment_id, order_id, customer_id, amount, \
-             currency, card_brand, card_last4, exp_month, exp_year, operation_id, bank_key)), \
-         {claim}, \
-         created AS ( \
-           INSERT INTO payments (id, merchant_id, order_id, customer_id, amount, currency, status, \
-             card_brand, card_last4, card_exp_month, card_exp_year) \
-           SELECT i.payment_id, i.merchant_id, i.order_id, i.customer_id, i.amount, i.currency, 'pending', \
-             i.card_brand, i.card_last4, i.exp_month, i.exp_year \
-           FROM input i JOIN claimed USING (payment_id) \
-           RETURNING id, created_at), \
-         logged AS ( \
-           INSERT INTO payment_events (payment_id, from_status, to_status, at) \
-           SELECT id, NULL, 'pending', created_at FROM created), \
-         operation AS ( \
-           INSERT INTO operations (id, payment_id, kind, bank_idempotency_key, lease_until, leased_by) \
-           SELECT i.operation_id, i.payment_id, 'authorize', i.bank_key, now() + i.lease, i.leased_by \
-           FROM input i JOIN created ON created.id = i.payment_id \
-           RETURNING {columns}) \
-         SELECT operation.*, created.created_at AS payment_created_at \
-         FROM operation JOIN created ON created.id = operation.payment_id",
-        claim = idempotency::CLAIM_NEW_KEYS_CTE,
-        columns = operations::COLUMNS,
-    ))
-    .bind(starts.iter().map(|s| s.payment.merchant_id.as_uuid()).collect::<Vec<_>>())
-    .bind(column(|s| &s.key))
-    .bind(starts.iter().map(|s| s.request_hash.as_slice()).collect::<Vec<_>>())
-    .bind(starts.iter().map(|s| s.lease.duration).collect::<Vec<_>>())
-    .bind(starts.iter().map(|s| s.lease.holder).collect::<Vec<_>>())
-    .bind(starts.iter().map(|s| s.payment.id.as_uuid()).collect::<Vec<_>>())
-    .bind(column(|s| &s.payment.order_id))
-    .bind(column(|s| &s.payment.customer_id))
-    .bind(starts.iter().map(|s| s.payment.amount_cents).collect::<Vec<_>>())
-    .bind(column(|s| s.payment.currency))
-    .bind(column(|s| s.payment.card_brand))
-    .bind(column(|s| &s.payment.card_last4))
-    .bind(starts.iter().map(|s| s.payment.card_exp_month).collect::<Vec<_>>())
-    .bind(starts.iter().map(|s| s.payment.card_exp_year).collect::<Vec<_>>())
-    .bind(identities.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-    .bind(identities.into_iter().map(|(_, key)| key).collect::<Vec<_>>())
-    .fetch_all(conn)
-    .await
-}
-
-#[derive(sqlx::FromRow)]
-struct StartedRow {
-    #[sqlx(flatten)]
-    operation: OperationRecord,
-    payment_created_at: DateTime<Utc>,
-}
-
-impl StartedRow {
-    /// The pending payment as just written, without reading it back.
-    fn started(self, new: NewPayment) -> Started {
-        let created_at = self.payment_created_at;
-        Started {
-            payment: PaymentRecord {
-                id: new.id.as_uuid(),
-                merchant_id: new.merchant_id.as_uuid(),
-                order_id: new.order_id,
-                customer_id: new.customer_id,
-                amount: new.amount_cents,
-                currency: new.currency.to_owned(),
-                status: StoredStatus(PaymentStatus::Pending),
-                card_brand: new.card_brand.to_owned(),
-                card_last4: new.card_last4,
-                card_exp_month: new.card_exp_month,
-                card_exp_year: new.card_exp_year,
-                bank_authorization_id: None,
-                bank_capture_id: None,
-                bank_void_id: None,
-                bank_refund_id: None,
-                authorization_expires_at: None,
-                failure_code: None,
-                created_at,
-                updated_at: created_at,
-            },
-            history: vec![(PaymentStatus::Pending, created_at)],
-            operation: self.operation,
-        }
-    }
-}
-
-/// A started authorization: its operation, and the pending payment as just
-/// written, so that settling it need not read it back.
-#[derive(Debug)]
-pub struct Started {
-    pub operation: OperationRecord,
-    pub payment: PaymentRecord,
-    pub history: History,
-}
-
 #[derive(sqlx::FromRow)]
 struct DueRow {
     #[sqlx(flatten)]
@@ -251,6 +105,48 @@ pub async fn lock_for_operation(
     .fetch_optional(conn)
     .await?;
     Ok(row.map(|row| (row.payment, row.expiry_due)))
+}
+
+/// A merchant's payment, unlocked, with its history from the same
+/// snapshot, and whether its authorization is past its expiry by the
+/// database's clock: what the batched start of an operation decides on
+/// (its statement re-checks the payment before it writes).
+pub struct Found {
+    pub payment: PaymentRecord,
+    pub history: History,
+    pub expiry_due: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct FoundRow {
+    #[sqlx(flatten)]
+    payment: WithHistoryRow,
+    expiry_due: bool,
+}
+
+pub async fn read_for_operation(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+    id: PaymentId,
+) -> Result<Option<Found>, sqlx::Error> {
+    let row: Option<FoundRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS}, {HISTORY_JSON}, \
+           (status = 'authorized' AND authorization_expires_at <= now()) AS expiry_due \
+         FROM payments WHERE id = $1 AND merchant_id = $2"
+    ))
+    .bind(id.as_uuid())
+    .bind(merchant.as_uuid())
+    .fetch_optional(conn)
+    .await?;
+    row.map(|row| {
+        let (payment, history) = row.payment.decode()?;
+        Ok(Found {
+            payment,
+            history,
+            expiry_due: row.expiry_due,
+        })
+    })
+    .transpose()
 }
 
 /// A payment locked by id alone: for settling an operation already proven

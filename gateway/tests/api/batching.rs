@@ -1,14 +1,16 @@
 //! The batched writes (group commit) on a live Postgres: a batch does for
-//! each row what one statement per row would, and one bad row fails only
-//! itself.
+//! each row what one statement per row would, one bad row fails only
+//! itself, and a start leaves undone what it cannot decide alone.
 
 use std::time::Duration;
 
-use gateway::domain::{Lease, MerchantId, PaymentId, PaymentStatus};
+use gateway::domain::{Lease, MerchantId, OperationKind, PaymentId, PaymentStatus};
 use gateway::store::batch::{BatchLimits, Batcher};
-use gateway::store::payments::{
-    self, NewPayment, PaymentRecord, Settlement, StartAuthorization, StoredStatus,
-};
+use gateway::store::operations;
+use gateway::store::payments::{self, NewPayment, PaymentRecord, Settlement, StoredStatus};
+use gateway::store::starts::{self, StartAuthorization, StartOperation};
+
+use reqwest::StatusCode;
 
 use crate::helpers::*;
 
@@ -51,7 +53,7 @@ async fn a_batch_of_starts_claims_each_key_once() {
     // The same key again, in the same statement: the first row wins.
     let again = start(merchant, "key-a", "ord_2");
     let other = start(merchant, "key-b", "ord_3");
-    let started = payments::start_authorizations(
+    let started = starts::start_authorizations(
         app.pool.clone(),
         vec![first.clone(), again.clone(), other.clone()],
     )
@@ -93,7 +95,7 @@ async fn a_row_the_database_refuses_fails_alone() {
         "test",
         app.pool.clone(),
         limits,
-        payments::start_authorizations,
+        starts::start_authorizations,
         gateway::faults::Faults::default(),
         None,
     );
@@ -127,7 +129,7 @@ async fn of_two_settlements_of_one_payment_in_a_batch_only_the_first_is_written(
     let app = spawn_app().await;
     let merchant = merchant(&app).await;
     let begun = start(merchant, "key-s", "ord_s");
-    let started = payments::start_authorizations(app.pool.clone(), vec![begun])
+    let started = starts::start_authorizations(app.pool.clone(), vec![begun])
         .await
         .unwrap()
         .pop()
@@ -175,4 +177,236 @@ async fn of_two_settlements_of_one_payment_in_a_batch_only_the_first_is_written(
     .await
     .unwrap();
     assert_eq!(again, [false]);
+}
+
+/// A capture, void or refund of the payment as it is now, with `key`.
+async fn start_operation(
+    app: &TestApp,
+    payment: &serde_json::Value,
+    kind: OperationKind,
+    to: PaymentStatus,
+    key: &str,
+) -> StartOperation {
+    let id = PaymentId::parse(payment["id"].as_str().unwrap()).unwrap();
+    let mut conn = app.pool.acquire().await.unwrap();
+    let found = payments::read_for_operation(&mut conn, merchant(app).await, id)
+        .await
+        .unwrap()
+        .expect("the payment");
+    let (operation_id, bank_key) = operations::new_identity(kind);
+    StartOperation {
+        payment: found.payment,
+        to,
+        kind,
+        key: key.to_owned(),
+        request_hash: vec![9; 32],
+        lease: Lease {
+            holder: uuid::Uuid::new_v4(),
+            duration: Duration::from_secs(30),
+        },
+        operation_id,
+        bank_key,
+        compare: true,
+    }
+}
+
+async fn status_of(app: &TestApp, payment: &serde_json::Value) -> String {
+    let id = PaymentId::parse(payment["id"].as_str().unwrap()).unwrap();
+    sqlx::query_scalar("SELECT status::text FROM payments WHERE id = $1")
+        .bind(id.as_uuid())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_of_operation_starts_puts_each_payment_in_flight_once() {
+    let app = spawn_app().await;
+    let (one, two) = (
+        app.authorized(HAPPY_CARD, 100).await,
+        app.authorized(HAPPY_CARD, 200).await,
+    );
+    let capture = start_operation(
+        &app,
+        &one,
+        OperationKind::Capture,
+        PaymentStatus::Capturing,
+        "op-1",
+    )
+    .await;
+    // Another key on the same payment in the same statement: the first wins.
+    let void = start_operation(
+        &app,
+        &one,
+        OperationKind::Void,
+        PaymentStatus::Voiding,
+        "op-2",
+    )
+    .await;
+    let other = start_operation(
+        &app,
+        &two,
+        OperationKind::Void,
+        PaymentStatus::Voiding,
+        "op-3",
+    )
+    .await;
+    let (keys, operations, events) = (
+        app.count("idempotency_keys").await,
+        app.count("operations").await,
+        app.count("payment_events").await,
+    );
+    let started = starts::start_operations(app.pool.clone(), vec![capture.clone(), void, other])
+        .await
+        .unwrap();
+    assert_eq!(
+        started.iter().map(Option::is_some).collect::<Vec<_>>(),
+        [true, false, true]
+    );
+    let first = started[0].as_ref().unwrap();
+    assert_eq!(first.operation.id, capture.operation_id);
+    assert_eq!(first.operation.bank_idempotency_key, capture.bank_key);
+    assert!(first.operation.is_pending() && first.operation.live);
+    assert_eq!(first.payment.status(), PaymentStatus::Capturing);
+    assert!(first.payment.updated_at > capture.payment.updated_at);
+    // The payment as returned is the payment as written.
+    let mut conn = app.pool.acquire().await.unwrap();
+    let written =
+        payments::read_for_operation(&mut conn, merchant(&app).await, first.payment.payment_id())
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(
+        format!("{:?}", written.payment),
+        format!("{:?}", first.payment)
+    );
+    assert_eq!(
+        written.history.last().copied(),
+        Some((PaymentStatus::Capturing, first.payment.updated_at))
+    );
+    assert_eq!(
+        (status_of(&app, &one).await, status_of(&app, &two).await),
+        ("capturing".into(), "voiding".into())
+    );
+    assert_eq!(app.count("idempotency_keys").await, keys + 2);
+    assert_eq!(app.count("operations").await, operations + 2);
+    assert_eq!(app.count("payment_events").await, events + 2);
+}
+
+#[tokio::test]
+async fn an_operation_start_on_a_payment_that_moved_or_expired_writes_nothing() {
+    let app = spawn_app().await;
+    let (moved, expired) = (
+        app.authorized(HAPPY_CARD, 100).await,
+        app.authorized(HAPPY_CARD, 200).await,
+    );
+    // Read in flight's way, then voided by someone else before the write.
+    let stale = start_operation(
+        &app,
+        &moved,
+        OperationKind::Capture,
+        PaymentStatus::Capturing,
+        "late",
+    )
+    .await;
+    assert_eq!(
+        app.act(moved["id"].as_str().unwrap(), "void")
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    // Read while valid; the authorization's expiry passes before the write.
+    let lapsed = start_operation(
+        &app,
+        &expired,
+        OperationKind::Capture,
+        PaymentStatus::Capturing,
+        "lapsed",
+    )
+    .await;
+    sqlx::query(
+        "UPDATE payments SET authorization_expires_at = now() - interval '1 second' WHERE id = $1",
+    )
+    .bind(lapsed.payment.id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let (keys, operations) = (
+        app.count("idempotency_keys").await,
+        app.count("operations").await,
+    );
+    let started = starts::start_operations(app.pool.clone(), vec![stale, lapsed])
+        .await
+        .unwrap();
+    assert!(started.iter().all(Option::is_none));
+    assert_eq!(
+        (
+            status_of(&app, &moved).await,
+            status_of(&app, &expired).await
+        ),
+        ("voided".into(), "authorized".into())
+    );
+    assert_eq!(app.count("idempotency_keys").await, keys);
+    assert_eq!(app.count("operations").await, operations);
+}
+
+#[tokio::test]
+async fn an_operation_start_whose_key_exists_fails_alone_and_moves_nothing() {
+    let app = spawn_app().await;
+    let (taken, free) = (
+        app.authorized(HAPPY_CARD, 100).await,
+        app.authorized(HAPPY_CARD, 200).await,
+    );
+    let key = new_key();
+    let answered = app
+        .post(
+            &format!("/v1/payments/{}/void", free["id"].as_str().unwrap()),
+            &key,
+            &serde_json::Value::Null,
+        )
+        .await;
+    assert_eq!(answered.status(), StatusCode::OK);
+    let other = app.authorized(HAPPY_CARD, 300).await;
+    let limits = BatchLimits {
+        max_rows: 8,
+        flushers: 1,
+        queue: 8,
+    };
+    let (batcher, _flusher) = Batcher::spawn(
+        "operation_test",
+        app.pool.clone(),
+        limits,
+        starts::start_operations,
+        gateway::faults::Faults::default(),
+        None,
+    );
+    let reused = start_operation(
+        &app,
+        &taken,
+        OperationKind::Capture,
+        PaymentStatus::Capturing,
+        &key,
+    )
+    .await;
+    let fresh = start_operation(
+        &app,
+        &other,
+        OperationKind::Capture,
+        PaymentStatus::Capturing,
+        "fresh",
+    )
+    .await;
+    let (reused, fresh) = tokio::join!(batcher.submit(reused), batcher.submit(fresh));
+    assert!(reused.unwrap().is_none(), "the key belongs to the void");
+    assert!(fresh.unwrap().is_some());
+    // The key's payment was never put in flight without its key.
+    assert_eq!(
+        (status_of(&app, &taken).await, status_of(&app, &other).await),
+        ("authorized".into(), "capturing".into())
+    );
+    let metrics = gateway::telemetry::prometheus().render();
+    assert!(
+        metrics.contains("gateway_db_batch_rows_sum{write=\"operation_test\"} 2\n"),
+        "one batch of both, then each alone: {metrics}"
+    );
 }
