@@ -37,7 +37,9 @@ pub enum Mutant {
     PurgeFromCreation,
     /// A read takes the payment and its history in two statements.
     TwoSnapshotReads,
-    /// Starting an operation does not lock the payment's row.
+    /// Starting an operation does not hold the payment still: the locked
+    /// path takes no row lock, and the batched statement moves the payment
+    /// without comparing it with what was read.
     NoRowLockOnStart,
     /// An unknown bank outcome is taken as a failure.
     UnknownIsFailure,

@@ -40,19 +40,34 @@ pub fn start_authorizations(
     Box::pin(async move {
         let mut conn = pool.acquire().await?;
         let rows = insert_starts(&mut conn, &starts).await?;
-        let mut by_payment: HashMap<Uuid, StartedRow> = rows
-            .into_iter()
-            .map(|row| (row.operation.payment_id, row))
-            .collect();
-        Ok(starts
-            .into_iter()
-            .map(|start| {
-                by_payment
-                    .remove(&start.payment.id.as_uuid())
-                    .map(|row| row.started(start.payment))
-            })
-            .collect())
+        Ok(match_rows(
+            starts,
+            rows,
+            |row| row.operation.payment_id,
+            |start| start.payment.id.as_uuid(),
+            |row, start| row.started(start.payment),
+        ))
     })
+}
+
+/// Each start with what the statement wrote for it, matched by an id the
+/// row and the start share; a start with no row was not written.
+fn match_rows<S, R, O>(
+    starts: Vec<S>,
+    rows: Vec<R>,
+    row_id: fn(&R) -> Uuid,
+    start_id: fn(&S) -> Uuid,
+    started: fn(R, S) -> O,
+) -> Vec<Option<O>> {
+    let mut by_id: HashMap<Uuid, R> = rows.into_iter().map(|row| (row_id(&row), row)).collect();
+    starts
+        .into_iter()
+        .map(|start| {
+            by_id
+                .remove(&start_id(&start))
+                .map(|row| started(row, start))
+        })
+        .collect()
 }
 
 async fn insert_starts(
@@ -211,18 +226,13 @@ pub fn start_operations(
             Err(e) if starts.len() == 1 && is_key_taken(&e) => Vec::new(),
             Err(e) => return Err(e),
         };
-        let mut by_operation: HashMap<Uuid, OperationRow> = rows
-            .into_iter()
-            .map(|row| (row.operation.id, row))
-            .collect();
-        Ok(starts
-            .into_iter()
-            .map(|start| {
-                by_operation
-                    .remove(&start.operation_id)
-                    .map(|row| row.started(start))
-            })
-            .collect())
+        Ok(match_rows(
+            starts,
+            rows,
+            |row| row.operation.id,
+            |start| start.operation_id,
+            OperationRow::started,
+        ))
     })
 }
 

@@ -184,9 +184,14 @@ async fn start_operation(
     app: &TestApp,
     payment: &serde_json::Value,
     kind: OperationKind,
-    to: PaymentStatus,
     key: &str,
 ) -> StartOperation {
+    let to = match kind {
+        OperationKind::Capture => PaymentStatus::Capturing,
+        OperationKind::Void => PaymentStatus::Voiding,
+        OperationKind::Refund => PaymentStatus::Refunding,
+        OperationKind::Authorize => unreachable!("authorizations start in start_authorizations"),
+    };
     let id = PaymentId::parse(payment["id"].as_str().unwrap()).unwrap();
     let mut conn = app.pool.acquire().await.unwrap();
     let found = payments::read_for_operation(&mut conn, merchant(app).await, id)
@@ -226,31 +231,10 @@ async fn a_batch_of_operation_starts_puts_each_payment_in_flight_once() {
         app.authorized(HAPPY_CARD, 100).await,
         app.authorized(HAPPY_CARD, 200).await,
     );
-    let capture = start_operation(
-        &app,
-        &one,
-        OperationKind::Capture,
-        PaymentStatus::Capturing,
-        "op-1",
-    )
-    .await;
+    let capture = start_operation(&app, &one, OperationKind::Capture, "op-1").await;
     // Another key on the same payment in the same statement: the first wins.
-    let void = start_operation(
-        &app,
-        &one,
-        OperationKind::Void,
-        PaymentStatus::Voiding,
-        "op-2",
-    )
-    .await;
-    let other = start_operation(
-        &app,
-        &two,
-        OperationKind::Void,
-        PaymentStatus::Voiding,
-        "op-3",
-    )
-    .await;
+    let void = start_operation(&app, &one, OperationKind::Void, "op-2").await;
+    let other = start_operation(&app, &two, OperationKind::Void, "op-3").await;
     let (keys, operations, events) = (
         app.count("idempotency_keys").await,
         app.count("operations").await,
@@ -300,15 +284,8 @@ async fn an_operation_start_on_a_payment_that_moved_or_expired_writes_nothing() 
         app.authorized(HAPPY_CARD, 100).await,
         app.authorized(HAPPY_CARD, 200).await,
     );
-    // Read in flight's way, then voided by someone else before the write.
-    let stale = start_operation(
-        &app,
-        &moved,
-        OperationKind::Capture,
-        PaymentStatus::Capturing,
-        "late",
-    )
-    .await;
+    // Read, then voided with another key before the write.
+    let stale = start_operation(&app, &moved, OperationKind::Capture, "late").await;
     assert_eq!(
         app.act(moved["id"].as_str().unwrap(), "void")
             .await
@@ -316,14 +293,7 @@ async fn an_operation_start_on_a_payment_that_moved_or_expired_writes_nothing() 
         StatusCode::OK
     );
     // Read while valid; the authorization's expiry passes before the write.
-    let lapsed = start_operation(
-        &app,
-        &expired,
-        OperationKind::Capture,
-        PaymentStatus::Capturing,
-        "lapsed",
-    )
-    .await;
+    let lapsed = start_operation(&app, &expired, OperationKind::Capture, "lapsed").await;
     sqlx::query(
         "UPDATE payments SET authorization_expires_at = now() - interval '1 second' WHERE id = $1",
     )
@@ -380,22 +350,8 @@ async fn an_operation_start_whose_key_exists_fails_alone_and_moves_nothing() {
         gateway::faults::Faults::default(),
         None,
     );
-    let reused = start_operation(
-        &app,
-        &taken,
-        OperationKind::Capture,
-        PaymentStatus::Capturing,
-        &key,
-    )
-    .await;
-    let fresh = start_operation(
-        &app,
-        &other,
-        OperationKind::Capture,
-        PaymentStatus::Capturing,
-        "fresh",
-    )
-    .await;
+    let reused = start_operation(&app, &taken, OperationKind::Capture, &key).await;
+    let fresh = start_operation(&app, &other, OperationKind::Capture, "fresh").await;
     let (reused, fresh) = tokio::join!(batcher.submit(reused), batcher.submit(fresh));
     assert!(reused.unwrap().is_none(), "the key belongs to the void");
     assert!(fresh.unwrap().is_some());
