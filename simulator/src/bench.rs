@@ -543,7 +543,10 @@ async fn register_webhook(
     Ok(receiver)
 }
 
-/// What the stack's Postgres does with a commit, as it says itself.
+/// What the stack's Postgres does with a commit, and how often autovacuum
+/// (and so ANALYZE) looks at the tables, as it says itself: a bench on
+/// tables created seconds before it runs on the plans of nearly empty
+/// tables until autovacuum first looks (see the README's whole flows).
 async fn durability_of(url: &str) -> anyhow::Result<String> {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(url).await?;
@@ -555,7 +558,8 @@ async fn durability_of(url: &str) -> anyhow::Result<String> {
     };
     let fsync = setting("fsync").await?;
     let synchronous_commit = setting("synchronous_commit").await?;
-    Ok(format!("{fsync}, {synchronous_commit}"))
+    let naptime = setting("autovacuum_naptime").await?;
+    Ok(format!("{fsync}, {synchronous_commit}, {naptime}"))
 }
 
 /// A hex id for this run, so that its idempotency keys are its own.

@@ -61,9 +61,10 @@ pub struct Report {
     /// cluster, and the gateway's CPU in inserts' worth; `null` unless the
     /// bench started its own stack (and `--floor-seconds` is not 0).
     pub floor: Option<Floor>,
-    /// What the Postgres under the stack does with a commit, as it says
-    /// itself (`fsync on, synchronous_commit on`); `null` for a running
-    /// stack, whose database the bench was not given.
+    /// What the Postgres under the stack does with a commit, and how often
+    /// autovacuum looks, as it says itself (`fsync on, synchronous_commit
+    /// on, autovacuum_naptime 1min`); `null` for a running stack, whose
+    /// database the bench was not given.
     pub postgres_durability: Option<String>,
     /// With `--webhook`: the receiver's kind and the deliveries it got
     /// while the load ran.
