@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use gateway::domain::{Lease, MerchantId, OperationKind, PaymentId, PaymentStatus};
-use gateway::store::batch::{BatchLimits, Batcher};
+use gateway::store::batch::{BatchLimits, Batcher, WriteFn};
 use gateway::store::operations;
 use gateway::store::payments::{self, NewPayment, PaymentRecord, Settlement, StoredStatus};
 use gateway::store::starts::{self, StartAuthorization, StartOperation};
@@ -20,6 +20,22 @@ async fn merchant(app: &TestApp) -> MerchantId {
         .await
         .unwrap();
     MerchantId::from_uuid(id)
+}
+
+/// A batcher of `write` with one flusher (so rows queued together share a
+/// statement), its batch sizes reported under `name`.
+fn one_flusher<I, O>(app: &TestApp, name: &'static str, write: WriteFn<I, O>) -> Batcher<I, O>
+where
+    I: Clone + Send + 'static,
+    O: Send + 'static,
+{
+    let limits = BatchLimits {
+        max_rows: 8,
+        flushers: 1,
+        queue: 8,
+    };
+    let faults = gateway::faults::Faults::default();
+    Batcher::spawn(name, app.pool.clone(), limits, write, faults, None).0
 }
 
 fn start(merchant: MerchantId, key: &str, order_id: &str) -> StartAuthorization {
@@ -86,19 +102,7 @@ async fn a_batch_of_starts_claims_each_key_once() {
 async fn a_row_the_database_refuses_fails_alone() {
     let app = spawn_app().await;
     let merchant = merchant(&app).await;
-    let limits = BatchLimits {
-        max_rows: 8,
-        flushers: 1,
-        queue: 8,
-    };
-    let (batcher, _flusher) = Batcher::spawn(
-        "test",
-        app.pool.clone(),
-        limits,
-        starts::start_authorizations,
-        gateway::faults::Faults::default(),
-        None,
-    );
+    let batcher = one_flusher(&app, "test", starts::start_authorizations);
     // Queued together on this single-threaded runtime, so one batch; the
     // space in the order id breaks the schema's CHECK, and so the batch.
     let (good, bad, also_good) = tokio::join!(
@@ -337,19 +341,7 @@ async fn an_operation_start_whose_key_exists_fails_alone_and_moves_nothing() {
         .await;
     assert_eq!(answered.status(), StatusCode::OK);
     let other = app.authorized(HAPPY_CARD, 300).await;
-    let limits = BatchLimits {
-        max_rows: 8,
-        flushers: 1,
-        queue: 8,
-    };
-    let (batcher, _flusher) = Batcher::spawn(
-        "operation_test",
-        app.pool.clone(),
-        limits,
-        starts::start_operations,
-        gateway::faults::Faults::default(),
-        None,
-    );
+    let batcher = one_flusher(&app, "operation_test", starts::start_operations);
     let reused = start_operation(&app, &taken, OperationKind::Capture, &key).await;
     let fresh = start_operation(&app, &other, OperationKind::Capture, "fresh").await;
     let (reused, fresh) = tokio::join!(batcher.submit(reused), batcher.submit(fresh));
