@@ -13,13 +13,13 @@
 //! this order: the payment, then its operation, then the idempotency key.
 //! Starting an operation locks the payment and then writes the operation
 //! and the key (its batched statement updates the payment, then inserts
-//! the operation and the key, in the same order); resuming a key reads it unlocked to learn its payment and
-//! operation, then locks the three in order; settling locks the payment,
-//! then the operation, then answers the key; the batched settlement's one
-//! statement updates them in the same order. Two paths can therefore never
-//! wait for each other in a cycle (a deadlock would answer 503). The
-//! recovery worker's claim and the expiry sweeper skip locked rows rather
-//! than wait.
+//! the operation and the key, in the same order); resuming a key reads it
+//! unlocked to learn its payment and operation, then locks the three in
+//! order; settling locks the payment, then the operation, then answers
+//! the key; the batched settlement's one statement updates them in the
+//! same order. Two paths can therefore never wait for each other in a
+//! cycle (a deadlock would answer 503). The recovery worker's claim and
+//! the expiry sweeper skip locked rows rather than wait.
 //!
 //! Time is the database's: leases, expiries and retention are compared
 //! with `now()` in SQL, never with a process's clock ([`clock`]).
