@@ -476,6 +476,17 @@ mod tests {
     }
 
     #[test]
+    fn the_batched_writes_must_leave_the_pool_a_connection() {
+        let mut s = settings();
+        s.db_pool_size = 10;
+        s.db_batch_flushers = 3;
+        assert_eq!(s.validate(), Ok(()), "3 kinds x 3 flushers leave one of 10");
+        s.db_pool_size = 9;
+        let refused = s.validate().unwrap_err();
+        assert!(refused.contains("DB_BATCH_FLUSHERS (3)"), "{refused}");
+    }
+
+    #[test]
     fn a_lease_shorter_than_a_bank_call_is_refused() {
         let mut s = settings();
         s.lease_ms = s.bank_deadline_ms;
