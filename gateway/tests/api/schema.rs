@@ -90,3 +90,53 @@ async fn the_database_refuses_an_illegal_transition_or_status() {
         .unwrap();
     assert_eq!(status, "authorized");
 }
+
+/// The outbox publishes each history row with the payment as its statement
+/// left it; a statement that moved one payment twice would give its first
+/// row the second row's snapshot, and is refused whole.
+#[tokio::test]
+async fn a_statement_that_moves_a_payment_twice_publishes_nothing() {
+    let app = spawn_app().await;
+    let payment = app.authorized(HAPPY_CARD, 100).await;
+    let id =
+        uuid::Uuid::parse_str(payment["id"].as_str().unwrap().trim_start_matches("pay_")).unwrap();
+    let events = app.count("events").await;
+    let twice = sqlx::query(
+        "WITH moved AS (UPDATE payments SET status = 'capturing' WHERE id = $1 RETURNING id) \
+         INSERT INTO payment_events (payment_id, from_status, to_status) \
+         SELECT id, f, t FROM moved, (VALUES ('authorized'::payment_status, 'capturing'::payment_status), \
+           ('capturing', 'authorized')) AS steps(f, t)",
+    )
+    .bind(id)
+    .execute(&app.pool)
+    .await;
+    let refused = twice.expect_err("two moves of one payment in one statement");
+    assert!(refused.to_string().contains("does not have"), "{refused}");
+    assert_eq!(app.count("events").await, events);
+    // One move, one event, numbered after the payment's last.
+    sqlx::query(
+        "WITH moved AS (UPDATE payments SET status = 'capturing' WHERE id = $1 RETURNING id) \
+         INSERT INTO payment_events (payment_id, from_status, to_status) \
+         SELECT id, 'authorized', 'capturing' FROM moved",
+    )
+    .bind(id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let last: (i32, String, String) = sqlx::query_as(
+        "SELECT sequence, type, status::text FROM events WHERE payment_id = $1 \
+         ORDER BY sequence DESC LIMIT 1",
+    )
+    .bind(id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        last,
+        (
+            3,
+            "payment.capture_requested".to_owned(),
+            "capturing".to_owned()
+        )
+    );
+}
