@@ -185,10 +185,13 @@ impl Gateway {
         let leased_at = Instant::now();
         let mut tx = self.pool.begin().await?;
         let lock = !self.faults.mutant(Mutant::NoRowLockOnStart);
-        let (payment, expiry_due) =
-            payments::lock_for_operation(&mut tx, new.merchant, payment_id, lock)
-                .await?
-                .ok_or(Error::NotFound)?;
+        let Found {
+            payment,
+            expiry_due,
+            ..
+        } = payments::lock_for_operation(&mut tx, new.merchant, payment_id, lock)
+            .await?
+            .ok_or(Error::NotFound)?;
         // An authorization past its expiry is expired first, so that capture
         // and void answer `authorization_expired` without calling the bank.
         let payment = if expiry_due {

@@ -78,39 +78,14 @@ const COLUMNS: &str = "id, merchant_id, order_id, customer_id, amount, currency,
     card_brand, card_last4, card_exp_month, card_exp_year, bank_authorization_id, bank_capture_id, \
     bank_void_id, bank_refund_id, authorization_expires_at, failure_code, created_at, updated_at";
 
-#[derive(sqlx::FromRow)]
-struct DueRow {
-    #[sqlx(flatten)]
-    payment: PaymentRecord,
-    expiry_due: bool,
-}
+/// Whether a payment is an authorization past its expiry, by the
+/// database's clock: the one rule for when a capture or void must expire
+/// it first, used by every read and write that decides it.
+pub(crate) const EXPIRY_DUE: &str = "(status = 'authorized' AND authorization_expires_at <= now())";
 
-/// A merchant's payment, locked for the rest of the transaction (unless
-/// `lock` is false: the mutant that forgets), and whether its
-/// authorization is past its expiry by the database's clock.
-pub async fn lock_for_operation(
-    conn: &mut PgConnection,
-    merchant: MerchantId,
-    id: PaymentId,
-    lock: bool,
-) -> Result<Option<(PaymentRecord, bool)>, sqlx::Error> {
-    let lock = if lock { "FOR UPDATE" } else { "" };
-    let row: Option<DueRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS}, \
-           (status = 'authorized' AND authorization_expires_at <= now()) AS expiry_due \
-         FROM payments WHERE id = $1 AND merchant_id = $2 {lock}"
-    ))
-    .bind(id.as_uuid())
-    .bind(merchant.as_uuid())
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.map(|row| (row.payment, row.expiry_due)))
-}
-
-/// A merchant's payment, unlocked, with its history from the same
-/// snapshot, and whether its authorization is past its expiry by the
-/// database's clock: what the batched start of an operation decides on
-/// (its statement re-checks the payment before it writes).
+/// A merchant's payment as an operation's start decides on it: with its
+/// history from the same snapshot, and whether its authorization is past
+/// its expiry ([`EXPIRY_DUE`]).
 pub struct Found {
     pub payment: PaymentRecord,
     pub history: History,
@@ -124,15 +99,36 @@ struct FoundRow {
     expiry_due: bool,
 }
 
+/// Unlocked: for the batched start, whose statement re-checks the payment
+/// before it writes.
 pub async fn read_for_operation(
     conn: &mut PgConnection,
     merchant: MerchantId,
     id: PaymentId,
 ) -> Result<Option<Found>, sqlx::Error> {
+    for_operation(conn, merchant, id, "").await
+}
+
+/// Locked for the rest of the transaction (unless `lock` is false: the
+/// mutant that forgets): for the general path of an operation's start.
+pub async fn lock_for_operation(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+    id: PaymentId,
+    lock: bool,
+) -> Result<Option<Found>, sqlx::Error> {
+    for_operation(conn, merchant, id, if lock { "FOR UPDATE" } else { "" }).await
+}
+
+async fn for_operation(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+    id: PaymentId,
+    lock: &str,
+) -> Result<Option<Found>, sqlx::Error> {
     let row: Option<FoundRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS}, {HISTORY_JSON}, \
-           (status = 'authorized' AND authorization_expires_at <= now()) AS expiry_due \
-         FROM payments WHERE id = $1 AND merchant_id = $2"
+        "SELECT {COLUMNS}, {HISTORY_JSON}, {EXPIRY_DUE} AS expiry_due \
+         FROM payments WHERE id = $1 AND merchant_id = $2 {lock}"
     ))
     .bind(id.as_uuid())
     .bind(merchant.as_uuid())
@@ -165,7 +161,7 @@ pub async fn lock_expired_authorizations(
     limit: i64,
 ) -> Result<Vec<PaymentRecord>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM payments WHERE status = 'authorized' AND authorization_expires_at <= now() \
+        "SELECT {COLUMNS} FROM payments WHERE {EXPIRY_DUE} \
          ORDER BY authorization_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED"
     ))
     .bind(limit)

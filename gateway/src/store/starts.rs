@@ -16,7 +16,7 @@ use crate::domain::{Lease, OperationKind, PaymentStatus};
 use crate::idempotency;
 use crate::store::batch::BoxFuture;
 use crate::store::operations::{self, OperationRecord};
-use crate::store::payments::{History, NewPayment, PaymentRecord, StoredStatus};
+use crate::store::payments::{self, History, NewPayment, PaymentRecord, StoredStatus};
 
 /// The usual start of an authorization: a new key, a new payment.
 #[derive(Debug, Clone)]
@@ -261,7 +261,7 @@ async fn insert_operation_starts(
            FROM input i \
            WHERE p.id = i.payment_id AND p.merchant_id = i.merchant_id \
              AND (NOT i.compare OR (p.status = i.from_status::payment_status AND p.updated_at = i.seen_at)) \
-             AND NOT coalesce(p.status = 'authorized' AND p.authorization_expires_at <= now(), false) \
+             AND NOT coalesce({expiry_due}, false) \
            RETURNING i.n, p.updated_at AS moved_at), \
          started AS (SELECT i.*, m.moved_at FROM input i JOIN moved m USING (n)), \
          logged AS ( \
@@ -279,6 +279,7 @@ async fn insert_operation_starts(
            FROM started) \
          SELECT operation.*, started.moved_at FROM operation JOIN started ON started.operation_id = operation.id",
         columns = operations::COLUMNS,
+        expiry_due = payments::EXPIRY_DUE,
     ))
     .bind(starts.iter().map(|s| s.payment.id).collect::<Vec<_>>())
     .bind(starts.iter().map(|s| s.payment.merchant_id).collect::<Vec<_>>())
