@@ -92,11 +92,6 @@ async fn post(app: &TestApp, path: &str, key: &str, body: &Value) -> Answer {
     }
 }
 
-/// The payment's id as the database stores it.
-fn uuid_of(id: &str) -> uuid::Uuid {
-    uuid::Uuid::parse_str(id.trim_start_matches("pay_")).unwrap()
-}
-
 /// Waits until some session of this test's gateway database waits for a
 /// lock: the interleaving the test set up has been reached.
 async fn until_someone_waits_for_a_lock(app: &TestApp) {

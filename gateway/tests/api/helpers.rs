@@ -154,6 +154,11 @@ pub fn test_client() -> Client {
         .expect("a reqwest client")
 }
 
+/// A payment's id (`pay_<uuid>`) as the database stores it.
+pub fn uuid_of(id: &str) -> Uuid {
+    Uuid::parse_str(id.strip_prefix("pay_").expect("a payment id")).expect("a UUID")
+}
+
 pub fn new_key() -> String {
     Uuid::new_v4().to_string()
 }

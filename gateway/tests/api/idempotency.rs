@@ -263,14 +263,7 @@ async fn a_large_purge_goes_in_bounded_batches_while_authorizations_are_answered
     const EXPIRED: i64 = 200_000;
     let app = spawn_app().await;
     let payment = app.authorized(HAPPY_CARD, 100).await;
-    let payment_id = uuid::Uuid::parse_str(
-        payment["id"]
-            .as_str()
-            .unwrap()
-            .strip_prefix("pay_")
-            .unwrap(),
-    )
-    .unwrap();
+    let payment_id = uuid_of(payment["id"].as_str().unwrap());
     // Answered two days ago, one a millisecond after the other, each with
     // an answer the size of a payment's.
     sqlx::query(

@@ -102,7 +102,7 @@ async fn payments_in_every_settled_state(app: &TestApp) -> [String; 5] {
 /// edit a bug or a careless person could make. `set` adds columns to the
 /// last step's UPDATE.
 async fn forge(app: &TestApp, id: &str, steps: &[&str], set: &str) {
-    let uuid = Uuid::parse_str(id.strip_prefix("pay_").unwrap()).unwrap();
+    let uuid = uuid_of(id);
     let mut tx = app.pool.begin().await.unwrap();
     for (i, to) in steps.iter().enumerate() {
         let extra = if i + 1 == steps.len() { set } else { "" };

@@ -58,8 +58,7 @@ async fn each_transition_publishes_the_event_type_the_code_names() {
 async fn the_database_refuses_an_illegal_transition_or_status() {
     let app = spawn_app().await;
     let payment = app.authorized(HAPPY_CARD, 100).await;
-    let id =
-        uuid::Uuid::parse_str(payment["id"].as_str().unwrap().trim_start_matches("pay_")).unwrap();
+    let id = uuid_of(payment["id"].as_str().unwrap());
     for (status, why) in [
         ("refunded", "authorized → refunded"),
         ("pending", "back to pending"),
@@ -98,8 +97,7 @@ async fn the_database_refuses_an_illegal_transition_or_status() {
 async fn a_statement_that_moves_a_payment_twice_publishes_nothing() {
     let app = spawn_app().await;
     let payment = app.authorized(HAPPY_CARD, 100).await;
-    let id =
-        uuid::Uuid::parse_str(payment["id"].as_str().unwrap().trim_start_matches("pay_")).unwrap();
+    let id = uuid_of(payment["id"].as_str().unwrap());
     let events = app.count("events").await;
     let twice = sqlx::query(
         "WITH moved AS (UPDATE payments SET status = 'capturing' WHERE id = $1 RETURNING id) \
