@@ -142,9 +142,17 @@ pub struct Settings {
     /// How long the circuit stays open before a probe may try the bank.
     #[arg(long, env = "CIRCUIT_OPEN_MS", default_value_t = 5_000)]
     pub circuit_open_ms: u64,
-    /// How often the server reconciles recent receipts with the bank (0: never).
+    /// How often one of the replicas reconciles recent receipts with the
+    /// bank (0: this replica never does): those new or moved since they
+    /// last matched, and those left over.
     #[arg(long, env = "RECONCILE_INTERVAL_MS", default_value_t = 300_000)]
     pub reconcile_interval_ms: u64,
+    /// How often a reconciliation pass also asks again about every recent
+    /// payment the bank can move on its own (authorized, captured), though
+    /// it matched before: the longest a change made at the bank directly
+    /// goes unnoticed, give or take one RECONCILE_INTERVAL_MS.
+    #[arg(long, env = "RECONCILE_SWEEP_INTERVAL_MS", default_value_t = 3_600_000)]
+    pub reconcile_sweep_interval_ms: u64,
     /// Request bodies larger than this are refused with 413.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
@@ -296,6 +304,7 @@ impl Settings {
             circuit_failure_threshold: 20,
             circuit_open_ms: 5_000,
             reconcile_interval_ms: 300_000,
+            reconcile_sweep_interval_ms: 3_600_000,
             max_body_bytes: 16 * 1024,
             body_read_timeout_ms: 5_000,
             max_header_bytes: 16 * 1024,
@@ -394,6 +403,13 @@ impl Settings {
             interval: Duration::from_millis(self.recovery_interval_ms),
             batch: self.recovery_batch,
             flag_after: Duration::from_secs(self.recovery_flag_after_seconds),
+        }
+    }
+
+    pub fn reconcile_cadence(&self) -> crate::reconcile::Cadence {
+        crate::reconcile::Cadence {
+            interval: Duration::from_millis(self.reconcile_interval_ms),
+            sweep_interval: Duration::from_millis(self.reconcile_sweep_interval_ms),
         }
     }
 

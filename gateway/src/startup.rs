@@ -167,7 +167,8 @@ impl Application {
             background.push(tokio::spawn(crate::reconcile::run_forever(
                 gateway.pool().clone(),
                 gateway.bank().clone(),
-                Duration::from_millis(settings.reconcile_interval_ms),
+                gateway.instance(),
+                settings.reconcile_cadence(),
             )));
         }
         Ok(Self {

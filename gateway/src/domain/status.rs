@@ -82,6 +82,25 @@ impl PaymentStatus {
         }
     }
 
+    /// Settled on the gateway's side, yet the bank can still move it
+    /// without the gateway (a capture, void or refund made at the bank
+    /// directly, an authorization the bank expires): what reconciliation's
+    /// periodic sweep looks at again even after it matched.
+    pub fn is_open_at_bank(self) -> bool {
+        match self {
+            PaymentStatus::Authorized | PaymentStatus::Captured => true,
+            PaymentStatus::Pending
+            | PaymentStatus::Declined
+            | PaymentStatus::Failed
+            | PaymentStatus::Expired
+            | PaymentStatus::Capturing
+            | PaymentStatus::Voiding
+            | PaymentStatus::Voided
+            | PaymentStatus::Refunding
+            | PaymentStatus::Refunded => false,
+        }
+    }
+
     /// No event moves the payment on any more.
     pub fn is_terminal(self) -> bool {
         match self {
@@ -542,6 +561,14 @@ mod tests {
                 !(status.is_in_flight() && status.is_terminal()),
                 "{status} is both in flight and terminal"
             );
+            // Every status is exactly one of: in flight, terminal, or
+            // settled but still movable at the bank.
+            let kinds = [
+                status.is_in_flight(),
+                status.is_terminal(),
+                status.is_open_at_bank(),
+            ];
+            assert_eq!(kinds.iter().filter(|&&k| k).count(), 1, "{status}");
         }
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use clap::Args;
 
-use super::{CONCURRENCY, Entry, Outcome, Report, reconcile};
+use super::{CONCURRENCY, Entry, Outcome, Report, Scope, pass};
 use crate::bank::{BankClient, CircuitSettings, RetryPolicy};
 use crate::cli::DatabaseArgs;
 use crate::store;
@@ -28,6 +28,12 @@ pub struct ReconcileArgs {
     /// (2030-01-01T00:00:00Z) or a duration ago (90s, 30m, 24h, 7d).
     #[arg(long, value_name = "TIME|DURATION", default_value = "24h", value_parser = parse_since)]
     pub since: DateTime<Utc>,
+    /// Which payments to ask the bank about: all of them (an audit), those
+    /// due (new, moved since they last matched, left over: what the
+    /// server's background pass asks), or a sweep (those due and all the
+    /// bank can move alone).
+    #[arg(long, value_enum, default_value = "all")]
+    pub scope: Scope,
     /// Report what would be repaired, and write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -46,7 +52,7 @@ pub async fn run(args: ReconcileArgs) -> anyhow::Result<()> {
         CONCURRENCY,
         CircuitSettings::default(),
     )?;
-    let report = reconcile(&pool, &bank, args.since, !args.dry_run).await?;
+    let report = pass(&pool, &bank, args.since, args.scope, !args.dry_run, None).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -101,10 +107,11 @@ pub fn render(report: &Report) -> String {
     let c = report.counts;
     let mode = if report.repair { "repair" } else { "dry run" };
     let mut out = format!(
-        "reconciled {} payment(s) created since {} ({mode})\n\
+        "reconciled {} payment(s) created since {} (scope {}, {mode})\n\
          matched {}, in flight {}, repaired {}, to repair {}, mismatch {}, unverified {}\n",
         c.checked,
         report.since.to_rfc3339(),
+        report.scope,
         c.matched,
         c.in_flight,
         c.repaired,

@@ -34,6 +34,12 @@
 //! that is not `matched` (matched ones are only counted). No database
 //! connection is held while the bank answers.
 //!
+//! The CLI checks every payment of its window ([`Scope::All`]). The
+//! server's background pass ([`run_forever`]) runs in one replica at a
+//! time ([`turn`]) and asks the bank only about what can have changed
+//! ([`due`]): payments new or moved since they last matched, those left
+//! over, and, in a periodic sweep, those the bank can move on its own.
+//!
 //! Metrics: `gateway_reconcile_payments_total{outcome}`,
 //! `gateway_reconcile_mismatches` (mismatches left by the last run) and
 //! `gateway_reconcile_last_run_timestamp_seconds`.
@@ -41,9 +47,9 @@
 mod bank_view;
 mod classify;
 pub mod cli;
+pub mod due;
 mod repair;
-
-use std::time::Duration;
+pub mod turn;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures_util::{StreamExt, TryStreamExt, stream};
@@ -56,6 +62,8 @@ use crate::domain::{PaymentStatus, transition};
 use crate::store::payments::{PaymentRecord, TransitionError};
 
 pub use classify::{Receipt, Verdict, classify, forward_path};
+pub use due::Scope;
+pub use turn::{Cadence, Turn, TurnLost};
 
 /// Payments read from the database at once.
 pub const PAGE_SIZE: i64 = 200;
@@ -163,6 +171,7 @@ impl Counts {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub since: DateTime<Utc>,
+    pub scope: &'static str,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     /// False for a dry run: nothing was written.
@@ -194,6 +203,8 @@ pub enum ReconcileError {
     Database(#[from] sqlx::Error),
     #[error("a repair failed: {0}")]
     Repair(#[from] TransitionError),
+    #[error(transparent)]
+    TurnLost(#[from] TurnLost),
 }
 
 /// Compares every payment created at or after `since` with the bank and,
@@ -206,8 +217,24 @@ pub async fn reconcile(
     since: DateTime<Utc>,
     repair: bool,
 ) -> Result<Report, ReconcileError> {
+    pass(pool, bank, since, Scope::All, repair, None).await
+}
+
+/// [`reconcile`] over the payments of `scope`. With `repair`, receipts
+/// found matching are remembered as such (a dry run writes nothing). With
+/// a `turn`, it is renewed after every page, and the pass stops if another
+/// replica took it over.
+pub async fn pass(
+    pool: &PgPool,
+    bank: &BankClient,
+    since: DateTime<Utc>,
+    scope: Scope,
+    repair: bool,
+    mut turn: Option<&mut Turn>,
+) -> Result<Report, ReconcileError> {
     let mut report = Report {
         since,
+        scope: scope.as_str(),
         started_at: Utc::now(),
         finished_at: Utc::now(),
         repair,
@@ -216,64 +243,38 @@ pub async fn reconcile(
     };
     let mut after = None;
     loop {
-        let page = page(pool, since, after, PAGE_SIZE).await?;
+        let page = due::page(pool, scope, since, after, PAGE_SIZE).await?;
         let Some(last) = page.last() else { break };
         after = Some((last.created_at, last.id));
         // Owned records: a stream of borrowed ones trips the compiler's
         // higher-ranked lifetime check once the future must be `Send`.
-        let entries: Vec<Entry> = stream::iter(page)
+        let entries: Vec<Entry> = stream::iter(page.clone())
             .map(|record| async move { check(pool, bank, &record, repair).await })
             .buffered(CONCURRENCY)
             .try_collect()
             .await?;
+        if repair {
+            let matched: Vec<&PaymentRecord> = page
+                .iter()
+                .zip(&entries)
+                .filter(|(_, entry)| entry.outcome == Outcome::Matched)
+                .map(|(record, _)| record)
+                .collect();
+            due::remember_matched(pool, &matched).await?;
+        }
         for entry in entries {
             report.counts.add(entry.outcome);
             if entry.outcome != Outcome::Matched {
                 report.entries.push(entry);
             }
         }
+        if let Some(turn) = turn.as_deref_mut() {
+            turn.renew(pool).await?;
+        }
     }
     report.finished_at = Utc::now();
     record_metrics(&report);
     Ok(report)
-}
-
-/// One page of payments in `(created_at, id)` order, from `since` or after
-/// `after` (which is itself after `since`). Two statements, so that each
-/// is one range of `payments_created_idx`, whatever plan Postgres caches.
-async fn page(
-    pool: &PgPool,
-    since: DateTime<Utc>,
-    after: Option<(DateTime<Utc>, Uuid)>,
-    limit: i64,
-) -> Result<Vec<PaymentRecord>, sqlx::Error> {
-    // The columns of `store::payments`'s record.
-    const SELECT: &str = "SELECT id, merchant_id, order_id, customer_id, amount, currency, \
-           status::text AS status, card_brand, card_last4, card_exp_month, card_exp_year, \
-           bank_authorization_id, bank_capture_id, bank_void_id, bank_refund_id, \
-           authorization_expires_at, failure_code, created_at, updated_at \
-         FROM payments";
-    match after {
-        None => {
-            sqlx::query_as(&format!(
-                "{SELECT} WHERE created_at >= $1 ORDER BY created_at, id LIMIT $2"
-            ))
-            .bind(since)
-            .bind(limit)
-            .fetch_all(pool)
-            .await
-        }
-        Some((at, id)) => {
-            sqlx::query_as(&format!(
-                "{SELECT} WHERE (created_at, id) > ($1, $2) ORDER BY created_at, id LIMIT $3"
-            ))
-            .bind(at)
-            .bind(id)
-            .bind(limit)
-            .fetch_all(pool)
-            .await
-        }
-    }
 }
 
 /// Asks the bank about one payment and acts on the verdict.
@@ -356,18 +357,46 @@ fn record_metrics(report: &Report) {
         .set(report.finished_at.timestamp_millis() as f64 / 1000.0);
 }
 
-/// The server's background task: every `interval` (the first one after a
-/// full interval, so that recovery runs first after a start), reconciles
-/// the last [`DEFAULT_WINDOW`] with repair on and logs what it found.
-pub async fn run_forever(pool: PgPool, bank: BankClient, interval: Duration) {
-    let start = tokio::time::Instant::now() + interval;
-    let mut ticker = tokio::time::interval_at(start, interval);
+/// The server's background task: polls for the reconciliation turn and,
+/// when this replica takes it, runs the due pass (or the sweep) over the
+/// last [`DEFAULT_WINDOW`] with repair on, and logs what it found. The
+/// first poll waits one poll period, so that recovery runs first after a
+/// start.
+pub async fn run_forever(pool: PgPool, bank: BankClient, holder: Uuid, cadence: Cadence) {
+    let poll = cadence.poll();
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        match reconcile(&pool, &bank, Utc::now() - DEFAULT_WINDOW, true).await {
-            Ok(report) => log_report(&report),
-            Err(e) => tracing::warn!(error = %e, "reconciliation failed; retrying next interval"),
+        if let Err(e) = take_turn(&pool, &bank, holder, cadence).await {
+            tracing::warn!(error = %e, "reconciliation failed; another poll will retry");
+        }
+    }
+}
+
+/// One poll: a pass if the turn is due and free, nothing otherwise.
+async fn take_turn(
+    pool: &PgPool,
+    bank: &BankClient,
+    holder: Uuid,
+    cadence: Cadence,
+) -> Result<(), ReconcileError> {
+    let Some(mut turn) = turn::take(pool, holder, cadence).await? else {
+        return Ok(());
+    };
+    let since = Utc::now() - DEFAULT_WINDOW;
+    let scope = turn.scope;
+    let outcome = pass(pool, bank, since, scope, true, Some(&mut turn)).await;
+    match outcome {
+        Ok(report) => {
+            turn.finish(pool, cadence, true).await?;
+            log_report(&report);
+            Ok(())
+        }
+        Err(ReconcileError::TurnLost(lost)) => Err(lost.into()),
+        Err(e) => {
+            turn.finish(pool, cadence, false).await?;
+            Err(e)
         }
     }
 }
@@ -375,6 +404,7 @@ pub async fn run_forever(pool: PgPool, bank: BankClient, interval: Duration) {
 fn log_report(report: &Report) {
     let c = report.counts;
     tracing::info!(
+        scope = report.scope,
         checked = c.checked,
         matched = c.matched,
         in_flight = c.in_flight,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use gateway::bank::{BankClient, CircuitSettings, RetryPolicy};
-use gateway::reconcile::{Outcome, Report, reconcile};
+use gateway::reconcile::{Cadence, Outcome, Report, Scope, due, pass, reconcile, turn};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -376,7 +376,19 @@ async fn the_binary_exits_zero_when_all_match_and_repairs_unless_dry_run() {
     assert!(text.contains("authorized -> voiding -> voided"), "{text}");
     assert_eq!(receipt(&app, &authorized).await["status"], "voided");
 
+    // Every run with repair on remembered what matched; the repaired one
+    // moved since, so the background's scope asks about it alone.
+    let due = gateway_reconcile(&app, &["--json", "--scope", "due"]);
+    assert_eq!(due.status.code(), Some(0), "{due:?}");
+    let json: Value = serde_json::from_slice(&due.stdout).unwrap();
+    assert_eq!(
+        (json["scope"].clone(), json["counts"]["checked"].clone()),
+        (json!("due"), json!(1))
+    );
+
     let usage = gateway_reconcile(&app, &["--since", "yesterday"]);
+    assert_eq!(usage.status.code(), Some(2));
+    let usage = gateway_reconcile(&app, &["--scope", "some"]);
     assert_eq!(usage.status.code(), Some(2));
 }
 
@@ -413,4 +425,211 @@ async fn an_unreachable_bank_leaves_payments_unverified() {
             .all(|e| e.bank == "unknown" && e.reason.is_some()),
         "{report:#?}"
     );
+}
+
+async fn pass_of(app: &TestApp, scope: Scope, repair: bool) -> Report {
+    let bank = bank_at(&app.bank_address, RetryPolicy::default());
+    let since = Utc::now() - chrono::TimeDelta::hours(1);
+    pass(&app.pool, &bank, since, scope, repair, None)
+        .await
+        .unwrap()
+}
+
+fn checked(report: &Report) -> (u64, u64) {
+    (report.counts.checked, report.counts.matched)
+}
+
+#[tokio::test]
+async fn a_due_pass_asks_only_about_what_is_new_or_moved_since_it_matched() {
+    let app = app().await;
+    let [authorized, ..] = payments_in_every_settled_state(&app).await;
+
+    assert_eq!(checked(&pass_of(&app, Scope::Due, true).await), (5, 5));
+    // Nothing moved: nothing to ask.
+    assert_eq!(checked(&pass_of(&app, Scope::Due, true).await), (0, 0));
+
+    // A move through the API makes that one payment due again; a new
+    // payment is due as it is.
+    moved(&app, &authorized, "capture").await;
+    app.authorized(HAPPY_CARD, 1_000).await;
+    assert_eq!(checked(&pass_of(&app, Scope::Due, true).await), (2, 2));
+    assert_eq!(checked(&pass_of(&app, Scope::Due, true).await), (0, 0));
+
+    // The audit still reads everything, and the sweep everything the bank
+    // can move alone: the two captured payments and the new authorized one.
+    assert_eq!(checked(&pass_of(&app, Scope::All, true).await), (6, 6));
+    assert_eq!(checked(&pass_of(&app, Scope::Sweep, true).await), (3, 3));
+}
+
+#[tokio::test]
+async fn a_change_made_at_the_bank_alone_waits_for_the_sweep() {
+    let app = app().await;
+    let id = app.authorized(HAPPY_CARD, 1_000).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(checked(&pass_of(&app, Scope::Due, true).await), (1, 1));
+
+    let auth = bank_id(&receipt(&app, &id).await, "authorization_id");
+    at_bank(
+        &app,
+        "/api/v1/captures",
+        json!({"authorization_id": auth, "amount": 1_000}),
+    )
+    .await;
+    // The receipt did not move, so a due pass does not ask: the price of
+    // not asking the bank about every payment every pass.
+    assert_eq!(checked(&pass_of(&app, Scope::Due, true).await), (0, 0));
+    assert_eq!(receipt(&app, &id).await["status"], "authorized");
+
+    let sweep = pass_of(&app, Scope::Sweep, true).await;
+    assert_eq!(sweep.counts.repaired, 1, "{sweep:#?}");
+    assert_eq!(receipt(&app, &id).await["status"], "captured");
+    // The repair moved it: the next due pass confirms the repair.
+    assert_eq!(checked(&pass_of(&app, Scope::Due, true).await), (1, 1));
+}
+
+#[tokio::test]
+async fn what_did_not_match_stays_due_and_a_dry_run_remembers_nothing() {
+    let app = app().await;
+    let [authorized, ..] = payments_in_every_settled_state(&app).await;
+    // A dry run writes nothing, not even what matched.
+    assert_eq!(checked(&pass_of(&app, Scope::Due, false).await), (5, 5));
+    assert_eq!(checked(&pass_of(&app, Scope::Due, false).await), (5, 5));
+
+    // The bank cannot be asked: the declined payment (nothing to ask)
+    // matches and is remembered; the four others stay due.
+    let unreachable = bank_at(
+        "http://127.0.0.1:1",
+        RetryPolicy {
+            attempt_timeout: Duration::from_millis(200),
+            deadline: Duration::from_millis(500),
+            max_attempts: 2,
+            base_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(10),
+        },
+    );
+    let since = Utc::now() - chrono::TimeDelta::hours(1);
+    let report = pass(&app.pool, &unreachable, since, Scope::Due, true, None)
+        .await
+        .unwrap();
+    assert_eq!(report.counts.unverified, 4, "{report:#?}");
+    assert_eq!(checked(&pass_of(&app, Scope::Due, true).await), (4, 4));
+
+    // A receipt that claims what the bank never did is asked about again
+    // on every pass, for as long as it claims it.
+    forge(
+        &app,
+        &authorized,
+        &["capturing", "captured"],
+        ", bank_capture_id = 'cap_forged'",
+    )
+    .await;
+    for _ in 0..2 {
+        let report = pass_of(&app, Scope::Due, true).await;
+        assert_eq!(
+            (report.counts.checked, report.counts.mismatch),
+            (1, 1),
+            "{report:#?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_receipt_that_moves_while_it_is_checked_stays_due() {
+    let app = app().await;
+    let id = app.authorized(HAPPY_CARD, 1_000).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let since = Utc::now() - chrono::TimeDelta::hours(1);
+    let read = due::page(&app.pool, Scope::Due, since, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 1);
+    // Captured after the pass read it as authorized and found that
+    // matching: remembering that must not hide the capture.
+    moved(&app, &id, "capture").await;
+    let remembered = due::remember_matched(&app.pool, &read.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(remembered, 0);
+    assert_eq!(checked(&pass_of(&app, Scope::Due, true).await), (1, 1));
+}
+
+#[tokio::test]
+async fn one_replica_holds_the_turn_and_a_lapsed_turn_is_taken_over() {
+    let app = app().await;
+    let pool = &app.pool;
+    let cadence = Cadence {
+        interval: Duration::from_secs(3_600),
+        sweep_interval: Duration::from_secs(3_600),
+    };
+    let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let take = |holder| turn::take(pool, holder, cadence);
+
+    // Never swept: the first pass sweeps. While it runs, nobody else.
+    let first = take(a).await.unwrap().expect("a pass is due");
+    assert_eq!(first.scope, Scope::Sweep);
+    assert!(take(b).await.unwrap().is_none());
+    first.finish(pool, cadence, true).await.unwrap();
+    // Done: the next pass is an interval away, for every replica.
+    assert!(take(b).await.unwrap().is_none());
+    assert!(take(a).await.unwrap().is_none());
+
+    // An interval later: due, and not a sweep (one ran just now).
+    sqlx::query("UPDATE reconcile_turn SET next_pass_at = now()")
+        .execute(pool)
+        .await
+        .unwrap();
+    let mut paused = take(b).await.unwrap().expect("due again");
+    assert_eq!(paused.scope, Scope::Due);
+
+    // Its holder pauses past the lease; another replica takes over, and
+    // the paused one can neither renew nor hand back what it lost.
+    sqlx::query("UPDATE reconcile_turn SET held_until = now() - interval '1 second'")
+        .execute(pool)
+        .await
+        .unwrap();
+    let successor = take(c).await.unwrap().expect("a lapsed turn is free");
+    assert!(paused.renew(pool).await.is_err());
+    paused.finish(pool, cadence, true).await.unwrap();
+    assert!(
+        take(a).await.unwrap().is_none(),
+        "the successor still holds it"
+    );
+
+    // A pass that failed hands the turn back due at once.
+    successor.finish(pool, cadence, false).await.unwrap();
+    assert!(take(a).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn two_replicas_in_the_background_repair_what_changed_at_the_bank() {
+    let app = spawn_app_with(Options {
+        gateway: Some(Box::new(|settings| {
+            settings.reconcile_interval_ms = 200;
+            settings.reconcile_sweep_interval_ms = 0;
+        })),
+        ..Options::default()
+    })
+    .await;
+    app.replica().await;
+    let id = app.authorized(HAPPY_CARD, 1_000).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let auth = bank_id(&receipt(&app, &id).await, "authorization_id");
+    at_bank(
+        &app,
+        "/api/v1/captures",
+        json!({"authorization_id": auth, "amount": 1_000}),
+    )
+    .await;
+    app.eventually(&id, |p| p["status"] == "captured").await;
+    let swept: bool = sqlx::query_scalar("SELECT swept_at > '-infinity' FROM reconcile_turn")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(swept);
 }

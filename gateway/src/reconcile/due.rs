@@ -1,0 +1,112 @@
+//! Which payments a pass reads, and what it remembers of those that matched.
+//!
+//! A receipt found matching the bank is remembered by the `updated_at` it
+//! had then (`payments.reconciled_updated_at`). It is due again when it has
+//! moved since, and never stops being due while it does not match (a
+//! mismatch, an unverified one, one in flight). Terminal receipts that
+//! matched are not asked about again; receipts the bank can still move on
+//! its own are, by the periodic sweep.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::PaymentStatus;
+use crate::store::payments::PaymentRecord;
+
+/// Which payments of the window a pass asks the bank about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scope {
+    // Plain comments: clap would print doc comments as a second list in
+    // `gateway reconcile --help`, beside the flag's own description.
+    // Every one: an audit (the CLI, the simulator).
+    All,
+    // Those not known to match: new, moved since they matched, left over.
+    Due,
+    // Those due, and every one the bank can still move without the gateway.
+    Sweep,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::All => "all",
+            Scope::Due => "due",
+            Scope::Sweep => "sweep",
+        }
+    }
+
+    /// The statuses this scope reads even when they matched before.
+    fn always(self) -> Vec<&'static str> {
+        let reread = |status: &PaymentStatus| match self {
+            Scope::All => true,
+            Scope::Due => false,
+            Scope::Sweep => status.is_open_at_bank(),
+        };
+        PaymentStatus::ALL
+            .iter()
+            .filter(|status| reread(status))
+            .map(|status| status.as_str())
+            .collect()
+    }
+}
+
+/// One page of the scope's payments in `(created_at, id)` order, from
+/// `since` or after `after` (which is itself after `since`). Two
+/// statements, so that each is one range of `payments_created_idx`,
+/// whatever plan Postgres caches; the scope is a filter on that range.
+pub async fn page(
+    pool: &PgPool,
+    scope: Scope,
+    since: DateTime<Utc>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<PaymentRecord>, sqlx::Error> {
+    // The columns of `store::payments`'s record.
+    const SELECT: &str = "SELECT id, merchant_id, order_id, customer_id, amount, currency, \
+           status::text AS status, card_brand, card_last4, card_exp_month, card_exp_year, \
+           bank_authorization_id, bank_capture_id, bank_void_id, bank_refund_id, \
+           authorization_expires_at, failure_code, created_at, updated_at \
+         FROM payments";
+    const IN_SCOPE: &str = "(reconciled_updated_at IS DISTINCT FROM updated_at \
+         OR status::text = ANY($2))";
+    let sql = match after {
+        None => format!(
+            "{SELECT} WHERE created_at >= $3 AND {IN_SCOPE} ORDER BY created_at, id LIMIT $1"
+        ),
+        Some(_) => format!(
+            "{SELECT} WHERE (created_at, id) > ($3, $4) AND {IN_SCOPE} \
+             ORDER BY created_at, id LIMIT $1"
+        ),
+    };
+    let query = sqlx::query_as(&sql).bind(limit).bind(scope.always());
+    match after {
+        None => query.bind(since).fetch_all(pool).await,
+        Some((at, id)) => query.bind(at).bind(id).fetch_all(pool).await,
+    }
+}
+
+/// Remembers these receipts as matching the bank, each as it was read
+/// (`updated_at`): one that moved meanwhile stays due. Rows already
+/// remembered as they are are not written again.
+pub async fn remember_matched(
+    pool: &PgPool,
+    matched: &[&PaymentRecord],
+) -> Result<u64, sqlx::Error> {
+    if matched.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = matched.iter().map(|r| r.id).collect();
+    let seen: Vec<DateTime<Utc>> = matched.iter().map(|r| r.updated_at).collect();
+    let written = sqlx::query(
+        "UPDATE payments p SET reconciled_updated_at = m.updated_at \
+         FROM unnest($1::uuid[], $2::timestamptz[]) AS m(id, updated_at) \
+         WHERE p.id = m.id AND p.updated_at = m.updated_at \
+           AND p.reconciled_updated_at IS DISTINCT FROM m.updated_at",
+    )
+    .bind(ids)
+    .bind(seen)
+    .execute(pool)
+    .await?;
+    Ok(written.rows_affected())
+}

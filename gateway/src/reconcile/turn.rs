@@ -1,0 +1,124 @@
+//! One reconciler across the replicas: the turn.
+//!
+//! Every replica polls; the one that finds the next pass due and the turn
+//! free takes it, renews it page by page, and on finishing writes when the
+//! next pass is due, so passes run once per interval across the fleet
+//! rather than once per replica. A holder that dies (or pauses past
+//! [`TURN_LEASE`]) lets it lapse and another replica takes it over; the
+//! paused one finds its renewal refused and stops. Two passes at once
+//! would only waste bank lookups: every repair locks the payment and
+//! compares it again. Times are the database's clock.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::ReconcileError;
+use super::due::Scope;
+
+/// How long a turn is held without a renewal. A pass renews after every
+/// page, so this bounds one page's bank lookups, retries included.
+pub const TURN_LEASE: Duration = Duration::from_secs(120);
+
+/// How often a replica looks for a due pass, at most.
+pub const POLL_MAX: Duration = Duration::from_secs(30);
+
+/// When passes run: one every `interval`, a sweep at most every
+/// `sweep_interval` (0: every pass sweeps).
+#[derive(Debug, Clone, Copy)]
+pub struct Cadence {
+    pub interval: Duration,
+    pub sweep_interval: Duration,
+}
+
+impl Cadence {
+    /// A quarter of the interval, so that a pass starts within that of
+    /// being due whichever replica takes it, and never more than
+    /// [`POLL_MAX`].
+    pub fn poll(&self) -> Duration {
+        (self.interval / 4).clamp(Duration::from_millis(1), POLL_MAX)
+    }
+}
+
+/// This replica's hold on the turn.
+#[derive(Debug)]
+pub struct Turn {
+    holder: Uuid,
+    held_until: DateTime<Utc>,
+    started_at: DateTime<Utc>,
+    /// Whether this pass is a sweep.
+    pub scope: Scope,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("another replica took the reconciliation turn over")]
+pub struct TurnLost;
+
+/// Takes the turn for `holder` if a pass is due and nobody holds it.
+pub async fn take(
+    pool: &PgPool,
+    holder: Uuid,
+    cadence: Cadence,
+) -> Result<Option<Turn>, sqlx::Error> {
+    let taken: Option<(DateTime<Utc>, DateTime<Utc>, bool)> = sqlx::query_as(
+        "UPDATE reconcile_turn SET held_by = $1, held_until = now() + $2 \
+         WHERE next_pass_at <= now() AND held_until <= now() \
+         RETURNING held_until, now(), swept_at <= now() - $3",
+    )
+    .bind(holder)
+    .bind(TURN_LEASE)
+    .bind(cadence.sweep_interval)
+    .fetch_optional(pool)
+    .await?;
+    Ok(taken.map(|(held_until, started_at, sweep)| Turn {
+        holder,
+        held_until,
+        started_at,
+        scope: if sweep { Scope::Sweep } else { Scope::Due },
+    }))
+}
+
+impl Turn {
+    /// Extends the hold, unless someone took the turn over meanwhile.
+    pub async fn renew(&mut self, pool: &PgPool) -> Result<(), ReconcileError> {
+        let renewed: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "UPDATE reconcile_turn SET held_until = now() + $3 \
+             WHERE held_by = $1 AND held_until = $2 RETURNING held_until",
+        )
+        .bind(self.holder)
+        .bind(self.held_until)
+        .bind(TURN_LEASE)
+        .fetch_optional(pool)
+        .await?;
+        self.held_until = renewed.ok_or(TurnLost)?;
+        Ok(())
+    }
+
+    /// Hands the turn back. After a whole pass, the next is due an
+    /// interval after this one began (and a sweep marks when it swept);
+    /// after a failed one, at once, for whichever replica polls next.
+    pub async fn finish(
+        self,
+        pool: &PgPool,
+        cadence: Cadence,
+        passed: bool,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE reconcile_turn SET held_until = now(), \
+               next_pass_at = CASE WHEN $3 THEN $4 + $5 ELSE next_pass_at END, \
+               swept_at = CASE WHEN $3 AND $6 THEN $4 ELSE swept_at END \
+             WHERE held_by = $1 AND held_until = $2",
+        )
+        .bind(self.holder)
+        .bind(self.held_until)
+        .bind(passed)
+        .bind(self.started_at)
+        .bind(cadence.interval)
+        .bind(self.scope == Scope::Sweep)
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+}
