@@ -11,7 +11,7 @@ use super::ids::{MAX_CUSTOMER_ID_LEN, MAX_IDEMPOTENCY_KEY_LEN, MAX_ORDER_ID_LEN}
 const MIGRATION: &str = include_str!("../../../migrations/0001_gateway.sql");
 
 /// Every migration, in order: a new file must be added here (a test counts them).
-const MIGRATIONS: [&str; 10] = [
+const MIGRATIONS: [&str; 11] = [
     MIGRATION,
     include_str!("../../../migrations/0002_recovery.sql"),
     include_str!("../../../migrations/0003_cheaper_checks.sql"),
@@ -22,6 +22,7 @@ const MIGRATIONS: [&str; 10] = [
     include_str!("../../../migrations/0008_outbox_plans_kept.sql"),
     include_str!("../../../migrations/0009_payments_by_creation.sql"),
     include_str!("../../../migrations/0010_reconcile_cadence.sql"),
+    include_str!("../../../migrations/0011_bank_key_from_id.sql"),
 ];
 
 /// The SQL with `--` comments removed, string literals left intact.

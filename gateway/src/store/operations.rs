@@ -36,7 +36,9 @@ pub(crate) const COLUMNS: &str = "id, payment_id, kind, bank_idempotency_key, st
     created_at, lease_until, coalesce(lease_until > now(), false) AS live";
 
 /// A new operation's id and the bank idempotency key it will use on every
-/// call, retry and resume: fixed here, before anything is sent.
+/// call, retry and resume: fixed here, before anything is sent. The key is
+/// made of the kind and the id, and the database holds it to exactly that
+/// (`operations_bank_key_from_id`): unique because the id is.
 pub fn new_identity(kind: OperationKind) -> (Uuid, String) {
     let id = Uuid::now_v7();
     (id, format!("gw_{}_{id}", kind.as_str()))

@@ -142,3 +142,61 @@ async fn a_statement_that_moves_a_payment_twice_publishes_nothing() {
         )
     );
 }
+
+/// A bank idempotency key names one operation: two operations sharing one
+/// would each get the other's answer from the bank. The key is its
+/// operation's kind and id, so the database holds it to that, and no
+/// other operation (no other id) can have it.
+#[tokio::test]
+async fn an_operations_bank_key_is_made_of_its_own_id() {
+    let app = spawn_app().await;
+    let payment = app.authorized(HAPPY_CARD, 100).await;
+    let payment_id = uuid_of(payment["id"].as_str().unwrap());
+    let (operation_id, key): (uuid::Uuid, String) =
+        sqlx::query_as("SELECT id, bank_idempotency_key FROM operations WHERE payment_id = $1")
+            .bind(payment_id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(key, format!("gw_authorize_{operation_id}"));
+
+    let other = uuid::Uuid::now_v7();
+    for (kind, key, why) in [
+        ("capture", key.clone(), "another operation's key"),
+        ("capture", format!("gw_void_{other}"), "another kind's key"),
+        (
+            "capture",
+            "gw_capture_mine".to_owned(),
+            "a key of its own making",
+        ),
+    ] {
+        let refused = sqlx::query(
+            "INSERT INTO operations (id, payment_id, kind, bank_idempotency_key, lease_until) \
+             VALUES ($1, $2, $3, $4, now())",
+        )
+        .bind(other)
+        .bind(payment_id)
+        .bind(kind)
+        .bind(&key)
+        .execute(&app.pool)
+        .await
+        .expect_err(why);
+        assert_eq!(
+            refused.as_database_error().and_then(|e| e.constraint()),
+            Some("operations_bank_key_from_id"),
+            "{why}: {refused}"
+        );
+    }
+    let rewritten = sqlx::query(
+        "UPDATE operations SET bank_idempotency_key = 'gw_authorize_' || gen_random_uuid() \
+         WHERE id = $1",
+    )
+    .bind(operation_id)
+    .execute(&app.pool)
+    .await
+    .expect_err("a key rewritten");
+    assert_eq!(
+        rewritten.as_database_error().and_then(|e| e.constraint()),
+        Some("operations_bank_key_from_id")
+    );
+}
