@@ -111,7 +111,7 @@ pub fn render(report: &Report) -> String {
          matched {}, in flight {}, repaired {}, to repair {}, mismatch {}, unverified {}\n",
         c.checked,
         report.since.to_rfc3339(),
-        report.scope,
+        report.scope.as_str(),
         c.matched,
         c.in_flight,
         c.repaired,

@@ -15,7 +15,8 @@ use crate::domain::PaymentStatus;
 use crate::store::payments::PaymentRecord;
 
 /// Which payments of the window a pass asks the bank about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Scope {
     // Plain comments: clap would print doc comments as a second list in
     // `gateway reconcile --help`, beside the flag's own description.
@@ -86,18 +87,17 @@ pub async fn page(
     }
 }
 
-/// Remembers these receipts as matching the bank, each as it was read
-/// (`updated_at`): one that moved meanwhile stays due. Rows already
+/// Remembers these receipts as matching the bank, each by the `updated_at`
+/// it was read with: one that moved meanwhile stays due. Rows already
 /// remembered as they are are not written again.
 pub async fn remember_matched(
     pool: &PgPool,
-    matched: &[&PaymentRecord],
+    matched: &[(Uuid, DateTime<Utc>)],
 ) -> Result<u64, sqlx::Error> {
     if matched.is_empty() {
         return Ok(0);
     }
-    let ids: Vec<Uuid> = matched.iter().map(|r| r.id).collect();
-    let seen: Vec<DateTime<Utc>> = matched.iter().map(|r| r.updated_at).collect();
+    let (ids, seen): (Vec<Uuid>, Vec<DateTime<Utc>>) = matched.iter().copied().unzip();
     let written = sqlx::query(
         "UPDATE payments p SET reconciled_updated_at = m.updated_at \
          FROM unnest($1::uuid[], $2::timestamptz[]) AS m(id, updated_at) \

@@ -171,7 +171,7 @@ impl Counts {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub since: DateTime<Utc>,
-    pub scope: &'static str,
+    pub scope: Scope,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     /// False for a dry run: nothing was written.
@@ -234,7 +234,7 @@ pub async fn pass(
 ) -> Result<Report, ReconcileError> {
     let mut report = Report {
         since,
-        scope: scope.as_str(),
+        scope,
         started_at: Utc::now(),
         finished_at: Utc::now(),
         repair,
@@ -246,19 +246,21 @@ pub async fn pass(
         let page = due::page(pool, scope, since, after, PAGE_SIZE).await?;
         let Some(last) = page.last() else { break };
         after = Some((last.created_at, last.id));
+        let versions: Vec<(Uuid, DateTime<Utc>)> =
+            page.iter().map(|r| (r.id, r.updated_at)).collect();
         // Owned records: a stream of borrowed ones trips the compiler's
         // higher-ranked lifetime check once the future must be `Send`.
-        let entries: Vec<Entry> = stream::iter(page.clone())
+        let entries: Vec<Entry> = stream::iter(page)
             .map(|record| async move { check(pool, bank, &record, repair).await })
             .buffered(CONCURRENCY)
             .try_collect()
             .await?;
         if repair {
-            let matched: Vec<&PaymentRecord> = page
-                .iter()
+            let matched: Vec<(Uuid, DateTime<Utc>)> = versions
+                .into_iter()
                 .zip(&entries)
                 .filter(|(_, entry)| entry.outcome == Outcome::Matched)
-                .map(|(record, _)| record)
+                .map(|(version, _)| version)
                 .collect();
             due::remember_matched(pool, &matched).await?;
         }
@@ -368,14 +370,14 @@ pub async fn run_forever(pool: PgPool, bank: BankClient, holder: Uuid, cadence: 
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if let Err(e) = take_turn(&pool, &bank, holder, cadence).await {
+        if let Err(e) = poll_once(&pool, &bank, holder, cadence).await {
             tracing::warn!(error = %e, "reconciliation failed; another poll will retry");
         }
     }
 }
 
 /// One poll: a pass if the turn is due and free, nothing otherwise.
-async fn take_turn(
+async fn poll_once(
     pool: &PgPool,
     bank: &BankClient,
     holder: Uuid,
@@ -404,7 +406,7 @@ async fn take_turn(
 fn log_report(report: &Report) {
     let c = report.counts;
     tracing::info!(
-        scope = report.scope,
+        scope = report.scope.as_str(),
         checked = c.checked,
         matched = c.matched,
         in_flight = c.in_flight,

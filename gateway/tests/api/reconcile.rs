@@ -550,9 +550,8 @@ async fn a_receipt_that_moves_while_it_is_checked_stays_due() {
     // Captured after the pass read it as authorized and found that
     // matching: remembering that must not hide the capture.
     moved(&app, &id, "capture").await;
-    let remembered = due::remember_matched(&app.pool, &read.iter().collect::<Vec<_>>())
-        .await
-        .unwrap();
+    let versions: Vec<_> = read.iter().map(|r| (r.id, r.updated_at)).collect();
+    let remembered = due::remember_matched(&app.pool, &versions).await.unwrap();
     assert_eq!(remembered, 0);
     assert_eq!(checked(&pass_of(&app, Scope::Due, true).await), (1, 1));
 }
