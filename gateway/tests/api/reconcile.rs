@@ -439,6 +439,26 @@ fn checked(report: &Report) -> (u64, u64) {
     (report.counts.checked, report.counts.matched)
 }
 
+/// A new authorized payment of $10.00, by its id.
+async fn authorized_id(app: &TestApp) -> String {
+    app.authorized(HAPPY_CARD, 1_000).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Captures the payment's whole authorization at the bank, not through
+/// the gateway.
+async fn captured_at_bank(app: &TestApp, id: &str) {
+    let auth = bank_id(&receipt(app, id).await, "authorization_id");
+    at_bank(
+        app,
+        "/api/v1/captures",
+        json!({"authorization_id": auth, "amount": 1_000}),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_due_pass_asks_only_about_what_is_new_or_moved_since_it_matched() {
     let app = app().await;
@@ -464,19 +484,10 @@ async fn a_due_pass_asks_only_about_what_is_new_or_moved_since_it_matched() {
 #[tokio::test]
 async fn a_change_made_at_the_bank_alone_waits_for_the_sweep() {
     let app = app().await;
-    let id = app.authorized(HAPPY_CARD, 1_000).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = authorized_id(&app).await;
     assert_eq!(checked(&pass_of(&app, Scope::Due, true).await), (1, 1));
 
-    let auth = bank_id(&receipt(&app, &id).await, "authorization_id");
-    at_bank(
-        &app,
-        "/api/v1/captures",
-        json!({"authorization_id": auth, "amount": 1_000}),
-    )
-    .await;
+    captured_at_bank(&app, &id).await;
     // The receipt did not move, so a due pass does not ask: the price of
     // not asking the bank about every payment every pass.
     assert_eq!(checked(&pass_of(&app, Scope::Due, true).await), (0, 0));
@@ -538,10 +549,7 @@ async fn what_did_not_match_stays_due_and_a_dry_run_remembers_nothing() {
 #[tokio::test]
 async fn a_receipt_that_moves_while_it_is_checked_stays_due() {
     let app = app().await;
-    let id = app.authorized(HAPPY_CARD, 1_000).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = authorized_id(&app).await;
     let since = Utc::now() - chrono::TimeDelta::hours(1);
     let read = due::page(&app.pool, Scope::Due, since, None, 10)
         .await
@@ -614,17 +622,8 @@ async fn two_replicas_in_the_background_repair_what_changed_at_the_bank() {
     })
     .await;
     app.replica().await;
-    let id = app.authorized(HAPPY_CARD, 1_000).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let auth = bank_id(&receipt(&app, &id).await, "authorization_id");
-    at_bank(
-        &app,
-        "/api/v1/captures",
-        json!({"authorization_id": auth, "amount": 1_000}),
-    )
-    .await;
+    let id = authorized_id(&app).await;
+    captured_at_bank(&app, &id).await;
     app.eventually(&id, |p| p["status"] == "captured").await;
     let swept: bool = sqlx::query_scalar("SELECT swept_at > '-infinity' FROM reconcile_turn")
         .fetch_one(&app.pool)
