@@ -66,6 +66,10 @@ CREATE TABLE reconcile_turn (
     held_until timestamptz NOT NULL DEFAULT '-infinity',
     next_pass_at timestamptz NOT NULL DEFAULT '-infinity',
     -- When the last sweep (of every payment the bank can still move) began.
-    swept_at timestamptz NOT NULL DEFAULT '-infinity'
+    swept_at timestamptz NOT NULL DEFAULT '-infinity',
+    -- The last whole pass, whichever replica ran it: every replica reports
+    -- these as its metrics, so an alert does not depend on which one ran.
+    passed_at timestamptz,
+    mismatches bigint NOT NULL DEFAULT 0 CHECK (mismatches >= 0)
 );
 INSERT INTO reconcile_turn DEFAULT VALUES;

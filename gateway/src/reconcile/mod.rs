@@ -40,9 +40,10 @@
 //! ([`due`]): payments new or moved since they last matched, those left
 //! over, and, in a periodic sweep, those the bank can move on its own.
 //!
-//! Metrics: `gateway_reconcile_payments_total{outcome}`,
-//! `gateway_reconcile_mismatches` (mismatches left by the last run) and
-//! `gateway_reconcile_last_run_timestamp_seconds`.
+//! Metrics: `gateway_reconcile_payments_total{outcome}` (this process's
+//! passes), and, the same in every replica whichever ran it, the fleet's
+//! last whole pass: `gateway_reconcile_mismatches` (the mismatches it
+//! found) and `gateway_reconcile_last_run_timestamp_seconds`.
 
 mod bank_view;
 mod classify;
@@ -354,9 +355,6 @@ fn record_metrics(report: &Report) {
         metrics::counter!("gateway_reconcile_payments_total", "outcome" => outcome.as_str())
             .increment(report.counts.get(outcome));
     }
-    metrics::gauge!("gateway_reconcile_mismatches").set(report.counts.mismatch as f64);
-    metrics::gauge!("gateway_reconcile_last_run_timestamp_seconds")
-        .set(report.finished_at.timestamp_millis() as f64 / 1000.0);
 }
 
 /// The server's background task: polls for the reconciliation turn and,
@@ -372,6 +370,9 @@ pub async fn run_forever(pool: PgPool, bank: BankClient, holder: Uuid, cadence: 
         ticker.tick().await;
         if let Err(e) = poll_once(&pool, &bank, holder, cadence).await {
             tracing::warn!(error = %e, "reconciliation failed; another poll will retry");
+        }
+        if let Err(e) = publish_last_pass(&pool).await {
+            tracing::warn!(error = %e, "could not read the last reconciliation pass");
         }
     }
 }
@@ -391,16 +392,28 @@ async fn poll_once(
     let outcome = pass(pool, bank, since, scope, true, Some(&mut turn)).await;
     match outcome {
         Ok(report) => {
-            turn.finish(pool, cadence, true).await?;
+            turn.passed(pool, cadence, report.counts.mismatch).await?;
             log_report(&report);
             Ok(())
         }
         Err(ReconcileError::TurnLost(lost)) => Err(lost.into()),
         Err(e) => {
-            turn.finish(pool, cadence, false).await?;
+            turn.failed(pool).await?;
             Err(e)
         }
     }
+}
+
+/// Every replica reports the fleet's last pass, whoever ran it, so that
+/// a replica that once held the turn does not keep reporting what it saw
+/// then.
+async fn publish_last_pass(pool: &PgPool) -> Result<(), sqlx::Error> {
+    if let Some((passed_at, mismatches)) = turn::last_pass(pool).await? {
+        metrics::gauge!("gateway_reconcile_mismatches").set(mismatches as f64);
+        metrics::gauge!("gateway_reconcile_last_run_timestamp_seconds")
+            .set(passed_at.timestamp_millis() as f64 / 1000.0);
+    }
+    Ok(())
 }
 
 fn log_report(report: &Report) {

@@ -96,29 +96,50 @@ impl Turn {
         Ok(())
     }
 
-    /// Hands the turn back. After a whole pass, the next is due an
-    /// interval after this one began (and a sweep marks when it swept);
-    /// after a failed one, at once, for whichever replica polls next.
-    pub async fn finish(
+    /// Hands the turn back after a whole pass that found `mismatches`: the
+    /// next pass is due an interval after this one began, and a sweep
+    /// records when it swept.
+    pub async fn passed(
         self,
         pool: &PgPool,
         cadence: Cadence,
-        passed: bool,
+        mismatches: u64,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE reconcile_turn SET held_until = now(), \
-               next_pass_at = CASE WHEN $3 THEN $4 + $5 ELSE next_pass_at END, \
-               swept_at = CASE WHEN $3 AND $6 THEN $4 ELSE swept_at END \
+            "UPDATE reconcile_turn SET held_until = now(), next_pass_at = $3 + $4, \
+               swept_at = CASE WHEN $5 THEN $3 ELSE swept_at END, \
+               passed_at = now(), mismatches = $6 \
              WHERE held_by = $1 AND held_until = $2",
         )
         .bind(self.holder)
         .bind(self.held_until)
-        .bind(passed)
         .bind(self.started_at)
         .bind(cadence.interval)
         .bind(self.scope == Scope::Sweep)
+        .bind(i64::try_from(mismatches).unwrap_or(i64::MAX))
         .execute(pool)
         .await?;
         Ok(())
     }
+
+    /// Hands the turn back after a pass that failed: due at once, for
+    /// whichever replica polls next.
+    pub async fn failed(self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE reconcile_turn SET held_until = now() WHERE held_by = $1 AND held_until = $2",
+        )
+        .bind(self.holder)
+        .bind(self.held_until)
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// The last whole pass of any replica: when it finished and the
+/// mismatches it found. `None` before the first.
+pub async fn last_pass(pool: &PgPool) -> Result<Option<(DateTime<Utc>, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT passed_at, mismatches FROM reconcile_turn WHERE passed_at IS NOT NULL")
+        .fetch_optional(pool)
+        .await
 }

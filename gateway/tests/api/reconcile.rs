@@ -576,10 +576,11 @@ async fn one_replica_holds_the_turn_and_a_lapsed_turn_is_taken_over() {
     let take = |holder| turn::take(pool, holder, cadence);
 
     // Never swept: the first pass sweeps. While it runs, nobody else.
+    assert!(turn::last_pass(pool).await.unwrap().is_none());
     let first = take(a).await.unwrap().expect("a pass is due");
     assert_eq!(first.scope, Scope::Sweep);
     assert!(take(b).await.unwrap().is_none());
-    first.finish(pool, cadence, true).await.unwrap();
+    first.passed(pool, cadence, 0).await.unwrap();
     // Done: the next pass is an interval away, for every replica.
     assert!(take(b).await.unwrap().is_none());
     assert!(take(a).await.unwrap().is_none());
@@ -600,14 +601,17 @@ async fn one_replica_holds_the_turn_and_a_lapsed_turn_is_taken_over() {
         .unwrap();
     let successor = take(c).await.unwrap().expect("a lapsed turn is free");
     assert!(paused.renew(pool).await.is_err());
-    paused.finish(pool, cadence, true).await.unwrap();
+    paused.passed(pool, cadence, 7).await.unwrap();
     assert!(
         take(a).await.unwrap().is_none(),
         "the successor still holds it"
     );
+    // Nor does what the paused one found become the fleet's last pass.
+    let (_, mismatches) = turn::last_pass(pool).await.unwrap().expect("one pass");
+    assert_eq!(mismatches, 0);
 
     // A pass that failed hands the turn back due at once.
-    successor.finish(pool, cadence, false).await.unwrap();
+    successor.failed(pool).await.unwrap();
     assert!(take(a).await.unwrap().is_some());
 }
 
