@@ -10,8 +10,16 @@
 --    the bank can still move it without the gateway (authorized, captured).
 --    Equality, not order: `updated_at` is written from more than one clock,
 --    so "later than" could miss a move; "not the one that matched" cannot.
---    Not indexed, so that writing it keeps updates of `payments` HOT.
-ALTER TABLE payments ADD COLUMN reconciled_updated_at timestamptz;
+--    A table of its own rather than a column of `payments`: remembering
+--    must not add row versions, dead tuples and index entries to the
+--    payment path's table, nor take a payment's row lock. No foreign key,
+--    for the same reason (its check would lock the payment's row); payments
+--    are never deleted. Room on each page, so that remembering again is an
+--    update in place (HOT: the one index is on the id, which never changes).
+CREATE TABLE reconciled_payments (
+    payment_id uuid PRIMARY KEY,
+    matched_updated_at timestamptz NOT NULL
+) WITH (fillfactor = 70);
 
 -- So every change to what reconciliation compares must move `updated_at`.
 -- The gateway's own writes always do; an UPDATE by hand (a fix in psql)

@@ -1,7 +1,7 @@
 //! Which payments a pass reads, and what it remembers of those that matched.
 //!
 //! A receipt found matching the bank is remembered by the `updated_at` it
-//! had then (`payments.reconciled_updated_at`). It is due again when it has
+//! had then (`reconciled_payments`, a table apart from the payment path's). It is due again when it has
 //! moved since, and never stops being due while it does not match (a
 //! mismatch, an unverified one, one in flight). Terminal receipts that
 //! matched are not asked about again; receipts the bank can still move on
@@ -64,20 +64,21 @@ pub async fn page(
     limit: i64,
 ) -> Result<Vec<PaymentRecord>, sqlx::Error> {
     // The columns of `store::payments`'s record.
-    const SELECT: &str = "SELECT id, merchant_id, order_id, customer_id, amount, currency, \
-           status::text AS status, card_brand, card_last4, card_exp_month, card_exp_year, \
-           bank_authorization_id, bank_capture_id, bank_void_id, bank_refund_id, \
-           authorization_expires_at, failure_code, created_at, updated_at \
-         FROM payments";
-    const IN_SCOPE: &str = "(reconciled_updated_at IS DISTINCT FROM updated_at \
-         OR status::text = ANY($2))";
+    const SELECT: &str = "SELECT p.id, p.merchant_id, p.order_id, p.customer_id, p.amount, \
+           p.currency, p.status::text AS status, p.card_brand, p.card_last4, p.card_exp_month, \
+           p.card_exp_year, p.bank_authorization_id, p.bank_capture_id, p.bank_void_id, \
+           p.bank_refund_id, p.authorization_expires_at, p.failure_code, p.created_at, p.updated_at \
+         FROM payments p LEFT JOIN reconciled_payments r ON r.payment_id = p.id";
+    const IN_SCOPE: &str = "(r.matched_updated_at IS DISTINCT FROM p.updated_at \
+         OR p.status::text = ANY($2))";
     let sql = match after {
         None => format!(
-            "{SELECT} WHERE created_at >= $3 AND {IN_SCOPE} ORDER BY created_at, id LIMIT $1"
+            "{SELECT} WHERE p.created_at >= $3 AND {IN_SCOPE} \
+             ORDER BY p.created_at, p.id LIMIT $1"
         ),
         Some(_) => format!(
-            "{SELECT} WHERE (created_at, id) > ($3, $4) AND {IN_SCOPE} \
-             ORDER BY created_at, id LIMIT $1"
+            "{SELECT} WHERE (p.created_at, p.id) > ($3, $4) AND {IN_SCOPE} \
+             ORDER BY p.created_at, p.id LIMIT $1"
         ),
     };
     let query = sqlx::query_as(&sql).bind(limit).bind(scope.always());
@@ -99,10 +100,12 @@ pub async fn remember_matched(
     }
     let (ids, seen): (Vec<Uuid>, Vec<DateTime<Utc>>) = matched.iter().copied().unzip();
     let written = sqlx::query(
-        "UPDATE payments p SET reconciled_updated_at = m.updated_at \
+        "INSERT INTO reconciled_payments (payment_id, matched_updated_at) \
+         SELECT m.id, m.updated_at \
          FROM unnest($1::uuid[], $2::timestamptz[]) AS m(id, updated_at) \
-         WHERE p.id = m.id AND p.updated_at = m.updated_at \
-           AND p.reconciled_updated_at IS DISTINCT FROM m.updated_at",
+         JOIN payments p ON p.id = m.id AND p.updated_at = m.updated_at \
+         ON CONFLICT (payment_id) DO UPDATE SET matched_updated_at = excluded.matched_updated_at \
+         WHERE reconciled_payments.matched_updated_at IS DISTINCT FROM excluded.matched_updated_at",
     )
     .bind(ids)
     .bind(seen)
