@@ -343,6 +343,12 @@ pub struct RunArgs {
     /// table's: `simulator mutants --list`), to see the checks catch it.
     #[arg(long, value_name = "NAME")]
     pub mutant: Option<String>,
+    /// Run the gateways' background reconciliation this often (e.g. 1s),
+    /// sweeping every pass, so that its repairs race recovery and the
+    /// clients under the same faults and kills. Off by default: a repair
+    /// would hide a receipt behind the bank that the checks must see.
+    #[arg(long, value_parser = parse_duration, conflicts_with = "gateway_url")]
+    pub reconcile_every: Option<Duration>,
     /// On a violation, do not shrink the scenario (shrinking re-runs smaller
     /// scenarios, each on a fresh stack, a few times at most).
     #[arg(long)]
@@ -543,7 +549,11 @@ mod tests {
         for alone in given.chunks(2).skip(1) {
             assert!(run_args(alone).is_err(), "{alone:?}");
         }
-        for refused in [["--kill-every", "5s"], ["--replicas", "2"]] {
+        for refused in [
+            ["--kill-every", "5s"],
+            ["--replicas", "2"],
+            ["--reconcile-every", "1s"],
+        ] {
             let mut args = given.to_vec();
             args.extend(refused);
             let error = run_args(&args).unwrap_err();

@@ -110,8 +110,12 @@ pub const OPTIONAL_GATEWAY_SETTINGS: [(&str, &str); 2] = [
 ];
 
 /// [`GATEWAY_SETTINGS`] and those of [`OPTIONAL_GATEWAY_SETTINGS`] that
-/// `gateway serve --help` of `program` lists.
-fn gateway_args(program: Option<&PathBuf>) -> anyhow::Result<Vec<String>> {
+/// `gateway serve --help` of `program` lists; with `reconcile_every`, the
+/// background reconciliation on at that interval and sweeping every pass.
+fn gateway_args(
+    program: Option<&PathBuf>,
+    reconcile_every: Option<Duration>,
+) -> anyhow::Result<Vec<String>> {
     let exe = match program {
         Some(program) => program.clone(),
         None => std::env::current_exe()?,
@@ -121,15 +125,23 @@ fn gateway_args(program: Option<&PathBuf>) -> anyhow::Result<Vec<String>> {
         .output()
         .context("asking the gateway for its settings")?;
     let help = String::from_utf8_lossy(&help.stdout);
-    Ok(GATEWAY_SETTINGS
+    let interval_ms = reconcile_every.map(|every| every.as_millis().max(1).to_string());
+    let mut args: Vec<String> = GATEWAY_SETTINGS
         .iter()
         .chain(
             OPTIONAL_GATEWAY_SETTINGS
                 .iter()
                 .filter(|(flag, _)| help.contains(&format!("{flag} "))),
         )
-        .flat_map(|(k, v)| [(*k).to_owned(), (*v).to_owned()])
-        .collect())
+        .flat_map(|&(flag, value)| match (flag, &interval_ms) {
+            ("--reconcile-interval-ms", Some(ms)) => [flag.to_owned(), ms.clone()],
+            _ => [flag.to_owned(), value.to_owned()],
+        })
+        .collect();
+    if interval_ms.is_some() {
+        args.extend(["--reconcile-sweep-interval-ms".to_owned(), "0".to_owned()]);
+    }
+    Ok(args)
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +171,9 @@ pub struct RunOptions {
     /// A known bug the gateways run with (`gateway::faults::Mutant`), for
     /// the mutation table.
     pub mutant: Option<String>,
+    /// Run the gateways' background reconciliation this often, sweeping
+    /// every pass, instead of leaving it off.
+    pub reconcile_every: Option<Duration>,
 }
 
 /// A running system that `simulator run --gateway-url …` uses instead of
@@ -213,6 +228,7 @@ impl Default for RunOptions {
             gateway_bank_url: None,
             given: None,
             mutant: None,
+            reconcile_every: None,
         }
     }
 }
@@ -244,7 +260,7 @@ impl Replicas {
             database_url: database_url.to_owned(),
             bank_url: bank_url.to_owned(),
         };
-        let args = gateway_args(run.program.as_ref())?;
+        let args = gateway_args(run.program.as_ref(), run.reconcile_every)?;
         // One secret for every replica: a key retried on another must match.
         let secret = gateway::idempotency::Secret::random();
         let webhook_key = gateway::idempotency::Secret::random();

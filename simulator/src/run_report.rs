@@ -120,6 +120,8 @@ pub struct RunReport {
     pub restarts: usize,
     /// The scenario's periodic kill interval, for the replay command.
     pub kill_every_ms: Option<u32>,
+    /// `--reconcile-every`, for the replay command.
+    pub reconcile_every_ms: Option<u64>,
     /// The scenario's fresh cards, for the replay command.
     pub cards: u16,
     /// `--duration`, for the replay command (it also bounds the moments of
@@ -228,6 +230,7 @@ impl RunReport {
             faults_injected,
             restarts: events.iter().filter(|e| e.kind == "restart").count(),
             kill_every_ms: scenario.faults.kill_every_ms,
+            reconcile_every_ms: options.reconcile_every.map(crate::stats::millis),
             cards: scenario.cards,
             duration_ms: options.duration.map(crate::stats::millis),
             scenario_file: None,
@@ -267,6 +270,9 @@ impl RunReport {
         }
         if let Some(ms) = self.duration_ms {
             let _ = write!(command, " --duration {ms}ms");
+        }
+        if let Some(ms) = self.reconcile_every_ms {
+            let _ = write!(command, " --reconcile-every {ms}ms");
         }
         command
     }
@@ -1108,6 +1114,7 @@ mod tests {
             faults_injected: BTreeMap::from([(format!("timeout {EVIL}"), 3)]),
             restarts: 1,
             kill_every_ms: None,
+            reconcile_every_ms: None,
             cards: 2,
             duration_ms: None,
             scenario_file: None,

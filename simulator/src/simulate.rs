@@ -144,6 +144,7 @@ pub fn options_of(args: &RunArgs) -> anyhow::Result<RunOptions> {
         gateway_bank_url: None,
         given: given_of(args),
         mutant: args.mutant.clone(),
+        reconcile_every: args.reconcile_every,
     })
 }
 
@@ -388,7 +389,7 @@ mod tests {
     fn the_printed_replay_commands_give_the_same_scenario() {
         for command in [
             "simulator run --seed 5 --payments 12 --cards 3 --chaos crashy --duration 20s --replicas 2 --concurrency 4",
-            "simulator run --seed 6 --payments 7 --chaos lossy --kill-every 1500ms",
+            "simulator run --seed 6 --payments 7 --chaos lossy --kill-every 1500ms --reconcile-every 1s",
             r#"simulator run --seed 7 --payments 9 --cards 2 --chaos {"error_after_commit_rate":0.5}"#,
         ] {
             let args = run_args(&words(command));
@@ -403,8 +404,18 @@ mod tests {
             );
             let replayed = options_of(&again).unwrap();
             assert_eq!(
-                (replayed.concurrency, replayed.replicas, replayed.duration),
-                (options.concurrency, options.replicas, options.duration),
+                (
+                    replayed.concurrency,
+                    replayed.replicas,
+                    replayed.duration,
+                    replayed.reconcile_every
+                ),
+                (
+                    options.concurrency,
+                    options.replicas,
+                    options.duration,
+                    options.reconcile_every
+                ),
                 "{replay}"
             );
 
@@ -424,8 +435,18 @@ mod tests {
             assert_eq!(read.unwrap(), shrunk, "{replay}");
             let replayed = options_of(&again).unwrap();
             assert_eq!(
-                (replayed.concurrency, replayed.replicas, replayed.duration),
-                (options.concurrency, options.replicas, options.duration),
+                (
+                    replayed.concurrency,
+                    replayed.replicas,
+                    replayed.duration,
+                    replayed.reconcile_every
+                ),
+                (
+                    options.concurrency,
+                    options.replicas,
+                    options.duration,
+                    options.reconcile_every
+                ),
                 "{replay}"
             );
         }

@@ -179,33 +179,77 @@ fn a_capture_the_gateway_never_made_fails_convergence_and_conservation() {
         let mut session = Session::start(stack, plain(4), options()).await.unwrap();
         session.drive().await.unwrap();
         session.settle().await.unwrap();
-        let authorization = session
-            .flows
-            .iter()
-            .flat_map(|f| &f.exchanges)
-            .find_map(|e| {
-                (e.status() == Some(201)).then(|| {
-                    e.json()?["bank"]["authorization_id"]
-                        .as_str()
-                        .map(str::to_owned)
-                })?
-            })
-            .expect("an authorized payment");
-        let captured = reqwest::Client::new()
-            .post(format!("{}/api/v1/captures", session.bank_url()))
-            .header("Idempotency-Key", "behind-the-gateway")
-            .json(&json!({"authorization_id": authorization, "amount": 1_000}))
-            .send()
-            .await
-            .unwrap();
-        let status = captured.status();
-        let body: Value = captured.json().await.unwrap();
-        assert!(status.is_success(), "{status} {body}");
+        capture_behind_the_gateway(&session).await;
         let observations = session.observe().await.unwrap();
         let report = session.finish(&observations).await;
         assert_eq!(failed(&report), ["convergence", "conservation"], "{report}");
         assert!(!report.passed);
     });
+}
+
+/// The same capture, with the gateways' background reconciliation on
+/// (`--reconcile-every`): one of the two replicas takes the turn, its sweep
+/// moves the receipt forward, and every invariant holds again.
+#[test]
+fn with_reconciliation_on_a_capture_behind_the_gateway_is_repaired() {
+    with_stack(async |stack| {
+        let options = RunOptions {
+            replicas: 2,
+            reconcile_every: Some(Duration::from_millis(200)),
+            ..options()
+        };
+        let mut session = Session::start(stack, plain(4), options).await.unwrap();
+        session.drive().await.unwrap();
+        session.settle().await.unwrap();
+        capture_behind_the_gateway(&session).await;
+        let pool = sqlx::PgPool::connect(session.gateway_database())
+            .await
+            .unwrap();
+        let mut captured = 0;
+        for _ in 0..100 {
+            captured = sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM payments WHERE status = 'captured'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if captured > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(captured, 1, "the sweep never repaired the receipt");
+        let observations = session.observe().await.unwrap();
+        let report = session.finish(&observations).await;
+        assert!(report.passed, "{report}");
+    });
+}
+
+/// Captures the first authorized payment's whole amount at the bank, behind
+/// the gateway's back.
+async fn capture_behind_the_gateway(session: &Session) {
+    let (authorization, amount) = session
+        .flows
+        .iter()
+        .flat_map(|f| &f.exchanges)
+        .find_map(|e| {
+            (e.status() == Some(201)).then(|| {
+                let payment = e.json()?;
+                let authorization = payment["bank"]["authorization_id"].as_str()?.to_owned();
+                Some((authorization, payment["amount"].as_i64()?))
+            })?
+        })
+        .expect("an authorized payment");
+    let captured = reqwest::Client::new()
+        .post(format!("{}/api/v1/captures", session.bank_url()))
+        .header("Idempotency-Key", "behind-the-gateway")
+        .json(&json!({"authorization_id": authorization, "amount": amount}))
+        .send()
+        .await
+        .unwrap();
+    let status = captured.status();
+    let body: Value = captured.json().await.unwrap();
+    assert!(status.is_success(), "{status} {body}");
 }
 
 /// A card number written into the gateway's database behind its back (as
