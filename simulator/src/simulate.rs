@@ -387,6 +387,8 @@ mod tests {
 
     #[test]
     fn the_printed_replay_commands_give_the_same_scenario() {
+        // The run options a replay must give again.
+        let shape = |o: &RunOptions| (o.concurrency, o.replicas, o.duration, o.reconcile_every);
         for command in [
             "simulator run --seed 5 --payments 12 --cards 3 --chaos crashy --duration 20s --replicas 2 --concurrency 4",
             "simulator run --seed 6 --payments 7 --chaos lossy --kill-every 1500ms --reconcile-every 1s",
@@ -402,20 +404,9 @@ mod tests {
                 scenario,
                 "{command} → {replay}"
             );
-            let replayed = options_of(&again).unwrap();
             assert_eq!(
-                (
-                    replayed.concurrency,
-                    replayed.replicas,
-                    replayed.duration,
-                    replayed.reconcile_every
-                ),
-                (
-                    options.concurrency,
-                    options.replicas,
-                    options.duration,
-                    options.reconcile_every
-                ),
+                shape(&options_of(&again).unwrap()),
+                shape(&options),
                 "{replay}"
             );
 
@@ -433,20 +424,9 @@ mod tests {
             let read = scenario_of(&again);
             std::fs::remove_dir_all(path.parent().unwrap()).ok();
             assert_eq!(read.unwrap(), shrunk, "{replay}");
-            let replayed = options_of(&again).unwrap();
             assert_eq!(
-                (
-                    replayed.concurrency,
-                    replayed.replicas,
-                    replayed.duration,
-                    replayed.reconcile_every
-                ),
-                (
-                    options.concurrency,
-                    options.replicas,
-                    options.duration,
-                    options.reconcile_every
-                ),
+                shape(&options_of(&again).unwrap()),
+                shape(&options),
                 "{replay}"
             );
         }
