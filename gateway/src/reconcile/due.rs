@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::PaymentStatus;
-use crate::store::payments::PaymentRecord;
+use crate::store::payments::{COLUMNS, PaymentRecord};
 
 /// Which payments of the window a pass asks the bank about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -63,21 +63,19 @@ pub async fn page(
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<PaymentRecord>, sqlx::Error> {
-    // The columns of `store::payments`'s record.
-    const SELECT: &str = "SELECT p.id, p.merchant_id, p.order_id, p.customer_id, p.amount, \
-           p.currency, p.status::text AS status, p.card_brand, p.card_last4, p.card_exp_month, \
-           p.card_exp_year, p.bank_authorization_id, p.bank_capture_id, p.bank_void_id, \
-           p.bank_refund_id, p.authorization_expires_at, p.failure_code, p.created_at, p.updated_at \
-         FROM payments p LEFT JOIN reconciled_payments r ON r.payment_id = p.id";
+    // `reconciled_payments` names none of the record's columns.
+    let select = format!(
+        "SELECT {COLUMNS} FROM payments p LEFT JOIN reconciled_payments r ON r.payment_id = p.id"
+    );
     const IN_SCOPE: &str = "(r.matched_updated_at IS DISTINCT FROM p.updated_at \
          OR p.status::text = ANY($2))";
     let sql = match after {
         None => format!(
-            "{SELECT} WHERE p.created_at >= $3 AND {IN_SCOPE} \
+            "{select} WHERE p.created_at >= $3 AND {IN_SCOPE} \
              ORDER BY p.created_at, p.id LIMIT $1"
         ),
         Some(_) => format!(
-            "{SELECT} WHERE (p.created_at, p.id) > ($3, $4) AND {IN_SCOPE} \
+            "{select} WHERE (p.created_at, p.id) > ($3, $4) AND {IN_SCOPE} \
              ORDER BY p.created_at, p.id LIMIT $1"
         ),
     };

@@ -48,7 +48,7 @@ pub struct Turn {
     holder: Uuid,
     held_until: DateTime<Utc>,
     started_at: DateTime<Utc>,
-    /// Whether this pass is a sweep.
+    /// The pass this turn runs: the due one, or a sweep.
     pub scope: Scope,
 }
 

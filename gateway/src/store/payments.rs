@@ -74,7 +74,9 @@ pub struct NewPayment {
     pub card_exp_year: i16,
 }
 
-const COLUMNS: &str = "id, merchant_id, order_id, customer_id, amount, currency, status::text AS status, \
+/// A [`PaymentRecord`]'s columns, unqualified: a query joining another
+/// table must not give it columns of these names.
+pub(crate) const COLUMNS: &str = "id, merchant_id, order_id, customer_id, amount, currency, status::text AS status, \
     card_brand, card_last4, card_exp_month, card_exp_year, bank_authorization_id, bank_capture_id, \
     bank_void_id, bank_refund_id, authorization_expires_at, failure_code, created_at, updated_at";
 

@@ -31,9 +31,33 @@ fn bank_at(address: &str, policy: RetryPolicy) -> BankClient {
 }
 
 async fn run(app: &TestApp, repair: bool) -> Report {
+    pass_of(app, Scope::All, repair).await
+}
+
+/// A pass of `scope` over the last hour, asking the test's bank.
+async fn pass_of(app: &TestApp, scope: Scope, repair: bool) -> Report {
     let bank = bank_at(&app.bank_address, RetryPolicy::default());
+    pass_with(app, &bank, scope, repair).await
+}
+
+async fn pass_with(app: &TestApp, bank: &BankClient, scope: Scope, repair: bool) -> Report {
     let since = Utc::now() - chrono::TimeDelta::hours(1);
-    reconcile(&app.pool, &bank, since, repair).await.unwrap()
+    pass(&app.pool, bank, since, scope, repair, None)
+        .await
+        .unwrap()
+}
+
+/// A bank nothing answers for (nothing listens on port 1), given up on
+/// quickly.
+fn unreachable_bank() -> BankClient {
+    let policy = RetryPolicy {
+        attempt_timeout: Duration::from_millis(200),
+        deadline: Duration::from_millis(500),
+        max_attempts: 2,
+        base_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(10),
+    };
+    bank_at("http://127.0.0.1:1", policy)
 }
 
 async fn receipt(app: &TestApp, id: &str) -> Value {
@@ -396,23 +420,7 @@ async fn the_binary_exits_zero_when_all_match_and_repairs_unless_dry_run() {
 async fn an_unreachable_bank_leaves_payments_unverified() {
     let app = app().await;
     payments_in_every_settled_state(&app).await;
-    let policy = RetryPolicy {
-        attempt_timeout: Duration::from_millis(200),
-        deadline: Duration::from_millis(500),
-        max_attempts: 2,
-        base_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(10),
-    };
-    // Nothing listens on port 1.
-    let bank = bank_at("http://127.0.0.1:1", policy);
-    let report = reconcile(
-        &app.pool,
-        &bank,
-        Utc::now() - chrono::TimeDelta::hours(1),
-        true,
-    )
-    .await
-    .unwrap();
+    let report = pass_with(&app, &unreachable_bank(), Scope::All, true).await;
     // The declined payment names no authorization: nothing to ask.
     assert_eq!(report.counts.matched, 1, "{report:#?}");
     assert_eq!(report.counts.unverified, 4, "{report:#?}");
@@ -425,14 +433,6 @@ async fn an_unreachable_bank_leaves_payments_unverified() {
             .all(|e| e.bank == "unknown" && e.reason.is_some()),
         "{report:#?}"
     );
-}
-
-async fn pass_of(app: &TestApp, scope: Scope, repair: bool) -> Report {
-    let bank = bank_at(&app.bank_address, RetryPolicy::default());
-    let since = Utc::now() - chrono::TimeDelta::hours(1);
-    pass(&app.pool, &bank, since, scope, repair, None)
-        .await
-        .unwrap()
 }
 
 fn checked(report: &Report) -> (u64, u64) {
@@ -510,20 +510,7 @@ async fn what_did_not_match_stays_due_and_a_dry_run_remembers_nothing() {
 
     // The bank cannot be asked: the declined payment (nothing to ask)
     // matches and is remembered; the four others stay due.
-    let unreachable = bank_at(
-        "http://127.0.0.1:1",
-        RetryPolicy {
-            attempt_timeout: Duration::from_millis(200),
-            deadline: Duration::from_millis(500),
-            max_attempts: 2,
-            base_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(10),
-        },
-    );
-    let since = Utc::now() - chrono::TimeDelta::hours(1);
-    let report = pass(&app.pool, &unreachable, since, Scope::Due, true, None)
-        .await
-        .unwrap();
+    let report = pass_with(&app, &unreachable_bank(), Scope::Due, true).await;
     assert_eq!(report.counts.unverified, 4, "{report:#?}");
     assert_eq!(checked(&pass_of(&app, Scope::Due, true).await), (4, 4));
 
