@@ -17,7 +17,9 @@
 //!   receipt is moved forward along the shortest path that the one
 //!   transition table allows (e.g. `authorized → capturing → captured`),
 //!   each step through [`crate::store::payments::apply`] with the bank's ids, in
-//!   one transaction, with the payment locked and compared again.
+//!   one transaction, with the payment locked and found unchanged since it
+//!   was compared (a payment that moved meanwhile is compared again, with
+//!   a new answer from the bank).
 //! - `repairable`: the same, in a dry run (nothing written).
 //! - `mismatch`: the receipt claims something the bank never did (a
 //!   capture, void or refund the bank does not hold, another amount, an
@@ -61,6 +63,8 @@ use uuid::Uuid;
 use crate::bank::BankClient;
 use crate::domain::{PaymentStatus, transition};
 use crate::store::payments::{PaymentRecord, TransitionError};
+
+use repair::Repair;
 
 pub use classify::{Receipt, Verdict, classify, forward_path};
 pub use due::Scope;
@@ -247,25 +251,22 @@ pub async fn pass(
         let page = due::page(pool, scope, since, after, PAGE_SIZE).await?;
         let Some(last) = page.last() else { break };
         after = Some((last.created_at, last.id));
-        let versions: Vec<(Uuid, DateTime<Utc>)> =
-            page.iter().map(|r| (r.id, r.updated_at)).collect();
         // Owned records: a stream of borrowed ones trips the compiler's
         // higher-ranked lifetime check once the future must be `Send`.
-        let entries: Vec<Entry> = stream::iter(page)
-            .map(|record| async move { check(pool, bank, &record, repair).await })
+        let checked: Vec<Checked> = stream::iter(page)
+            .map(|record| check(pool, bank, record, repair))
             .buffered(CONCURRENCY)
             .try_collect()
             .await?;
         if repair {
-            let matched: Vec<(Uuid, DateTime<Utc>)> = versions
-                .into_iter()
-                .zip(&entries)
-                .filter(|(_, entry)| entry.outcome == Outcome::Matched)
-                .map(|(version, _)| version)
+            let matched: Vec<(Uuid, DateTime<Utc>)> = checked
+                .iter()
+                .filter(|c| c.entry.outcome == Outcome::Matched)
+                .map(|c| c.version)
                 .collect();
             due::remember_matched(pool, &matched).await?;
         }
-        for entry in entries {
+        for Checked { entry, .. } in checked {
             report.counts.add(entry.outcome);
             if entry.outcome != Outcome::Matched {
                 report.entries.push(entry);
@@ -280,28 +281,60 @@ pub async fn pass(
     Ok(report)
 }
 
-/// Asks the bank about one payment and acts on the verdict.
+/// How many times one payment is looked at in one pass when it keeps
+/// moving between the bank's answer and the repair's lock.
+const LOOKS_PER_PAYMENT: usize = 3;
+
+/// One payment's entry, and the version of it that was judged.
+struct Checked {
+    entry: Entry,
+    version: (Uuid, DateTime<Utc>),
+}
+
+/// Asks the bank about one payment and acts on the verdict. A receipt
+/// found moved when the repair locks it is judged again with a new answer
+/// from the bank: the first answer may be older than the receipt is now,
+/// and judging a receipt by it would report a move that the bank did make
+/// as one it "never made".
 async fn check(
     pool: &PgPool,
     bank: &BankClient,
-    record: &PaymentRecord,
+    read: PaymentRecord,
     repair: bool,
-) -> Result<Entry, ReconcileError> {
-    let receipt = Receipt::of(record);
-    let payment_id = record.payment_id().to_string();
-    if receipt.status.is_in_flight() {
-        return Ok(entry(payment_id, &receipt, "not asked", Verdict::InFlight));
+) -> Result<Checked, ReconcileError> {
+    let payment_id = read.payment_id().to_string();
+    let mut record = read;
+    for _ in 0..LOOKS_PER_PAYMENT {
+        let receipt = Receipt::of(&record);
+        let version = (record.id, record.updated_at);
+        let done = |entry| Ok(Checked { entry, version });
+        if receipt.status.is_in_flight() {
+            return done(entry(payment_id, &receipt, "not asked", Verdict::InFlight));
+        }
+        let view = match bank_view::fetch(bank, receipt.authorization_id.as_deref()).await {
+            Ok(view) => view,
+            Err(reason) => return done(unverified(payment_id, &receipt, reason)),
+        };
+        let verdict = classify(&receipt, &view);
+        let Verdict::Behind(events) = &verdict else {
+            return done(entry(payment_id, &receipt, &view.describe(), verdict));
+        };
+        if !repair {
+            return done(entry(payment_id, &receipt, &view.describe(), verdict));
+        }
+        match repair::apply(pool, &record, events, &view).await? {
+            Repair::Applied => {
+                let entry = entry(payment_id, &receipt, &view.describe(), verdict);
+                return done(entry.repaired());
+            }
+            Repair::Moved(now) => record = *now,
+        }
     }
-    let view = match bank_view::fetch(bank, receipt.authorization_id.as_deref()).await {
-        Ok(view) => view,
-        Err(reason) => return Ok(unverified(payment_id, &receipt, reason)),
-    };
-    let verdict = classify(&receipt, &view);
-    if repair && matches!(verdict, Verdict::Behind(_)) {
-        let (locked, verdict) = repair::apply(pool, record.id, &view).await?;
-        return Ok(entry(payment_id, &locked, &view.describe(), verdict).repaired());
-    }
-    Ok(entry(payment_id, &receipt, &view.describe(), verdict))
+    let reason = "it moved every time the bank was asked about it; the next pass asks again";
+    Ok(Checked {
+        entry: unverified(payment_id, &Receipt::of(&record), reason.to_owned()),
+        version: (record.id, record.updated_at),
+    })
 }
 
 fn entry(payment_id: String, receipt: &Receipt, bank: &str, verdict: Verdict) -> Entry {
@@ -340,13 +373,12 @@ fn unverified(payment_id: String, receipt: &Receipt, reason: String) -> Entry {
 }
 
 impl Entry {
-    /// A `repairable` entry whose repair was just made becomes `repaired`;
-    /// any other verdict (the payment moved on meanwhile) stays as it is.
-    fn repaired(mut self) -> Self {
-        if self.outcome == Outcome::Repairable {
-            self.outcome = Outcome::Repaired;
+    /// A `repairable` entry whose repair was just made.
+    fn repaired(self) -> Self {
+        Entry {
+            outcome: Outcome::Repaired,
+            ..self
         }
-        self
     }
 }
 

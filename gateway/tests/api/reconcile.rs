@@ -448,15 +448,16 @@ async fn authorized_id(app: &TestApp) -> String {
 }
 
 /// Captures the payment's whole authorization at the bank, not through
-/// the gateway.
-async fn captured_at_bank(app: &TestApp, id: &str) {
+/// the gateway. Answers the bank's capture id.
+async fn captured_at_bank(app: &TestApp, id: &str) -> String {
     let auth = bank_id(&receipt(app, id).await, "authorization_id");
-    at_bank(
+    let capture = at_bank(
         app,
         "/api/v1/captures",
         json!({"authorization_id": auth, "amount": 1_000}),
     )
     .await;
+    capture["capture_id"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -549,6 +550,53 @@ async fn a_receipt_that_moves_while_it_is_checked_stays_due() {
     let remembered = due::remember_matched(&app.pool, &versions).await.unwrap();
     assert_eq!(remembered, 0);
     assert_eq!(checked(&pass_of(&app, Scope::Due, true).await), (1, 1));
+}
+
+#[tokio::test]
+async fn a_receipt_moved_on_while_the_bank_answered_is_checked_again_not_a_mismatch() {
+    let app = app().await;
+    let id = authorized_id(&app).await;
+    let capture = captured_at_bank(&app, &id).await;
+
+    // The first pass reads the receipt (authorized), then asks the bank:
+    // the authorization (captured), then its capture (not refunded). Each
+    // answer is held 2.5 s on its way back, so the capture's is made at
+    // ~2.5 s and arrives at ~5 s...
+    app.set_bank_chaos(json!({"timeout_rate": 1.0, "timeout_ms": 2_500}))
+        .await;
+    let slow = {
+        let pool = app.pool.clone();
+        let patient = RetryPolicy {
+            attempt_timeout: Duration::from_secs(10),
+            deadline: Duration::from_secs(30),
+            ..RetryPolicy::default()
+        };
+        let bank = bank_at(&app.bank_address, patient);
+        let since = Utc::now() - chrono::TimeDelta::hours(1);
+        tokio::spawn(async move { pass(&pool, &bank, since, Scope::All, true, None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    app.set_bank_chaos(json!({"timeout_rate": 0.0})).await;
+
+    // ...while the bank refunds it and another pass (the CLI, another
+    // replica) moves the receipt to where the bank now is.
+    at_bank(
+        &app,
+        "/api/v1/refunds",
+        json!({"capture_id": capture, "amount": 1_000}),
+    )
+    .await;
+    let quick = pass_of(&app, Scope::All, true).await;
+    assert_eq!(quick.counts.repaired, 1, "{quick:#?}");
+    assert_eq!(receipt(&app, &id).await["status"], "refunded");
+
+    // The first pass's view (captured, no refund) is older than the
+    // receipt it finds under the lock: it must ask again, not report a
+    // refund the bank "never made".
+    let slow = slow.await.unwrap().unwrap();
+    assert_eq!(slow.counts.mismatch, 0, "{slow:#?}");
+    assert_eq!(slow.counts.matched, 1, "{slow:#?}");
+    assert_eq!(receipt(&app, &id).await["status"], "refunded");
 }
 
 #[tokio::test]
