@@ -7,7 +7,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use gateway::faults::Mutant;
@@ -20,11 +20,18 @@ use crate::scenario::{self, Params, Profile, Scenario};
 use crate::simulate::{simulate, stack_options};
 use crate::stack::Stack;
 
+/// How often the gateways reconcile in a reconciliation mutant's runs: as
+/// `simulator run --reconcile-every 1s`, a pass (a sweep) every second.
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+
 /// One row of the table.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Row {
-    /// The mutant's name, or `none` for the gateway as it is.
+    /// The mutant's name, or `none` for the gateway as it is (`none,
+    /// reconciling` with its background reconciliation on).
     pub mutant: String,
+    /// Whether this is the gateway as it is, which must pass every seed.
+    pub baseline: bool,
     pub bug: String,
     /// Whether some seed's run failed (for `none`: whether all passed).
     pub caught: bool,
@@ -80,12 +87,8 @@ pub async fn run(args: MutantsArgs) -> anyhow::Result<ExitCode> {
     eprintln!("{}", stack.database());
     let table = async {
         let mut rows = Vec::new();
-        if !args.no_baseline {
-            rows.push(try_seeds(&stack, &args, None, logs.path()).await?);
-            print_row(rows.last().expect("just pushed"));
-        }
-        for mutant in mutants {
-            rows.push(try_seeds(&stack, &args, Some(mutant), logs.path()).await?);
+        for subject in subjects(&mutants, !args.no_baseline) {
+            rows.push(try_seeds(&stack, &args, subject, logs.path()).await?);
             print_row(rows.last().expect("just pushed"));
         }
         Ok::<_, anyhow::Error>(rows)
@@ -113,24 +116,70 @@ pub async fn run(args: MutantsArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Runs the seeds against the gateway with `mutant` (or as it is) until a
-/// run fails (or, for the gateway as it is, through all of them).
+/// What one row runs: the gateway as it is or with a mutant, with or
+/// without its background reconciliation.
+#[derive(Debug, Clone, Copy)]
+struct Subject {
+    mutant: Option<Mutant>,
+    reconciling: bool,
+}
+
+/// The rows to run: with a baseline, the gateway as it is first, and, if
+/// a chosen mutant needs reconciliation, the gateway as it is reconciling
+/// too (a mutant caught only where the correct code also fails proves
+/// nothing); then each mutant.
+fn subjects(mutants: &[Mutant], baseline: bool) -> Vec<Subject> {
+    let reconciling = mutants.iter().any(|m| m.needs_reconciliation());
+    let baselines = [(true, false), (reconciling, true)]
+        .into_iter()
+        .filter(|&(wanted, _)| baseline && wanted)
+        .map(|(_, reconciling)| Subject {
+            mutant: None,
+            reconciling,
+        });
+    let mutated = mutants.iter().map(|&m| Subject {
+        mutant: Some(m),
+        reconciling: m.needs_reconciliation(),
+    });
+    baselines.chain(mutated).collect()
+}
+
+impl Subject {
+    fn name(self) -> &'static str {
+        match (self.mutant, self.reconciling) {
+            (Some(mutant), _) => mutant.as_str(),
+            (None, false) => "none",
+            (None, true) => "none, reconciling",
+        }
+    }
+
+    fn bug(self) -> &'static str {
+        match (self.mutant, self.reconciling) {
+            (Some(mutant), _) => mutant.describe(),
+            (None, false) => "the gateway as it is: every seed must pass",
+            (None, true) => "the gateway as it is, reconciling every second: every seed must pass",
+        }
+    }
+}
+
+/// Runs the seeds against `subject` until a run fails (or, for the
+/// gateway as it is, through all of them).
 async fn try_seeds(
     stack: &Stack,
     args: &MutantsArgs,
-    mutant: Option<Mutant>,
+    subject: Subject,
     log_dir: &Path,
 ) -> anyhow::Result<Row> {
     let started = Instant::now();
-    let name = mutant.map_or("none", Mutant::as_str);
+    let Subject {
+        mutant,
+        reconciling,
+    } = subject;
+    let name = subject.name();
     let mut row = Row {
         mutant: name.to_owned(),
-        bug: mutant
-            .map_or(
-                "the gateway as it is: every seed must pass",
-                Mutant::describe,
-            )
-            .to_owned(),
+        baseline: mutant.is_none(),
+        bug: subject.bug().to_owned(),
         caught: mutant.is_none(),
         by: Vec::new(),
         seeds: 0,
@@ -142,6 +191,9 @@ async fn try_seeds(
         let options = RunOptions {
             replicas: usize::try_from(args.replicas)?,
             mutant: mutant.map(|m| m.as_str().to_owned()),
+            // A reconciliation bug shows only with reconciliation on; the
+            // others run as a default run does, without its repairs.
+            reconcile_every: reconciling.then_some(RECONCILE_EVERY),
             program: args.program.clone(),
             log_dir: Some(log_dir.to_owned()),
             ..RunOptions::default()
@@ -173,11 +225,11 @@ fn failed(report: &RunReport) -> Vec<String> {
 }
 
 fn print_row(row: &Row) {
-    let verdict = match (row.mutant.as_str(), row.caught) {
-        ("none", true) => "passed every seed".to_owned(),
-        ("none", false) => format!("FAILED: {}", row.by.join(", ")),
-        (_, true) => format!("caught by {}", row.by.join(", ")),
-        (_, false) => "NOT CAUGHT".to_owned(),
+    let verdict = match (row.baseline, row.caught) {
+        (true, true) => "passed every seed".to_owned(),
+        (true, false) => format!("FAILED: {}", row.by.join(", ")),
+        (false, true) => format!("caught by {}", row.by.join(", ")),
+        (false, false) => "NOT CAUGHT".to_owned(),
     };
     eprintln!(
         "{}: {verdict} ({} seed(s), {} s)",
@@ -191,11 +243,11 @@ pub fn markdown(rows: &[Row]) -> String {
         "| mutant | the bug | caught | by | seeds | seconds |\n|---|---|---|---|---:|---:|\n",
     );
     for row in rows {
-        let caught = match (row.mutant.as_str(), row.caught) {
-            ("none", true) => "passes",
-            ("none", false) => "FAILS",
-            (_, true) => "yes",
-            (_, false) => "**no**",
+        let caught = match (row.baseline, row.caught) {
+            (true, true) => "passes",
+            (true, false) => "FAILS",
+            (false, true) => "yes",
+            (false, false) => "**no**",
         };
         out.push_str(&format!(
             "| `{}` | {} | {caught} | {} | {} | {} |\n",
@@ -207,4 +259,44 @@ pub fn markdown(rows: &[Row]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(subjects: &[Subject]) -> Vec<&'static str> {
+        subjects.iter().map(|s| s.name()).collect()
+    }
+
+    #[test]
+    fn a_reconciliation_mutant_brings_a_reconciling_baseline_and_runs_reconciling() {
+        let rows = subjects(
+            &[Mutant::TwoSnapshotReads, Mutant::ReconcileRepairsInFlight],
+            true,
+        );
+        assert_eq!(
+            names(&rows),
+            [
+                "none",
+                "none, reconciling",
+                "two_snapshot_reads",
+                "reconcile_repairs_in_flight"
+            ]
+        );
+        let reconciling: Vec<bool> = rows.iter().map(|s| s.reconciling).collect();
+        assert_eq!(reconciling, [false, true, false, true]);
+    }
+
+    #[test]
+    fn other_mutants_run_without_reconciliation_and_baselines_can_be_skipped() {
+        assert_eq!(
+            names(&subjects(&[Mutant::TwoSnapshotReads], true)),
+            ["none", "two_snapshot_reads"]
+        );
+        assert_eq!(
+            names(&subjects(&[Mutant::ReconcileRepairsInFlight], false)),
+            ["reconcile_repairs_in_flight"]
+        );
+    }
 }

@@ -357,6 +357,12 @@ impl BankClient {
         self
     }
 
+    /// The process's faults this client runs, for the callers that hold
+    /// the client but not the gateway (reconciliation).
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
     /// The same client, naming `instance` as the sender of every request.
     pub fn identified_as(mut self, instance: uuid::Uuid) -> Self {
         self.instance = HeaderValue::from_str(&instance.to_string()).ok();

@@ -54,10 +54,14 @@ pub enum Mutant {
     /// The outcome is recorded and answered in one transaction, and the
     /// payment moved in another.
     StatusNotMovedWithOutcome,
+    /// Reconciliation judges payments whose operation is in flight by the
+    /// bank's view and "repairs" them, racing the request and the recovery
+    /// worker that own them.
+    ReconcileRepairsInFlight,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 16] = [
+    pub const ALL: [Mutant; 17] = [
         Mutant::ResumeAnyOperation,
         Mutant::LateAnswerWins,
         Mutant::ReplayRecomputed,
@@ -74,6 +78,7 @@ impl Mutant {
         Mutant::RequestHashIgnored,
         Mutant::WorkerIgnoresLeases,
         Mutant::StatusNotMovedWithOutcome,
+        Mutant::ReconcileRepairsInFlight,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -94,6 +99,32 @@ impl Mutant {
             Mutant::RequestHashIgnored => "request_hash_ignored",
             Mutant::WorkerIgnoresLeases => "worker_ignores_leases",
             Mutant::StatusNotMovedWithOutcome => "status_not_moved_with_outcome",
+            Mutant::ReconcileRepairsInFlight => "reconcile_repairs_in_flight",
+        }
+    }
+
+    /// Whether the bug lives in the background reconciliation, which a run
+    /// must turn on for it to show (it is off by default, see
+    /// `simulator run --reconcile-every`).
+    pub fn needs_reconciliation(self) -> bool {
+        match self {
+            Mutant::ReconcileRepairsInFlight => true,
+            Mutant::ResumeAnyOperation
+            | Mutant::LateAnswerWins
+            | Mutant::ReplayRecomputed
+            | Mutant::AbandonedIsDeclined
+            | Mutant::Any4xxIsDecline
+            | Mutant::PlainFingerprint
+            | Mutant::ProcessClockLeases
+            | Mutant::PurgeFromCreation
+            | Mutant::TwoSnapshotReads
+            | Mutant::NoRowLockOnStart
+            | Mutant::UnknownIsFailure
+            | Mutant::ServerErrorIsDecline
+            | Mutant::FreshBankKeyPerRetry
+            | Mutant::RequestHashIgnored
+            | Mutant::WorkerIgnoresLeases
+            | Mutant::StatusNotMovedWithOutcome => false,
         }
     }
 
@@ -125,6 +156,9 @@ impl Mutant {
             Mutant::WorkerIgnoresLeases => "a recovery worker that ignores live leases",
             Mutant::StatusNotMovedWithOutcome => {
                 "the payment not moved in the outcome's transaction"
+            }
+            Mutant::ReconcileRepairsInFlight => {
+                "reconciliation repairs a payment whose operation is in flight"
             }
         }
     }

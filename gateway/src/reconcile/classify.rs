@@ -69,6 +69,12 @@ pub fn classify(receipt: &Receipt, bank: &BankView) -> Verdict {
     if receipt.status.is_in_flight() {
         return Verdict::InFlight;
     }
+    compare(receipt, bank)
+}
+
+/// [`classify`] without its guard: any receipt, in flight or not, judged
+/// by the bank's view.
+pub(super) fn compare(receipt: &Receipt, bank: &BankView) -> Verdict {
     let Some(authorization) = bank.authorization() else {
         return match (receipt.status, &receipt.authorization_id) {
             (PaymentStatus::Declined | PaymentStatus::Failed, None) => Verdict::Matched,

@@ -62,6 +62,7 @@ use uuid::Uuid;
 
 use crate::bank::BankClient;
 use crate::domain::{PaymentStatus, transition};
+use crate::faults::Mutant;
 use crate::store::payments::{PaymentRecord, TransitionError};
 
 use repair::Repair;
@@ -303,19 +304,24 @@ async fn check(
     repair: bool,
 ) -> Result<Checked, ReconcileError> {
     let payment_id = read.payment_id().to_string();
+    let judges_in_flight = bank.faults().mutant(Mutant::ReconcileRepairsInFlight);
     let mut record = read;
     for _ in 0..LOOKS_PER_PAYMENT {
         let receipt = Receipt::of(&record);
         let version = (record.id, record.updated_at);
         let done = |entry| Ok(Checked { entry, version });
-        if receipt.status.is_in_flight() {
+        if receipt.status.is_in_flight() && !judges_in_flight {
             return done(entry(payment_id, &receipt, "not asked", Verdict::InFlight));
         }
         let view = match bank_view::fetch(bank, receipt.authorization_id.as_deref()).await {
             Ok(view) => view,
             Err(reason) => return done(unverified(payment_id, &receipt, reason)),
         };
-        let verdict = classify(&receipt, &view);
+        let verdict = if judges_in_flight {
+            classify::compare(&receipt, &view)
+        } else {
+            classify(&receipt, &view)
+        };
         let Verdict::Behind(events) = &verdict else {
             return done(entry(payment_id, &receipt, &view.describe(), verdict));
         };
