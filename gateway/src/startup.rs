@@ -223,7 +223,12 @@ impl Application {
         }
         self.background.iter().for_each(JoinHandle::abort);
         match self.gateway.release_leases().await {
-            Ok((operations, keys)) => tracing::info!(operations, keys, "leases released"),
+            Ok(released) => tracing::info!(
+                operations = released.operations,
+                keys = released.keys,
+                reconcile_turn = released.reconcile_turn,
+                "leases released"
+            ),
             Err(e) => tracing::warn!(error = %e, "could not release leases; they will expire"),
         }
         result

@@ -260,7 +260,7 @@ macro_rules! operation_route {
                 (status = 401, description = "Missing or unknown API key", body = ErrorBody),
                 (status = 404, description = "No such payment (for this merchant)", body = ErrorBody),
                 (status = 408, description = "request_timeout: the body did not arrive in time (5 s by default)", body = ErrorBody),
-                (status = 409, description = "invalid_state, authorization_expired or idempotency_key_in_use", body = ErrorBody),
+                (status = 409, description = "invalid_state, authorization_expired, idempotency_key_in_use, or payment_moved_at_bank (the bank had already voided what this captures, or captured what this voids, without the gateway: the payment now shows what the bank holds)", body = ErrorBody),
                 (status = 413, description = "The body is larger than the limit (16 KiB by default), or says it is", body = ErrorBody),
         (status = 415, description = "unsupported_media_type: a body not sent as application/json, or with a Content-Encoding", body = ErrorBody),
                 (status = 422, description = "idempotency_key_reused", body = ErrorBody),

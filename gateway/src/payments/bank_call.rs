@@ -11,7 +11,7 @@
 //! | authorize: `invalid_card`, `invalid_cvv`, `card_expired`, `insufficient_funds` | the card is declined |
 //! | authorize: `idempotency_key_reused` | the key was retired by the gateway's own resolve: abandoned |
 //! | capture, void: `authorization_expired` | expired |
-//! | capture, void: `authorization_already_used`; refund: `already_refunded` | perhaps our own earlier attempt: ask the bank and adopt what it holds |
+//! | capture, void: `authorization_already_used`; refund: `already_refunded` | perhaps our own earlier attempt: ask the bank and adopt what it holds; if it holds the other outcome, the payment moved at the bank without the gateway (`payment_moved_at_bank`) |
 //! | anything else documented (`invalid_amount`, `amount_mismatch`, `…_not_found`, a malformed request) | the bank refused the gateway's request: an alarm, never a decline |
 
 use crate::bank::{AuthorizeRequest, BankErrorCode, BankOutcome, Refusal};
@@ -24,6 +24,11 @@ use super::Gateway;
 use super::command::AuthorizeCommand;
 use super::recover::ABANDONED;
 use super::settle::Resolution;
+
+/// The failure code of an operation the bank refused because it had
+/// already done the other thing to the payment (voided what this
+/// captures, captured what this voids) without the gateway.
+pub const MOVED_AT_BANK: &str = "payment_moved_at_bank";
 
 /// What a documented refusal means for the operation it answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -343,8 +348,22 @@ impl Gateway {
             {
                 Resolution::succeeded(kind.succeeded(), facts)
             }
-            // Done, but by someone else (the bank holds the other outcome).
-            BankOutcome::Done(_) | BankOutcome::Refused(_) => {
+            // Done, but by someone else: the bank holds the other outcome
+            // (a void where this captures, a capture where this voids), made
+            // behind the gateway. Not a gateway bug: the receipt is behind
+            // the bank, and is brought up to it once this is settled.
+            BankOutcome::Done(_) => {
+                tracing::warn!(
+                    operation = kind.as_str(),
+                    payment_id = %payment.payment_id(),
+                    code = refusal.code.as_str(),
+                    "the bank moved this payment without the gateway; catching its receipt up"
+                );
+                metrics::counter!("gateway_bank_moved_behind_total", "operation" => kind.as_str())
+                    .increment(1);
+                Resolution::failed(failed(kind), MOVED_AT_BANK)
+            }
+            BankOutcome::Refused(_) => {
                 alarm(kind, refusal);
                 Resolution::failed(failed(kind), refusal.code.as_str())
             }

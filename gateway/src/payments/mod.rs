@@ -33,6 +33,7 @@ use sqlx::{Connection, PgPool};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+pub use bank_call::MOVED_AT_BANK;
 pub use command::{Action, AuthorizeCommand};
 pub use recover::{ABANDONED, Pass};
 pub use reply::Reply;
@@ -113,6 +114,15 @@ impl From<Injected> for Error {
     fn from(injected: Injected) -> Self {
         Self::Database(injected.into())
     }
+}
+
+/// What a stopping process handed back.
+#[derive(Debug, Clone, Copy)]
+pub struct Released {
+    pub operations: u64,
+    pub keys: u64,
+    /// Whether it held the reconciliation turn (a pass under way).
+    pub reconcile_turn: bool,
 }
 
 impl Gateway {
@@ -227,7 +237,33 @@ impl Gateway {
         }
         let resolution = self.call_bank(&call.operation, &call.payment, card).await;
         self.faults.hit(Point::BankAnswered).await?;
-        self.settle(&call.operation, resolution, call.known).await
+        let moved = resolution.moved_at_bank();
+        let reply = self.settle(&call.operation, resolution, call.known).await?;
+        if moved {
+            self.catch_up_with_bank(call.operation.payment_id).await;
+        }
+        Ok(reply)
+    }
+
+    /// Brings a payment the bank moved without the gateway up to what the
+    /// bank holds, now, rather than at the next reconciliation sweep: a
+    /// client that reads it after its refused request sees what the bank
+    /// did. The answer to that request is stored already; if this fails,
+    /// the sweep does it.
+    pub(super) async fn catch_up_with_bank(&self, payment_id: uuid::Uuid) {
+        match crate::reconcile::catch_up(&self.pool, &self.bank, payment_id).await {
+            Ok(entry) => tracing::info!(
+                payment_id = %entry.payment_id,
+                outcome = entry.outcome.as_str(),
+                gateway = %entry.gateway,
+                bank = %entry.bank,
+                "caught a payment up with the bank"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "could not catch a payment up with the bank; the next sweep will"
+            ),
+        }
     }
 
     /// Whether this caller (this task, not merely this process) holds the
@@ -271,18 +307,25 @@ impl Gateway {
         }
     }
 
-    /// Hands back this process's leases (keys and operations) so that
-    /// another process, or this one restarted, resumes them at once.
+    /// Hands back this process's leases (keys, operations and the
+    /// reconciliation turn) so that another process, or this one
+    /// restarted, resumes them at once.
     ///
     /// Runs on a connection of its own: at shutdown the pool's connections
     /// may belong to the HTTP workers' runtimes, which are gone by then.
-    pub async fn release_leases(&self) -> Result<(u64, u64), sqlx::Error> {
+    pub async fn release_leases(&self) -> Result<Released, sqlx::Error> {
         let mut conn = sqlx::PgConnection::connect_with(&self.pool.connect_options()).await?;
         let mut tx = conn.begin().await?;
         let operations = operations::release_held_by(&mut tx, self.instance).await?;
         let keys = idempotency::release_held_by(&mut tx, self.instance).await?;
+        let reconcile_turn =
+            crate::reconcile::turn::release_held_by(&mut tx, self.instance).await?;
         tx.commit().await?;
-        Ok((operations, keys))
+        Ok(Released {
+            operations,
+            keys,
+            reconcile_turn,
+        })
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use super::Error;
+use super::bank_call::MOVED_AT_BANK;
 use super::recover::ABANDONED;
 use super::view::{ErrorBody, PaymentView};
 use crate::domain::{InvalidTransition, OperationKind, PaymentStatus};
@@ -110,6 +111,19 @@ pub(super) fn render(
         )
         .with_payment(payment_id)
     };
+    let moved_at_bank = || {
+        let message = format!(
+            "the bank had already {} this payment's authorization outside the gateway; \
+             the payment now shows what the bank holds",
+            match kind {
+                OperationKind::Capture => "voided",
+                OperationKind::Authorize | OperationKind::Void | OperationKind::Refund => {
+                    "captured"
+                }
+            }
+        );
+        ErrorBody::new("invalid_request_error", MOVED_AT_BANK, message).with_payment(payment_id)
+    };
     let invalid_state = || {
         let message = format!(
             "the payment is {}, which does not allow this operation",
@@ -136,6 +150,7 @@ pub(super) fn render(
             S::Capturing => Reply::json(202, &view()),
             S::Captured | S::Refunding | S::Refunded => Reply::json(200, &view()),
             S::Expired => Reply::json(409, &expired()),
+            S::Authorized if failure == MOVED_AT_BANK => Reply::json(409, &moved_at_bank()),
             S::Authorized => Reply::json(502, &bank_error()),
             S::Pending | S::Declined | S::Failed | S::Voiding | S::Voided => {
                 Reply::json(409, &invalid_state())
@@ -145,6 +160,7 @@ pub(super) fn render(
             S::Voiding => Reply::json(202, &view()),
             S::Voided => Reply::json(200, &view()),
             S::Expired => Reply::json(409, &expired()),
+            S::Authorized if failure == MOVED_AT_BANK => Reply::json(409, &moved_at_bank()),
             S::Authorized => Reply::json(502, &bank_error()),
             S::Pending
             | S::Declined

@@ -64,6 +64,17 @@ impl Resolution {
         }
     }
 
+    /// Whether the bank refused because it had moved the payment without
+    /// the gateway ([`super::MOVED_AT_BANK`]).
+    pub fn moved_at_bank(&self) -> bool {
+        match self {
+            Self::Settled { facts, .. } => {
+                facts.failure_code.as_deref() == Some(super::MOVED_AT_BANK)
+            }
+            Self::Unknown { .. } => false,
+        }
+    }
+
     pub fn unknown(reason: &UnknownReason) -> Self {
         Self::Unknown {
             reason: reason.to_string(),

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::ReconcileError;
@@ -134,6 +134,20 @@ impl Turn {
         .await?;
         Ok(())
     }
+}
+
+/// Hands back the turn if `holder` holds it (a replica stopping in the
+/// middle of a pass): the pass it did not finish is due at once for the
+/// next replica that polls, rather than after [`TURN_LEASE`]. Whether it
+/// held it.
+pub async fn release_held_by(conn: &mut PgConnection, holder: Uuid) -> Result<bool, sqlx::Error> {
+    let released = sqlx::query(
+        "UPDATE reconcile_turn SET held_until = now() WHERE held_by = $1 AND held_until > now()",
+    )
+    .bind(holder)
+    .execute(conn)
+    .await?;
+    Ok(released.rows_affected() > 0)
 }
 
 /// The last whole pass of any replica: when it finished and the

@@ -942,3 +942,42 @@ async fn serve_takes_its_database_url_as_a_flag_with_settings_in_the_environment
         .unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
 }
+
+/// SIGTERM in the middle of a reconciliation pass hands the turn back with
+/// the operations' leases: the replica that polls next runs the pass at
+/// once instead of waiting out the turn's lease (two minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_reconciliation_pass_hands_the_turn_back() {
+    let _serial = SERIAL.lock().await;
+    let rig = Rig::new(None, None).await;
+    let mut first = rig
+        .launch()
+        .set("RECONCILE_INTERVAL_MS", 200)
+        .set("RECONCILE_SWEEP_INTERVAL_MS", 0)
+        .start()
+        .await;
+    let requests: Vec<Request> = (0..8).map(Request::authorize).collect();
+    for sent in send_all(&rig, &first.base(), &requests).await {
+        assert_eq!(sent.expect("answered").status, StatusCode::CREATED);
+    }
+    // Each of the pass's lookups now takes seconds: the pass is under way
+    // when the process is told to stop.
+    rig.set_chaos(json!({"min_latency_ms": 3000, "max_latency_ms": 3000}))
+        .await;
+    let held = || async {
+        sqlx::query_scalar::<_, bool>("SELECT held_until > now() FROM reconcile_turn")
+            .fetch_one(&rig.pool)
+            .await
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !held().await {
+        assert!(Instant::now() < deadline, "no pass took the turn");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.terminate();
+    let status = first.wait(Duration::from_secs(15)).await;
+    assert!(status.success(), "exit status {status}");
+    assert!(!held().await, "the stopped replica still holds the turn");
+    rig.set_chaos(calm_bank()).await;
+}

@@ -600,6 +600,47 @@ async fn a_receipt_moved_on_while_the_bank_answered_is_checked_again_not_a_misma
 }
 
 #[tokio::test]
+async fn an_operation_the_bank_refuses_because_it_did_the_other_one_catches_the_receipt_up() {
+    let app = app().await;
+    // Voided at the bank's console, then captured through the gateway.
+    let voided = authorized_id(&app).await;
+    let auth = bank_id(&receipt(&app, &voided).await, "authorization_id");
+    let void = at_bank(&app, "/api/v1/voids", json!({"authorization_id": auth})).await;
+    let refused = app.act(&voided, "capture").await;
+    let error = assert_error(
+        refused,
+        StatusCode::CONFLICT,
+        "invalid_request_error",
+        "payment_moved_at_bank",
+    )
+    .await;
+    assert_eq!(error["error"]["payment_id"], voided.as_str());
+    // Not left for the next sweep: the receipt shows what the bank did.
+    let now = receipt(&app, &voided).await;
+    assert_eq!(now["status"], "voided", "{now}");
+    assert_eq!(now["bank"]["void_id"], void["void_id"]);
+
+    // Captured at the console, then voided through the gateway.
+    let captured = authorized_id(&app).await;
+    let capture = captured_at_bank(&app, &captured).await;
+    let refused = app.act(&captured, "void").await;
+    assert_error(
+        refused,
+        StatusCode::CONFLICT,
+        "invalid_request_error",
+        "payment_moved_at_bank",
+    )
+    .await;
+    let now = receipt(&app, &captured).await;
+    assert_eq!(now["status"], "captured", "{now}");
+    assert_eq!(now["bank"]["capture_id"], capture.as_str());
+
+    // Both now match the bank, and nothing is left over.
+    let report = run(&app, true).await;
+    assert_eq!(report.counts.matched, 2, "{report:#?}");
+}
+
+#[tokio::test]
 async fn one_replica_holds_the_turn_and_a_lapsed_turn_is_taken_over() {
     let app = app().await;
     let pool = &app.pool;
