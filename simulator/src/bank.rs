@@ -7,6 +7,9 @@ use serde_json::{Value, json};
 
 use crate::cards::random_card_number;
 
+/// How long the console waits for the bank to answer one request.
+const CONSOLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The bank's chaos settings we change and restore (`GET|PUT /admin/chaos`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Chaos {
@@ -173,6 +176,25 @@ impl BankAdmin {
     pub async fn expire_authorization(&self, id: &str) -> anyhow::Result<Value> {
         let url = format!("{}/admin/authorizations/{id}/expire", self.base);
         expect_json(self.client.post(&url).send().await, "POST", &url).await
+    }
+
+    /// `POST /api/v1/{path}` with `body` under a fresh key of its own, as
+    /// the bank's console (not the gateway) would: whether the bank said it
+    /// was done. An answer lost to the bank's chaos counts as not done.
+    pub async fn console(&self, path: &str, body: &Value) -> bool {
+        let url = format!("{}/api/v1/{path}", self.base);
+        let sent = self
+            .client
+            .post(&url)
+            .header(
+                "Idempotency-Key",
+                format!("console_{}", uuid::Uuid::new_v4()),
+            )
+            .timeout(CONSOLE_TIMEOUT)
+            .json(body)
+            .send()
+            .await;
+        sent.is_ok_and(|answer| answer.status().is_success())
     }
 
     /// `GET /admin/ledger/verify`, as the bank answers it.

@@ -349,6 +349,15 @@ pub struct RunArgs {
     /// would hide a receipt behind the bank that the checks must see.
     #[arg(long, value_parser = parse_duration, conflicts_with = "gateway_url")]
     pub reconcile_every: Option<Duration>,
+    /// Have the bank's console act behind the gateway this many times in
+    /// the run, spread over its payments: each time it captures or voids
+    /// a share of the latest authorized payments and refunds a share of
+    /// the captured ones, while the clients act on the same payments. Only
+    /// with --reconcile-every, whose repairs must bring every receipt to
+    /// what the bank did.
+    #[arg(long, default_value_t = 0, requires = "reconcile_every",
+        conflicts_with = "scenario", value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub console_waves: u32,
     /// On a violation, do not shrink the scenario (shrinking re-runs smaller
     /// scenarios, each on a fresh stack, a few times at most).
     #[arg(long)]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::{Mutex, watch};
 
 use crate::bank::BankAdmin;
@@ -33,6 +33,12 @@ const SHORT_STATEMENT_TIMEOUT_MS: u32 = 30;
 const EXPIRY_WAVE_PERCENT: u32 = 30;
 /// Payments one expiry wave looks at, at most.
 const EXPIRY_WAVE_MAX: i64 = 200;
+/// Share of the payments a console wave acts on, in percent.
+const CONSOLE_WAVE_PERCENT: u32 = 30;
+/// Payments one console wave looks at, at most.
+const CONSOLE_WAVE_MAX: i64 = 100;
+/// Console requests in flight at once in a wave.
+const CONSOLE_WAVE_CONCURRENCY: usize = 8;
 
 /// What the fault task does at a moment.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +50,7 @@ enum Fault {
     StatementTimeout { window_ms: u32 },
     Sigterm(usize),
     ExpiryWave,
+    ConsoleWave,
 }
 
 /// Where the fault task acts: the replicas, the bank, the gateways'
@@ -102,6 +109,11 @@ fn schedule(scenario: &Scenario, replicas: usize) -> Schedule {
             .map(|(k, &at)| (at, Fault::Sigterm((k + 1) % replicas.max(1)))),
     );
     staged.extend(plan.expiry_waves.iter().map(|&at| (at, Fault::ExpiryWave)));
+    staged.extend(
+        plan.console_waves
+            .iter()
+            .map(|&at| (at, Fault::ConsoleWave)),
+    );
     staged.sort_by_key(|(at, _)| *at);
     Schedule { timed, staged }
 }
@@ -234,6 +246,10 @@ async fn apply(
                 format!("{expired} authorization(s) expired at the bank"),
             );
         }
+        Fault::ConsoleWave => {
+            let done = console_wave(targets, rng).await?;
+            record("console_wave", None, done.to_string());
+        }
     }
     Ok(())
 }
@@ -362,6 +378,89 @@ async fn expiry_wave(targets: &Targets, rng: &mut StdRng) -> anyhow::Result<u64>
         expired += 1;
     }
     Ok(expired)
+}
+
+/// What one console wave did at the bank.
+#[derive(Debug, Default)]
+struct ConsoleWave {
+    captured: u64,
+    voided: u64,
+    refunded: u64,
+    /// Refused, or not answered: the payment moved on meanwhile, or the
+    /// bank's own chaos got in the way. The bank's books say which.
+    not_done: u64,
+}
+
+impl std::fmt::Display for ConsoleWave {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the bank's console captured {}, voided {} and refunded {} payment(s) behind the gateway ({} not done)",
+            self.captured, self.voided, self.refunded, self.not_done
+        )
+    }
+}
+
+/// The bank acting alone, as a person at its console would, on a share of
+/// the latest payments the gateway holds as authorized or captured: an
+/// authorization captured in full (two in three) or voided, a capture
+/// refunded in full. The gateway is not told; its reconciliation must
+/// find each one, and its clients' requests on the same payments meet a
+/// bank that has moved.
+async fn console_wave(targets: &Targets, rng: &mut StdRng) -> anyhow::Result<ConsoleWave> {
+    let mut conn = admin_connection(&targets.gateway_database).await?;
+    let open: Vec<(String, i64, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT status::text, amount, bank_authorization_id, bank_capture_id FROM payments \
+         WHERE status IN ('authorized', 'captured') ORDER BY created_at DESC LIMIT $1",
+    )
+    .bind(CONSOLE_WAVE_MAX)
+    .fetch_all(&mut conn)
+    .await?;
+    // Drawn before any call, so the seed alone decides what is tried.
+    let mut actions: Vec<(&'static str, Value)> = Vec::new();
+    for (status, amount, authorization, capture) in open {
+        let chosen = rng.random_range(0..100) < CONSOLE_WAVE_PERCENT;
+        let capture_it = rng.random_range(0..3) < 2;
+        let action = match (status.as_str(), authorization, capture) {
+            ("authorized", Some(authorization), _) if capture_it => (
+                "captures",
+                json!({"authorization_id": authorization, "amount": amount}),
+            ),
+            ("authorized", Some(authorization), _) => {
+                ("voids", json!({"authorization_id": authorization}))
+            }
+            ("captured", _, Some(capture)) => {
+                ("refunds", json!({"capture_id": capture, "amount": amount}))
+            }
+            _ => continue,
+        };
+        if chosen {
+            actions.push(action);
+        }
+    }
+    // Spawned, each with its own client handle: a stream of futures here
+    // trips the compiler's higher-ranked lifetime check on `Send`.
+    let limit = Arc::new(tokio::sync::Semaphore::new(CONSOLE_WAVE_CONCURRENCY));
+    let mut calls = tokio::task::JoinSet::new();
+    for (path, body) in actions {
+        let (admin, limit) = (targets.admin.clone(), limit.clone());
+        calls.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            (path, admin.console(path, &body).await)
+        });
+    }
+    let outcomes = calls.join_all().await;
+    let mut done = ConsoleWave::default();
+    for (path, ok) in outcomes {
+        let slot = match (path, ok) {
+            ("captures", true) => &mut done.captured,
+            ("voids", true) => &mut done.voided,
+            ("refunds", true) => &mut done.refunded,
+            _ => &mut done.not_done,
+        };
+        *slot += 1;
+    }
+    Ok(done)
 }
 
 #[cfg(test)]

@@ -732,6 +732,16 @@ impl Session {
             }
         }
         .await;
+        let result = match result {
+            Ok(in_flight) if in_flight.is_empty() && self.options.reconcile_every.is_some() => {
+                let bound = self
+                    .options
+                    .quiesce_timeout
+                    .saturating_sub(started.elapsed());
+                swept_since_now(&pool, bound).await.map(|()| in_flight)
+            }
+            other => other,
+        };
         let drained = match &self.webhooks {
             Some(webhooks) => {
                 webhooks.receiver.calm();
@@ -1286,6 +1296,33 @@ impl Session {
         if let Err(e) = self.admin.put_chaos(&body).await {
             eprintln!("restoring the bank's chaos settings {before}: {e:#}");
         }
+    }
+}
+
+/// Waits (at most `bound`) for a reconciliation sweep that began after
+/// this moment to finish: with nothing in flight any more, it has asked
+/// the bank about every receipt the bank could have moved, the last
+/// console wave's included, and repaired what was behind.
+async fn swept_since_now(pool: &sqlx::PgPool, bound: Duration) -> anyhow::Result<()> {
+    let waited = Instant::now();
+    let now: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
+    loop {
+        let swept: bool = sqlx::query_scalar(
+            "SELECT coalesce(swept_at > $1 AND passed_at >= swept_at, false) FROM reconcile_turn",
+        )
+        .bind(now)
+        .fetch_one(pool)
+        .await?;
+        if swept {
+            return Ok(());
+        }
+        if waited.elapsed() >= bound {
+            // The checks will say what was not caught up with.
+            eprintln!("no reconciliation sweep finished within {bound:?} of settling");
+            return Ok(());
+        }
+        tokio::time::sleep(QUIESCE_POLL).await;
     }
 }
 

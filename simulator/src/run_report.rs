@@ -38,7 +38,7 @@ const BUCKETS_MS: [u64; 13] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5
 pub struct Event {
     pub at_ms: u64,
     /// `kill`, `crash`, `sigterm`, `restart`, `outage`, `db_restart`,
-    /// `backend_kill`, `statement_timeout`, `expiry_wave`, `fault_point`
+    /// `backend_kill`, `statement_timeout`, `expiry_wave`, `console_wave`, `fault_point`
     /// (from the gateways' logs) or `fault_error` (a fault not done).
     pub kind: String,
     pub replica: Option<usize>,
@@ -69,6 +69,7 @@ pub fn kind_label(kind: &str) -> &str {
         "backend_kill" => "database connections killed",
         "statement_timeout" => "statement timeout",
         "expiry_wave" => "expiry wave",
+        "console_wave" => "console wave",
         "fault_point" => "fault point",
         "fault_error" => "fault not done",
         other => other,
@@ -122,6 +123,9 @@ pub struct RunReport {
     pub kill_every_ms: Option<u32>,
     /// `--reconcile-every`, for the replay command.
     pub reconcile_every_ms: Option<u64>,
+    /// The scenario's console waves (`--console-waves`), for the replay
+    /// command.
+    pub console_waves: usize,
     /// The scenario's fresh cards, for the replay command.
     pub cards: u16,
     /// `--duration`, for the replay command (it also bounds the moments of
@@ -231,6 +235,7 @@ impl RunReport {
             restarts: events.iter().filter(|e| e.kind == "restart").count(),
             kill_every_ms: scenario.faults.kill_every_ms,
             reconcile_every_ms: options.reconcile_every.map(crate::stats::millis),
+            console_waves: scenario.faults.console_waves.len(),
             cards: scenario.cards,
             duration_ms: options.duration.map(crate::stats::millis),
             scenario_file: None,
@@ -266,6 +271,9 @@ impl RunReport {
             let _ = write!(command, " --chaos {}", self.chaos_name());
             if let Some(every) = self.kill_every_ms {
                 let _ = write!(command, " --kill-every {every}ms");
+            }
+            if self.console_waves > 0 {
+                let _ = write!(command, " --console-waves {}", self.console_waves);
             }
         }
         if let Some(ms) = self.duration_ms {
@@ -1115,6 +1123,7 @@ mod tests {
             restarts: 1,
             kill_every_ms: None,
             reconcile_every_ms: None,
+            console_waves: 0,
             cards: 2,
             duration_ms: None,
             scenario_file: None,

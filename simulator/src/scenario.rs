@@ -289,6 +289,11 @@ pub struct FaultPlan {
     /// When a share of the authorized payments expire at the bank.
     #[serde(default)]
     pub expiry_waves: Vec<u32>,
+    /// When the bank's console acts behind the gateway on a share of the
+    /// payments (captures or voids authorized ones, refunds captured
+    /// ones): only in runs whose gateways reconcile, which must catch up.
+    #[serde(default)]
+    pub console_waves: Vec<u32>,
     /// Per replica (the i-th uses entry i mod len): fault points and clock.
     #[serde(default)]
     pub gateways: Vec<ReplicaFaults>,
@@ -314,6 +319,7 @@ impl FaultPlan {
             && self.statement_timeouts.is_empty()
             && self.sigterms.is_empty()
             && self.expiry_waves.is_empty()
+            && self.console_waves.is_empty()
             && self.gateways.iter().all(|g| g == &ReplicaFaults::default())
     }
 }
@@ -554,6 +560,9 @@ pub fn strategy(seed: u64, params: &Params) -> BoxedStrategy<Scenario> {
                         expiry_waves.into_iter().map(u32::from).collect(),
                         profile.expiry_waves,
                     ),
+                    // Only `simulator run --console-waves` plans them: a
+                    // run must reconcile for them to be caught up with.
+                    console_waves: Vec::new(),
                     gateways: if profile.gateway_faults {
                         gateways
                     } else {
@@ -644,13 +653,14 @@ impl Scenario {
             fewer.faults.kill_every_ms = None;
             out.push(fewer);
         }
-        let without: [fn(&mut FaultPlan) -> bool; 7] = [
+        let without: [fn(&mut FaultPlan) -> bool; 8] = [
             |f| !std::mem::take(&mut f.outages).is_empty(),
             |f| !std::mem::take(&mut f.db_restarts).is_empty(),
             |f| !std::mem::take(&mut f.backend_kills).is_empty(),
             |f| !std::mem::take(&mut f.statement_timeouts).is_empty(),
             |f| !std::mem::take(&mut f.sigterms).is_empty(),
             |f| !std::mem::take(&mut f.expiry_waves).is_empty(),
+            |f| !std::mem::take(&mut f.console_waves).is_empty(),
             |f| !std::mem::take(&mut f.gateways).is_empty(),
         ];
         for drop_them in without {
@@ -836,6 +846,7 @@ impl fmt::Display for Scenario {
             moments("backend kills", &plan.backend_kills),
             moments("SIGTERM", &plan.sigterms),
             moments("expiry waves", &plan.expiry_waves),
+            moments("console waves", &plan.console_waves),
         ]
         .into_iter()
         .flatten()

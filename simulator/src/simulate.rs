@@ -127,7 +127,15 @@ pub fn scenario_of(args: &RunArgs) -> anyhow::Result<Scenario> {
             .duration
             .map_or(30_000, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
     };
-    Ok(scenario::generate(seed, &params))
+    let mut scenario = scenario::generate(seed, &params);
+    scenario.faults.console_waves = spread(args.console_waves);
+    Ok(scenario)
+}
+
+/// `count` moments spread evenly over the payments, in permille of them
+/// done: 1 → 500; 3 → 250, 500, 750.
+fn spread(count: u32) -> Vec<u32> {
+    (1..=count).map(|k| k * 1_000 / (count + 1)).collect()
 }
 
 /// How `args` run a scenario.

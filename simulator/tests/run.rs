@@ -225,6 +225,47 @@ fn with_reconciliation_on_a_capture_behind_the_gateway_is_repaired() {
     });
 }
 
+/// The bank's console acts while the clients do (`--console-waves`): it
+/// captures or voids authorized payments and refunds captured ones behind
+/// the gateway, some of them between a client's authorization and its
+/// capture. With reconciliation on, every receipt ends where the bank is
+/// and every answer stays honest: a client's capture of a payment the
+/// console voided is a 409, not a server error.
+#[test]
+fn the_banks_console_acting_beside_the_clients_is_caught_up_with() {
+    with_stack(async |stack| {
+        let mut scenario = plain(60);
+        for (i, plan) in scenario.payments.iter_mut().enumerate() {
+            let next = [Next::Nothing, Next::Capture, Next::Void][i % 3];
+            plan.kind = PlanKind::Normal {
+                next,
+                refund: i % 6 == 1,
+            };
+        }
+        scenario.faults.console_waves = vec![300, 600];
+        let options = RunOptions {
+            replicas: 2,
+            reconcile_every: Some(Duration::from_millis(200)),
+            ..options()
+        };
+        let report = simulate(stack, scenario, options).await.unwrap();
+        assert!(report.passed, "{report}");
+        let waves: Vec<&str> = report
+            .events
+            .iter()
+            .filter(|e| e.kind == "console_wave")
+            .map(|e| e.detail.as_str())
+            .collect();
+        assert_eq!(waves.len(), 2, "{waves:?}");
+        assert!(
+            waves
+                .iter()
+                .any(|w| !w.contains("captured 0, voided 0 and refunded 0")),
+            "the console did nothing: {waves:?}"
+        );
+    });
+}
+
 /// Captures the first authorized payment's whole amount at the bank, behind
 /// the gateway's back.
 async fn capture_behind_the_gateway(session: &Session) {
