@@ -304,14 +304,18 @@ pub async fn get_with_history(
     merchant: MerchantId,
     id: PaymentId,
 ) -> Result<Option<(PaymentRecord, History)>, sqlx::Error> {
+    // By the primary key alone, the merchant compared here: with the
+    // merchant in the WHERE clause, the statement's cached generic plan,
+    // if made while the table was young, could take the merchant's index
+    // and walk every payment of the merchant to find one.
     let row: Option<WithHistoryRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS}, {HISTORY_JSON} FROM payments WHERE id = $1 AND merchant_id = $2"
+        "SELECT {COLUMNS}, {HISTORY_JSON} FROM payments WHERE id = $1"
     ))
     .bind(id.as_uuid())
-    .bind(merchant.as_uuid())
     .fetch_optional(conn)
     .await?;
-    row.map(WithHistoryRow::decode).transpose()
+    let found = row.map(WithHistoryRow::decode).transpose()?;
+    Ok(found.filter(|(payment, _)| payment.merchant_id == merchant.as_uuid()))
 }
 
 /// A payment, locked, and its history: the first lock a settlement takes
@@ -522,7 +526,14 @@ pub async fn list(
     limit: i64,
 ) -> Result<(Vec<(PaymentRecord, History)>, bool), sqlx::Error> {
     let statement = list_statement(filter, starting_after.is_some());
+    // Planned on every run, never cached: a prepared statement's generic
+    // plan, made on its sixth run, keeps the index that looked best for
+    // the table as it was then. Made on a young table, it walked every
+    // payment of the merchant in creation order to find one order's
+    // (measured: 1.9 ms a list under the mix, and growing with the table);
+    // planning this one statement each time costs less than that.
     let mut query = sqlx::query_as(&statement)
+        .persistent(false)
         .bind(merchant.as_uuid())
         .bind(limit + 1);
     match filter {
