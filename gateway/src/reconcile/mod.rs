@@ -336,12 +336,9 @@ async fn check(
         } else {
             classify(&receipt, &view)
         };
-        let Verdict::Behind(events) = &verdict else {
+        let (Verdict::Behind(events), true) = (&verdict, repair) else {
             return done(entry(payment_id, &receipt, &view.describe(), verdict));
         };
-        if !repair {
-            return done(entry(payment_id, &receipt, &view.describe(), verdict));
-        }
         match repair::apply(pool, &record, events, &view).await? {
             Repair::Applied => {
                 let entry = entry(payment_id, &receipt, &view.describe(), verdict);
