@@ -228,8 +228,8 @@ pub async fn reconcile(
 
 /// [`reconcile`] over the payments of `scope`. With `repair`, receipts
 /// found matching are remembered as such (a dry run writes nothing). With
-/// a `turn`, it is renewed after every page, and the pass stops if another
-/// replica took it over.
+/// a `turn`, it is renewed while the bank answers and after every page,
+/// and the pass stops if another replica took it over.
 pub async fn pass(
     pool: &PgPool,
     bank: &BankClient,
@@ -254,11 +254,11 @@ pub async fn pass(
         after = Some((last.created_at, last.id));
         // Owned records: a stream of borrowed ones trips the compiler's
         // higher-ranked lifetime check once the future must be `Send`.
-        let checked: Vec<Checked> = stream::iter(page)
+        let checks = stream::iter(page)
             .map(|record| check(pool, bank, record, repair))
             .buffered(CONCURRENCY)
-            .try_collect()
-            .await?;
+            .try_collect::<Vec<Checked>>();
+        let checked = holding(pool, turn.as_deref_mut(), checks).await?;
         if repair {
             let matched: Vec<(Uuid, DateTime<Utc>)> = checked
                 .iter()
@@ -273,13 +273,35 @@ pub async fn pass(
                 report.entries.push(entry);
             }
         }
-        if let Some(turn) = turn.as_deref_mut() {
-            turn.renew(pool).await?;
-        }
     }
     report.finished_at = Utc::now();
     record_metrics(&report);
     Ok(report)
+}
+
+/// Runs `work` while renewing `turn` every [`turn::TURN_RENEWAL`] (a page
+/// of bank lookups can outlast the lease), and once more when it is done.
+/// Ends with [`TurnLost`] as soon as another replica took the turn over.
+async fn holding<T>(
+    pool: &PgPool,
+    turn: Option<&mut Turn>,
+    work: impl Future<Output = Result<T, ReconcileError>>,
+) -> Result<T, ReconcileError> {
+    let Some(turn) = turn else {
+        return work.await;
+    };
+    let mut heartbeat = tokio::time::interval(turn::TURN_RENEWAL);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    heartbeat.tick().await;
+    tokio::pin!(work);
+    let done = loop {
+        tokio::select! {
+            done = &mut work => break done?,
+            _ = heartbeat.tick() => turn.renew(pool).await?,
+        }
+    };
+    turn.renew(pool).await?;
+    Ok(done)
 }
 
 /// Checks one payment against the bank now, and repairs it if it is

@@ -1,7 +1,7 @@
 //! One reconciler across the replicas: the turn.
 //!
 //! Every replica polls; the one that finds the next pass due and the turn
-//! free takes it, renews it page by page, and on finishing writes when the
+//! free takes it, renews it while it works, and on finishing writes when the
 //! next pass is due, so passes run once per interval across the fleet
 //! rather than once per replica. A holder that dies (or pauses past
 //! [`TURN_LEASE`]) lets it lapse and another replica takes it over; the
@@ -18,9 +18,13 @@ use uuid::Uuid;
 use super::ReconcileError;
 use super::due::Scope;
 
-/// How long a turn is held without a renewal. A pass renews after every
-/// page, so this bounds one page's bank lookups, retries included.
-pub const TURN_LEASE: Duration = Duration::from_secs(120);
+/// How long a turn is held without a renewal: how long passes stop when
+/// the replica holding the turn dies without handing it back (a kill -9).
+pub const TURN_LEASE: Duration = Duration::from_secs(30);
+
+/// How often a pass renews its turn while the bank answers: well within
+/// [`TURN_LEASE`], so that a slow page of lookups does not lose it.
+pub const TURN_RENEWAL: Duration = Duration::from_secs(10);
 
 /// How often a replica looks for a due pass, at most.
 pub const POLL_MAX: Duration = Duration::from_secs(30);

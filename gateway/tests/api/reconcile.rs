@@ -692,6 +692,56 @@ async fn one_replica_holds_the_turn_and_a_lapsed_turn_is_taken_over() {
 }
 
 #[tokio::test]
+async fn a_pass_renews_its_turn_while_the_bank_is_slow() {
+    let app = app().await;
+    authorized_id(&app).await;
+    let cadence = Cadence {
+        interval: Duration::from_secs(3_600),
+        sweep_interval: Duration::from_secs(3_600),
+    };
+    let turn = turn::take(&app.pool, Uuid::new_v4(), cadence)
+        .await
+        .unwrap()
+        .expect("a pass is due");
+    let held_until = || async {
+        sqlx::query_scalar::<_, chrono::DateTime<Utc>>("SELECT held_until FROM reconcile_turn")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    let taken = held_until().await;
+    // One lookup longer than a renewal period: the turn must be renewed
+    // while it waits, not only once the page is done.
+    let slow = turn::TURN_RENEWAL + Duration::from_secs(3);
+    app.set_bank_chaos(json!({
+        "min_latency_ms": slow.as_millis(),
+        "max_latency_ms": slow.as_millis(),
+    }))
+    .await;
+    let patient = RetryPolicy {
+        attempt_timeout: slow * 2,
+        deadline: slow * 3,
+        ..RetryPolicy::default()
+    };
+    let bank = bank_at(&app.bank_address, patient);
+    let pool = app.pool.clone();
+    let since = Utc::now() - chrono::TimeDelta::hours(1);
+    let running = tokio::spawn(async move {
+        let mut turn = turn;
+        pass(&pool, &bank, since, Scope::Sweep, true, Some(&mut turn)).await
+    });
+    tokio::time::sleep(turn::TURN_RENEWAL + Duration::from_secs(1)).await;
+    assert!(
+        held_until().await > taken,
+        "not renewed while the bank answered"
+    );
+    let report = running.await.unwrap().unwrap();
+    assert_eq!(report.counts.matched, 1, "{report:#?}");
+    app.set_bank_chaos(json!({"min_latency_ms": 0, "max_latency_ms": 0}))
+        .await;
+}
+
+#[tokio::test]
 async fn two_replicas_in_the_background_repair_what_changed_at_the_bank() {
     let app = spawn_app_with(Options {
         gateway: Some(Box::new(|settings| {
