@@ -237,33 +237,7 @@ impl Gateway {
         }
         let resolution = self.call_bank(&call.operation, &call.payment, card).await;
         self.faults.hit(Point::BankAnswered).await?;
-        let moved = resolution.moved_at_bank();
-        let reply = self.settle(&call.operation, resolution, call.known).await?;
-        if moved {
-            self.catch_up_with_bank(call.operation.payment_id).await;
-        }
-        Ok(reply)
-    }
-
-    /// Brings a payment the bank moved without the gateway up to what the
-    /// bank holds, now, rather than at the next reconciliation sweep: a
-    /// client that reads it after its refused request sees what the bank
-    /// did. The answer to that request is stored already; if this fails,
-    /// the sweep does it.
-    pub(super) async fn catch_up_with_bank(&self, payment_id: uuid::Uuid) {
-        match crate::reconcile::catch_up(&self.pool, &self.bank, payment_id).await {
-            Ok(entry) => tracing::info!(
-                payment_id = %entry.payment_id,
-                outcome = entry.outcome.as_str(),
-                gateway = %entry.gateway,
-                bank = %entry.bank,
-                "caught a payment up with the bank"
-            ),
-            Err(e) => tracing::warn!(
-                error = %e,
-                "could not catch a payment up with the bank; the next sweep will"
-            ),
-        }
+        self.settle(&call.operation, resolution, call.known).await
     }
 
     /// Whether this caller (this task, not merely this process) holds the

@@ -106,14 +106,10 @@ impl Gateway {
         let settled = matches!(resolution, super::settle::Resolution::Settled { .. });
         metrics::counter!("gateway_recovery_attempts_total", "kind" => operation.kind.as_str(), "settled" => settled.to_string())
             .increment(1);
-        let moved = resolution.moved_at_bank();
         if self.faults.mutant(Mutant::ResumeAnyOperation) {
             self.settle_leaving_key(operation, resolution).await?;
         } else {
             self.settle(operation, resolution, None).await?;
-        }
-        if moved {
-            self.catch_up_with_bank(operation.payment_id).await;
         }
         Ok(settled)
     }

@@ -86,8 +86,45 @@ impl Gateway {
     /// Records `resolution` for `operation` and returns the answer to its
     /// key: the one this settlement stored, or, if someone settled the
     /// operation first, the one they stored. `known` is the payment and its
-    /// history as the caller wrote them, to save reading them back.
+    /// history as the caller wrote them, to save reading them back. A
+    /// refusal because the bank moved the payment without the gateway is
+    /// followed by catching the payment up with the bank.
     pub(super) async fn settle(
+        &self,
+        operation: &OperationRecord,
+        resolution: Resolution,
+        known: Option<(PaymentRecord, History)>,
+    ) -> Result<Reply, Error> {
+        let moved = resolution.moved_at_bank();
+        let reply = self.record_settlement(operation, resolution, known).await?;
+        if moved {
+            self.catch_up_with_bank(operation.payment_id).await;
+        }
+        Ok(reply)
+    }
+
+    /// Brings a payment the bank moved without the gateway up to what the
+    /// bank holds, now, rather than at the next reconciliation sweep: a
+    /// client that reads it after its refused request sees what the bank
+    /// did. The answer to that request is stored already; if this fails,
+    /// the sweep does it.
+    async fn catch_up_with_bank(&self, payment_id: uuid::Uuid) {
+        match crate::reconcile::catch_up(&self.pool, &self.bank, payment_id).await {
+            Ok(entry) => tracing::info!(
+                payment_id = %entry.payment_id,
+                outcome = entry.outcome.as_str(),
+                gateway = %entry.gateway,
+                bank = %entry.bank,
+                "caught a payment up with the bank"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "could not catch a payment up with the bank; the next sweep will"
+            ),
+        }
+    }
+
+    async fn record_settlement(
         &self,
         operation: &OperationRecord,
         resolution: Resolution,
