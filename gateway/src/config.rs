@@ -191,6 +191,12 @@ pub struct Settings {
     /// average, after its burst (0 turns the limit off).
     #[arg(long, env = "AUTH_FAILURE_LIMIT_PER_SECOND", default_value_t = 1)]
     pub auth_failure_limit_per_second: u32,
+    /// How long a key that authenticated is taken on trust before it is
+    /// looked up again, in this process: a revoked key is refused by every
+    /// replica within this time. 0 looks the key up on every request; at
+    /// most 60000.
+    #[arg(long, env = "API_KEY_CACHE_MS", default_value_t = 1_000)]
+    pub api_key_cache_ms: u64,
     /// Proxies whose `X-Forwarded-For` is believed, comma-separated IP
     /// addresses (e.g. the load balancer's). A request from one of them is
     /// logged and limited by the address it forwarded for; from anyone
@@ -313,6 +319,7 @@ impl Settings {
             rate_limit_burst: 200,
             auth_failure_limit_burst: 20,
             auth_failure_limit_per_second: 1,
+            api_key_cache_ms: 1_000,
             trusted_proxies: Vec::new(),
             shutdown_grace_seconds: 30,
             workers: 0,
@@ -433,6 +440,13 @@ impl Settings {
                 self.lease_ms, self.bank_deadline_ms
             ));
         }
+        if self.api_key_cache_ms > crate::api::key_cache::MAX_API_KEY_CACHE_MS {
+            return Err(format!(
+                "API_KEY_CACHE_MS ({}) must be at most {}: it is how long a revoked key goes on working",
+                self.api_key_cache_ms,
+                crate::api::key_cache::MAX_API_KEY_CACHE_MS
+            ));
+        }
         if self.bank_attempt_timeout_ms > self.bank_deadline_ms {
             return Err(format!(
                 "BANK_ATTEMPT_TIMEOUT_MS ({}) must be at most BANK_DEADLINE_MS ({}): an attempt is never cut short, so a longer one would never be made",
@@ -508,5 +522,15 @@ mod tests {
         s.lease_ms = s.bank_deadline_ms;
         let refused = s.validate().unwrap_err();
         assert!(refused.contains("LEASE_MS"), "{refused}");
+    }
+
+    #[test]
+    fn a_key_cache_longer_than_a_minute_is_refused() {
+        let mut s = settings();
+        s.api_key_cache_ms = crate::api::key_cache::MAX_API_KEY_CACHE_MS;
+        assert_eq!(s.validate(), Ok(()));
+        s.api_key_cache_ms += 1;
+        let refused = s.validate().unwrap_err();
+        assert!(refused.contains("API_KEY_CACHE_MS"), "{refused}");
     }
 }

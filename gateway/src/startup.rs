@@ -34,6 +34,9 @@ pub struct AppState {
     pub rate_limiter: Option<api::rate_limit::RateLimiter>,
     /// Failed authentications per client address; `None` when off.
     pub auth_failure_limiter: Option<api::rate_limit::AddressLimiter>,
+    /// API keys that authenticated lately; `None` when every request looks
+    /// its key up.
+    pub key_cache: Option<api::key_cache::KeyCache>,
     pub webhooks: Arc<WebhookSettings>,
 }
 
@@ -109,6 +112,10 @@ impl Application {
                 settings.auth_failure_limit_per_second,
                 settings.auth_failure_limit_burst,
                 api::rate_limit::MAX_TRACKED_ADDRESSES,
+            ),
+            key_cache: api::key_cache::KeyCache::new(
+                Duration::from_millis(settings.api_key_cache_ms),
+                api::key_cache::MAX_CACHED_KEYS,
             ),
             webhooks: webhooks.clone(),
         });

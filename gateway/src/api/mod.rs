@@ -8,6 +8,7 @@ pub mod client;
 pub mod error;
 pub mod events;
 pub mod json;
+pub mod key_cache;
 pub mod operations;
 pub mod payments;
 pub mod rate_limit;

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
@@ -32,9 +32,10 @@ const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// Every `/v1` route takes this first, so the key is checked and counted
 /// before the body is read or anything is stored: a request refused here
 /// (400, 401, 429) leaves its Idempotency-Key unused. The key is looked up
-/// on every request, never cached, so a revoked key is refused at once;
-/// but only a key of the right shape is looked up, and not from a client
-/// address that has failed too often (429, see `FailureBudget`).
+/// again once its last lookup is `API_KEY_CACHE_MS` old (see `key_cache`),
+/// so a revoked key is refused within that time; only a key of the right
+/// shape is looked up, and not from a client address that has failed too
+/// often (429, see `FailureBudget`).
 #[derive(Debug, Clone, Copy)]
 pub struct Merchant(pub MerchantId);
 
@@ -103,8 +104,17 @@ async fn look_up(
     if !well_formed_key(key) {
         return Ok(Err(AuthFailure::Malformed));
     }
+    let hash = merchants::hash_key(key);
+    let read_at = Instant::now();
+    let cache = state.key_cache.as_ref();
+    if let Some(found) = cache.and_then(|cache| cache.get(&hash, read_at)) {
+        return Ok(Ok(found));
+    }
     let mut conn = state.gateway.pool().acquire().await?;
-    let found = merchants::merchant_for_key(&mut conn, key).await?;
+    let found = merchants::merchant_for_key(&mut conn, &hash).await?;
+    if let (Some(cache), Some(found)) = (cache, found) {
+        cache.remember(hash, found, read_at);
+    }
     Ok(found.ok_or(AuthFailure::Unknown))
 }
 

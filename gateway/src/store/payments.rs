@@ -128,14 +128,17 @@ async fn for_operation(
     id: PaymentId,
     lock: &str,
 ) -> Result<Option<Found>, sqlx::Error> {
+    // By the primary key alone, as `get_with_history` reads (why there).
+    // Another merchant's payment is locked for as long as it takes to
+    // roll back: a caller finds nothing.
     let row: Option<FoundRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS}, {HISTORY_JSON}, {EXPIRY_DUE} AS expiry_due \
-         FROM payments WHERE id = $1 AND merchant_id = $2 {lock}"
+         FROM payments WHERE id = $1 {lock}"
     ))
     .bind(id.as_uuid())
-    .bind(merchant.as_uuid())
     .fetch_optional(conn)
     .await?;
+    let row = row.filter(|row| row.payment.payment.merchant_id == merchant.as_uuid());
     row.map(|row| {
         let (payment, history) = row.payment.decode()?;
         Ok(Found {
@@ -591,9 +594,10 @@ pub async fn exists(
     merchant: MerchantId,
     id: PaymentId,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM payments WHERE id = $1 AND merchant_id = $2)")
+    // By the primary key alone (see `get_with_history`).
+    let owner: Option<Uuid> = sqlx::query_scalar("SELECT merchant_id FROM payments WHERE id = $1")
         .bind(id.as_uuid())
-        .bind(merchant.as_uuid())
-        .fetch_one(conn)
-        .await
+        .fetch_optional(conn)
+        .await?;
+    Ok(owner == Some(merchant.as_uuid()))
 }

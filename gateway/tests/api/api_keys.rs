@@ -1,5 +1,6 @@
 //! `gateway api-key list|revoke` through the real binary, and a revoked
-//! key refused from the very next request.
+//! key refused once the replica's memory of it lapses (`API_KEY_CACHE_MS`),
+//! or from the very next request without that memory.
 
 use std::process::{Command, Output};
 
@@ -127,24 +128,29 @@ async fn keys_are_listed_by_prefix_only_and_revoked_by_prefix_or_id() {
     }
 }
 
-#[tokio::test]
-async fn a_revoked_key_gets_401_from_the_next_request_on() {
-    let app = spawn_app().await;
-    let payment = app.authorized(HAPPY_CARD, 500).await;
-    let id = payment["id"].as_str().unwrap();
-    assert_eq!(
-        app.get(&format!("/v1/payments/{id}")).await.status(),
-        StatusCode::OK
-    );
+/// An app whose replica remembers a key that authenticated for `cache_ms`.
+async fn spawn_app_remembering_keys_for(cache_ms: u64) -> TestApp {
+    spawn_app_with(Options {
+        gateway: Some(Box::new(move |settings| {
+            settings.api_key_cache_ms = cache_ms;
+        })),
+        ..Options::default()
+    })
+    .await
+}
 
-    // Revoked with the whole key, as an operator holding a leaked one would.
+/// Revokes the app's own key with the whole key, as an operator holding a
+/// leaked one would.
+fn revoke_own_key(app: &TestApp) {
     let revoked = stdout_of(&gateway(
         &["api-key", "revoke", &app.api_key],
         &app.database_url,
     ));
     assert!(!revoked.contains(&app.api_key), "the key is never printed");
+}
 
-    // No waiting, no cache to expire: the very next request is refused.
+/// The key's requests are refused, and it did nothing to the payment.
+async fn assert_refused_and_harmless(app: &TestApp, id: &str) {
     assert_error(
         app.get(&format!("/v1/payments/{id}")).await,
         StatusCode::UNAUTHORIZED,
@@ -160,15 +166,60 @@ async fn a_revoked_key_gets_401_from_the_next_request_on() {
         )
         .await;
     assert_eq!(capture.status(), StatusCode::UNAUTHORIZED);
-    let payment: serde_json::Value = sqlx::query_scalar::<_, String>(
-        "SELECT status::text FROM payments WHERE order_id = 'ord_1'",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .map(serde_json::Value::String)
-    .unwrap();
+    let status: String =
+        sqlx::query_scalar("SELECT status::text FROM payments WHERE order_id = 'ord_1'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(
-        payment, "authorized",
+        status, "authorized",
         "nothing was done with the revoked key"
     );
+}
+
+#[tokio::test]
+async fn without_the_key_cache_a_revoked_key_gets_401_from_the_next_request_on() {
+    let app = spawn_app_remembering_keys_for(0).await;
+    let payment = app.authorized(HAPPY_CARD, 500).await;
+    let id = payment["id"].as_str().unwrap();
+    assert_eq!(
+        app.get(&format!("/v1/payments/{id}")).await.status(),
+        StatusCode::OK
+    );
+
+    revoke_own_key(&app);
+
+    // No waiting: the very next request is refused.
+    assert_refused_and_harmless(&app, id).await;
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_refused_once_the_replicas_memory_of_it_lapses() {
+    const CACHE_MS: u64 = 300;
+    let app = spawn_app_remembering_keys_for(CACHE_MS).await;
+    let payment = app.authorized(HAPPY_CARD, 500).await;
+    let id = payment["id"].as_str().unwrap();
+    let path = format!("/v1/payments/{id}");
+    assert_eq!(app.get(&path).await.status(), StatusCode::OK);
+
+    revoke_own_key(&app);
+
+    // Refused within the cache's lifetime; the deadline is far past it so
+    // that a slow machine does not fail the test, and a cache that never
+    // lapses does.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = app.get(&path).await.status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a revoked key still works long after API_KEY_CACHE_MS ({CACHE_MS} ms)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // And stays refused: what lapsed is not remembered again.
+    assert_refused_and_harmless(&app, id).await;
 }

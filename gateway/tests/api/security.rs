@@ -88,6 +88,18 @@ async fn merchants_cannot_see_or_touch_each_others_payments() {
         .await
         .unwrap();
     assert_eq!(list["data"], serde_json::json!([]));
+    // Nor page from it: to them it is an unknown cursor.
+    let cursor = app
+        .get_as(&other, &format!("/v1/payments?starting_after={id}"))
+        .await;
+    let body = assert_error(
+        cursor,
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        "parameter_invalid",
+    )
+    .await;
+    assert_eq!(body["error"]["param"], "starting_after");
     let ours: Value = app
         .get(&format!("/v1/payments/{id}"))
         .await
