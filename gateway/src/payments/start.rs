@@ -90,23 +90,30 @@ impl Gateway {
         action: Action,
         amount: Option<Amount>,
     ) -> Result<Start, Error> {
-        for _ in 0..KEY_RACES {
+        for race in 0..KEY_RACES {
             let mut conn = self.pool.acquire().await?;
-            if let Some(record) = idempotency::read(&mut conn, merchant, key).await? {
+            // A new key is the usual case, and the start claims a key only
+            // if it is new: the key is read first only once the start
+            // found it taken, or before an error, whose answer a stored
+            // one takes precedence over.
+            if race > 0
+                && let Some(record) = idempotency::read(&mut conn, merchant, key).await?
+            {
                 drop(conn);
                 return self.resume(merchant, key, fingerprint, record).await;
             }
-            let found = payments::read_for_operation(&mut conn, merchant, payment_id)
-                .await?
-                .ok_or(Error::NotFound)?;
+            let found = payments::read_for_operation(&mut conn, merchant, payment_id).await?;
+            let found = match operable(found, amount) {
+                Ok(found) => found,
+                Err(refusal) => {
+                    if let Some(record) = idempotency::read(&mut conn, merchant, key).await? {
+                        drop(conn);
+                        return self.resume(merchant, key, fingerprint, record).await;
+                    }
+                    return Err(refusal);
+                }
+            };
             drop(conn);
-            // The amount never changes: the payment as read decides.
-            if let Some(amount) = amount.filter(|a| a.cents() != found.payment.amount) {
-                tracing::debug!(requested = amount.cents(), "amount mismatch");
-                return Err(Error::AmountMismatch {
-                    expected: found.payment.amount,
-                });
-            }
             let new = New {
                 merchant,
                 key,
@@ -367,6 +374,22 @@ impl Gateway {
 }
 
 /// A key not seen before, and the request it is for.
+/// The payment an operation may start on, or why not: there is none, or
+/// the request's amount is not the payment's (which never changes, so the
+/// payment as read decides).
+fn operable(found: Option<Found>, amount: Option<Amount>) -> Result<Found, Error> {
+    let found = found.ok_or(Error::NotFound)?;
+    match amount.filter(|a| a.cents() != found.payment.amount) {
+        Some(amount) => {
+            tracing::debug!(requested = amount.cents(), "amount mismatch");
+            Err(Error::AmountMismatch {
+                expected: found.payment.amount,
+            })
+        }
+        None => Ok(found),
+    }
+}
+
 struct New<'a> {
     merchant: MerchantId,
     key: &'a IdempotencyKey,

@@ -98,6 +98,57 @@ async fn the_same_key_with_a_different_request_is_422() {
     assert_eq!(app.count("payments").await, 1);
 }
 
+/// An operation's key that was used is answered as used (replayed, or 422
+/// for another request) before anything is said about the payment the
+/// new request names: not 404 for a payment that is not there, not 400 for
+/// an amount that is not the payment's, and nothing started on another.
+#[tokio::test]
+async fn a_used_capture_key_is_answered_before_the_payment_it_names_is_judged() {
+    let app = spawn_app().await;
+    let first = app.authorized(HAPPY_CARD, 100).await;
+    let second = app.authorized(HAPPY_CARD, 200).await;
+    let capture = |id: &str| format!("/v1/payments/{id}/capture");
+    let key = new_key();
+    let captured = app
+        .post(&capture(first["id"].as_str().unwrap()), &key, &Value::Null)
+        .await;
+    assert_eq!(captured.status(), StatusCode::OK);
+    let operations = app.count("operations").await;
+
+    for (path, body) in [
+        (capture(second["id"].as_str().unwrap()), Value::Null),
+        (
+            capture("pay_0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b"),
+            Value::Null,
+        ),
+        (
+            capture(first["id"].as_str().unwrap()),
+            serde_json::json!({"amount": 99}),
+        ),
+    ] {
+        let reused = app.post(&path, &key, &body).await;
+        assert_error(
+            reused,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_error",
+            "idempotency_key_reused",
+        )
+        .await;
+    }
+    let replayed = app
+        .post(&capture(first["id"].as_str().unwrap()), &key, &Value::Null)
+        .await;
+    assert_eq!(replayed.status(), StatusCode::OK);
+    assert_eq!(app.count("operations").await, operations, "nothing started");
+    let second: Value = app
+        .get(&format!("/v1/payments/{}", second["id"].as_str().unwrap()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(second["status"], "authorized");
+}
+
 #[tokio::test]
 async fn ten_concurrent_same_key_requests_make_one_payment_and_one_bank_authorization() {
     let app = spawn_app_with(Options {
