@@ -3,7 +3,7 @@
 //! Every `/v1` request presents a key, and looking it up took a pooled
 //! connection and a round trip per request: measured side by side on the
 //! latency-bound bench, 12 % of the gateway's CPU per authorization (its
-//! process and its Postgres) and four points of the steady rate. So a key
+//! process and its Postgres) and about five points of the steady rate. So a key
 //! that authenticated is remembered for `API_KEY_CACHE_MS`, by its SHA-256
 //! (never the key itself): a revoked key is refused by every replica
 //! within that time, however many replicas there are. 0 looks the key up
