@@ -58,10 +58,14 @@ pub enum Mutant {
     /// bank's view and "repairs" them, racing the request and the recovery
     /// worker that own them.
     ReconcileRepairsInFlight,
+    /// An operation's start refuses the request (no such payment, not its
+    /// amount) without looking at its key first: a used key, sent again
+    /// with another body, gets that refusal instead of its 422.
+    RefusalBeforeStoredAnswer,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 17] = [
+    pub const ALL: [Mutant; 18] = [
         Mutant::ResumeAnyOperation,
         Mutant::LateAnswerWins,
         Mutant::ReplayRecomputed,
@@ -79,6 +83,7 @@ impl Mutant {
         Mutant::WorkerIgnoresLeases,
         Mutant::StatusNotMovedWithOutcome,
         Mutant::ReconcileRepairsInFlight,
+        Mutant::RefusalBeforeStoredAnswer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -100,6 +105,7 @@ impl Mutant {
             Mutant::WorkerIgnoresLeases => "worker_ignores_leases",
             Mutant::StatusNotMovedWithOutcome => "status_not_moved_with_outcome",
             Mutant::ReconcileRepairsInFlight => "reconcile_repairs_in_flight",
+            Mutant::RefusalBeforeStoredAnswer => "refusal_before_stored_answer",
         }
     }
 
@@ -124,7 +130,8 @@ impl Mutant {
             | Mutant::FreshBankKeyPerRetry
             | Mutant::RequestHashIgnored
             | Mutant::WorkerIgnoresLeases
-            | Mutant::StatusNotMovedWithOutcome => false,
+            | Mutant::StatusNotMovedWithOutcome
+            | Mutant::RefusalBeforeStoredAnswer => false,
         }
     }
 
@@ -159,6 +166,9 @@ impl Mutant {
             }
             Mutant::ReconcileRepairsInFlight => {
                 "reconciliation repairs a payment whose operation is in flight"
+            }
+            Mutant::RefusalBeforeStoredAnswer => {
+                "a used key sent again gets the request's refusal, not its 422"
             }
         }
     }

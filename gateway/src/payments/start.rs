@@ -105,6 +105,9 @@ impl Gateway {
             let found = payments::read_for_operation(&mut conn, merchant, payment_id).await?;
             let found = match operable(found, amount) {
                 Ok(found) => found,
+                Err(refusal) if self.faults.mutant(Mutant::RefusalBeforeStoredAnswer) => {
+                    return Err(refusal);
+                }
                 Err(refusal) => {
                     if let Some(record) = idempotency::read(&mut conn, merchant, key).await? {
                         drop(conn);
