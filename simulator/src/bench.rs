@@ -32,6 +32,7 @@ use crate::run::drain_deliveries;
 use crate::stack::{BankChaos, Durability, Stack, StackOptions};
 use crate::stats::{Latency, micros};
 use crate::steady::{self, Answered, Span, Window};
+use crate::time_split::{self, TimeSplit};
 
 /// Every authorization is for $1.00.
 pub(crate) const AMOUNT_CENTS: i64 = 100;
@@ -116,6 +117,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .clone()
             .unwrap_or_else(|| stack.urls().bank_database.clone())
     });
+    let operator_url = stack
+        .as_ref()
+        .and_then(Stack::gateway)
+        .map(|gateway| gateway.process.operator_url().to_owned());
     let outcome = bench(
         &args,
         &bank_url,
@@ -123,6 +128,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         stack.is_some(),
         parties.as_ref(),
         floor_database.as_deref(),
+        operator_url.as_deref(),
     )
     .await;
     let gateway_log = stack
@@ -220,6 +226,7 @@ async fn bench(
     own_stack: bool,
     parties: Option<&Parties>,
     floor_database: Option<&str>,
+    operator_url: Option<&str>,
 ) -> anyhow::Result<Report> {
     let concurrency = usize::try_from(args.concurrency)?;
     let latency_ms = args.bank_latency_ms();
@@ -275,7 +282,28 @@ async fn bench(
             Some(parties) => parties.sample().await,
             None => None,
         };
+        // Authorizations alone: a flow's requests are of several kinds.
+        let operator_url = operator_url.filter(|_| !args.mix);
+        let split_before = match operator_url {
+            Some(operator_url) => time_split::sample(&client, bank_url, operator_url).await,
+            None => None,
+        };
         let load = fire(u64::from(args.requests), concurrency, args.ramp(), send).await?;
+        let split = match (operator_url, split_before) {
+            (Some(operator_url), Some(before)) => {
+                time_split::sample(&client, bank_url, operator_url)
+                    .await
+                    .and_then(|after| {
+                        TimeSplit::between(
+                            &before,
+                            &after,
+                            mean_ms(&load.ok_latencies())?,
+                            latency_ms,
+                        )
+                    })
+            }
+            (Some(_) | None, None) | (None, Some(_)) => None,
+        };
         let during_load = receiver
             .as_ref()
             .map(|(_, receiver)| receiver.received().len() as u64);
@@ -311,7 +339,7 @@ async fn bench(
             }
             Some(_) | None => None,
         };
-        Ok::<_, anyhow::Error>((load, ledger, cpu, webhook, floor))
+        Ok::<_, anyhow::Error>((load, ledger, cpu, webhook, floor, split))
     }
     .await;
 
@@ -321,7 +349,7 @@ async fn bench(
             .await
             .context("restoring the bank's chaos")?;
     }
-    let (load, ledger, cpu, webhook, floor) = result?;
+    let (load, ledger, cpu, webhook, floor, time_split) = result?;
     let (target, url, gateway_db_pool_size) = match endpoint {
         Endpoint::Bank => ("bank", bank_url.to_owned(), None),
         Endpoint::Gateway { url, .. } => {
@@ -380,9 +408,16 @@ async fn bench(
         cpu_ms_per_authorization,
         cpu_ms_per_flow,
         floor,
+        time_split,
         postgres_durability: None,
         webhook,
     })
+}
+
+/// The mean of `latencies` in milliseconds; `None` for none.
+fn mean_ms(latencies: &[Duration]) -> Option<f64> {
+    let count = u32::try_from(latencies.len()).ok().filter(|n| *n > 0)?;
+    Some((latencies.iter().sum::<Duration>() / count).as_secs_f64() * 1_000.0)
 }
 
 /// pgbench's single-row inserts on `database`, or why there is no figure.

@@ -18,6 +18,7 @@
 //! - [`stats`]: nearest-rank latency percentiles.
 //! - [`report`]: the benchmark report, as text or JSON.
 //! - [`cpu`]: CPU per authorization by process, from `/proc`, for the report.
+//! - [`time_split`]: where an authorization's time went, from the services' metrics.
 //! - [`scenario`]: a chaos scenario as data, generated from a seed by proptest.
 //! - [`model`]: the legal payment states, from the gateway's transition table.
 //! - [`driver`]: the client side: plans carried out (patient clients through
@@ -59,6 +60,7 @@ pub mod simulate;
 pub mod stack;
 pub mod stats;
 pub mod steady;
+pub mod time_split;
 pub mod up;
 
 use std::future::Future;

@@ -11,6 +11,7 @@ use crate::cpu::CpuPerAuthorization;
 use crate::floor::Floor;
 use crate::mix::Proportions;
 use crate::stats::{Latency, format_ms, format_seconds};
+use crate::time_split::TimeSplit;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -61,6 +62,10 @@ pub struct Report {
     /// cluster, and the gateway's CPU in inserts' worth; `null` unless the
     /// bench started its own stack (and `--floor-seconds` is not 0).
     pub floor: Option<Floor>,
+    /// Where an authorization's time went, from the bank's and the
+    /// gateway's latency histograms (see [`crate::time_split`]); `null`
+    /// unless the bench started the gateway, and with `--mix`.
+    pub time_split: Option<TimeSplit>,
     /// What the Postgres under the stack does with a commit, and how often
     /// autovacuum looks, as it says itself (`fsync on, synchronous_commit
     /// on, autovacuum_naptime 1min`); `null` for a running stack, whose
@@ -318,6 +323,9 @@ impl fmt::Display for Report {
                 writeln!(f, "  cpu         ms per {label}: {}", parts.join(", "))?;
             }
         }
+        if let Some(split) = &self.time_split {
+            write_time_split(f, split)?;
+        }
         if let Some(floor) = &self.floor {
             write_floor(f, floor)?;
         }
@@ -355,6 +363,21 @@ fn percentiles(l: &Latency, max: bool) -> String {
         text.push_str(&format!(", max {} ms", format_ms(l.max_us)));
     }
     text
+}
+
+fn write_time_split(f: &mut fmt::Formatter<'_>, split: &TimeSplit) -> fmt::Result {
+    writeln!(
+        f,
+        "  time        ms per authorization, means over the run: the clients waited {:.1}; \
+         the bank {:.1} beyond its added {:.0}, the hop to it {:.1}, the gateway's own work {:.1}, \
+         outside the gateway's handler {:.1}",
+        split.client_ms,
+        split.bank_own_ms(),
+        split.added_latency_ms,
+        split.hop_ms(),
+        split.gateway_own_ms(),
+        split.outside_ms()
+    )
 }
 
 fn write_floor(f: &mut fmt::Formatter<'_>, floor: &Floor) -> fmt::Result {
