@@ -185,6 +185,56 @@ async fn ten_concurrent_same_key_requests_make_one_payment_and_one_bank_authoriz
     assert_eq!(app.bank_balances(HAPPY_CARD.0).await.1, 1_000_000 - 777);
 }
 
+/// The same for a capture, whose start claims its key in the batched
+/// statement without reading it first: one request starts the capture, the
+/// others find the key taken and wait their turn (409) or replay it.
+#[tokio::test]
+async fn ten_concurrent_same_key_captures_make_one_capture_at_the_bank() {
+    let app = spawn_app_with(Options {
+        bank: Some(Box::new(|s| {
+            s.min_latency_ms = 200;
+            s.max_latency_ms = 200;
+        })),
+        ..Options::default()
+    })
+    .await;
+    let payment = app.authorized(HAPPY_CARD, 777).await;
+    let path = format!("/v1/payments/{}/capture", payment["id"].as_str().unwrap());
+    let key = new_key();
+    let responses = join_all((0..10).map(|_| app.post(&path, &key, &Value::Null))).await;
+    let mut captured = Vec::new();
+    for response in responses {
+        match response.status() {
+            StatusCode::OK => captured.push(response.bytes().await.unwrap()),
+            StatusCode::CONFLICT => {
+                assert_error(
+                    response,
+                    StatusCode::CONFLICT,
+                    "idempotency_error",
+                    "idempotency_key_in_use",
+                )
+                .await;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(!captured.is_empty());
+    let replay = app.post(&path, &key, &Value::Null).await;
+    assert_eq!(replay.status(), StatusCode::OK);
+    let replay = replay.bytes().await.unwrap();
+    for body in &captured {
+        assert_eq!(body, &replay, "every answer to the key is the same bytes");
+    }
+    assert_eq!(app.bank_count("captures").await, 1);
+    let captures: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM operations WHERE kind = 'capture'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(captures, 1, "one capture started");
+    assert_eq!(app.bank_balances(HAPPY_CARD.0).await.0, 1_000_000 - 777);
+}
+
 #[tokio::test]
 async fn an_unknown_outcome_answers_202_and_a_retry_resumes_rather_than_repeats() {
     // The bank holds every answer longer than the gateway's deadline.
