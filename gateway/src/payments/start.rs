@@ -376,7 +376,6 @@ impl Gateway {
     }
 }
 
-/// A key not seen before, and the request it is for.
 /// The payment an operation may start on, or why not: there is none, or
 /// the request's amount is not the payment's (which never changes, so the
 /// payment as read decides).
@@ -393,6 +392,7 @@ fn operable(found: Option<Found>, amount: Option<Amount>) -> Result<Found, Error
     }
 }
 
+/// A key not seen before, and the request it is for.
 struct New<'a> {
     merchant: MerchantId,
     key: &'a IdempotencyKey,
