@@ -26,7 +26,8 @@
 //! - [`run`]: one simulation in phases (start, drive, settle, observe, finish).
 //! - [`faults`]: the fault plan carried out beside the traffic.
 //! - [`receiver`]: the merchants' webhook receiver, with chaos of its own.
-//! - [`invariants`]: the fifteen checks, named in the report.
+//! - [`invariants`]: the sixteen checks, named in the report.
+//! - [`revocation`]: an API key revoked halfway through a run, probed throughout.
 //! - [`run_report`]: `simulator run`'s report: text, JSON, HTML.
 //! - [`simulate`]: `simulator run` itself (and the shrinking loop).
 //! - [`mutants`]: `simulator mutants`, the mutation table.
@@ -51,6 +52,7 @@ pub mod process;
 pub mod reads;
 pub mod receiver;
 pub mod report;
+pub mod revocation;
 pub mod run;
 pub mod run_dir;
 pub mod run_report;

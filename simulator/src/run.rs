@@ -35,6 +35,7 @@ use crate::invariants::{
 };
 use crate::process::{GatewayOptions, GatewayOutput, GatewayProcess, free_port};
 use crate::receiver::Receiver;
+use crate::revocation::KeyRevocation;
 use crate::run_report::{Event, RunReport};
 use crate::scenario::Scenario;
 use crate::stack::{MERCHANTS, Stack};
@@ -260,7 +261,12 @@ impl Replicas {
             database_url: database_url.to_owned(),
             bank_url: bank_url.to_owned(),
         };
-        let args = gateway_args(run.program.as_ref(), run.reconcile_every)?;
+        let mut args = gateway_args(run.program.as_ref(), run.reconcile_every)?;
+        // Stated, not defaulted: the revoked-key check counts on it.
+        args.extend([
+            "--api-key-cache-ms".to_owned(),
+            crate::revocation::API_KEY_CACHE_MS.to_string(),
+        ]);
         // One secret for every replica: a key retried on another must match.
         let secret = gateway::idempotency::Secret::random();
         let webhook_key = gateway::idempotency::Secret::random();
@@ -300,7 +306,8 @@ impl Replicas {
         }
     }
 
-    fn urls(&self) -> Vec<String> {
+    /// Each replica's root URL (the given ones when the run started none).
+    pub fn urls(&self) -> Vec<String> {
         if !self.given.is_empty() {
             return self.given.clone();
         }
@@ -465,6 +472,11 @@ pub struct Session {
     /// The merchants' webhook receiver and their endpoints, when the
     /// simulator runs the gateways.
     webhooks: Option<RunWebhooks>,
+    /// A spare key of FicMart's, revoked halfway (see [`crate::revocation`]);
+    /// `None` on gateways the run did not start.
+    spare_key: Option<String>,
+    /// What became of it.
+    revocation: Option<KeyRevocation>,
 }
 
 /// The run's webhook receiver, and each merchant's endpoint on it.
@@ -542,6 +554,7 @@ impl Session {
         let mut gateway_postgres = None;
         let mut tap = None;
         let mut webhooks = None;
+        let mut spare_key = None;
         let (gateway_database, bank_database, api_keys, replicas) = match (stack, &options.given) {
             (_, Some(given)) => (
                 given.gateway_database_url.clone(),
@@ -554,6 +567,8 @@ impl Session {
                 let postgres = gateway_postgres.as_deref().unwrap_or(stack.postgres());
                 let (gateway_database, api_keys) =
                     crate::stack::gateway_database_on(postgres, &MERCHANTS).await?;
+                spare_key =
+                    Some(crate::stack::create_api_key(&gateway_database, MERCHANTS[0]).await?);
                 let tapped = bank_tap::BankProxy::start(&bank_url);
                 let replicas = Replicas::start(
                     options.replicas,
@@ -615,6 +630,8 @@ impl Session {
             gateway_postgres,
             tap,
             webhooks,
+            spare_key,
+            revocation: None,
         })
     }
 
@@ -652,6 +669,16 @@ impl Session {
             stop_rx.clone(),
             events.clone(),
         ));
+        let prober = self.spare_key.clone().map(|key| {
+            tokio::spawn(crate::revocation::probe_and_revoke(
+                self.driver.clone(),
+                self.replicas.clone(),
+                key,
+                self.gateway_database.clone(),
+                self.scenario.payments.len(),
+                stop_rx.clone(),
+            ))
+        });
         let progress = self.options.progress.then(|| {
             tokio::spawn(show_progress(
                 self.driver.clone(),
@@ -700,6 +727,9 @@ impl Session {
             rotation.abort();
         }
         let faults = fault_task.await.context("the fault task panicked")?;
+        if let Some(prober) = prober {
+            self.revocation = Some(prober.await.context("the key prober panicked")?);
+        }
         if let Some(progress) = progress {
             progress.await.ok();
             eprintln!();
@@ -795,6 +825,7 @@ impl Session {
                 .unwrap_or(u64::MAX),
             card_data: self.secrets(),
             webhooks,
+            revocation: self.revocation.clone(),
             index: Default::default(),
         })
     }

@@ -357,6 +357,7 @@ mod tests {
             authorization_grace_ms: 0,
             key_retention_ms: 0,
             webhooks: None,
+            revocation: None,
             index: Default::default(),
             card_data: CardData::default(),
         };

@@ -288,7 +288,7 @@ pub async fn gateway_database_on(
 
 /// Applies the gateway's migrations to `database_url` and creates an API key
 /// for `merchant` there, as `gateway api-key create` would.
-async fn create_api_key(database_url: &str, merchant: &str) -> anyhow::Result<String> {
+pub async fn create_api_key(database_url: &str, merchant: &str) -> anyhow::Result<String> {
     let pool = gateway::store::connect(database_url, 1, Duration::from_secs(10))
         .await
         .context("connecting to the gateway's database")?;

@@ -21,6 +21,7 @@ use super::error::ApiError;
 use super::json;
 use super::rate_limit::AddressLimiter;
 use crate::domain::{IdempotencyKey, MerchantId, PaymentId};
+use crate::faults::Mutant;
 use crate::startup::AppState;
 use crate::store::merchants;
 
@@ -113,6 +114,12 @@ async fn look_up(
     let mut conn = state.gateway.pool().acquire().await?;
     let found = merchants::merchant_for_key(&mut conn, &hash).await?;
     if let (Some(cache), Some(found)) = (cache, found) {
+        let read_at = if state.gateway.faults().mutant(Mutant::KeyCacheNeverLapses) {
+            // The pre-fix form: remembered for as long as the process lives.
+            read_at + Duration::from_secs(24 * 3_600)
+        } else {
+            read_at
+        };
         cache.remember(hash, found, read_at);
     }
     Ok(found.ok_or(AuthFailure::Unknown))

@@ -62,10 +62,13 @@ pub enum Mutant {
     /// amount) without looking at its key first: a used key, sent again
     /// with another body, gets that refusal instead of its 422.
     RefusalBeforeStoredAnswer,
+    /// A key that authenticated is remembered for good: a revoked key
+    /// goes on working.
+    KeyCacheNeverLapses,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 18] = [
+    pub const ALL: [Mutant; 19] = [
         Mutant::ResumeAnyOperation,
         Mutant::LateAnswerWins,
         Mutant::ReplayRecomputed,
@@ -84,6 +87,7 @@ impl Mutant {
         Mutant::StatusNotMovedWithOutcome,
         Mutant::ReconcileRepairsInFlight,
         Mutant::RefusalBeforeStoredAnswer,
+        Mutant::KeyCacheNeverLapses,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -106,6 +110,7 @@ impl Mutant {
             Mutant::StatusNotMovedWithOutcome => "status_not_moved_with_outcome",
             Mutant::ReconcileRepairsInFlight => "reconcile_repairs_in_flight",
             Mutant::RefusalBeforeStoredAnswer => "refusal_before_stored_answer",
+            Mutant::KeyCacheNeverLapses => "key_cache_never_lapses",
         }
     }
 
@@ -131,7 +136,8 @@ impl Mutant {
             | Mutant::RequestHashIgnored
             | Mutant::WorkerIgnoresLeases
             | Mutant::StatusNotMovedWithOutcome
-            | Mutant::RefusalBeforeStoredAnswer => false,
+            | Mutant::RefusalBeforeStoredAnswer
+            | Mutant::KeyCacheNeverLapses => false,
         }
     }
 
@@ -170,6 +176,7 @@ impl Mutant {
             Mutant::RefusalBeforeStoredAnswer => {
                 "a used key sent again gets the request's refusal, not its 422"
             }
+            Mutant::KeyCacheNeverLapses => "a key that authenticated is remembered for good",
         }
     }
 }

@@ -13,11 +13,13 @@
 //! - [`callers`]: one caller per bank key at a time.
 //! - [`card_data`]: no card data at rest or in the open, in any form.
 //! - [`webhooks`]: every change delivered, signed, in order, never twice at once.
+//! - [`revocation`]: a revoked API key refused within the key cache's lifetime.
 
 mod answers;
 mod callers;
 mod card_data;
 mod money;
+mod revocation;
 mod states;
 #[cfg(test)]
 mod tests;
@@ -145,6 +147,8 @@ pub struct Observations {
     pub card_data: CardData,
     /// What the merchants' webhook receiver got, when the run had one.
     pub webhooks: Option<webhooks::WebhookObservations>,
+    /// The spare key revoked halfway, when the run started the gateways.
+    pub revocation: Option<crate::revocation::KeyRevocation>,
     /// Payment id → the flow whose receipts hold it; built on first use
     /// (a run may have a hundred thousand payments).
     pub index: PaymentIndex,
@@ -178,7 +182,7 @@ pub struct InvariantResult {
 }
 
 /// Each invariant's name and what it checks.
-pub const INVARIANTS: [(&str, &str); 15] = [
+pub const INVARIANTS: [(&str, &str); 16] = [
     (
         "no double charge",
         "per authorization at most one capture and one refund, never a capture and a void; per order at most one payment holding or taking money",
@@ -235,6 +239,10 @@ pub const INVARIANTS: [(&str, &str); 15] = [
     (
         "webhooks ordered",
         "ordered by sequence, a payment's events are its history in order; no event sent to one endpoint twice at once",
+    ),
+    (
+        "revoked keys refused",
+        "a key revoked halfway is refused by every replica once the key cache's lifetime has passed, and works until it is revoked",
     ),
 ];
 
@@ -432,5 +440,6 @@ pub fn check(obs: &Observations) -> Vec<InvariantResult> {
         webhooks::delivered(obs),
         webhooks::signed(obs),
         webhooks::ordered(obs),
+        revocation::revoked_keys_refused(obs),
     ]
 }

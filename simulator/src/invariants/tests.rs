@@ -7,6 +7,7 @@ use super::webhooks::{Delivery, EndpointSeen, PaymentHistory, Rotation, WebhookO
 use super::*;
 use crate::driver::{Answer, Exchange, FlowRecord, Read, ReadKind};
 use crate::model::Op;
+use crate::revocation::{KeyRevocation, Probe};
 use crate::scenario::{ClientKind, Duplicate, Misuse, Next, PaymentPlan, PlanKind};
 use gateway::webhooks::signature::{self, SigningSecret};
 
@@ -170,6 +171,7 @@ fn world() -> Observations {
         authorization_grace_ms: 8_000,
         key_retention_ms: 6_000,
         webhooks: Some(webhook_world()),
+        revocation: Some(revocation_world()),
         index: PaymentIndex::default(),
         cards: vec![CardBalance {
             card_number: "4000".into(),
@@ -265,6 +267,30 @@ fn webhook_world() -> WebhookObservations {
         }],
         left: vec![],
         timeout_us: 1_000_000,
+    }
+}
+
+/// The spare key worked for two probes, was revoked between 1.0 and 1.1 s,
+/// was still taken on trust for a probe inside the cache's second, and was
+/// refused after it; one probe met a replica that was down.
+fn revocation_world() -> KeyRevocation {
+    let probe = |sent_ms: u64, status: Option<u16>| Probe {
+        sent_us: sent_ms * 1_000,
+        answered_us: sent_ms * 1_000 + 5_000,
+        status,
+    };
+    KeyRevocation {
+        cache_ms: 1_000,
+        revoking_us: Some(1_000_000),
+        revoked_us: Some(1_100_000),
+        probes: vec![
+            probe(500, Some(200)),
+            probe(900, Some(200)),
+            probe(1_500, Some(200)),
+            probe(2_000, None),
+            probe(2_100, Some(401)),
+            probe(3_000, Some(401)),
+        ],
     }
 }
 
@@ -725,4 +751,37 @@ fn events_out_of_sequence_or_sent_twice_at_once_fail_webhooks_ordered() {
     let again = delivery(2, 2_005, &endpoint_secret());
     webhooks(&mut obs).received.push(again);
     assert_eq!(failed(&obs), ["webhooks ordered"], "twice at once");
+}
+
+#[test]
+fn a_revoked_key_that_works_past_the_cache_lifetime_fails_revoked_keys_refused() {
+    let mut obs = world();
+    let story = obs.revocation.as_mut().unwrap();
+    story.probes.push(Probe {
+        sent_us: 2_200_000,
+        answered_us: 2_205_000,
+        status: Some(200),
+    });
+    assert_eq!(failed(&obs), ["revoked keys refused"]);
+}
+
+#[test]
+fn a_key_refused_before_its_revocation_fails_revoked_keys_refused() {
+    let mut obs = world();
+    obs.revocation.as_mut().unwrap().probes[1].status = Some(401);
+    assert_eq!(failed(&obs), ["revoked keys refused"]);
+}
+
+#[test]
+fn a_key_never_revoked_is_judged_only_on_working() {
+    let mut obs = world();
+    let story = obs.revocation.as_mut().unwrap();
+    story.revoking_us = None;
+    story.revoked_us = None;
+    for probe in &mut story.probes {
+        probe.status = probe.status.map(|_| 200);
+    }
+    assert_eq!(failed(&obs), Vec::<&str>::new());
+    obs.revocation.as_mut().unwrap().probes[4].status = Some(401);
+    assert_eq!(failed(&obs), ["revoked keys refused"]);
 }
