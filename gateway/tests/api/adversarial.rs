@@ -731,10 +731,7 @@ async fn a_retry_on_another_replica_never_meets_an_attempt_still_open_at_the_ban
         s.reconcile_interval_ms = 0;
     };
     let app = spawn_app_with(Options {
-        bank: Some(Box::new(|s| {
-            s.min_latency_ms = 1_000;
-            s.max_latency_ms = 1_000;
-        })),
+        bank: bank_latency_ms(1_000),
         gateway: Some(Box::new(configure)),
         proxy: true,
     })

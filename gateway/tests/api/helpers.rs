@@ -53,6 +53,15 @@ pub struct Options {
     pub proxy: bool,
 }
 
+/// A bank that takes exactly `ms` over every API request: requests sent
+/// together overlap at the bank.
+pub fn bank_latency_ms(ms: u64) -> Configure<mock_bank::Settings> {
+    Some(Box::new(move |s| {
+        s.min_latency_ms = ms;
+        s.max_latency_ms = ms;
+    }))
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(Options::default()).await
 }

@@ -152,10 +152,7 @@ async fn a_used_capture_key_is_answered_before_the_payment_it_names_is_judged() 
 #[tokio::test]
 async fn ten_concurrent_same_key_requests_make_one_payment_and_one_bank_authorization() {
     let app = spawn_app_with(Options {
-        bank: Some(Box::new(|s| {
-            s.min_latency_ms = 200;
-            s.max_latency_ms = 200;
-        })),
+        bank: bank_latency_ms(200),
         ..Options::default()
     })
     .await;
@@ -191,10 +188,7 @@ async fn ten_concurrent_same_key_requests_make_one_payment_and_one_bank_authoriz
 #[tokio::test]
 async fn ten_concurrent_same_key_captures_make_one_capture_at_the_bank() {
     let app = spawn_app_with(Options {
-        bank: Some(Box::new(|s| {
-            s.min_latency_ms = 200;
-            s.max_latency_ms = 200;
-        })),
+        bank: bank_latency_ms(200),
         ..Options::default()
     })
     .await;
@@ -239,10 +233,7 @@ async fn ten_concurrent_same_key_captures_make_one_capture_at_the_bank() {
 async fn an_unknown_outcome_answers_202_and_a_retry_resumes_rather_than_repeats() {
     // The bank holds every answer longer than the gateway's deadline.
     let app = spawn_app_with(Options {
-        bank: Some(Box::new(|s| {
-            s.min_latency_ms = 700;
-            s.max_latency_ms = 700;
-        })),
+        bank: bank_latency_ms(700),
         gateway: Some(Box::new(|s| {
             s.bank_attempt_timeout_ms = 300;
             s.bank_deadline_ms = 600;

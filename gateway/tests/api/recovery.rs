@@ -9,10 +9,7 @@ use crate::helpers::*;
 /// whose background work runs often.
 async fn impatient_app() -> TestApp {
     spawn_app_with(Options {
-        bank: Some(Box::new(|s| {
-            s.min_latency_ms = 600;
-            s.max_latency_ms = 600;
-        })),
+        bank: bank_latency_ms(600),
         gateway: Some(Box::new(|s| {
             s.bank_attempt_timeout_ms = 200;
             s.bank_deadline_ms = 400;
