@@ -64,6 +64,16 @@ pub struct KeyRevocation {
     pub probes: Vec<Probe>,
 }
 
+impl KeyRevocation {
+    /// From when (microseconds from the traffic's start) every request with
+    /// the key must be refused: the cache's lifetime after the revocation
+    /// committed. `None` while it is not revoked.
+    pub fn refused_from_us(&self) -> Option<u64> {
+        self.revoked_us
+            .map(|at| at.saturating_add(self.cache_ms.saturating_mul(1_000)))
+    }
+}
+
 /// Probes with `key` until `stop`, revoking it in `database_url` once
 /// half of `flows` are done.
 pub async fn probe_and_revoke(
@@ -107,8 +117,7 @@ pub async fn probe_and_revoke(
             continue;
         };
         let sent_us = micros(started.elapsed());
-        let refused_from_us = story.revoked_us.map(|at| at + API_KEY_CACHE_MS * 1_000);
-        if refused_from_us.is_some_and(|from| sent_us >= from) {
+        if story.refused_from_us().is_some_and(|from| sent_us >= from) {
             judged += 1;
         }
         let status = http

@@ -14,9 +14,7 @@ pub fn revoked_keys_refused(obs: &Observations) -> InvariantResult {
     let Some(story) = &obs.revocation else {
         return c.done();
     };
-    let refused_from_us = story
-        .revoked_us
-        .map(|at| at.saturating_add(story.cache_ms.saturating_mul(1_000)));
+    let refused_from_us = story.refused_from_us();
     for probe in &story.probes {
         let Some(status) = probe.status.filter(|status| *status != 503) else {
             continue;
