@@ -114,6 +114,16 @@ pub struct Surroundings<'s> {
     pub when: &'s str,
     /// The query whose one row the statement returns.
     pub answer: &'s str,
+    /// A CTE in `before` that locked the account's row (`FOR UPDATE`) and
+    /// selected its `balance` and `available_balance`, to compute the new
+    /// balances from; `None` computes them from the row the update finds.
+    ///
+    /// A statement that waited for that lock must name it: its snapshot
+    /// predates whatever committed meanwhile, and although an `UPDATE`
+    /// redoes its sums on the latest version, Postgres checks constraints on
+    /// its first attempt. A hold whose funds a void released while it
+    /// waited failed `available_balance >= 0` on the older version.
+    pub balances_from: Option<&'s str>,
 }
 
 impl Default for Surroundings<'_> {
@@ -122,6 +132,7 @@ impl Default for Surroundings<'_> {
             before: "",
             when: "true",
             answer: "SELECT 1",
+            balances_from: None,
         }
     }
 }
@@ -135,11 +146,16 @@ impl Posting<'_> {
             before,
             when,
             answer,
+            balances_from,
         } = around;
         let before = if before.is_empty() {
             String::new()
         } else {
             format!("{before}, ")
+        };
+        let (from, row) = match balances_from {
+            Some(locked) => (format!("FROM {locked} "), format!("{locked}.")),
+            None => (String::new(), String::new()),
         };
         format!(
             "WITH {before}\
@@ -151,8 +167,9 @@ impl Posting<'_> {
                FROM entry, (VALUES ($3, $4::bigint), ($5, $6::bigint)) AS leg (ledger, amount) \
                WHERE leg.amount <> 0), \
              moved AS ( \
-               UPDATE accounts SET balance = balance + $8, available_balance = available_balance + $9 \
-               WHERE card_number = $7 AND EXISTS (SELECT 1 FROM entry)), \
+               UPDATE accounts SET balance = {row}balance + $8, \
+                 available_balance = {row}available_balance + $9 {from}\
+               WHERE accounts.card_number = $7 AND EXISTS (SELECT 1 FROM entry)), \
              answer AS ({answer}) \
              SELECT * FROM answer"
         )

@@ -105,7 +105,7 @@ const AUTHORIZE: Surroundings<'static> = Surroundings {
     before: "locked AS MATERIALIZED (SELECT 1 AS held FROM pg_advisory_xact_lock($10)), \
      card AS MATERIALIZED ( \
        SELECT c.* FROM locked, LATERAL ( \
-         SELECT cvv, expiry_month, expiry_year, available_balance FROM accounts \
+         SELECT cvv, expiry_month, expiry_year, balance, available_balance FROM accounts \
          WHERE card_number = $7 AND locked.held = 1 FOR UPDATE) c), \
      verdict AS MATERIALIZED ( \
        SELECT CASE \
@@ -126,6 +126,7 @@ const AUTHORIZE: Surroundings<'static> = Surroundings {
        SELECT $21, $7, $16, $22, $23 FROM claimed)",
     when: "EXISTS (SELECT 1 FROM claimed)",
     answer: "SELECT outcome, EXISTS (SELECT 1 FROM claimed) AS stored FROM verdict",
+    balances_from: Some("card"),
 };
 
 /// Places `hold` and stores `claim`'s response, atomically and in one

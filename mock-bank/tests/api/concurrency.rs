@@ -3,6 +3,8 @@
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 
+use mock_bank::domain::AuthorizationId;
+
 use crate::helpers::*;
 
 #[tokio::test]
@@ -110,4 +112,27 @@ async fn ten_concurrent_refunds_of_one_capture_give_one_200() {
     }
     assert_eq!(ok, 1);
     assert_eq!(bank.balances(HAPPY_CARD.0).await, (1_000_000, 1_000_000));
+}
+
+/// Funds released while an authorization waits for the card's row lock are
+/// funds it may hold. In READ COMMITTED the authorization's statement reads
+/// the card as it was when the statement began; its balance update must be
+/// computed from the row it locked, not from that older version (on which
+/// `available_balance >= 0` fails and the bank answered 500).
+#[tokio::test]
+async fn an_authorization_waiting_on_a_void_holds_the_funds_the_void_released() {
+    let bank = spawn_bank().await;
+    let first = bank.approved(LIMITED_CARD, 40_000).await;
+    let first = AuthorizationId::parse(first["authorization_id"].as_str().unwrap());
+
+    // A void, held open by this test, has released the 400.00 but not committed.
+    let mut void = bank.pool.begin().await.unwrap();
+    mock_bank::operations::void(&mut void, first).await.unwrap();
+    let (second, ()) = tokio::join!(bank.authorize(LIMITED_CARD, 30_000), async {
+        bank.wait_for_a_lock_wait().await;
+        void.commit().await.unwrap();
+    });
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(bank.balances(LIMITED_CARD.0).await, (50_000, 20_000));
+    assert!(bank.ledger_verifies().await);
 }

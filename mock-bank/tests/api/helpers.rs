@@ -160,6 +160,25 @@ impl TestBank {
         verification["ok"].as_bool().expect("ok") && verification["mismatches"] == json!([])
     }
 
+    /// Returns once some session of the bank's database waits for a lock
+    /// (a row another transaction holds); panics after ten seconds.
+    pub async fn wait_for_a_lock_wait(&self) {
+        for _ in 0..1000 {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .expect("pg_stat_activity");
+            if waiting > 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("no session waited for a lock within ten seconds");
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(&self.pool)
