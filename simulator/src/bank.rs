@@ -157,8 +157,9 @@ impl BankAdmin {
         }
     }
 
-    /// `bank_chaos_faults_total` from `GET /metrics`, by kind.
-    pub async fn faults_injected(&self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    /// What the bank counted in `GET /metrics`: faults injected and its own
+    /// errors.
+    pub async fn counters(&self) -> anyhow::Result<BankCounters> {
         let url = format!("{}/metrics", self.base);
         let text = self
             .client
@@ -168,7 +169,7 @@ impl BankAdmin {
             .with_context(|| format!("GET {url}"))?
             .text()
             .await?;
-        Ok(parse_faults(&text))
+        Ok(BankCounters::parse(&text))
     }
 
     /// `POST /admin/authorizations/{id}/expire`: the authorization's week
@@ -205,27 +206,47 @@ impl BankAdmin {
 }
 
 /// `bank_chaos_faults_total{kind="reset_after_commit"} 3` lines, summed by kind.
-pub fn parse_faults(metrics: &str) -> std::collections::BTreeMap<String, u64> {
-    let mut faults = std::collections::BTreeMap::new();
-    for line in metrics.lines() {
-        let Some(rest) = line.strip_prefix("bank_chaos_faults_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.split_once("} ") else {
-            continue;
-        };
-        let kind = labels
-            .split(',')
-            .find_map(|l| l.strip_prefix("kind=\""))
-            .map(|k| k.trim_end_matches('"'))
-            .unwrap_or("unknown");
-        let value = value.trim().parse::<f64>().unwrap_or(0.0);
-        // Counters are whole numbers.
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let value = value as u64;
-        *faults.entry(kind.to_owned()).or_default() += value;
+/// The bank's counters the simulator reads; a counter it has not
+/// exported yet (or a bank without it) reads zero.
+#[derive(Debug, Clone, Default)]
+pub struct BankCounters {
+    /// `bank_chaos_faults_total`, by kind.
+    pub faults: std::collections::BTreeMap<String, u64>,
+    /// `bank_internal_errors_total`: 500s that were not injected.
+    pub internal_errors: u64,
+}
+
+impl BankCounters {
+    pub fn parse(metrics: &str) -> Self {
+        let mut counters = Self::default();
+        for line in metrics.lines() {
+            if let Some(value) = line.strip_prefix("bank_internal_errors_total ") {
+                counters.internal_errors += whole(value);
+            }
+            let Some(rest) = line.strip_prefix("bank_chaos_faults_total{") else {
+                continue;
+            };
+            let Some((labels, value)) = rest.split_once("} ") else {
+                continue;
+            };
+            let kind = labels
+                .split(',')
+                .find_map(|l| l.strip_prefix("kind=\""))
+                .map(|k| k.trim_end_matches('"'))
+                .unwrap_or("unknown");
+            *counters.faults.entry(kind.to_owned()).or_default() += whole(value);
+        }
+        counters
     }
-    faults
+}
+
+/// A counter's value in Prometheus text (printed as a float).
+fn whole(value: &str) -> u64 {
+    let value = value.trim().parse::<f64>().unwrap_or(0.0);
+    // Counters are whole numbers.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let value = value as u64;
+    value
 }
 
 async fn expect_json<T: for<'de> Deserialize<'de>>(
@@ -250,14 +271,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn faults_are_read_from_prometheus_text() {
+    fn counters_are_read_from_prometheus_text() {
         let text = "# TYPE bank_chaos_faults_total counter\n\
 bank_chaos_faults_total{kind=\"failure\"} 7\n\
 bank_chaos_faults_total{kind=\"reset_after_commit\"} 2\n\
+bank_internal_errors_total 3\n\
 bank_http_requests_total{route=\"x\"} 9\n";
-        let faults = parse_faults(text);
-        assert_eq!(faults.get("failure"), Some(&7));
-        assert_eq!(faults.get("reset_after_commit"), Some(&2));
-        assert_eq!(faults.len(), 2);
+        let counters = BankCounters::parse(text);
+        assert_eq!(counters.faults.get("failure"), Some(&7));
+        assert_eq!(counters.faults.get("reset_after_commit"), Some(&2));
+        assert_eq!(counters.faults.len(), 2);
+        assert_eq!(counters.internal_errors, 3);
+        assert_eq!(BankCounters::parse("").internal_errors, 0);
     }
 }

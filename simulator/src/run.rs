@@ -24,7 +24,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, watch};
 
-use crate::bank::{BankAdmin, NewCard};
+use crate::bank::{BankAdmin, BankCounters, NewCard};
 use crate::driver::{Driver, FlowRecord};
 use crate::invariants::webhooks::{
     Delivery, EndpointSeen, PaymentHistory, Rotation, WebhookObservations,
@@ -453,7 +453,8 @@ pub struct Session {
     replicas: Arc<Mutex<Replicas>>,
     driver: Arc<Driver>,
     cards: Vec<NewCard>,
-    faults_before: BTreeMap<String, u64>,
+    /// The bank's counters when the run began.
+    counters_before: BankCounters,
     since: chrono::DateTime<chrono::Utc>,
     pub flows: Vec<FlowRecord>,
     events: Vec<Event>,
@@ -607,7 +608,7 @@ impl Session {
             empty_card,
             options.concurrency,
         )?;
-        let faults_before = admin.faults_injected().await.unwrap_or_default();
+        let counters_before = admin.counters().await.unwrap_or_default();
         Ok(Self {
             scenario,
             options,
@@ -619,7 +620,7 @@ impl Session {
             replicas: Arc::new(Mutex::new(replicas)),
             driver: Arc::new(driver),
             cards,
-            faults_before,
+            counters_before,
             since: chrono::Utc::now() - chrono::TimeDelta::seconds(1),
             flows: Vec::new(),
             events: Vec::new(),
@@ -808,6 +809,12 @@ impl Session {
         let webhooks = self
             .step("webhook deliveries", self.webhook_observations())
             .await?;
+        // Unknown (not zero) when the bank's metrics cannot be read.
+        let bank_own_errors = self.admin.counters().await.ok().map(|after| {
+            after
+                .internal_errors
+                .saturating_sub(self.counters_before.internal_errors)
+        });
         Ok(Observations {
             seed: self.scenario.seed,
             flows: self.flows.clone(),
@@ -826,6 +833,7 @@ impl Session {
             card_data: self.secrets(),
             webhooks,
             revocation: self.revocation.clone(),
+            bank_own_errors,
             index: Default::default(),
         })
     }
@@ -1206,10 +1214,10 @@ impl Session {
     /// reports. The gateways' logs are kept only when something failed.
     pub async fn finish(self, observations: &Observations) -> RunReport {
         let started = Instant::now();
-        let faults_after = self.admin.faults_injected().await.unwrap_or_default();
+        let faults_after = self.admin.counters().await.unwrap_or_default().faults;
         let mut faults = BTreeMap::new();
         for (kind, n) in faults_after {
-            let before = self.faults_before.get(&kind).copied().unwrap_or(0);
+            let before = self.counters_before.faults.get(&kind).copied().unwrap_or(0);
             if n > before {
                 faults.insert(kind, n - before);
             }

@@ -358,6 +358,7 @@ mod tests {
             key_retention_ms: 0,
             webhooks: None,
             revocation: None,
+            bank_own_errors: None,
             index: Default::default(),
             card_data: CardData::default(),
         };

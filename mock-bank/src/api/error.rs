@@ -120,6 +120,10 @@ impl ResponseError for BankError {
         if let Self::Internal(cause) = self {
             // The cause goes to the log; the client learns only the code.
             tracing::error!(error = ?cause, "internal error");
+            // Counted apart from injected faults: a client cannot tell the
+            // two 500s apart, and a gateway retries both, so a bug of the
+            // bank's own would otherwise pass unseen under chaos.
+            metrics::counter!("bank_internal_errors_total").increment(1);
         }
         HttpResponse::build(self.status_code()).json(ErrorBody {
             error: self.code(),

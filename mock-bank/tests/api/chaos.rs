@@ -254,3 +254,51 @@ async fn faults_are_counted_in_metrics() {
     assert!(metrics.contains("bank_http_requests_total"));
     assert!(metrics.contains("bank_http_request_duration_seconds_bucket"));
 }
+
+/// The bank's own failures are counted apart from the faults it injects:
+/// to a client both are a 500, so only this counter tells a bug in the
+/// bank from chaos.
+#[tokio::test]
+async fn the_banks_own_errors_are_counted_apart_from_injected_faults() {
+    let bank = spawn_bank().await;
+    let authorization = bank.approved(HAPPY_CARD, 100).await;
+    let id = authorization["authorization_id"].as_str().unwrap();
+    let path = format!("/api/v1/authorizations/{id}");
+    let own_errors =
+        || async { internal_errors(&bank.get("/metrics").await.text().await.unwrap()) };
+    let before = own_errors().await;
+
+    bank.put_chaos(json!({"failure_rate": 1.0})).await;
+    assert_error(
+        bank.get(&path).await,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+    )
+    .await;
+    assert_eq!(
+        own_errors().await,
+        before,
+        "an injected fault is not the bank's own"
+    );
+
+    bank.put_chaos(json!({"failure_rate": 0.0})).await;
+    sqlx::query("ALTER TABLE authorizations RENAME TO authorizations_gone")
+        .execute(&bank.pool)
+        .await
+        .unwrap();
+    assert_error(
+        bank.get(&path).await,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+    )
+    .await;
+    assert!(own_errors().await > before);
+}
+
+/// `bank_internal_errors_total` in Prometheus text; absent is zero.
+fn internal_errors(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("bank_internal_errors_total "))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}

@@ -14,8 +14,10 @@
 //! - [`card_data`]: no card data at rest or in the open, in any form.
 //! - [`webhooks`]: every change delivered, signed, in order, never twice at once.
 //! - [`revocation`]: a revoked API key refused within the key cache's lifetime.
+//! - [`bank`]: the bank the gateways are judged against did not fail on its own.
 
 mod answers;
+mod bank;
 mod callers;
 mod card_data;
 mod money;
@@ -149,6 +151,9 @@ pub struct Observations {
     pub webhooks: Option<webhooks::WebhookObservations>,
     /// The spare key revoked halfway, when the run started the gateways.
     pub revocation: Option<crate::revocation::KeyRevocation>,
+    /// The bank's own (not injected) errors during the run; `None` when
+    /// its metrics could not be read.
+    pub bank_own_errors: Option<u64>,
     /// Payment id → the flow whose receipts hold it; built on first use
     /// (a run may have a hundred thousand payments).
     pub index: PaymentIndex,
@@ -182,7 +187,7 @@ pub struct InvariantResult {
 }
 
 /// Each invariant's name and what it checks.
-pub const INVARIANTS: [(&str, &str); 16] = [
+pub const INVARIANTS: [(&str, &str); 17] = [
     (
         "no double charge",
         "per authorization at most one capture and one refund, never a capture and a void; per order at most one payment holding or taking money",
@@ -243,6 +248,10 @@ pub const INVARIANTS: [(&str, &str); 16] = [
     (
         "revoked keys refused",
         "a key revoked halfway is refused by every replica once the key cache's lifetime has passed, and works until it is revoked",
+    ),
+    (
+        "bank without errors of its own",
+        "the bank answered 500 only for faults its chaos injected; a bug of its own would hide behind the gateways' retries",
     ),
 ];
 
@@ -441,5 +450,6 @@ pub fn check(obs: &Observations) -> Vec<InvariantResult> {
         webhooks::signed(obs),
         webhooks::ordered(obs),
         revocation::revoked_keys_refused(obs),
+        bank::no_errors_of_its_own(obs),
     ]
 }

@@ -172,6 +172,7 @@ fn world() -> Observations {
         key_retention_ms: 6_000,
         webhooks: Some(webhook_world()),
         revocation: Some(revocation_world()),
+        bank_own_errors: Some(0),
         index: PaymentIndex::default(),
         cards: vec![CardBalance {
             card_number: "4000".into(),
@@ -784,4 +785,14 @@ fn a_key_never_revoked_is_judged_only_on_working() {
     assert_eq!(failed(&obs), Vec::<&str>::new());
     obs.revocation.as_mut().unwrap().probes[4].status = Some(401);
     assert_eq!(failed(&obs), ["revoked keys refused"]);
+}
+
+#[test]
+fn an_error_of_the_banks_own_fails_bank_without_errors_of_its_own_and_unread_metrics_are_not_judged()
+ {
+    let mut obs = world();
+    obs.bank_own_errors = Some(2);
+    assert_eq!(failed(&obs), ["bank without errors of its own"]);
+    obs.bank_own_errors = None;
+    assert_eq!(failed(&obs), Vec::<&str>::new());
 }
