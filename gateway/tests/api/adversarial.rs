@@ -95,20 +95,10 @@ async fn post(app: &TestApp, path: &str, key: &str, body: &Value) -> Answer {
 /// Waits until some session of this test's gateway database waits for a
 /// lock: the interleaving the test set up has been reached.
 async fn until_someone_waits_for_a_lock(app: &TestApp) {
-    for _ in 0..200 {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&app.pool)
+    let waited = throwaway_pg::until_a_session_waits_for_a_lock(&app.pool, 1000)
         .await
         .unwrap();
-        if waiting > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("nobody ever waited for the lock");
+    assert!(waited, "nobody ever waited for the lock");
 }
 
 #[tokio::test]

@@ -163,20 +163,10 @@ impl TestBank {
     /// Returns once some session of the bank's database waits for a lock
     /// (a row another transaction holds); panics after ten seconds.
     pub async fn wait_for_a_lock_wait(&self) {
-        for _ in 0..1000 {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&self.pool)
+        let waited = throwaway_pg::until_a_session_waits_for_a_lock(&self.pool, 1000)
             .await
             .expect("pg_stat_activity");
-            if waiting > 0 {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        panic!("no session waited for a lock within ten seconds");
+        assert!(waited, "no session waited for a lock within ten seconds");
     }
 
     pub async fn count(&self, table: &str) -> i64 {

@@ -197,6 +197,29 @@ pub fn shared() -> &'static Postgres {
     })
 }
 
+/// Returns once some session of `pool`'s database waits for a lock (a row
+/// another transaction holds), polling every 10 ms: a test has reached the
+/// interleaving it set up. False when none did within `attempts` polls.
+pub async fn until_a_session_waits_for_a_lock(
+    pool: &sqlx::PgPool,
+    attempts: u32,
+) -> Result<bool, sqlx::Error> {
+    for _ in 0..attempts {
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock')",
+        )
+        .fetch_one(pool)
+        .await?;
+        if waiting {
+            return Ok(true);
+        }
+        // The server's sleep: this crate has no runtime of its own.
+        sqlx::query("SELECT pg_sleep(0.01)").execute(pool).await?;
+    }
+    Ok(false)
+}
+
 /// Replaces the database name (the URL's path) in a Postgres URL.
 fn with_database(url: &str, database: &str) -> String {
     let (base, query) = match url.split_once('?') {
