@@ -453,8 +453,9 @@ pub struct Session {
     replicas: Arc<Mutex<Replicas>>,
     driver: Arc<Driver>,
     cards: Vec<NewCard>,
-    /// The bank's counters when the run began.
-    counters_before: BankCounters,
+    /// The bank's counters when the run began; `None` when they could not
+    /// be read (then nothing is judged on them).
+    counters_before: Option<BankCounters>,
     since: chrono::DateTime<chrono::Utc>,
     pub flows: Vec<FlowRecord>,
     events: Vec<Event>,
@@ -608,7 +609,7 @@ impl Session {
             empty_card,
             options.concurrency,
         )?;
-        let counters_before = admin.counters().await.unwrap_or_default();
+        let counters_before = admin.counters().await.ok();
         Ok(Self {
             scenario,
             options,
@@ -810,11 +811,12 @@ impl Session {
             .step("webhook deliveries", self.webhook_observations())
             .await?;
         // Unknown (not zero) when the bank's metrics cannot be read.
-        let bank_own_errors = self.admin.counters().await.ok().map(|after| {
-            after
-                .internal_errors
-                .saturating_sub(self.counters_before.internal_errors)
-        });
+        let bank_own_errors = match (&self.counters_before, self.admin.counters().await) {
+            (Some(before), Ok(after)) => {
+                Some(after.internal_errors.saturating_sub(before.internal_errors))
+            }
+            (_, _) => None,
+        };
         Ok(Observations {
             seed: self.scenario.seed,
             flows: self.flows.clone(),
@@ -1217,7 +1219,11 @@ impl Session {
         let faults_after = self.admin.counters().await.unwrap_or_default().faults;
         let mut faults = BTreeMap::new();
         for (kind, n) in faults_after {
-            let before = self.counters_before.faults.get(&kind).copied().unwrap_or(0);
+            let before = self
+                .counters_before
+                .as_ref()
+                .and_then(|counters| counters.faults.get(&kind).copied())
+                .unwrap_or(0);
             if n > before {
                 faults.insert(kind, n - before);
             }
