@@ -46,9 +46,15 @@ use gateway::webhooks::signature::SigningSecret;
 pub const OPENING_BALANCE: i64 = 10_000_000;
 /// ... and with room for every plan on it to hold this much twice (a
 /// restarter authorizes twice), so that no funded card of the run runs dry
-/// however many payments share it: the checks take a 402 on a run's card
+/// however many payments share it: the checks take a 402 on such a card
 /// for a lie.
-const MOST_HELD_PER_PLAN: i64 = 2 * crate::scenario::MAX_AMOUNT;
+pub const MOST_HELD_PER_PLAN: i64 = 2 * crate::scenario::MAX_AMOUNT;
+/// Except the first card of a run with two or more: it opens with room
+/// for two of the largest holds ($1,000), so that it runs out mid-run even
+/// in a short run. Its authorizations then race its captures, voids and
+/// expiries for the same funds (a race that once made the bank answer
+/// 500), and a 402 on it can be the truth.
+const TIGHT_CARD_BALANCE: i64 = MOST_HELD_PER_PLAN;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often settling looks again for payments in flight and pending
 /// deliveries.
@@ -547,7 +553,12 @@ impl Session {
         let balance = OPENING_BALANCE.max(
             i64::try_from(per_card).unwrap_or(i64::MAX / MOST_HELD_PER_PLAN) * MOST_HELD_PER_PLAN,
         );
-        for _ in 0..scenario.cards.max(1) {
+        for i in 0..scenario.cards.max(1) {
+            let balance = if i == 0 && scenario.cards >= 2 {
+                TIGHT_CARD_BALANCE
+            } else {
+                balance
+            };
             cards.push(admin.open_random_card(balance).await?);
         }
         let mut empty_card = admin.open_random_card(0).await?;

@@ -220,15 +220,38 @@ fn ms_until(receipt: &Value, status: PaymentStatus) -> Option<i64> {
     Some(reached - created)
 }
 
-/// 9: a 402 only for a card the bank refused (the plans that decline), and
+/// The cards whose opening balance does not cover every hold planned on
+/// them (each plan's amount twice: a restarter authorizes twice): a 402 on
+/// one of these may be the truth, on any other it is a lie.
+fn cards_that_can_run_out(obs: &Observations) -> BTreeSet<&str> {
+    let mut planned: BTreeMap<&str, i64> = BTreeMap::new();
+    for flow in &obs.flows {
+        if let Some(card) = flow.card_number.as_deref() {
+            *planned.entry(card).or_default() += 2 * flow.plan.amount;
+        }
+    }
+    obs.cards
+        .iter()
+        .filter(|card| card.opening < planned.get(card.card_number.as_str()).copied().unwrap_or(0))
+        .map(|card| card.card_number.as_str())
+        .collect()
+}
+
+/// 9: a 402 only for a card the bank refused (the plans that decline, and
+/// cards that can run out), and
 /// the payment ended declined with nothing held; an authorization given up
 /// as abandoned only after the grace period; a 400 created nothing; a 409
 /// invalid_state changed nothing; a wrong amount is refused with 400;
 /// another merchant cannot see the payment.
 pub fn honest_answers(obs: &Observations) -> InvariantResult {
     let mut c = Check::new(obs, 9);
+    let can_run_out = cards_that_can_run_out(obs);
     for (i, flow) in obs.flows.iter().enumerate() {
-        let declines = matches!(flow.plan.kind, PlanKind::UnknownCard | PlanKind::Overdraw);
+        let declines = matches!(flow.plan.kind, PlanKind::UnknownCard | PlanKind::Overdraw)
+            || flow
+                .card_number
+                .as_deref()
+                .is_some_and(|card| can_run_out.contains(card));
         let mut accepted: BTreeSet<Op> = BTreeSet::new();
         let mut refused: BTreeSet<Op> = BTreeSet::new();
         for exchange in &flow.exchanges {

@@ -796,3 +796,25 @@ fn an_error_of_the_banks_own_fails_bank_without_errors_of_its_own_and_unread_met
     obs.bank_own_errors = None;
     assert_eq!(failed(&obs), Vec::<&str>::new());
 }
+
+#[test]
+fn a_402_on_a_card_that_can_run_out_is_not_a_lie_about_funds() {
+    let funded_lie = |obs: &Observations| {
+        check(obs)
+            .into_iter()
+            .flat_map(|result| result.examples)
+            .any(|v| v.message.contains("402 for a funded, valid card"))
+    };
+    let mut obs = world();
+    obs.flows[0].exchanges.push(exchange(
+        Op::Authorize,
+        "a",
+        402,
+        json!({"error": {"code": "insufficient_funds"}}),
+        false,
+    ));
+    // Opening 1,000 covers the plan's 500 twice (a restarter holds twice).
+    assert!(funded_lie(&obs));
+    obs.cards[0].opening = 999;
+    assert!(!funded_lie(&obs));
+}
