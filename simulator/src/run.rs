@@ -48,7 +48,7 @@ pub const OPENING_BALANCE: i64 = 10_000_000;
 /// restarter authorizes twice), so that no funded card of the run runs dry
 /// however many payments share it: the checks take a 402 on such a card
 /// for a lie.
-pub const MOST_HELD_PER_PLAN: i64 = 2 * crate::scenario::MAX_AMOUNT;
+const MOST_HELD_PER_PLAN: i64 = 2 * crate::scenario::MAX_AMOUNT;
 /// Except the first card of a run with two or more: it opens with room
 /// for two of the largest holds ($1,000), so that it runs out mid-run even
 /// in a short run. Its authorizations then race its captures, voids and

@@ -238,8 +238,8 @@ fn cards_that_can_run_out(obs: &Observations) -> BTreeSet<&str> {
 }
 
 /// 9: a 402 only for a card the bank refused (the plans that decline, and
-/// cards that can run out), and
-/// the payment ended declined with nothing held; an authorization given up
+/// cards that can run out), and the payment ended declined with nothing
+/// held; an authorization given up
 /// as abandoned only after the grace period; a 400 created nothing; a 409
 /// invalid_state changed nothing; a wrong amount is refused with 400;
 /// another merchant cannot see the payment.

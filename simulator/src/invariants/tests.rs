@@ -360,9 +360,8 @@ fn a_capture_the_receipt_forgot_fails_no_lost_acknowledgment() {
     assert!(failed.contains(&"no lost acknowledgment"), "{failed:?}");
 }
 
-#[test]
-fn a_dishonest_402_fails_honest_answers() {
-    let mut obs = world();
+/// The flow's authorization answered 402 `insufficient_funds` as well.
+fn answer_402(obs: &mut Observations) {
     obs.flows[0].exchanges.push(exchange(
         Op::Authorize,
         "a",
@@ -370,6 +369,12 @@ fn a_dishonest_402_fails_honest_answers() {
         json!({"error": {"code": "insufficient_funds"}}),
         false,
     ));
+}
+
+#[test]
+fn a_dishonest_402_fails_honest_answers() {
+    let mut obs = world();
+    answer_402(&mut obs);
     let failed = failed(&obs);
     assert!(failed.contains(&"honest answers"), "{failed:?}");
 }
@@ -806,13 +811,7 @@ fn a_402_on_a_card_that_can_run_out_is_not_a_lie_about_funds() {
             .any(|v| v.message.contains("402 for a funded, valid card"))
     };
     let mut obs = world();
-    obs.flows[0].exchanges.push(exchange(
-        Op::Authorize,
-        "a",
-        402,
-        json!({"error": {"code": "insufficient_funds"}}),
-        false,
-    ));
+    answer_402(&mut obs);
     // Opening 1,000 covers the plan's 500 twice (a restarter holds twice).
     assert!(funded_lie(&obs));
     obs.cards[0].opening = 999;
