@@ -113,6 +113,8 @@ pub async fn read_for_operation(
 
 /// Locked for the rest of the transaction (unless `lock` is false: the
 /// mutant that forgets): for the general path of an operation's start.
+/// If it waited for the lock, its `history` may lack the previous holder's
+/// move (see [`lock_with_history`]); that path decides on the payment only.
 pub async fn lock_for_operation(
     conn: &mut PgConnection,
     merchant: MerchantId,
@@ -263,7 +265,8 @@ pub async fn apply(
 pub type History = Vec<(PaymentStatus, DateTime<Utc>)>;
 
 /// A payment's history as one JSON text column of the statement that reads
-/// the payment, so that the two come from one snapshot and always agree.
+/// the payment, so that the two come from one snapshot and agree (but see
+/// [`lock_with_history`] for a statement that waits for a lock).
 const HISTORY_JSON: &str = "(SELECT coalesce(json_agg(json_build_array(e.to_status, e.at) ORDER BY e.id), '[]') \
      FROM payment_events e WHERE e.payment_id = payments.id)::text AS history";
 
@@ -292,13 +295,8 @@ pub async fn get_then_history(
         return Ok(None);
     };
     between.await;
-    let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT to_status::text, at FROM payment_events WHERE payment_id = $1 ORDER BY id",
-    )
-    .bind(payment.id)
-    .fetch_all(conn)
-    .await?;
-    Ok(Some((payment, decode_history(rows)?)))
+    let history = history_of(conn, payment.id).await?;
+    Ok(Some((payment, history)))
 }
 
 /// A merchant's payment and its history, in one statement.
@@ -323,6 +321,12 @@ pub async fn get_with_history(
 
 /// A payment, locked, and its history: the first lock a settlement takes
 /// (the payment, then its operation, then the key).
+///
+/// One statement when it did not wait for the lock. When it did, the row it
+/// locked is the latest, but the history it read in passing comes from the
+/// snapshot the statement began with, before the lock's previous holder
+/// committed its move: the history then does not end at the status, and
+/// is read again, by a statement that sees that commit.
 pub async fn lock_with_history(
     conn: &mut PgConnection,
     id: Uuid,
@@ -331,9 +335,27 @@ pub async fn lock_with_history(
         "SELECT {COLUMNS}, {HISTORY_JSON} FROM payments WHERE id = $1 FOR UPDATE"
     ))
     .bind(id)
-    .fetch_optional(conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    row.map(WithHistoryRow::decode).transpose()
+    let Some((payment, history)) = row.map(WithHistoryRow::decode).transpose()? else {
+        return Ok(None);
+    };
+    if history.last().map(|(status, _)| *status) == Some(payment.status()) {
+        return Ok(Some((payment, history)));
+    }
+    let history = history_of(conn, id).await?;
+    Ok(Some((payment, history)))
+}
+
+/// A payment's history, in a statement of its own.
+async fn history_of(conn: &mut PgConnection, id: Uuid) -> Result<History, sqlx::Error> {
+    let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT to_status::text, at FROM payment_events WHERE payment_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(conn)
+    .await?;
+    decode_history(rows)
 }
 
 /// What the batched settlement needs, unlocked, in one statement: whether

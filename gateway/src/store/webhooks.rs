@@ -53,6 +53,9 @@ pub enum CreateError {
 
 /// Registers an endpoint, within the merchant's limit: the merchant's row
 /// is locked so that two registrations at once cannot both pass the count.
+/// The count is a statement of its own, after the lock: a statement that
+/// waited for the lock reads the snapshot it began with, without the
+/// endpoint the lock's previous holder added, and both got in.
 pub async fn create_endpoint(
     conn: &mut PgConnection,
     merchant: MerchantId,
@@ -61,10 +64,12 @@ pub async fn create_endpoint(
     salt: &[u8],
 ) -> Result<EndpointRecord, CreateError> {
     let mut tx = sqlx::Connection::begin(conn).await?;
+    sqlx::query("SELECT 1 FROM merchants WHERE id = $1 FOR UPDATE")
+        .bind(merchant.as_uuid())
+        .execute(&mut *tx)
+        .await?;
     let existing: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM webhook_endpoints w \
-         WHERE w.merchant_id = (SELECT id FROM merchants WHERE id = $1 FOR UPDATE) \
-           AND w.status <> 'deleted'",
+        "SELECT count(*) FROM webhook_endpoints WHERE merchant_id = $1 AND status <> 'deleted'",
     )
     .bind(merchant.as_uuid())
     .fetch_one(&mut *tx)

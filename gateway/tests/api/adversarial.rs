@@ -95,7 +95,7 @@ async fn post(app: &TestApp, path: &str, key: &str, body: &Value) -> Answer {
 /// Waits until some session of this test's gateway database waits for a
 /// lock: the interleaving the test set up has been reached.
 async fn until_someone_waits_for_a_lock(app: &TestApp) {
-    let waited = throwaway_pg::until_a_session_waits_for_a_lock(&app.pool, 1000)
+    let waited = throwaway_pg::until_sessions_wait_for_a_lock(&app.pool, 1, 1000)
         .await
         .unwrap();
     assert!(waited, "nobody ever waited for the lock");
@@ -770,4 +770,53 @@ async fn a_retry_on_another_replica_never_meets_an_attempt_still_open_at_the_ban
             );
         }
     }
+}
+
+/// A payment locked after a wait comes with the history its previous holder
+/// wrote. The locking statement's snapshot predates that holder's commit:
+/// the row it locks is the latest, but a history read in the same
+/// statement lacks the holder's event, and an answer rendered from the two
+/// would show a history that does not end at its status.
+#[tokio::test]
+async fn a_payment_locked_after_a_wait_comes_with_its_whole_history() {
+    use gateway::domain::{PaymentEvent, PaymentId, PaymentStatus};
+    use gateway::store::payments::{self, BankFacts};
+
+    let app = spawn_app().await;
+    let authorized = app.authorized(HAPPY_CARD, 1_500).await;
+    let id = PaymentId::parse(authorized["id"].as_str().unwrap())
+        .unwrap()
+        .as_uuid();
+    let mut holder = app.pool.begin().await.unwrap();
+    let (payment, _) = payments::lock_with_history(&mut holder, id)
+        .await
+        .unwrap()
+        .unwrap();
+    let expired = PaymentEvent::AuthorizationExpired;
+    payments::apply(&mut holder, &payment, expired, &BankFacts::default())
+        .await
+        .unwrap();
+
+    let ((payment, history), ()) = tokio::join!(
+        async {
+            let mut waiter = app.pool.begin().await.unwrap();
+            let found = payments::lock_with_history(&mut waiter, id).await.unwrap();
+            waiter.rollback().await.unwrap();
+            found.unwrap()
+        },
+        async {
+            until_someone_waits_for_a_lock(&app).await;
+            holder.commit().await.unwrap();
+        }
+    );
+    assert_eq!(payment.status(), PaymentStatus::Expired);
+    let statuses: Vec<PaymentStatus> = history.iter().map(|(status, _)| *status).collect();
+    assert_eq!(
+        statuses,
+        [
+            PaymentStatus::Pending,
+            PaymentStatus::Authorized,
+            PaymentStatus::Expired
+        ]
+    );
 }

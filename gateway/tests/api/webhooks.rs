@@ -266,6 +266,41 @@ async fn bad_endpoints_are_refused_with_the_field_and_the_reason() {
     assert_eq!(error["error"]["code"], "endpoint_limit_reached");
 }
 
+/// Two registrations at once with room for one: one gets in. Both wait for
+/// the merchant's row; the second must count the endpoint the first added
+/// while it waited (a count taken in the statement that waited for the lock
+/// reads its older snapshot, and both got in: 17 endpoints).
+#[tokio::test]
+async fn two_registrations_at_once_with_room_for_one_leave_the_merchant_at_its_limit() {
+    let app = spawn_app().await;
+    let endpoint = json!({"url": "https://example.com/"});
+    let register = || app.post_json("/v1/webhook_endpoints", &endpoint);
+    for _ in 0..15 {
+        assert_eq!(register().await.status(), StatusCode::CREATED);
+    }
+    let mut merchants = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM merchants FOR UPDATE")
+        .execute(&mut *merchants)
+        .await
+        .unwrap();
+    let (first, second, ()) = tokio::join!(register(), register(), async {
+        let waited = throwaway_pg::until_sessions_wait_for_a_lock(&app.pool, 2, 1000)
+            .await
+            .unwrap();
+        assert!(waited, "the two registrations never both waited");
+        merchants.commit().await.unwrap();
+    });
+    let mut statuses = [first.status(), second.status()];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::CREATED, StatusCode::BAD_REQUEST]);
+    let endpoints: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_endpoints WHERE status <> 'deleted'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(endpoints, 16);
+}
+
 #[tokio::test]
 async fn every_change_is_delivered_signed_and_in_sequence() {
     let app = webhook_app(&[100], 2_000).await;

@@ -163,7 +163,7 @@ impl TestBank {
     /// Returns once some session of the bank's database waits for a lock
     /// (a row another transaction holds); panics after ten seconds.
     pub async fn wait_for_a_lock_wait(&self) {
-        let waited = throwaway_pg::until_a_session_waits_for_a_lock(&self.pool, 1000)
+        let waited = throwaway_pg::until_sessions_wait_for_a_lock(&self.pool, 1, 1000)
             .await
             .expect("pg_stat_activity");
         assert!(waited, "no session waited for a lock within ten seconds");

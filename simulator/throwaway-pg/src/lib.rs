@@ -197,21 +197,23 @@ pub fn shared() -> &'static Postgres {
     })
 }
 
-/// Returns once some session of `pool`'s database waits for a lock (a row
-/// another transaction holds), polling every 10 ms: a test has reached the
-/// interleaving it set up. False when none did within `attempts` polls.
-pub async fn until_a_session_waits_for_a_lock(
+/// Returns once `sessions` sessions of `pool`'s database wait for a lock
+/// (a row another transaction holds), polling every 10 ms: a test has
+/// reached the interleaving it set up. False when they did not within
+/// `attempts` polls.
+pub async fn until_sessions_wait_for_a_lock(
     pool: &sqlx::PgPool,
+    sessions: i64,
     attempts: u32,
 ) -> Result<bool, sqlx::Error> {
     for _ in 0..attempts {
-        let waiting: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock')",
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
         )
         .fetch_one(pool)
         .await?;
-        if waiting {
+        if waiting >= sessions {
             return Ok(true);
         }
         // The server's sleep: this crate has no runtime of its own.
