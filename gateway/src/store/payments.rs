@@ -325,8 +325,11 @@ pub async fn get_with_history(
 /// One statement when it did not wait for the lock. When it did, the row it
 /// locked is the latest, but the history it read in passing comes from the
 /// snapshot the statement began with, before the lock's previous holder
-/// committed its move: the history then does not end at the status, and
-/// is read again, by a statement that sees that commit.
+/// committed its moves. Every move writes its history row at the payment's
+/// new `updated_at`, so a history whose last row is not the payment's
+/// (status, `updated_at`) missed some (the status alone would not tell: a
+/// failed capture brings a payment back to `authorized`), and is read
+/// again, by a statement that sees that commit.
 pub async fn lock_with_history(
     conn: &mut PgConnection,
     id: Uuid,
@@ -340,7 +343,7 @@ pub async fn lock_with_history(
     let Some((payment, history)) = row.map(WithHistoryRow::decode).transpose()? else {
         return Ok(None);
     };
-    if history.last().map(|(status, _)| *status) == Some(payment.status()) {
+    if history.last() == Some(&(payment.status(), payment.updated_at)) {
         return Ok(Some((payment, history)));
     }
     let history = history_of(conn, id).await?;

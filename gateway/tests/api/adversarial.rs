@@ -775,11 +775,48 @@ async fn a_retry_on_another_replica_never_meets_an_attempt_still_open_at_the_ban
 /// A payment locked after a wait comes with the history its previous holder
 /// wrote. The locking statement's snapshot predates that holder's commit:
 /// the row it locks is the latest, but a history read in the same
-/// statement lacks the holder's event, and an answer rendered from the two
+/// statement lacks the holder's events, and an answer rendered from the two
 /// would show a history that does not end at its status.
 #[tokio::test]
 async fn a_payment_locked_after_a_wait_comes_with_its_whole_history() {
-    use gateway::domain::{PaymentEvent, PaymentId, PaymentStatus};
+    use gateway::domain::{PaymentEvent, PaymentStatus};
+    let history = history_after_waiting_for(&[PaymentEvent::AuthorizationExpired]).await;
+    assert_eq!(
+        history,
+        [
+            PaymentStatus::Pending,
+            PaymentStatus::Authorized,
+            PaymentStatus::Expired
+        ]
+    );
+}
+
+/// The same when the holder's moves bring the payment back to the status
+/// it had (a capture that failed): the stale history ends at that status
+/// too, and only its last move's time tells it from the whole one.
+#[tokio::test]
+async fn a_payment_back_at_its_status_after_a_wait_comes_with_its_whole_history() {
+    use gateway::domain::{PaymentEvent, PaymentStatus};
+    let moves = [PaymentEvent::CaptureRequested, PaymentEvent::CaptureFailed];
+    let history = history_after_waiting_for(&moves).await;
+    assert_eq!(
+        history,
+        [
+            PaymentStatus::Pending,
+            PaymentStatus::Authorized,
+            PaymentStatus::Capturing,
+            PaymentStatus::Authorized
+        ]
+    );
+}
+
+/// An authorized payment, moved by `moves` in a transaction that holds its
+/// lock while another waits in `lock_with_history`: the statuses of the
+/// history the waiter got, checked to end at the status it got.
+async fn history_after_waiting_for(
+    moves: &[gateway::domain::PaymentEvent],
+) -> Vec<gateway::domain::PaymentStatus> {
+    use gateway::domain::PaymentId;
     use gateway::store::payments::{self, BankFacts};
 
     let app = spawn_app().await;
@@ -788,16 +825,17 @@ async fn a_payment_locked_after_a_wait_comes_with_its_whole_history() {
         .unwrap()
         .as_uuid();
     let mut holder = app.pool.begin().await.unwrap();
-    let (payment, _) = payments::lock_with_history(&mut holder, id)
+    let (mut payment, _) = payments::lock_with_history(&mut holder, id)
         .await
         .unwrap()
         .unwrap();
-    let expired = PaymentEvent::AuthorizationExpired;
-    payments::apply(&mut holder, &payment, expired, &BankFacts::default())
-        .await
-        .unwrap();
+    for &event in moves {
+        payment = payments::apply(&mut holder, &payment, event, &BankFacts::default())
+            .await
+            .unwrap();
+    }
 
-    let ((payment, history), ()) = tokio::join!(
+    let ((waited, history), ()) = tokio::join!(
         async {
             let mut waiter = app.pool.begin().await.unwrap();
             let found = payments::lock_with_history(&mut waiter, id).await.unwrap();
@@ -809,14 +847,10 @@ async fn a_payment_locked_after_a_wait_comes_with_its_whole_history() {
             holder.commit().await.unwrap();
         }
     );
-    assert_eq!(payment.status(), PaymentStatus::Expired);
-    let statuses: Vec<PaymentStatus> = history.iter().map(|(status, _)| *status).collect();
+    assert_eq!(waited.status(), payment.status());
     assert_eq!(
-        statuses,
-        [
-            PaymentStatus::Pending,
-            PaymentStatus::Authorized,
-            PaymentStatus::Expired
-        ]
+        history.last(),
+        Some(&(payment.status(), payment.updated_at))
     );
+    history.iter().map(|(status, _)| *status).collect()
 }
