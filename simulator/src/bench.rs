@@ -283,26 +283,21 @@ async fn bench(
             None => None,
         };
         // Authorizations alone: a flow's requests are of several kinds.
-        let operator_url = operator_url.filter(|_| !args.mix);
-        let split_before = match operator_url {
-            Some(operator_url) => time_split::sample(&client, bank_url, operator_url).await,
+        let split_before = match operator_url.filter(|_| !args.mix) {
+            Some(operator_url) => time_split::sample(&client, bank_url, operator_url)
+                .await
+                .map(|before| (operator_url, before)),
             None => None,
         };
         let load = fire(u64::from(args.requests), concurrency, args.ramp(), send).await?;
-        let split = match (operator_url, split_before) {
-            (Some(operator_url), Some(before)) => {
-                time_split::sample(&client, bank_url, operator_url)
-                    .await
-                    .and_then(|after| {
-                        TimeSplit::between(
-                            &before,
-                            &after,
-                            mean_ms(&load.ok_latencies())?,
-                            latency_ms,
-                        )
-                    })
-            }
-            (Some(_) | None, None) | (None, Some(_)) => None,
+        let split = match split_before {
+            Some((operator_url, before)) => time_split::sample(&client, bank_url, operator_url)
+                .await
+                .and_then(|after| {
+                    let client_ms = mean_ms(&load.ok_latencies())?;
+                    TimeSplit::between(&before, &after, client_ms, latency_ms)
+                }),
+            None => None,
         };
         let during_load = receiver
             .as_ref()
