@@ -190,6 +190,7 @@ impl Gateway {
             .settlements
             .submit(Settlement {
                 from: payment.status(),
+                read_at: payment.updated_at,
                 to: moved,
                 operation_id: operation.id,
                 succeeded,
@@ -260,10 +261,15 @@ impl Gateway {
             Resolution::Unknown { reason } => {
                 tracing::warn!(operation_id = %operation.id, kind = operation.kind.as_str(), reason, "bank outcome unknown");
                 metrics::counter!("gateway_operations_unknown_total", "kind" => operation.kind.as_str()).increment(1);
-                let holder = self.instance;
                 let retry = self.leases.retry;
-                operations::release(&mut tx, operation.id, holder, &reason, retry).await?;
-                idempotency::release_for_operation(&mut tx, operation.id, holder).await?;
+                let token = operation.lease_until;
+                if operations::release(&mut tx, operation.id, token, &reason, retry).await? {
+                    // Its key too, then: whoever takes a key over takes its
+                    // operation's lease with it, so a key still ours is one
+                    // whose operation was.
+                    idempotency::release_for_operation(&mut tx, operation.id, self.instance)
+                        .await?;
+                }
                 render(operation.kind, &payment, history)?
             }
         };

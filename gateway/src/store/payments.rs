@@ -427,13 +427,15 @@ pub fn moved(
 }
 
 /// A whole settlement, computed before anything is written: the payment
-/// moves from `from` to `to` (only if it is still in `from` and the
-/// operation still pending), with its history row, the operation finished,
-/// and the answer (status, body) stored on the key that created the
-/// operation, if the answer is final.
+/// moves from `from` to `to` (only if it is still the version read, at
+/// `read_at`, and the operation still pending), with its history row, the
+/// operation finished, and the answer (status, body) stored on the key that
+/// created the operation, if the answer is final.
 #[derive(Debug, Clone)]
 pub struct Settlement {
     pub from: PaymentStatus,
+    /// The payment's `updated_at` as the settler read it.
+    pub read_at: DateTime<Utc>,
     pub to: PaymentRecord,
     pub operation_id: Uuid,
     pub succeeded: bool,
@@ -463,6 +465,16 @@ async fn update_settled(
     settlements: &[Settlement],
 ) -> Result<Vec<i64>, sqlx::Error> {
     let text = |f: fn(&Settlement) -> Option<&str>| settlements.iter().map(f).collect::<Vec<_>>();
+    // The payment moves only from the version read (`updated_at`), not
+    // merely from its status: when the UPDATE waits for the payment's lock,
+    // Postgres checks its WHERE again on the latest row, but the subquery
+    // on the operation keeps the statement's first snapshot. A settler past
+    // its lease could then find the operation still "pending" after its
+    // new holder settled it, and the payment back at the same status under
+    // a newer operation (a failed capture, then the client's retry under a
+    // new key), and move the payment for the wrong operation. A version
+    // the move must match on the locked row itself closes that.
+    //
     // The operation's status is read by a scalar subquery, one primary-key
     // probe per row. Written as EXISTS, the planner made it a semi-join and,
     // with fresh rows under-counted in its statistics, hashed every pending
@@ -471,9 +483,10 @@ async fn update_settled(
         "WITH input AS ( \
            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], \
              $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::uuid[], $12::text[], \
-             $13::int2[], $14::bytea[]) WITH ORDINALITY \
+             $13::int2[], $14::bytea[], $15::timestamptz[]) WITH ORDINALITY \
            AS i(payment_id, from_status, to_status, authorization_id, expires_at, capture_id, void_id, \
-             refund_id, failure_code, at, operation_id, operation_status, response_status, response_body, n)), \
+             refund_id, failure_code, at, operation_id, operation_status, response_status, response_body, \
+             read_at, n)), \
          first AS (SELECT DISTINCT ON (payment_id) * FROM input ORDER BY payment_id, n), \
          moved AS ( \
            UPDATE payments p SET status = f.to_status::payment_status, bank_authorization_id = f.authorization_id, \
@@ -481,6 +494,7 @@ async fn update_settled(
              bank_refund_id = f.refund_id, failure_code = f.failure_code, updated_at = f.at \
            FROM first f \
            WHERE p.id = f.payment_id AND p.status = f.from_status::payment_status \
+             AND p.updated_at = f.read_at \
              AND (SELECT o.status FROM operations o WHERE o.id = f.operation_id) = 'pending' \
            RETURNING f.n), \
          settled AS (SELECT f.* FROM first f JOIN moved USING (n)), \
@@ -514,6 +528,7 @@ async fn update_settled(
             .collect::<Vec<_>>(),
     )
     .bind(settlements.iter().map(|s| s.answer.as_ref().map(|(_, body)| body.as_slice())).collect::<Vec<_>>())
+    .bind(settlements.iter().map(|s| s.read_at).collect::<Vec<_>>())
     .fetch_all(conn)
     .await
 }

@@ -141,6 +141,7 @@ async fn of_two_settlements_of_one_payment_in_a_batch_only_the_first_is_written(
         .expect("started");
     let settle = |status: PaymentStatus, body: &[u8]| Settlement {
         from: PaymentStatus::Pending,
+        read_at: started.payment.updated_at,
         to: PaymentRecord {
             status: StoredStatus(status),
             bank_authorization_id: Some("auth_1".into()),
