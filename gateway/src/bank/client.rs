@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
 use super::circuit::{CircuitBreaker, CircuitSettings};
+use super::open_calls::OpenCalls;
 use super::retry::{RetryPolicy, backoff};
 use super::wire::{
     Authorization, AuthorizeRequest, BankErrorCode, Capture, CaptureRequest, ErrorBody, Refund,
@@ -176,6 +177,7 @@ struct Shared {
     permits: Semaphore,
     max_in_flight: usize,
     circuit: Arc<CircuitBreaker>,
+    open: OpenCalls,
 }
 
 impl fmt::Debug for BankClient {
@@ -332,6 +334,7 @@ impl BankClient {
                 permits: Semaphore::new(max_in_flight),
                 max_in_flight,
                 circuit: Arc::new(CircuitBreaker::from_settings(circuit)),
+                open: OpenCalls::default(),
             }),
             policy,
             faults: Faults::default(),
@@ -371,6 +374,13 @@ impl BankClient {
 
     pub fn policy(&self) -> &RetryPolicy {
         &self.policy
+    }
+
+    /// The idempotency keys of calls (of every clone) that may still be
+    /// open at the bank: returned, or past their deadline, they are not.
+    /// Their operations' leases must not be handed back.
+    pub fn keys_possibly_open(&self) -> Vec<String> {
+        self.shared.open.keys()
     }
 
     /// The circuit breaker every attempt of every clone consults.
@@ -525,8 +535,12 @@ impl BankClient {
             }
         };
         let url = self.url(segments);
-        self.execute(op, url, key, Some(key_header), Some(body))
-            .await
+        self.shared.open.enter(key, self.policy.deadline);
+        let outcome = self
+            .execute(op, url, key, Some(key_header), Some(body))
+            .await;
+        self.shared.open.leave(key);
+        outcome
     }
 
     async fn get<T: DeserializeOwned>(

@@ -33,8 +33,8 @@
 //! - **A deadline per call, and a cap on attempts.** The HTTP request that
 //!   triggered the call has its own deadline; past it the gateway answers
 //!   202 and leaves the operation to the recovery worker, which calls again
-//!   with the same key. So the client never sleeps past the deadline, clips
-//!   the last attempt's timeout to the time left, and answers
+//!   with the same key. So the client never sleeps past the deadline, makes
+//!   an attempt only if its whole timeout ends before it, and answers
 //!   [`Unknown`](BankOutcome::Unknown), never an error, when it stops.
 //! - **A bound on concurrent attempts** (a semaphore): a slow bank must not
 //!   make the gateway open thousands of sockets. A permit is held only for
@@ -66,6 +66,7 @@
 
 pub mod circuit;
 mod client;
+mod open_calls;
 mod retry;
 mod wire;
 

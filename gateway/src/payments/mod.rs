@@ -222,13 +222,13 @@ impl Gateway {
         start: Start,
         card: Option<&AuthorizeCommand>,
     ) -> Result<Reply, Error> {
-        let call = match start {
+        let mut call = match start {
             Start::Answered(reply) => return Ok(reply),
             Start::Call(call) => call,
         };
         self.faults.hit(Point::IntentCommitted).await?;
         if !self
-            .lease_covers_call(&call.operation, call.leased_at)
+            .lease_covers_call(&mut call.operation, call.leased_at)
             .await?
         {
             // Paused past the lease: whoever took the operation over calls
@@ -246,10 +246,11 @@ impl Gateway {
     /// (the bank deadline and a margin), so that two callers with one bank
     /// key never overlap. While the lease surely covers it, no query; past
     /// that (a caller that was paused or starved), the lease is renewed in
-    /// the database, only if this process still holds it.
+    /// the database, only if this process still holds it, and
+    /// `operation.lease_until` becomes the renewed lease's token.
     async fn lease_covers_call(
         &self,
-        operation: &operations::OperationRecord,
+        operation: &mut operations::OperationRecord,
         leased_at: std::time::Instant,
     ) -> Result<bool, Error> {
         let call = self.bank.policy().deadline + LEASE_MARGIN;
@@ -263,14 +264,15 @@ impl Gateway {
             operation.lease_until,
             self.leases.lease,
         )
-        .await?
-        .is_some();
-        if !renewed {
+        .await?;
+        let Some(token) = renewed else {
             metrics::counter!("gateway_leases_lost_total", "kind" => operation.kind.as_str())
                 .increment(1);
             tracing::warn!(operation_id = %operation.id, "the operation's lease ran out before the bank call; leaving it to its new holder");
-        }
-        Ok(renewed)
+            return Ok(false);
+        };
+        operation.lease_until = token;
+        Ok(true)
     }
 
     /// A lease held by this process.
@@ -290,7 +292,11 @@ impl Gateway {
     pub async fn release_leases(&self) -> Result<Released, sqlx::Error> {
         let mut conn = sqlx::PgConnection::connect_with(&self.pool.connect_options()).await?;
         let mut tx = conn.begin().await?;
-        let operations = operations::release_held_by(&mut tx, self.instance).await?;
+        // Not the operations whose call may still be open at the bank (its
+        // future dropped at the stop): they wait out their lease. Their keys
+        // may go: a retry resumes only an operation whose lease ran out.
+        let open = self.bank.keys_possibly_open();
+        let operations = operations::release_held_by(&mut tx, self.instance, &open).await?;
         let keys = idempotency::release_held_by(&mut tx, self.instance).await?;
         let reconcile_turn =
             crate::reconcile::turn::release_held_by(&mut tx, self.instance).await?;

@@ -56,7 +56,7 @@ impl Gateway {
         let results: Vec<Result<bool, Error>> = stream::iter(claimed)
             .map(|operation| {
                 let gateway = self.clone();
-                async move { gateway.recover(&operation, claimed_at, leased_at).await }
+                async move { gateway.recover(operation, claimed_at, leased_at).await }
             })
             .buffer_unordered(RECOVERY_CONCURRENCY)
             .collect()
@@ -74,13 +74,14 @@ impl Gateway {
     /// database's time of the claim.
     async fn recover(
         &self,
-        operation: &OperationRecord,
+        mut operation: OperationRecord,
         claimed_at: DateTime<Utc>,
         leased_at: Instant,
     ) -> Result<bool, Error> {
-        if !self.lease_covers_call(operation, leased_at).await? {
+        if !self.lease_covers_call(&mut operation, leased_at).await? {
             return Ok(false);
         }
+        let operation = &operation;
         tracing::info!(
             operation_id = %operation.id, payment_id = %operation.payment_id, kind = operation.kind.as_str(),
             attempts = operation.attempts, "recovering an operation whose outcome is unknown"

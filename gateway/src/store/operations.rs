@@ -198,47 +198,57 @@ pub struct Backoff {
     pub max: Duration,
 }
 
-/// The outcome is unknown: `holder` gives its lease up so that a retry of
+/// The outcome is unknown: the caller gives its lease up so that a retry of
 /// the request or the recovery worker can resume, after a backoff that
-/// grows with the attempts already made. A holder that lost its lease (it
-/// ran past it, and someone took the operation over) changes nothing: it
-/// must not cut the new holder's lease short.
+/// grows with the attempts already made. Only the lease the caller holds:
+/// `lease_until` as it took or last renewed it, its fencing token (see
+/// [`renew_lease`]). A caller that ran past its lease, and whose operation
+/// someone took over meanwhile (another task of this very process
+/// included), changes nothing: it must not cut the new holder's lease
+/// short, or a third caller could reach the bank beside that one. Whether
+/// it gave the lease up.
 pub async fn release(
     conn: &mut PgConnection,
     id: Uuid,
-    holder: Uuid,
+    lease_until: DateTime<Utc>,
     error: &str,
     backoff: Backoff,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<bool, sqlx::Error> {
+    let released = sqlx::query(
         "UPDATE operations SET lease_until = now(), \
            next_attempt_at = now() + least($5, $4 * power(2, least(attempts, 30))), \
            attempts = attempts + 1, last_error = $3 \
-         WHERE id = $1 AND status = 'pending' AND leased_by = $2",
+         WHERE id = $1 AND status = 'pending' AND lease_until = $2",
     )
     .bind(id)
-    .bind(holder)
+    .bind(lease_until)
     .bind(error)
     .bind(backoff.base)
     .bind(backoff.max)
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(released.rows_affected() == 1)
 }
 
-/// Hands back every lease `holder` has on unfinished operations: for a
-/// process that is stopping, so recovery need not wait for them to expire.
-pub async fn release_held_by(conn: &mut PgConnection, holder: Uuid) -> Result<u64, sqlx::Error> {
+/// Hands back every lease `holder` has on unfinished operations, but those
+/// whose bank key is in `open` (a call that may still be at the bank): for
+/// a process that is stopping, so recovery need not wait for them to expire.
+pub async fn release_held_by(
+    conn: &mut PgConnection,
+    holder: Uuid,
+    open: &[String],
+) -> Result<u64, sqlx::Error> {
     let released = sqlx::query(
-        "UPDATE operations SET lease_until = now() WHERE leased_by = $1 AND status = 'pending'",
+        "UPDATE operations SET lease_until = now() \
+         WHERE leased_by = $1 AND status = 'pending' AND bank_idempotency_key <> ALL($2)",
     )
     .bind(holder)
+    .bind(open)
     .execute(conn)
     .await?;
     Ok(released.rows_affected())
 }
 
-/// (unfinished operations, those unfinished for longer than `flag_after`).
 pub async fn unresolved(
     conn: &mut PgConnection,
     flag_after: Duration,

@@ -854,3 +854,262 @@ async fn history_after_waiting_for(
     );
     history.iter().map(|(status, _)| *status).collect()
 }
+
+/// A settlement written in one statement moves the payment only from the
+/// version its settler read. A settler that ran past its lease can come
+/// late, its statement waiting for the payment's lock while the operation's
+/// new holder settles it and a new operation of the same kind (the client's
+/// retry under a new key) takes the payment back to the same status: the
+/// status alone matches again, and the statement's older snapshot still
+/// shows the first operation pending. The late settlement must write
+/// nothing, and the new operation's payment stay in flight.
+#[tokio::test]
+async fn a_late_settlement_cannot_move_a_payment_a_newer_operation_has_in_flight() {
+    use gateway::domain::operation::{Lease, OperationKind};
+    use gateway::domain::{PaymentEvent, PaymentId, PaymentStatus};
+    use gateway::store::operations;
+    use gateway::store::payments::{self, BankFacts, Settlement};
+
+    let app = spawn_app().await;
+    let authorized = app.authorized(HAPPY_CARD, 1_500).await;
+    let id = PaymentId::parse(authorized["id"].as_str().unwrap())
+        .unwrap()
+        .as_uuid();
+    let lease = Lease {
+        holder: uuid::Uuid::new_v4(),
+        duration: Duration::from_secs(60),
+    };
+    // The first capture, in flight.
+    let mut tx = app.pool.begin().await.unwrap();
+    let (payment, _) = payments::lock_with_history(&mut tx, id)
+        .await
+        .unwrap()
+        .unwrap();
+    let capturing = payments::apply(
+        &mut tx,
+        &payment,
+        PaymentEvent::CaptureRequested,
+        &BankFacts::default(),
+    )
+    .await
+    .unwrap();
+    let first = operations::insert(&mut tx, id, OperationKind::Capture, lease)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    // What its late settler computed from what it read: captured.
+    let late = Settlement {
+        from: PaymentStatus::Capturing,
+        to: payments::moved(
+            &capturing,
+            PaymentEvent::CaptureSucceeded,
+            &BankFacts {
+                capture_id: Some("cap_late".into()),
+                ..BankFacts::default()
+            },
+            capturing.updated_at + chrono::TimeDelta::milliseconds(1),
+        )
+        .unwrap(),
+        read_at: capturing.updated_at,
+        operation_id: first.id,
+        succeeded: true,
+        answer: None,
+    };
+
+    // Meanwhile, under the payment's lock: the first capture settled as
+    // failed, and a second one started.
+    let mut holder = app.pool.begin().await.unwrap();
+    let (payment, _) = payments::lock_with_history(&mut holder, id)
+        .await
+        .unwrap()
+        .unwrap();
+    let failed = BankFacts {
+        failure_code: Some("bank_error".into()),
+        ..BankFacts::default()
+    };
+    let back = payments::apply(&mut holder, &payment, PaymentEvent::CaptureFailed, &failed)
+        .await
+        .unwrap();
+    operations::finish(&mut holder, first.id, false, Some("bank_error"))
+        .await
+        .unwrap();
+    payments::apply(
+        &mut holder,
+        &back,
+        PaymentEvent::CaptureRequested,
+        &BankFacts::default(),
+    )
+    .await
+    .unwrap();
+    let second = operations::insert(&mut holder, id, OperationKind::Capture, lease)
+        .await
+        .unwrap();
+
+    let (written, ()) = tokio::join!(
+        payments::write_settlements(app.pool.clone(), vec![late]),
+        async {
+            until_someone_waits_for_a_lock(&app).await;
+            holder.commit().await.unwrap();
+        }
+    );
+    assert_eq!(written.unwrap(), [false], "the late settlement was written");
+    let mut tx = app.pool.begin().await.unwrap();
+    let (now, history) = payments::lock_with_history(&mut tx, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now.status(), PaymentStatus::Capturing, "{history:?}");
+    assert_eq!(now.bank_capture_id, None);
+    let in_flight = operations::lock_pending_of(&mut tx, id).await.unwrap();
+    assert_eq!(in_flight.map(|o| o.id), Some(second.id));
+}
+
+/// Giving a lease up after an unknown outcome is fenced by the lease's
+/// token, not by the process: a task that ran past its lease, whose
+/// operation another task of this same process took over meanwhile (a
+/// retry of its key, or the recovery worker), must leave the new lease
+/// alone. Cut short, it would let a third caller reach the bank with the
+/// operation's key while the second is still there.
+#[tokio::test]
+async fn a_task_past_its_lease_cannot_give_up_the_lease_its_successor_holds() {
+    use gateway::domain::operation::{Lease, OperationKind};
+    use gateway::domain::{PaymentEvent, PaymentId};
+    use gateway::store::operations::{self, Backoff};
+    use gateway::store::payments::{self, BankFacts};
+
+    let app = spawn_app().await;
+    let authorized = app.authorized(HAPPY_CARD, 1_500).await;
+    let id = PaymentId::parse(authorized["id"].as_str().unwrap())
+        .unwrap()
+        .as_uuid();
+    let lease = |ms| Lease {
+        holder: uuid::Uuid::new_v4(),
+        duration: Duration::from_millis(ms),
+    };
+    let process = lease(0).holder;
+    let mut tx = app.pool.begin().await.unwrap();
+    let (payment, _) = payments::lock_with_history(&mut tx, id)
+        .await
+        .unwrap()
+        .unwrap();
+    payments::apply(
+        &mut tx,
+        &payment,
+        PaymentEvent::CaptureRequested,
+        &BankFacts::default(),
+    )
+    .await
+    .unwrap();
+    // The first task's lease: run out as soon as taken.
+    let first = Lease {
+        holder: process,
+        ..lease(0)
+    };
+    let stale = operations::insert(&mut tx, id, OperationKind::Capture, first)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let mut conn = app.pool.acquire().await.unwrap();
+    let successor = Lease {
+        holder: process,
+        ..lease(60_000)
+    };
+    let taken = operations::take_lease(&mut conn, stale.id, successor)
+        .await
+        .unwrap();
+    let backoff = Backoff {
+        base: Duration::from_millis(1),
+        max: Duration::from_millis(1),
+    };
+    let released = operations::release(&mut conn, stale.id, stale.lease_until, "timeout", backoff)
+        .await
+        .unwrap();
+    assert!(!released, "the stale task gave its successor's lease up");
+    let (lease_until, live): (chrono::DateTime<chrono::Utc>, bool) =
+        sqlx::query_as("SELECT lease_until, lease_until > now() FROM operations WHERE id = $1")
+            .bind(stale.id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((lease_until, live), (taken, true));
+
+    // Its holder can.
+    assert!(
+        operations::release(&mut conn, stale.id, taken, "timeout", backoff)
+            .await
+            .unwrap()
+    );
+}
+
+/// A stopping gateway hands its leases back, so that another replica
+/// resumes at once; but not the lease of an operation whose bank call may
+/// still be open. A forced stop drops the call's future, and the bank goes
+/// on with the request: had the lease been handed back, another replica's
+/// recovery could send the same key beside it.
+#[tokio::test]
+async fn a_stopping_gateway_keeps_the_lease_of_a_call_still_open_at_the_bank() {
+    let app = spawn_app_with(Options {
+        bank: bank_latency_ms(2_000),
+        gateway: Some(Box::new(|s: &mut Settings| {
+            s.bank_attempt_timeout_ms = 5_000;
+            s.bank_deadline_ms = 6_000;
+            s.lease_ms = 30_000;
+            s.reconcile_interval_ms = 0;
+        })),
+        proxy: false,
+    })
+    .await;
+    let authorized = app.authorized(HAPPY_CARD, 1_500).await;
+    let id = authorized["id"].as_str().unwrap().to_owned();
+
+    let replica = app.replica_application().await;
+    let address = format!("http://127.0.0.1:{}", replica.port());
+    let (handle, instance) = (replica.handle(), replica.instance());
+    let serving = tokio::spawn(replica.run_until_stopped());
+    let capture = {
+        let (client, api_key) = (app.client.clone(), app.api_key.clone());
+        let url = format!("{address}/v1/payments/{id}/capture");
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(api_key)
+                .header("Idempotency-Key", new_key())
+                .json(&serde_json::json!({}))
+                .send()
+                .await
+        })
+    };
+    // The capture's intent is recorded; its call is at the bank, which
+    // takes 2 s over it.
+    let in_flight = "SELECT count(*) FROM operations WHERE kind = 'capture'";
+    for _ in 0..100 {
+        let n: i64 = sqlx::query_scalar(in_flight)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        if n == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    handle.stop(false).await;
+    serving.await.unwrap().unwrap();
+    let _ = capture.await;
+
+    // Still the stopped replica's, and live (the first gateway's recovery
+    // would have taken a lease handed back).
+    let (status, holder, live): (String, uuid::Uuid, bool) = sqlx::query_as(
+        "SELECT status, leased_by, lease_until > now() FROM operations WHERE kind = 'capture'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "pending");
+    assert!(
+        holder == instance && live,
+        "the lease of a call still open at the bank was handed back"
+    );
+}

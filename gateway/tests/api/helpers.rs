@@ -184,12 +184,17 @@ impl TestApp {
     /// its bank or proxy, its secrets): a replica, a second caller of the
     /// bank. Returns its address.
     pub async fn replica(&self) -> String {
-        let replica = Application::build(self.settings.clone())
-            .await
-            .expect("the replica starts");
+        let replica = self.replica_application().await;
         let address = format!("http://127.0.0.1:{}", replica.port());
         tokio::spawn(replica.run_until_stopped());
         address
+    }
+
+    /// A replica, built and not yet serving: for a test that stops it.
+    pub async fn replica_application(&self) -> Application {
+        Application::build(self.settings.clone())
+            .await
+            .expect("the replica starts")
     }
 
     pub fn url(&self, path: &str) -> String {
