@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::chaos::{self, Chaos};
 use crate::config::Settings;
-use crate::telemetry::{self, InFlight};
+use crate::telemetry::{self, InFlight, Tally};
 use crate::{api, expiry, operations};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -60,6 +60,7 @@ impl Application {
             authorization_lifetime: chrono::Duration::hours(settings.auth_expiry_hours.into()),
         });
         let in_flight = Data::new(InFlight::default());
+        let tally = Data::new(Tally::default());
         let prometheus = Data::new(telemetry::prometheus());
 
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))?;
@@ -72,6 +73,7 @@ impl Application {
                     .app_data(state.clone())
                     .app_data(chaos.clone())
                     .app_data(in_flight.clone())
+                    .app_data(tally.clone())
                     .app_data(prometheus.clone())
                     .configure(api::routes)
                     .default_service(web::to(api::not_found))

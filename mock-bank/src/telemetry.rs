@@ -1,7 +1,8 @@
 //! JSON logs, the request id, and the Prometheus recorder.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use actix_web::Error;
@@ -12,6 +13,8 @@ use actix_web::middleware::Next;
 use actix_web::web::Data;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use service_kit::logging::Spans;
+
+use crate::api::error::BankError;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Request latency buckets in seconds: the bank's latency spans 0–30 s.
@@ -44,6 +47,52 @@ pub fn prometheus() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// What this bank counted since it started: the faults its chaos injected,
+/// by kind, and its own errors (500s that were not injected). Prometheus
+/// counts the same, but its registry is the process's: two banks in one
+/// process (as the simulator's tests run them) would each read the other's
+/// counts there, and a bug of one would be blamed on both.
+#[derive(Debug, Default)]
+pub struct Tally {
+    internal_errors: AtomicU64,
+    faults: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// [`Tally`] as `GET /admin/counters` serves it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Counters {
+    /// 500s of the bank's own: a bug, never chaos.
+    pub internal_errors: u64,
+    /// Faults injected, by kind (`failure`, `reset_after_commit`, ...).
+    pub faults: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    pub fn fault(&self, kind: &'static str) {
+        *self.faults().entry(kind).or_default() += 1;
+    }
+
+    fn internal_error(&self) {
+        self.internal_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn counters(&self) -> Counters {
+        Counters {
+            internal_errors: self.internal_errors.load(Ordering::Relaxed),
+            faults: self
+                .faults()
+                .iter()
+                .map(|(kind, n)| ((*kind).to_owned(), *n))
+                .collect(),
+        }
+    }
+
+    fn faults(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, u64>> {
+        // A panic while counting leaves a map that is still whole.
+        self.faults.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Requests being served, and the most ever served at once. The peak shows
@@ -114,6 +163,32 @@ pub async fn observe(
     );
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
+    }
+    Ok(response)
+}
+
+/// Counts the bank's own 500s. Mounted inside chaos (see `api::routes`):
+/// a fault injected after the commit replaces the handler's answer, and an
+/// own error under it would otherwise be counted as chaos. A handler's
+/// error stays attached to its response; an injected fault's carries none.
+pub async fn count_own_errors(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let response = next.call(req).await?;
+    let own = response
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<BankError>())
+        .is_some_and(|e| matches!(e, BankError::Internal(_)));
+    if own {
+        // Apart from injected faults: a client cannot tell the two 500s
+        // apart, and a gateway retries both, so a bug of the bank's own
+        // would otherwise pass unseen under chaos.
+        metrics::counter!("bank_internal_errors_total").increment(1);
+        if let Some(tally) = response.request().app_data::<Data<Tally>>() {
+            tally.internal_error();
+        }
     }
     Ok(response)
 }

@@ -157,19 +157,10 @@ impl BankAdmin {
         }
     }
 
-    /// What the bank counted in `GET /metrics`: faults injected and its own
-    /// errors.
+    /// `GET /admin/counters`: faults injected and the bank's own errors.
     pub async fn counters(&self) -> anyhow::Result<BankCounters> {
-        let url = format!("{}/metrics", self.base);
-        let text = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("GET {url}"))?
-            .text()
-            .await?;
-        Ok(BankCounters::parse(&text))
+        let url = format!("{}/admin/counters", self.base);
+        expect_json(self.client.get(&url).send().await, "GET", &url).await
     }
 
     /// `POST /admin/authorizations/{id}/expire`: the authorization's week
@@ -205,48 +196,14 @@ impl BankAdmin {
     }
 }
 
-/// `bank_chaos_faults_total{kind="reset_after_commit"} 3` lines, summed by kind.
-/// The bank's counters the simulator reads; a counter it has not
-/// exported yet (or a bank without it) reads zero.
-#[derive(Debug, Clone, Default)]
+/// What the bank counted since it started (`GET /admin/counters`): its
+/// own, where `/metrics` would mix in every bank of its process.
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct BankCounters {
-    /// `bank_chaos_faults_total`, by kind.
+    /// Faults injected, by kind.
     pub faults: std::collections::BTreeMap<String, u64>,
-    /// `bank_internal_errors_total`: 500s that were not injected.
+    /// 500s that were not injected: the bank's own errors.
     pub internal_errors: u64,
-}
-
-impl BankCounters {
-    pub fn parse(metrics: &str) -> Self {
-        let mut counters = Self::default();
-        for line in metrics.lines() {
-            if let Some(value) = line.strip_prefix("bank_internal_errors_total ") {
-                counters.internal_errors += whole(value);
-            }
-            let Some(rest) = line.strip_prefix("bank_chaos_faults_total{") else {
-                continue;
-            };
-            let Some((labels, value)) = rest.split_once("} ") else {
-                continue;
-            };
-            let kind = labels
-                .split(',')
-                .find_map(|l| l.strip_prefix("kind=\""))
-                .map(|k| k.trim_end_matches('"'))
-                .unwrap_or("unknown");
-            *counters.faults.entry(kind.to_owned()).or_default() += whole(value);
-        }
-        counters
-    }
-}
-
-/// A counter's value in Prometheus text (printed as a float).
-fn whole(value: &str) -> u64 {
-    let value = value.trim().parse::<f64>().unwrap_or(0.0);
-    // Counters are whole numbers.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let value = value as u64;
-    value
 }
 
 async fn expect_json<T: for<'de> Deserialize<'de>>(
@@ -264,24 +221,4 @@ async fn expect_json<T: for<'de> Deserialize<'de>>(
         .json()
         .await
         .with_context(|| format!("{method} {url}: unexpected body"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counters_are_read_from_prometheus_text() {
-        let text = "# TYPE bank_chaos_faults_total counter\n\
-bank_chaos_faults_total{kind=\"failure\"} 7\n\
-bank_chaos_faults_total{kind=\"reset_after_commit\"} 2\n\
-bank_internal_errors_total 3\n\
-bank_http_requests_total{route=\"x\"} 9\n";
-        let counters = BankCounters::parse(text);
-        assert_eq!(counters.faults.get("failure"), Some(&7));
-        assert_eq!(counters.faults.get("reset_after_commit"), Some(&2));
-        assert_eq!(counters.faults.len(), 2);
-        assert_eq!(counters.internal_errors, 3);
-        assert_eq!(BankCounters::parse("").internal_errors, 0);
-    }
 }

@@ -821,7 +821,7 @@ impl Session {
         let webhooks = self
             .step("webhook deliveries", self.webhook_observations())
             .await?;
-        // Unknown (not zero) when the bank's metrics cannot be read.
+        // Unknown (not zero) when the bank's counters cannot be read.
         let bank_own_errors = match (&self.counters_before, self.admin.counters().await) {
             (Some(before), Ok(after)) => {
                 Some(after.internal_errors.saturating_sub(before.internal_errors))

@@ -13,6 +13,7 @@ use crate::domain::{AuthorizationId, CardNumber, Cvv, Expiry};
 use crate::ledger::{self, Verification};
 use crate::operations::{self, Account, NewAccount};
 use crate::startup::AppState;
+use crate::telemetry::{Counters, Tally};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -94,6 +95,14 @@ pub async fn verify_ledger(state: Data<AppState>) -> Result<HttpResponse, BankEr
 #[get("/chaos")]
 pub async fn get_chaos(chaos: Data<Chaos>) -> Json<ChaosConfig> {
     Json(chaos.config())
+}
+
+/// What this bank counted since it started (its own, not the process's, as
+/// `/metrics` is): faults injected by kind, and its own errors.
+#[utoipa::path(get, path = "/admin/counters", tag = "admin", responses((status = 200, body = Counters)))]
+#[get("/counters")]
+pub async fn get_counters(tally: Data<Tally>) -> Json<Counters> {
+    Json(tally.counters())
 }
 
 #[utoipa::path(put, path = "/admin/chaos", tag = "admin", request_body = ChaosUpdate,

@@ -119,11 +119,8 @@ impl ResponseError for BankError {
     fn error_response(&self) -> HttpResponse {
         if let Self::Internal(cause) = self {
             // The cause goes to the log; the client learns only the code.
+            // Counted by `telemetry::observe`, where the bank is at hand.
             tracing::error!(error = ?cause, "internal error");
-            // Counted apart from injected faults: a client cannot tell the
-            // two 500s apart, and a gateway retries both, so a bug of the
-            // bank's own would otherwise pass unseen under chaos.
-            metrics::counter!("bank_internal_errors_total").increment(1);
         }
         HttpResponse::build(self.status_code()).json(ErrorBody {
             error: self.code(),

@@ -13,7 +13,7 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::chaos;
+use crate::{chaos, telemetry};
 use error::BankError;
 
 #[derive(OpenApi)]
@@ -37,6 +37,7 @@ use error::BankError;
         admin::verify_ledger,
         admin::get_chaos,
         admin::put_chaos,
+        admin::get_counters,
         operations::health,
         operations::metrics,
     ),
@@ -44,10 +45,12 @@ use error::BankError;
 )]
 pub struct ApiDoc;
 
-/// Every route. Chaos wraps `/api` only.
+/// Every route. Chaos wraps `/api` only; the bank's own errors are counted
+/// inside it, before a fault can replace the answer that carried one.
 pub fn routes(cfg: &mut ServiceConfig) {
     cfg.service(
         web::scope("/api/v1")
+            .wrap(from_fn(telemetry::count_own_errors))
             .wrap(from_fn(chaos::inject_faults))
             .service(payments::create_authorization)
             .service(payments::resolve_authorization)
@@ -61,12 +64,14 @@ pub fn routes(cfg: &mut ServiceConfig) {
     )
     .service(
         web::scope("/admin")
+            .wrap(from_fn(telemetry::count_own_errors))
             .service(admin::create_account)
             .service(admin::get_account)
             .service(admin::expire_authorization)
             .service(admin::verify_ledger)
             .service(admin::get_chaos)
-            .service(admin::put_chaos),
+            .service(admin::put_chaos)
+            .service(admin::get_counters),
     )
     .service(operations::health)
     .service(operations::metrics)

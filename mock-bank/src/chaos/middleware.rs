@@ -8,6 +8,7 @@ use actix_web::{Error, HttpRequest, ResponseError};
 
 use super::{Chaos, ConnectionFd, FaultyBody, ResetPoint};
 use crate::api::error::BankError;
+use crate::telemetry::Tally;
 
 /// Applies this request's faults around the handler. Mounted on `/api`
 /// only: `/health`, `/docs`, `/metrics` and `/admin` are never faulted.
@@ -31,7 +32,7 @@ pub async fn inject_faults(
     // A proxy answers instead of the bank: nothing runs. After the 500, so
     // that the original's fault keeps its meaning when both are drawn.
     if let Some(answer) = faults.proxy_answer {
-        count(answer.kind());
+        count(req.request(), answer.kind());
         return Ok(ServiceResponse::new(req.into_parts().0, answer.response()));
     }
     let fd = req.conn_data::<ConnectionFd>().copied();
@@ -50,7 +51,7 @@ pub async fn inject_faults(
         ));
     }
     if let Some(hold) = faults.hold_response {
-        count("timeout");
+        count(response.request(), "timeout");
         tokio::time::sleep(hold).await;
     }
     // Last: the body is damaged on its way out, after everything the bank
@@ -69,10 +70,10 @@ async fn damage_body(
     cut_short: bool,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     if trickle.is_some() {
-        count("trickle");
+        count(response.request(), "trickle");
     }
     if cut_short {
-        count("truncate");
+        count(response.request(), "truncate");
     }
     let (req, response) = response.into_parts();
     let (head, body) = response.into_parts();
@@ -86,13 +87,16 @@ async fn damage_body(
     Ok(ServiceResponse::new(req, response))
 }
 
-fn count(kind: &'static str) {
+fn count(req: &HttpRequest, kind: &'static str) {
     metrics::counter!("bank_chaos_faults_total", "kind" => kind).increment(1);
+    if let Some(tally) = req.app_data::<Data<Tally>>() {
+        tally.fault(kind);
+    }
     tracing::info!(fault = kind, "chaos");
 }
 
 fn fault(req: HttpRequest, kind: &'static str, error: BankError) -> ServiceResponse<BoxBody> {
-    count(kind);
+    count(&req, kind);
     ServiceResponse::new(req, error.error_response())
 }
 
@@ -101,7 +105,7 @@ fn reset(
     fd: Option<ConnectionFd>,
     kind: &'static str,
 ) -> ServiceResponse<BoxBody> {
-    count(kind);
+    count(&req, kind);
     if let Some(fd) = fd {
         fd.reset();
     }

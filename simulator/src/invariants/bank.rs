@@ -5,9 +5,9 @@
 
 use super::{Check, InvariantResult, Observations};
 
-/// 17: the bank counted no error of its own during the run
-/// (`bank_internal_errors_total` did not move). Not judged when its
-/// metrics could not be read.
+/// 17: the bank counted no error of its own during the run (its
+/// `internal_errors` at `/admin/counters` did not move). Not judged when
+/// its counters could not be read.
 pub fn no_errors_of_its_own(obs: &Observations) -> InvariantResult {
     let mut c = Check::new(obs, 17);
     let Some(errors) = obs.bank_own_errors else {
