@@ -763,6 +763,7 @@ mod tests {
             key: format!("k-{at_ms}"),
             variant: 0,
             merchant: 0,
+            payment: None,
             at_ms,
             latency_us: latency_ms * 1000,
             answer: match status {

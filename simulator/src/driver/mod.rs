@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use client::PaymentId;
 use reqwest::header::CONTENT_TYPE;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -95,6 +96,10 @@ pub struct Exchange {
     pub variant: u8,
     /// Which merchant's API key sent it.
     pub merchant: u8,
+    /// The payment in its path (an operation's): the one its answer must
+    /// be about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment: Option<String>,
     /// Milliseconds since the traffic started.
     pub at_ms: u64,
     pub latency_us: u64,
@@ -364,6 +369,41 @@ pub struct Request {
     pub variant: u8,
 }
 
+impl Request {
+    /// The payment of `/v1/payments/{id}/{operation}`.
+    pub fn payment(&self) -> Option<PaymentId> {
+        let id = self.path.strip_prefix("/v1/payments/")?.split('/').next()?;
+        PaymentId::parse(id).ok()
+    }
+
+    /// The same key sent again as another request (a client's mistake,
+    /// which must answer 422): a capture's as a void of the same payment
+    /// and the reverse, with the same body, so that only the path tells
+    /// the two apart; any other with another amount.
+    fn misused(&self) -> Request {
+        let other = match self.op {
+            Op::Capture => Some(Op::Void),
+            Op::Void => Some(Op::Capture),
+            Op::Authorize | Op::Refund => None,
+        };
+        let (op, path, body) = match (other, self.path.rsplit_once('/')) {
+            (Some(other), Some((payment, _))) => (
+                other,
+                format!("{payment}/{}", other.as_str()),
+                self.body.clone(),
+            ),
+            _ => (self.op, self.path.clone(), altered(&self.body)),
+        };
+        Request {
+            op,
+            path,
+            key: self.key.clone(),
+            body,
+            variant: 1,
+        }
+    }
+}
+
 /// The gateways, the merchants' keys, and the run's counters.
 pub struct Driver {
     http: reqwest::Client,
@@ -468,6 +508,7 @@ impl Driver {
             .header("Idempotency-Key", &request.key)
             .body(request.body.clone());
         let (op, key, variant) = (request.op, request.key.clone(), request.variant);
+        let payment = request.payment().map(|id| id.to_string());
         async move {
             let sent = Instant::now();
             let answer = answer(post.send().await).await;
@@ -476,6 +517,7 @@ impl Driver {
                 key,
                 variant,
                 merchant,
+                payment,
                 at_ms: millis(at),
                 latency_us: micros(sent.elapsed()),
                 answer,
@@ -628,12 +670,7 @@ impl Driver {
             }
         };
         if record.plan.misuse == Misuse::ReusedKey(step) && last.is_some() {
-            let reused = Request {
-                body: altered(&request.body),
-                variant: 1,
-                ..request.clone()
-            };
-            self.until_final(record, &reused, false).await;
+            self.until_final(record, &request.misused(), false).await;
         }
         self.read(record, request.op.as_str()).await;
         last
@@ -1164,6 +1201,7 @@ mod tests {
             key: "k".into(),
             variant: 0,
             merchant: 0,
+            payment: None,
             at_ms: 0,
             latency_us: 0,
             answer: Answer::Http {
@@ -1173,6 +1211,30 @@ mod tests {
                 body: body.into(),
             },
         }
+    }
+
+    #[test]
+    fn the_payment_is_read_from_an_operations_path() {
+        let id = "pay_01936b2e-7c4a-7d1e-9f3b-2a1c4e5f6a7b";
+        let request = |path: String| Request {
+            op: Op::Capture,
+            path,
+            key: "k".into(),
+            body: r#"{"amount":500}"#.into(),
+            variant: 0,
+        };
+        let capture = request(format!("/v1/payments/{id}/capture"));
+        assert_eq!(
+            capture.payment().map(|p| p.to_string()),
+            Some(id.to_owned())
+        );
+        assert!(request("/v1/payments".into()).payment().is_none());
+
+        // A capture's key misused: the same body as a void of the payment.
+        let misused = capture.misused();
+        assert_eq!((misused.op, misused.variant), (Op::Void, 1));
+        assert_eq!(misused.path, format!("/v1/payments/{id}/void"));
+        assert_eq!((misused.key, misused.body), (capture.key, capture.body));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use gateway::domain::PaymentStatus;
 use serde_json::Value;
 
 use super::{Check, InvariantResult, Observations, bank_id, history, status_of};
-use crate::driver::{Answer, Exchange, ReadKind, payment_id_in};
+use crate::driver::{Answer, Exchange, FlowRecord, ReadKind, payment_id_in};
 use crate::model::{self, Op};
 use crate::scenario::PlanKind;
 
@@ -117,6 +117,17 @@ pub fn own_outcome(obs: &Observations) -> InvariantResult {
             let Some(status) = exchange.status() else {
                 continue;
             };
+            if let Some(wrong) = about_another_payment(flow, exchange) {
+                c.checked += 1;
+                c.flow(
+                    i,
+                    format!(
+                        "{} {} answered {status} about {wrong}",
+                        exchange.op, exchange.key
+                    ),
+                );
+                continue;
+            }
             let Some(expected) = shown_status(exchange.op, status) else {
                 continue;
             };
@@ -137,6 +148,27 @@ pub fn own_outcome(obs: &Observations) -> InvariantResult {
         }
     }
     c.done()
+}
+
+/// What is wrong when an answer names a payment other than its request's:
+/// an operation's answer must be about the payment in its path, and a
+/// payment shown must be of the flow's order. (Answers mixed up between
+/// requests, as a batch that hands its rows back in the wrong order would,
+/// are otherwise each a valid answer of a valid status.)
+fn about_another_payment(flow: &FlowRecord, exchange: &Exchange) -> Option<String> {
+    let body = exchange.json()?;
+    if let (Some(sent_for), Some(named)) = (&exchange.payment, payment_id_in(&body))
+        && *sent_for != named
+    {
+        return Some(format!("payment {named}, sent for {sent_for}"));
+    }
+    match body["order_id"].as_str() {
+        Some(order) if order != flow.order_id => Some(format!(
+            "a payment of order {order}, the flow's is {}",
+            flow.order_id
+        )),
+        _ => None,
+    }
 }
 
 /// 8: every 2xx is reflected in the final receipt and at the bank.

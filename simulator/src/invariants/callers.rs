@@ -12,7 +12,10 @@ use super::{Check, InvariantResult, Observations, TappedCall};
 /// next bug will not be so lucky. (One process's own retry after its own
 /// timeout may overlap its earlier attempt, which the bank is still
 /// answering: that is one caller. A call still open when the run was
-/// observed counts as open for ever.)
+/// observed counts as open for ever. A call without the gateway's
+/// `X-Gateway-Instance` header has no known caller, so it is nobody's
+/// retry: it fails beside any other call open with its key, rather than
+/// two such calls passing as one caller.)
 pub fn one_caller_per_key(obs: &Observations) -> InvariantResult {
     let mut c = Check::new(obs, 11);
     let Some(tapped) = &obs.tapped else {
@@ -43,15 +46,15 @@ pub fn one_caller_per_key(obs: &Observations) -> InvariantResult {
     c.done()
 }
 
-/// The first pair of calls (sorted by start) from different callers whose
-/// intervals overlap.
+/// The first pair of calls (sorted by start) from different (or unknown)
+/// callers whose intervals overlap.
 fn two_callers_at_once<'a>(calls: &[&'a TappedCall]) -> Option<(&'a TappedCall, &'a TappedCall)> {
     for (i, earlier) in calls.iter().enumerate() {
         let open_until = earlier.ended_us.unwrap_or(u64::MAX);
         let overlapping = calls[i + 1..]
             .iter()
             .take_while(|later| later.started_us < open_until)
-            .find(|later| later.caller != earlier.caller);
+            .find(|later| later.caller.is_none() || later.caller != earlier.caller);
         if let Some(later) = overlapping {
             return Some((earlier, later));
         }

@@ -17,6 +17,8 @@ fn exchange(op: Op, key: &str, status: u16, body: Value, replayed: bool) -> Exch
         key: key.into(),
         variant: 0,
         merchant: 0,
+        // The world's operations are all on its one payment.
+        payment: (op != Op::Authorize).then(|| "pay_1".into()),
         at_ms: 0,
         latency_us: 1,
         answer: Answer::Http {
@@ -54,9 +56,9 @@ fn receipt(status: &str, history: &[&str], bank: Value) -> Value {
 /// One captured payment, everything in order.
 fn world() -> Observations {
     let bank = json!({"authorization_id": "auth_1", "capture_id": "cap_1", "void_id": null, "refund_id": null});
-    let authorized =
-        json!({"id": "pay_1", "status": "authorized", "bank": {"authorization_id": "auth_1"}});
-    let captured = json!({"id": "pay_1", "status": "captured", "bank": bank});
+    let authorized = json!({"id": "pay_1", "order_id": "ord_0", "status": "authorized",
+        "bank": {"authorization_id": "auth_1"}});
+    let captured = json!({"id": "pay_1", "order_id": "ord_0", "status": "captured", "bank": bank});
     let authorized_read = receipt(
         "authorized",
         &["pending", "authorized"],
@@ -555,6 +557,24 @@ fn an_answer_showing_another_outcome_fails_own_outcome() {
 }
 
 #[test]
+fn an_answer_about_another_payment_fails_own_outcome() {
+    // Two requests' answers swapped: each a valid answer, about the other
+    // request's payment.
+    let mut obs = world();
+    let swapped = json!({"id": "pay_2", "order_id": "ord_0", "status": "captured",
+        "bank": {"authorization_id": "auth_2", "capture_id": "cap_2"}});
+    obs.flows[0].exchanges[1] = exchange(Op::Capture, "c", 200, swapped, false);
+    assert!(failed(&obs).contains(&"own outcome"), "{:?}", failed(&obs));
+
+    // An authorization answered with another order's payment.
+    let mut obs = world();
+    let mut body = obs.flows[0].exchanges[0].json().unwrap();
+    body["order_id"] = json!("ord_9");
+    obs.flows[0].exchanges[0] = exchange(Op::Authorize, "a", 201, body, false);
+    assert_eq!(failed(&obs), ["own outcome"]);
+}
+
+#[test]
 fn a_movement_under_a_key_no_operation_has_fails_no_orphan_money_movement() {
     // A capture made under a fresh key (a retry that did not reuse its key).
     let mut obs = world();
@@ -583,6 +603,11 @@ fn two_callers_with_one_key_at_once_fail_one_caller_per_bank_key() {
     // nothing watched is nothing failed.
     obs.tapped.as_mut().unwrap().last_mut().unwrap().caller = Some("a".into());
     assert_eq!(failed(&obs), Vec::<&str>::new());
+    // Two calls that do not say who made them are not one caller's.
+    for call in obs.tapped.as_mut().unwrap().iter_mut() {
+        call.caller = None;
+    }
+    assert_eq!(failed(&obs), ["one caller per bank key"]);
     let last = obs.tapped.as_mut().unwrap().last_mut().unwrap();
     last.caller = Some("b".into());
     last.started_us = 31;
