@@ -374,10 +374,11 @@ impl Settings {
             self.fingerprint_secret.clone(),
             self.fingerprint_previous_secret.clone(),
         );
-        if self.mutant == Some(Mutant::PlainFingerprint) {
-            return printer.plain_sha256();
+        match self.mutant {
+            Some(Mutant::PlainFingerprint) => printer.plain_sha256(),
+            Some(Mutant::FingerprintWithoutPath) => printer.without_path(),
+            _ => printer,
         }
-        printer
     }
 
     pub fn webhooks(&self) -> WebhookSettings {

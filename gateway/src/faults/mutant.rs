@@ -65,10 +65,14 @@ pub enum Mutant {
     /// A key that authenticated is remembered for good: a revoked key
     /// goes on working.
     KeyCacheNeverLapses,
+    /// The request fingerprint leaves the path out: a capture's key sent
+    /// again as a void of the same payment, with the same body, replays
+    /// the capture's answer instead of refusing it.
+    FingerprintWithoutPath,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 19] = [
+    pub const ALL: [Mutant; 20] = [
         Mutant::ResumeAnyOperation,
         Mutant::LateAnswerWins,
         Mutant::ReplayRecomputed,
@@ -88,6 +92,7 @@ impl Mutant {
         Mutant::ReconcileRepairsInFlight,
         Mutant::RefusalBeforeStoredAnswer,
         Mutant::KeyCacheNeverLapses,
+        Mutant::FingerprintWithoutPath,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -111,6 +116,7 @@ impl Mutant {
             Mutant::ReconcileRepairsInFlight => "reconcile_repairs_in_flight",
             Mutant::RefusalBeforeStoredAnswer => "refusal_before_stored_answer",
             Mutant::KeyCacheNeverLapses => "key_cache_never_lapses",
+            Mutant::FingerprintWithoutPath => "fingerprint_without_path",
         }
     }
 
@@ -137,7 +143,8 @@ impl Mutant {
             | Mutant::WorkerIgnoresLeases
             | Mutant::StatusNotMovedWithOutcome
             | Mutant::RefusalBeforeStoredAnswer
-            | Mutant::KeyCacheNeverLapses => false,
+            | Mutant::KeyCacheNeverLapses
+            | Mutant::FingerprintWithoutPath => false,
         }
     }
 
@@ -177,6 +184,9 @@ impl Mutant {
                 "a used key sent again gets the request's refusal, not its 422"
             }
             Mutant::KeyCacheNeverLapses => "a key that authenticated is remembered for good",
+            Mutant::FingerprintWithoutPath => {
+                "the request fingerprint leaves the path out (a capture's key replays as a void)"
+            }
         }
     }
 }

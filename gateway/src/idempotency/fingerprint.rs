@@ -70,6 +70,8 @@ pub struct Fingerprinter {
     previous: Option<Secret>,
     /// The mutant that stores a plain SHA-256 (the bug this module fixes).
     plain: bool,
+    /// The mutant that leaves the path out.
+    without_path: bool,
 }
 
 /// One request's fingerprint, under each secret the gateway knows.
@@ -85,6 +87,7 @@ impl Fingerprinter {
             current,
             previous,
             plain: false,
+            without_path: false,
         }
     }
 
@@ -96,8 +99,17 @@ impl Fingerprinter {
         }
     }
 
+    /// The mutant that leaves the path out, for the mutation table only.
+    pub fn without_path(self) -> Self {
+        Self {
+            without_path: true,
+            ..self
+        }
+    }
+
     pub fn fingerprint(&self, method: &str, path: &str, body: &Value) -> Fingerprint {
         let canonical = canonical(body).to_string();
+        let path = if self.without_path { "" } else { path };
         if self.plain {
             let digest = <sha2::Sha256 as sha2::Digest>::digest(
                 format!("{method}\n{path}\n{canonical}").as_bytes(),
