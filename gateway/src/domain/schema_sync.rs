@@ -23,6 +23,8 @@ const MIGRATIONS: [&str; 11] = [
     include_str!("../../../migrations/0009_payments_by_creation.sql"),
     include_str!("../../../migrations/0010_reconcile_cadence.sql"),
     include_str!("../../../migrations/0011_bank_key_from_id.sql"),
+    include_str!("../../../migrations/0012_any_three_digit_status.sql"),
+    include_str!("../../../migrations/0013_resend_outlives_the_attempt_in_flight.sql"),
 ];
 
 /// The SQL with `--` comments removed, string literals left intact.

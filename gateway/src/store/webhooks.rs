@@ -254,7 +254,8 @@ pub async fn deliveries_of(
 /// Sends an event again: to one endpoint, or to every enabled endpoint of
 /// the merchant that wants its type (including endpoints registered after
 /// the event). A finished delivery starts its schedule again; a pending one
-/// is made due now. Returns the deliveries touched.
+/// is made due now, and an attempt in flight that then fails leaves it so
+/// (see [`write_attempts`]). Returns the deliveries touched.
 pub async fn resend(
     conn: &mut PgConnection,
     merchant: MerchantId,
@@ -269,7 +270,7 @@ pub async fn resend(
            AND ($3::uuid IS NULL OR w.id = $3) \
            AND ($3::uuid IS NOT NULL OR w.event_types IS NULL OR e.type = ANY (w.event_types)) \
          ON CONFLICT (event_id, endpoint_id) DO UPDATE SET status = 'pending', schedule_step = 0, \
-           next_attempt_at = now(), finished_at = NULL \
+           next_attempt_at = now(), finished_at = NULL, resent_at = clock_timestamp() \
          RETURNING id",
     )
     .bind(event.as_uuid())
@@ -382,8 +383,13 @@ pub enum AfterFailure {
 /// How recording an attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
-    /// Written; `true` if the gateway disabled the endpoint because of it.
-    Written { endpoint_disabled: bool },
+    /// Written; whether the gateway disabled the endpoint because of it,
+    /// and whether a resend since the claim kept a failed delivery due now
+    /// instead of the attempt's next step.
+    Written {
+        endpoint_disabled: bool,
+        resent: bool,
+    },
     /// The claim's lease was lost: another worker owns the delivery now.
     Fenced,
 }
@@ -431,28 +437,38 @@ pub fn record_attempts(
             .iter()
             .map(|attempt| {
                 let id = attempt.claim.id;
-                let Some((_, disabled)) = written.iter().find(|(w, _)| *w == id) else {
+                let Some(&(_, disabled, resent)) = written.iter().find(|(w, ..)| *w == id) else {
                     return Recorded::Fenced;
                 };
                 // One disabling is told once, however many of the batch's
                 // deliveries to the endpoint gave up.
                 let endpoint = attempt.claim.endpoint_id;
-                let endpoint_disabled = *disabled && !disabled_told.contains(&endpoint);
+                let endpoint_disabled = disabled && !disabled_told.contains(&endpoint);
                 if endpoint_disabled {
                     disabled_told.push(endpoint);
                 }
-                Recorded::Written { endpoint_disabled }
+                Recorded::Written {
+                    endpoint_disabled,
+                    resent,
+                }
             })
             .collect())
     })
 }
 
-/// (delivery moved on, its endpoint disabled by this batch) for each
-/// attempt whose claim held.
+/// (delivery moved on, its endpoint disabled by this batch, a resend kept
+/// it due) for each attempt whose claim held.
+///
+/// A failed attempt moves its delivery along the schedule, unless the
+/// delivery was resent after the attempt was claimed: the resend made it
+/// due now, and the attempt's step (hours away, or giving up and disabling
+/// the endpoint) would silently undo that. The test is made on the row
+/// the UPDATE locked, not in a CTE: a resend that committed while this
+/// statement waited for the row is seen only there.
 async fn write_attempts(
     conn: &mut PgConnection,
     attempts: &[FinishedAttempt],
-) -> Result<Vec<(Uuid, bool)>, sqlx::Error> {
+) -> Result<Vec<(Uuid, bool, bool)>, sqlx::Error> {
     let next: Vec<_> = attempts.iter().map(FinishedAttempt::next).collect();
     let outcome = |f: fn(&AttemptOutcome) -> Option<&str>| {
         attempts.iter().map(|a| f(&a.outcome)).collect::<Vec<_>>()
@@ -460,21 +476,23 @@ async fn write_attempts(
     // An endpoint is updated at most once by the statement (Postgres cannot
     // change one row twice in one statement): one that got a delivery in
     // this batch is not disabled by it, rightly, since it just succeeded.
-    sqlx::query_as(
+    sqlx::query_as(&format!(
         "WITH input AS ( \
            SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::int4[], \
-             $6::timestamptz[], $7::int4[], $8::int2[], $9::text[], $10::text[]) \
+             $6::timestamptz[], $7::int4[], $8::int2[], $9::text[], $10::text[], $11::timestamptz[]) \
            AS i(id, token, status, retry_ms, attempt, started_at, latency_ms, response_status, \
-             response_body, error)), \
+             response_body, error, claimed_at)), \
          moved AS ( \
-           UPDATE webhook_deliveries d SET attempts = d.attempts + 1, status = i.status, \
-             schedule_step = d.schedule_step + CASE WHEN i.status = 'pending' THEN 1 ELSE 0 END, \
-             next_attempt_at = CASE WHEN i.retry_ms IS NULL THEN d.next_attempt_at \
+           UPDATE webhook_deliveries d SET attempts = d.attempts + 1, \
+             status = CASE WHEN {resent} THEN 'pending' ELSE i.status END, \
+             schedule_step = d.schedule_step \
+               + CASE WHEN {resent} THEN 0 WHEN i.status = 'pending' THEN 1 ELSE 0 END, \
+             next_attempt_at = CASE WHEN {resent} OR i.retry_ms IS NULL THEN d.next_attempt_at \
                ELSE now() + i.retry_ms * interval '1 millisecond' END, \
-             finished_at = CASE WHEN i.status = 'pending' THEN NULL ELSE now() END, \
+             finished_at = CASE WHEN {resent} OR i.status = 'pending' THEN NULL ELSE now() END, \
              lease_until = '-infinity', lease_token = NULL \
            FROM input i WHERE d.id = i.id AND d.lease_token = i.token AND d.status = 'pending' \
-           RETURNING d.id, d.endpoint_id, d.created_at, i.status), \
+           RETURNING d.id, d.endpoint_id, d.created_at, d.status, {resent} AS resent), \
          kept AS ( \
            INSERT INTO webhook_attempts (delivery_id, attempt, started_at, latency_ms, \
              response_status, response_body, error) \
@@ -493,9 +511,11 @@ async fn write_attempts(
              AND (w.last_success_at IS NULL OR w.last_success_at < f.began) \
              AND w.id NOT IN (SELECT endpoint_id FROM moved WHERE status = 'delivered') \
            RETURNING w.id) \
-         SELECT m.id, m.status = 'failed' AND m.endpoint_id IN (SELECT id FROM disabled) \
+         SELECT m.id, m.status = 'failed' AND m.endpoint_id IN (SELECT id FROM disabled), \
+           m.resent \
          FROM moved m",
-    )
+        resent = "(i.status <> 'delivered' AND d.resent_at >= i.claimed_at)",
+    ))
     .bind(attempts.iter().map(|a| a.claim.id).collect::<Vec<_>>())
     .bind(
         attempts
@@ -530,6 +550,7 @@ async fn write_attempts(
     )
     .bind(outcome(|o| o.response_body.as_deref()))
     .bind(outcome(|o| o.error.as_deref()))
+    .bind(attempts.iter().map(|a| a.claim.claimed_at).collect::<Vec<_>>())
     .fetch_all(conn)
     .await
 }

@@ -276,7 +276,16 @@ impl Worker {
             })
             .await;
         match recorded {
-            Ok(Recorded::Written { endpoint_disabled }) => {
+            Ok(Recorded::Written {
+                endpoint_disabled,
+                resent,
+            }) => {
+                // Resent meanwhile: due now again, not given up.
+                let after_failure = if resent {
+                    AfterFailure::RetryIn(Duration::ZERO)
+                } else {
+                    after_failure
+                };
                 self.account(&claim, &event, delivered, after_failure, endpoint_disabled);
             }
             Ok(Recorded::Fenced) => tracing::warn!(
@@ -385,7 +394,9 @@ impl Worker {
             .body(body)
             .send()
             .await?;
-        let status = i16::try_from(response.status().as_u16()).unwrap_or(599);
+        // Any three-digit status (HTTP's 100-999) fits, and the table takes
+        // them all.
+        let status = i16::try_from(response.status().as_u16()).unwrap_or(i16::MAX);
         let mut kept = Vec::new();
         while kept.len() < RESPONSE_KEPT_BYTES {
             match response.chunk().await {

@@ -41,6 +41,11 @@ impl EndpointUrl {
             return Err(UrlError::TooLong);
         }
         let url = Url::parse(raw).map_err(|_| UrlError::Unparsable)?;
+        // Again as it will be stored: parsing percent-encodes spaces,
+        // quotes and non-ASCII, and can make a URL three times longer.
+        if url.as_str().len() > MAX_URL_LEN {
+            return Err(UrlError::TooLong);
+        }
         let host = url.host_str().ok_or(UrlError::Unparsable)?;
         match url.scheme() {
             "https" => {}

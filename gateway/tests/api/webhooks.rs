@@ -218,6 +218,9 @@ async fn bad_endpoints_are_refused_with_the_field_and_the_reason() {
         (json!({"url": "https://localhost/hooks"}), "private"),
         (json!({"url": "https://user:pw@example.com/"}), "password"),
         (json!({"url": long}), "2048"),
+        // Under the limit as sent, three times over it once parsed: a
+        // space is stored as %20.
+        (json!({"url": format!("https://example.com/{}", "a b".repeat(600))}), "2048"),
         (json!({"url": "not a url"}), "absolute"),
         (json!({}), "required"),
         (
@@ -410,6 +413,63 @@ async fn a_failing_receiver_is_retried_with_the_same_id_and_every_attempt_is_kep
     assert_eq!(attempts[0]["response_body"], "not now");
     assert_eq!(attempts[0]["attempt"], 1);
     assert_eq!(attempts[2]["attempt"], 3);
+}
+
+/// Any three-digit status is an answer to record: a receiver answering
+/// 999 (HTTP allows it, and some do) has its attempts counted and backed
+/// off like any failure. The table once refused it, and the delivery was
+/// sent again every lease, for ever, with no attempt recorded.
+#[tokio::test]
+async fn a_receiver_answering_an_unusual_status_has_its_attempts_recorded() {
+    let app = webhook_app(&[50, 50], 2_000).await;
+    let receiver = receiver_answering(999).await;
+    app.register(&receiver.uri(), Some(&["payment.created"]))
+        .await;
+    app.create_payment(HAPPY_CARD, 700).await;
+    let got = until(&receiver, |got| !got.is_empty()).await;
+
+    let started = Instant::now();
+    let delivery = loop {
+        let list = app
+            .json_of(&format!("/v1/events/{}/deliveries", got[0].id))
+            .await;
+        if list["data"][0]["status"] == "failed" || started.elapsed() > BOUND {
+            break list["data"][0].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(delivery["status"], "failed", "{delivery}");
+    let statuses: Vec<&Value> = delivery["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["response_status"])
+        .collect();
+    assert_eq!(statuses, [&json!(999), &json!(999), &json!(999)]);
+}
+
+/// A resend asked for while an attempt is in flight is not undone when
+/// that attempt then fails: the delivery is due now, not at the attempt's
+/// next step (ten minutes here; on the last step, given up and its
+/// endpoint disabled).
+#[tokio::test]
+async fn a_resend_during_an_attempt_that_then_fails_is_sent_at_once() {
+    let app = webhook_app(&[600_000], 5_000).await;
+    let receiver = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500).set_delay(Duration::from_millis(1_500)))
+        .mount(&receiver)
+        .await;
+    app.register(&receiver.uri(), Some(&["payment.created"]))
+        .await;
+    app.create_payment(HAPPY_CARD, 700).await;
+    let got = until(&receiver, |got| !got.is_empty()).await;
+    let resent = app
+        .post_json(&format!("/v1/events/{}/resend", got[0].id), &json!({}))
+        .await;
+    assert_eq!(resent.status(), StatusCode::ACCEPTED);
+    let again = until(&receiver, |got| got.len() >= 2).await;
+    assert_eq!(again[1].id, got[0].id);
 }
 
 #[tokio::test]
