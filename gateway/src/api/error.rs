@@ -98,6 +98,17 @@ impl ApiError {
         }
     }
 
+    /// A parameter the endpoint does not take, `name` within `within` (the
+    /// object it was found in, or `body` or `query`). Its name is echoed
+    /// only if it reads as one (see [`echoable`]).
+    pub fn unknown_parameter(name: &str, within: &str) -> Self {
+        if echoable(name) {
+            Self::invalid(name, "is not a known parameter")
+        } else {
+            Self::invalid(within, "holds a parameter this endpoint does not take")
+        }
+    }
+
     /// A parameter or header sent more than once: parsers on the way could
     /// each take a different one.
     pub fn duplicate(param: impl Into<String>) -> Self {
@@ -372,6 +383,20 @@ fn bare_error_body(status: StatusCode) -> ErrorBody {
         ),
     };
     ErrorBody::new(kind, code, reason.to_ascii_lowercase())
+}
+
+/// Whether a name the client sent may go back in an error: it reads as a
+/// parameter's name (lowercase ASCII letters, digits, `_`, `.` and `-`, at
+/// most 64 bytes, no run of more than four digits). A client that sent a
+/// value where a name goes (a card number as a JSON key) must not get it
+/// back, nor see it logged on the way.
+pub fn echoable(name: &str) -> bool {
+    let mut digits = 0;
+    name.len() <= 64
+        && name.bytes().all(|b| {
+            digits = if b.is_ascii_digit() { digits + 1 } else { 0 };
+            digits <= 4 && (b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+        })
 }
 
 #[cfg(test)]

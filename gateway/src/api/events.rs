@@ -1,7 +1,6 @@
 //! `/v1/events`: every change of the merchant's payments, for polling and
 //! catch-up, each with the attempts to deliver it; and a re-send on demand.
 
-use std::collections::HashMap;
 
 use actix_web::web::{self, Data, Path};
 use actix_web::{HttpRequest, HttpResponse, get, post};
@@ -10,7 +9,7 @@ use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::payments::page_size;
-use super::request::{Fields, Merchant, read_json};
+use super::request::{Fields, Merchant, query_params, read_json};
 use crate::domain::{EndpointId, EventId, EventType, PaymentId};
 use crate::payments::view::ErrorBody;
 use crate::startup::AppState;
@@ -55,8 +54,7 @@ pub async fn list_events(
     merchant: Merchant,
     state: Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
-        .map_err(|_| ApiError::invalid("query", "string could not be parsed"))?;
+    let query = query_params(&req, &["payment_id", "type", "limit", "starting_after"])?;
     let filter = EventFilter {
         payment: query
             .get("payment_id")

@@ -1,6 +1,5 @@
 //! `/v1/payments`: the routes FicMart's checkout calls.
 
-use std::collections::HashMap;
 
 use actix_web::web::{self, Data, Path};
 use actix_web::{HttpRequest, HttpResponse, get, post};
@@ -10,7 +9,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::error::ApiError;
-use super::request::{Fields, Merchant, idempotency_key, read_json};
+use super::request::{Fields, Merchant, idempotency_key, query_params, read_json};
 use super::request::{record_payment_id, record_payment_in_reply};
 use crate::domain::{
     Amount, CardExpiry, CardNumber, Currency, CustomerId, Cvv, IdempotencyKey, MerchantId, OrderId,
@@ -100,7 +99,7 @@ fn parse_create(body: &Value) -> Result<AuthorizeCommand, ApiError> {
     Ok(AuthorizeCommand {
         order_id: OrderId::parse(fields.string("order_id")?)?,
         customer_id: CustomerId::parse(fields.string("customer_id")?)?,
-        amount: Amount::from_cents(fields.integer("amount")?)?,
+        amount: fields.amount("amount")?,
         currency: Currency::parse(fields.string("currency")?)?,
         card_number: CardNumber::parse(card.string("number")?)?,
         cvv: Cvv::parse(card.string("cvv")?)?,
@@ -229,10 +228,7 @@ async fn operate(
     let amount = if body.is_null() {
         None
     } else {
-        Fields::of(&body, "", &["amount"])?
-            .optional_integer("amount")?
-            .map(Amount::from_cents)
-            .transpose()?
+        Fields::of(&body, "", &["amount"])?.optional_amount("amount")?
     };
     let payment_id = PaymentId::parse(&id).map_err(|_| ApiError::NotFound)?;
     record_payment_id(payment_id);
@@ -363,8 +359,10 @@ pub async fn list_payments(
     merchant: Merchant,
     state: Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
-        .map_err(|_| ApiError::invalid("query", "string could not be parsed"))?;
+    let query = query_params(
+        &req,
+        &["order_id", "customer_id", "limit", "starting_after"],
+    )?;
     let filter = match (query.get("order_id"), query.get("customer_id")) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(

@@ -17,10 +17,10 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError};
 use serde_json::{Map, Value};
 
 use super::client::ClientAddr;
-use super::error::ApiError;
+use super::error::{ApiError, echoable};
 use super::json;
 use super::rate_limit::AddressLimiter;
-use crate::domain::{IdempotencyKey, MerchantId, PaymentId};
+use crate::domain::{Amount, DomainError, IdempotencyKey, MerchantId, PaymentId};
 use crate::faults::Mutant;
 use crate::startup::AppState;
 use crate::store::merchants;
@@ -206,13 +206,38 @@ fn well_formed_key(token: &str) -> bool {
 }
 
 /// The bearer token, if there is one; two Authorization headers are refused.
+/// The scheme's name is matched whatever its case (RFC 9110 §11.1: some
+/// clients send `bearer`).
 fn bearer_token(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
     let token = single_header(req, AUTHORIZATION)?
         .and_then(|header| header.to_str().ok())
-        .and_then(|header| header.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|header| header.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .filter(|token| !token.is_empty());
     Ok(token)
+}
+
+/// A listing's query parameters, each at most once, each one `allowed`:
+/// a misspelt filter (`orderid`) would otherwise list every payment and
+/// look like it worked, and a repeated one would take whichever came last.
+pub fn query_params(
+    req: &HttpRequest,
+    allowed: &[&str],
+) -> Result<std::collections::HashMap<String, String>, ApiError> {
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map_err(|_| ApiError::invalid("query", "string could not be parsed"))?
+        .into_inner();
+    let mut params = std::collections::HashMap::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        if !allowed.contains(&name.as_str()) {
+            return Err(ApiError::unknown_parameter(&name, "query"));
+        }
+        if params.insert(name.clone(), value).is_some() {
+            return Err(ApiError::duplicate(name));
+        }
+    }
+    Ok(params)
 }
 
 /// Puts the payment a request is about on the request's log line.
@@ -297,7 +322,8 @@ pub async fn read_json(
         return Ok(Value::Null);
     }
     json::parse(&bytes).map_err(|e| match e {
-        json::Error::Duplicate { path } => ApiError::duplicate(path),
+        json::Error::Duplicate { path } if echoable(&path) => ApiError::duplicate(path),
+        json::Error::Duplicate { .. } => ApiError::duplicate("body"),
         json::Error::Syntax(e) => ApiError::Invalid {
             param: "body".into(),
             code: "invalid_json",
@@ -404,10 +430,8 @@ impl<'a> Fields<'a> {
             path: path.to_owned(),
         };
         if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(ApiError::invalid(
-                fields.name(unknown),
-                "is not a known parameter",
-            ));
+            let within = if path.is_empty() { "body" } else { path };
+            return Err(ApiError::unknown_parameter(&fields.name(unknown), within));
         }
         Ok(fields)
     }
@@ -445,6 +469,40 @@ impl<'a> Fields<'a> {
         self.required(field)?.as_i64().ok_or_else(|| {
             ApiError::invalid(self.name(field), "must be an integer that fits in 64 bits")
         })
+    }
+
+    /// An amount in cents: an integer (`parameter_invalid_integer` for a
+    /// fraction, a string or anything else; `amount_too_large` past the
+    /// ceiling, however far past it, even beyond 64 bits).
+    pub fn amount(&self, field: &str) -> Result<Amount, ApiError> {
+        /// 2^63: past it, an integer no longer fits in an i64.
+        const BEYOND_64_BITS: f64 = 9_223_372_036_854_775_808.0;
+        let Value::Number(number) = self.required(field)? else {
+            return Err(DomainError::AmountNotInteger.into());
+        };
+        let cents = match (number.as_i64(), number.as_u64(), number.as_f64()) {
+            (Some(cents), _, _) => cents,
+            (None, Some(_), _) => return Err(DomainError::AmountTooLarge.into()),
+            // Past 64 bits serde_json keeps only a float: an integer so far
+            // from the range is out of range, not malformed.
+            (None, None, Some(f)) if f.fract() == 0.0 && f.abs() >= BEYOND_64_BITS => {
+                return Err(if f > 0.0 {
+                    DomainError::AmountTooLarge
+                } else {
+                    DomainError::AmountNotPositive
+                }
+                .into());
+            }
+            (None, None, _) => return Err(DomainError::AmountNotInteger.into()),
+        };
+        Ok(Amount::from_cents(cents)?)
+    }
+
+    pub fn optional_amount(&self, field: &str) -> Result<Option<Amount>, ApiError> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => self.amount(field).map(Some),
+        }
     }
 
     pub fn optional_integer(&self, field: &str) -> Result<Option<i64>, ApiError> {

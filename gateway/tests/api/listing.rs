@@ -90,6 +90,12 @@ async fn list_parameters_are_validated() {
         ),
         ("order_id=has%20space", "order_id"),
         ("order_id=a&customer_id=b", "customer_id"),
+        // A misspelt filter is refused, not ignored (which would list every
+        // payment and look like it worked); a name that is not one is not
+        // echoed.
+        ("orderid=ord_1", "orderid"),
+        ("status=captured", "status"),
+        ("4242424242424242=x", "query"),
     ] {
         let response = app.get(&format!("/v1/payments?{query}")).await;
         let body = assert_error(
@@ -101,4 +107,32 @@ async fn list_parameters_are_validated() {
         .await;
         assert_eq!(body["error"]["param"], param, "{query}");
     }
+}
+
+#[tokio::test]
+async fn a_list_parameter_sent_twice_is_refused() {
+    let app = spawn_app().await;
+    for path in [
+        "/v1/payments?customer_id=cus_a&customer_id=cus_b",
+        "/v1/events?limit=1&limit=2",
+    ] {
+        let response = app.get(path).await;
+        let body = assert_error(
+            response,
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "duplicate_parameter",
+        )
+        .await;
+        assert!(body["error"]["param"].is_string(), "{path}: {body}");
+    }
+    let response = app.get("/v1/events?kind=payment.created").await;
+    let body = assert_error(
+        response,
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        "parameter_invalid",
+    )
+    .await;
+    assert_eq!(body["error"]["param"], "kind");
 }

@@ -39,6 +39,17 @@ async fn v1_requires_a_valid_api_key() {
         .await
         .unwrap();
     assert_eq!(wrong_scheme.status(), StatusCode::UNAUTHORIZED);
+    // The scheme's name is not case-sensitive (RFC 9110 §11.1).
+    for scheme in ["bearer", "BEARER"] {
+        let answered = app
+            .client
+            .get(app.url("/v1/payments"))
+            .header("Authorization", format!("{scheme} {}", app.api_key))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answered.status(), StatusCode::OK, "{scheme}");
+    }
     let post = app
         .post_as(
             "sk_test_nope",

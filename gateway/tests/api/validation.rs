@@ -48,17 +48,22 @@ async fn invalid_fields_are_400_with_param_and_create_nothing() {
         (
             with(good.clone(), &["amount"], json!(u64::MAX)),
             "amount",
-            "parameter_invalid",
+            "amount_too_large",
         ),
         (
             with(good.clone(), &["amount"], json!(1.5)),
             "amount",
-            "parameter_invalid",
+            "parameter_invalid_integer",
+        ),
+        (
+            with(good.clone(), &["amount"], json!(1000.0)),
+            "amount",
+            "parameter_invalid_integer",
         ),
         (
             with(good.clone(), &["amount"], json!("10")),
             "amount",
-            "parameter_invalid",
+            "parameter_invalid_integer",
         ),
         (
             with(good.clone(), &["amount"], Value::Null),
@@ -145,6 +150,13 @@ async fn invalid_fields_are_400_with_param_and_create_nothing() {
             "parameter_invalid",
         ),
         (
+            // A value where a name goes (a card number as a key) is not
+            // echoed: the error names the object that held it.
+            with(good.clone(), &["card", "4111111111111111"], json!("x")),
+            "card",
+            "parameter_invalid",
+        ),
+        (
             with(good.clone(), &["card", "pin"], json!("1234")),
             "card.pin",
             "parameter_invalid",
@@ -198,7 +210,7 @@ async fn malformed_json_missing_keys_and_big_bodies_are_refused() {
         raw(huge_number).await.unwrap(),
         StatusCode::BAD_REQUEST,
         "invalid_request_error",
-        "parameter_invalid",
+        "amount_too_large",
     )
     .await;
     assert_eq!(error["error"]["param"], "amount");
