@@ -1,7 +1,6 @@
 //! `/v1/events`: every change of the merchant's payments, for polling and
 //! catch-up, each with the attempts to deliver it; and a re-send on demand.
 
-
 use actix_web::web::{self, Data, Path};
 use actix_web::{HttpRequest, HttpResponse, get, post};
 use serde::Deserialize;

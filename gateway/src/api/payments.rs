@@ -1,6 +1,5 @@
 //! `/v1/payments`: the routes FicMart's checkout calls.
 
-
 use actix_web::web::{self, Data, Path};
 use actix_web::{HttpRequest, HttpResponse, get, post};
 use chrono::Datelike;
@@ -12,7 +11,7 @@ use super::error::ApiError;
 use super::request::{Fields, Merchant, idempotency_key, query_params, read_json};
 use super::request::{record_payment_id, record_payment_in_reply};
 use crate::domain::{
-    Amount, CardExpiry, CardNumber, Currency, CustomerId, Cvv, IdempotencyKey, MerchantId, OrderId,
+    CardExpiry, CardNumber, Currency, CustomerId, Cvv, IdempotencyKey, MerchantId, OrderId,
     PaymentId,
 };
 use crate::faults::{Mutant, Point};

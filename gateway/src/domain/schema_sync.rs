@@ -11,7 +11,7 @@ use super::ids::{MAX_CUSTOMER_ID_LEN, MAX_IDEMPOTENCY_KEY_LEN, MAX_ORDER_ID_LEN}
 const MIGRATION: &str = include_str!("../../../migrations/0001_gateway.sql");
 
 /// Every migration, in order: a new file must be added here (a test counts them).
-const MIGRATIONS: [&str; 11] = [
+const MIGRATIONS: [&str; 13] = [
     MIGRATION,
     include_str!("../../../migrations/0002_recovery.sql"),
     include_str!("../../../migrations/0003_cheaper_checks.sql"),

@@ -514,7 +514,8 @@ async fn write_attempts(
          SELECT m.id, m.status = 'failed' AND m.endpoint_id IN (SELECT id FROM disabled), \
            m.resent \
          FROM moved m",
-        resent = "(i.status <> 'delivered' AND d.resent_at >= i.claimed_at)",
+        // Never resent: resent_at is null, and so would the test be.
+        resent = "(i.status <> 'delivered' AND coalesce(d.resent_at >= i.claimed_at, false))",
     ))
     .bind(attempts.iter().map(|a| a.claim.id).collect::<Vec<_>>())
     .bind(

@@ -220,7 +220,10 @@ async fn bad_endpoints_are_refused_with_the_field_and_the_reason() {
         (json!({"url": long}), "2048"),
         // Under the limit as sent, three times over it once parsed: a
         // space is stored as %20.
-        (json!({"url": format!("https://example.com/{}", "a b".repeat(600))}), "2048"),
+        (
+            json!({"url": format!("https://example.com/{}", "a b".repeat(600))}),
+            "2048",
+        ),
         (json!({"url": "not a url"}), "absolute"),
         (json!({}), "required"),
         (
@@ -421,7 +424,9 @@ async fn a_failing_receiver_is_retried_with_the_same_id_and_every_attempt_is_kep
 /// sent again every lease, for ever, with no attempt recorded.
 #[tokio::test]
 async fn a_receiver_answering_an_unusual_status_has_its_attempts_recorded() {
-    let app = webhook_app(&[50, 50], 2_000).await;
+    // Two attempts, then a long wait: nothing gives up (the give-up counter
+    // is the process's, and another test counts its own).
+    let app = webhook_app(&[50, 600_000], 2_000).await;
     let receiver = receiver_answering(999).await;
     app.register(&receiver.uri(), Some(&["payment.created"]))
         .await;
@@ -433,19 +438,20 @@ async fn a_receiver_answering_an_unusual_status_has_its_attempts_recorded() {
         let list = app
             .json_of(&format!("/v1/events/{}/deliveries", got[0].id))
             .await;
-        if list["data"][0]["status"] == "failed" || started.elapsed() > BOUND {
+        let attempts = list["data"][0]["attempts"].as_array().map_or(0, Vec::len);
+        if attempts >= 2 || started.elapsed() > BOUND {
             break list["data"][0].clone();
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(delivery["status"], "failed", "{delivery}");
     let statuses: Vec<&Value> = delivery["attempts"]
         .as_array()
         .unwrap()
         .iter()
         .map(|a| &a["response_status"])
         .collect();
-    assert_eq!(statuses, [&json!(999), &json!(999), &json!(999)]);
+    assert_eq!(statuses, [&json!(999), &json!(999)], "{delivery}");
+    assert_eq!(delivery["status"], "pending", "{delivery}");
 }
 
 /// A resend asked for while an attempt is in flight is not undone when
