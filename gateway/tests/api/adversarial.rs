@@ -820,10 +820,7 @@ async fn history_after_waiting_for(
     use gateway::store::payments::{self, BankFacts};
 
     let app = spawn_app().await;
-    let authorized = app.authorized(HAPPY_CARD, 1_500).await;
-    let id = PaymentId::parse(authorized["id"].as_str().unwrap())
-        .unwrap()
-        .as_uuid();
+    let id = authorized_payment(&app).await;
     let mut holder = app.pool.begin().await.unwrap();
     let (mut payment, _) = payments::lock_with_history(&mut holder, id)
         .await
@@ -871,32 +868,13 @@ async fn a_late_settlement_cannot_move_a_payment_a_newer_operation_has_in_flight
     use gateway::store::payments::{self, BankFacts, Settlement};
 
     let app = spawn_app().await;
-    let authorized = app.authorized(HAPPY_CARD, 1_500).await;
-    let id = PaymentId::parse(authorized["id"].as_str().unwrap())
-        .unwrap()
-        .as_uuid();
     let lease = Lease {
         holder: uuid::Uuid::new_v4(),
         duration: Duration::from_secs(60),
     };
     // The first capture, in flight.
-    let mut tx = app.pool.begin().await.unwrap();
-    let (payment, _) = payments::lock_with_history(&mut tx, id)
-        .await
-        .unwrap()
-        .unwrap();
-    let capturing = payments::apply(
-        &mut tx,
-        &payment,
-        PaymentEvent::CaptureRequested,
-        &BankFacts::default(),
-    )
-    .await
-    .unwrap();
-    let first = operations::insert(&mut tx, id, OperationKind::Capture, lease)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let (capturing, first) = capture_in_flight(&app, lease).await;
+    let id = capturing.id;
 
     // What its late settler computed from what it read: captured.
     let late = Settlement {
@@ -973,43 +951,21 @@ async fn a_late_settlement_cannot_move_a_payment_a_newer_operation_has_in_flight
 /// operation's key while the second is still there.
 #[tokio::test]
 async fn a_task_past_its_lease_cannot_give_up_the_lease_its_successor_holds() {
-    use gateway::domain::operation::{Lease, OperationKind};
-    use gateway::domain::{PaymentEvent, PaymentId};
+    use gateway::domain::operation::Lease;
     use gateway::store::operations::{self, Backoff};
-    use gateway::store::payments::{self, BankFacts};
 
     let app = spawn_app().await;
-    let authorized = app.authorized(HAPPY_CARD, 1_500).await;
-    let id = PaymentId::parse(authorized["id"].as_str().unwrap())
-        .unwrap()
-        .as_uuid();
     let lease = |ms| Lease {
         holder: uuid::Uuid::new_v4(),
         duration: Duration::from_millis(ms),
     };
     let process = lease(0).holder;
-    let mut tx = app.pool.begin().await.unwrap();
-    let (payment, _) = payments::lock_with_history(&mut tx, id)
-        .await
-        .unwrap()
-        .unwrap();
-    payments::apply(
-        &mut tx,
-        &payment,
-        PaymentEvent::CaptureRequested,
-        &BankFacts::default(),
-    )
-    .await
-    .unwrap();
     // The first task's lease: run out as soon as taken.
     let first = Lease {
         holder: process,
         ..lease(0)
     };
-    let stale = operations::insert(&mut tx, id, OperationKind::Capture, first)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let (_, stale) = capture_in_flight(&app, first).await;
 
     let mut conn = app.pool.acquire().await.unwrap();
     let successor = Lease {
@@ -1112,4 +1068,43 @@ async fn a_stopping_gateway_keeps_the_lease_of_a_call_still_open_at_the_bank() {
         holder == instance && live,
         "the lease of a call still open at the bank was handed back"
     );
+}
+
+/// An authorized payment's id, as the database keys it.
+async fn authorized_payment(app: &TestApp) -> uuid::Uuid {
+    let authorized = app.authorized(HAPPY_CARD, 1_500).await;
+    uuid_of(authorized["id"].as_str().unwrap())
+}
+
+/// An authorized payment put in flight by a capture whose operation holds
+/// `lease`, committed: the payment as it is now, and the operation.
+async fn capture_in_flight(
+    app: &TestApp,
+    lease: gateway::domain::operation::Lease,
+) -> (
+    gateway::store::payments::PaymentRecord,
+    gateway::store::operations::OperationRecord,
+) {
+    use gateway::domain::{OperationKind, PaymentEvent};
+    use gateway::store::{operations, payments};
+
+    let id = authorized_payment(app).await;
+    let mut tx = app.pool.begin().await.unwrap();
+    let (payment, _) = payments::lock_with_history(&mut tx, id)
+        .await
+        .unwrap()
+        .unwrap();
+    let capturing = payments::apply(
+        &mut tx,
+        &payment,
+        PaymentEvent::CaptureRequested,
+        &payments::BankFacts::default(),
+    )
+    .await
+    .unwrap();
+    let operation = operations::insert(&mut tx, id, OperationKind::Capture, lease)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    (capturing, operation)
 }

@@ -79,60 +79,49 @@ async fn list_by_customer_and_by_order_pages_newest_first() {
 #[tokio::test]
 async fn list_parameters_are_validated() {
     let app = spawn_app().await;
-    for (query, param) in [
-        ("limit=0", "limit"),
-        ("limit=101", "limit"),
-        ("limit=ten", "limit"),
-        ("starting_after=nope", "starting_after"),
+    let invalid = "parameter_invalid";
+    for (path, param, code) in [
+        ("/v1/payments?limit=0", "limit", invalid),
+        ("/v1/payments?limit=101", "limit", invalid),
+        ("/v1/payments?limit=ten", "limit", invalid),
         (
-            "starting_after=pay_0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b",
+            "/v1/payments?starting_after=nope",
             "starting_after",
+            invalid,
         ),
-        ("order_id=has%20space", "order_id"),
-        ("order_id=a&customer_id=b", "customer_id"),
+        (
+            "/v1/payments?starting_after=pay_0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b",
+            "starting_after",
+            invalid,
+        ),
+        ("/v1/payments?order_id=has%20space", "order_id", invalid),
+        (
+            "/v1/payments?order_id=a&customer_id=b",
+            "customer_id",
+            invalid,
+        ),
         // A misspelt filter is refused, not ignored (which would list every
         // payment and look like it worked); a name that is not one is not
-        // echoed.
-        ("orderid=ord_1", "orderid"),
-        ("status=captured", "status"),
-        ("4242424242424242=x", "query"),
-    ] {
-        let response = app.get(&format!("/v1/payments?{query}")).await;
-        let body = assert_error(
-            response,
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "parameter_invalid",
-        )
-        .await;
-        assert_eq!(body["error"]["param"], param, "{query}");
-    }
-}
-
-#[tokio::test]
-async fn a_list_parameter_sent_twice_is_refused() {
-    let app = spawn_app().await;
-    for path in [
-        "/v1/payments?customer_id=cus_a&customer_id=cus_b",
-        "/v1/events?limit=1&limit=2",
+        // echoed; a parameter sent twice is not taken at its last.
+        ("/v1/payments?orderid=ord_1", "orderid", invalid),
+        ("/v1/payments?status=captured", "status", invalid),
+        ("/v1/payments?4242424242424242=x", "query", invalid),
+        ("/v1/events?kind=payment.created", "kind", invalid),
+        (
+            "/v1/payments?customer_id=cus_a&customer_id=cus_b",
+            "customer_id",
+            "duplicate_parameter",
+        ),
+        ("/v1/events?limit=1&limit=2", "limit", "duplicate_parameter"),
     ] {
         let response = app.get(path).await;
         let body = assert_error(
             response,
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
-            "duplicate_parameter",
+            code,
         )
         .await;
-        assert!(body["error"]["param"].is_string(), "{path}: {body}");
+        assert_eq!(body["error"]["param"], param, "{path}");
     }
-    let response = app.get("/v1/events?kind=payment.created").await;
-    let body = assert_error(
-        response,
-        StatusCode::BAD_REQUEST,
-        "invalid_request_error",
-        "parameter_invalid",
-    )
-    .await;
-    assert_eq!(body["error"]["param"], "kind");
 }
