@@ -816,7 +816,6 @@ async fn a_payment_back_at_its_status_after_a_wait_comes_with_its_whole_history(
 async fn history_after_waiting_for(
     moves: &[gateway::domain::PaymentEvent],
 ) -> Vec<gateway::domain::PaymentStatus> {
-    use gateway::domain::PaymentId;
     use gateway::store::payments::{self, BankFacts};
 
     let app = spawn_app().await;
@@ -863,7 +862,7 @@ async fn history_after_waiting_for(
 #[tokio::test]
 async fn a_late_settlement_cannot_move_a_payment_a_newer_operation_has_in_flight() {
     use gateway::domain::operation::{Lease, OperationKind};
-    use gateway::domain::{PaymentEvent, PaymentId, PaymentStatus};
+    use gateway::domain::{PaymentEvent, PaymentStatus};
     use gateway::store::operations;
     use gateway::store::payments::{self, BankFacts, Settlement};
 
