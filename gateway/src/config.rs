@@ -234,6 +234,10 @@ pub struct Settings {
     /// Delivery attempts in flight to one endpoint at once, per process.
     #[arg(long, env = "WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT", default_value_t = 16)]
     pub webhook_max_in_flight_per_endpoint: usize,
+    /// Delivery attempts in flight to one merchant's endpoints at once, per
+    /// process: a merchant with several slow endpoints holds no more.
+    #[arg(long, env = "WEBHOOK_MAX_IN_FLIGHT_PER_MERCHANT", default_value_t = 16)]
+    pub webhook_max_in_flight_per_merchant: usize,
     /// How often an idle delivery worker looks for due deliveries.
     #[arg(long, env = "WEBHOOK_POLL_INTERVAL_MS", default_value_t = 250)]
     pub webhook_poll_interval_ms: u64,
@@ -329,6 +333,7 @@ impl Settings {
             webhook_retry_schedule_ms: crate::webhooks::DEFAULT_SCHEDULE_MS.to_vec(),
             webhook_max_in_flight: 64,
             webhook_max_in_flight_per_endpoint: 16,
+            webhook_max_in_flight_per_merchant: 16,
             webhook_poll_interval_ms: 250,
             webhook_max_yield_ms: 1_000,
             webhook_db_pool_size: 2,
@@ -393,6 +398,7 @@ impl Settings {
                 .collect(),
             max_in_flight: self.webhook_max_in_flight,
             max_in_flight_per_endpoint: self.webhook_max_in_flight_per_endpoint,
+            max_in_flight_per_merchant: self.webhook_max_in_flight_per_merchant,
             poll_interval: Duration::from_millis(self.webhook_poll_interval_ms),
             max_yield: Duration::from_millis(self.webhook_max_yield_ms),
         }
@@ -461,6 +467,7 @@ impl Settings {
         }
         if self.webhook_max_in_flight == 0
             || self.webhook_max_in_flight_per_endpoint == 0
+            || self.webhook_max_in_flight_per_merchant == 0
             || self.webhook_timeout_ms == 0
             || self.webhook_db_pool_size == 0
         {

@@ -290,6 +290,7 @@ pub struct ClaimedDelivery {
     pub schedule_step: i32,
     pub event_id: Uuid,
     pub endpoint_id: Uuid,
+    pub merchant_id: Uuid,
     pub created_at: DateTime<Utc>,
     pub url: String,
     pub secret_salt: Vec<u8>,
@@ -302,15 +303,21 @@ pub struct ClaimedDelivery {
     pub claimed_at: DateTime<Utc>,
 }
 
+/// Endpoints and merchants this process sends to as much as it allows.
+#[derive(Debug, Default)]
+pub struct Busy {
+    pub endpoints: Vec<Uuid>,
+    pub merchants: Vec<Uuid>,
+}
+
 /// Claims due deliveries of enabled endpoints under a lease: at most
-/// `per_endpoint` per endpoint, `total` in all, none of `busy` endpoints
-/// (this process has as many in flight to them as it allows). Rows another
-/// worker holds are skipped, not waited for.
+/// `per_endpoint` per endpoint, `total` in all, none to `busy` endpoints
+/// or merchants. Rows another worker holds are skipped, not waited for.
 pub async fn claim_due(
     conn: &mut PgConnection,
     total: i64,
     per_endpoint: i64,
-    busy: &[Uuid],
+    busy: &Busy,
     lease: Duration,
 ) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
     sqlx::query_as(
@@ -321,22 +328,23 @@ pub async fn claim_due(
              WHERE d.endpoint_id = w.id AND d.status = 'pending' \
                AND d.next_attempt_at <= now() AND d.lease_until <= now() \
              ORDER BY d.next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) d \
-           WHERE w.status = 'enabled' AND w.id <> ALL ($3) \
+           WHERE w.status = 'enabled' AND w.id <> ALL ($3) AND w.merchant_id <> ALL ($5) \
            LIMIT $1), \
          claimed AS ( \
            UPDATE webhook_deliveries d SET lease_until = now() + $4, lease_token = gen_random_uuid() \
            FROM picked WHERE d.id = picked.id \
            RETURNING d.id, d.lease_token, d.attempts + 1 AS attempt, d.schedule_step, d.event_id, \
              d.endpoint_id, d.created_at) \
-         SELECT c.*, w.url, w.secret_salt, now() AS claimed_at, \
+         SELECT c.*, w.merchant_id, w.url, w.secret_salt, now() AS claimed_at, \
            CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret_salt END \
              AS previous_secret_salt \
          FROM claimed c JOIN webhook_endpoints w ON w.id = c.endpoint_id",
     )
     .bind(total)
     .bind(per_endpoint)
-    .bind(busy)
+    .bind(&busy.endpoints)
     .bind(lease)
+    .bind(&busy.merchants)
     .fetch_all(conn)
     .await
 }

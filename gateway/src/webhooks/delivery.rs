@@ -28,7 +28,7 @@ use crate::faults::Faults;
 use crate::store::batch::{BatchLimits, Batcher, Pressure};
 use crate::store::events::{self, EventRecord};
 use crate::store::webhooks::{
-    self as store, AfterFailure, AttemptOutcome, ClaimedDelivery, FinishedAttempt, Recorded,
+    self as store, AfterFailure, AttemptOutcome, Busy, ClaimedDelivery, FinishedAttempt, Recorded,
 };
 
 /// The receiver's answer kept per attempt, at most.
@@ -85,7 +85,8 @@ pub async fn deliver_forever(
         recorder,
         client,
         in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
-        per_endpoint: Mutex::new(HashMap::new()),
+        per_endpoint: KeyedLimits::new(settings.max_in_flight_per_endpoint),
+        per_merchant: KeyedLimits::new(settings.max_in_flight_per_merchant),
         freed: Notify::new(),
         settings,
         key,
@@ -152,6 +153,43 @@ fn http_client(settings: &WebhookSettings) -> reqwest::Result<reqwest::Client> {
     builder.build()
 }
 
+/// Attempts in flight per key (an endpoint, a merchant), in this process.
+struct KeyedLimits {
+    limit: usize,
+    by_key: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+}
+
+impl KeyedLimits {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            by_key: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The keys at their limit: a claim leaves their deliveries alone.
+    fn busy(&self) -> Vec<Uuid> {
+        let map = self.by_key.lock().expect("never poisoned");
+        map.iter()
+            .filter(|(_, limit)| limit.available_permits() == 0)
+            .map(|(key, _)| *key)
+            .collect()
+    }
+
+    fn of(&self, key: Uuid) -> Arc<Semaphore> {
+        let mut map = self.by_key.lock().expect("never poisoned");
+        map.entry(key)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.limit)))
+            .clone()
+    }
+}
+
+/// One claim's deliveries, each with its event, and when the claim was sent.
+struct Claimed {
+    deliveries: Vec<(ClaimedDelivery, Arc<EventRecord>)>,
+    leased_at: Instant,
+}
+
 struct Worker {
     pool: PgPool,
     /// Attempts are recorded in batches: one commit for many deliveries.
@@ -160,7 +198,8 @@ struct Worker {
     settings: Arc<WebhookSettings>,
     key: WebhookKey,
     in_flight: Arc<Semaphore>,
-    per_endpoint: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+    per_endpoint: KeyedLimits,
+    per_merchant: KeyedLimits,
     /// Told when an attempt ends and frees its slots.
     freed: Notify,
 }
@@ -180,30 +219,41 @@ impl Worker {
                 return false;
             }
         };
-        let full = claimed.len() >= room;
-        for (claim, event) in claimed {
-            self.clone().start(claim, event).await;
+        let full = claimed.deliveries.len() >= room;
+        for (claim, event) in claimed.deliveries {
+            self.clone().start(claim, event, claimed.leased_at).await;
         }
         full
     }
 
-    async fn claim(
-        &self,
-        room: usize,
-    ) -> Result<Vec<(ClaimedDelivery, Arc<EventRecord>)>, sqlx::Error> {
-        let busy = self.busy_endpoints();
-        let lease = self.settings.timeout + LEASE_MARGIN;
+    /// A claim's lease: an attempt's whole timeout, and a margin for the
+    /// time between the claim and the POST.
+    fn lease(&self) -> Duration {
+        self.settings.timeout + LEASE_MARGIN
+    }
+
+    async fn claim(&self, room: usize) -> Result<Claimed, sqlx::Error> {
+        let busy = Busy {
+            endpoints: self.per_endpoint.busy(),
+            merchants: self.per_merchant.busy(),
+        };
         let mut conn = self.pool.acquire().await?;
+        // Before the statement, whose now() starts the lease: the lease
+        // this process counts on never outlasts the database's.
+        let leased_at = Instant::now();
         let claimed = store::claim_due(
             &mut conn,
             i64::try_from(room).unwrap_or(i64::MAX),
             i64::try_from(self.settings.max_in_flight_per_endpoint).unwrap_or(i64::MAX),
             &busy,
-            lease,
+            self.lease(),
         )
         .await?;
         if claimed.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Claimed {
+                deliveries: Vec::new(),
+                leased_at,
+            });
         }
         let ids: Vec<Uuid> = claimed.iter().map(|c| c.event_id).collect();
         let found: HashMap<Uuid, Arc<EventRecord>> = events::by_ids(&mut conn, &ids)
@@ -211,46 +261,49 @@ impl Worker {
             .into_iter()
             .map(|event| (event.id.as_uuid(), Arc::new(event)))
             .collect();
-        Ok(claimed
+        let deliveries = claimed
             .into_iter()
             .filter_map(|claim| {
                 let event = found.get(&claim.event_id)?.clone();
                 Some((claim, event))
             })
-            .collect())
+            .collect();
+        Ok(Claimed {
+            deliveries,
+            leased_at,
+        })
     }
 
-    /// Endpoints this process already sends to as much as it allows.
-    fn busy_endpoints(&self) -> Vec<Uuid> {
-        let map = self.per_endpoint.lock().expect("never poisoned");
-        map.iter()
-            .filter(|(_, limit)| limit.available_permits() == 0)
-            .map(|(id, _)| *id)
-            .collect()
-    }
-
-    fn endpoint_limit(&self, endpoint: Uuid) -> Arc<Semaphore> {
-        let mut map = self.per_endpoint.lock().expect("never poisoned");
-        map.entry(endpoint)
-            .or_insert_with(|| Arc::new(Semaphore::new(self.settings.max_in_flight_per_endpoint)))
-            .clone()
-    }
-
-    /// Sends the delivery in a task of its own if both limits have room;
-    /// otherwise hands it back for a later claim.
-    async fn start(self: Arc<Self>, claim: ClaimedDelivery, event: Arc<EventRecord>) {
-        let permits = (
+    /// Sends the delivery in a task of its own if both limits have room
+    /// and its lease still covers a whole attempt; otherwise hands it back
+    /// for a later claim. (A claim can wait here: a slow database, other
+    /// deliveries of the claim handed back before it. An attempt that
+    /// could outlive its lease could meet another worker's attempt at the
+    /// receiver, the same delivery twice at once.)
+    async fn start(
+        self: Arc<Self>,
+        claim: ClaimedDelivery,
+        event: Arc<EventRecord>,
+        leased_at: Instant,
+    ) {
+        let slots = (
             self.in_flight.clone().try_acquire_owned(),
-            self.endpoint_limit(claim.endpoint_id).try_acquire_owned(),
+            self.per_endpoint.of(claim.endpoint_id).try_acquire_owned(),
+            self.per_merchant.of(claim.merchant_id).try_acquire_owned(),
         );
-        let (Ok(total), Ok(endpoint)) = permits else {
+        let covered = leased_at.elapsed() + self.settings.timeout < self.lease();
+        let (Ok(total), Ok(endpoint), Ok(merchant), true) = (slots.0, slots.1, slots.2, covered)
+        else {
+            if !covered {
+                tracing::warn!(delivery = %claim.id, "webhook claim waited past its margin; handed back");
+            }
             if let Ok(mut conn) = self.pool.acquire().await {
                 let _ = store::release(&mut conn, claim.id, claim.lease_token).await;
             }
             return;
         };
         tokio::spawn(async move {
-            self.send(claim, event, (total, endpoint)).await;
+            self.send(claim, event, [total, endpoint, merchant]).await;
             self.freed.notify_one();
         });
     }
@@ -259,7 +312,7 @@ impl Worker {
         &self,
         claim: ClaimedDelivery,
         event: Arc<EventRecord>,
-        _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+        _slots: [OwnedSemaphorePermit; 3],
     ) {
         let outcome = self.attempt(&claim, &event).await;
         let delivered = outcome.delivered();

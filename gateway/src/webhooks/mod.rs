@@ -49,6 +49,7 @@ pub struct WebhookSettings {
     pub schedule: Vec<Duration>,
     pub max_in_flight: usize,
     pub max_in_flight_per_endpoint: usize,
+    pub max_in_flight_per_merchant: usize,
     /// How often an idle worker looks for due deliveries.
     pub poll_interval: Duration,
     /// While payments' writes queue for the database, the longest a worker

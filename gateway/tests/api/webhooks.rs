@@ -948,3 +948,61 @@ async fn a_fast_endpoint_is_not_held_to_its_limit_per_poll() {
         first.elapsed()
     );
 }
+
+/// One merchant's slow endpoints hold at most the merchant's share of a
+/// process's attempts: another merchant's delivery goes while they are
+/// all still in flight, not once one of them ends.
+#[tokio::test]
+async fn a_merchant_with_slow_endpoints_leaves_room_for_the_others() {
+    let app = spawn_app_with(Options {
+        gateway: Some(Box::new(|s| {
+            s.webhook_retry_schedule_ms = vec![600_000];
+            s.webhook_poll_interval_ms = 20;
+            s.webhook_timeout_ms = 60_000;
+            s.webhook_max_in_flight = 4;
+            s.webhook_max_in_flight_per_endpoint = 2;
+            s.webhook_max_in_flight_per_merchant = 2;
+        })),
+        ..Options::default()
+    })
+    .await;
+    // FicMart's two endpoints answer after a minute; enough payments to
+    // keep both at their own limit (two each: the whole process's four).
+    let tarpit = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(60)))
+        .mount(&tarpit)
+        .await;
+    for path in ["/a", "/b"] {
+        app.register(&format!("{}{path}", tarpit.uri()), None)
+            .await;
+    }
+    for amount in 101..104 {
+        app.create_payment(HAPPY_CARD, amount).await;
+    }
+    until(&tarpit, |got| got.len() >= 2).await;
+
+    let other = create_key(&app.pool, "otherco").await;
+    let fast = receiver_answering(200).await;
+    let registered = app
+        .client
+        .post(app.url("/v1/webhook_endpoints"))
+        .bearer_auth(&other)
+        .json(&json!({"url": fast.uri(), "event_types": ["payment.created"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    let created = app
+        .post_as(
+            &other,
+            "/v1/payments",
+            &new_key(),
+            &payment_body(HAPPY_CARD, 105, "ord_other", "cus_other"),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    // Within the bound, long before any of FicMart's attempts can end.
+    until(&fast, |got| !got.is_empty()).await;
+    assert_eq!(deliveries_count(&tarpit).await, 2, "FicMart held its share only");
+}
