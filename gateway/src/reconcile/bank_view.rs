@@ -21,6 +21,10 @@ pub struct BankAuthorization {
     pub amount: i64,
     pub expires_at: DateTime<Utc>,
     pub state: BankState,
+    /// The database's time when the bank was asked: what an active
+    /// authorization's expiry is judged by, as the gateway's own expiry
+    /// sweeper judges it (the process's clock may be off from it).
+    pub as_of: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +46,7 @@ impl BankAuthorization {
     /// capture or void it, and its sweeper has just not come by yet.
     pub fn status(&self) -> PaymentStatus {
         match &self.state {
-            BankState::Active if self.expires_at <= Utc::now() => PaymentStatus::Expired,
+            BankState::Active if self.expires_at <= self.as_of => PaymentStatus::Expired,
             BankState::Active => PaymentStatus::Authorized,
             BankState::Captured {
                 refund_id: None, ..
@@ -118,10 +122,15 @@ impl BankView {
     }
 }
 
-/// Asks the bank about the authorization `id` (and its capture, if any).
-/// `Err` holds why the bank's view could not be established: it was
-/// unreachable, or answered something this reading cannot use.
-pub async fn fetch(bank: &BankClient, id: Option<&str>) -> Result<BankView, String> {
+/// Asks the bank about the authorization `id` (and its capture, if any),
+/// at `as_of` by the database's clock. `Err` holds why the bank's view
+/// could not be established: it was unreachable, or answered something
+/// this reading cannot use.
+pub async fn fetch(
+    bank: &BankClient,
+    id: Option<&str>,
+    as_of: DateTime<Utc>,
+) -> Result<BankView, String> {
     let Some(id) = id else {
         return Ok(BankView::NoAuthorization);
     };
@@ -141,6 +150,7 @@ pub async fn fetch(bank: &BankClient, id: Option<&str>) -> Result<BankView, Stri
         amount: authorization.amount,
         expires_at: authorization.expires_at,
         state,
+        as_of,
     }))
 }
 

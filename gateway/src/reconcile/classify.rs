@@ -236,6 +236,7 @@ mod tests {
             amount: 500,
             expires_at: Utc::now() + Duration::days(7),
             state,
+            as_of: Utc::now(),
         })
     }
 
@@ -378,6 +379,19 @@ mod tests {
             authorization.expires_at = Utc::now() - Duration::seconds(1);
         }
         assert_eq!(classify(&receipt(S::Expired), &stale), Verdict::Matched);
+    }
+
+    /// Judged by the time the view was taken at (the database's), not the
+    /// process's clock: a process running ahead of the database must not
+    /// expire an authorization the database still holds as live.
+    #[test]
+    fn an_authorization_is_judged_expired_by_the_time_the_view_was_taken_at() {
+        let mut live = bank(BankState::Active);
+        if let BankView::Authorization(authorization) = &mut live {
+            authorization.expires_at = Utc::now() - Duration::seconds(1);
+            authorization.as_of = authorization.expires_at - Duration::seconds(1);
+        }
+        assert_eq!(classify(&receipt(S::Authorized), &live), Verdict::Matched);
     }
 
     #[test]

@@ -252,10 +252,11 @@ pub async fn pass(
         let page = due::page(pool, scope, since, after, PAGE_SIZE).await?;
         let Some(last) = page.last() else { break };
         after = Some((last.created_at, last.id));
+        let as_of = database_now(pool).await?;
         // Owned records: a stream of borrowed ones trips the compiler's
         // higher-ranked lifetime check once the future must be `Send`.
         let checks = stream::iter(page)
-            .map(|record| check(pool, bank, record, repair))
+            .map(|record| check(pool, bank, record, repair, as_of))
             .buffered(CONCURRENCY)
             .try_collect::<Vec<Checked>>();
         let checked = holding(pool, turn.as_deref_mut(), checks).await?;
@@ -315,7 +316,13 @@ pub async fn catch_up(pool: &PgPool, bank: &BankClient, id: Uuid) -> Result<Entr
             .await?
             .ok_or(sqlx::Error::RowNotFound)?
     };
-    Ok(check(pool, bank, record, true).await?.entry)
+    let as_of = database_now(pool).await?;
+    Ok(check(pool, bank, record, true, as_of).await?.entry)
+}
+
+/// The database's time: the clock expiry is judged by, everywhere.
+async fn database_now(pool: &PgPool) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar("SELECT now()").fetch_one(pool).await
 }
 
 /// How many times one payment is looked at in one pass when it keeps
@@ -338,6 +345,7 @@ async fn check(
     bank: &BankClient,
     read: PaymentRecord,
     repair: bool,
+    as_of: DateTime<Utc>,
 ) -> Result<Checked, ReconcileError> {
     let payment_id = read.payment_id().to_string();
     let judges_in_flight = bank.faults().mutant(Mutant::ReconcileRepairsInFlight);
@@ -349,7 +357,7 @@ async fn check(
         if receipt.status.is_in_flight() && !judges_in_flight {
             return done(entry(payment_id, &receipt, "not asked", Verdict::InFlight));
         }
-        let view = match bank_view::fetch(bank, receipt.authorization_id.as_deref()).await {
+        let view = match bank_view::fetch(bank, receipt.authorization_id.as_deref(), as_of).await {
             Ok(view) => view,
             Err(reason) => return done(unverified(payment_id, &receipt, reason)),
         };

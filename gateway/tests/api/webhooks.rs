@@ -974,8 +974,7 @@ async fn a_merchant_with_slow_endpoints_leaves_room_for_the_others() {
         .mount(&tarpit)
         .await;
     for path in ["/a", "/b"] {
-        app.register(&format!("{}{path}", tarpit.uri()), None)
-            .await;
+        app.register(&format!("{}{path}", tarpit.uri()), None).await;
     }
     for amount in 101..104 {
         app.create_payment(HAPPY_CARD, amount).await;
@@ -1004,5 +1003,9 @@ async fn a_merchant_with_slow_endpoints_leaves_room_for_the_others() {
     assert_eq!(created.status(), StatusCode::CREATED);
     // Within the bound, long before any of FicMart's attempts can end.
     until(&fast, |got| !got.is_empty()).await;
-    assert_eq!(deliveries_count(&tarpit).await, 2, "FicMart held its share only");
+    assert_eq!(
+        deliveries_count(&tarpit).await,
+        2,
+        "FicMart held its share only"
+    );
 }
