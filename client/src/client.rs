@@ -478,7 +478,9 @@ fn judge<T: DeserializeOwned>(
             // A load balancer or proxy in front of the replicas answered
             // for a gateway it could not reach: the request may not have
             // got to any gateway, so it is treated as no answer at all.
-            None if matches!(status, 502..=504) => Step::Retry(Retry::NoAnswer {
+            // So is a 408 without one: the request did not arrive whole,
+            // and nothing was done.
+            None if matches!(status, 408 | 502..=504) => Step::Retry(Retry::NoAnswer {
                 detail: format!("HTTP {status} without the gateway's error object (from a proxy?)"),
             }),
             None => Step::Done(Err(Error::Decode {
@@ -630,9 +632,9 @@ mod tests {
         ));
         assert!(matches!(
             object(500, "internal_error"),
-            Step::Done(Err(Error::Other(_)))
+            Step::Retry(Retry::AskedToWait { .. })
         ));
-        for status in [502, 503, 504] {
+        for status in [408, 502, 503, 504] {
             assert!(matches!(
                 judge::<Payment>(status, None, "<html>Bad Gateway</html>", None),
                 Step::Retry(Retry::NoAnswer { .. })

@@ -172,11 +172,14 @@ impl ApiError {
     /// the API key is over its rate (429), or the bank's circuit is open or
     /// the database unreachable (503); or the request's body did not reach
     /// it in time (408), which, like a connection that dropped, a resend
-    /// settles. None of these did anything.
+    /// settles; or the gateway failed on its own (500 `internal_error`).
+    /// A 500 may come after the bank acted, with the operation left in
+    /// flight and its key unanswered: the same key resumes it, where a new
+    /// key would start a second one (a second hold on the card).
     pub fn asks_for_retry(&self) -> bool {
         match self.status {
             409 => self.code == ErrorCode::IdempotencyKeyInUse,
-            408 | 429 | 503 => true,
+            408 | 429 | 500 | 503 => true,
             _ => false,
         }
     }
@@ -510,7 +513,7 @@ mod tests {
                 matches!(e, Error::Unavailable { .. })
             }),
             (500, "api_error", "internal_error", |e| {
-                matches!(e, Error::Other(_))
+                matches!(e, Error::Unavailable { .. }) && e.resumable()
             }),
         ];
         for (status, kind, code, expected) in cases {

@@ -32,8 +32,10 @@
 //!   final or the deadline comes; 409 `idempotency_key_in_use`, 429 and 503
 //!   are retried after their `Retry-After`; no answer at all (refused,
 //!   reset, timed out, and the gateway's 408 for a body that did not
-//!   arrive in time) is retried with the same key. Nothing else is: 400,
-//!   401, 402, 404, the other 409s, 422 and 502 are final. Without a
+//!   arrive in time) is retried with the same key, and so is a 500
+//!   `internal_error` (the contract says so: it may have left the operation
+//!   in flight, and only its key resumes it). Nothing else is: 400, 401,
+//!   402, 404, the other 409s, 422 and 502 are final. Without a
 //!   `Retry-After`, waits are exponential with full jitter; the
 //!   [`RetryPolicy`]'s deadline bounds the whole call.
 //! - **Replicas.** [`Client::new`] takes several base URLs; successive

@@ -129,6 +129,12 @@ async fn a_503_is_retried_after_its_retry_after_with_the_same_key_and_body() {
         records.iter().map(|r| r.attempt).collect::<Vec<_>>(),
         [1, 2]
     );
+    // It waited as it was told, not its own few milliseconds of backoff.
+    let waited = records[1]
+        .started_at
+        .duration_since(records[0].started_at)
+        .unwrap();
+    assert!(waited >= Duration::from_secs(1), "{waited:?}");
     let received = server.received_requests().await.expect("recorded");
     assert_eq!(received.len(), 2);
     for sent in &received {
@@ -139,6 +145,38 @@ async fn a_503_is_retried_after_its_retry_after_with_the_same_key_and_body() {
             "every attempt sends the same bytes"
         );
     }
+}
+
+/// A 500 may come after the bank acted, the operation left in flight:
+/// the contract says to retry with the same key, which resumes it (a new
+/// key would start a second authorization beside it).
+#[tokio::test]
+async fn a_500_is_retried_with_the_same_key() {
+    let server = MockServer::start().await;
+    script(
+        &server,
+        "/v1/payments",
+        ResponseTemplate::new(500).set_body_json(error_body("api_error", "internal_error")),
+        1,
+        ResponseTemplate::new(201).set_body_json(payment("authorized")),
+    )
+    .await;
+    let (client, records) = observed_client(&[server.uri()], quick_policy());
+    let key = IdempotencyKey::random();
+
+    let payment = client
+        .authorize(&key, &request())
+        .await
+        .expect("authorized");
+
+    assert_eq!(payment.status, PaymentStatus::Authorized);
+    let records = taken(&records);
+    assert_eq!(statuses(&records), [Some(500), Some(201)]);
+    assert!(
+        records
+            .iter()
+            .all(|r| r.idempotency_key.as_ref() == Some(&key))
+    );
 }
 
 #[tokio::test]
