@@ -188,6 +188,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?;
             store::MIGRATOR.run(&pool).await?;
             let mut tx = pool.begin().await?;
+            if let Some(existing) = store::merchants::similar_merchant(&mut tx, &merchant).await? {
+                anyhow::bail!(
+                    "a merchant named {existing:?} exists; names are exact, and a key for \
+                     {merchant:?} would belong to a new merchant with none of its payments \
+                     or keys. Nothing was created."
+                );
+            }
             let (_, key) = store::merchants::create_api_key(&mut tx, &merchant).await?;
             tx.commit().await?;
             // Only the key on stdout, so that `KEY=$(gateway api-key create …)` works.
@@ -284,7 +291,9 @@ async fn api_key_revoke(database: &DatabaseArgs, selector: &str) -> anyhow::Resu
             eprintln!("gateway: {} was already revoked", key.prefix);
             Ok(())
         }
-        Revocation::NotFound => anyhow::bail!("no API key matches {selector:?}"),
+        // A whole key is a secret: only its shown prefix goes to the error
+        // (a terminal's scrollback, a CI log).
+        Revocation::NotFound => anyhow::bail!("no API key matches {:?}", shown(selector)),
         Revocation::Ambiguous(keys) => {
             let lines: Vec<String> = keys.iter().map(|k| format!("  {}", k.line())).collect();
             anyhow::bail!(
@@ -311,6 +320,18 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     application.run_until_stopped().await?;
     tracing::info!(%instance, "gateway stopped");
     Ok(())
+}
+
+/// A key selector as it may be printed: an id or a prefix as given, a
+/// whole key cut to the prefix `api-key list` shows.
+fn shown(selector: &str) -> String {
+    let prefix_chars = store::merchants::SHOWN_PREFIX_CHARS;
+    if selector.len() > prefix_chars && selector.starts_with(store::merchants::KEY_PREFIX) {
+        let prefix: String = selector.chars().take(prefix_chars).collect();
+        format!("{prefix}…")
+    } else {
+        selector.to_owned()
+    }
 }
 
 #[cfg(test)]

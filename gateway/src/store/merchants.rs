@@ -14,10 +14,27 @@ pub const KEY_PREFIX: &str = "sk_test_";
 /// Random bytes in a key: 192 bits, hex-encoded.
 const KEY_RANDOM_BYTES: usize = 24;
 /// Characters of the key kept in clear, to tell keys apart in a list.
-const SHOWN_PREFIX_CHARS: usize = 12;
+pub const SHOWN_PREFIX_CHARS: usize = 12;
 
 pub fn hash_key(key: &str) -> Vec<u8> {
     Sha256::digest(key.as_bytes()).to_vec()
+}
+
+/// The name of another merchant that `name` could be a mistyped form of:
+/// the same but for letter case or surrounding spaces. A key made for the
+/// mistyped name would belong to a new merchant, with none of the first
+/// one's payments or idempotency keys.
+pub async fn similar_merchant(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT name FROM merchants WHERE lower(btrim(name)) = lower(btrim($1)) AND name <> $1 \
+         LIMIT 1",
+    )
+    .bind(name)
+    .fetch_optional(conn)
+    .await
 }
 
 /// Creates the merchant if needed and a new key for it; returns the key,

@@ -85,6 +85,17 @@ async fn keys_are_listed_by_prefix_only_and_revoked_by_prefix_or_id() {
     let missing = gateway(&["api-key", "revoke", "sk_test_zzzz"], &app.database_url);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no API key matches"));
+    // A whole key that matches nothing (this database is not its own) is
+    // a secret all the same: only its prefix is printed.
+    let elsewhere = format!("sk_test_{}", "ab".repeat(24));
+    let unknown = gateway(&["api-key", "revoke", &elsewhere], &app.database_url);
+    assert!(!unknown.status.success());
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        said.contains("no API key matches \"sk_test_abab…\""),
+        "{said}"
+    );
+    assert!(!said.contains(&elsewhere), "{said}");
     assert!(
         columns(&stdout_of(&gateway(
             &["api-key", "list"],
@@ -222,4 +233,39 @@ async fn a_revoked_key_is_refused_once_the_replicas_memory_of_it_lapses() {
     }
     // And stays refused: what lapsed is not remembered again.
     assert_refused_and_harmless(&app, id).await;
+}
+
+/// A merchant name that differs from an existing one only by case or
+/// spaces is a typo, not a new merchant: its key would see none of the
+/// merchant's payments, and resuming a payment under it would start
+/// another.
+#[tokio::test]
+async fn a_key_for_a_mistyped_merchant_is_refused() {
+    let app = spawn_app().await;
+    for typo in ["FicMart", " ficmart"] {
+        let made = gateway(
+            &["api-key", "create", "--merchant", typo],
+            &app.database_url,
+        );
+        assert!(!made.status.success(), "{typo:?}");
+        let said = String::from_utf8_lossy(&made.stderr);
+        assert!(
+            said.contains("a merchant named \"ficmart\" exists"),
+            "{said}"
+        );
+        assert!(made.stdout.is_empty(), "no key printed");
+    }
+    let merchants: i64 = sqlx::query_scalar("SELECT count(*) FROM merchants")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(merchants, 1);
+    // The exact name, and a new one, still make keys.
+    for name in ["ficmart", "another-shop"] {
+        let made = gateway(
+            &["api-key", "create", "--merchant", name],
+            &app.database_url,
+        );
+        assert!(stdout_of(&made).starts_with("sk_test_"), "{name}");
+    }
 }
