@@ -249,6 +249,7 @@ pub async fn release_held_by(
     Ok(released.rows_affected())
 }
 
+/// (unfinished operations, those unfinished for longer than `flag_after`).
 pub async fn unresolved(
     conn: &mut PgConnection,
     flag_after: Duration,
