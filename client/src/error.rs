@@ -296,10 +296,12 @@ pub enum Error {
         payment: Box<Payment>,
         key: IdempotencyKey,
     },
-    /// 409 `idempotency_key_in_use`, 429 or 503 (or 408) on every attempt
-    /// until the attempts or the deadline ran out (or `Retry-After` asked
-    /// for longer than was left). Nothing was done; call again later with
-    /// the same key.
+    /// 409 `idempotency_key_in_use`, 429 or 503 (or 408), or a 500
+    /// `internal_error`, on every attempt until the attempts or the
+    /// deadline ran out (or `Retry-After` asked for longer than was left).
+    /// Call again later with the same key: after a 500 the operation may be
+    /// in flight (the bank may have acted), and only its key resumes it; a
+    /// new key could do it twice. After the others nothing was done.
     #[error(
         "the gateway stayed unavailable through {attempts} attempt(s), last: {last}; call again later with the same Idempotency-Key"
     )]
@@ -320,8 +322,8 @@ pub enum Error {
     /// parse, a status the contract does not have without an error object).
     #[error("the gateway's {status} answer could not be read: {detail}")]
     Decode { status: u16, detail: String },
-    /// An error object this client does not classify (a 500
-    /// `internal_error`, a status or code newer than this client).
+    /// An error object this client does not classify (a status or code
+    /// newer than this client).
     #[error("the gateway answered with an error: {0}")]
     Other(ApiError),
 }

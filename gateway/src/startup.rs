@@ -228,7 +228,13 @@ impl Application {
             Ok(Err(e)) => tracing::warn!(error = %e, "the operator listener failed"),
             Err(e) => tracing::warn!(error = %e, "the operator listener's task failed"),
         }
+        // Aborted, and gone, before the leases are handed back: a task
+        // still running could start a bank call after the list of calls
+        // possibly open was read (a dropped call stays on that list).
         self.background.iter().for_each(JoinHandle::abort);
+        for task in self.background {
+            let _ = task.await;
+        }
         match self.gateway.release_leases().await {
             Ok(released) => tracing::info!(
                 operations = released.operations,

@@ -535,11 +535,11 @@ impl BankClient {
             }
         };
         let url = self.url(segments);
-        self.shared.open.enter(key, self.policy.deadline);
+        let call = self.shared.open.enter(key, self.policy.deadline);
         let outcome = self
             .execute(op, url, key, Some(key_header), Some(body))
             .await;
-        self.shared.open.leave(key);
+        self.shared.open.leave(call);
         outcome
     }
 

@@ -9,7 +9,7 @@
 //! by which every attempt it made has ended (an attempt is given its whole
 //! timeout before the deadline, or is not made).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -19,16 +19,12 @@ use std::time::{Duration, Instant};
 const PRUNE_FROM_ENTRIES: usize = 1024;
 
 #[derive(Debug)]
-struct Open {
-    /// Calls with this key not returned yet (dropped ones included).
-    calls: usize,
-    /// The latest deadline of those calls.
-    until: Instant,
-}
-
-#[derive(Debug)]
 struct Calls {
-    by_key: HashMap<String, Open>,
+    next: u64,
+    /// Every call not returned yet (dropped ones included): its key, and
+    /// its deadline. By call, not by key: two calls with one key (a
+    /// dropped one and its successor) leave each on its own.
+    open: HashMap<u64, (String, Instant)>,
     prune_at: usize,
 }
 
@@ -37,11 +33,17 @@ pub struct OpenCalls {
     calls: Mutex<Calls>,
 }
 
+/// One call's place in [`OpenCalls`], given back by [`OpenCalls::leave`].
+#[derive(Debug)]
+#[must_use = "a call entered must leave when it returns"]
+pub struct OpenCall(u64);
+
 impl Default for OpenCalls {
     fn default() -> Self {
         Self {
             calls: Mutex::new(Calls {
-                by_key: HashMap::new(),
+                next: 0,
+                open: HashMap::new(),
                 prune_at: PRUNE_FROM_ENTRIES,
             }),
         }
@@ -51,42 +53,35 @@ impl Default for OpenCalls {
 impl OpenCalls {
     /// A call with `key` starts now and ends, at the bank too, within
     /// `deadline`.
-    pub fn enter(&self, key: &str, deadline: Duration) {
+    pub fn enter(&self, key: &str, deadline: Duration) -> OpenCall {
         let now = Instant::now();
-        let until = now + deadline;
         let mut calls = self.lock();
-        if calls.by_key.len() >= calls.prune_at {
-            calls.by_key.retain(|_, open| open.until > now);
-            calls.prune_at = (calls.by_key.len() * 2).max(PRUNE_FROM_ENTRIES);
+        if calls.open.len() >= calls.prune_at {
+            calls.open.retain(|_, (_, until)| *until > now);
+            calls.prune_at = (calls.open.len() * 2).max(PRUNE_FROM_ENTRIES);
         }
-        let open = calls
-            .by_key
-            .entry(key.to_owned())
-            .or_insert(Open { calls: 0, until });
-        open.calls += 1;
-        open.until = open.until.max(until);
+        calls.next += 1;
+        let id = calls.next;
+        calls.open.insert(id, (key.to_owned(), now + deadline));
+        OpenCall(id)
     }
 
-    /// A call with `key` returned: the bank answered it or gave up on it.
-    pub fn leave(&self, key: &str) {
-        let mut calls = self.lock();
-        if let Some(open) = calls.by_key.get_mut(key) {
-            open.calls -= 1;
-            if open.calls == 0 {
-                calls.by_key.remove(key);
-            }
-        }
+    /// The call returned: the bank answered it or it gave up on it.
+    pub fn leave(&self, call: OpenCall) {
+        self.lock().open.remove(&call.0);
     }
 
     /// The keys of calls that may still be open at the bank now.
     pub fn keys(&self) -> Vec<String> {
         let now = Instant::now();
-        self.lock()
-            .by_key
-            .iter()
-            .filter(|(_, open)| open.until > now)
-            .map(|(key, _)| key.clone())
-            .collect()
+        let calls = self.lock();
+        let keys: BTreeSet<&String> = calls
+            .open
+            .values()
+            .filter(|(_, until)| *until > now)
+            .map(|(key, _)| key)
+            .collect();
+        keys.into_iter().cloned().collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Calls> {
@@ -103,36 +98,45 @@ mod tests {
     #[test]
     fn a_call_is_open_until_it_returns_or_its_deadline_passes() {
         let open = OpenCalls::default();
-        open.enter("a", Duration::from_secs(60));
-        open.enter("b", Duration::from_secs(60));
-        open.enter("gone", Duration::ZERO);
-        let mut keys = open.keys();
-        keys.sort();
-        assert_eq!(keys, ["a", "b"]);
-        open.leave("a");
+        let a = open.enter("a", Duration::from_secs(60));
+        let _b = open.enter("b", Duration::from_secs(60));
+        let _gone = open.enter("gone", Duration::ZERO);
+        assert_eq!(open.keys(), ["a", "b"]);
+        open.leave(a);
         assert_eq!(open.keys(), ["b"]);
     }
 
     #[test]
     fn two_calls_with_one_key_keep_it_open_until_both_returned() {
         let open = OpenCalls::default();
-        open.enter("k", Duration::from_secs(60));
-        open.enter("k", Duration::from_secs(60));
-        open.leave("k");
+        let first = open.enter("k", Duration::from_secs(60));
+        let second = open.enter("k", Duration::from_secs(60));
+        open.leave(first);
         assert_eq!(open.keys(), ["k"]);
-        open.leave("k");
+        open.leave(second);
         assert!(open.keys().is_empty());
+    }
+
+    #[test]
+    fn a_call_that_returns_leaves_only_itself() {
+        // A call dropped at the bank (it never leaves), then its key's
+        // next call, which returns: the dropped one is still open.
+        let open = OpenCalls::default();
+        let _dropped = open.enter("k", Duration::from_secs(60));
+        let next = open.enter("k", Duration::from_secs(60));
+        open.leave(next);
+        assert_eq!(open.keys(), ["k"]);
     }
 
     #[test]
     fn calls_past_their_deadline_are_pruned_as_calls_come() {
         let open = OpenCalls::default();
         for i in 0..PRUNE_FROM_ENTRIES {
-            open.enter(&i.to_string(), Duration::ZERO);
+            let _dropped = open.enter(&i.to_string(), Duration::ZERO);
         }
-        open.enter("live", Duration::from_secs(60));
+        let _live = open.enter("live", Duration::from_secs(60));
         let calls = open.lock();
-        assert_eq!(calls.by_key.len(), 1);
+        assert_eq!(calls.open.len(), 1);
         assert_eq!(calls.prune_at, PRUNE_FROM_ENTRIES);
     }
 }

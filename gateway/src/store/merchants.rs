@@ -20,16 +20,17 @@ pub fn hash_key(key: &str) -> Vec<u8> {
     Sha256::digest(key.as_bytes()).to_vec()
 }
 
-/// The name of another merchant that `name` could be a mistyped form of:
-/// the same but for letter case or surrounding spaces. A key made for the
-/// mistyped name would belong to a new merchant, with none of the first
-/// one's payments or idempotency keys.
+/// When no merchant is named `name` exactly: the name of another that
+/// `name` could be a mistyped form of, the same but for letter case or
+/// surrounding spaces. A key made for the mistyped name would belong to a
+/// new merchant, with none of the first one's payments or idempotency keys.
 pub async fn similar_merchant(
     conn: &mut PgConnection,
     name: &str,
 ) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT name FROM merchants WHERE lower(btrim(name)) = lower(btrim($1)) AND name <> $1 \
+           AND NOT EXISTS (SELECT 1 FROM merchants WHERE name = $1) \
          LIMIT 1",
     )
     .bind(name)

@@ -310,25 +310,37 @@ pub struct Busy {
     pub merchants: Vec<Uuid>,
 }
 
-/// Claims due deliveries of enabled endpoints under a lease: at most
-/// `per_endpoint` per endpoint, `total` in all, none to `busy` endpoints
-/// or merchants. Rows another worker holds are skipped, not waited for.
+/// How many deliveries one claim may take.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimLimits {
+    pub total: i64,
+    pub per_endpoint: i64,
+    pub per_merchant: i64,
+}
+
+/// Claims due deliveries of enabled endpoints under a lease, within
+/// `limits`, none to `busy` endpoints or merchants. Rows another worker
+/// holds are skipped, not waited for. (Rows past a merchant's limit are
+/// locked by the scan and let go at its commit, never claimed: a claim
+/// that took them would have to hand each back.)
 pub async fn claim_due(
     conn: &mut PgConnection,
-    total: i64,
-    per_endpoint: i64,
+    limits: ClaimLimits,
     busy: &Busy,
     lease: Duration,
 ) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
     sqlx::query_as(
         "WITH picked AS ( \
-           SELECT d.id FROM webhook_endpoints w \
-           CROSS JOIN LATERAL ( \
-             SELECT d.id FROM webhook_deliveries d \
-             WHERE d.endpoint_id = w.id AND d.status = 'pending' \
-               AND d.next_attempt_at <= now() AND d.lease_until <= now() \
-             ORDER BY d.next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) d \
-           WHERE w.status = 'enabled' AND w.id <> ALL ($3) AND w.merchant_id <> ALL ($5) \
+           SELECT id FROM ( \
+             SELECT d.id, row_number() OVER (PARTITION BY w.merchant_id) AS nth \
+             FROM webhook_endpoints w \
+             CROSS JOIN LATERAL ( \
+               SELECT d.id FROM webhook_deliveries d \
+               WHERE d.endpoint_id = w.id AND d.status = 'pending' \
+                 AND d.next_attempt_at <= now() AND d.lease_until <= now() \
+               ORDER BY d.next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) d \
+             WHERE w.status = 'enabled' AND w.id <> ALL ($3) AND w.merchant_id <> ALL ($5)) ranked \
+           WHERE nth <= $6 \
            LIMIT $1), \
          claimed AS ( \
            UPDATE webhook_deliveries d SET lease_until = now() + $4, lease_token = gen_random_uuid() \
@@ -340,11 +352,12 @@ pub async fn claim_due(
              AS previous_secret_salt \
          FROM claimed c JOIN webhook_endpoints w ON w.id = c.endpoint_id",
     )
-    .bind(total)
-    .bind(per_endpoint)
+    .bind(limits.total)
+    .bind(limits.per_endpoint)
     .bind(&busy.endpoints)
     .bind(lease)
     .bind(&busy.merchants)
+    .bind(limits.per_merchant)
     .fetch_all(conn)
     .await
 }

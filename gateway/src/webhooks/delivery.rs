@@ -28,7 +28,8 @@ use crate::faults::Faults;
 use crate::store::batch::{BatchLimits, Batcher, Pressure};
 use crate::store::events::{self, EventRecord};
 use crate::store::webhooks::{
-    self as store, AfterFailure, AttemptOutcome, Busy, ClaimedDelivery, FinishedAttempt, Recorded,
+    self as store, AfterFailure, AttemptOutcome, Busy, ClaimLimits, ClaimedDelivery,
+    FinishedAttempt, Recorded,
 };
 
 /// The receiver's answer kept per attempt, at most.
@@ -219,11 +220,15 @@ impl Worker {
                 return false;
             }
         };
-        let full = claimed.deliveries.len() >= room;
+        let mut started = 0;
         for (claim, event) in claimed.deliveries {
-            self.clone().start(claim, event, claimed.leased_at).await;
+            if self.clone().start(claim, event, claimed.leased_at).await {
+                started += 1;
+            }
         }
-        full
+        // Claimed and handed back is not full: going again at once would
+        // only claim the same rows again.
+        started >= room
     }
 
     /// A claim's lease: an attempt's whole timeout, and a margin for the
@@ -241,14 +246,13 @@ impl Worker {
         // Before the statement, whose now() starts the lease: the lease
         // this process counts on never outlasts the database's.
         let leased_at = Instant::now();
-        let claimed = store::claim_due(
-            &mut conn,
-            i64::try_from(room).unwrap_or(i64::MAX),
-            i64::try_from(self.settings.max_in_flight_per_endpoint).unwrap_or(i64::MAX),
-            &busy,
-            self.lease(),
-        )
-        .await?;
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let limits = ClaimLimits {
+            total: count(room),
+            per_endpoint: count(self.settings.max_in_flight_per_endpoint),
+            per_merchant: count(self.settings.max_in_flight_per_merchant),
+        };
+        let claimed = store::claim_due(&mut conn, limits, &busy, self.lease()).await?;
         if claimed.is_empty() {
             return Ok(Claimed {
                 deliveries: Vec::new(),
@@ -274,9 +278,9 @@ impl Worker {
         })
     }
 
-    /// Sends the delivery in a task of its own if both limits have room
-    /// and its lease still covers a whole attempt; otherwise hands it back
-    /// for a later claim. (A claim can wait here: a slow database, other
+    /// Sends the delivery in a task of its own if every limit has room
+    /// and its lease still covers a whole attempt (whether it did);
+    /// otherwise hands it back for a later claim. (A claim can wait here: a slow database, other
     /// deliveries of the claim handed back before it. An attempt that
     /// could outlive its lease could meet another worker's attempt at the
     /// receiver, the same delivery twice at once.)
@@ -285,7 +289,7 @@ impl Worker {
         claim: ClaimedDelivery,
         event: Arc<EventRecord>,
         leased_at: Instant,
-    ) {
+    ) -> bool {
         let slots = (
             self.in_flight.clone().try_acquire_owned(),
             self.per_endpoint.of(claim.endpoint_id).try_acquire_owned(),
@@ -300,12 +304,13 @@ impl Worker {
             if let Ok(mut conn) = self.pool.acquire().await {
                 let _ = store::release(&mut conn, claim.id, claim.lease_token).await;
             }
-            return;
+            return false;
         };
         tokio::spawn(async move {
             self.send(claim, event, [total, endpoint, merchant]).await;
             self.freed.notify_one();
         });
+        true
     }
 
     async fn send(
