@@ -658,6 +658,12 @@ impl Driver {
                             self.until_final(record, &earlier, true).await;
                         }
                         left_alone.push(request.clone());
+                        // The key misused while its first request is in
+                        // flight (a client's bug that meets a live lease):
+                        // still 422, not 409 in use, nor a takeover.
+                        if record.plan.misuse == Misuse::ReusedKey(step) {
+                            self.until_final(record, &request.misused(), false).await;
+                        }
                         let in_flight_at = Instant::now();
                         if let Some(at) = self.until_settled(record, request.op, in_flight_at).await
                         {

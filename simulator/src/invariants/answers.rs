@@ -19,7 +19,8 @@ fn payment_of(exchange: &Exchange) -> Option<String> {
 
 /// 4: every final answer to a key (and request body) is byte-identical to
 /// its first, replays and late retries included, whatever happened to the
-/// payment since; the key sent with another body answers 422. (A request
+/// payment since; the key sent with another body answers 422, its first
+/// request still in flight or not. (A request
 /// sent after the key's retention ran out may find it purged and start
 /// anew: it is not compared.)
 pub fn idempotency(obs: &Observations) -> InvariantResult {
@@ -30,6 +31,16 @@ pub fn idempotency(obs: &Observations) -> InvariantResult {
         // one after the other.
         let mut finals: Vec<&Exchange> = flow.exchanges.iter().filter(|e| e.is_final()).collect();
         finals.sort_by_key(|e| e.at_ms + e.latency_us / 1000);
+        // When each key was first known to be stored though unanswered: a
+        // 202 means its operation was recorded under it.
+        let mut in_flight_from: BTreeMap<&str, u64> = BTreeMap::new();
+        for exchange in flow.exchanges.iter().filter(|e| e.variant == 0) {
+            if exchange.status() == Some(202) {
+                let answered_ms = exchange.at_ms + exchange.latency_us / 1000;
+                let from = in_flight_from.entry(&exchange.key).or_insert(answered_ms);
+                *from = (*from).min(answered_ms);
+            }
+        }
         for exchange in finals {
             let Answer::Http {
                 status,
@@ -42,10 +53,14 @@ pub fn idempotency(obs: &Observations) -> InvariantResult {
             };
             if exchange.variant != 0 {
                 // A key whose request was refused before any work (400,
-                // 404) stored nothing: it may be used again for anything.
+                // 404) stored nothing: it may be used again for anything. One
+                // answered 202 before this was sent was stored, in flight.
                 let stored = first
                     .get(&(exchange.key.as_str(), 0))
-                    .is_some_and(|(status, _, _)| !matches!(status, 400 | 404));
+                    .is_some_and(|(status, _, _)| !matches!(status, 400 | 404))
+                    || in_flight_from
+                        .get(exchange.key.as_str())
+                        .is_some_and(|from| *from <= exchange.at_ms);
                 if !stored {
                     continue;
                 }

@@ -658,6 +658,45 @@ fn giving_up_within_the_grace_period_or_a_402_for_a_funded_card_fails_honest_ans
 }
 
 #[test]
+fn a_key_reused_while_its_first_request_is_in_flight_must_answer_422() {
+    // The capture's key answered 202 (stored, in flight); the same key with
+    // another request, sent after that, answered before the key's final.
+    let mut obs = world();
+    let mut pending = exchange(
+        Op::Capture,
+        "c",
+        202,
+        json!({"id": "pay_1", "status": "capturing"}),
+        false,
+    );
+    pending.at_ms = 0;
+    let mut reused = exchange(
+        Op::Void,
+        "c",
+        200,
+        json!({"id": "pay_1", "status": "captured", "bank": {"capture_id": "cap_1"}}),
+        false,
+    );
+    reused.variant = 1;
+    reused.at_ms = 5;
+    for exchange in &mut obs.flows[0].exchanges[1..] {
+        exchange.at_ms = 10;
+    }
+    obs.flows[0].exchanges.insert(1, pending);
+    obs.flows[0].exchanges.insert(2, reused.clone());
+    assert!(failed(&obs).contains(&"idempotency"), "{:?}", failed(&obs));
+
+    reused.answer = Answer::Http {
+        status: 422,
+        replayed: false,
+        retry_after: None,
+        body: json!({"error": {"code": "idempotency_key_reused"}}).to_string(),
+    };
+    obs.flows[0].exchanges[2] = reused;
+    assert!(!failed(&obs).contains(&"idempotency"), "{:?}", failed(&obs));
+}
+
+#[test]
 fn a_reused_key_answered_anything_but_422_fails_idempotency_and_a_foreign_read_must_be_404() {
     let mut obs = world();
     let mut reused = exchange(
