@@ -95,15 +95,15 @@ async fn script(
         .await;
 }
 
-#[tokio::test]
-async fn a_503_is_retried_after_its_retry_after_with_the_same_key_and_body() {
+/// An authorization whose first attempt is answered `first` and its
+/// second 201: the attempts' records, each checked to carry the key, and
+/// the requests the server received (the same bytes each time).
+async fn authorized_after(first: ResponseTemplate) -> (Vec<AttemptRecord>, Vec<wiremock::Request>) {
     let server = MockServer::start().await;
     script(
         &server,
         "/v1/payments",
-        ResponseTemplate::new(503)
-            .insert_header("Retry-After", "1")
-            .set_body_json(error_body("api_error", "bank_unavailable")),
+        first,
         1,
         ResponseTemplate::new(201).set_body_json(payment("authorized")),
     )
@@ -118,25 +118,12 @@ async fn a_503_is_retried_after_its_retry_after_with_the_same_key_and_body() {
 
     assert_eq!(payment.status, PaymentStatus::Authorized);
     let records = taken(&records);
-    assert_eq!(statuses(&records), [Some(503), Some(201)]);
     assert!(
         records
             .iter()
-            .all(|r| r.idempotency_key.as_ref() == Some(&key))
+            .all(|r| r.idempotency_key.as_ref() == Some(&key) && r.call == records[0].call)
     );
-    assert!(records.iter().all(|r| r.call == records[0].call));
-    assert_eq!(
-        records.iter().map(|r| r.attempt).collect::<Vec<_>>(),
-        [1, 2]
-    );
-    // It waited as it was told, not its own few milliseconds of backoff.
-    let waited = records[1]
-        .started_at
-        .duration_since(records[0].started_at)
-        .unwrap();
-    assert!(waited >= Duration::from_secs(1), "{waited:?}");
     let received = server.received_requests().await.expect("recorded");
-    assert_eq!(received.len(), 2);
     for sent in &received {
         assert_eq!(sent.headers["idempotency-key"], key.as_str());
         assert_eq!(sent.headers["authorization"], "Bearer sk_test");
@@ -145,6 +132,29 @@ async fn a_503_is_retried_after_its_retry_after_with_the_same_key_and_body() {
             "every attempt sends the same bytes"
         );
     }
+    (records, received)
+}
+
+#[tokio::test]
+async fn a_503_is_retried_after_its_retry_after_with_the_same_key_and_body() {
+    let (records, received) = authorized_after(
+        ResponseTemplate::new(503)
+            .insert_header("Retry-After", "1")
+            .set_body_json(error_body("api_error", "bank_unavailable")),
+    )
+    .await;
+    assert_eq!(statuses(&records), [Some(503), Some(201)]);
+    assert_eq!(
+        records.iter().map(|r| r.attempt).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(received.len(), 2);
+    // It waited as it was told, not its own few milliseconds of backoff.
+    let waited = records[1]
+        .started_at
+        .duration_since(records[0].started_at)
+        .unwrap();
+    assert!(waited >= Duration::from_secs(1), "{waited:?}");
 }
 
 /// A 500 may come after the bank acted, the operation left in flight:
@@ -152,31 +162,12 @@ async fn a_503_is_retried_after_its_retry_after_with_the_same_key_and_body() {
 /// key would start a second authorization beside it).
 #[tokio::test]
 async fn a_500_is_retried_with_the_same_key() {
-    let server = MockServer::start().await;
-    script(
-        &server,
-        "/v1/payments",
+    let (records, received) = authorized_after(
         ResponseTemplate::new(500).set_body_json(error_body("api_error", "internal_error")),
-        1,
-        ResponseTemplate::new(201).set_body_json(payment("authorized")),
     )
     .await;
-    let (client, records) = observed_client(&[server.uri()], quick_policy());
-    let key = IdempotencyKey::random();
-
-    let payment = client
-        .authorize(&key, &request())
-        .await
-        .expect("authorized");
-
-    assert_eq!(payment.status, PaymentStatus::Authorized);
-    let records = taken(&records);
     assert_eq!(statuses(&records), [Some(500), Some(201)]);
-    assert!(
-        records
-            .iter()
-            .all(|r| r.idempotency_key.as_ref() == Some(&key))
-    );
+    assert_eq!(received.len(), 2);
 }
 
 #[tokio::test]
