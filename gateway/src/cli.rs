@@ -325,9 +325,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 /// A key selector as it may be printed: an id or a prefix as given, a
 /// whole key cut to the prefix `api-key list` shows.
 fn shown(selector: &str) -> String {
-    let prefix_chars = store::merchants::SHOWN_PREFIX_CHARS;
-    if selector.len() > prefix_chars && selector.starts_with(store::merchants::KEY_PREFIX) {
-        let prefix: String = selector.chars().take(prefix_chars).collect();
+    let prefix = store::merchants::shown_prefix(selector);
+    if prefix.len() < selector.len() && selector.starts_with(store::merchants::KEY_PREFIX) {
         format!("{prefix}…")
     } else {
         selector.to_owned()

@@ -60,8 +60,8 @@ pub struct Tally {
     faults: Mutex<BTreeMap<&'static str, u64>>,
 }
 
-/// [`Tally`] as `GET /admin/counters` serves it.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+/// [`Tally`] as `GET /admin/counters` serves it (and the simulator reads it).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Counters {
     /// 500s of the bank's own: a bug, never chaos.
     pub internal_errors: u64,

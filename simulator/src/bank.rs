@@ -1,6 +1,7 @@
 //! A small client for the mock bank's health and admin endpoints.
 
 use anyhow::{Context, bail};
+use mock_bank::telemetry::Counters;
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -158,7 +159,7 @@ impl BankAdmin {
     }
 
     /// `GET /admin/counters`: faults injected and the bank's own errors.
-    pub async fn counters(&self) -> anyhow::Result<BankCounters> {
+    pub async fn counters(&self) -> anyhow::Result<Counters> {
         let url = format!("{}/admin/counters", self.base);
         expect_json(self.client.get(&url).send().await, "GET", &url).await
     }
@@ -194,16 +195,6 @@ impl BankAdmin {
         let url = format!("{}/admin/ledger/verify", self.base);
         expect_json(self.client.get(&url).send().await, "GET", &url).await
     }
-}
-
-/// What the bank counted since it started (`GET /admin/counters`): its
-/// own, where `/metrics` would mix in every bank of its process.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct BankCounters {
-    /// Faults injected, by kind.
-    pub faults: std::collections::BTreeMap<String, u64>,
-    /// 500s that were not injected: the bank's own errors.
-    pub internal_errors: u64,
 }
 
 async fn expect_json<T: for<'de> Deserialize<'de>>(

@@ -24,7 +24,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, watch};
 
-use crate::bank::{BankAdmin, BankCounters, NewCard};
+use crate::bank::{BankAdmin, NewCard};
 use crate::driver::{Driver, FlowRecord};
 use crate::invariants::webhooks::{
     Delivery, EndpointSeen, PaymentHistory, Rotation, WebhookObservations,
@@ -41,6 +41,7 @@ use crate::scenario::Scenario;
 use crate::stack::{MERCHANTS, Stack};
 use crate::stats::{micros, millis};
 use gateway::webhooks::signature::SigningSecret;
+use mock_bank::telemetry::Counters;
 
 /// Each fresh card opens with $100,000 at least ...
 pub const OPENING_BALANCE: i64 = 10_000_000;
@@ -461,7 +462,7 @@ pub struct Session {
     cards: Vec<NewCard>,
     /// The bank's counters when the run began; `None` when they could not
     /// be read (then nothing is judged on them).
-    counters_before: Option<BankCounters>,
+    counters_before: Option<Counters>,
     since: chrono::DateTime<chrono::Utc>,
     pub flows: Vec<FlowRecord>,
     events: Vec<Event>,

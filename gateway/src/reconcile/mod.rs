@@ -63,6 +63,7 @@ use uuid::Uuid;
 use crate::bank::BankClient;
 use crate::domain::{PaymentStatus, transition};
 use crate::faults::Mutant;
+use crate::store::clock;
 use crate::store::payments::{self, PaymentRecord, TransitionError};
 
 use repair::Repair;
@@ -252,7 +253,7 @@ pub async fn pass(
         let page = due::page(pool, scope, since, after, PAGE_SIZE).await?;
         let Some(last) = page.last() else { break };
         after = Some((last.created_at, last.id));
-        let as_of = database_now(pool).await?;
+        let as_of = clock::now(pool).await?;
         // Owned records: a stream of borrowed ones trips the compiler's
         // higher-ranked lifetime check once the future must be `Send`.
         let checks = stream::iter(page)
@@ -316,13 +317,8 @@ pub async fn catch_up(pool: &PgPool, bank: &BankClient, id: Uuid) -> Result<Entr
             .await?
             .ok_or(sqlx::Error::RowNotFound)?
     };
-    let as_of = database_now(pool).await?;
+    let as_of = clock::now(pool).await?;
     Ok(check(pool, bank, record, true, as_of).await?.entry)
-}
-
-/// The database's time: the clock expiry is judged by, everywhere.
-async fn database_now(pool: &PgPool) -> Result<DateTime<Utc>, sqlx::Error> {
-    sqlx::query_scalar("SELECT now()").fetch_one(pool).await
 }
 
 /// How many times one payment is looked at in one pass when it keeps

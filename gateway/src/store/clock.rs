@@ -19,6 +19,11 @@ use crate::faults::Faults;
 /// How often the offset is measured again.
 pub const MEASURE_EVERY: Duration = Duration::from_secs(10);
 
+/// The database's `now()`: its transaction's time, when asked inside one.
+pub async fn now<'c>(conn: impl sqlx::PgExecutor<'c>) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar("SELECT now()").fetch_one(conn).await
+}
+
 #[derive(Clone, Debug)]
 pub struct DbClock {
     /// The process's own clock (skewed by a fault, in tests).

@@ -14,7 +14,13 @@ pub const KEY_PREFIX: &str = "sk_test_";
 /// Random bytes in a key: 192 bits, hex-encoded.
 const KEY_RANDOM_BYTES: usize = 24;
 /// Characters of the key kept in clear, to tell keys apart in a list.
-pub const SHOWN_PREFIX_CHARS: usize = 12;
+const SHOWN_PREFIX_CHARS: usize = 12;
+
+/// The start of a key that may be shown (listed, printed, logged): the
+/// rest of it is the secret.
+pub fn shown_prefix(key: &str) -> String {
+    key.chars().take(SHOWN_PREFIX_CHARS).collect()
+}
 
 pub fn hash_key(key: &str) -> Vec<u8> {
     Sha256::digest(key.as_bytes()).to_vec()
@@ -58,7 +64,7 @@ pub async fn create_api_key(
         .bind(Uuid::new_v4())
         .bind(merchant)
         .bind(hash_key(&key))
-        .bind(&key[..SHOWN_PREFIX_CHARS])
+        .bind(shown_prefix(&key))
         .execute(&mut *conn)
         .await?;
     Ok((MerchantId::from_uuid(merchant), key))

@@ -93,7 +93,7 @@ pub async fn claim_due(
     .bind(ignore_leases)
     .fetch_all(&mut *conn)
     .await?;
-    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(conn).await?;
+    let now = super::clock::now(conn).await?;
     Ok((claimed, now))
 }
 

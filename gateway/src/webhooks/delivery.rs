@@ -280,10 +280,10 @@ impl Worker {
 
     /// Sends the delivery in a task of its own if every limit has room
     /// and its lease still covers a whole attempt (whether it did);
-    /// otherwise hands it back for a later claim. (A claim can wait here: a slow database, other
-    /// deliveries of the claim handed back before it. An attempt that
-    /// could outlive its lease could meet another worker's attempt at the
-    /// receiver, the same delivery twice at once.)
+    /// otherwise hands it back for a later claim. (A claim can wait here:
+    /// a slow database, other deliveries of the claim handed back before
+    /// it. An attempt that could outlive its lease could meet another
+    /// worker's attempt at the receiver, the same delivery twice at once.)
     async fn start(
         self: Arc<Self>,
         claim: ClaimedDelivery,

@@ -119,7 +119,7 @@ impl ResponseError for BankError {
     fn error_response(&self) -> HttpResponse {
         if let Self::Internal(cause) = self {
             // The cause goes to the log; the client learns only the code.
-            // Counted by `telemetry::observe`, where the bank is at hand.
+            // Counted by `telemetry::count_own_errors`, where the bank is at hand.
             tracing::error!(error = ?cause, "internal error");
         }
         HttpResponse::build(self.status_code()).json(ErrorBody {
