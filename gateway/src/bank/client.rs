@@ -852,7 +852,7 @@ impl BankClient {
                 && op == Operation::Authorize
                 && self.faults.mutant(Mutant::ServerErrorIsDecline));
         if refused_anyway {
-            return Attempt::Refused(refusal(op, status, body));
+            return Attempt::Refused(refusal(status, body));
         }
         classify(op, status, body)
     }
@@ -874,7 +874,7 @@ fn classify<T: DeserializeOwned>(op: Operation, status: StatusCode, body: &[u8])
             },
         }
     } else if status.is_client_error() {
-        let refusal = refusal(op, status, body);
+        let refusal = refusal(status, body);
         if is_documented(op, refusal.status, &refusal.code) {
             Attempt::Refused(refusal)
         } else {
@@ -949,19 +949,20 @@ fn is_documented(op: Operation, status: u16, code: &BankErrorCode) -> bool {
                 C::CaptureNotFound | C::AlreadyRefunded | C::AmountMismatch | C::InvalidAmount
             )
         ),
-        Operation::ResolveAuthorization | Operation::FindAuthorization => {
-            matches!((status, code), (404, C::NotFound))
-        }
-        // A GET has one refusal: the id is unknown.
-        Operation::GetAuthorization
+        // A lookup has one refusal, the bank's own `not_found`: a 404 page
+        // from something in front of the bank (a misrouted ingress, a
+        // deploy) says nothing about the id.
+        Operation::ResolveAuthorization
+        | Operation::FindAuthorization
+        | Operation::GetAuthorization
         | Operation::GetCapture
         | Operation::GetVoid
-        | Operation::GetRefund => return status == 404,
+        | Operation::GetRefund => matches!((status, code), (404, C::NotFound)),
     };
     this_operation || (op.method() == Method::POST && any_post)
 }
 
-fn refusal(op: Operation, status: StatusCode, body: &[u8]) -> Refusal {
+fn refusal(status: StatusCode, body: &[u8]) -> Refusal {
     let status_text = || {
         status
             .canonical_reason()
@@ -974,11 +975,6 @@ fn refusal(op: Operation, status: StatusCode, body: &[u8]) -> Refusal {
             let text: String = String::from_utf8_lossy(body).chars().take(200).collect();
             (BankErrorCode::Other(status_text()), text)
         }
-    };
-    let code = if op.method() == Method::GET && status == StatusCode::NOT_FOUND {
-        BankErrorCode::NotFound
-    } else {
-        code
     };
     Refusal {
         status: status.as_u16(),
@@ -1106,6 +1102,10 @@ mod tests {
             (Operation::Capture, 402, error("insufficient_funds")),
             (Operation::Authorize, 400, error("insufficient_funds")),
             (Operation::Refund, 400, error("authorization_expired")),
+            // A lookup's 404 without the bank's own error object came from
+            // whatever stands in front of the bank: it proves nothing.
+            (Operation::GetCapture, 404, Vec::new()),
+            (Operation::GetAuthorization, 404, b"<html>Not Found</html>".to_vec()),
         ];
         for (op, status, body) in unknown {
             assert!(
@@ -1129,6 +1129,7 @@ mod tests {
             (Operation::Capture, 422, error("idempotency_key_reused")),
             (Operation::Refund, 400, error("invalid_request")),
             (Operation::ResolveAuthorization, 404, error("not_found")),
+            (Operation::GetAuthorization, 404, error("not_found")),
         ];
         for (op, status, body) in definitive {
             assert!(
@@ -1139,12 +1140,10 @@ mod tests {
     }
 
     #[test]
-    fn unparseable_4xx_uses_the_status_text_and_get_404_is_not_found() {
-        let r = refusal(Operation::Capture, StatusCode::BAD_REQUEST, b"<html>");
+    fn unparseable_4xx_uses_the_status_text() {
+        let r = refusal(StatusCode::BAD_REQUEST, b"<html>");
         assert_eq!(r.code, BankErrorCode::Other("Bad Request".to_owned()));
-        let r = refusal(Operation::GetCapture, StatusCode::NOT_FOUND, b"");
-        assert_eq!(r.code, BankErrorCode::NotFound);
-        let r = refusal(Operation::Void, StatusCode::NOT_FOUND, b"");
+        let r = refusal(StatusCode::NOT_FOUND, b"");
         assert_eq!(r.code, BankErrorCode::Other("Not Found".to_owned()));
     }
 

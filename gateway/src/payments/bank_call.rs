@@ -11,7 +11,7 @@
 //! | authorize: `invalid_card`, `invalid_cvv`, `card_expired`, `insufficient_funds` | the card is declined |
 //! | authorize: `idempotency_key_reused` | the key was retired by the gateway's own resolve: abandoned |
 //! | capture, void: `authorization_expired` | expired |
-//! | capture, void: `authorization_already_used`; refund: `already_refunded` | perhaps our own earlier attempt: ask the bank and adopt what it holds; if it holds the other outcome, the payment moved at the bank without the gateway (`payment_moved_at_bank`) |
+//! | capture, void: `authorization_already_used`; refund: `already_refunded` | perhaps our own earlier attempt: ask the bank and adopt what it holds; if it holds the other outcome, the payment moved at the bank without the gateway (`payment_moved_at_bank`); if its lookup shows neither, or cannot be had, unknown |
 //! | anything else documented (`invalid_amount`, `amount_mismatch`, `…_not_found`, a malformed request) | the bank refused the gateway's request: an alarm, never a decline |
 
 use crate::bank::{AuthorizeRequest, BankErrorCode, BankOutcome, Refusal};
@@ -305,7 +305,14 @@ impl Gateway {
     }
 
     /// The bank says it was already done: perhaps by our own earlier attempt
-    /// whose answer was lost. What the bank holds decides.
+    /// whose answer was lost. What the bank holds decides, and only what it
+    /// shows: the id of this operation's outcome (ours, or made behind the
+    /// gateway: the money moved either way), or of the other outcome (a void
+    /// where this captures, a capture where this voids). A lookup that
+    /// shows neither (a bank without the lookup's extensions, as the
+    /// original's) or refuses an id the bank itself gave proves nothing, and
+    /// the operation stays unknown: a guess here would write a receipt the
+    /// bank contradicts, and answer it for good.
     async fn adopt(
         &self,
         kind: OperationKind,
@@ -318,17 +325,10 @@ impl Gateway {
                 self.bank
                     .get_authorization(authorization_id)
                     .await
-                    .map(|a| match kind {
-                        OperationKind::Capture => BankFacts {
-                            capture_id: a.capture_id,
-                            ..BankFacts::default()
-                        },
-                        OperationKind::Authorize | OperationKind::Void | OperationKind::Refund => {
-                            BankFacts {
-                                void_id: a.void_id,
-                                ..BankFacts::default()
-                            }
-                        }
+                    .map(|a| BankFacts {
+                        capture_id: a.capture_id,
+                        void_id: a.void_id,
+                        ..BankFacts::default()
                     })
             }
             OperationKind::Refund => {
@@ -340,19 +340,28 @@ impl Gateway {
             }
             OperationKind::Authorize => BankOutcome::Refused(refusal.clone()),
         };
-        match held {
-            BankOutcome::Done(facts)
-                if facts.capture_id.is_some()
-                    || facts.void_id.is_some()
-                    || facts.refund_id.is_some() =>
-            {
-                Resolution::succeeded(kind.succeeded(), facts)
+        let facts = match held {
+            BankOutcome::Done(facts) => facts,
+            BankOutcome::Refused(lookup) => {
+                alarm(kind, refusal);
+                return Resolution::Unknown {
+                    reason: format!("the bank said {refusal}, then refused its lookup: {lookup}"),
+                };
             }
-            // Done, but by someone else: the bank holds the other outcome
-            // (a void where this captures, a capture where this voids), made
-            // behind the gateway. Not a gateway bug: the receipt is behind
-            // the bank, and is brought up to it once this is settled.
-            BankOutcome::Done(_) => {
+            BankOutcome::Unknown(reason) => return Resolution::unknown(&reason),
+        };
+        let (own, other) = match kind {
+            OperationKind::Capture => (facts.capture_id, facts.void_id),
+            OperationKind::Void => (facts.void_id, facts.capture_id),
+            OperationKind::Refund => (facts.refund_id, None),
+            OperationKind::Authorize => (None, None),
+        };
+        match (own, other) {
+            (Some(id), _) => Resolution::succeeded(kind.succeeded(), outcome_facts(kind, id)),
+            // Done, but by someone else: the bank holds the other outcome,
+            // made behind the gateway. Not a gateway bug: the receipt is
+            // behind the bank, and is brought up to it once this is settled.
+            (None, Some(_)) => {
                 tracing::warn!(
                     operation = kind.as_str(),
                     payment_id = %payment.payment_id(),
@@ -363,11 +372,25 @@ impl Gateway {
                     .increment(1);
                 Resolution::failed(failed(kind), MOVED_AT_BANK)
             }
-            BankOutcome::Refused(_) => {
-                alarm(kind, refusal);
-                Resolution::failed(failed(kind), refusal.code.as_str())
-            }
-            BankOutcome::Unknown(reason) => Resolution::unknown(&reason),
+            (None, None) => Resolution::Unknown {
+                reason: format!(
+                    "the bank said {refusal}, and its lookup shows neither this outcome nor the other"
+                ),
+            },
         }
     }
 }
+
+/// What the bank's id for an operation's outcome says about its payment.
+fn outcome_facts(kind: OperationKind, id: String) -> BankFacts {
+    let mut facts = BankFacts::default();
+    let slot = match kind {
+        OperationKind::Authorize => &mut facts.authorization_id,
+        OperationKind::Capture => &mut facts.capture_id,
+        OperationKind::Void => &mut facts.void_id,
+        OperationKind::Refund => &mut facts.refund_id,
+    };
+    *slot = Some(id);
+    facts
+}
+

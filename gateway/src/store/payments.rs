@@ -82,8 +82,12 @@ pub(crate) const COLUMNS: &str = "id, merchant_id, order_id, customer_id, amount
 
 /// Whether a payment is an authorization past its expiry, by the
 /// database's clock: the one rule for when a capture or void must expire
-/// it first, used by every read and write that decides it.
-pub(crate) const EXPIRY_DUE: &str = "(status = 'authorized' AND authorization_expires_at <= now())";
+/// it first, used by every read and write that decides it. Not one the
+/// bank was found to have captured or voided behind the gateway
+/// (`payment_moved_at_bank`) while its receipt waits to catch up: its hold
+/// did not lapse, it was used, and reconciliation brings the receipt there.
+pub(crate) const EXPIRY_DUE: &str = "(status = 'authorized' AND authorization_expires_at <= now() \
+     AND failure_code IS DISTINCT FROM 'payment_moved_at_bank')";
 
 /// A merchant's payment as an operation's start decides on it: with its
 /// history from the same snapshot, and whether its authorization is past

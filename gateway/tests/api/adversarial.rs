@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::helpers::*;
@@ -1067,6 +1067,161 @@ async fn a_stopping_gateway_keeps_the_lease_of_a_call_still_open_at_the_bank() {
         holder == instance && live,
         "the lease of a call still open at the bank was handed back"
     );
+}
+
+/// An authorized payment whose authorization the bank then captured
+/// behind the gateway (as its console would): the payment as the gateway
+/// answered it, and the bank's capture.
+async fn captured_behind_the_gateway(app: &TestApp) -> (Value, Value) {
+    let payment = app.authorized(HAPPY_CARD, 1_000).await;
+    let capture = app
+        .at_bank(
+            "/api/v1/captures",
+            json!({"authorization_id": payment["bank"]["authorization_id"], "amount": 1_000}),
+        )
+        .await;
+    (payment, capture)
+}
+
+#[tokio::test]
+async fn a_proxys_404_on_the_banks_lookup_is_not_the_bank_saying_no() {
+    let app = proxied(|_| {}).await;
+    let (payment, _) = captured_behind_the_gateway(&app).await;
+    let id = payment["id"].as_str().unwrap();
+    // The capture meets the bank's "already used" and asks the bank what it
+    // holds; something in front of the bank answers that lookup with its own
+    // 404 page, which says nothing about the authorization.
+    let lookup = format!(
+        "/api/v1/authorizations/{}",
+        payment["bank"]["authorization_id"].as_str().unwrap()
+    );
+    proxy(&app).inject(
+        "GET",
+        &lookup,
+        usize::MAX,
+        Fault::Instead(Canned::html(404)),
+    );
+
+    let capture_path = format!("/v1/payments/{id}/capture");
+    let key = new_key();
+    let first = post(&app, &capture_path, &key, &Value::Null).await;
+    assert_eq!(
+        first.status,
+        StatusCode::ACCEPTED,
+        "the bank captured this payment: {}",
+        String::from_utf8_lossy(&first.bytes)
+    );
+    proxy(&app).heal();
+    app.eventually(id, |p| p["status"] == "captured").await;
+    assert_eq!(
+        post_until_free(&app, &capture_path, &key, &Value::Null)
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_bank_lookup_without_its_state_is_no_proof_the_bank_did_the_other_thing() {
+    let app = proxied(|_| {}).await;
+    let (payment, _) = captured_behind_the_gateway(&app).await;
+    let id = payment["id"].as_str().unwrap();
+    let authorization = payment["bank"]["authorization_id"].as_str().unwrap();
+    // A bank without the lookup's extensions (the original's): no state, no
+    // capture or void id, although the authorization was captured.
+    let bare = json!({
+        "authorization_id": authorization,
+        "status": "authorized",
+        "amount": 1_000,
+        "currency": "USD",
+        "expires_at": "2030-01-01T00:00:00Z",
+        "created_at": "2026-01-01T00:00:00Z",
+    });
+    proxy(&app).inject(
+        "GET",
+        &format!("/api/v1/authorizations/{authorization}"),
+        usize::MAX,
+        Fault::Instead(Canned::json(200, bare)),
+    );
+
+    let first = post(
+        &app,
+        &format!("/v1/payments/{id}/capture"),
+        &new_key(),
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(
+        first.status,
+        StatusCode::ACCEPTED,
+        "nothing proved the bank voided it: {}",
+        String::from_utf8_lossy(&first.bytes)
+    );
+    proxy(&app).heal();
+    app.eventually(id, |p| p["status"] == "captured").await;
+}
+
+#[tokio::test]
+async fn a_payment_the_bank_moved_is_not_expired_while_its_receipt_catches_up() {
+    let app = proxied(|s| s.expiry_sweep_interval_ms = 50).await;
+    let (payment, capture) = captured_behind_the_gateway(&app).await;
+    let id = payment["id"].as_str().unwrap();
+    // The void learns the bank captured it; bringing the receipt up to the
+    // bank needs the capture's lookup, which fails for now.
+    proxy(&app).inject(
+        "GET",
+        &format!(
+            "/api/v1/captures/{}",
+            capture["capture_id"].as_str().unwrap()
+        ),
+        usize::MAX,
+        Fault::Instead(Canned::html(503)),
+    );
+    let void = app.act(id, "void").await;
+    assert_error(
+        void,
+        StatusCode::CONFLICT,
+        "invalid_request_error",
+        "payment_moved_at_bank",
+    )
+    .await;
+    assert_eq!(
+        app.get(&format!("/v1/payments/{id}"))
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()["status"],
+        "authorized"
+    );
+
+    // Both it and an untouched payment reach their authorization's expiry.
+    let untouched = app.authorized(HAPPY_CARD, 1_000).await;
+    let untouched_id = untouched["id"].as_str().unwrap();
+    sqlx::query(
+        "UPDATE payments SET authorization_expires_at = now() - interval '1 second' \
+         WHERE id = ANY($1)",
+    )
+    .bind(vec![uuid_of(id), uuid_of(untouched_id)])
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    app.eventually(untouched_id, |p| p["status"] == "expired")
+        .await;
+    // The bank captured it: its hold did not lapse, it was taken.
+    let moved: Value = app
+        .get(&format!("/v1/payments/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(moved["status"], "authorized", "{moved}");
+
+    // A capture asked for now adopts the bank's capture rather than
+    // answering that the authorization expired.
+    proxy(&app).heal();
+    let captured = app.act(id, "capture").await;
+    assert_eq!(captured.status(), StatusCode::OK);
+    app.eventually(id, |p| p["status"] == "captured").await;
 }
 
 /// An authorized payment's id, as the database keys it.

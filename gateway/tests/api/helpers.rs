@@ -308,6 +308,21 @@ impl TestApp {
         )
     }
 
+    /// Acts at the bank directly, as a person with the bank's console
+    /// would: the gateway is not told. The bank's answer.
+    pub async fn at_bank(&self, path: &str, body: Value) -> Value {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.bank_address))
+            .header("Idempotency-Key", new_key())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        response.json().await.unwrap()
+    }
+
     pub async fn set_bank_chaos(&self, chaos: Value) {
         let response = self
             .client

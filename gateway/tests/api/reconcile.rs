@@ -85,21 +85,6 @@ fn bank_id(payment: &Value, name: &str) -> String {
     payment["bank"][name].as_str().unwrap().to_owned()
 }
 
-/// Acts at the bank directly, as a person with the bank's console would:
-/// the gateway is not told.
-async fn at_bank(app: &TestApp, path: &str, body: Value) -> Value {
-    let response = app
-        .client
-        .post(format!("{}{path}", app.bank_address))
-        .header("Idempotency-Key", new_key())
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK, "{path}");
-    response.json().await.unwrap()
-}
-
 /// Authorized, captured, voided, refunded and declined payments, made
 /// through the API. Answers their ids in that order.
 async fn payments_in_every_settled_state(app: &TestApp) -> [String; 5] {
@@ -205,20 +190,19 @@ async fn receipts_behind_the_bank_are_repaired_along_legal_steps() {
     let to_refund = to_refund["id"].as_str().unwrap().to_owned();
 
     let auth = |payment: &Value| bank_id(payment, "authorization_id");
-    let capture = at_bank(
-        &app,
-        "/api/v1/captures",
-        json!({"authorization_id": auth(&receipt(&app, &to_capture).await), "amount": 1_000}),
-    )
-    .await;
-    let void = at_bank(
-        &app,
-        "/api/v1/voids",
-        json!({"authorization_id": auth(&receipt(&app, &to_void).await)}),
-    )
-    .await;
-    at_bank(
-        &app,
+    let capture = app
+        .at_bank(
+            "/api/v1/captures",
+            json!({"authorization_id": auth(&receipt(&app, &to_capture).await), "amount": 1_000}),
+        )
+        .await;
+    let void = app
+        .at_bank(
+            "/api/v1/voids",
+            json!({"authorization_id": auth(&receipt(&app, &to_void).await)}),
+        )
+        .await;
+    app.at_bank(
         &format!(
             "/admin/authorizations/{}/expire",
             auth(&receipt(&app, &to_expire).await)
@@ -226,9 +210,7 @@ async fn receipts_behind_the_bank_are_repaired_along_legal_steps() {
         json!({}),
     )
     .await;
-    let refund = at_bank(
-        &app,
-        "/api/v1/refunds",
+    let refund = app.at_bank("/api/v1/refunds",
         json!({"capture_id": bank_id(&receipt(&app, &to_refund).await, "capture_id"), "amount": 900}),
     )
     .await;
@@ -385,7 +367,8 @@ async fn the_binary_exits_zero_when_all_match_and_repairs_unless_dry_run() {
     assert_eq!(json["entries"], json!([]));
 
     let auth = bank_id(&receipt(&app, &authorized).await, "authorization_id");
-    at_bank(&app, "/api/v1/voids", json!({"authorization_id": auth})).await;
+    app.at_bank("/api/v1/voids", json!({"authorization_id": auth}))
+        .await;
     let dry = gateway_reconcile(&app, &["--json", "--dry-run"]);
     assert_eq!(dry.status.code(), Some(1), "a repair not made is left over");
     let json: Value = serde_json::from_slice(&dry.stdout).unwrap();
@@ -451,12 +434,12 @@ async fn authorized_id(app: &TestApp) -> String {
 /// the gateway. Answers the bank's capture id.
 async fn captured_at_bank(app: &TestApp, id: &str) -> String {
     let auth = bank_id(&receipt(app, id).await, "authorization_id");
-    let capture = at_bank(
-        app,
-        "/api/v1/captures",
-        json!({"authorization_id": auth, "amount": 1_000}),
-    )
-    .await;
+    let capture = app
+        .at_bank(
+            "/api/v1/captures",
+            json!({"authorization_id": auth, "amount": 1_000}),
+        )
+        .await;
     capture["capture_id"].as_str().unwrap().to_owned()
 }
 
@@ -580,8 +563,7 @@ async fn a_receipt_moved_on_while_the_bank_answered_is_checked_again_not_a_misma
 
     // ...while the bank refunds it and another pass (the CLI, another
     // replica) moves the receipt to where the bank now is.
-    at_bank(
-        &app,
+    app.at_bank(
         "/api/v1/refunds",
         json!({"capture_id": capture, "amount": 1_000}),
     )
@@ -605,7 +587,9 @@ async fn an_operation_the_bank_refuses_because_it_did_the_other_one_catches_the_
     // Voided at the bank's console, then captured through the gateway.
     let voided = authorized_id(&app).await;
     let auth = bank_id(&receipt(&app, &voided).await, "authorization_id");
-    let void = at_bank(&app, "/api/v1/voids", json!({"authorization_id": auth})).await;
+    let void = app
+        .at_bank("/api/v1/voids", json!({"authorization_id": auth}))
+        .await;
     let refused = app.act(&voided, "capture").await;
     let error = assert_error(
         refused,
