@@ -1105,7 +1105,11 @@ mod tests {
             // A lookup's 404 without the bank's own error object came from
             // whatever stands in front of the bank: it proves nothing.
             (Operation::GetCapture, 404, Vec::new()),
-            (Operation::GetAuthorization, 404, b"<html>Not Found</html>".to_vec()),
+            (
+                Operation::GetAuthorization,
+                404,
+                b"<html>Not Found</html>".to_vec(),
+            ),
         ];
         for (op, status, body) in unknown {
             assert!(

@@ -393,4 +393,3 @@ fn outcome_facts(kind: OperationKind, id: String) -> BankFacts {
     *slot = Some(id);
     facts
 }
-

@@ -245,7 +245,8 @@ pub async fn apply(
              bank_capture_id = coalesce($5, bank_capture_id), \
              bank_void_id = coalesce($6, bank_void_id), \
              bank_refund_id = coalesce($7, bank_refund_id), \
-             failure_code = $8, updated_at = clock_timestamp() \
+             failure_code = $8, \
+             updated_at = greatest(clock_timestamp(), updated_at + interval '1 microsecond') \
            WHERE id = $1 RETURNING {COLUMNS}), \
          logged AS ( \
            INSERT INTO payment_events (payment_id, from_status, to_status, at) \

@@ -1224,6 +1224,46 @@ async fn a_payment_the_bank_moved_is_not_expired_while_its_receipt_catches_up() 
     app.eventually(id, |p| p["status"] == "captured").await;
 }
 
+#[tokio::test]
+async fn a_payments_version_only_moves_forward_whoever_stamps_it() {
+    use gateway::domain::PaymentEvent;
+    use gateway::store::payments;
+
+    let app = proxied(|_| {}).await;
+    let id = authorized_payment(&app).await;
+    // A settlement written in one statement stamps the database's time as
+    // its process estimates it, which can run a little ahead of the
+    // database's own clock; the next writer must still stamp a later
+    // version, or a version fence could take a new state for an old one.
+    let ahead: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "UPDATE payments SET updated_at = now() + interval '1 second' WHERE id = $1 \
+         RETURNING updated_at",
+    )
+    .bind(id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let mut tx = app.pool.begin().await.unwrap();
+    let (payment, _) = payments::lock_with_history(&mut tx, id)
+        .await
+        .unwrap()
+        .unwrap();
+    let voiding = payments::apply(
+        &mut tx,
+        &payment,
+        PaymentEvent::VoidRequested,
+        &payments::BankFacts::default(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        voiding.updated_at > ahead,
+        "{} after {ahead}",
+        voiding.updated_at
+    );
+}
+
 /// An authorized payment's id, as the database keys it.
 async fn authorized_payment(app: &TestApp) -> uuid::Uuid {
     let authorized = app.authorized(HAPPY_CARD, 1_500).await;
