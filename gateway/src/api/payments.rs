@@ -134,9 +134,12 @@ async fn ensure_card_not_expired(
 /// Refuses the request up front while the bank's circuit is open: 503
 /// `bank_unavailable` with `Retry-After`, before the idempotency key is
 /// claimed or anything is written, so the client may retry with the same
-/// key. A key that was already answered is let through: its replay (or its
-/// 422) needs no bank. This reads the key only when the circuit is open, so
-/// the usual path costs one mutex, not a query.
+/// key. A key already stored is let through: its replay (or its 422) needs
+/// no bank, and a key still in flight has a payment already, which a 503
+/// ("nothing was created") would deny; it is answered as itself (409 while
+/// its lease is held, else 202 with the payment still pending). This reads
+/// the key only when the circuit is open, so the usual path costs one
+/// mutex, not a query.
 ///
 /// A request that passes may still find the circuit open by the time it
 /// calls the bank (another took the half-open probe, or it opened
@@ -151,7 +154,7 @@ async fn ensure_bank_available(
         return Ok(());
     };
     let mut conn = state.gateway.pool().acquire().await?;
-    if idempotency::is_answered(&mut conn, merchant, key).await? {
+    if idempotency::is_stored(&mut conn, merchant, key).await? {
         return Ok(());
     }
     Err(ApiError::BankUnavailable {

@@ -248,16 +248,16 @@ pub async fn release_held_by(conn: &mut PgConnection, holder: Uuid) -> Result<u6
     Ok(released.rows_affected())
 }
 
-/// Whether the key has its answer: a replay needs no bank, so the circuit
-/// breaker need not refuse it.
-pub async fn is_answered(
+/// Whether the merchant has used the key, answered or not: such a request
+/// is answered by what the key holds, so the circuit breaker need not
+/// refuse it.
+pub async fn is_stored(
     conn: &mut PgConnection,
     merchant: MerchantId,
     key: &IdempotencyKey,
 ) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM idempotency_keys \
-         WHERE merchant_id = $1 AND key = $2 AND state = 'done')",
+        "SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE merchant_id = $1 AND key = $2)",
     )
     .bind(merchant.as_uuid())
     .bind(key.as_str())

@@ -368,3 +368,40 @@ async fn a_503_leaves_the_key_usable_and_an_answered_key_replays_while_open() {
     let replayed: Value = replay.json().await.unwrap();
     assert_eq!(replayed, created);
 }
+
+#[tokio::test]
+async fn a_key_already_in_use_answers_as_itself_while_the_circuit_is_open() {
+    let app = spawn_breakable_app().await;
+    app.set_bank_chaos(json!({"outage_seconds": 60})).await;
+    // The key's first request meets the outage and opens the circuit: its
+    // payment exists, pending, and will be resumed with the same bank key.
+    let key = new_key();
+    let first = app.post("/v1/payments", &key, &new_payment_body()).await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let pending: Value = first.json().await.unwrap();
+    assert_eq!(circuit_reported_by_ready(&app).await, "open");
+
+    // The key is in use: another request under it is refused as one, not
+    // told that nothing was created, and the same request is answered with
+    // its payment (or asked to wait for it), never refused up front.
+    let mut other = new_payment_body();
+    other["amount"] = json!(1_001);
+    assert_error(
+        app.post("/v1/payments", &key, &other).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_error",
+        "idempotency_key_reused",
+    )
+    .await;
+    let again = app.post("/v1/payments", &key, &new_payment_body()).await;
+    let status = again.status();
+    let body: Value = again.json().await.unwrap();
+    match status {
+        StatusCode::ACCEPTED => assert_eq!(body["id"], pending["id"], "{body}"),
+        StatusCode::CONFLICT => {
+            assert_eq!(body["error"]["code"], "idempotency_key_in_use", "{body}")
+        }
+        other => panic!("the key's own request while open: {other} {body}"),
+    }
+    assert_eq!(app.count("payments").await, 1);
+}
