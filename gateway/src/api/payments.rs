@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::request::{Fields, Merchant, idempotency_key, query_params, read_json};
 use super::request::{record_payment_id, record_payment_in_reply};
 use crate::domain::{
-    CardExpiry, CardNumber, Currency, CustomerId, Cvv, IdempotencyKey, MerchantId, OrderId,
+    Amount, CardExpiry, CardNumber, Currency, CustomerId, Cvv, IdempotencyKey, MerchantId, OrderId,
     PaymentId,
 };
 use crate::faults::{Mutant, Point};
@@ -205,7 +205,14 @@ pub async fn create_payment(
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&req)?;
     let body = read_json(&req, payload, state.body).await?;
-    let command = parse_create(&body)?;
+    let mut command = parse_create(&body)?;
+    if state
+        .gateway
+        .faults()
+        .mutant(Mutant::AuthorizedAmountOffByOne)
+    {
+        command.amount = Amount::from_cents(command.amount.cents() + 1)?;
+    }
     ensure_card_not_expired(&state, merchant.0, &key, command.expiry).await?;
     ensure_bank_available(&state, merchant.0, &key).await?;
     let fingerprint = state.fingerprinter.fingerprint("POST", req.path(), &body);

@@ -69,10 +69,16 @@ pub enum Mutant {
     /// again as a void of the same payment, with the same body, replays
     /// the capture's answer instead of refusing it.
     FingerprintWithoutPath,
+    /// An authorization holds a cent more than it was asked for: stored,
+    /// sent to the bank and answered so, all agreeing with each other.
+    AuthorizedAmountOffByOne,
+    /// An operation acts on the payment its path names, whoever owns it:
+    /// another merchant's key captures, voids or refunds it.
+    ForeignPaymentOperable,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 20] = [
+    pub const ALL: [Mutant; 22] = [
         Mutant::ResumeAnyOperation,
         Mutant::LateAnswerWins,
         Mutant::ReplayRecomputed,
@@ -93,6 +99,8 @@ impl Mutant {
         Mutant::RefusalBeforeStoredAnswer,
         Mutant::KeyCacheNeverLapses,
         Mutant::FingerprintWithoutPath,
+        Mutant::AuthorizedAmountOffByOne,
+        Mutant::ForeignPaymentOperable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -117,6 +125,8 @@ impl Mutant {
             Mutant::RefusalBeforeStoredAnswer => "refusal_before_stored_answer",
             Mutant::KeyCacheNeverLapses => "key_cache_never_lapses",
             Mutant::FingerprintWithoutPath => "fingerprint_without_path",
+            Mutant::AuthorizedAmountOffByOne => "authorized_amount_off_by_one",
+            Mutant::ForeignPaymentOperable => "foreign_payment_operable",
         }
     }
 
@@ -144,7 +154,9 @@ impl Mutant {
             | Mutant::StatusNotMovedWithOutcome
             | Mutant::RefusalBeforeStoredAnswer
             | Mutant::KeyCacheNeverLapses
-            | Mutant::FingerprintWithoutPath => false,
+            | Mutant::FingerprintWithoutPath
+            | Mutant::AuthorizedAmountOffByOne
+            | Mutant::ForeignPaymentOperable => false,
         }
     }
 
@@ -186,6 +198,12 @@ impl Mutant {
             Mutant::KeyCacheNeverLapses => "a key that authenticated is remembered for good",
             Mutant::FingerprintWithoutPath => {
                 "the request fingerprint leaves the path out (a capture's key replays as a void)"
+            }
+            Mutant::AuthorizedAmountOffByOne => {
+                "an authorization holds a cent more than asked (receipt, bank and answer agree)"
+            }
+            Mutant::ForeignPaymentOperable => {
+                "an operation acts on the payment in its path, whichever merchant asks"
             }
         }
     }

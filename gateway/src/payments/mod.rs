@@ -40,7 +40,7 @@ pub use reply::Reply;
 
 use crate::bank::BankClient;
 use crate::domain::{Amount, IdempotencyKey, Lease, MerchantId, PaymentId};
-use crate::faults::{Faults, Injected, Point};
+use crate::faults::{Faults, Injected, Mutant, Point};
 use crate::idempotency::{self, ClaimError, Fingerprint};
 use crate::store::batch::{BatchLimits, Batcher, Pressure};
 use crate::store::clock::DbClock;
@@ -209,10 +209,23 @@ impl Gateway {
         action: Action,
         amount: Option<Amount>,
     ) -> Result<Reply, Error> {
+        let merchant = if self.faults.mutant(Mutant::ForeignPaymentOperable) {
+            self.owner_of(payment_id).await?.unwrap_or(merchant)
+        } else {
+            merchant
+        };
         let start = self
             .start_operation(merchant, key, fingerprint, payment_id, action, amount)
             .await?;
         self.carry_out(start, None).await
+    }
+
+    /// The merchant a payment belongs to: only the mutant that trusts the
+    /// path's payment over the caller's key asks.
+    async fn owner_of(&self, payment_id: PaymentId) -> Result<Option<MerchantId>, Error> {
+        let mut conn = self.pool.acquire().await?;
+        let payment = payments::get_by_id(&mut conn, payment_id.as_uuid()).await?;
+        Ok(payment.map(|p| MerchantId::from_uuid(p.merchant_id)))
     }
 
     /// The bank call and the settlement of what tx A started; `card` is the

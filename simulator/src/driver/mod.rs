@@ -170,6 +170,12 @@ pub enum ReadKind {
     List,
     /// `GET /v1/payments/{id}` with another merchant's key: must be 404.
     Foreign,
+    /// `GET /v1/payments?order_id=…` with another merchant's key: must list
+    /// none of the order's payments.
+    ForeignList,
+    /// A capture, void or refund of the payment with another merchant's
+    /// key (and a key of its own): must be 404, the payment untouched.
+    ForeignOperation(Op),
 }
 
 /// One read attempt (no key, no retries): what the gateway showed.
@@ -198,9 +204,11 @@ impl Read {
     /// One line for a report: `+1234ms read after capture → 200 captured`.
     pub fn describe(&self) -> String {
         let kind = match self.kind {
-            ReadKind::Read => "read",
-            ReadKind::List => "list",
-            ReadKind::Foreign => "read by another merchant",
+            ReadKind::Read => "read".to_owned(),
+            ReadKind::List => "list".to_owned(),
+            ReadKind::Foreign => "read by another merchant".to_owned(),
+            ReadKind::ForeignList => "list by another merchant".to_owned(),
+            ReadKind::ForeignOperation(op) => format!("{op} by another merchant"),
         };
         let answer = match &self.answer {
             Answer::Http { status, .. } => {
@@ -749,25 +757,37 @@ impl Driver {
 
     /// One GET of a payment (or, for a list, of the order `id`), at the
     /// next replica.
+    /// One attempt of a read (or of a foreign merchant's operation, a
+    /// probe that must find nothing): `id` is the payment's, or for a list
+    /// the order's.
     async fn get(&self, merchant: u8, kind: ReadKind, id: &str, after: &str) -> Read {
         let path = match kind {
             ReadKind::Read | ReadKind::Foreign => format!("/v1/payments/{id}"),
-            ReadKind::List => format!("/v1/payments?order_id={id}&limit=100"),
+            ReadKind::List | ReadKind::ForeignList => {
+                format!("/v1/payments?order_id={id}&limit=100")
+            }
+            ReadKind::ForeignOperation(op) => format!("/v1/payments/{id}/{}", op.as_str()),
         };
         let url = self.next_url(&path);
         let at = self.started.elapsed();
         let sent = Instant::now();
-        let result = self
-            .http
-            .get(&url)
-            .bearer_auth(self.key_of(merchant))
-            .send()
-            .await;
+        let request = match kind {
+            ReadKind::ForeignOperation(op) => self
+                .http
+                .post(&url)
+                .header("Idempotency-Key", format!("{id}-foreign-{}", op.as_str()))
+                .json(&json!({})),
+            ReadKind::Read | ReadKind::List | ReadKind::Foreign | ReadKind::ForeignList => {
+                self.http.get(&url)
+            }
+        };
+        let result = request.bearer_auth(self.key_of(merchant)).send().await;
         let answer = answer(result).await;
+        let of_payment = !matches!(kind, ReadKind::List | ReadKind::ForeignList);
         Read {
             kind,
             after: after.to_owned(),
-            payment_id: matches!(kind, ReadKind::Read | ReadKind::Foreign).then(|| id.to_owned()),
+            payment_id: of_payment.then(|| id.to_owned()),
             at_ms: millis(at),
             latency_us: micros(sent.elapsed()),
             answer,
@@ -1065,11 +1085,23 @@ impl Driver {
         }
         let merchants = u8::try_from(self.api_keys.len()).unwrap_or(u8::MAX);
         let own = record.plan.merchant % merchants;
-        if let Some(id) = record.payment_id.clone() {
-            let other = own.wrapping_add(1) % merchants;
-            if other != own {
-                let foreign = self.get(other, ReadKind::Foreign, &id, "end").await;
-                record.reads.push(foreign);
+        let other = own.wrapping_add(1) % merchants;
+        if let Some(id) = record.payment_id.clone()
+            && other != own
+        {
+            let foreign = self.get(other, ReadKind::Foreign, &id, "end").await;
+            record.reads.push(foreign);
+            // The plans that read also try, as the other merchant, to list
+            // the order and to act on the payment: each must find nothing.
+            if record.plan.reads {
+                let order = record.order_id.clone();
+                let listed = self.get(other, ReadKind::ForeignList, &order, "end").await;
+                record.reads.push(listed);
+                for op in [Op::Capture, Op::Void, Op::Refund] {
+                    let kind = ReadKind::ForeignOperation(op);
+                    let acted = self.get(other, kind, &id, "end").await;
+                    record.reads.push(acted);
+                }
             }
         }
         if record.plan.late_replay {

@@ -383,6 +383,30 @@ pub fn honest_answers(obs: &Observations) -> InvariantResult {
                     ),
                 ),
                 (ReadKind::Foreign, Some(_) | None) => {}
+                (ReadKind::ForeignList, Some(200)) => {
+                    if read_shows(read, flow.payment_ids.as_slice()) {
+                        c.flow(
+                            i,
+                            format!(
+                                "{}: another merchant was shown the order's payments",
+                                read.describe()
+                            ),
+                        );
+                    }
+                }
+                (ReadKind::ForeignList, Some(_) | None) => {}
+                // Only a 404 keeps the payment hidden: a 409 or a 422 tells
+                // the other merchant it exists, a 2xx acts on it. (A 429, a
+                // 5xx or no answer is judged elsewhere, or proves nothing.)
+                (ReadKind::ForeignOperation(_), Some(status))
+                    if status != 404 && status != 429 && status < 500 =>
+                {
+                    c.flow(
+                        i,
+                        format!("{}: answered {status}, not 404", read.describe()),
+                    );
+                }
+                (ReadKind::ForeignOperation(_), Some(_) | None) => {}
                 (ReadKind::Read | ReadKind::List, Some(200)) => {
                     if !read_shows(read, flow.payment_ids.as_slice()) {
                         c.flow(
@@ -418,8 +442,10 @@ pub fn honest_answers(obs: &Observations) -> InvariantResult {
 fn read_shows(read: &crate::driver::Read, payment_ids: &[String]) -> bool {
     let body = read.json().unwrap_or_default();
     match read.kind {
-        ReadKind::Read | ReadKind::Foreign => body["id"].as_str() == read.payment_id.as_deref(),
-        ReadKind::List => {
+        ReadKind::Read | ReadKind::Foreign | ReadKind::ForeignOperation(_) => {
+            body["id"].as_str() == read.payment_id.as_deref()
+        }
+        ReadKind::List | ReadKind::ForeignList => {
             payment_ids.is_empty()
                 || body["data"].as_array().is_some_and(|d| {
                     d.iter()

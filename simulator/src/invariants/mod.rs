@@ -6,7 +6,8 @@
 //! Pure: the collection is in [`crate::run`], so each check can be fed a
 //! forged world in a test.
 //!
-//! - [`money`]: no double charge, no orphan money movement, conservation.
+//! - [`money`]: no double charge, no orphan money movement, conservation,
+//!   amounts as asked.
 //! - [`answers`]: idempotency, own outcome, no lost acknowledgment, honest
 //!   answers, no server errors.
 //! - [`states`]: convergence, legality.
@@ -187,7 +188,7 @@ pub struct InvariantResult {
 }
 
 /// Each invariant's name and what it checks.
-pub const INVARIANTS: [(&str, &str); 17] = [
+pub const INVARIANTS: [(&str, &str); 18] = [
     (
         "no double charge",
         "per authorization at most one capture and one refund, never a capture and a void; per order at most one payment holding or taking money",
@@ -222,7 +223,7 @@ pub const INVARIANTS: [(&str, &str); 17] = [
     ),
     (
         "honest answers",
-        "402 only for a card the bank refused; abandoned only after the grace period; 400 created nothing; 409 invalid_state changed nothing; another merchant reads 404",
+        "402 only for a card the bank refused; abandoned only after the grace period; 400 created nothing; 409 invalid_state changed nothing; another merchant can neither read, list nor act on the payment",
     ),
     ("no server errors", "no 5xx but 503 with Retry-After"),
     (
@@ -252,6 +253,10 @@ pub const INVARIANTS: [(&str, &str); 17] = [
     (
         "bank without errors of its own",
         "the bank answered 500 only for faults its chaos injected; a bug of its own would hide behind the gateways' retries",
+    ),
+    (
+        "amounts as asked",
+        "every payment holds the amount and currency its authorization asked for, and so does the bank's authorization and every answer and read showing it",
     ),
 ];
 
@@ -451,5 +456,6 @@ pub fn check(obs: &Observations) -> Vec<InvariantResult> {
         webhooks::ordered(obs),
         revocation::revoked_keys_refused(obs),
         bank::no_errors_of_its_own(obs),
+        money::amounts_as_asked(obs),
     ]
 }

@@ -215,3 +215,127 @@ pub fn conservation(obs: &Observations) -> InvariantResult {
     }
     c.done()
 }
+
+/// What an authorization asked for: its amount and currency.
+type Asked = (i64, String);
+
+fn asked_in(body: &Value) -> Option<Asked> {
+    Some((
+        body["amount"].as_i64()?,
+        body["currency"].as_str()?.to_ascii_uppercase(),
+    ))
+}
+
+/// 18: every payment holds the amount and currency an authorization of its
+/// flow asked for (the one whose answer named it, when one did), the bank's
+/// authorization holds that amount, and every answer and read showing the
+/// payment shows it. The other checks compare the receipts with the bank
+/// and the cards with the receipts: a gateway that authorized a cent more
+/// than it was asked would satisfy them all.
+pub fn amounts_as_asked(obs: &Observations) -> InvariantResult {
+    let mut c = Check::new(obs, 18);
+    for (i, flow) in obs.flows.iter().enumerate() {
+        let sent: BTreeMap<(&str, u8), Asked> = flow
+            .sent
+            .iter()
+            .filter(|r| r.op == crate::model::Op::Authorize)
+            .filter_map(|r| {
+                let body = serde_json::from_str::<Value>(&r.body).ok()?;
+                Some(((r.key.as_str(), r.variant), asked_in(&body)?))
+            })
+            .collect();
+        // The authorization whose answer named each payment.
+        let mut named: BTreeMap<String, &Asked> = BTreeMap::new();
+        for exchange in flow
+            .exchanges
+            .iter()
+            .filter(|e| e.op == crate::model::Op::Authorize)
+        {
+            let id = exchange
+                .json()
+                .and_then(|b| crate::driver::payment_id_in(&b));
+            if let (Some(id), Some(asked)) =
+                (id, sent.get(&(exchange.key.as_str(), exchange.variant)))
+            {
+                named.insert(id, asked);
+            }
+        }
+        for receipt in obs.receipts.get(i).into_iter().flatten() {
+            c.checked += 1;
+            let id = receipt["id"].as_str().unwrap_or("?");
+            let Some(held) = asked_in(receipt) else {
+                c.flow(i, format!("receipt {id} shows no amount or currency"));
+                continue;
+            };
+            match named.get(id) {
+                Some(asked) if **asked != held => c.flow(
+                    i,
+                    format!("receipt {id} holds {held:?}; its authorization asked for {asked:?}"),
+                ),
+                Some(_) => {}
+                None if !sent.values().any(|asked| *asked == held) => c.flow(
+                    i,
+                    format!(
+                        "receipt {id} holds {held:?}, which no authorization of its order asked for"
+                    ),
+                ),
+                None => {}
+            }
+            let at_bank = bank_id(receipt, "authorization_id")
+                .and_then(|auth| obs.bank.iter().find(|b| b.id == auth));
+            if let Some(bank) = at_bank.filter(|b| b.amount != held.0) {
+                c.flow(
+                    i,
+                    format!(
+                        "receipt {id} holds {}¢, the bank's authorization {}¢",
+                        held.0, bank.amount
+                    ),
+                );
+            }
+        }
+        for (what, shown) in shown_payments(flow) {
+            let Some(receipt) = shown["id"].as_str().and_then(|id| obs.receipt(id)) else {
+                continue;
+            };
+            c.checked += 1;
+            for field in ["amount", "currency"] {
+                if shown
+                    .get(field)
+                    .is_some_and(|shown| *shown != receipt[field])
+                {
+                    c.flow(
+                        i,
+                        format!(
+                            "{what} showed payment {} with {field} {}; its receipt holds {}",
+                            receipt["id"], shown[field], receipt[field]
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    c.done()
+}
+
+/// Every payment a flow's successful answers and reads showed (each entry
+/// of a list), with what showed it.
+fn shown_payments(flow: &crate::driver::FlowRecord) -> Vec<(String, Value)> {
+    let ok = |status: Option<u16>| status.is_some_and(|s| (200..300).contains(&s));
+    let answers = flow
+        .exchanges
+        .iter()
+        .filter(|e| ok(e.status()))
+        .filter_map(|e| Some((format!("{} {}", e.op, e.key), e.json()?)));
+    let reads = flow
+        .reads
+        .iter()
+        .filter(|r| ok(r.status()))
+        .filter_map(|r| Some((r.describe(), r.json()?)));
+    answers
+        .chain(reads)
+        .flat_map(|(what, body)| match body["data"].as_array() {
+            Some(listed) => listed.iter().map(|p| (what.clone(), p.clone())).collect(),
+            None => vec![(what, body)],
+        })
+        .collect()
+}

@@ -77,8 +77,10 @@ pub fn legality(obs: &Observations) -> InvariantResult {
             }
             let body = read.json().unwrap_or_default();
             let shown: Vec<Value> = match read.kind {
-                ReadKind::Read | ReadKind::Foreign => vec![body],
-                ReadKind::List => body["data"].as_array().cloned().unwrap_or_default(),
+                ReadKind::Read | ReadKind::Foreign | ReadKind::ForeignOperation(_) => vec![body],
+                ReadKind::List | ReadKind::ForeignList => {
+                    body["data"].as_array().cloned().unwrap_or_default()
+                }
             };
             for payment in &shown {
                 c.checked += 1;

@@ -48,7 +48,7 @@ fn read(kind: ReadKind, after: &str, status: u16, body: Value) -> Read {
 
 fn receipt(status: &str, history: &[&str], bank: Value) -> Value {
     json!({
-        "id": "pay_1", "status": status, "amount": 500, "bank": bank,
+        "id": "pay_1", "status": status, "amount": 500, "currency": "USD", "bank": bank,
         "history": history.iter().map(|s| json!({"status": s})).collect::<Vec<_>>(),
     })
 }
@@ -57,8 +57,9 @@ fn receipt(status: &str, history: &[&str], bank: Value) -> Value {
 fn world() -> Observations {
     let bank = json!({"authorization_id": "auth_1", "capture_id": "cap_1", "void_id": null, "refund_id": null});
     let authorized = json!({"id": "pay_1", "order_id": "ord_0", "status": "authorized",
-        "bank": {"authorization_id": "auth_1"}});
-    let captured = json!({"id": "pay_1", "order_id": "ord_0", "status": "captured", "bank": bank});
+        "amount": 500, "currency": "USD", "bank": {"authorization_id": "auth_1"}});
+    let captured = json!({"id": "pay_1", "order_id": "ord_0", "status": "captured",
+        "amount": 500, "currency": "USD", "bank": bank});
     let authorized_read = receipt(
         "authorized",
         &["pending", "authorized"],
@@ -105,7 +106,7 @@ fn world() -> Observations {
             unanswered: vec![],
             left_alone: vec![],
             sent_card: (CARD.into(), "987".into()),
-            sent: vec![],
+            sent: vec![authorization_request(500)],
             answered_at: vec![],
             unanswered_at: vec![],
             restarted_at: None,
@@ -216,6 +217,19 @@ fn world() -> Observations {
 }
 
 const CARD: &str = "4111111111111111";
+
+/// The world's authorization as sent, under key `a`.
+fn authorization_request(amount: i64) -> crate::driver::Request {
+    crate::driver::Request {
+        op: Op::Authorize,
+        path: "/v1/payments".into(),
+        key: "a".into(),
+        body: json!({"order_id": "ord_0", "amount": amount, "currency": "usd",
+            "card": {"number": CARD, "cvv": "987"}})
+        .to_string(),
+        variant: 0,
+    }
+}
 
 fn endpoint_secret() -> SigningSecret {
     SigningSecret::from_bytes(vec![3; 32])
@@ -880,4 +894,62 @@ fn a_402_on_a_card_that_can_run_out_is_not_a_lie_about_funds() {
     assert!(funded_lie(&obs));
     obs.cards[0].opening = 999;
     assert!(!funded_lie(&obs));
+}
+
+#[test]
+fn a_payment_for_another_amount_than_asked_fails_amounts_as_asked() {
+    // The gateway authorized, kept and showed a cent more than asked: the
+    // receipts, the bank and the cards all agree with each other.
+    let mut obs = world();
+    obs.flows[0].sent = vec![authorization_request(499)];
+    assert_eq!(failed(&obs), ["amounts as asked"]);
+
+    // The bank holds another amount than the receipt.
+    let mut obs = world();
+    obs.bank[0].amount = 501;
+    assert_eq!(failed(&obs), ["amounts as asked"]);
+
+    // A read shows another amount than the receipt holds.
+    let mut obs = world();
+    let mut listed = obs.receipts[0][0].clone();
+    listed["amount"] = json!(5_000);
+    obs.flows[0].reads[2] = read(ReadKind::List, "end", 200, json!({"data": [listed]}));
+    assert_eq!(failed(&obs), ["amounts as asked"]);
+}
+
+#[test]
+fn another_merchant_acting_on_or_listing_the_payment_fails_honest_answers() {
+    let error = |code: &str| json!({"error": {"code": code}});
+    for (status, body) in [
+        (409, error("invalid_state")),
+        (422, error("idempotency_key_reused")),
+    ] {
+        let mut obs = world();
+        obs.flows[0].reads.push(read(
+            ReadKind::ForeignOperation(Op::Refund),
+            "end",
+            status,
+            body,
+        ));
+        assert_eq!(failed(&obs), ["honest answers"], "{status}");
+    }
+    let mut obs = world();
+    obs.flows[0].reads.push(read(
+        ReadKind::ForeignOperation(Op::Void),
+        "end",
+        404,
+        error("payment_not_found"),
+    ));
+    let listed = obs.receipts[0][0].clone();
+    obs.flows[0]
+        .reads
+        .push(read(ReadKind::ForeignList, "end", 200, json!({"data": []})));
+    assert_eq!(failed(&obs), Vec::<&str>::new());
+    obs.flows[0].reads.push(read(
+        ReadKind::ForeignList,
+        "end",
+        200,
+        json!({"data": [listed]}),
+    ));
+    assert_eq!(failed(&obs), ["honest answers"]);
 }
