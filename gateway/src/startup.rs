@@ -169,7 +169,15 @@ impl Application {
             )),
         ];
         background.extend(flushers);
-        background.extend(spawn_delivery(&settings, webhooks, gateway.pressure()).await?);
+        background.extend(
+            spawn_delivery(
+                &settings,
+                webhooks,
+                gateway.pressure(),
+                gateway.faults().clone(),
+            )
+            .await?,
+        );
         if settings.reconcile_interval_ms > 0 {
             background.push(tokio::spawn(crate::reconcile::run_forever(
                 gateway.pool().clone(),
@@ -255,6 +263,7 @@ async fn spawn_delivery(
     settings: &Settings,
     webhooks: Arc<WebhookSettings>,
     payments: Pressure,
+    faults: Faults,
 ) -> anyhow::Result<Option<JoinHandle<()>>> {
     let Some(key) = webhooks.key.clone() else {
         tracing::info!(
@@ -269,7 +278,7 @@ async fn spawn_delivery(
     )
     .await?;
     Ok(Some(tokio::spawn(delivery::deliver_forever(
-        pool, webhooks, key, payments,
+        pool, webhooks, key, payments, faults,
     ))))
 }
 

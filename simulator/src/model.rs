@@ -39,6 +39,16 @@ impl Op {
         }
     }
 
+    /// The receipt's `bank` field naming what its success made at the bank.
+    pub fn bank_field(self) -> &'static str {
+        match self {
+            Op::Authorize => "authorization_id",
+            Op::Capture => "capture_id",
+            Op::Void => "void_id",
+            Op::Refund => "refund_id",
+        }
+    }
+
     /// The status its success enters.
     pub fn succeeded(self) -> PaymentStatus {
         match self {

@@ -23,6 +23,9 @@ use crate::stack::Stack;
 /// How often the gateways reconcile in a reconciliation mutant's runs: as
 /// `simulator run --reconcile-every 1s`, a pass (a sweep) every second.
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// How often the bank's console acts behind the gateways in those runs, as
+/// `simulator run --console-waves 10`: as often as a run allows.
+const CONSOLE_WAVES: u32 = 10;
 
 /// One row of the table.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -157,7 +160,9 @@ impl Subject {
         match (self.mutant, self.reconciling) {
             (Some(mutant), _) => mutant.describe(),
             (None, false) => "the gateway as it is: every seed must pass",
-            (None, true) => "the gateway as it is, reconciling every second: every seed must pass",
+            (None, true) => {
+                "the gateway as it is, reconciling every second, the bank's console acting behind it: every seed must pass"
+            }
         }
     }
 }
@@ -187,7 +192,12 @@ async fn try_seeds(
     };
     for &seed in &args.seeds {
         row.seeds += 1;
-        let scenario = default_scenario(seed, usize::try_from(args.payments)?)?;
+        let mut scenario = default_scenario(seed, usize::try_from(args.payments)?)?;
+        if reconciling {
+            // What reconciliation repairs, and the only source of captures,
+            // voids and refunds the bank refuses: moves made at its console.
+            scenario.faults.console_waves = crate::simulate::spread(CONSOLE_WAVES);
+        }
         let options = RunOptions {
             replicas: usize::try_from(args.replicas)?,
             mutant: mutant.map(|m| m.as_str().to_owned()),

@@ -134,7 +134,7 @@ pub fn scenario_of(args: &RunArgs) -> anyhow::Result<Scenario> {
 
 /// `count` moments spread evenly over the payments, in permille of them
 /// done: 1 → 500; 3 → 250, 500, 750.
-fn spread(count: u32) -> Vec<u32> {
+pub(crate) fn spread(count: u32) -> Vec<u32> {
     (1..=count).map(|k| k * 1_000 / (count + 1)).collect()
 }
 

@@ -75,10 +75,12 @@ pub enum Mutant {
     /// An operation acts on the payment its path names, whoever owns it:
     /// another merchant's key captures, voids or refunds it.
     ForeignPaymentOperable,
+    /// A webhook announces a failed capture, void or refund as its success.
+    FailureAnnouncedAsSuccess,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 22] = [
+    pub const ALL: [Mutant; 23] = [
         Mutant::ResumeAnyOperation,
         Mutant::LateAnswerWins,
         Mutant::ReplayRecomputed,
@@ -101,6 +103,7 @@ impl Mutant {
         Mutant::FingerprintWithoutPath,
         Mutant::AuthorizedAmountOffByOne,
         Mutant::ForeignPaymentOperable,
+        Mutant::FailureAnnouncedAsSuccess,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -127,15 +130,18 @@ impl Mutant {
             Mutant::FingerprintWithoutPath => "fingerprint_without_path",
             Mutant::AuthorizedAmountOffByOne => "authorized_amount_off_by_one",
             Mutant::ForeignPaymentOperable => "foreign_payment_operable",
+            Mutant::FailureAnnouncedAsSuccess => "failure_announced_as_success",
         }
     }
 
-    /// Whether the bug lives in the background reconciliation, which a run
-    /// must turn on for it to show (it is off by default, see
-    /// `simulator run --reconcile-every`).
+    /// Whether the bug shows only where the bank moves payments behind the
+    /// gateway (its console) and the background reconciliation runs, which
+    /// a run must turn on (it is off by default, see `simulator run
+    /// --reconcile-every` and `--console-waves`): a reconciliation bug, or
+    /// one in what follows a capture, void or refund the bank refused.
     pub fn needs_reconciliation(self) -> bool {
         match self {
-            Mutant::ReconcileRepairsInFlight => true,
+            Mutant::ReconcileRepairsInFlight | Mutant::FailureAnnouncedAsSuccess => true,
             Mutant::ResumeAnyOperation
             | Mutant::LateAnswerWins
             | Mutant::ReplayRecomputed
@@ -204,6 +210,9 @@ impl Mutant {
             }
             Mutant::ForeignPaymentOperable => {
                 "an operation acts on the payment in its path, whichever merchant asks"
+            }
+            Mutant::FailureAnnouncedAsSuccess => {
+                "a webhook announces a failed capture, void or refund as its success"
             }
         }
     }

@@ -24,7 +24,8 @@ use super::secret::WebhookKey;
 use super::signature;
 use super::url::PublicOnly;
 use super::view::EventView;
-use crate::faults::Faults;
+use crate::domain::EventType;
+use crate::faults::{Faults, Mutant};
 use crate::store::batch::{BatchLimits, Batcher, Pressure};
 use crate::store::events::{self, EventRecord};
 use crate::store::webhooks::{
@@ -59,6 +60,7 @@ pub async fn deliver_forever(
     settings: Arc<WebhookSettings>,
     key: WebhookKey,
     payments: Pressure,
+    faults: Faults,
 ) {
     let client = match http_client(&settings) {
         Ok(client) => client,
@@ -91,6 +93,7 @@ pub async fn deliver_forever(
         freed: Notify::new(),
         settings,
         key,
+        faults,
     });
     let mut backlog_at = Instant::now();
     let mut claimed_at = Instant::now();
@@ -203,6 +206,8 @@ struct Worker {
     per_merchant: KeyedLimits,
     /// Told when an attempt ends and frees its slots.
     freed: Notify,
+    /// Only a mutant reads them here.
+    faults: Faults,
 }
 
 impl Worker {
@@ -395,7 +400,16 @@ impl Worker {
     /// One POST, signed with every live secret of the endpoint.
     async fn attempt(&self, claim: &ClaimedDelivery, event: &EventRecord) -> AttemptOutcome {
         let id = event.id.to_string();
-        let body = EventView::new(event).to_body();
+        let mut view = EventView::new(event);
+        if self.faults.mutant(Mutant::FailureAnnouncedAsSuccess) {
+            view.kind = match view.kind {
+                EventType::CaptureFailed => EventType::Captured,
+                EventType::VoidFailed => EventType::Voided,
+                EventType::RefundFailed => EventType::Refunded,
+                other => other,
+            };
+        }
+        let body = view.to_body();
         let started_at = Utc::now();
         let timestamp = claim.claimed_at.timestamp();
         let mut secrets = vec![

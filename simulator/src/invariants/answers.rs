@@ -216,12 +216,7 @@ pub fn no_lost_acknowledgment(obs: &Observations) -> InvariantResult {
                     ),
                 );
             }
-            let field = match exchange.op {
-                Op::Authorize => "authorization_id",
-                Op::Capture => "capture_id",
-                Op::Void => "void_id",
-                Op::Refund => "refund_id",
-            };
+            let field = exchange.op.bank_field();
             let body = exchange.json().unwrap_or_default();
             let acknowledged = body["bank"][field].as_str();
             let bank = bank_id(receipt, "authorization_id")
@@ -422,7 +417,10 @@ pub fn honest_answers(obs: &Observations) -> InvariantResult {
             let steps = history(receipt);
             for op in &refused {
                 c.checked += 1;
-                if model::reflects(&steps, *op) && !accepted.contains(op) {
+                if model::reflects(&steps, *op)
+                    && !accepted.contains(op)
+                    && !done_behind_the_gateways(obs, receipt, *op)
+                {
                     c.flow(
                         i,
                         format!(
@@ -435,6 +433,19 @@ pub fn honest_answers(obs: &Observations) -> InvariantResult {
         }
     }
     c.done()
+}
+
+/// Whether what `op` makes, as the receipt names it, was made at the bank
+/// under no gateway's key: by its console, behind the gateways (which
+/// reconciliation then brought the receipt up to). A refusal of `op` could
+/// not have prevented that.
+pub(super) fn done_behind_the_gateways(obs: &Observations, receipt: &Value, op: Op) -> bool {
+    let Some(made) = bank_id(receipt, op.bank_field()) else {
+        return false;
+    };
+    !obs.bank_keys
+        .iter()
+        .any(|k| k.object_id.as_deref() == Some(made))
 }
 
 /// Whether a 200 read shows the payment it read (or, for a list, one of

@@ -195,7 +195,7 @@ pub const INVARIANTS: [(&str, &str); 18] = [
     ),
     (
         "no orphan money movement",
-        "everything the bank did under a gateway key is one gateway operation of the same kind, and the object it made is the one the receipt names; every hold on a run's card was made that way",
+        "everything the bank did under a gateway key is one gateway operation of the same kind, and the object it made is the one the receipt names; every request a gateway sent to move money carries the key of an operation of its kind; every hold on a run's card was made that way",
     ),
     (
         "convergence",
@@ -236,7 +236,7 @@ pub const INVARIANTS: [(&str, &str); 18] = [
     ),
     (
         "webhooks delivered",
-        "every change of every payment reached its merchant's endpoint with the payment as it stood; no event describes a history the payment lacks; nothing left undelivered",
+        "every change of every payment reached its merchant's endpoint with the payment as it stood, under the type of that change, and no other merchant's endpoint; no event describes a history the payment lacks; nothing left undelivered",
     ),
     (
         "webhooks signed",

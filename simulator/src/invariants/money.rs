@@ -72,8 +72,10 @@ fn created_by(path: &str) -> Option<(&'static str, &'static str)> {
 
 /// 2: everything the bank did under a gateway's key is one of the
 /// gateway's operations, of the same kind, and made the object that
-/// operation's payment names; and every hold on a run's card was made
-/// under a gateway's authorization key and is named by exactly one receipt.
+/// operation's payment names; every request a gateway sent to move money
+/// (as the tap saw it, answered or refused) carries the key of an operation
+/// of its kind; and every hold on a run's card was made under a gateway's
+/// authorization key and is named by exactly one receipt.
 pub fn no_orphan_movement(obs: &Observations) -> InvariantResult {
     let mut c = Check::new(obs, 2);
     let operations: BTreeMap<&str, _> = obs
@@ -117,6 +119,36 @@ pub fn no_orphan_movement(obs: &Observations) -> InvariantResult {
                     "the bank made {object} for the payment's {kind} operation, but the receipt names {named:?}"
                 ),
             );
+        }
+    }
+    // What the gateways sent, whatever the bank answered: a request under a
+    // key no operation of its kind has is a second attempt at the same
+    // movement that only the bank's own refusal kept from moving money
+    // (another bank would have taken it).
+    for call in obs.tapped.iter().flatten() {
+        let (Some((kind, _)), Some(key)) = (created_by(&call.path), call.key.as_deref()) else {
+            continue;
+        };
+        if !key.starts_with("gw_") {
+            continue;
+        }
+        c.checked += 1;
+        match operations.get(key) {
+            Some(operation) if operation.kind == kind => {}
+            Some(operation) => c.payment(
+                &operation.payment_id,
+                format!(
+                    "a gateway sent {} under the key of a {} operation",
+                    call.path, operation.kind
+                ),
+            ),
+            None => c.other(
+                key.to_owned(),
+                format!(
+                    "a gateway sent {} under a key no gateway operation has",
+                    call.path
+                ),
+            ),
         }
     }
     let made: BTreeMap<&str, &str> = obs

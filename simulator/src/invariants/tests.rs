@@ -953,3 +953,78 @@ fn another_merchant_acting_on_or_listing_the_payment_fails_honest_answers() {
     ));
     assert_eq!(failed(&obs), ["honest answers"]);
 }
+
+#[test]
+fn a_request_to_the_bank_under_a_key_no_operation_has_fails_no_orphan_money_movement() {
+    // The bank refused it (nothing stored under the key): only the tap
+    // saw a second capture sent under a fresh key.
+    let mut obs = world();
+    obs.tapped.as_mut().unwrap().push(TappedCall {
+        path: "/api/v1/captures".into(),
+        key: Some("gw_capture_3".into()),
+        caller: Some("a".into()),
+        started_us: 40,
+        ended_us: Some(50),
+    });
+    assert_eq!(failed(&obs), ["no orphan money movement"]);
+
+    // A void sent under the capture's key.
+    let mut obs = world();
+    obs.tapped.as_mut().unwrap()[1].path = "/api/v1/voids".into();
+    assert_eq!(failed(&obs), ["no orphan money movement"]);
+}
+
+#[test]
+fn an_event_named_for_another_change_or_sent_to_another_merchant_fails_webhooks_delivered() {
+    // A capture's last change announced as requested again.
+    let mut obs = world();
+    let secret = endpoint_secret();
+    let mut misnamed = delivery(4, 4_000, &secret);
+    let body = String::from_utf8(misnamed.body.clone())
+        .unwrap()
+        .replace("payment.captured", "payment.capture_requested");
+    misnamed.body = body.into_bytes();
+    misnamed.signature = signature::sign(&secret, "evt_4", 1_700_000_000, &misnamed.body);
+    webhooks(&mut obs).received[3] = misnamed;
+    assert_eq!(failed(&obs), ["webhooks delivered"]);
+
+    // The payment's events reach another merchant's endpoint too.
+    let mut obs = world();
+    let other = webhooks(&mut obs);
+    other.endpoints.push(EndpointSeen {
+        merchant_id: "m1".into(),
+        path: "/m1".into(),
+        secret: endpoint_secret(),
+        rotated: None,
+    });
+    let mut elsewhere = delivery(2, 2_500, &secret);
+    elsewhere.path = "/m1".into();
+    other.received.push(elsewhere);
+    assert!(
+        failed(&obs).contains(&"webhooks delivered"),
+        "{:?}",
+        failed(&obs)
+    );
+}
+
+#[test]
+fn a_move_made_at_the_banks_console_is_told_from_the_gateways_own() {
+    let obs = world();
+    let receipt = &obs.receipts[0][0];
+    // cap_1 was made under the capture operation's key.
+    assert!(!answers::done_behind_the_gateways(
+        &obs,
+        receipt,
+        Op::Capture
+    ));
+    // A refund under no gateway key: the console's.
+    let mut refunded = receipt.clone();
+    refunded["bank"]["refund_id"] = json!("ref_9");
+    assert!(answers::done_behind_the_gateways(
+        &obs,
+        &refunded,
+        Op::Refund
+    ));
+    // Nothing made: nothing behind anyone.
+    assert!(!answers::done_behind_the_gateways(&obs, receipt, Op::Void));
+}

@@ -148,6 +148,7 @@ pub fn delivered(obs: &Observations) -> InvariantResult {
             ),
         }
     }
+    misrouted(&mut c, webhooks);
     for payment in &webhooks.payments {
         c.checked += 1;
         let Some(endpoint) = endpoint_of(webhooks, &payment.merchant_id) else {
@@ -173,6 +174,9 @@ pub fn delivered(obs: &Observations) -> InvariantResult {
             }
         }
         for (_, shown) in got {
+            if let Err(why) = named_for_its_change(shown) {
+                c.payment(&payment.id, why);
+            }
             if !payment.statuses.starts_with(&shown.statuses) || shown.statuses.is_empty() {
                 c.payment(
                     &payment.id,
@@ -188,6 +192,72 @@ pub fn delivered(obs: &Observations) -> InvariantResult {
         }
     }
     c.done()
+}
+
+/// Whether an event's type is the one its snapshot's last change
+/// publishes: `payment.created` for the first entry, else the type of an
+/// event of the state machine that moves the entry before it to the last
+/// (a failed capture must not be sent as `payment.captured`). A flag is
+/// not a change.
+fn named_for_its_change(shown: &Snapshot) -> Result<(), String> {
+    use gateway::domain::EventType;
+    use gateway::domain::status::{PaymentEvent, PaymentStatus, transition};
+
+    if shown.kind == EventType::Flagged.as_str() {
+        return Ok(());
+    }
+    let statuses: Vec<Option<PaymentStatus>> = shown
+        .statuses
+        .iter()
+        .map(|s| PaymentStatus::parse(s))
+        .collect();
+    let allowed: Vec<&str> = match statuses.as_slice() {
+        [Some(_)] => vec![EventType::Created.as_str()],
+        [.., Some(from), Some(to)] => PaymentEvent::ALL
+            .into_iter()
+            .filter(|e| transition(*from, *e) == Ok(*to))
+            .map(|e| EventType::of(e).as_str())
+            .collect(),
+        _ => Vec::new(),
+    };
+    if allowed.contains(&shown.kind.as_str()) {
+        return Ok(());
+    }
+    Err(format!(
+        "{} #{} announces the change {} as {}, not {}",
+        shown.payment,
+        shown.sequence,
+        shown.statuses.join(" → "),
+        shown.kind,
+        allowed.join(" or ")
+    ))
+}
+
+/// Deliveries made to another merchant's endpoint than the payment's.
+fn misrouted(c: &mut Check<'_>, webhooks: &WebhookObservations) {
+    let owner: BTreeMap<&str, &str> = webhooks
+        .payments
+        .iter()
+        .map(|p| (p.id.as_str(), p.merchant_id.as_str()))
+        .collect();
+    for request in &webhooks.received {
+        let Some(shown) = request.json().as_ref().and_then(snapshot) else {
+            continue;
+        };
+        let endpoint = webhooks.endpoints.iter().find(|e| e.path == request.path);
+        let (Some(endpoint), Some(merchant)) = (endpoint, owner.get(shown.payment.as_str())) else {
+            continue;
+        };
+        if endpoint.merchant_id != *merchant {
+            c.payment(
+                &shown.payment,
+                format!(
+                    "{} #{} was delivered to another merchant's endpoint ({})",
+                    shown.kind, shown.sequence, request.path
+                ),
+            );
+        }
+    }
 }
 
 /// 14: every request is signed under its endpoint's secret (the new one
