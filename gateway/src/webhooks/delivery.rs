@@ -406,7 +406,18 @@ impl Worker {
                 EventType::CaptureFailed => EventType::Captured,
                 EventType::VoidFailed => EventType::Voided,
                 EventType::RefundFailed => EventType::Refunded,
-                other => other,
+                other @ (EventType::Created
+                | EventType::Authorized
+                | EventType::Declined
+                | EventType::Failed
+                | EventType::CaptureRequested
+                | EventType::Captured
+                | EventType::VoidRequested
+                | EventType::Voided
+                | EventType::RefundRequested
+                | EventType::Refunded
+                | EventType::Expired
+                | EventType::Flagged) => other,
             };
         }
         let body = view.to_body();
