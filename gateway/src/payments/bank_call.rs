@@ -372,11 +372,16 @@ impl Gateway {
                     .increment(1);
                 Resolution::failed(failed(kind), MOVED_AT_BANK)
             }
-            (None, None) => Resolution::Unknown {
-                reason: format!(
-                    "the bank said {refusal}, and its lookup shows neither this outcome nor the other"
-                ),
-            },
+            // Left in flight for recovery to ask again, and flagged if it
+            // never resolves; the alarm says why from the first time.
+            (None, None) => {
+                alarm(kind, refusal);
+                Resolution::Unknown {
+                    reason: format!(
+                        "the bank said {refusal}, and its lookup shows neither this outcome nor the other"
+                    ),
+                }
+            }
         }
     }
 }

@@ -180,6 +180,24 @@ pub async fn lock_expired_authorizations(
     .await
 }
 
+/// Authorized payments past their expiry whose bank moved them behind the
+/// gateway (`payment_moved_at_bank`): the sweeper does not expire them, it
+/// brings them up to what the bank holds. The least recently looked at
+/// first.
+pub async fn moved_at_bank_past_expiry(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM payments WHERE status = 'authorized' \
+         AND authorization_expires_at <= now() AND failure_code = 'payment_moved_at_bank' \
+         ORDER BY updated_at LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
 /// A payment by id alone, unlocked: for the recovery worker, which knows
 /// the id from an operation.
 pub async fn get_by_id(
