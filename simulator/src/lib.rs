@@ -26,7 +26,7 @@
 //! - [`run`]: one simulation in phases (start, drive, settle, observe, finish).
 //! - [`faults`]: the fault plan carried out beside the traffic.
 //! - [`receiver`]: the merchants' webhook receiver, with chaos of its own.
-//! - [`invariants`]: the eighteen checks, named in the report.
+//! - [`invariants`]: the nineteen checks, named in the report.
 //! - [`revocation`]: an API key revoked halfway through a run, probed throughout.
 //! - [`run_report`]: `simulator run`'s report: text, JSON, HTML.
 //! - [`simulate`]: `simulator run` itself (and the shrinking loop).

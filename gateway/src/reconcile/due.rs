@@ -24,7 +24,8 @@ pub enum Scope {
     All,
     // Those not known to match: new, moved since they matched, left over.
     Due,
-    // Those due, and every one the bank can still move without the gateway.
+    // Those due, and every one the bank can still move without the gateway
+    // (one still authorized however old, within its hold's week).
     Sweep,
 }
 
@@ -52,10 +53,19 @@ impl Scope {
     }
 }
 
-/// One page of the scope's payments in `(created_at, id)` order, from
-/// `since` or after `after` (which is itself after `since`). Two
-/// statements, so that each is one range of `payments_created_idx`,
-/// whatever plan Postgres caches; the scope is a filter on that range.
+/// How far back a sweep looks for payments still authorized, whatever the
+/// window: the week an authorization's hold lasts at the bank (its
+/// contract), and a day more. Within it the bank's console can capture or
+/// void a payment the gateway holds as authorized; left unseen, the
+/// receipt would be expired by the sweeper while the bank took the money.
+pub const AUTHORIZED_REACH: chrono::TimeDelta = chrono::TimeDelta::days(8);
+
+/// One page of the scope's payments in `(created_at, id)` order, from the
+/// scope's reach (`since`, or for a sweep [`AUTHORIZED_REACH`] ago if that
+/// is earlier) or after `after`. Payments older than `since` are read only
+/// if still authorized. Two statements, so that each is one range of
+/// `payments_created_idx`, whatever plan Postgres caches; the scope is a
+/// filter on that range.
 pub async fn page(
     pool: &PgPool,
     scope: Scope,
@@ -67,21 +77,31 @@ pub async fn page(
     let select = format!(
         "SELECT {COLUMNS} FROM payments p LEFT JOIN reconciled_payments r ON r.payment_id = p.id"
     );
-    const IN_SCOPE: &str = "(r.matched_updated_at IS DISTINCT FROM p.updated_at \
-         OR p.status::text = ANY($2))";
+    const IN_SCOPE: &str = "((p.created_at >= $3 AND (r.matched_updated_at IS DISTINCT FROM p.updated_at \
+         OR p.status::text = ANY($2))) OR (p.status = 'authorized' AND $4))";
     let sql = match after {
         None => format!(
-            "{select} WHERE p.created_at >= $3 AND {IN_SCOPE} \
+            "{select} WHERE p.created_at >= $5 AND {IN_SCOPE} \
              ORDER BY p.created_at, p.id LIMIT $1"
         ),
         Some(_) => format!(
-            "{select} WHERE (p.created_at, p.id) > ($3, $4) AND {IN_SCOPE} \
+            "{select} WHERE (p.created_at, p.id) > ($5, $6) AND {IN_SCOPE} \
              ORDER BY p.created_at, p.id LIMIT $1"
         ),
     };
-    let query = sqlx::query_as(&sql).bind(limit).bind(scope.always());
+    let reaches_back = scope == Scope::Sweep;
+    let reach = if reaches_back {
+        since.min(Utc::now() - AUTHORIZED_REACH)
+    } else {
+        since
+    };
+    let query = sqlx::query_as(&sql)
+        .bind(limit)
+        .bind(scope.always())
+        .bind(since)
+        .bind(reaches_back);
     match after {
-        None => query.bind(since).fetch_all(pool).await,
+        None => query.bind(reach).fetch_all(pool).await,
         Some((at, id)) => query.bind(at).bind(id).fetch_all(pool).await,
     }
 }

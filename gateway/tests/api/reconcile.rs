@@ -745,3 +745,24 @@ async fn two_replicas_in_the_background_repair_what_changed_at_the_bank() {
         .unwrap();
     assert!(swept);
 }
+
+#[tokio::test]
+async fn a_sweep_asks_about_every_payment_still_authorized_however_old() {
+    let app = app().await;
+    let id = authorized_id(&app).await;
+    // Made three days ago: outside the pass's window, well inside the
+    // week its hold lasts, in which the bank's console can still capture
+    // it (and the sweeper would otherwise expire the receipt).
+    sqlx::query("UPDATE payments SET created_at = created_at - interval '3 days' WHERE id = $1")
+        .bind(uuid_of(&id))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    captured_at_bank(&app, &id).await;
+
+    // A due pass reads its window only; the sweep reaches back for it.
+    assert_eq!(checked(&pass_of(&app, Scope::Due, true).await), (0, 0));
+    let sweep = pass_of(&app, Scope::Sweep, true).await;
+    assert_eq!(sweep.counts.repaired, 1, "{sweep:#?}");
+    assert_eq!(receipt(&app, &id).await["status"], "captured");
+}

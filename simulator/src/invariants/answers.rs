@@ -1,5 +1,5 @@
 //! What the gateway answered: idempotency, own outcome, no lost
-//! acknowledgment, honest answers, no server errors.
+//! acknowledgment, honest answers, no server errors, valid requests done.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -446,6 +446,70 @@ pub(super) fn done_behind_the_gateways(obs: &Observations, receipt: &Value, op: 
     !obs.bank_keys
         .iter()
         .any(|k| k.object_id.as_deref() == Some(made))
+}
+
+/// 19: the requests of a plan of the usual shape (authorize, then capture
+/// or void, then perhaps a refund, each sent once its step before is
+/// done) are done: each final answer to one is a 2xx. Refusing them is
+/// allowed only where the world gave a reason: an authorization on a card
+/// that can run out, or one its client left alone (which may be given up);
+/// a capture, void or refund of a payment whose authorization expired at
+/// the bank, or which the bank's console moved. The other checks make sure
+/// a refusal changed nothing and told no lie; this one that a gateway
+/// refusing good requests (a merchant never paid, a hold left to lapse)
+/// does not pass.
+pub fn valid_requests_done(obs: &Observations) -> InvariantResult {
+    let mut c = Check::new(obs, 19);
+    let can_run_out = cards_that_can_run_out(obs);
+    for (i, flow) in obs.flows.iter().enumerate() {
+        if !matches!(flow.plan.kind, PlanKind::Normal { .. }) {
+            continue;
+        }
+        let card_can_run_out = flow
+            .card_number
+            .as_deref()
+            .is_some_and(|card| can_run_out.contains(card));
+        for exchange in flow
+            .exchanges
+            .iter()
+            .filter(|e| e.variant == 0 && e.is_final() && !e.key.ends_with("-wrong"))
+        {
+            c.checked += 1;
+            if exchange.status().is_some_and(|s| (200..300).contains(&s)) {
+                continue;
+            }
+            let excused = match exchange.op {
+                Op::Authorize => card_can_run_out || flow.left_alone.contains(&exchange.key),
+                Op::Capture | Op::Void | Op::Refund => exchange
+                    .payment
+                    .as_deref()
+                    .and_then(|id| obs.receipt(id))
+                    .is_some_and(|receipt| moved_without_the_gateways(obs, receipt)),
+            };
+            if !excused {
+                c.flow(
+                    i,
+                    format!(
+                        "{}: a request the plan makes in order, refused",
+                        exchange.describe()
+                    ),
+                );
+            }
+        }
+    }
+    c.done()
+}
+
+/// Whether the bank moved the payment on its own: its authorization
+/// expired there, or its console captured, voided or refunded it.
+fn moved_without_the_gateways(obs: &Observations, receipt: &Value) -> bool {
+    let expired = bank_id(receipt, "authorization_id")
+        .and_then(|id| obs.bank.iter().find(|b| b.id == id))
+        .is_some_and(|bank| bank.state == "expired");
+    expired
+        || [Op::Capture, Op::Void, Op::Refund]
+            .into_iter()
+            .any(|op| done_behind_the_gateways(obs, receipt, op))
 }
 
 /// Whether a 200 read shows the payment it read (or, for a list, one of

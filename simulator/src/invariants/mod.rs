@@ -9,7 +9,7 @@
 //! - [`money`]: no double charge, no orphan money movement, conservation,
 //!   amounts as asked.
 //! - [`answers`]: idempotency, own outcome, no lost acknowledgment, honest
-//!   answers, no server errors.
+//!   answers, no server errors, valid requests done.
 //! - [`states`]: convergence, legality.
 //! - [`callers`]: one caller per bank key at a time.
 //! - [`card_data`]: no card data at rest or in the open, in any form.
@@ -188,7 +188,7 @@ pub struct InvariantResult {
 }
 
 /// Each invariant's name and what it checks.
-pub const INVARIANTS: [(&str, &str); 18] = [
+pub const INVARIANTS: [(&str, &str); 19] = [
     (
         "no double charge",
         "per authorization at most one capture and one refund, never a capture and a void; per order at most one payment holding or taking money",
@@ -257,6 +257,10 @@ pub const INVARIANTS: [(&str, &str); 18] = [
     (
         "amounts as asked",
         "every payment holds the amount and currency its authorization asked for, and so does the bank's authorization and every answer and read showing it",
+    ),
+    (
+        "valid requests done",
+        "every authorize, capture, void and refund a plan makes in order ends 2xx, unless its card can run out, its client left it alone, or the bank moved the payment on its own",
     ),
 ];
 
@@ -457,5 +461,6 @@ pub fn check(obs: &Observations) -> Vec<InvariantResult> {
         revocation::revoked_keys_refused(obs),
         bank::no_errors_of_its_own(obs),
         money::amounts_as_asked(obs),
+        answers::valid_requests_done(obs),
     ]
 }

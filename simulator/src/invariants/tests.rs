@@ -1028,3 +1028,34 @@ fn a_move_made_at_the_banks_console_is_told_from_the_gateways_own() {
     // Nothing made: nothing behind anyone.
     assert!(!answers::done_behind_the_gateways(&obs, receipt, Op::Void));
 }
+
+#[test]
+fn a_good_request_refused_fails_valid_requests_done_unless_the_bank_moved_the_payment() {
+    // The capture, the plan's next step, was refused for good: the payment
+    // stayed authorized, consistent everywhere, and no other check minds.
+    let mut obs = world();
+    let refused = json!({"error": {"code": "invalid_state", "payment_id": "pay_1"}});
+    let flow = &mut obs.flows[0];
+    flow.exchanges.truncate(1);
+    flow.exchanges
+        .push(exchange(Op::Capture, "c", 409, refused.clone(), false));
+    let authorized = obs.receipts[0][0]["history"].as_array().unwrap()[..2].to_vec();
+    obs.receipts[0][0]["status"] = json!("authorized");
+    obs.receipts[0][0]["history"] = json!(authorized);
+    obs.receipts[0][0]["bank"] = json!({"authorization_id": "auth_1"});
+    obs.flows[0].reads.truncate(1);
+    let bank = &mut obs.bank[0];
+    (bank.state, bank.captures, bank.capture_id) = ("active".into(), 0, None);
+    obs.bank_keys.truncate(1);
+    obs.operations.truncate(1);
+    obs.tapped.as_mut().unwrap().truncate(1);
+    (obs.cards[0].balance, obs.cards[0].available) = (1000, 500);
+    let webhooks = webhooks(&mut obs);
+    webhooks.received.truncate(2);
+    webhooks.payments[0].statuses.truncate(2);
+    assert_eq!(failed(&obs), ["valid requests done"]);
+
+    // The same refusal of a payment whose authorization expired at the bank.
+    obs.bank[0].state = "expired".into();
+    assert!(!failed(&obs).contains(&"valid requests done"));
+}
