@@ -452,7 +452,8 @@ pub(super) fn done_behind_the_gateways(obs: &Observations, receipt: &Value, op: 
 /// or void, then perhaps a refund, each sent once its step before is
 /// done) are done: each final answer to one is a 2xx. Refusing them is
 /// allowed only where the world gave a reason: an authorization on a card
-/// that can run out, or one its client left alone (which may be given up);
+/// that can run out, or one given up as abandoned (invariant 9 judges that
+/// it was past its grace period);
 /// a capture, void or refund of a payment whose authorization expired at
 /// the bank, or which the bank's console moved. The other checks make sure
 /// a refusal changed nothing and told no lie; this one that a gateway
@@ -479,7 +480,15 @@ pub fn valid_requests_done(obs: &Observations) -> InvariantResult {
                 continue;
             }
             let excused = match exchange.op {
-                Op::Authorize => card_can_run_out || flow.left_alone.contains(&exchange.key),
+                // Given up once past the grace period (when, invariant 9
+                // judges): a client whose retries kept meeting the key in
+                // use, its first request's replica killed holding the lease,
+                // can reach it without having left the key alone.
+                Op::Authorize => {
+                    card_can_run_out
+                        || flow.left_alone.contains(&exchange.key)
+                        || exchange.error_code().as_deref() == Some(gateway::payments::ABANDONED)
+                }
                 Op::Capture | Op::Void | Op::Refund => exchange
                     .payment
                     .as_deref()

@@ -260,7 +260,7 @@ pub const INVARIANTS: [(&str, &str); 19] = [
     ),
     (
         "valid requests done",
-        "every authorize, capture, void and refund a plan makes in order ends 2xx, unless its card can run out, its client left it alone, or the bank moved the payment on its own",
+        "every authorize, capture, void and refund a plan makes in order ends 2xx, unless its card can run out, it was given up past its grace period, or the bank moved the payment on its own",
     ),
 ];
 
