@@ -1185,14 +1185,7 @@ async fn a_payment_the_bank_moved_is_not_expired_while_its_receipt_catches_up() 
         "payment_moved_at_bank",
     )
     .await;
-    assert_eq!(
-        app.get(&format!("/v1/payments/{id}"))
-            .await
-            .json::<Value>()
-            .await
-            .unwrap()["status"],
-        "authorized"
-    );
+    assert_eq!(app.payment(id).await["status"], "authorized");
 
     // Both it and an untouched payment reach their authorization's expiry.
     let untouched = app.authorized(HAPPY_CARD, 1_000).await;
@@ -1208,12 +1201,7 @@ async fn a_payment_the_bank_moved_is_not_expired_while_its_receipt_catches_up() 
     app.eventually(untouched_id, |p| p["status"] == "expired")
         .await;
     // The bank captured it: its hold did not lapse, it was taken.
-    let moved: Value = app
-        .get(&format!("/v1/payments/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let moved = app.payment(id).await;
     assert_eq!(moved["status"], "authorized", "{moved}");
 
     // Once the bank answers its lookups, the sweeper brings the receipt up

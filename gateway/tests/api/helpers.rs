@@ -259,6 +259,13 @@ impl TestApp {
         .await
     }
 
+    /// `GET /v1/payments/{id}`, asserting 200.
+    pub async fn payment(&self, id: &str) -> Value {
+        let response = self.get(&format!("/v1/payments/{id}")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+
     /// Polls the payment until `done` holds, for at most ~20 s.
     pub async fn eventually(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
         let mut payment = Value::Null;

@@ -60,12 +60,6 @@ fn unreachable_bank() -> BankClient {
     bank_at("http://127.0.0.1:1", policy)
 }
 
-async fn receipt(app: &TestApp, id: &str) -> Value {
-    let response = app.get(&format!("/v1/payments/{id}")).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json().await.unwrap()
-}
-
 async fn moved(app: &TestApp, id: &str, action: &str) -> Value {
     let response = app.act(id, action).await;
     assert_eq!(response.status(), StatusCode::OK, "{action} {id}");
@@ -193,25 +187,25 @@ async fn receipts_behind_the_bank_are_repaired_along_legal_steps() {
     let capture = app
         .at_bank(
             "/api/v1/captures",
-            json!({"authorization_id": auth(&receipt(&app, &to_capture).await), "amount": 1_000}),
+            json!({"authorization_id": auth(&app.payment(&to_capture).await), "amount": 1_000}),
         )
         .await;
     let void = app
         .at_bank(
             "/api/v1/voids",
-            json!({"authorization_id": auth(&receipt(&app, &to_void).await)}),
+            json!({"authorization_id": auth(&app.payment(&to_void).await)}),
         )
         .await;
     app.at_bank(
         &format!(
             "/admin/authorizations/{}/expire",
-            auth(&receipt(&app, &to_expire).await)
+            auth(&app.payment(&to_expire).await)
         ),
         json!({}),
     )
     .await;
     let refund = app.at_bank("/api/v1/refunds",
-        json!({"capture_id": bank_id(&receipt(&app, &to_refund).await, "capture_id"), "amount": 900}),
+        json!({"capture_id": bank_id(&app.payment(&to_refund).await, "capture_id"), "amount": 900}),
     )
     .await;
 
@@ -220,7 +214,7 @@ async fn receipts_behind_the_bank_are_repaired_along_legal_steps() {
     assert_eq!(dry.counts.repairable, 4, "{dry:#?}");
     assert_eq!(dry.counts.matched, 4, "{dry:#?}");
     assert_eq!(dry.left_over(), 4);
-    assert_eq!(receipt(&app, &to_capture).await["status"], "authorized");
+    assert_eq!(app.payment(&to_capture).await["status"], "authorized");
 
     let report = run(&app, true).await;
     assert_eq!(report.counts.repaired, 4, "{report:#?}");
@@ -235,23 +229,23 @@ async fn receipts_behind_the_bank_are_repaired_along_legal_steps() {
     assert_eq!(entry.gateway_status.as_str(), "authorized");
     assert!(entry.bank.contains("captured"), "{}", entry.bank);
 
-    let captured = receipt(&app, &to_capture).await;
+    let captured = app.payment(&to_capture).await;
     assert_eq!(captured["status"], "captured");
     assert_eq!(captured["bank"]["capture_id"], capture["capture_id"]);
     assert_eq!(
         history(&captured),
         ["pending", "authorized", "capturing", "captured"]
     );
-    let voided = receipt(&app, &to_void).await;
+    let voided = app.payment(&to_void).await;
     assert_eq!(voided["status"], "voided");
     assert_eq!(voided["bank"]["void_id"], void["void_id"]);
     assert_eq!(
         history(&voided),
         ["pending", "authorized", "voiding", "voided"]
     );
-    let expired = receipt(&app, &to_expire).await;
+    let expired = app.payment(&to_expire).await;
     assert_eq!(history(&expired), ["pending", "authorized", "expired"]);
-    let refunded = receipt(&app, &to_refund).await;
+    let refunded = app.payment(&to_refund).await;
     assert_eq!(refunded["status"], "refunded");
     assert_eq!(refunded["bank"]["refund_id"], refund["refund_id"]);
     assert_eq!(
@@ -297,10 +291,7 @@ async fn claims_the_bank_never_made_are_reported_and_left_alone() {
         .unwrap()
         .to_owned();
     forge(&app, &in_flight, &["voiding"], "").await;
-    let before = [
-        receipt(&app, &authorized).await,
-        receipt(&app, &captured).await,
-    ];
+    let before = [app.payment(&authorized).await, app.payment(&captured).await];
 
     let report = run(&app, true).await;
     assert_eq!(report.counts.mismatch, 2, "{report:#?}");
@@ -329,10 +320,7 @@ async fn claims_the_bank_never_made_are_reported_and_left_alone() {
         mismatch.reason.as_deref().unwrap().contains(&fake_refund),
         "{mismatch:?}"
     );
-    let after = [
-        receipt(&app, &authorized).await,
-        receipt(&app, &captured).await,
-    ];
+    let after = [app.payment(&authorized).await, app.payment(&captured).await];
     assert_eq!(before, after, "a mismatch is never repaired");
 
     // The binary says the same, and fails.
@@ -366,7 +354,7 @@ async fn the_binary_exits_zero_when_all_match_and_repairs_unless_dry_run() {
     assert_eq!(json["counts"]["matched"], 5, "{json}");
     assert_eq!(json["entries"], json!([]));
 
-    let auth = bank_id(&receipt(&app, &authorized).await, "authorization_id");
+    let auth = bank_id(&app.payment(&authorized).await, "authorization_id");
     app.at_bank("/api/v1/voids", json!({"authorization_id": auth}))
         .await;
     let dry = gateway_reconcile(&app, &["--json", "--dry-run"]);
@@ -374,14 +362,14 @@ async fn the_binary_exits_zero_when_all_match_and_repairs_unless_dry_run() {
     let json: Value = serde_json::from_slice(&dry.stdout).unwrap();
     assert_eq!(json["counts"]["repairable"], 1, "{json}");
     assert_eq!(json["entries"][0]["path"], json!(["voiding", "voided"]));
-    assert_eq!(receipt(&app, &authorized).await["status"], "authorized");
+    assert_eq!(app.payment(&authorized).await["status"], "authorized");
 
     let output = gateway_reconcile(&app, &[]);
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains("repaired 1"), "{text}");
     assert!(text.contains("authorized -> voiding -> voided"), "{text}");
-    assert_eq!(receipt(&app, &authorized).await["status"], "voided");
+    assert_eq!(app.payment(&authorized).await["status"], "voided");
 
     // Every run with repair on remembered what matched; the repaired one
     // moved since, so the background's scope asks about it alone.
@@ -433,7 +421,7 @@ async fn authorized_id(app: &TestApp) -> String {
 /// Captures the payment's whole authorization at the bank, not through
 /// the gateway. Answers the bank's capture id.
 async fn captured_at_bank(app: &TestApp, id: &str) -> String {
-    let auth = bank_id(&receipt(app, id).await, "authorization_id");
+    let auth = bank_id(&app.payment(id).await, "authorization_id");
     let capture = app
         .at_bank(
             "/api/v1/captures",
@@ -475,11 +463,11 @@ async fn a_change_made_at_the_bank_alone_waits_for_the_sweep() {
     // The receipt did not move, so a due pass does not ask: the price of
     // not asking the bank about every payment every pass.
     assert_eq!(checked(&pass_of(&app, Scope::Due, true).await), (0, 0));
-    assert_eq!(receipt(&app, &id).await["status"], "authorized");
+    assert_eq!(app.payment(&id).await["status"], "authorized");
 
     let sweep = pass_of(&app, Scope::Sweep, true).await;
     assert_eq!(sweep.counts.repaired, 1, "{sweep:#?}");
-    assert_eq!(receipt(&app, &id).await["status"], "captured");
+    assert_eq!(app.payment(&id).await["status"], "captured");
     // The repair moved it: the next due pass confirms the repair.
     assert_eq!(checked(&pass_of(&app, Scope::Due, true).await), (1, 1));
 }
@@ -570,7 +558,7 @@ async fn a_receipt_moved_on_while_the_bank_answered_is_checked_again_not_a_misma
     .await;
     let quick = pass_of(&app, Scope::All, true).await;
     assert_eq!(quick.counts.repaired, 1, "{quick:#?}");
-    assert_eq!(receipt(&app, &id).await["status"], "refunded");
+    assert_eq!(app.payment(&id).await["status"], "refunded");
 
     // The first pass's view (captured, no refund) is older than the
     // receipt it finds under the lock: it must ask again, not report a
@@ -578,7 +566,7 @@ async fn a_receipt_moved_on_while_the_bank_answered_is_checked_again_not_a_misma
     let slow = slow.await.unwrap().unwrap();
     assert_eq!(slow.counts.mismatch, 0, "{slow:#?}");
     assert_eq!(slow.counts.matched, 1, "{slow:#?}");
-    assert_eq!(receipt(&app, &id).await["status"], "refunded");
+    assert_eq!(app.payment(&id).await["status"], "refunded");
 }
 
 #[tokio::test]
@@ -586,7 +574,7 @@ async fn an_operation_the_bank_refuses_because_it_did_the_other_one_catches_the_
     let app = app().await;
     // Voided at the bank's console, then captured through the gateway.
     let voided = authorized_id(&app).await;
-    let auth = bank_id(&receipt(&app, &voided).await, "authorization_id");
+    let auth = bank_id(&app.payment(&voided).await, "authorization_id");
     let void = app
         .at_bank("/api/v1/voids", json!({"authorization_id": auth}))
         .await;
@@ -600,7 +588,7 @@ async fn an_operation_the_bank_refuses_because_it_did_the_other_one_catches_the_
     .await;
     assert_eq!(error["error"]["payment_id"], voided.as_str());
     // Not left for the next sweep: the receipt shows what the bank did.
-    let now = receipt(&app, &voided).await;
+    let now = app.payment(&voided).await;
     assert_eq!(now["status"], "voided", "{now}");
     assert_eq!(now["bank"]["void_id"], void["void_id"]);
 
@@ -615,7 +603,7 @@ async fn an_operation_the_bank_refuses_because_it_did_the_other_one_catches_the_
         "payment_moved_at_bank",
     )
     .await;
-    let now = receipt(&app, &captured).await;
+    let now = app.payment(&captured).await;
     assert_eq!(now["status"], "captured", "{now}");
     assert_eq!(now["bank"]["capture_id"], capture.as_str());
 
@@ -764,5 +752,5 @@ async fn a_sweep_asks_about_every_payment_still_authorized_however_old() {
     assert_eq!(checked(&pass_of(&app, Scope::Due, true).await), (0, 0));
     let sweep = pass_of(&app, Scope::Sweep, true).await;
     assert_eq!(sweep.counts.repaired, 1, "{sweep:#?}");
-    assert_eq!(receipt(&app, &id).await["status"], "captured");
+    assert_eq!(app.payment(&id).await["status"], "captured");
 }
