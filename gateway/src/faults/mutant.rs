@@ -77,10 +77,15 @@ pub enum Mutant {
     ForeignPaymentOperable,
     /// A webhook announces a failed capture, void or refund as its success.
     FailureAnnouncedAsSuccess,
+    /// An operation's start judges the payment as it stood one change
+    /// before (a lagging read): a capture right after its authorization is
+    /// refused as `invalid_state`, changing nothing and telling no lie a
+    /// receipt could contradict.
+    StaleStatusJudged,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 23] = [
+    pub const ALL: [Mutant; 24] = [
         Mutant::ResumeAnyOperation,
         Mutant::LateAnswerWins,
         Mutant::ReplayRecomputed,
@@ -104,6 +109,7 @@ impl Mutant {
         Mutant::AuthorizedAmountOffByOne,
         Mutant::ForeignPaymentOperable,
         Mutant::FailureAnnouncedAsSuccess,
+        Mutant::StaleStatusJudged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -131,6 +137,7 @@ impl Mutant {
             Mutant::AuthorizedAmountOffByOne => "authorized_amount_off_by_one",
             Mutant::ForeignPaymentOperable => "foreign_payment_operable",
             Mutant::FailureAnnouncedAsSuccess => "failure_announced_as_success",
+            Mutant::StaleStatusJudged => "stale_status_judged",
         }
     }
 
@@ -162,7 +169,8 @@ impl Mutant {
             | Mutant::KeyCacheNeverLapses
             | Mutant::FingerprintWithoutPath
             | Mutant::AuthorizedAmountOffByOne
-            | Mutant::ForeignPaymentOperable => false,
+            | Mutant::ForeignPaymentOperable
+            | Mutant::StaleStatusJudged => false,
         }
     }
 
@@ -213,6 +221,9 @@ impl Mutant {
             }
             Mutant::FailureAnnouncedAsSuccess => {
                 "a webhook announces a failed capture, void or refund as its success"
+            }
+            Mutant::StaleStatusJudged => {
+                "an operation's start judges the payment one change behind (a good capture refused)"
             }
         }
     }

@@ -117,6 +117,14 @@ impl Gateway {
                 }
             };
             drop(conn);
+            let found = if self.faults.mutant(Mutant::StaleStatusJudged) {
+                Found {
+                    payment: one_change_behind(found.payment, &found.history),
+                    ..found
+                }
+            } else {
+                found
+            };
             let new = New {
                 merchant,
                 key,
@@ -198,10 +206,15 @@ impl Gateway {
         let Found {
             payment,
             expiry_due,
-            ..
+            history,
         } = payments::lock_for_operation(&mut tx, new.merchant, payment_id, lock)
             .await?
             .ok_or(Error::NotFound)?;
+        let payment = if self.faults.mutant(Mutant::StaleStatusJudged) {
+            one_change_behind(payment, &history)
+        } else {
+            payment
+        };
         // An authorization past its expiry is expired first, so that capture
         // and void answer `authorization_expired` without calling the bank.
         let payment = if expiry_due {
@@ -390,6 +403,14 @@ fn operable(found: Option<Found>, amount: Option<Amount>) -> Result<Found, Error
         }
         None => Ok(found),
     }
+}
+
+/// The mutant's lagging read: the payment as it stood one change before.
+fn one_change_behind(mut payment: PaymentRecord, history: &History) -> PaymentRecord {
+    if let [.., (before, _), _] = history.as_slice() {
+        payment.status = payments::StoredStatus(*before);
+    }
+    payment
 }
 
 /// A key not seen before, and the request it is for.
