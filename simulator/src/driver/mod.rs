@@ -705,7 +705,7 @@ impl Driver {
         while Instant::now() < deadline {
             let sent = Instant::now();
             let read = self
-                .get(record.plan.merchant, ReadKind::Read, &id, op.as_str())
+                .probe(record.plan.merchant, ReadKind::Read, &id, op.as_str())
                 .await;
             let status = read
                 .json()
@@ -733,7 +733,7 @@ impl Driver {
             return;
         };
         let read = self
-            .get(record.plan.merchant, ReadKind::Read, &id, after)
+            .probe(record.plan.merchant, ReadKind::Read, &id, after)
             .await;
         record.reads.push(read);
     }
@@ -751,16 +751,14 @@ impl Driver {
         async move {
             let id = target?;
             tokio::time::sleep(Duration::from_millis(rand::random_range(0..=100))).await;
-            Some(self.get(merchant, ReadKind::Read, &id, "during").await)
+            Some(self.probe(merchant, ReadKind::Read, &id, "during").await)
         }
     }
 
-    /// One GET of a payment (or, for a list, of the order `id`), at the
-    /// next replica.
-    /// One attempt of a read (or of a foreign merchant's operation, a
-    /// probe that must find nothing): `id` is the payment's, or for a list
-    /// the order's.
-    async fn get(&self, merchant: u8, kind: ReadKind, id: &str, after: &str) -> Read {
+    /// One attempt of a read, or of another merchant's operation (which
+    /// must find nothing), at the next replica: `id` is the payment's, or
+    /// for a list the order's.
+    async fn probe(&self, merchant: u8, kind: ReadKind, id: &str, after: &str) -> Read {
         let path = match kind {
             ReadKind::Read | ReadKind::Foreign => format!("/v1/payments/{id}"),
             ReadKind::List | ReadKind::ForeignList => {
@@ -1074,7 +1072,7 @@ impl Driver {
         self.read(record, "end").await;
         if record.plan.reads {
             let list = self
-                .get(
+                .probe(
                     record.plan.merchant,
                     ReadKind::List,
                     &record.order_id.clone(),
@@ -1089,17 +1087,19 @@ impl Driver {
         if let Some(id) = record.payment_id.clone()
             && other != own
         {
-            let foreign = self.get(other, ReadKind::Foreign, &id, "end").await;
+            let foreign = self.probe(other, ReadKind::Foreign, &id, "end").await;
             record.reads.push(foreign);
             // The plans that read also try, as the other merchant, to list
             // the order and to act on the payment: each must find nothing.
             if record.plan.reads {
                 let order = record.order_id.clone();
-                let listed = self.get(other, ReadKind::ForeignList, &order, "end").await;
+                let listed = self
+                    .probe(other, ReadKind::ForeignList, &order, "end")
+                    .await;
                 record.reads.push(listed);
                 for op in [Op::Capture, Op::Void, Op::Refund] {
                     let kind = ReadKind::ForeignOperation(op);
-                    let acted = self.get(other, kind, &id, "end").await;
+                    let acted = self.probe(other, kind, &id, "end").await;
                     record.reads.push(acted);
                 }
             }
