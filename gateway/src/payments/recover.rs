@@ -16,10 +16,6 @@ use super::{Error, Gateway};
 
 /// Bank calls one recovery pass makes at once.
 const RECOVERY_CONCURRENCY: usize = 16;
-/// Payments moved at the bank and past their expiry that one expiry sweep
-/// brings up to the bank, at most: each is a lookup at the bank, and one
-/// the bank keeps failing is asked again every sweep.
-const MOVED_CATCH_UPS_PER_SWEEP: i64 = 8;
 
 /// The failure code of an authorization the gateway gave up on: its answer
 /// was lost, its client did not come back with the card within the grace
@@ -140,30 +136,11 @@ impl Gateway {
             metrics::counter!("gateway_payments_expired_total").increment(expired);
             tracing::info!(expired, "authorizations past their expiry marked expired");
         }
-        self.catch_up_moved_past_expiry().await?;
         Ok(expired)
     }
 
-    /// A payment the bank moved behind the gateway is not expired: its hold
-    /// was used, not left to lapse (see `payments::EXPIRY_DUE`). Its receipt
-    /// is brought up to the bank right after the refused request that
-    /// learnt of the move; if that failed (the process died, the bank did
-    /// not answer), the reconciliation pass may not look again (it reads a
-    /// window of recent payments), so the sweeper does, a few per tick,
-    /// once the authorization is past its expiry.
-    async fn catch_up_moved_past_expiry(&self) -> Result<(), Error> {
-        let moved = {
-            let mut conn = self.pool.acquire().await?;
-            payments::moved_at_bank_past_expiry(&mut conn, MOVED_CATCH_UPS_PER_SWEEP).await?
-        };
-        for payment_id in moved {
-            self.catch_up_with_bank(payment_id).await;
-        }
-        Ok(())
-    }
-
-    /// (unfinished operations, those unfinished for longer than `flag_after`),
-    /// after publishing `payment.flagged` for those newly past it (at most
+    /// How many operations are unresolved, and how many of those for longer
+    /// than `flag_after`, after publishing `payment.flagged` for those newly past it (at most
     /// `batch`), so that the merchant hears of them too.
     pub async fn unresolved(
         &self,

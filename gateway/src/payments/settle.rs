@@ -108,7 +108,7 @@ impl Gateway {
     /// client that reads it after its refused request sees what the bank
     /// did. The answer to that request is stored already; if this fails,
     /// the sweep does it.
-    pub(super) async fn catch_up_with_bank(&self, payment_id: uuid::Uuid) {
+    async fn catch_up_with_bank(&self, payment_id: uuid::Uuid) {
         match crate::reconcile::catch_up(&self.pool, &self.bank, payment_id).await {
             Ok(entry) => tracing::info!(
                 payment_id = %entry.payment_id,

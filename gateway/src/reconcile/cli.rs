@@ -106,8 +106,12 @@ fn parse_duration(raw: &str) -> Result<TimeDelta, String> {
 pub fn render(report: &Report) -> String {
     let c = report.counts;
     let mode = if report.repair { "repair" } else { "dry run" };
+    let reach = report
+        .authorized_since
+        .map(|at| format!(", and those still authorized since {}", at.to_rfc3339()))
+        .unwrap_or_default();
     let mut out = format!(
-        "reconciled {} payment(s) created since {} (scope {}, {mode})\n\
+        "reconciled {} payment(s) created since {}{reach} (scope {}, {mode})\n\
          matched {}, in flight {}, repaired {}, to repair {}, mismatch {}, unverified {}\n",
         c.checked,
         report.since.to_rfc3339(),

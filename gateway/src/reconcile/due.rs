@@ -60,6 +60,16 @@ impl Scope {
 /// receipt would be expired by the sweeper while the bank took the money.
 pub const AUTHORIZED_REACH: chrono::TimeDelta = chrono::TimeDelta::days(8);
 
+/// The earliest creation time the scope reads: `since`, or for a sweep
+/// [`AUTHORIZED_REACH`] ago if that is earlier (for payments still
+/// authorized only).
+pub fn reach(scope: Scope, since: DateTime<Utc>) -> DateTime<Utc> {
+    match scope {
+        Scope::Sweep => since.min(Utc::now() - AUTHORIZED_REACH),
+        Scope::All | Scope::Due => since,
+    }
+}
+
 /// One page of the scope's payments in `(created_at, id)` order, from the
 /// scope's reach (`since`, or for a sweep [`AUTHORIZED_REACH`] ago if that
 /// is earlier) or after `after`. Payments older than `since` are read only
@@ -90,18 +100,13 @@ pub async fn page(
         ),
     };
     let reaches_back = scope == Scope::Sweep;
-    let reach = if reaches_back {
-        since.min(Utc::now() - AUTHORIZED_REACH)
-    } else {
-        since
-    };
     let query = sqlx::query_as(&sql)
         .bind(limit)
         .bind(scope.always())
         .bind(since)
         .bind(reaches_back);
     match after {
-        None => query.bind(reach).fetch_all(pool).await,
+        None => query.bind(reach(scope, since)).fetch_all(pool).await,
         Some((at, id)) => query.bind(at).bind(id).fetch_all(pool).await,
     }
 }

@@ -178,6 +178,10 @@ impl Counts {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub since: DateTime<Utc>,
+    /// How far back the pass read payments still authorized, when further
+    /// than `since` (a sweep: see [`due::AUTHORIZED_REACH`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorized_since: Option<DateTime<Utc>>,
     pub scope: Scope,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
@@ -239,8 +243,10 @@ pub async fn pass(
     repair: bool,
     mut turn: Option<&mut Turn>,
 ) -> Result<Report, ReconcileError> {
+    let reach = due::reach(scope, since);
     let mut report = Report {
         since,
+        authorized_since: (reach < since).then_some(reach),
         scope,
         started_at: Utc::now(),
         finished_at: Utc::now(),

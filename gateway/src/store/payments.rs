@@ -85,7 +85,9 @@ pub(crate) const COLUMNS: &str = "id, merchant_id, order_id, customer_id, amount
 /// it first, used by every read and write that decides it. Not one the
 /// bank was found to have captured or voided behind the gateway
 /// (`payment_moved_at_bank`) while its receipt waits to catch up: its hold
-/// did not lapse, it was used, and reconciliation brings the receipt there.
+/// did not lapse, it was used, and reconciliation's sweep (which reads
+/// every payment still authorized from the hold's week) brings the receipt
+/// there.
 pub(crate) const EXPIRY_DUE: &str = "(status = 'authorized' AND authorization_expires_at <= now() \
      AND failure_code IS DISTINCT FROM 'payment_moved_at_bank')";
 
@@ -175,24 +177,6 @@ pub async fn lock_expired_authorizations(
         "SELECT {COLUMNS} FROM payments WHERE {EXPIRY_DUE} \
          ORDER BY authorization_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED"
     ))
-    .bind(limit)
-    .fetch_all(conn)
-    .await
-}
-
-/// Authorized payments past their expiry whose bank moved them behind the
-/// gateway (`payment_moved_at_bank`): the sweeper does not expire them, it
-/// brings them up to what the bank holds. The least recently looked at
-/// first.
-pub async fn moved_at_bank_past_expiry(
-    conn: &mut PgConnection,
-    limit: i64,
-) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT id FROM payments WHERE status = 'authorized' \
-         AND authorization_expires_at <= now() AND failure_code = 'payment_moved_at_bank' \
-         ORDER BY updated_at LIMIT $1",
-    )
     .bind(limit)
     .fetch_all(conn)
     .await

@@ -1204,11 +1204,31 @@ async fn a_payment_the_bank_moved_is_not_expired_while_its_receipt_catches_up() 
     let moved = app.payment(id).await;
     assert_eq!(moved["status"], "authorized", "{moved}");
 
-    // Once the bank answers its lookups, the sweeper brings the receipt up
-    // to it, with nobody asking: the reconciliation pass may never look at
-    // a payment this old again.
+    // Once the bank answers its lookups, reconciliation's sweep brings the
+    // receipt up to it: it reads every payment still authorized from the
+    // hold's week, however old.
     proxy(&app).heal();
-    let caught_up = app.eventually(id, |p| p["status"] == "captured").await;
+    let bank = gateway::bank::BankClient::new(
+        &app.bank_address,
+        gateway::bank::RetryPolicy::default(),
+        4,
+        gateway::bank::CircuitSettings::default(),
+    )
+    .unwrap();
+    let since = chrono::Utc::now() - chrono::TimeDelta::hours(24);
+    let sweep = gateway::reconcile::pass(
+        &app.pool,
+        &bank,
+        since,
+        gateway::reconcile::Scope::Sweep,
+        true,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(sweep.counts.repaired, 1, "{sweep:#?}");
+    let caught_up = app.payment(id).await;
+    assert_eq!(caught_up["status"], "captured");
     assert_eq!(caught_up["bank"]["capture_id"], capture["capture_id"]);
 }
 

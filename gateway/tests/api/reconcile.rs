@@ -753,4 +753,7 @@ async fn a_sweep_asks_about_every_payment_still_authorized_however_old() {
     let sweep = pass_of(&app, Scope::Sweep, true).await;
     assert_eq!(sweep.counts.repaired, 1, "{sweep:#?}");
     assert_eq!(app.payment(&id).await["status"], "captured");
+    // And says how far back it read them.
+    assert!(sweep.authorized_since.is_some_and(|at| at < sweep.since));
+    assert!(gateway::reconcile::cli::render(&sweep).contains("and those still authorized since"));
 }
