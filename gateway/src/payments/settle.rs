@@ -110,6 +110,14 @@ impl Gateway {
     /// the sweep does it.
     async fn catch_up_with_bank(&self, payment_id: uuid::Uuid) {
         match crate::reconcile::catch_up(&self.pool, &self.bank, payment_id).await {
+            // Unverified or a mismatch: nothing was brought up to the bank.
+            Ok(entry) if entry.outcome.is_left_over() => tracing::warn!(
+                payment_id = %entry.payment_id,
+                outcome = entry.outcome.as_str(),
+                gateway = %entry.gateway,
+                bank = %entry.bank,
+                "could not catch a payment up with the bank; the next sweep asks again"
+            ),
             Ok(entry) => tracing::info!(
                 payment_id = %entry.payment_id,
                 outcome = entry.outcome.as_str(),
