@@ -1208,24 +1208,7 @@ async fn a_payment_the_bank_moved_is_not_expired_while_its_receipt_catches_up() 
     // receipt up to it: it reads every payment still authorized from the
     // hold's week, however old.
     proxy(&app).heal();
-    let bank = gateway::bank::BankClient::new(
-        &app.bank_address,
-        gateway::bank::RetryPolicy::default(),
-        4,
-        gateway::bank::CircuitSettings::default(),
-    )
-    .unwrap();
-    let since = chrono::Utc::now() - chrono::TimeDelta::hours(24);
-    let sweep = gateway::reconcile::pass(
-        &app.pool,
-        &bank,
-        since,
-        gateway::reconcile::Scope::Sweep,
-        true,
-        None,
-    )
-    .await
-    .unwrap();
+    let sweep = pass_of(&app, gateway::reconcile::Scope::Sweep, true).await;
     assert_eq!(sweep.counts.repaired, 1, "{sweep:#?}");
     let caught_up = app.payment(id).await;
     assert_eq!(caught_up["status"], "captured");
@@ -1235,7 +1218,6 @@ async fn a_payment_the_bank_moved_is_not_expired_while_its_receipt_catches_up() 
 #[tokio::test]
 async fn a_payments_version_only_moves_forward_whoever_stamps_it() {
     use gateway::domain::PaymentEvent;
-    use gateway::store::payments;
 
     let app = proxied(|_| {}).await;
     let id = authorized_payment(&app).await;
@@ -1252,18 +1234,7 @@ async fn a_payments_version_only_moves_forward_whoever_stamps_it() {
     .await
     .unwrap();
     let mut tx = app.pool.begin().await.unwrap();
-    let (payment, _) = payments::lock_with_history(&mut tx, id)
-        .await
-        .unwrap()
-        .unwrap();
-    let voiding = payments::apply(
-        &mut tx,
-        &payment,
-        PaymentEvent::VoidRequested,
-        &payments::BankFacts::default(),
-    )
-    .await
-    .unwrap();
+    let voiding = moved_in(&mut tx, id, PaymentEvent::VoidRequested).await;
     tx.commit().await.unwrap();
     assert!(
         voiding.updated_at > ahead,
@@ -1278,6 +1249,21 @@ async fn authorized_payment(app: &TestApp) -> uuid::Uuid {
     uuid_of(authorized["id"].as_str().unwrap())
 }
 
+/// The payment `id`, locked in `tx` and moved by `event` (as the gateway
+/// moves one): the payment as it is now.
+async fn moved_in(
+    tx: &mut sqlx::PgConnection,
+    id: uuid::Uuid,
+    event: gateway::domain::PaymentEvent,
+) -> gateway::store::payments::PaymentRecord {
+    use gateway::store::payments;
+
+    let (payment, _) = payments::lock_with_history(tx, id).await.unwrap().unwrap();
+    payments::apply(tx, &payment, event, &payments::BankFacts::default())
+        .await
+        .unwrap()
+}
+
 /// An authorized payment put in flight by a capture whose operation holds
 /// `lease`, committed: the payment as it is now, and the operation.
 async fn capture_in_flight(
@@ -1288,22 +1274,11 @@ async fn capture_in_flight(
     gateway::store::operations::OperationRecord,
 ) {
     use gateway::domain::{OperationKind, PaymentEvent};
-    use gateway::store::{operations, payments};
+    use gateway::store::operations;
 
     let id = authorized_payment(app).await;
     let mut tx = app.pool.begin().await.unwrap();
-    let (payment, _) = payments::lock_with_history(&mut tx, id)
-        .await
-        .unwrap()
-        .unwrap();
-    let capturing = payments::apply(
-        &mut tx,
-        &payment,
-        PaymentEvent::CaptureRequested,
-        &payments::BankFacts::default(),
-    )
-    .await
-    .unwrap();
+    let capturing = moved_in(&mut tx, id, PaymentEvent::CaptureRequested).await;
     let operation = operations::insert(&mut tx, id, OperationKind::Capture, lease)
         .await
         .unwrap();

@@ -1,7 +1,9 @@
 //! `spawn_app()`: a real gateway and a real mock bank, each on a free port
 //! and its own fresh database in the run's shared Postgres.
 
+use gateway::bank::{BankClient, CircuitSettings, RetryPolicy};
 use gateway::faults::Faults;
+use gateway::reconcile::{Report, Scope, pass};
 use gateway::{Application, Settings};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
@@ -340,6 +342,25 @@ impl TestApp {
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
     }
+}
+
+/// A bank client for a test's own reconciliation passes.
+pub fn bank_at(address: &str, policy: RetryPolicy) -> BankClient {
+    BankClient::new(address, policy, 16, CircuitSettings::default()).unwrap()
+}
+
+/// A reconciliation pass of `scope` over the last hour, asking the test's
+/// bank.
+pub async fn pass_of(app: &TestApp, scope: Scope, repair: bool) -> Report {
+    let bank = bank_at(&app.bank_address, RetryPolicy::default());
+    pass_with(app, &bank, scope, repair).await
+}
+
+pub async fn pass_with(app: &TestApp, bank: &BankClient, scope: Scope, repair: bool) -> Report {
+    let since = chrono::Utc::now() - chrono::TimeDelta::hours(1);
+    pass(&app.pool, bank, since, scope, repair, None)
+        .await
+        .unwrap()
 }
 
 /// Asserts the contract's error object and returns it.

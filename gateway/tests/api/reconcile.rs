@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use chrono::Utc;
-use gateway::bank::{BankClient, CircuitSettings, RetryPolicy};
+use gateway::bank::{BankClient, RetryPolicy};
 use gateway::reconcile::{Cadence, Outcome, Report, Scope, due, pass, reconcile, turn};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -26,25 +26,8 @@ async fn app() -> TestApp {
     .await
 }
 
-fn bank_at(address: &str, policy: RetryPolicy) -> BankClient {
-    BankClient::new(address, policy, 16, CircuitSettings::default()).unwrap()
-}
-
 async fn run(app: &TestApp, repair: bool) -> Report {
     pass_of(app, Scope::All, repair).await
-}
-
-/// A pass of `scope` over the last hour, asking the test's bank.
-async fn pass_of(app: &TestApp, scope: Scope, repair: bool) -> Report {
-    let bank = bank_at(&app.bank_address, RetryPolicy::default());
-    pass_with(app, &bank, scope, repair).await
-}
-
-async fn pass_with(app: &TestApp, bank: &BankClient, scope: Scope, repair: bool) -> Report {
-    let since = Utc::now() - chrono::TimeDelta::hours(1);
-    pass(&app.pool, bank, since, scope, repair, None)
-        .await
-        .unwrap()
 }
 
 /// A bank nothing answers for (nothing listens on port 1), given up on
