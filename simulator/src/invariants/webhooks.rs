@@ -134,7 +134,7 @@ pub fn delivered(obs: &Observations) -> InvariantResult {
     for left in &webhooks.left {
         c.other("deliveries".into(), left.clone());
     }
-    let mut seen: BTreeMap<(String, String), Vec<(bool, Snapshot)>> = BTreeMap::new();
+    let mut seen = Seen::new();
     for request in &webhooks.received {
         match request.json().as_ref().and_then(snapshot) {
             Some(shown) => {
@@ -148,7 +148,7 @@ pub fn delivered(obs: &Observations) -> InvariantResult {
             ),
         }
     }
-    misrouted(&mut c, webhooks);
+    misrouted(&mut c, webhooks, &seen);
     for payment in &webhooks.payments {
         c.checked += 1;
         let Some(endpoint) = endpoint_of(webhooks, &payment.merchant_id) else {
@@ -233,27 +233,27 @@ fn named_for_its_change(shown: &Snapshot) -> Result<(), String> {
     ))
 }
 
+/// What the receiver got, per endpoint path and payment.
+type Seen = BTreeMap<(String, String), Vec<(bool, Snapshot)>>;
+
 /// Deliveries made to another merchant's endpoint than the payment's.
-fn misrouted(c: &mut Check<'_>, webhooks: &WebhookObservations) {
+fn misrouted(c: &mut Check<'_>, webhooks: &WebhookObservations, seen: &Seen) {
     let owner: BTreeMap<&str, &str> = webhooks
         .payments
         .iter()
         .map(|p| (p.id.as_str(), p.merchant_id.as_str()))
         .collect();
-    for request in &webhooks.received {
-        let Some(shown) = request.json().as_ref().and_then(snapshot) else {
-            continue;
-        };
-        let endpoint = webhooks.endpoints.iter().find(|e| e.path == request.path);
-        let (Some(endpoint), Some(merchant)) = (endpoint, owner.get(shown.payment.as_str())) else {
+    for ((path, payment), shown) in seen {
+        let endpoint = webhooks.endpoints.iter().find(|e| e.path == *path);
+        let (Some(endpoint), Some(merchant)) = (endpoint, owner.get(payment.as_str())) else {
             continue;
         };
         if endpoint.merchant_id != *merchant {
             c.payment(
-                &shown.payment,
+                payment,
                 format!(
-                    "{} #{} was delivered to another merchant's endpoint ({})",
-                    shown.kind, shown.sequence, request.path
+                    "{} request(s) about it were delivered to another merchant's endpoint ({path})",
+                    shown.len()
                 ),
             );
         }
