@@ -201,6 +201,21 @@ impl Read {
         self.answer.json()
     }
 
+    /// The payments a read answered 200 showed: the one it read, or a
+    /// list's.
+    pub fn payments_shown(&self) -> Vec<Value> {
+        if self.status() != Some(200) {
+            return Vec::new();
+        }
+        let body = self.json().unwrap_or_default();
+        match self.kind {
+            ReadKind::Read | ReadKind::Foreign | ReadKind::ForeignOperation(_) => vec![body],
+            ReadKind::List | ReadKind::ForeignList => {
+                body["data"].as_array().cloned().unwrap_or_default()
+            }
+        }
+    }
+
     /// One line for a report: `+1234ms read after capture → 200 captured`.
     pub fn describe(&self) -> String {
         let kind = match self.kind {

@@ -358,22 +358,16 @@ pub fn amounts_as_asked(obs: &Observations) -> InvariantResult {
 /// Every payment a flow's successful answers and reads showed (each entry
 /// of a list), with what showed it.
 fn shown_payments(flow: &crate::driver::FlowRecord) -> Vec<(String, Value)> {
-    let ok = |status: Option<u16>| status.is_some_and(|s| (200..300).contains(&s));
     let answers = flow
         .exchanges
         .iter()
-        .filter(|e| ok(e.status()))
+        .filter(|e| e.status().is_some_and(|s| (200..300).contains(&s)))
         .filter_map(|e| Some((format!("{} {}", e.op, e.key), e.json()?)));
-    let reads = flow
-        .reads
-        .iter()
-        .filter(|r| ok(r.status()))
-        .filter_map(|r| Some((r.describe(), r.json()?)));
-    answers
-        .chain(reads)
-        .flat_map(|(what, body)| match body["data"].as_array() {
-            Some(listed) => listed.iter().map(|p| (what.clone(), p.clone())).collect(),
-            None => vec![(what, body)],
-        })
-        .collect()
+    let reads = flow.reads.iter().flat_map(|r| {
+        let what = r.describe();
+        r.payments_shown()
+            .into_iter()
+            .map(move |payment| (what.clone(), payment))
+    });
+    answers.chain(reads).collect()
 }

@@ -3,7 +3,6 @@
 use serde_json::Value;
 
 use super::{Check, InvariantResult, Observations, history, history_names, status_of};
-use crate::driver::ReadKind;
 use crate::model;
 
 /// 3: nothing left in flight, and reconciliation finds nothing.
@@ -72,17 +71,7 @@ pub fn legality(obs: &Observations) -> InvariantResult {
     }
     for (i, flow) in obs.flows.iter().enumerate() {
         for read in &flow.reads {
-            if read.status() != Some(200) {
-                continue;
-            }
-            let body = read.json().unwrap_or_default();
-            let shown: Vec<Value> = match read.kind {
-                ReadKind::Read | ReadKind::Foreign | ReadKind::ForeignOperation(_) => vec![body],
-                ReadKind::List | ReadKind::ForeignList => {
-                    body["data"].as_array().cloned().unwrap_or_default()
-                }
-            };
-            for payment in &shown {
+            for payment in &read.payments_shown() {
                 c.checked += 1;
                 if let Err(e) = legal(payment) {
                     c.flow(i, format!("{}: {e}", read.describe()));
