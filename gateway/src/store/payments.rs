@@ -648,3 +648,15 @@ pub async fn exists(
         .await?;
     Ok(owner == Some(merchant.as_uuid()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The expiry rule names the failure code in SQL; it must be the one
+    /// the bank call writes.
+    #[test]
+    fn the_expiry_rule_leaves_out_the_code_the_gateway_writes_for_moves_at_the_bank() {
+        assert!(EXPIRY_DUE.contains(&format!("'{}'", crate::payments::MOVED_AT_BANK)));
+    }
+}
