@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::WebhookSettings;
 use super::secret::WebhookKey;
 use super::signature;
-use super::url::PublicOnly;
+use super::url::{EndpointUrl, PublicOnly};
 use super::view::EventView;
 use crate::domain::EventType;
 use crate::faults::{Faults, Mutant};
@@ -139,11 +139,14 @@ async fn yield_to_payments(payments: &Pressure, claimed_at: Instant, max_yield: 
 }
 
 /// The client deliveries go out on: no redirects followed (a 3xx is a
-/// failed attempt), the attempt's timeout over the whole exchange, and,
-/// unless private addresses are allowed, a resolver that drops them.
+/// failed attempt), the attempt's timeout over the whole exchange, no proxy
+/// from the environment (a proxy would resolve the receiver's name itself,
+/// past the resolver's check), and, unless private addresses are allowed,
+/// a resolver that drops them.
 fn http_client(settings: &WebhookSettings) -> reqwest::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
         .timeout(settings.timeout)
         .connect_timeout(settings.timeout)
         .user_agent(concat!(
@@ -422,6 +425,18 @@ impl Worker {
         }
         let body = view.to_body();
         let started_at = Utc::now();
+        // Checked again at every attempt: the resolver guards names, but an
+        // address literal never reaches it, and an endpoint registered while
+        // private addresses were allowed must not be called once they are not.
+        if let Err(refused) = EndpointUrl::parse(&claim.url, self.settings.allow_private_urls) {
+            return AttemptOutcome {
+                started_at,
+                latency_ms: 0,
+                response_status: None,
+                response_body: None,
+                error: Some(format!("not called: {refused}")),
+            };
+        }
         let timestamp = claim.claimed_at.timestamp();
         let mut secrets = vec![
             self.key

@@ -65,8 +65,9 @@ impl EndpointUrl {
     }
 
     /// Reads back a URL stored by [`Self::parse`]; the checks are not run
-    /// again (the setting may have changed since; the resolver still
-    /// guards every delivery).
+    /// again here (the setting may have changed since): every delivery
+    /// attempt parses the URL again, and the resolver checks each address a
+    /// name resolves to.
     pub fn stored(raw: &str) -> Result<Self, UrlError> {
         Url::parse(raw).map(Self).map_err(|_| UrlError::Unparsable)
     }
@@ -105,8 +106,9 @@ pub fn is_public(ip: IpAddr) -> bool {
 }
 
 fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     let shared = a == 100 && (64..128).contains(&b);
+    let protocol_assignments = a == 192 && b == 0 && c == 0;
     let benchmarking = a == 198 && (b == 18 || b == 19);
     let reserved = a >= 240 || a == 0;
     !(ip.is_loopback()
@@ -118,21 +120,34 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || ip.is_unspecified()
         || shared
         || benchmarking
+        || protocol_assignments
         || reserved)
 }
 
+/// The forms that embed or tunnel to an IPv4 address (IPv4-compatible
+/// `::/96`, 6to4 `2002::/16`, Teredo `2001::/32`, NAT64 `64:ff9b::/32`)
+/// are refused whole rather than decoded: none is how a merchant's
+/// receiver is reached.
 fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
+    let [first, second, ..] = ip.segments();
     let unique_local = (first & 0xfe00) == 0xfc00;
     let link_local = (first & 0xffc0) == 0xfe80;
-    let documentation = first == 0x2001 && ip.segments()[1] == 0x0db8;
-    let nat64 = first == 0x0064 && ip.segments()[1] == 0xff9b;
+    let site_local = (first & 0xffc0) == 0xfec0;
+    let documentation = first == 0x2001 && second == 0x0db8;
+    let ipv4_compatible = ip.segments()[..6].iter().all(|s| *s == 0);
+    let six_to_four = first == 0x2002;
+    let teredo = first == 0x2001 && second == 0;
+    let nat64 = first == 0x0064 && second == 0xff9b;
     !(ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
         || unique_local
         || link_local
+        || site_local
         || documentation
+        || ipv4_compatible
+        || six_to_four
+        || teredo
         || nat64)
 }
 
@@ -202,6 +217,14 @@ mod tests {
             ("https://[fd00::1]/", UrlError::Private),
             ("https://[fe80::1]/", UrlError::Private),
             ("https://[::ffff:127.0.0.1]/", UrlError::Private),
+            // Forms that embed an IPv4 address, site-local, and IANA's
+            // protocol assignments.
+            ("https://[::127.0.0.1]/", UrlError::Private),
+            ("https://[2002:7f00:1::]/", UrlError::Private),
+            ("https://[2001:0:4136:e378::1]/", UrlError::Private),
+            ("https://[64:ff9b::a00:1]/", UrlError::Private),
+            ("https://[fec0::1]/", UrlError::Private),
+            ("https://192.0.0.8/", UrlError::Private),
         ];
         for (raw, expected) in cases {
             assert_eq!(EndpointUrl::parse(raw, false), Err(expected), "{raw}");

@@ -1009,3 +1009,93 @@ async fn a_merchant_with_slow_endpoints_leaves_room_for_the_others() {
         "FicMart held its share only"
     );
 }
+
+/// Production endpoints are `https`: the delivery opens a TLS session with
+/// the receiver (its first bytes are a TLS handshake record, 0x16), rather
+/// than failing every attempt before connecting.
+#[tokio::test]
+async fn an_https_endpoint_is_called_over_tls() {
+    use tokio::io::AsyncReadExt;
+
+    let app = webhook_app(&[60_000], 2_000).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    app.register(
+        &format!("https://127.0.0.1:{port}/hooks"),
+        Some(&["payment.authorized"]),
+    )
+    .await;
+    let response = app.create_payment(HAPPY_CARD, 700).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+
+    let (mut receiver, _) = tokio::time::timeout(BOUND, listener.accept())
+        .await
+        .expect("the gateway never connected to the https endpoint")
+        .unwrap();
+    let mut first = [0u8; 1];
+    tokio::time::timeout(BOUND, receiver.read_exact(&mut first))
+        .await
+        .expect("the gateway sent nothing")
+        .unwrap();
+    assert_eq!(first[0], 0x16, "not a TLS handshake record");
+}
+
+/// An endpoint stored while private addresses were allowed (a staging
+/// setup, the simulator) is not called by a gateway that refuses them: an
+/// address literal never reaches the resolver's check, so every attempt
+/// checks the URL again, and records why it did not call.
+#[tokio::test]
+async fn an_endpoint_at_a_private_address_is_not_called_once_they_are_refused() {
+    let app = spawn_app_with(Options {
+        gateway: Some(Box::new(|s| {
+            s.webhook_allow_private_urls = false;
+            s.webhook_poll_interval_ms = 20;
+        })),
+        ..Options::default()
+    })
+    .await;
+    let receiver = receiver_answering(200).await;
+    sqlx::query(
+        "INSERT INTO webhook_endpoints (id, merchant_id, url, secret_salt) \
+         SELECT $1, id, $2, $3 FROM merchants WHERE name = 'ficmart'",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(format!("{}/hooks", receiver.uri()))
+    .bind(vec![7u8; 16])
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let payment: Value = app
+        .create_payment(HAPPY_CARD, 800)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let created = app
+        .json_of(&format!(
+            "/v1/events?type=payment.created&payment_id={}",
+            payment["id"].as_str().unwrap()
+        ))
+        .await["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let started = Instant::now();
+    let attempt = loop {
+        let list = app
+            .json_of(&format!("/v1/events/{created}/deliveries"))
+            .await;
+        if let Some(attempt) = list["data"][0]["attempts"].get(0) {
+            break attempt.clone();
+        }
+        assert!(started.elapsed() < BOUND, "no attempt recorded: {list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = attempt["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("not called"), "{attempt}");
+    assert_eq!(
+        deliveries_count(&receiver).await,
+        0,
+        "the receiver was called"
+    );
+}
