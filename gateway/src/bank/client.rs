@@ -875,7 +875,7 @@ fn classify<T: DeserializeOwned>(op: Operation, status: StatusCode, body: &[u8])
         }
     } else if status.is_client_error() {
         let refusal = refusal(status, body);
-        if is_documented(op, refusal.status, &refusal.code) {
+        if is_documented(op, refusal.status, &refusal.code) && vouched_for(op, body) {
             Attempt::Refused(refusal)
         } else {
             Attempt::Transient {
@@ -960,6 +960,28 @@ fn is_documented(op: Operation, status: u16, code: &BankErrorCode) -> bool {
         | Operation::GetRefund => matches!((status, code), (404, C::NotFound)),
     };
     this_operation || (op.method() == Method::POST && any_post)
+}
+
+/// A resolve's 404 `not_found` is the bank's "that key created nothing"
+/// only with the mark that says so (`"authorization_created": false`): the
+/// same status and code answer any path the bank does not serve, so a bank
+/// without the extension (or a version of it being deployed) would
+/// otherwise have the gateway abandon an authorization the bank holds.
+fn vouched_for(op: Operation, body: &[u8]) -> bool {
+    match op {
+        Operation::ResolveAuthorization | Operation::FindAuthorization => {
+            serde_json::from_slice::<ErrorBody>(body)
+                .is_ok_and(|b| b.authorization_created == Some(false))
+        }
+        Operation::Authorize
+        | Operation::Capture
+        | Operation::Void
+        | Operation::Refund
+        | Operation::GetAuthorization
+        | Operation::GetCapture
+        | Operation::GetVoid
+        | Operation::GetRefund => true,
+    }
 }
 
 fn refusal(status: StatusCode, body: &[u8]) -> Refusal {
@@ -1110,6 +1132,10 @@ mod tests {
                 404,
                 b"<html>Not Found</html>".to_vec(),
             ),
+            // Resolve's 404 without the bank's mark: what a bank that does
+            // not serve resolve answers for any path it does not know.
+            (Operation::ResolveAuthorization, 404, error("not_found")),
+            (Operation::FindAuthorization, 404, error("not_found")),
         ];
         for (op, status, body) in unknown {
             assert!(
@@ -1132,7 +1158,11 @@ mod tests {
             (Operation::Refund, 400, error("already_refunded")),
             (Operation::Capture, 422, error("idempotency_key_reused")),
             (Operation::Refund, 400, error("invalid_request")),
-            (Operation::ResolveAuthorization, 404, error("not_found")),
+            (
+                Operation::ResolveAuthorization,
+                404,
+                br#"{"error":"not_found","message":"m","authorization_created":false}"#.to_vec(),
+            ),
             (Operation::GetAuthorization, 404, error("not_found")),
         ];
         for (op, status, body) in definitive {

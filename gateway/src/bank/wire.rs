@@ -115,12 +115,16 @@ pub struct Refund {
     pub refunded_at: DateTime<Utc>,
 }
 
-/// Every error body of the bank: `{"error": CODE, "message": TEXT}`.
+/// Every error body of the bank: `{"error": CODE, "message": TEXT}`, and
+/// on resolve's "that key created nothing" (an extension)
+/// `"authorization_created": false`.
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct ErrorBody {
     pub error: String,
     #[serde(default)]
     pub message: String,
+    #[serde(default)]
+    pub authorization_created: Option<bool>,
 }
 
 /// The bank's `error` code, parsed. Codes this gateway does not know (and,

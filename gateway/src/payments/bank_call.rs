@@ -9,9 +9,9 @@
 //! | refusal | meaning |
 //! |---|---|
 //! | authorize: `invalid_card`, `invalid_cvv`, `card_expired`, `insufficient_funds` | the card is declined |
-//! | authorize: `idempotency_key_reused` | the key was retired by the gateway's own resolve: abandoned |
+//! | authorize: `idempotency_key_reused` | the key was retired by the gateway's own resolve, or created an authorization under another body: resolve says which (abandoned, or the authorization adopted) |
 //! | capture, void: `authorization_expired` | expired |
-//! | capture, void: `authorization_already_used`; refund: `already_refunded` | perhaps our own earlier attempt: ask the bank and adopt what it holds; if it holds the other outcome, the payment moved at the bank without the gateway (`payment_moved_at_bank`); if its lookup shows neither, or cannot be had, unknown |
+//! | capture, void: `authorization_already_used`; refund: `already_refunded`; capture, void, refund: `idempotency_key_reused` (the bank stored an answer under this operation's key: it did the operation) | perhaps our own earlier attempt: ask the bank and adopt what it holds; if it holds the other outcome, the payment moved at the bank without the gateway (`payment_moved_at_bank`); if its lookup shows neither, or cannot be had, unknown |
 //! | anything else documented (`invalid_amount`, `amount_mismatch`, `…_not_found`, a malformed request) | the bank refused the gateway's request: an alarm, never a decline |
 
 use crate::bank::{AuthorizeRequest, BankErrorCode, BankOutcome, Refusal};
@@ -35,7 +35,8 @@ pub const MOVED_AT_BANK: &str = "payment_moved_at_bank";
 enum Meaning {
     /// The bank refused the card.
     Declined,
-    /// The authorization's key was retired: nothing was, or will be, held.
+    /// The key was used before: retired by the gateway's resolve (nothing
+    /// was, or will be, held), or an authorization made under it.
     Retired,
     /// The authorization has expired.
     Expired,
@@ -56,8 +57,13 @@ fn meaning(kind: OperationKind, code: &BankErrorCode) -> Meaning {
         ) => M::Declined,
         (OperationKind::Authorize, C::IdempotencyKeyReused) => M::Retired,
         (OperationKind::Capture | OperationKind::Void, C::AuthorizationExpired) => M::Expired,
-        (OperationKind::Capture | OperationKind::Void, C::AuthorizationAlreadyUsed)
-        | (OperationKind::Refund, C::AlreadyRefunded) => M::MaybeOurs,
+        // The bank stores only what it did: a key it refuses as used with
+        // another body is a key it acted on.
+        (
+            OperationKind::Capture | OperationKind::Void,
+            C::AuthorizationAlreadyUsed | C::IdempotencyKeyReused,
+        )
+        | (OperationKind::Refund, C::AlreadyRefunded | C::IdempotencyKeyReused) => M::MaybeOurs,
         (
             OperationKind::Authorize,
             C::InvalidAmount
@@ -84,7 +90,6 @@ fn meaning(kind: OperationKind, code: &BankErrorCode) -> Meaning {
             | C::AmountMismatch
             | C::CaptureNotFound
             | C::AlreadyRefunded
-            | C::IdempotencyKeyReused
             | C::MissingIdempotencyKey
             | C::InvalidIdempotencyKey
             | C::InvalidRequest
@@ -103,7 +108,6 @@ fn meaning(kind: OperationKind, code: &BankErrorCode) -> Meaning {
             | C::AuthorizationExpired
             | C::AmountMismatch
             | C::CaptureNotFound
-            | C::IdempotencyKeyReused
             | C::MissingIdempotencyKey
             | C::InvalidIdempotencyKey
             | C::InvalidRequest
@@ -254,7 +258,7 @@ impl Gateway {
                 Meaning::Declined => {
                     Resolution::failed(PaymentEvent::AuthorizeDeclined, refusal.code.as_str())
                 }
-                Meaning::Retired => Resolution::failed(PaymentEvent::AuthorizeFailed, ABANDONED),
+                Meaning::Retired => self.resolve_retired(key).await,
                 Meaning::Expired | Meaning::MaybeOurs | Meaning::GatewayFault => {
                     alarm(OperationKind::Authorize, &refusal);
                     Resolution::failed(PaymentEvent::AuthorizeFailed, refusal.code.as_str())
@@ -299,6 +303,25 @@ impl Gateway {
             // Anything else proves nothing: ask again later.
             BankOutcome::Refused(refusal) => Resolution::Unknown {
                 reason: refusal.to_string(),
+            },
+            BankOutcome::Unknown(reason) => Resolution::unknown(&reason),
+        }
+    }
+
+    /// The bank refused the authorization's key as used. Mostly the
+    /// gateway's own resolve retired it (a request that came back after
+    /// its grace); but the bank also refuses so a key whose authorization
+    /// it made under another body, and then it holds money. Resolve tells
+    /// the two apart, retiring nothing new: the authorization the key made
+    /// (adopted), or nothing (abandoned).
+    async fn resolve_retired(&self, key: &str) -> Resolution {
+        match self.bank.resolve_authorization(key).await {
+            BankOutcome::Done(authorization) => Resolution::approved(authorization),
+            BankOutcome::Refused(refusal) if refusal.code == BankErrorCode::NotFound => {
+                Resolution::failed(PaymentEvent::AuthorizeFailed, ABANDONED)
+            }
+            BankOutcome::Refused(refusal) => Resolution::Unknown {
+                reason: format!("the key was refused as used, then its resolve: {refusal}"),
             },
             BankOutcome::Unknown(reason) => Resolution::unknown(&reason),
         }

@@ -1285,3 +1285,95 @@ async fn capture_in_flight(
     tx.commit().await.unwrap();
     (capturing, operation)
 }
+
+/// A bank without the resolve extension (an older build, a canary in a
+/// rolling deploy) answers resolve as any path it does not serve: 404
+/// `not_found`, the same status and code as "that key created nothing".
+/// Taken as the latter, recovery abandoned an authorization the bank held,
+/// told the client no money was held, and the card got a second hold when
+/// checkout tried again. Only the bank's mark (`authorization_created:
+/// false`) proves nothing was created; without it the payment waits.
+#[tokio::test]
+async fn a_404_to_resolve_without_the_banks_mark_does_not_abandon_a_hold() {
+    let app = proxied(|s| s.authorization_grace_ms = 300).await;
+    let body = payment_body(LIMITED_CARD, 7_000, "ord_r", "cus_r");
+    proxy(&app).inject("POST", "/api/v1/authorizations", usize::MAX, lost());
+    proxy(&app).inject(
+        "POST",
+        "/api/v1/authorizations/resolve",
+        usize::MAX,
+        Fault::Instead(Canned::bank_error(404, "not_found")),
+    );
+    let first = post(&app, "/v1/payments", &new_key(), &body).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    // Well past the grace, recovery has asked again and again.
+    let asked = || {
+        proxy(&app)
+            .forwarded()
+            .iter()
+            .filter(|f| f.path == "/api/v1/authorizations/resolve")
+            .count()
+    };
+    for _ in 0..400 {
+        let payment = app.payment(&id).await;
+        assert_eq!(payment["status"], "pending", "{payment}");
+        if asked() >= 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(asked() >= 8, "recovery asked {} times", asked());
+    proxy(&app).heal();
+    let settled = app.eventually(&id, |p| p["status"] != "pending").await;
+    assert_eq!(settled["status"], "authorized", "{settled}");
+    assert_eq!(app.bank_count("authorizations").await, 1);
+}
+
+/// The bank stores an answer only for what it did, so a capture, void or
+/// refund whose key it refuses as used with another body (a deploy that
+/// changed the request's shape while the operation was in flight) is one
+/// it made. It was answered 502 "the payment is as it was" while the bank
+/// had taken the money; now it is adopted as any "already done" is.
+#[tokio::test]
+async fn a_capture_key_the_bank_calls_used_is_a_capture_the_bank_made() {
+    let app = proxied(|_| {}).await;
+    let created: Value = app
+        .create_payment(HAPPY_CARD, 2_500)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    proxy(&app).inject(
+        "POST",
+        "/api/v1/captures",
+        1,
+        Fault::After(Canned::bank_error(422, "idempotency_key_reused")),
+    );
+    let captured = app.act(&id, "capture").await;
+    assert_eq!(captured.status(), StatusCode::OK);
+    let payment = app.payment(&id).await;
+    assert_eq!(payment["status"], "captured", "{payment}");
+    assert_eq!(app.bank_count("captures").await, 1);
+}
+
+/// The same for an authorization: the bank refuses the key as used because
+/// it made an authorization under it. Resolve says so, and the payment is
+/// authorized instead of abandoned with a hold on the card.
+#[tokio::test]
+async fn an_authorization_key_the_bank_calls_used_is_resolved_not_abandoned() {
+    let app = proxied(|_| {}).await;
+    proxy(&app).inject(
+        "POST",
+        "/api/v1/authorizations",
+        1,
+        Fault::After(Canned::bank_error(422, "idempotency_key_reused")),
+    );
+    let response = app.create_payment(HAPPY_CARD, 3_100).await;
+    let status = response.status();
+    let payment: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{payment}");
+    assert_eq!(payment["status"], "authorized");
+    assert_eq!(app.bank_count("authorizations").await, 1);
+}

@@ -4,11 +4,28 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-/// The contract's error body: `{"error": CODE, "message": TEXT}`.
+/// The contract's error body: `{"error": CODE, "message": TEXT}`, and on
+/// resolve's 404 (an extension) `"authorization_created": false`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: &'static str,
     pub message: String,
+    /// Only on resolve's "that key created nothing": the same status and
+    /// code answer a path the bank does not serve, so without this a
+    /// client could not tell the bank's "nothing" from a bank (or a
+    /// version of it) without resolve.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorization_created: Option<bool>,
+}
+
+impl ErrorBody {
+    pub fn new(error: &'static str, message: String) -> Self {
+        Self {
+            error,
+            message,
+            authorization_created: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +64,8 @@ pub enum BankError {
     PayloadTooLarge { limit_bytes: usize },
     #[error("{0} not found")]
     NotFound(&'static str),
+    #[error("this idempotency key created no authorization")]
+    NothingCreated,
     #[error("an account with this card number already exists")]
     AccountExists,
     #[error("the bank is unavailable")]
@@ -76,7 +95,7 @@ impl BankError {
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::InvalidRequest(_) => "invalid_request",
             Self::PayloadTooLarge { .. } => "payload_too_large",
-            Self::NotFound(_) => "not_found",
+            Self::NotFound(_) | Self::NothingCreated => "not_found",
             Self::AccountExists => "account_exists",
             Self::Unavailable => "service_unavailable",
             Self::Injected | Self::Internal(_) => "internal_error",
@@ -96,7 +115,7 @@ impl ResponseError for BankError {
             Self::InsufficientFunds => StatusCode::PAYMENT_REQUIRED,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::NotFound(_) | Self::NothingCreated => StatusCode::NOT_FOUND,
             Self::AccountExists => StatusCode::CONFLICT,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Injected | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -123,8 +142,8 @@ impl ResponseError for BankError {
             tracing::error!(error = ?cause, "internal error");
         }
         HttpResponse::build(self.status_code()).json(ErrorBody {
-            error: self.code(),
-            message: self.to_string(),
+            authorization_created: matches!(self, Self::NothingCreated).then_some(false),
+            ..ErrorBody::new(self.code(), self.to_string())
         })
     }
 }

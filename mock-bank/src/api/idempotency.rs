@@ -192,10 +192,10 @@ pub async fn retire_or_read(pool: &PgPool, path: &str, key: &str) -> Result<Reti
         Some(stored) if stored.response_status == 200 => Retired::Done(stored.response_body),
         Some(_) => Retired::Absent,
         None => {
-            let tombstone = serde_json::to_vec(&super::error::ErrorBody {
-                error: "not_found",
-                message: "this idempotency key was retired without an authorization".into(),
-            })
+            let tombstone = serde_json::to_vec(&super::error::ErrorBody::new(
+                "not_found",
+                "this idempotency key was retired without an authorization".into(),
+            ))
             .map_err(|e| BankError::Internal(e.into()))?;
             sqlx::query(
                 "INSERT INTO idempotency_records (path, key, request_hash, response_status, response_body) \

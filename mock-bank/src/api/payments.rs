@@ -144,7 +144,7 @@ pub async fn resolve_authorization(
         idempotency::look(&state.pool, path, key).await?
     };
     match found {
-        idempotency::Retired::Absent => Err(BankError::NotFound("authorization for this key")),
+        idempotency::Retired::Absent => Err(BankError::NothingCreated),
         idempotency::Retired::Done(stored) => {
             let created: AuthorizationCreated =
                 serde_json::from_slice(&stored).map_err(|e| BankError::Internal(e.into()))?;

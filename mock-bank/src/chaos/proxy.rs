@@ -68,10 +68,10 @@ impl ProxyAnswer {
         match self {
             Self::TooManyRequests => HttpResponse::build(status)
                 .insert_header((RETRY_AFTER, RETRY_AFTER_SECONDS.to_string()))
-                .json(ErrorBody {
-                    error: "rate_limited",
-                    message: format!("too many requests; retry after {RETRY_AFTER_SECONDS} s"),
-                }),
+                .json(ErrorBody::new(
+                    "rate_limited",
+                    format!("too many requests; retry after {RETRY_AFTER_SECONDS} s"),
+                )),
             Self::RequestTimeout
             | Self::BadGateway
             | Self::ServiceUnavailable

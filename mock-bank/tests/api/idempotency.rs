@@ -184,7 +184,18 @@ async fn resolve_retires_a_key_that_created_nothing() {
     let resolved = bank
         .post("/api/v1/authorizations/resolve", &key, &json!({}))
         .await;
-    assert_error(resolved, StatusCode::NOT_FOUND, "not_found").await;
+    let nothing = assert_error(resolved, StatusCode::NOT_FOUND, "not_found").await;
+    // Marked, unlike a path the bank does not serve: a client can tell
+    // "nothing was created" from "this bank has no resolve".
+    assert_eq!(nothing["authorization_created"], false, "{nothing}");
+    let unknown_path = bank
+        .post("/api/v1/authorizations/settle", &key, &json!({}))
+        .await;
+    let unknown_path = assert_error(unknown_path, StatusCode::NOT_FOUND, "not_found").await;
+    assert!(
+        unknown_path.get("authorization_created").is_none(),
+        "{unknown_path}"
+    );
     // A late request with the retired key can no longer authorize.
     let body = json!({"card_number": HAPPY_CARD.0, "cvv": "123", "amount": 900});
     let late = bank.post("/api/v1/authorizations", &key, &body).await;
@@ -218,7 +229,8 @@ async fn looking_without_retiring_leaves_the_key_usable() {
     let looked = bank
         .post("/api/v1/authorizations/resolve", &key, &look)
         .await;
-    assert_error(looked, StatusCode::NOT_FOUND, "not_found").await;
+    let nothing = assert_error(looked, StatusCode::NOT_FOUND, "not_found").await;
+    assert_eq!(nothing["authorization_created"], false, "{nothing}");
     // The key was only looked at: its authorization can still come.
     let body = json!({"card_number": HAPPY_CARD.0, "cvv": "123", "amount": 900});
     let created = bank.post("/api/v1/authorizations", &key, &body).await;
