@@ -39,7 +39,7 @@ pub use recover::{ABANDONED, Pass};
 pub use reply::Reply;
 
 use crate::bank::BankClient;
-use crate::domain::{Amount, IdempotencyKey, Lease, MerchantId, PaymentId};
+use crate::domain::{Amount, IdempotencyKey, InvalidTransition, Lease, MerchantId, PaymentId};
 use crate::faults::{Faults, Injected, Mutant, Point};
 use crate::idempotency::{self, ClaimError, Fingerprint};
 use crate::store::batch::{BatchLimits, Batcher, Pressure};
@@ -101,13 +101,24 @@ pub enum Error {
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error("state machine refused a transition it had allowed: {0}")]
-    Transition(#[from] TransitionError),
+    Transition(InvalidTransition),
     #[error("a response could not be encoded: {0}")]
     Encode(#[from] serde_json::Error),
     /// A broken invariant of the gateway's own data: a bug, never a
     /// client's doing.
     #[error("invariant broken: {0}")]
     Invariant(&'static str),
+}
+
+/// A refused move here is the gateway's bug; a database error moving a
+/// payment is the database's, and stays one (a 503, retryable), not a 500.
+impl From<TransitionError> for Error {
+    fn from(e: TransitionError) -> Self {
+        match e {
+            TransitionError::Refused(refused) => Self::Transition(refused),
+            TransitionError::Database(e) => Self::Database(e),
+        }
+    }
 }
 
 impl From<Injected> for Error {

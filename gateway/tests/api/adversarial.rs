@@ -1377,3 +1377,61 @@ async fn an_authorization_key_the_bank_calls_used_is_resolved_not_abandoned() {
     assert_eq!(payment["status"], "authorized");
     assert_eq!(app.bank_count("authorizations").await, 1);
 }
+
+/// A database error while a payment is moved inside a transaction (here a
+/// statement cancelled while the capture of a lapsed authorization records
+/// its expiry first) is the database's, retryable: 503 with `Retry-After`,
+/// as every other database error is, not a 500 that says the gateway broke.
+/// Only a move the state machine refuses is the gateway's own bug.
+#[tokio::test]
+async fn a_statement_cancelled_while_a_payment_moves_is_a_503_not_a_500() {
+    let app = spawn_app_with(Options {
+        gateway: Some(Box::new(|s| s.expiry_sweep_interval_ms = 3_600_000)),
+        ..Options::default()
+    })
+    .await;
+    let created: Value = app
+        .create_payment(HAPPY_CARD, 1_200)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    sqlx::query(
+        "UPDATE payments SET authorization_expires_at = now() - interval '1 second' WHERE id = $1",
+    )
+    .bind(uuid_of(&id))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // History rows wait behind this lock, so the capture's expiry write
+    // blocks where the test can cancel it.
+    let mut blocker = app.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE payment_events IN SHARE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let cancel = async {
+        for _ in 0..200 {
+            let cancelled: bool = sqlx::query_scalar(
+                "SELECT coalesce(bool_or(pg_cancel_backend(pid)), false) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query ILIKE '%payment_events%' \
+                   AND pid <> pg_backend_pid()",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            if cancelled {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        false
+    };
+    let (answer, cancelled) = tokio::join!(app.act(&id, "capture"), cancel);
+    assert!(cancelled, "the capture never waited on the history lock");
+    drop(blocker);
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(retry_after_seconds(&answer) >= 1);
+    assert_eq!(app.payment(&id).await["status"], "authorized");
+}
