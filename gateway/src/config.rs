@@ -432,6 +432,45 @@ impl Settings {
         self.operator_host.as_deref().unwrap_or(&self.host)
     }
 
+    /// The background tasks' periods and the HTTP timeouts: 0 would stop a
+    /// task (a zero interval panics in its own task while the gateway goes
+    /// on serving: nothing recovered, expired or purged) or turn a
+    /// timeout off. A key must outlive the time its client may come back
+    /// with it: its lease and an authorization's grace.
+    fn validate_periods(&self) -> Result<(), String> {
+        let periods = [
+            ("RECOVERY_INTERVAL_MS", self.recovery_interval_ms),
+            ("EXPIRY_SWEEP_INTERVAL_MS", self.expiry_sweep_interval_ms),
+            (
+                "IDEMPOTENCY_PURGE_INTERVAL_MS",
+                self.idempotency_purge_interval_ms,
+            ),
+            ("WEBHOOK_POLL_INTERVAL_MS", self.webhook_poll_interval_ms),
+            ("CLIENT_REQUEST_TIMEOUT_MS", self.client_request_timeout_ms),
+            ("BODY_READ_TIMEOUT_MS", self.body_read_timeout_ms),
+            ("DB_ACQUIRE_TIMEOUT_MS", self.db_acquire_timeout_ms),
+            ("CIRCUIT_OPEN_MS", self.circuit_open_ms),
+        ];
+        if let Some((name, _)) = periods.iter().find(|(_, ms)| *ms == 0) {
+            return Err(format!("{name} must be at least 1"));
+        }
+        if self.recovery_batch < 1 {
+            return Err(format!(
+                "RECOVERY_BATCH ({}) must be at least 1",
+                self.recovery_batch
+            ));
+        }
+        let retention_ms = self.idempotency_retention_seconds.saturating_mul(1_000);
+        let outlived = self.lease_ms.max(self.authorization_grace_ms);
+        if retention_ms < outlived {
+            return Err(format!(
+                "IDEMPOTENCY_RETENTION_SECONDS ({}) must cover LEASE_MS ({}) and AUTHORIZATION_GRACE_MS ({}): a key purged before its client comes back makes a second payment",
+                self.idempotency_retention_seconds, self.lease_ms, self.authorization_grace_ms
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuses settings that would break an invariant rather than a limit.
     pub fn validate(&self) -> Result<(), String> {
         if self.port != 0 && self.operator_port == self.port {
@@ -475,6 +514,7 @@ impl Settings {
                 "webhook in-flight limits, timeout and pool size must be at least 1".into(),
             );
         }
+        self.validate_periods()?;
         if self.db_batch_max_rows == 0 || self.db_batch_flushers == 0 || self.db_batch_queue == 0 {
             return Err("batch rows, flushers and queue must be at least 1".into());
         }
@@ -530,6 +570,48 @@ mod tests {
         s.lease_ms = s.bank_deadline_ms;
         let refused = s.validate().unwrap_err();
         assert!(refused.contains("LEASE_MS"), "{refused}");
+    }
+
+    #[test]
+    fn a_zero_period_is_refused_by_name() {
+        type Field = fn(&mut Settings) -> &mut u64;
+        let fields: [(&str, Field); 4] = [
+            ("RECOVERY_INTERVAL_MS", |s| &mut s.recovery_interval_ms),
+            ("EXPIRY_SWEEP_INTERVAL_MS", |s| {
+                &mut s.expiry_sweep_interval_ms
+            }),
+            ("IDEMPOTENCY_PURGE_INTERVAL_MS", |s| {
+                &mut s.idempotency_purge_interval_ms
+            }),
+            ("CLIENT_REQUEST_TIMEOUT_MS", |s| {
+                &mut s.client_request_timeout_ms
+            }),
+        ];
+        for (name, field) in fields {
+            let mut s = settings();
+            *field(&mut s) = 0;
+            let refused = s.validate().unwrap_err();
+            assert!(refused.starts_with(name), "{name}: {refused}");
+        }
+        let mut s = settings();
+        s.recovery_batch = 0;
+        assert!(s.validate().unwrap_err().contains("RECOVERY_BATCH"));
+    }
+
+    #[test]
+    fn keys_are_kept_at_least_as_long_as_their_clients_may_come_back() {
+        let mut s = settings();
+        s.authorization_grace_ms = 600_000;
+        s.idempotency_retention_seconds = 600;
+        assert_eq!(s.validate(), Ok(()));
+        s.idempotency_retention_seconds = 599;
+        let refused = s.validate().unwrap_err();
+        assert!(
+            refused.contains("IDEMPOTENCY_RETENTION_SECONDS"),
+            "{refused}"
+        );
+        s.idempotency_retention_seconds = 0;
+        assert!(s.validate().is_err());
     }
 
     #[test]
