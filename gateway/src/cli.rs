@@ -297,7 +297,8 @@ async fn api_key_revoke(database: &DatabaseArgs, selector: &str) -> anyhow::Resu
         Revocation::Ambiguous(keys) => {
             let lines: Vec<String> = keys.iter().map(|k| format!("  {}", k.line())).collect();
             anyhow::bail!(
-                "{selector:?} matches {} keys; nothing was revoked. Name one by its id:\n{}",
+                "{:?} matches {} keys; nothing was revoked. Name one by its id:\n{}",
+                shown(selector),
                 keys.len(),
                 lines.join("\n")
             )
@@ -322,11 +323,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A key selector as it may be printed: an id or a prefix as given, a
-/// whole key cut to the prefix `api-key list` shows.
+/// A key selector as it may be printed: an id as given, anything else cut
+/// to the length of the prefix `api-key list` shows. Not only a selector
+/// that starts as a key does: a whole key pasted with something before it
+/// (`Bearer sk_test_…`) is a secret too.
 fn shown(selector: &str) -> String {
     let prefix = store::merchants::shown_prefix(selector);
-    if prefix.len() < selector.len() && selector.starts_with(store::merchants::KEY_PREFIX) {
+    if prefix.len() < selector.len() && uuid::Uuid::parse_str(selector.trim()).is_err() {
         format!("{prefix}…")
     } else {
         selector.to_owned()

@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::bank::RetryPolicy;
 use crate::faults::{FaultSettings, Mutant};
-use crate::idempotency::{Fingerprinter, Secret};
+use crate::idempotency::{Fingerprinter, Secret, SecretParser};
 use crate::payments::Leases;
 use crate::recovery::RecoverySettings;
 use crate::store::batch::BatchLimits;
@@ -105,11 +105,11 @@ pub struct Settings {
     /// request, card included): at least 32 bytes, the same in every
     /// replica, never stored in the database. Without it a dump of the
     /// keys table would let anyone test card numbers against it.
-    #[arg(long, env = "FINGERPRINT_SECRET", hide_env_values = true)]
+    #[arg(long, env = "FINGERPRINT_SECRET", hide_env_values = true, value_parser = SecretParser)]
     pub fingerprint_secret: Secret,
     /// The secret before the last rotation: keys stored under it still
     /// match until they are purged.
-    #[arg(long, env = "FINGERPRINT_PREVIOUS_SECRET", hide_env_values = true)]
+    #[arg(long, env = "FINGERPRINT_PREVIOUS_SECRET", hide_env_values = true, value_parser = SecretParser)]
     pub fingerprint_previous_secret: Option<Secret>,
     /// After an unknown outcome, the earliest the operation is retried.
     #[arg(long, env = "RETRY_UNKNOWN_AFTER_MS", default_value_t = 1_000)]
@@ -213,7 +213,7 @@ pub struct Settings {
     /// the same in every replica, never stored, never changed (each
     /// endpoint's secret would change with it; rotate endpoints instead).
     /// Unset, webhook endpoints cannot be registered.
-    #[arg(long, env = "WEBHOOK_SECRET_KEY", hide_env_values = true)]
+    #[arg(long, env = "WEBHOOK_SECRET_KEY", hide_env_values = true, value_parser = SecretParser)]
     pub webhook_secret_key: Option<Secret>,
     /// Lets endpoints use plain http and private or loopback addresses:
     /// for tests, the simulator and local development only.

@@ -56,6 +56,39 @@ impl FromStr for Secret {
     }
 }
 
+/// The command line's parser for a [`Secret`]: clap's own error for a
+/// refused value quotes the value, and a secret one byte short is still
+/// most of a secret; this one names the setting and the rule only.
+#[derive(Debug, Clone, Copy)]
+pub struct SecretParser;
+
+impl clap::builder::TypedValueParser for SecretParser {
+    type Value = Secret;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Secret, clap::Error> {
+        let name = arg
+            .and_then(|a| a.get_env())
+            .map(|env| env.to_string_lossy().into_owned())
+            .or_else(|| arg.map(|a| a.get_id().to_string()))
+            .unwrap_or_else(|| "a secret".to_owned());
+        let refuse = |why: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidValue,
+                format!("{name}: {why}\n"),
+            )
+        };
+        let raw = value
+            .to_str()
+            .ok_or_else(|| refuse("a secret must be UTF-8".to_owned()))?;
+        raw.parse().map_err(refuse)
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")

@@ -25,7 +25,7 @@ use std::time::Duration;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-pub use fingerprint::{Fingerprint, Fingerprinter, MIN_SECRET_BYTES, Secret};
+pub use fingerprint::{Fingerprint, Fingerprinter, MIN_SECRET_BYTES, Secret, SecretParser};
 
 use crate::domain::{IdempotencyKey, Lease, MerchantId};
 

@@ -96,6 +96,13 @@ async fn keys_are_listed_by_prefix_only_and_revoked_by_prefix_or_id() {
         "{said}"
     );
     assert!(!said.contains(&elsewhere), "{said}");
+    // Nor when pasted with what stood before it in a header.
+    let pasted = format!("Bearer {elsewhere}");
+    let unknown = gateway(&["api-key", "revoke", &pasted], &app.database_url);
+    assert!(!unknown.status.success());
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert!(said.contains("no API key matches"), "{said}");
+    assert!(!said.contains(&"ab".repeat(24)), "{said}");
     assert!(
         columns(&stdout_of(&gateway(
             &["api-key", "list"],

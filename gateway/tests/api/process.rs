@@ -226,3 +226,30 @@ async fn the_log_opens_with_the_gateways_own_migration_line_not_sqlx_notices() {
         "{first}"
     );
 }
+
+/// A secret refused for being too short is still a secret (or most of
+/// one): the refusal names the setting and the rule, never the value,
+/// which would otherwise land in the container's logs.
+#[test]
+fn a_secret_refused_as_too_short_is_not_printed() {
+    let short = "Tw0-Thirds-Of-A-Real-Secret-xyz";
+    for name in [
+        "FINGERPRINT_SECRET",
+        "FINGERPRINT_PREVIOUS_SECRET",
+        "WEBHOOK_SECRET_KEY",
+    ] {
+        let valid = gateway::idempotency::Secret::random().expose().to_owned();
+        let mut env = vec![
+            ("DATABASE_URL", "postgres://127.0.0.1:1/none"),
+            ("FINGERPRINT_SECRET", valid.as_str()),
+        ];
+        env.retain(|(key, _)| *key != name);
+        env.push((name, short));
+        let (status, stdout, stderr, _) = run_to_exit(&["serve"], &env);
+        assert!(!status.success(), "{name}: {stderr}");
+        assert!(stderr.contains("32 bytes"), "{name}: the rule: {stderr}");
+        for text in [&stdout, &stderr] {
+            assert!(!text.contains(short), "{name} was printed: {text}");
+        }
+    }
+}

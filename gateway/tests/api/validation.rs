@@ -186,7 +186,10 @@ async fn invalid_fields_are_400_with_param_and_create_nothing() {
         assert_eq!(error["error"]["param"], param, "{body}");
         assert_names_its_param(&error);
         let echoed = error.to_string().replace(['-', '.'], "");
-        assert!(!echoed.contains("4111111111111111"), "card number echoed: {error}");
+        assert!(
+            !echoed.contains("4111111111111111"),
+            "card number echoed: {error}"
+        );
     }
     assert_eq!(app.count("payments").await, 0);
     assert_eq!(app.count("idempotency_keys").await, 0);
