@@ -110,6 +110,15 @@ impl<K: Copy + Eq + Hash> RateLimiter<K> {
         Ok(())
     }
 
+    /// Returns a token taken by [`RateLimiter::check`] (a bucket never
+    /// holds more than its burst; an untracked key's bucket is full).
+    pub fn give_back(&self, key: K) {
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(bucket) = buckets.by_key.get_mut(&key) {
+            bucket.tokens = (bucket.tokens + 1.0).min(self.burst);
+        }
+    }
+
     /// Nothing with a token to spend, or how long until there is one.
     fn wait_for_token(&self, tokens: f64) -> Result<(), Duration> {
         if tokens >= 1.0 {
@@ -198,6 +207,24 @@ mod tests {
             assert_eq!(limiter.check_at(key, later), Ok(()));
         }
         assert!(limiter.check_at(key, later).is_err());
+    }
+
+    #[test]
+    fn a_token_given_back_can_be_spent_again_but_never_past_the_burst() {
+        let limiter = RateLimiter::new(1, 2, 100).unwrap();
+        let key = Uuid::new_v4();
+        let now = Instant::now();
+        assert!(limiter.check_at(key, now).is_ok());
+        assert!(limiter.check_at(key, now).is_ok());
+        assert!(limiter.check_at(key, now).is_err());
+        limiter.give_back(key);
+        assert!(limiter.check_at(key, now).is_ok());
+        for _ in 0..5 {
+            limiter.give_back(key);
+        }
+        assert!(limiter.check_at(key, now).is_ok());
+        assert!(limiter.check_at(key, now).is_ok());
+        assert!(limiter.check_at(key, now).is_err(), "more than the burst");
     }
 
     #[test]

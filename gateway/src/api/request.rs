@@ -55,7 +55,7 @@ impl FromRequest for Merchant {
             };
             let failures = FailureBudget::of(&state, client);
             failures.ensure_left()?;
-            let found = match look_up(&state, key.as_deref()).await? {
+            let found = match look_up(&state, key.as_deref(), &failures).await? {
                 Ok(found) => found,
                 Err(failure) => {
                     failures.spend(failure);
@@ -94,10 +94,14 @@ impl AuthFailure {
 }
 
 /// The key's merchant, or why there is none. A key without the right shape
-/// is refused without a query: a guess costs the database nothing.
+/// is refused without a query: a guess costs the database nothing. A key
+/// the cache does not hold takes a failure's token before its query and
+/// gets it back if found, so that guesses sent at once cannot all pass the
+/// budget's check before the first of them is counted.
 async fn look_up(
     state: &AppState,
     key: Option<&str>,
+    failures: &FailureBudget<'_>,
 ) -> Result<Result<merchants::Authenticated, AuthFailure>, ApiError> {
     let Some(key) = key else {
         return Ok(Err(AuthFailure::Missing));
@@ -111,8 +115,21 @@ async fn look_up(
     if let Some(found) = cache.and_then(|cache| cache.get(&hash, read_at)) {
         return Ok(Ok(found));
     }
-    let mut conn = state.gateway.pool().acquire().await?;
-    let found = merchants::merchant_for_key(&mut conn, &hash).await?;
+    failures.reserve()?;
+    let looked_up = async {
+        let mut conn = state.gateway.pool().acquire().await?;
+        merchants::merchant_for_key(&mut conn, &hash).await
+    };
+    let found = match looked_up.await {
+        Ok(found) => found,
+        Err(e) => {
+            failures.give_back();
+            return Err(e.into());
+        }
+    };
+    if found.is_some() {
+        failures.give_back();
+    }
     if let (Some(cache), Some(found)) = (cache, found) {
         let read_at = if state.gateway.faults().mutant(Mutant::KeyCacheNeverLapses) {
             // The pre-fix form: remembered for as long as the process lives.
@@ -148,21 +165,45 @@ impl<'a> FailureBudget<'a> {
         let (Some(limiter), Some(client)) = (self.limiter, self.client) else {
             return Ok(());
         };
-        limiter.peek(client).map_err(|retry_after| {
-            metrics::counter!("gateway_auth_failures_total", "reason" => "limited").increment(1);
-            ApiError::AuthFailuresLimited { retry_after }
-        })
+        limiter.peek(client).map_err(limited)
     }
 
+    /// Takes a failure's token ahead of a lookup (429 if none is left).
+    fn reserve(&self) -> Result<(), ApiError> {
+        let (Some(limiter), Some(client)) = (self.limiter, self.client) else {
+            return Ok(());
+        };
+        limiter.check(client).map_err(limited)
+    }
+
+    /// Returns the token [`Self::reserve`] took: the key was found, or the
+    /// lookup failed without saying.
+    fn give_back(&self) {
+        if let (Some(limiter), Some(client)) = (self.limiter, self.client) {
+            limiter.give_back(client);
+        }
+    }
+
+    /// Counts a failure; one that needed no lookup (no key, a malformed
+    /// one) spends its token now, an unknown key spent it on `reserve`.
     fn spend(&self, failure: AuthFailure) {
         metrics::counter!("gateway_auth_failures_total", "reason" => failure.label()).increment(1);
-        if let (Some(limiter), Some(client)) = (self.limiter, self.client) {
+        let needed_no_lookup = match failure {
+            AuthFailure::Missing | AuthFailure::Malformed => true,
+            AuthFailure::Unknown => false,
+        };
+        if let (Some(limiter), Some(client), true) = (self.limiter, self.client, needed_no_lookup) {
             // Refused only when concurrent failures emptied the bucket since
             // `ensure_left`: this one is answered 401 all the same, and the
             // next is refused.
             let _ = limiter.check(client);
         }
     }
+}
+
+fn limited(retry_after: Duration) -> ApiError {
+    metrics::counter!("gateway_auth_failures_total", "reason" => "limited").increment(1);
+    ApiError::AuthFailuresLimited { retry_after }
 }
 
 /// Refuses a request whose headers, names and values together, are larger

@@ -575,6 +575,57 @@ async fn the_request_line_names_the_client_address() {
     }
 }
 
+/// A wave of guesses sent at once: each must take its failure's token
+/// before its key is looked up, or every one of them passes the budget's
+/// check before the first is counted, and the database answers them all.
+/// A guesser then gets the burst, and one more a second, not the wave.
+#[tokio::test]
+async fn concurrent_guesses_cannot_all_pass_the_failure_budget() {
+    let served = served(|launch| {
+        launch
+            .set("AUTH_FAILURE_LIMIT_BURST", 2)
+            .set("AUTH_FAILURE_LIMIT_PER_SECOND", 1)
+            .set("TRUSTED_PROXIES", "127.0.0.1")
+    })
+    .await;
+    let guesser = Some("203.0.113.77");
+    let started = std::time::Instant::now();
+    let guesses = (0..32).map(|i| {
+        let key = format!("sk_test_{i:048x}");
+        let gateway = &served.gateway;
+        async move {
+            list_as(gateway, &key, &format!("req-wave-{i}"), guesser)
+                .await
+                .status()
+        }
+    });
+    let answers = futures_util::future::join_all(guesses).await;
+    let earned = started.elapsed().as_secs_f64().ceil() as usize;
+    let looked_up = answers
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    assert!(
+        answers
+            .iter()
+            .all(|s| [StatusCode::UNAUTHORIZED, StatusCode::TOO_MANY_REQUESTS].contains(s)),
+        "{answers:?}"
+    );
+    assert!(
+        looked_up <= 2 + earned,
+        "{looked_up} guesses looked up in {earned} s: {answers:?}"
+    );
+    // The budget is the guesser's alone: the right key from elsewhere works.
+    let other = list_as(
+        &served.gateway,
+        &served.api_key,
+        "req-w-other",
+        Some("198.51.100.21"),
+    )
+    .await;
+    assert_eq!(other.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn failed_authentications_are_limited_per_client_address() {
     let served = served(|launch| {
