@@ -240,6 +240,9 @@ impl From<payments::Error> for ApiError {
             payments::Error::Claim(ClaimError::Database(e)) | payments::Error::Database(e) => {
                 e.into()
             }
+            payments::Error::BankUnavailable { retry_after } => {
+                Self::BankUnavailable { retry_after }
+            }
             payments::Error::Transition(e) => Self::Internal(e.into()),
             payments::Error::Invariant(broken) => Self::Internal(anyhow::anyhow!(broken)),
             payments::Error::Encode(e) => Self::Internal(e.into()),

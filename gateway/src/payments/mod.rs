@@ -104,6 +104,10 @@ pub enum Error {
     Transition(InvalidTransition),
     #[error("a response could not be encoded: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The bank's circuit is open and this operation would call it:
+    /// nothing was done or stored.
+    #[error("the bank is unavailable")]
+    BankUnavailable { retry_after: Duration },
     /// A broken invariant of the gateway's own data: a bug, never a
     /// client's doing.
     #[error("invariant broken: {0}")]

@@ -116,6 +116,21 @@ impl Gateway {
                     return Err(refusal);
                 }
             };
+            // With the circuit open, only an operation that would call the
+            // bank is refused (503, nothing stored): one the state machine
+            // refuses, or that expiry answers, is answered as always, and a
+            // key already used answers as itself.
+            if let Err(open) = self.bank.circuit().check()
+                && would_call_the_bank(&found, action)
+            {
+                if let Some(record) = idempotency::read(&mut conn, merchant, key).await? {
+                    drop(conn);
+                    return self.resume(merchant, key, fingerprint, record).await;
+                }
+                return Err(Error::BankUnavailable {
+                    retry_after: open.retry_after,
+                });
+            }
             drop(conn);
             let found = if self.faults.mutant(Mutant::StaleStatusJudged) {
                 Found {
@@ -392,6 +407,12 @@ impl Gateway {
 /// The payment an operation may start on, or why not: there is none, or
 /// the request's amount is not the payment's (which never changes, so the
 /// payment as read decides).
+/// Whether starting `action` on the payment as read would call the bank:
+/// not when expiry answers first, nor when the state machine refuses it.
+fn would_call_the_bank(found: &Found, action: Action) -> bool {
+    !found.expiry_due && transition(found.payment.status(), action.requested()).is_ok()
+}
+
 fn operable(found: Option<Found>, amount: Option<Amount>) -> Result<Found, Error> {
     let found = found.ok_or(Error::NotFound)?;
     match amount.filter(|a| a.cents() != found.payment.amount) {

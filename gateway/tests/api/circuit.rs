@@ -296,22 +296,6 @@ async fn during_an_outage_payments_are_refused_up_front_then_the_probe_closes_th
     assert!(body["error"].get("payment_id").is_none(), "{body}");
     assert_eq!(circuit_reported_by_ready(&app).await, "open");
 
-    // An operation on an existing payment is refused up front too.
-    let listed: Value = app.get("/v1/payments").await.json().await.unwrap();
-    let pending = listed["data"][0]["id"].as_str().expect("a pending payment");
-    let keys = app.count("idempotency_keys").await;
-    let operations = app.count("operations").await;
-    let response = app.act(pending, "void").await;
-    assert_error(
-        response,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "api_error",
-        "bank_unavailable",
-    )
-    .await;
-    assert_eq!(app.count("idempotency_keys").await, keys);
-    assert_eq!(app.count("operations").await, operations);
-
     let payment = until_a_payment_is_created(&app).await;
     assert_eq!(payment["status"], "authorized");
     assert_eq!(circuit_reported_by_ready(&app).await, "closed");
@@ -404,4 +388,57 @@ async fn a_key_already_in_use_answers_as_itself_while_the_circuit_is_open() {
         other => panic!("the key's own request while open: {other} {body}"),
     }
     assert_eq!(app.count("payments").await, 1);
+}
+
+/// While the circuit is open, an operation is judged first and refused for
+/// the bank only if it would call it: another merchant's or an unknown
+/// payment is 404 and a move the state machine refuses 409, as ever (a 503
+/// there said "retry with the same key" to a request that can never
+/// succeed, and told merchants nothing they could not tell apart anyway).
+/// A capture the payment allows is refused up front: 503, nothing stored.
+#[tokio::test]
+async fn while_open_an_operation_is_judged_before_the_bank_is_missed() {
+    let app = spawn_breakable_app().await;
+    let authorized: Value = app
+        .post("/v1/payments", &new_key(), &new_payment_body())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let authorized = authorized["id"].as_str().unwrap().to_owned();
+    let voided: Value = app
+        .post("/v1/payments", &new_key(), &new_payment_body())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let voided = voided["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.act(&voided, "void").await.status(), StatusCode::OK);
+    open_the_circuit(&app, 3).await;
+
+    let refused = app.act(&voided, "capture").await;
+    assert_error(
+        refused,
+        StatusCode::CONFLICT,
+        "invalid_request_error",
+        "invalid_state",
+    )
+    .await;
+    let unknown = format!("pay_{}", uuid::Uuid::now_v7());
+    let missing = app.act(&unknown, "capture").await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+
+    let keys = app.count("idempotency_keys").await;
+    let operations = app.count("operations").await;
+    let capture = app.act(&authorized, "capture").await;
+    assert_error(
+        capture,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "api_error",
+        "bank_unavailable",
+    )
+    .await;
+    assert_eq!(app.count("idempotency_keys").await, keys, "nothing stored");
+    assert_eq!(app.count("operations").await, operations);
+    assert_eq!(app.payment(&authorized).await["status"], "authorized");
 }
