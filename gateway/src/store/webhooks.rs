@@ -154,8 +154,10 @@ pub async fn change_endpoint(
     .fetch_optional(&mut *tx)
     .await?;
     if record.is_some() && change == EndpointChange::Delete {
+        // The lease token stays: an attempt in flight records what the
+        // receiver answered when it comes back (see `write_attempts`).
         sqlx::query(
-            "UPDATE webhook_deliveries SET status = 'failed', finished_at = now(), lease_token = NULL \
+            "UPDATE webhook_deliveries SET status = 'failed', finished_at = now() \
              WHERE endpoint_id = $1 AND status = 'pending'",
         )
         .bind(id.as_uuid())
@@ -486,6 +488,11 @@ pub fn record_attempts(
 /// the endpoint) would silently undo that. The test is made on the row
 /// the UPDATE locked, not in a CTE: a resend that committed while this
 /// statement waited for the row is seen only there.
+///
+/// A delivery that its endpoint's deletion ended while the attempt was in
+/// flight (failed, its lease token still the attempt's) keeps the attempt
+/// and what the receiver answered: delivered if it took it, failed
+/// otherwise, never due again.
 async fn write_attempts(
     conn: &mut PgConnection,
     attempts: &[FinishedAttempt],
@@ -505,14 +512,18 @@ async fn write_attempts(
              response_body, error, claimed_at)), \
          moved AS ( \
            UPDATE webhook_deliveries d SET attempts = d.attempts + 1, \
-             status = CASE WHEN {resent} THEN 'pending' ELSE i.status END, \
+             status = CASE WHEN {ended} THEN \
+                 CASE WHEN i.status = 'delivered' THEN 'delivered' ELSE 'failed' END \
+               WHEN {resent} THEN 'pending' ELSE i.status END, \
              schedule_step = d.schedule_step \
-               + CASE WHEN {resent} THEN 0 WHEN i.status = 'pending' THEN 1 ELSE 0 END, \
-             next_attempt_at = CASE WHEN {resent} OR i.retry_ms IS NULL THEN d.next_attempt_at \
-               ELSE now() + i.retry_ms * interval '1 millisecond' END, \
-             finished_at = CASE WHEN {resent} OR i.status = 'pending' THEN NULL ELSE now() END, \
+               + CASE WHEN {ended} OR {resent} THEN 0 WHEN i.status = 'pending' THEN 1 ELSE 0 END, \
+             next_attempt_at = CASE WHEN {ended} OR {resent} OR i.retry_ms IS NULL \
+               THEN d.next_attempt_at ELSE now() + i.retry_ms * interval '1 millisecond' END, \
+             finished_at = CASE WHEN {ended} THEN d.finished_at \
+               WHEN {resent} OR i.status = 'pending' THEN NULL ELSE now() END, \
              lease_until = '-infinity', lease_token = NULL \
-           FROM input i WHERE d.id = i.id AND d.lease_token = i.token AND d.status = 'pending' \
+           FROM input i WHERE d.id = i.id AND d.lease_token = i.token \
+             AND d.status IN ('pending', 'failed') \
            RETURNING d.id, d.endpoint_id, d.created_at, d.status, {resent} AS resent), \
          kept AS ( \
            INSERT INTO webhook_attempts (delivery_id, attempt, started_at, latency_ms, \
@@ -537,6 +548,9 @@ async fn write_attempts(
          FROM moved m",
         // Never resent: resent_at is null, and so would the test be.
         resent = "(i.status <> 'delivered' AND coalesce(d.resent_at >= i.claimed_at, false))",
+        // Failed with the attempt's token still on it: only the endpoint's
+        // deletion ends a delivery without clearing the token.
+        ended = "(d.status = 'failed')",
     ))
     .bind(attempts.iter().map(|a| a.claim.id).collect::<Vec<_>>())
     .bind(

@@ -1099,3 +1099,66 @@ async fn an_endpoint_at_a_private_address_is_not_called_once_they_are_refused() 
         "the receiver was called"
     );
 }
+
+/// An endpoint deleted while an attempt is in flight ends its deliveries,
+/// and the attempt, when it comes back, still records what the receiver
+/// answered: the receiver took the event, so the delivery says delivered,
+/// with its attempt, rather than failed with none.
+#[tokio::test]
+async fn an_attempt_in_flight_when_its_endpoint_is_deleted_is_kept() {
+    let app = webhook_app(&[60_000], 10_000).await;
+    let receiver = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(2)))
+        .mount(&receiver)
+        .await;
+    let (endpoint, _) = app
+        .register(&receiver.uri(), Some(&["payment.authorized"]))
+        .await;
+    let payment: Value = app
+        .create_payment(HAPPY_CARD, 650)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let event = app
+        .json_of(&format!(
+            "/v1/events?type=payment.authorized&payment_id={}",
+            payment["id"].as_str().unwrap()
+        ))
+        .await["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    until(&receiver, |got| got.len() == 1).await;
+    let deleted = app
+        .client
+        .delete(app.url(&format!(
+            "/v1/webhook_endpoints/{}",
+            endpoint["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::OK);
+    let started = Instant::now();
+    let delivery = loop {
+        let list = app.json_of(&format!("/v1/events/{event}/deliveries")).await;
+        let delivery = list["data"][0].clone();
+        if !delivery["attempts"].as_array().unwrap().is_empty() {
+            break delivery;
+        }
+        assert!(
+            started.elapsed() < BOUND,
+            "the attempt was lost: {delivery}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        delivery["attempts"][0]["response_status"], 200,
+        "{delivery}"
+    );
+    assert_eq!(delivery["status"], "delivered", "{delivery}");
+    assert_eq!(deliveries_count(&receiver).await, 1);
+}
