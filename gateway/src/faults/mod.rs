@@ -54,6 +54,9 @@ pub enum Point {
     OutcomeBeforeCommit,
     /// A group-commit batch is about to be written (its rows are waiting).
     BatchBeforeWrite,
+    /// A group-commit batch was written and committed, and its rows are
+    /// not answered yet: an `error` here is the commit's reply lost.
+    BatchAfterWrite,
     /// The recovery worker claimed operations and has not called the bank.
     RecoveryClaimed,
     /// A read of a payment has begun (between its halves, in the mutant
@@ -62,11 +65,12 @@ pub enum Point {
 }
 
 impl Point {
-    pub const ALL: [Point; 6] = [
+    pub const ALL: [Point; 7] = [
         Point::IntentCommitted,
         Point::BankAnswered,
         Point::OutcomeBeforeCommit,
         Point::BatchBeforeWrite,
+        Point::BatchAfterWrite,
         Point::RecoveryClaimed,
         Point::PaymentRead,
     ];
@@ -77,6 +81,7 @@ impl Point {
             Point::BankAnswered => "bank_answered",
             Point::OutcomeBeforeCommit => "outcome_before_commit",
             Point::BatchBeforeWrite => "batch_before_write",
+            Point::BatchAfterWrite => "batch_after_write",
             Point::RecoveryClaimed => "recovery_claimed",
             Point::PaymentRead => "payment_read",
         }

@@ -54,23 +54,30 @@ impl Gateway {
         command: &AuthorizeCommand,
     ) -> Result<Start, Error> {
         let leased_at = Instant::now();
-        let started = self
+        let payment = command.new_payment(merchant);
+        let payment_id = payment.id.as_uuid();
+        let submitted = self
             .starts
             .submit(StartAuthorization {
-                payment: command.new_payment(merchant),
+                payment,
                 key: key.as_str().to_owned(),
                 request_hash: fingerprint.as_bytes().to_vec(),
                 lease: self.lease(),
             })
-            .await?;
-        let Some(started) = started else {
-            let mut conn = self.pool.acquire().await?;
-            let record = idempotency::read(&mut conn, merchant, key).await?;
-            drop(conn);
-            // Gone already (purged): rare enough that the client's retry,
-            // after the 409, may simply start again.
-            let record = record.ok_or(ClaimError::InUse)?;
-            return self.resume(merchant, key, fingerprint, record).await;
+            .await;
+        let ours = |record: &KeyRecord| record.payment_id == Some(payment_id);
+        let started = match submitted {
+            Ok(Some(started)) => started,
+            Ok(None) => {
+                return self
+                    .unanswered(merchant, key, fingerprint, ours, None)
+                    .await;
+            }
+            Err(e) => {
+                return self
+                    .unanswered(merchant, key, fingerprint, ours, Some(e.into()))
+                    .await;
+            }
         };
         Ok(Start::Call(Box::new(Call {
             operation: started.operation,
@@ -90,6 +97,10 @@ impl Gateway {
         action: Action,
         amount: Option<Amount>,
     ) -> Result<Start, Error> {
+        // One identity for every try: a key naming it was written by this
+        // request, whatever the database's reply said.
+        let identity = operations::new_identity(action.kind());
+        let ours = |record: &KeyRecord| record.operation_id == Some(identity.0);
         for race in 0..KEY_RACES {
             let mut conn = self.pool.acquire().await?;
             // A new key is the usual case, and the start claims a key only
@@ -100,7 +111,8 @@ impl Gateway {
                 && let Some(record) = idempotency::read(&mut conn, merchant, key).await?
             {
                 drop(conn);
-                return self.resume(merchant, key, fingerprint, record).await;
+                let own = ours(&record);
+                return self.resume(merchant, key, fingerprint, record, own).await;
             }
             let found = payments::read_for_operation(&mut conn, merchant, payment_id).await?;
             let found = match operable(found, amount) {
@@ -111,7 +123,7 @@ impl Gateway {
                 Err(refusal) => {
                     if let Some(record) = idempotency::read(&mut conn, merchant, key).await? {
                         drop(conn);
-                        return self.resume(merchant, key, fingerprint, record).await;
+                        return self.resume(merchant, key, fingerprint, record, false).await;
                     }
                     return Err(refusal);
                 }
@@ -125,7 +137,7 @@ impl Gateway {
             {
                 if let Some(record) = idempotency::read(&mut conn, merchant, key).await? {
                     drop(conn);
-                    return self.resume(merchant, key, fingerprint, record).await;
+                    return self.resume(merchant, key, fingerprint, record, false).await;
                 }
                 return Err(Error::BankUnavailable {
                     retry_after: open.retry_after,
@@ -145,8 +157,17 @@ impl Gateway {
                 key,
                 fingerprint,
             };
-            if let Some(start) = self.start_in_one_statement(&new, found, action).await? {
-                return Ok(start);
+            match self
+                .start_in_one_statement(&new, found, action, &identity)
+                .await
+            {
+                Ok(Some(start)) => return Ok(start),
+                Ok(None) => {}
+                Err(e) => {
+                    return self
+                        .unanswered(merchant, key, fingerprint, ours, Some(e))
+                        .await;
+                }
             }
             if let Some(start) = self.begin(new, payment_id, action).await? {
                 return Ok(start);
@@ -166,6 +187,7 @@ impl Gateway {
         new: &New<'_>,
         found: Found,
         action: Action,
+        (operation_id, bank_key): &(uuid::Uuid, String),
     ) -> Result<Option<Start>, Error> {
         if found.expiry_due {
             return Ok(None);
@@ -173,7 +195,6 @@ impl Gateway {
         let Ok(to) = transition(found.payment.status(), action.requested()) else {
             return Ok(None);
         };
-        let (operation_id, bank_key) = operations::new_identity(action.kind());
         // Taken before the statement, whose now() starts the lease: the
         // lease this process counts on never outlasts the database's.
         let leased_at = Instant::now();
@@ -186,8 +207,8 @@ impl Gateway {
                 key: new.key.as_str().to_owned(),
                 request_hash: new.fingerprint.as_bytes().to_vec(),
                 lease: self.lease(),
-                operation_id,
-                bank_key,
+                operation_id: *operation_id,
+                bank_key: bank_key.clone(),
                 compare: !self.faults.mutant(Mutant::NoRowLockOnStart),
             })
             .await?;
@@ -301,12 +322,46 @@ impl Gateway {
     /// if nobody holds the key or the operation. Reads the key unlocked
     /// first (what it is for and its answer never change), then locks the
     /// payment, the operation and the key, in that order.
+    /// A start that did not say it started: its batch failed (`failed`),
+    /// or was written again and found the key taken. If the key names what
+    /// this request wrote (`ours`), the write landed and only the
+    /// database's reply was lost: the operation is this request's, lease
+    /// and all, and goes on (else the client met a 409 "in use" for its own
+    /// request until the lease ran out). Otherwise the error stands, or the
+    /// key is resumed as anyone's.
+    async fn unanswered(
+        &self,
+        merchant: MerchantId,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        ours: impl Fn(&KeyRecord) -> bool,
+        failed: Option<Error>,
+    ) -> Result<Start, Error> {
+        let mut conn = self.pool.acquire().await?;
+        let record = idempotency::read(&mut conn, merchant, key).await?;
+        drop(conn);
+        match (record, failed) {
+            (Some(record), _) if ours(&record) => {
+                metrics::counter!("gateway_lost_commit_replies_total").increment(1);
+                self.resume(merchant, key, fingerprint, record, true).await
+            }
+            (_, Some(failed)) => Err(failed),
+            (Some(record), None) => self.resume(merchant, key, fingerprint, record, false).await,
+            // Gone already (purged): rare enough that the client's retry,
+            // after the 409, may simply start again.
+            (None, None) => Err(ClaimError::InUse.into()),
+        }
+    }
+
+    /// `ours`: this request wrote the key and its operation (see
+    /// [`Self::unanswered`]), so the lease on them is its own.
     async fn resume(
         &self,
         merchant: MerchantId,
         key: &IdempotencyKey,
         fingerprint: &Fingerprint,
         record: KeyRecord,
+        ours: bool,
     ) -> Result<Start, Error> {
         if !fingerprint.matches(&record.request_hash)
             && !self.faults.mutant(Mutant::RequestHashIgnored)
@@ -334,7 +389,7 @@ impl Gateway {
         if let Some(stored) = record.answer() {
             return self.replay(&record, stored).await;
         }
-        if self.lease_runs(&record, &operation) {
+        if self.lease_runs(&record, &operation) && !ours {
             return Err(ClaimError::InUse.into());
         }
         if !operation.is_pending() {

@@ -209,6 +209,13 @@ impl<I: Clone + Send + 'static, O: Send + 'static> Flusher<I, O> {
             Ok(()) => (self.write)(self.pool.clone(), inputs).await,
             Err(injected) => Err(injected.into()),
         };
+        let written = match written {
+            Ok(outputs) => match self.faults.hit(Point::BatchAfterWrite).await {
+                Ok(()) => Ok(outputs),
+                Err(lost) => Err(lost.into()),
+            },
+            Err(e) => Err(e),
+        };
         match written {
             Ok(outputs) if outputs.len() == expected => {
                 for (job, output) in batch.into_iter().zip(outputs) {

@@ -1435,3 +1435,88 @@ async fn a_statement_cancelled_while_a_payment_moves_is_a_503_not_a_500() {
     assert!(retry_after_seconds(&answer) >= 1);
     assert_eq!(app.payment(&id).await["status"], "authorized");
 }
+
+/// The database commits a start and its reply is lost (the connection
+/// drops after COMMIT). The request wrote the key and the operation: it
+/// finds them under its own ids and goes on to the bank, instead of
+/// answering 503 and then 409 "in use" to every retry until its own lease
+/// ran out (or, for rows of a batch, 409 at once while recovery finished
+/// the operation 30 s later).
+#[tokio::test]
+async fn a_start_whose_commit_reply_was_lost_goes_on_as_its_own() {
+    let app = spawn_app().await;
+    app.faults.arm("batch_after_write=1*error").unwrap();
+    let key = new_key();
+    let body = payment_body(HAPPY_CARD, 4_200, "ord_lost", "cus_lost");
+    let first = post(&app, "/v1/payments", &key, &body).await;
+    assert_eq!(
+        first.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&first.bytes)
+    );
+    assert_eq!(app.faults.fired(Point::BatchAfterWrite), 1);
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.bank_count("authorizations").await, 1);
+    let again = post(&app, "/v1/payments", &key, &body).await;
+    assert_eq!(again.bytes, first.bytes, "the stored answer");
+
+    app.faults.arm("batch_after_write=1*error").unwrap();
+    let capture_key = new_key();
+    let path = format!("/v1/payments/{id}/capture");
+    let captured = post(&app, &path, &capture_key, &Value::Null).await;
+    assert_eq!(
+        captured.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&captured.bytes)
+    );
+    assert_eq!(app.faults.fired(Point::BatchAfterWrite), 2);
+    assert_eq!(app.bank_count("captures").await, 1);
+}
+
+/// The same for rows that shared a batch: written again after the lost
+/// reply, each row finds its payment already moved by itself and its key
+/// taken by itself, and goes on.
+#[tokio::test]
+async fn rows_of_a_batch_whose_commit_reply_was_lost_go_on_as_their_own() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for amount in [1_100, 1_200, 1_300] {
+        let created: Value = app
+            .create_payment(HAPPY_CARD, amount)
+            .await
+            .json()
+            .await
+            .unwrap();
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    // The first capture holds the flusher while the other two queue behind
+    // it; then both batches lose their reply.
+    app.faults
+        .arm("batch_before_write=1*pause;batch_after_write=2*error")
+        .unwrap();
+    let captures = ids.iter().map(|id| {
+        let path = format!("/v1/payments/{id}/capture");
+        let app = &app;
+        async move { post(app, &path, &new_key(), &Value::Null).await }
+    });
+    let release = async {
+        while app.faults.fired(Point::BatchBeforeWrite) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.faults.disarm(Point::BatchBeforeWrite);
+    };
+    let (answers, ()) = tokio::join!(futures_util::future::join_all(captures), release);
+    for answer in &answers {
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&answer.bytes)
+        );
+    }
+    assert_eq!(app.faults.fired(Point::BatchAfterWrite), 2);
+    assert_eq!(app.bank_count("captures").await, 3);
+}
