@@ -515,6 +515,18 @@ impl Settings {
             );
         }
         self.validate_periods()?;
+        let schedule = &self.webhook_retry_schedule_ms;
+        if schedule.len() > crate::webhooks::MAX_RETRIES
+            || schedule
+                .iter()
+                .any(|ms| *ms > crate::webhooks::MAX_RETRY_WAIT_MS)
+        {
+            return Err(format!(
+                "WEBHOOK_RETRY_SCHEDULE_MS must hold at most {} waits of at most {} ms (a week) each",
+                crate::webhooks::MAX_RETRIES,
+                crate::webhooks::MAX_RETRY_WAIT_MS
+            ));
+        }
         if self.db_batch_max_rows == 0 || self.db_batch_flushers == 0 || self.db_batch_queue == 0 {
             return Err("batch rows, flushers and queue must be at least 1".into());
         }
@@ -596,6 +608,18 @@ mod tests {
         let mut s = settings();
         s.recovery_batch = 0;
         assert!(s.validate().unwrap_err().contains("RECOVERY_BATCH"));
+    }
+
+    #[test]
+    fn a_webhook_schedule_is_bounded() {
+        let mut s = settings();
+        s.webhook_retry_schedule_ms = vec![crate::webhooks::MAX_RETRY_WAIT_MS];
+        assert_eq!(s.validate(), Ok(()));
+        s.webhook_retry_schedule_ms = vec![9_300_000_000_000_000];
+        let refused = s.validate().unwrap_err();
+        assert!(refused.contains("WEBHOOK_RETRY_SCHEDULE_MS"), "{refused}");
+        s.webhook_retry_schedule_ms = vec![1; crate::webhooks::MAX_RETRIES + 1];
+        assert!(s.validate().is_err());
     }
 
     #[test]

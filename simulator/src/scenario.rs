@@ -411,6 +411,9 @@ fn replica_faults() -> impl Strategy<Value = ReplicaFaults> {
         Just(Some("bank_answered=8%sleep(7000)".to_owned())),
         choose("outcome_before_commit", &["2%sleep(800)", "1%abort"]),
         choose("batch_before_write", &["2%sleep(300)"]),
+        // The commit's reply lost: the batch's requests find their own
+        // writes under their own ids and go on.
+        choose("batch_after_write", &["2%error"]),
         choose("recovery_claimed", &["10%sleep(6000)"]),
         // Always: harmless to a gateway that reads a payment in one
         // statement, and the window a two-statement read needs.
@@ -424,8 +427,8 @@ fn replica_faults() -> impl Strategy<Value = ReplicaFaults> {
             1 => Just(3_600_000i64),
         ],
     )
-        .prop_map(|(a, b, c, d, e, f, clock_skew_ms)| ReplicaFaults {
-            points: [a, b, c, d, e, f]
+        .prop_map(|(a, b, c, d, g, e, f, clock_skew_ms)| ReplicaFaults {
+            points: [a, b, c, d, g, e, f]
                 .into_iter()
                 .flatten()
                 .collect::<Vec<_>>()

@@ -314,8 +314,12 @@ impl Worker {
             }
             return false;
         };
+        // The attempt ends by this, whenever its task gets to run: a task
+        // started late on a busy machine must not outlive the lease.
+        let ends_by = leased_at + self.settings.timeout;
         tokio::spawn(async move {
-            self.send(claim, event, [total, endpoint, merchant]).await;
+            self.send(claim, event, ends_by, [total, endpoint, merchant])
+                .await;
             self.freed.notify_one();
         });
         true
@@ -325,9 +329,10 @@ impl Worker {
         &self,
         claim: ClaimedDelivery,
         event: Arc<EventRecord>,
+        ends_by: Instant,
         _slots: [OwnedSemaphorePermit; 3],
     ) {
-        let outcome = self.attempt(&claim, &event).await;
+        let outcome = self.attempt(&claim, &event, ends_by).await;
         let delivered = outcome.delivered();
         metrics::counter!("gateway_webhook_attempts_total",
             "outcome" => if delivered { "delivered" } else { "failed" })
@@ -400,8 +405,14 @@ impl Worker {
         }
     }
 
-    /// One POST, signed with every live secret of the endpoint.
-    async fn attempt(&self, claim: &ClaimedDelivery, event: &EventRecord) -> AttemptOutcome {
+    /// One POST, signed with every live secret of the endpoint, over by
+    /// `ends_by` (the claim's time plus the attempt's timeout).
+    async fn attempt(
+        &self,
+        claim: &ClaimedDelivery,
+        event: &EventRecord,
+        ends_by: Instant,
+    ) -> AttemptOutcome {
         let id = event.id.to_string();
         let mut view = EventView::new(event);
         if self.faults.mutant(Mutant::FailureAnnouncedAsSuccess) {
@@ -446,8 +457,8 @@ impl Worker {
             secrets.push(self.key.endpoint_secret(claim.endpoint_id, previous));
         }
         let clock = Instant::now();
-        let exchange = tokio::time::timeout(
-            self.settings.timeout,
+        let exchange = tokio::time::timeout_at(
+            ends_by.into(),
             self.post(
                 &claim.url,
                 &id,

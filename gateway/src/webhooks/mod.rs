@@ -24,6 +24,13 @@ use secret::WebhookKey;
 
 /// About three days: the first retry after 5 s, the last ~72 h after the
 /// event, as a receiver down for a long weekend still gets everything.
+/// The longest wait before a retry a schedule may hold (a week), and the
+/// most retries: a wait past what the database's timestamps can add fails
+/// every attempt's record, so the delivery went out again each lease,
+/// forever.
+pub const MAX_RETRY_WAIT_MS: u64 = 7 * 24 * 3_600_000;
+pub const MAX_RETRIES: usize = 1_000;
+
 pub const DEFAULT_SCHEDULE_MS: [u64; 9] = [
     5_000,      // 5 s
     300_000,    // 5 min
