@@ -37,6 +37,8 @@ pub struct AppState {
     /// API keys that authenticated lately; `None` when every request looks
     /// its key up.
     pub key_cache: Option<api::key_cache::KeyCache>,
+    /// Key lookups in flight, shared by the requests presenting that key.
+    pub key_lookups: api::key_cache::Lookups,
     pub webhooks: Arc<WebhookSettings>,
 }
 
@@ -113,6 +115,7 @@ impl Application {
                 settings.auth_failure_limit_burst,
                 api::rate_limit::MAX_TRACKED_ADDRESSES,
             ),
+            key_lookups: api::key_cache::Lookups::default(),
             key_cache: api::key_cache::KeyCache::new(
                 Duration::from_millis(settings.api_key_cache_ms),
                 api::key_cache::MAX_CACHED_KEYS,

@@ -14,8 +14,11 @@
 //! moment ago works at once, and guessing cannot fill the cache.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::OnceCell;
 
 use crate::store::merchants::Authenticated;
 
@@ -139,5 +142,35 @@ mod tests {
     fn a_zero_lifetime_is_no_cache() {
         assert!(KeyCache::new(Duration::ZERO, 8).is_none());
         assert!(KeyCache::new(TTL, 0).is_none());
+    }
+}
+
+/// The lookups of keys in flight, one per key: requests that present the
+/// same key at once share one query (and the one failure token it takes),
+/// so a burst of one valid key's requests on a cold cache (a restart, a
+/// new replica) is one lookup, not one each, and is never refused for the
+/// tokens its own lookups held. Entries live only while their lookup runs.
+#[derive(Debug, Default)]
+pub struct Lookups {
+    in_flight: Mutex<HashMap<Vec<u8>, Arc<OnceCell<Option<Authenticated>>>>>,
+}
+
+impl Lookups {
+    /// What `lookup` finds for the key with this hash, run once for every
+    /// caller that asks while it runs. A lookup that fails is run again by
+    /// the next caller still waiting.
+    pub async fn share<E, F, Fut>(&self, hash: &[u8], lookup: F) -> Result<Option<Authenticated>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<Authenticated>, E>>,
+    {
+        let lock = || self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let cell = Arc::clone(lock().entry(hash.to_vec()).or_default());
+        let found = cell.get_or_try_init(lookup).await.copied();
+        let mut in_flight = lock();
+        if in_flight.get(hash).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            in_flight.remove(hash);
+        }
+        found
     }
 }

@@ -97,7 +97,9 @@ impl AuthFailure {
 /// is refused without a query: a guess costs the database nothing. A key
 /// the cache does not hold takes a failure's token before its query and
 /// gets it back if found, so that guesses sent at once cannot all pass the
-/// budget's check before the first of them is counted.
+/// budget's check before the first of them is counted; requests with the
+/// same key at once share one query ([`super::key_cache::Lookups`]), so a valid key's burst
+/// holds one token, not one each.
 async fn look_up(
     state: &AppState,
     key: Option<&str>,
@@ -115,21 +117,21 @@ async fn look_up(
     if let Some(found) = cache.and_then(|cache| cache.get(&hash, read_at)) {
         return Ok(Ok(found));
     }
-    failures.reserve()?;
-    let looked_up = async {
-        let mut conn = state.gateway.pool().acquire().await?;
-        merchants::merchant_for_key(&mut conn, &hash).await
-    };
-    let found = match looked_up.await {
-        Ok(found) => found,
-        Err(e) => {
-            failures.give_back();
-            return Err(e.into());
-        }
-    };
-    if found.is_some() {
-        failures.give_back();
-    }
+    let found = state
+        .key_lookups
+        .share(&hash, || async {
+            failures.reserve()?;
+            let looked_up = async {
+                let mut conn = state.gateway.pool().acquire().await?;
+                merchants::merchant_for_key(&mut conn, &hash).await
+            };
+            let found = looked_up.await;
+            if !matches!(found, Ok(None)) {
+                failures.give_back();
+            }
+            found.map_err(ApiError::from)
+        })
+        .await?;
     if let (Some(cache), Some(found)) = (cache, found) {
         let read_at = if state.gateway.faults().mutant(Mutant::KeyCacheNeverLapses) {
             // The pre-fix form: remembered for as long as the process lives.
