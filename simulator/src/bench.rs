@@ -560,6 +560,10 @@ async fn register_webhook(
     let response = client
         .post(format!("{gateway_url}/v1/webhook_endpoints"))
         .bearer_auth(api_key)
+        .header(
+            "Idempotency-Key",
+            format!("bench-endpoint-{}", uuid::Uuid::new_v4()),
+        )
         .json(&serde_json::json!({ "url": receiver.url("/bench") }))
         .send()
         .await?;

@@ -1593,6 +1593,7 @@ async fn register_endpoints(
         let response = http
             .post(format!("{gateway}/v1/webhook_endpoints"))
             .bearer_auth(key)
+            .header("Idempotency-Key", format!("{run_id}-endpoint-{i}"))
             .json(&json!({"url": receiver.url(&path)}))
             .send()
             .await?;
@@ -1671,12 +1672,17 @@ async fn rotate_halfway(
         }
     };
     let Some(id) = id else { return };
+    // One key for every try, through kills and replicas: a retry whose
+    // first answer was lost gets that answer, and does not rotate again
+    // (which would end the first secret's grace).
+    let rotation = format!("rotate-{id}");
     for _ in 0..50 {
         let urls = replicas.lock().await.urls();
         for url in urls {
             let answer = http
                 .post(format!("{url}/v1/webhook_endpoints/{id}/rotate_secret"))
                 .bearer_auth(&api_key)
+                .header("Idempotency-Key", &rotation)
                 .json(&json!({"grace_seconds": ROTATION_GRACE_SECONDS}))
                 .send()
                 .await;

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::error::ApiError;
+use super::keyed::begin_or_answer;
 use super::payments::page_size;
 use super::request::{Fields, Merchant, query_params, read_json};
 use crate::domain::{EndpointId, EventId, EventType, PaymentId};
@@ -147,11 +148,12 @@ pub async fn list_deliveries(
 #[utoipa::path(post, path = "/v1/events/{id}/resend", tag = "webhooks", security(("api_key" = [])),
     summary = "Resend an event",
     description = "Queues the event again, due now, with the same webhook-id (a receiver that deduplicates sees it once): to one endpoint, or to every enabled endpoint that wants its type.",
-    params(("id" = String, Path, description = "The event id (evt_…)")),
+    params(("id" = String, Path, description = "The event id (evt_…)"), ("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters (space to tilde); unique per resend", min_length = 1, max_length = 255, pattern = "^[ -~]{1,255}$")),
     request_body(content = Option<Resend>),
     responses(
         (status = 202, description = "Queued: the deliveries, due now (same webhook-id as before)", body = DeliveryList),
-        (status = 400, description = "Invalid endpoint_id", body = ErrorBody),
+        (status = 400, description = "Invalid endpoint_id, or a missing or invalid Idempotency-Key", body = ErrorBody),
+        (status = 422, description = "idempotency_key_reused", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 404, description = "No such event, or no such enabled endpoint (for this merchant)", body = ErrorBody),
         (status = 408, description = "request_timeout: the body did not arrive in time (5 s by default)", body = ErrorBody),
@@ -183,20 +185,22 @@ pub async fn resend_event(
             ),
         }
     };
-    let mut conn = state.gateway.pool().acquire().await?;
-    if !events::exists(&mut conn, merchant.0, id).await? {
+    let mut keyed = begin_or_answer!(&req, merchant.0, &state, &body);
+    if !events::exists(keyed.conn(), merchant.0, id).await? {
         return Err(ApiError::Missing("event"));
     }
-    let touched = store::resend(&mut conn, merchant.0, id, endpoint).await?;
+    let touched = store::resend(keyed.conn(), merchant.0, id, endpoint).await?;
     if touched.is_empty() && endpoint.is_some() {
         return Err(ApiError::Missing("enabled webhook endpoint"));
     }
-    let data = store::deliveries_of(&mut conn, id)
+    let data = store::deliveries_of(keyed.conn(), id)
         .await?
         .iter()
         .filter(|d| touched.contains(&d.id))
         .map(DeliveryView::new)
         .collect();
     tracing::info!(event = %id, deliveries = touched.len(), "event re-sent");
-    Ok(HttpResponse::Accepted().json(DeliveryList { data }))
+    let answer =
+        serde_json::to_vec(&DeliveryList { data }).map_err(|e| ApiError::Internal(e.into()))?;
+    keyed.finish(&state, 202, answer, None).await
 }

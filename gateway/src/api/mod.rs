@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod json;
 pub mod key_cache;
+pub mod keyed;
 pub mod operations;
 pub mod payments;
 pub mod rate_limit;

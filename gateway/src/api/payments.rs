@@ -162,7 +162,7 @@ async fn ensure_bank_available(
     })
 }
 
-fn respond(reply: Reply) -> HttpResponse {
+pub(super) fn respond(reply: Reply) -> HttpResponse {
     let status = actix_web::http::StatusCode::from_u16(reply.status)
         .unwrap_or(actix_web::http::StatusCode::OK);
     let mut response = HttpResponse::build(status);

@@ -1,9 +1,9 @@
 //! `/v1/webhook_endpoints`: where a merchant's events are sent.
 //!
-//! These POSTs take no Idempotency-Key: a create answers the endpoint's
-//! secret, which the gateway never stores, so it could not replay the
-//! answer. A create retried after a lost answer makes a second endpoint;
-//! list the endpoints and delete the extra one.
+//! Its POSTs take an `Idempotency-Key` like every POST ([`super::keyed`]):
+//! a create retried after a lost answer gets the same endpoint and secret,
+//! not a second endpoint, and a rotation retried does not rotate again
+//! (which would end the first secret's grace at once).
 
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::error::ApiError;
+use super::keyed::{SECRET_HOLE, begin_or_answer};
 use super::request::{Fields, Merchant, read_json};
 use crate::domain::{EndpointId, EventType};
 use crate::payments::view::ErrorBody;
@@ -61,11 +62,15 @@ fn endpoint_id(raw: &str) -> Result<EndpointId, ApiError> {
     EndpointId::parse(raw).map_err(|_| ApiError::Missing("webhook endpoint"))
 }
 
-/// The view with the endpoint's current secret, for the two answers that
-/// show it.
-fn with_secret(key: &WebhookKey, record: &EndpointRecord) -> EndpointView {
-    let secret = key.endpoint_secret(record.id, &record.secret_salt);
-    EndpointView::new(record, Some(secret.to_whsec()))
+/// The answer of the two requests that show the endpoint's secret: the
+/// view with [`SECRET_HOLE`] in its place, filled as it is sent.
+fn shows_secret(record: &EndpointRecord) -> Result<Vec<u8>, ApiError> {
+    let view = EndpointView::new(record, Some(SECRET_HOLE.to_owned()));
+    serde_json::to_vec(&view).map_err(|e| ApiError::Internal(e.into()))
+}
+
+fn shows(record: &EndpointRecord) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(&EndpointView::new(record, None)).map_err(|e| ApiError::Internal(e.into()))
 }
 
 fn parse_event_types(fields: &Fields<'_>) -> Result<Option<Vec<String>>, ApiError> {
@@ -89,12 +94,14 @@ fn parse_event_types(fields: &Fields<'_>) -> Result<Option<Vec<String>>, ApiErro
 
 #[utoipa::path(post, path = "/v1/webhook_endpoints", tag = "webhooks",
     summary = "Register a webhook endpoint",
-    description = "Every change of a payment is sent to the endpoint as a signed event (Standard Webhooks), at least once, retried for about three days. The answer holds the signing `secret`, shown this once.",
+    description = "Every change of a payment is sent to the endpoint as a signed event (Standard Webhooks), at least once, retried for about three days. The answer holds the signing `secret`, shown to this request and to its replays under the same Idempotency-Key.",
     security(("api_key" = [])),
+    params(("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters (space to tilde); unique per change", min_length = 1, max_length = 255, pattern = "^[ -~]{1,255}$")),
     request_body = CreateEndpoint,
     responses(
-        (status = 201, description = "Registered; `secret` is shown this once", body = EndpointView),
-        (status = 400, description = "Invalid url or event_types, or the limit of 16 endpoints reached", body = ErrorBody),
+        (status = 201, description = "Registered; `secret` is shown to the request and its replays", body = EndpointView),
+        (status = 400, description = "Invalid url or event_types, the limit of 16 endpoints reached, or a missing or invalid Idempotency-Key", body = ErrorBody),
+        (status = 422, description = "idempotency_key_reused", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 503, description = "webhooks_not_configured or service_unavailable", body = ErrorBody),
         (status = 408, description = "request_timeout: the body did not arrive in time (5 s by default)", body = ErrorBody),
@@ -110,7 +117,7 @@ pub async fn create_endpoint(
     payload: web::Payload,
     state: Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = key(&state)?;
+    key(&state)?;
     let body = read_json(&req, payload, state.body).await?;
     let fields = Fields::of(&body, "", &["url", "event_types"])?;
     let url = EndpointUrl::parse(fields.string("url")?, state.webhooks.allow_private_urls)
@@ -121,9 +128,9 @@ pub async fn create_endpoint(
             message: e.to_string(),
         })?;
     let event_types = parse_event_types(&fields)?;
-    let mut conn = state.gateway.pool().acquire().await?;
+    let mut keyed = begin_or_answer!(&req, merchant.0, &state, &body);
     let record = store::create_endpoint(
-        &mut conn,
+        keyed.conn(),
         merchant.0,
         url.as_str(),
         event_types.as_deref(),
@@ -139,7 +146,10 @@ pub async fn create_endpoint(
         CreateError::Database(e) => e.into(),
     })?;
     tracing::info!(endpoint = %record.endpoint_id(), "webhook endpoint registered");
-    Ok(HttpResponse::Created().json(with_secret(key, &record)))
+    let answer = shows_secret(&record)?;
+    keyed
+        .finish(&state, 201, answer, Some(&record.secret_salt))
+        .await
 }
 
 #[utoipa::path(get, path = "/v1/webhook_endpoints", tag = "webhooks",
@@ -192,49 +202,60 @@ pub async fn get_endpoint(
 }
 
 async fn change(
+    req: HttpRequest,
     merchant: Merchant,
     id: Path<String>,
+    payload: web::Payload,
     state: Data<AppState>,
     change: EndpointChange,
 ) -> Result<HttpResponse, ApiError> {
     let id = endpoint_id(&id)?;
-    let mut conn = state.gateway.pool().acquire().await?;
-    let record = store::change_endpoint(&mut conn, merchant.0, id, change)
+    let body = read_json(&req, payload, state.body).await?;
+    if !body.is_null() {
+        Fields::of(&body, "", &[])?;
+    }
+    let mut keyed = begin_or_answer!(&req, merchant.0, &state, &body);
+    let record = store::change_endpoint(keyed.conn(), merchant.0, id, change)
         .await?
         .ok_or(ApiError::Missing("webhook endpoint"))?;
     tracing::info!(endpoint = %id, status = %record.status, "webhook endpoint changed");
-    Ok(HttpResponse::Ok().json(EndpointView::new(&record, None)))
+    let answer = shows(&record)?;
+    keyed.finish(&state, 200, answer, None).await
 }
 
 macro_rules! change_route {
-    ($name:ident, $method:ident, $path:literal, $change:expr, $summary:literal, $what:literal) => {
-        #[utoipa::path($method, path = concat!("/v1", $path), tag = "webhooks",
+    ($name:ident, $path:literal, $change:expr, $summary:literal, $what:literal) => {
+        #[utoipa::path(post, path = concat!("/v1", $path), tag = "webhooks",
             security(("api_key" = [])),
             summary = $summary,
             description = $what,
-            params(("id" = String, Path, description = "The endpoint id (we_…)")),
+            params(("id" = String, Path, description = "The endpoint id (we_…)"),
+                ("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters (space to tilde); unique per change", min_length = 1, max_length = 255, pattern = "^[ -~]{1,255}$")),
             responses(
                 (status = 200, description = "The endpoint as it is now", body = EndpointView),
+                (status = 400, description = "Missing or invalid Idempotency-Key, or a body with fields", body = ErrorBody),
                 (status = 401, description = "Missing or unknown API key", body = ErrorBody),
                 (status = 404, description = "No such endpoint (for this merchant)", body = ErrorBody),
+                (status = 422, description = "idempotency_key_reused", body = ErrorBody),
                 (status = 429, description = "rate_limited: too many requests with this API key, or too many failed authentications from this client address; retry after Retry-After (whole seconds)", body = ErrorBody),
                 (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
                 (status = 503, description = "service_unavailable", body = ErrorBody),
             ))]
-        #[$method($path)]
+        #[post($path)]
         pub async fn $name(
+            req: HttpRequest,
             merchant: Merchant,
             id: Path<String>,
+            payload: web::Payload,
             state: Data<AppState>,
         ) -> Result<HttpResponse, ApiError> {
-            change(merchant, id, state, $change).await
+            change(req, merchant, id, payload, state, $change).await
         }
     };
 }
 
 change_route!(
     enable_endpoint,
-    post,
     "/webhook_endpoints/{id}/enable",
     EndpointChange::Enable,
     "Enable a webhook endpoint",
@@ -242,30 +263,50 @@ change_route!(
 );
 change_route!(
     disable_endpoint,
-    post,
     "/webhook_endpoints/{id}/disable",
     EndpointChange::Disable,
     "Disable a webhook endpoint",
     "Stops sending to the endpoint; its pending deliveries wait, and events made meanwhile are not queued for it (GET /v1/events has them)."
 );
-change_route!(
-    delete_endpoint,
-    delete,
-    "/webhook_endpoints/{id}",
-    EndpointChange::Delete,
-    "Delete a webhook endpoint",
-    "Removes the endpoint for good; its pending deliveries end as failed. Its past attempts stay readable per event."
-);
+
+#[utoipa::path(delete, path = "/v1/webhook_endpoints/{id}", tag = "webhooks",
+    security(("api_key" = [])),
+    summary = "Delete a webhook endpoint",
+    description = "Removes the endpoint for good; its pending deliveries end as failed. Its past attempts stay readable per event.",
+    params(("id" = String, Path, description = "The endpoint id (we_…)")),
+    responses(
+        (status = 200, description = "The endpoint as it is now", body = EndpointView),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 404, description = "No such endpoint (for this merchant)", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many requests with this API key, or too many failed authentications from this client address; retry after Retry-After (whole seconds)", body = ErrorBody),
+        (status = 431, description = "headers_too_large: the request headers are larger than the limit (16 KiB by default)", body = ErrorBody),
+        (status = 503, description = "service_unavailable", body = ErrorBody),
+    ))]
+#[delete("/webhook_endpoints/{id}")]
+pub async fn delete_endpoint(
+    merchant: Merchant,
+    id: Path<String>,
+    state: Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = endpoint_id(&id)?;
+    let mut conn = state.gateway.pool().acquire().await?;
+    let record = store::change_endpoint(&mut conn, merchant.0, id, EndpointChange::Delete)
+        .await?
+        .ok_or(ApiError::Missing("webhook endpoint"))?;
+    tracing::info!(endpoint = %id, "webhook endpoint deleted");
+    Ok(HttpResponse::Ok().json(EndpointView::new(&record, None)))
+}
 
 #[utoipa::path(post, path = "/v1/webhook_endpoints/{id}/rotate_secret", tag = "webhooks",
     summary = "Rotate an endpoint's signing secret",
-    description = "Makes a new secret, shown this once. For `grace_seconds` (a day by default) deliveries carry a signature under the old secret too, so receivers can switch without missing one.",
+    description = "Makes a new secret, shown to this request and its replays. For `grace_seconds` (a day by default) deliveries carry a signature under the old secret too, so receivers can switch without missing one.",
     security(("api_key" = [])),
-    params(("id" = String, Path, description = "The endpoint id (we_…)")),
+    params(("id" = String, Path, description = "The endpoint id (we_…)"), ("Idempotency-Key" = String, Header, description = "1–255 printable ASCII characters (space to tilde); unique per change", min_length = 1, max_length = 255, pattern = "^[ -~]{1,255}$")),
     request_body(content = Option<RotateSecret>),
     responses(
-        (status = 200, description = "The new `secret`, shown this once; deliveries carry a signature under each secret until `previous_secret_expires_at`", body = EndpointView),
-        (status = 400, description = "Invalid grace_seconds", body = ErrorBody),
+        (status = 200, description = "The new `secret`, shown to the request and its replays; deliveries carry a signature under each secret until `previous_secret_expires_at`", body = EndpointView),
+        (status = 400, description = "Invalid grace_seconds, or a missing or invalid Idempotency-Key", body = ErrorBody),
+        (status = 422, description = "idempotency_key_reused", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 404, description = "No such endpoint (for this merchant)", body = ErrorBody),
         (status = 503, description = "webhooks_not_configured or service_unavailable", body = ErrorBody),
@@ -283,7 +324,7 @@ pub async fn rotate_secret(
     payload: web::Payload,
     state: Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = key(&state)?;
+    key(&state)?;
     let id = endpoint_id(&id)?;
     let body = read_json(&req, payload, state.body).await?;
     let grace_seconds = if body.is_null() {
@@ -303,10 +344,13 @@ pub async fn rotate_secret(
                 format!("must be an integer from 0 to {MAX_ROTATION_GRACE_SECONDS}"),
             )
         })?;
-    let mut conn = state.gateway.pool().acquire().await?;
-    let record = store::rotate_secret(&mut conn, merchant.0, id, &new_salt(), grace)
+    let mut keyed = begin_or_answer!(&req, merchant.0, &state, &body);
+    let record = store::rotate_secret(keyed.conn(), merchant.0, id, &new_salt(), grace)
         .await?
         .ok_or(ApiError::Missing("webhook endpoint"))?;
     tracing::info!(endpoint = %id, grace_s = grace.as_secs(), "webhook secret rotated");
-    Ok(HttpResponse::Ok().json(with_secret(key, &record)))
+    let answer = shows_secret(&record)?;
+    keyed
+        .finish(&state, 200, answer, Some(&record.secret_salt))
+        .await
 }

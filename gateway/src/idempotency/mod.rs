@@ -49,6 +49,9 @@ pub struct KeyRecord {
     pub lease_until: Option<chrono::DateTime<chrono::Utc>>,
     pub response_status: Option<i16>,
     pub response_body: Option<Vec<u8>>,
+    /// For an answer that shows a webhook endpoint's secret: the salt it is
+    /// made from, the secret itself being left out of the stored body.
+    pub secret_salt: Option<Vec<u8>>,
 }
 
 impl KeyRecord {
@@ -72,7 +75,8 @@ pub enum ClaimError {
 }
 
 const KEY_COLUMNS: &str = "request_hash, payment_id, operation_id, \
-    coalesce(lease_until > now(), false) AS live, lease_until, response_status, response_body";
+    coalesce(lease_until > now(), false) AS live, lease_until, response_status, response_body, \
+    secret_salt";
 
 /// The key, unlocked: enough to refuse a different request or replay an
 /// answer (neither ever changes once written), or to learn which payment
@@ -134,28 +138,39 @@ pub async fn insert_for_operation(
     Ok(inserted.rows_affected() == 1)
 }
 
-/// A new key answered at once (a refusal that called no bank); `false` if
-/// the key exists already.
+/// An answer given at once, in the transaction of what it answers.
+#[derive(Debug, Clone, Copy)]
+pub struct Answered<'a> {
+    /// The payment it is about (a refusal of an operation); `None` for the
+    /// webhook-endpoint and event POSTs.
+    pub payment_id: Option<Uuid>,
+    pub status: u16,
+    pub body: &'a [u8],
+    /// See [`KeyRecord::secret_salt`].
+    pub secret_salt: Option<&'a [u8]>,
+}
+
+/// A new key answered at once (a refusal that called no bank, a change of
+/// a webhook endpoint); `false` if the key exists already.
 pub async fn insert_answered(
     conn: &mut PgConnection,
     merchant: MerchantId,
     key: &IdempotencyKey,
     fingerprint: &Fingerprint,
-    payment_id: Uuid,
-    status: u16,
-    body: &[u8],
+    answered: Answered<'_>,
 ) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys \
-           (merchant_id, key, request_hash, state, payment_id, response_status, response_body, answered_at) \
-         VALUES ($1, $2, $3, 'done', $4, $5, $6, now()) ON CONFLICT DO NOTHING",
+        "INSERT INTO idempotency_keys (merchant_id, key, request_hash, state, payment_id, \
+           response_status, response_body, secret_salt, answered_at) \
+         VALUES ($1, $2, $3, 'done', $4, $5, $6, $7, now()) ON CONFLICT DO NOTHING",
     )
     .bind(merchant.as_uuid())
     .bind(key.as_str())
     .bind(fingerprint.as_bytes())
-    .bind(payment_id)
-    .bind(http_status(status))
-    .bind(body)
+    .bind(answered.payment_id)
+    .bind(http_status(answered.status))
+    .bind(answered.body)
+    .bind(answered.secret_salt)
     .execute(conn)
     .await?;
     Ok(inserted.rows_affected() == 1)

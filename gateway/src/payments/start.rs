@@ -269,14 +269,18 @@ impl Gateway {
             Err(TransitionError::Refused(refused)) => {
                 tracing::info!(%refused, "state machine refused the operation; the bank is not called");
                 let reply = reply::refused(&payment, refused)?;
+                let answered = idempotency::Answered {
+                    payment_id: Some(payment.id),
+                    status: reply.status,
+                    body: &reply.body,
+                    secret_salt: None,
+                };
                 let stored = idempotency::insert_answered(
                     &mut tx,
                     new.merchant,
                     new.key,
                     new.fingerprint,
-                    payment.id,
-                    reply.status,
-                    &reply.body,
+                    answered,
                 )
                 .await?;
                 stored.then_some(Start::Answered(reply))

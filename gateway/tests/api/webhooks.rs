@@ -109,10 +109,12 @@ async fn receiver_answering(status: u16) -> MockServer {
 }
 
 impl TestApp {
+    /// POSTs `body` under a new Idempotency-Key.
     async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
         self.client
             .post(self.url(path))
             .bearer_auth(&self.api_key)
+            .header("Idempotency-Key", new_key())
             .json(body)
             .send()
             .await
@@ -834,6 +836,7 @@ async fn no_event_is_lost_when_the_gateway_dies_between_a_change_and_its_deliver
         .client
         .post(format!("{}/v1/webhook_endpoints", first.base()))
         .bearer_auth(&rig.api_key)
+        .header("Idempotency-Key", new_key())
         .json(&json!({"url": receiver.uri()}))
         .send()
         .await
@@ -987,6 +990,7 @@ async fn a_merchant_with_slow_endpoints_leaves_room_for_the_others() {
         .client
         .post(app.url("/v1/webhook_endpoints"))
         .bearer_auth(&other)
+        .header("Idempotency-Key", new_key())
         .json(&json!({"url": fast.uri(), "event_types": ["payment.created"]}))
         .send()
         .await
@@ -1161,4 +1165,98 @@ async fn an_attempt_in_flight_when_its_endpoint_is_deleted_is_kept() {
     );
     assert_eq!(delivery["status"], "delivered", "{delivery}");
     assert_eq!(deliveries_count(&receiver).await, 1);
+}
+
+/// The endpoint POSTs take an Idempotency-Key like every POST. A create
+/// retried after a lost answer gets the same endpoint and the same secret
+/// (not a second endpoint), a rotation retried does not rotate again (which
+/// would end the first secret's grace), another request under a used key
+/// is 422, and no key is 400. The stored answers hold no secret: a replay
+/// makes it again from the salt kept beside the answer.
+#[tokio::test]
+async fn endpoint_posts_are_idempotent_and_their_stored_answers_hold_no_secret() {
+    let app = webhook_app(&[100], 1_000).await;
+    let keyed = |path: &str, key: &str, body: Value| {
+        app.client
+            .post(app.url(path))
+            .bearer_auth(&app.api_key)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+    };
+    let create = json!({"url": "http://127.0.0.1:9/hooks"});
+    let key = new_key();
+    let first = keyed("/v1/webhook_endpoints", &key, create.clone())
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first = first.bytes().await.unwrap();
+    let again = keyed("/v1/webhook_endpoints", &key, create.clone())
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["Idempotent-Replayed"], "true");
+    assert_eq!(again.bytes().await.unwrap(), first, "the same bytes");
+    let list = app.json_of("/v1/webhook_endpoints").await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "one endpoint");
+    let endpoint: Value = serde_json::from_slice(&first).unwrap();
+    let secret = endpoint["secret"].as_str().unwrap().to_owned();
+    assert!(SigningSecret::parse(&secret).is_some(), "{secret}");
+
+    let other = keyed(
+        "/v1/webhook_endpoints",
+        &key,
+        json!({"url": "http://127.0.0.1:9/other"}),
+    )
+    .await
+    .unwrap();
+    assert_error(
+        other,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_error",
+        "idempotency_key_reused",
+    )
+    .await;
+    let keyless = app
+        .client
+        .post(app.url("/v1/webhook_endpoints"))
+        .bearer_auth(&app.api_key)
+        .json(&create)
+        .send()
+        .await
+        .unwrap();
+    assert_error(
+        keyless,
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        "missing_idempotency_key",
+    )
+    .await;
+
+    let id = endpoint["id"].as_str().unwrap();
+    let rotate = format!("/v1/webhook_endpoints/{id}/rotate_secret");
+    let rotation = new_key();
+    let rotated = keyed(&rotate, &rotation, json!({})).await.unwrap();
+    assert_eq!(rotated.status(), StatusCode::OK);
+    let rotated = rotated.bytes().await.unwrap();
+    let retried = keyed(&rotate, &rotation, json!({})).await.unwrap();
+    assert_eq!(retried.bytes().await.unwrap(), rotated, "not rotated again");
+    let now = app.json_of(&format!("/v1/webhook_endpoints/{id}")).await;
+    let rotated: Value = serde_json::from_slice(&rotated).unwrap();
+    assert_eq!(
+        now["previous_secret_expires_at"], rotated["previous_secret_expires_at"],
+        "the first secret's grace stands"
+    );
+    assert_ne!(rotated["secret"], secret.as_str());
+
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT response_body FROM idempotency_keys WHERE response_body IS NOT NULL",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let stored = String::from_utf8_lossy(&stored.concat()).into_owned();
+    for shown in [secret.as_str(), rotated["secret"].as_str().unwrap()] {
+        assert!(!stored.contains(shown), "a secret was stored");
+    }
 }
