@@ -145,32 +145,90 @@ mod tests {
     }
 }
 
+/// A lookup in flight: what it found once it is done (`None` inside: it
+/// failed).
+type Shared = Arc<OnceCell<Option<Option<Authenticated>>>>;
+
 /// The lookups of keys in flight, one per key: requests that present the
 /// same key at once share one query (and the one failure token it takes),
 /// so a burst of one valid key's requests on a cold cache (a restart, a
 /// new replica) is one lookup, not one each, and is never refused for the
-/// tokens its own lookups held. Entries live only while their lookup runs.
+/// tokens its own lookups held. Entries live only while their lookup runs,
+/// however it ends (a caller that goes away takes its entry with it).
 #[derive(Debug, Default)]
 pub struct Lookups {
-    in_flight: Mutex<HashMap<Vec<u8>, Arc<OnceCell<Option<Authenticated>>>>>,
+    in_flight: Mutex<HashMap<Vec<u8>, Shared>>,
 }
 
 impl Lookups {
     /// What `lookup` finds for the key with this hash, run once for every
-    /// caller that asks while it runs. A lookup that fails is run again by
-    /// the next caller still waiting.
-    pub async fn share<E, F, Fut>(&self, hash: &[u8], lookup: F) -> Result<Option<Authenticated>, E>
+    /// caller that asks while it runs. If it fails, the callers that
+    /// shared it fail too (`failed`), at once, rather than each running
+    /// the lookup again in turn against a database that just failed.
+    pub async fn share<E, F, Fut>(
+        &self,
+        hash: &[u8],
+        lookup: F,
+        failed: impl FnOnce() -> E,
+    ) -> Result<Option<Authenticated>, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<Authenticated>, E>>,
     {
-        let lock = || self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        let cell = Arc::clone(lock().entry(hash.to_vec()).or_default());
-        let found = cell.get_or_try_init(lookup).await.copied();
-        let mut in_flight = lock();
-        if in_flight.get(hash).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            in_flight.remove(hash);
+        let entry = Entry::join(self, hash);
+        let mut own_error = None;
+        let outcome = entry
+            .cell
+            .get_or_init(|| async {
+                match lookup().await {
+                    Ok(found) => Some(found),
+                    Err(e) => {
+                        own_error = Some(e);
+                        None
+                    }
+                }
+            })
+            .await;
+        match (*outcome, own_error) {
+            (Some(found), _) => Ok(found),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(failed()),
         }
-        found
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Shared>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One caller's share of a lookup; the lookup's entry goes when a caller
+/// that shares it is done (or dropped), so a finished or abandoned lookup
+/// is never served to a later request.
+struct Entry<'a> {
+    lookups: &'a Lookups,
+    hash: &'a [u8],
+    cell: Shared,
+}
+
+impl<'a> Entry<'a> {
+    fn join(lookups: &'a Lookups, hash: &'a [u8]) -> Self {
+        let cell = Arc::clone(lookups.lock().entry(hash.to_vec()).or_default());
+        Self {
+            lookups,
+            hash,
+            cell,
+        }
+    }
+}
+
+impl Drop for Entry<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.lookups.lock();
+        if in_flight
+            .get(self.hash)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.cell))
+        {
+            in_flight.remove(self.hash);
+        }
     }
 }

@@ -117,21 +117,17 @@ async fn look_up(
     if let Some(found) = cache.and_then(|cache| cache.get(&hash, read_at)) {
         return Ok(Ok(found));
     }
-    let found = state
-        .key_lookups
-        .share(&hash, || async {
-            failures.reserve()?;
-            let looked_up = async {
-                let mut conn = state.gateway.pool().acquire().await?;
-                merchants::merchant_for_key(&mut conn, &hash).await
-            };
-            let found = looked_up.await;
-            if !matches!(found, Ok(None)) {
-                failures.give_back();
-            }
-            found.map_err(ApiError::from)
-        })
-        .await?;
+    let lookup = || async {
+        let reserved = failures.reserve()?;
+        let mut conn = state.gateway.pool().acquire().await?;
+        let found = merchants::merchant_for_key(&mut conn, &hash).await?;
+        if found.is_none() {
+            reserved.spent();
+        }
+        Ok(found)
+    };
+    let failed = || ApiError::Unavailable(sqlx::Error::PoolTimedOut);
+    let found = state.key_lookups.share(&hash, lookup, failed).await?;
     if let (Some(cache), Some(found)) = (cache, found) {
         let read_at = if state.gateway.faults().mutant(Mutant::KeyCacheNeverLapses) {
             // The pre-fix form: remembered for as long as the process lives.
@@ -171,19 +167,17 @@ impl<'a> FailureBudget<'a> {
     }
 
     /// Takes a failure's token ahead of a lookup (429 if none is left).
-    fn reserve(&self) -> Result<(), ApiError> {
-        let (Some(limiter), Some(client)) = (self.limiter, self.client) else {
-            return Ok(());
-        };
-        limiter.check(client).map_err(limited)
-    }
-
-    /// Returns the token [`Self::reserve`] took: the key was found, or the
-    /// lookup failed without saying.
-    fn give_back(&self) {
+    /// It is given back unless the lookup finds the key unknown
+    /// ([`Reserved::spent`]): found, failed, or abandoned by a client that
+    /// went away.
+    fn reserve(&self) -> Result<Reserved<'_>, ApiError> {
         if let (Some(limiter), Some(client)) = (self.limiter, self.client) {
-            limiter.give_back(client);
+            limiter.check(client).map_err(limited)?;
         }
+        Ok(Reserved {
+            budget: self,
+            spent: false,
+        })
     }
 
     /// Counts a failure; one that needed no lookup (no key, a malformed
@@ -199,6 +193,29 @@ impl<'a> FailureBudget<'a> {
             // `ensure_left`: this one is answered 401 all the same, and the
             // next is refused.
             let _ = limiter.check(client);
+        }
+    }
+}
+
+/// A failure's token taken ahead of a lookup.
+struct Reserved<'a> {
+    budget: &'a FailureBudget<'a>,
+    spent: bool,
+}
+
+impl Reserved<'_> {
+    /// The key was unknown: the token stays spent.
+    fn spent(mut self) {
+        self.spent = true;
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if let (false, Some(limiter), Some(client)) =
+            (self.spent, self.budget.limiter, self.budget.client)
+        {
+            limiter.give_back(client);
         }
     }
 }
