@@ -14,7 +14,10 @@
 //! fails in halves again, down to single rows: a row that cannot be written
 //! (or a deadlock between two batches) fails only its own request, with its
 //! own error, one bad row among n costs about 2·log2(n) statements rather
-//! than n, and the flusher uses one connection at a time throughout.
+//! than n, and the flusher uses one connection at a time throughout. A
+//! failure of the database itself (unreachable, shutting down, a reply
+//! lost) fails every row at once instead: written again, each would only
+//! fail alike after its own wait.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -235,6 +238,10 @@ impl<I: Clone + Send + 'static, O: Send + 'static> Flusher<I, O> {
             Err(e) if expected == 1 => {
                 let _ = batch.into_iter().next().map(|job| job.reply.send(Err(e)));
             }
+            Err(e) if !about_the_rows(&e) => {
+                tracing::warn!(write = self.name, rows = expected, error = %e, "batch write failed with the database; every row fails");
+                fail_all(batch, &e);
+            }
             Err(e) => {
                 tracing::warn!(write = self.name, rows = expected, error = %e, "batch write failed; writing it in halves");
                 self.in_halves(batch).await;
@@ -268,6 +275,7 @@ impl<I: Clone + Send + 'static, O: Send + 'static> Flusher<I, O> {
                     Err(e) if expected == 1 => {
                         let _ = half.into_iter().next().map(|job| job.reply.send(Err(e)));
                     }
+                    Err(e) if !about_the_rows(&e) => fail_all(half, &e),
                     Ok(_) if expected == 1 => {
                         let wrong = sqlx::Error::Protocol(
                             "a one-row batch write returned the wrong number of rows".into(),
@@ -281,6 +289,37 @@ impl<I: Clone + Send + 'static, O: Send + 'static> Flusher<I, O> {
                 }
             }
         })
+    }
+}
+
+/// Whether a failed statement says something about its rows (a
+/// constraint, a deadlock, a value refused: written again in halves, the
+/// rows that can be written are), or only about the database or the way to
+/// it (unreachable, shutting down, out of resources, a reply lost: every
+/// row would fail alike, each after its own wait, and the flusher with
+/// them).
+fn about_the_rows(e: &sqlx::Error) -> bool {
+    let connection = matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+    );
+    let database = matches!(e, sqlx::Error::Database(db) if db
+        .code()
+        .is_some_and(|code| ["08", "53", "57P"].iter().any(|c| code.starts_with(c))));
+    !(connection || database)
+}
+
+/// Answers every job with the database's failure (a connection error:
+/// the requests answer 503, and one whose write may have landed looks for
+/// it under its own ids).
+fn fail_all<I, O>(batch: Vec<Job<I, O>>, e: &sqlx::Error) {
+    for job in batch {
+        let same = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e.to_string());
+        let _ = job.reply.send(Err(sqlx::Error::Io(same)));
     }
 }
 
@@ -389,6 +428,30 @@ mod tests {
         // every row alone took 17.
         let writes = HALVING_WRITES.load(Ordering::Relaxed);
         assert!(writes <= 9, "{writes} statements");
+    }
+
+    static DOWN_WRITES: AtomicU64 = AtomicU64::new(0);
+
+    fn database_down(_pool: PgPool, _rows: Vec<i64>) -> BoxFuture<Result<Vec<i64>, sqlx::Error>> {
+        Box::pin(async move {
+            DOWN_WRITES.fetch_add(1, Ordering::Relaxed);
+            Err(sqlx::Error::PoolTimedOut)
+        })
+    }
+
+    #[tokio::test]
+    async fn the_database_failing_fails_every_row_at_once() {
+        let pool = PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").expect("a lazy pool");
+        let limits = BatchLimits {
+            max_rows: 16,
+            flushers: 1,
+            queue: 64,
+        };
+        let (batcher, _) =
+            Batcher::spawn("unit", pool, limits, database_down, Faults::default(), None);
+        let answers = futures_util::future::join_all((0..16).map(|n| batcher.submit(n))).await;
+        assert!(answers.iter().all(Result::is_err));
+        assert_eq!(DOWN_WRITES.load(Ordering::Relaxed), 1, "not written again");
     }
 
     #[tokio::test]
