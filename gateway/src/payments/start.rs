@@ -65,7 +65,9 @@ impl Gateway {
                 lease: self.lease(),
             })
             .await;
-        let ours = |record: &KeyRecord| record.payment_id == Some(payment_id);
+        let ours = |record: &KeyRecord| {
+            record.payment_id == Some(payment_id) && self.still_ours(leased_at)
+        };
         let started = match submitted {
             Ok(Some(started)) => started,
             Ok(None) => {
@@ -100,7 +102,10 @@ impl Gateway {
         // One identity for every try: a key naming it was written by this
         // request, whatever the database's reply said.
         let identity = operations::new_identity(action.kind());
-        let ours = |record: &KeyRecord| record.operation_id == Some(identity.0);
+        let leased_at = Instant::now();
+        let ours = |record: &KeyRecord| {
+            record.operation_id == Some(identity.0) && self.still_ours(leased_at)
+        };
         for race in 0..KEY_RACES {
             let mut conn = self.pool.acquire().await?;
             // A new key is the usual case, and the start claims a key only
@@ -169,8 +174,14 @@ impl Gateway {
                         .await;
                 }
             }
-            if let Some(start) = self.begin(new, payment_id, action).await? {
-                return Ok(start);
+            match self.begin(new, payment_id, action, &identity).await {
+                Ok(Some(start)) => return Ok(start),
+                Ok(None) => {}
+                Err(e) => {
+                    return self
+                        .unanswered(merchant, key, fingerprint, ours, Some(e))
+                        .await;
+                }
             }
         }
         Err(ClaimError::InUse.into())
@@ -234,6 +245,7 @@ impl Gateway {
         new: New<'_>,
         payment_id: PaymentId,
         action: Action,
+        identity: &(uuid::Uuid, String),
     ) -> Result<Option<Start>, Error> {
         // The lease runs from the transaction's now(), never earlier.
         let leased_at = Instant::now();
@@ -262,8 +274,16 @@ impl Gateway {
         let requested = action.requested();
         let start = match payments::apply(&mut tx, &payment, requested, &BankFacts::default()).await
         {
+            // Judged on the locked payment this time: one read unlocked as
+            // refusing the move may take it now, and then the open circuit
+            // refuses it before anything is stored.
+            Ok(_) if let Err(open) = self.bank.circuit().check() => {
+                return Err(Error::BankUnavailable {
+                    retry_after: open.retry_after,
+                });
+            }
             Ok(in_flight) => {
-                self.record_intent(&mut tx, &new, in_flight, action, leased_at)
+                self.record_intent(&mut tx, &new, in_flight, (action, identity), leased_at)
                     .await?
             }
             Err(TransitionError::Refused(refused)) => {
@@ -299,10 +319,11 @@ impl Gateway {
         tx: &mut sqlx::PgConnection,
         new: &New<'_>,
         in_flight: PaymentRecord,
-        action: Action,
+        (action, identity): (Action, &(uuid::Uuid, String)),
         leased_at: Instant,
     ) -> Result<Option<Start>, Error> {
-        let operation = operations::insert(tx, in_flight.id, action.kind(), self.lease()).await?;
+        let operation =
+            operations::insert(tx, in_flight.id, action.kind(), identity, self.lease()).await?;
         let keyed = idempotency::insert_for_operation(
             tx,
             new.merchant,
@@ -321,16 +342,20 @@ impl Gateway {
         }))))
     }
 
-    /// A key seen before: a different request is refused, an answered key
-    /// replays its answer, and a key in progress resumes its own operation
-    /// if nobody holds the key or the operation. Reads the key unlocked
-    /// first (what it is for and its answer never change), then locks the
-    /// payment, the operation and the key, in that order.
+    /// Whether a lease this request wrote, taken no earlier than
+    /// `leased_at`, still runs (by this process's clock, with a margin:
+    /// the database's lease began later). While it does, nobody else can
+    /// have taken the key or its operation, which are taken only once their
+    /// lease has run out; after it, they may be anyone's.
+    fn still_ours(&self, leased_at: Instant) -> bool {
+        leased_at.elapsed() + super::LEASE_MARGIN < self.lease().duration
+    }
+
     /// A start that did not say it started: its batch failed (`failed`),
     /// or was written again and found the key taken. If the key names what
-    /// this request wrote (`ours`), the write landed and only the
-    /// database's reply was lost: the operation is this request's, lease
-    /// and all, and goes on (else the client met a 409 "in use" for its own
+    /// this request wrote, while the lease it wrote still runs (`ours`),
+    /// the write landed and only the database's reply was lost: the
+    /// operation is this request's, lease and all, and goes on (else the client met a 409 "in use" for its own
     /// request until the lease ran out). Otherwise the error stands, or the
     /// key is resumed as anyone's.
     async fn unanswered(
@@ -357,8 +382,13 @@ impl Gateway {
         }
     }
 
-    /// `ours`: this request wrote the key and its operation (see
-    /// [`Self::unanswered`]), so the lease on them is its own.
+    /// A key seen before: a different request is refused, an answered key
+    /// replays its answer, and a key in progress resumes its own operation
+    /// if nobody holds the key or the operation. Reads the key unlocked
+    /// first (what it is for and its answer never change), then locks the
+    /// payment, the operation and the key, in that order.
+    /// `ours`: this request wrote the key and its operation, and its lease
+    /// still runs (see [`Self::unanswered`]): the lease on them is its own.
     async fn resume(
         &self,
         merchant: MerchantId,

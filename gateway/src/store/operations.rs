@@ -44,15 +44,16 @@ pub fn new_identity(kind: OperationKind) -> (Uuid, String) {
     (id, format!("gw_{}_{id}", kind.as_str()))
 }
 
-/// Records the intent, leased to the caller. The caller holds the payment's
-/// lock; at most one operation per payment is pending (a unique index).
+/// Records the intent under its identity ([`new_identity`]), leased to the
+/// caller. The caller holds the payment's lock; at most one operation per
+/// payment is pending (a unique index).
 pub async fn insert(
     conn: &mut PgConnection,
     payment_id: Uuid,
     kind: OperationKind,
+    (id, bank_key): &(Uuid, String),
     lease: Lease,
 ) -> Result<OperationRecord, sqlx::Error> {
-    let (id, bank_key) = new_identity(kind);
     sqlx::query_as(&format!(
         "INSERT INTO operations (id, payment_id, kind, bank_idempotency_key, lease_until, leased_by) \
          VALUES ($1, $2, $3, $4, now() + $5, $6) RETURNING {COLUMNS}"

@@ -919,9 +919,15 @@ async fn a_late_settlement_cannot_move_a_payment_a_newer_operation_has_in_flight
     )
     .await
     .unwrap();
-    let second = operations::insert(&mut holder, id, OperationKind::Capture, lease)
-        .await
-        .unwrap();
+    let second = operations::insert(
+        &mut holder,
+        id,
+        OperationKind::Capture,
+        &operations::new_identity(OperationKind::Capture),
+        lease,
+    )
+    .await
+    .unwrap();
 
     let (written, ()) = tokio::join!(
         payments::write_settlements(app.pool.clone(), vec![late]),
@@ -1279,9 +1285,15 @@ async fn capture_in_flight(
     let id = authorized_payment(app).await;
     let mut tx = app.pool.begin().await.unwrap();
     let capturing = moved_in(&mut tx, id, PaymentEvent::CaptureRequested).await;
-    let operation = operations::insert(&mut tx, id, OperationKind::Capture, lease)
-        .await
-        .unwrap();
+    let operation = operations::insert(
+        &mut tx,
+        id,
+        OperationKind::Capture,
+        &operations::new_identity(OperationKind::Capture),
+        lease,
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     (capturing, operation)
 }
