@@ -20,11 +20,15 @@ use super::due::Scope;
 
 /// How long a turn is held without a renewal: how long passes stop when
 /// the replica holding the turn dies without handing it back (a kill -9).
-pub const TURN_LEASE: Duration = Duration::from_secs(30);
+/// Short, since a renewal is one single-row UPDATE; losing the turn to a
+/// stall costs only a pass cut short (the next poll takes it again), and
+/// two passes at once only lookups.
+pub const TURN_LEASE: Duration = Duration::from_secs(10);
 
-/// How often a pass renews its turn while the bank answers: well within
-/// [`TURN_LEASE`], so that a slow page of lookups does not lose it.
-pub const TURN_RENEWAL: Duration = Duration::from_secs(10);
+/// How often a pass renews its turn while the bank answers: a third of
+/// [`TURN_LEASE`], so that a slow page of lookups, or one renewal that
+/// waits, does not lose it.
+pub const TURN_RENEWAL: Duration = Duration::from_secs(3);
 
 /// How often a replica looks for a due pass, at most.
 pub const POLL_MAX: Duration = Duration::from_secs(30);
