@@ -73,6 +73,9 @@ pub struct Settings {
     pub workers: usize,
 }
 
+/// The longest authorization lifetime that can be set: ten years.
+pub const MAX_AUTH_EXPIRY_HOURS: u32 = 10 * 366 * 24;
+
 impl Settings {
     /// A bank on a free local port with no faults and no latency, for tests
     /// and the launcher; change what you need.
@@ -102,6 +105,25 @@ impl Settings {
             shutdown_grace_seconds: 30,
             workers: 0,
         }
+    }
+
+    /// Refuses settings that would stop the bank's own work or overflow
+    /// its clock: the sweeper needs a period and a batch, and an
+    /// authorization's lifetime must fit a timestamp (at most ten years).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.expiry_sweep_interval_ms == 0 || self.expiry_sweep_batch < 1 {
+            return Err(
+                "EXPIRY_SWEEP_INTERVAL_MS and EXPIRY_SWEEP_BATCH must be at least 1: \
+                 without them no hold would ever be released"
+                    .into(),
+            );
+        }
+        if self.auth_expiry_hours > MAX_AUTH_EXPIRY_HOURS {
+            return Err(format!(
+                "AUTH_EXPIRY_HOURS must be at most {MAX_AUTH_EXPIRY_HOURS} (ten years)"
+            ));
+        }
+        Ok(())
     }
 
     pub fn chaos(&self) -> ChaosConfig {

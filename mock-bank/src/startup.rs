@@ -36,6 +36,7 @@ impl Application {
     /// Connects, migrates, seeds and binds; serving starts with
     /// [`Application::run_until_stopped`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.validate().map_err(anyhow::Error::msg)?;
         // Pinged when given back to the pool (sqlx always does), not again
         // when taken: one round trip fewer per request.
         let pool = PgPoolOptions::new()

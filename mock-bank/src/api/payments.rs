@@ -131,11 +131,22 @@ pub async fn resolve_authorization(
     state: Data<AppState>,
 ) -> Result<HttpResponse, BankError> {
     let request = IdempotentRequest::<serde_json::Value>::read(&req, payload).await?;
-    let retire = request
-        .body
-        .get("retire")
-        .and_then(serde_json::Value::as_bool)
-        .unwrap_or(true);
+    // Retiring cannot be undone: only `true` or `false` says which, and
+    // anything else is refused rather than read as the default.
+    if !(request.body.is_object() || request.body.is_null()) {
+        return Err(BankError::InvalidRequest(
+            "the body must be a JSON object".into(),
+        ));
+    }
+    let retire = match request.body.get("retire") {
+        None => true,
+        Some(serde_json::Value::Bool(retire)) => *retire,
+        Some(_) => {
+            return Err(BankError::InvalidRequest(
+                "retire must be true or false".into(),
+            ));
+        }
+    };
     let path = req.path().trim_end_matches("/resolve");
     let key = &request.scope.key;
     let found = if retire {

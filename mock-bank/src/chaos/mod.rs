@@ -106,9 +106,18 @@ impl ChaosConfig {
                 "min_latency_ms must not exceed max_latency_ms".into(),
             ));
         }
+        if self.outage_seconds > MAX_OUTAGE_SECONDS {
+            return Err(BankError::InvalidRequest(format!(
+                "outage_seconds must be at most {MAX_OUTAGE_SECONDS} (a day)"
+            )));
+        }
         Ok(())
     }
 }
+
+/// The longest outage that can be asked for: a day (a longer one is a bank
+/// that is gone; an unbounded one overflowed the clock and panicked).
+pub const MAX_OUTAGE_SECONDS: u64 = 86_400;
 
 /// A partial update: only the fields present change.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -232,7 +241,9 @@ impl Chaos {
             next.truncate_rate = truncate_rate.unwrap_or(next.truncate_rate);
             next.trickle_rate = trickle_rate.unwrap_or(next.trickle_rate);
             next.trickle_ms = trickle_ms.unwrap_or(next.trickle_ms);
+            next.outage_seconds = outage_seconds.unwrap_or(0);
             next.validate()?;
+            next.outage_seconds = 0;
             if let Some(seed) = seed {
                 next.seed = seed;
                 state.rng = StdRng::seed_from_u64(seed);

@@ -7,6 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
+use mock_bank::Settings;
 
 fn authorization_body(amount: i64) -> Value {
     json!({"card_number": HAPPY_CARD.0, "cvv": HAPPY_CARD.1, "amount": amount})
@@ -212,6 +213,8 @@ async fn chaos_config_is_validated_and_partial() {
         json!({"min_latency_ms": 10, "max_latency_ms": 5}),
         json!({"failure_rate": "high"}),
         json!({"unknown_knob": 1}),
+        // Past what the clock can add: it panicked the worker.
+        json!({"outage_seconds": u64::MAX}),
     ] {
         let response = bank
             .client
@@ -224,6 +227,7 @@ async fn chaos_config_is_validated_and_partial() {
     }
     let after: Value = bank.get("/admin/chaos").await.json().await.unwrap();
     assert_eq!(before, after, "a refused update changes nothing");
+    assert_eq!(bank.get("/health").await.status(), StatusCode::OK);
     let changed = bank.put_chaos(json!({"timeout_rate": 0.25})).await;
     assert_eq!(changed["timeout_rate"], 0.25);
     assert_eq!(changed["failure_rate"], before["failure_rate"]);
@@ -314,4 +318,31 @@ async fn assert_internal_error(response: reqwest::Response) {
         "internal_error",
     )
     .await;
+}
+
+#[tokio::test]
+async fn settings_that_would_stop_the_sweeper_or_overflow_the_clock_are_refused() {
+    for (configure, name) in [
+        (
+            Box::new(|s: &mut Settings| s.expiry_sweep_interval_ms = 0)
+                as Box<dyn Fn(&mut Settings)>,
+            "EXPIRY_SWEEP_INTERVAL_MS",
+        ),
+        (
+            Box::new(|s: &mut Settings| s.expiry_sweep_batch = 0),
+            "EXPIRY_SWEEP_BATCH",
+        ),
+        (
+            Box::new(|s: &mut Settings| s.auth_expiry_hours = u32::MAX),
+            "AUTH_EXPIRY_HOURS",
+        ),
+    ] {
+        let mut settings = Settings::local("postgres://nobody@127.0.0.1:1/none");
+        configure(&mut settings);
+        let refused = mock_bank::Application::build(settings)
+            .await
+            .err()
+            .expect("refused");
+        assert!(refused.to_string().contains(name), "{name}: {refused}");
+    }
 }

@@ -278,3 +278,25 @@ async fn a_replay_is_answered_even_when_the_request_would_now_be_refused() {
         assert_eq!(answer[field], read[field], "{field}");
     }
 }
+
+/// Retiring a key cannot be undone, so only `true` or `false` says whether
+/// to: a `retire` of any other type, or a body that is not an object, is
+/// refused and the key stays usable (it was read as `true` and retired).
+#[tokio::test]
+async fn resolve_refuses_a_retire_that_is_not_a_boolean() {
+    let bank = spawn_bank().await;
+    let key = new_key();
+    for body in [
+        json!({"retire": "false"}),
+        json!({"retire": null}),
+        json!([]),
+    ] {
+        let refused = bank
+            .post("/api/v1/authorizations/resolve", &key, &body)
+            .await;
+        assert_error(refused, StatusCode::BAD_REQUEST, "invalid_request").await;
+    }
+    let body = json!({"card_number": HAPPY_CARD.0, "cvv": "123", "amount": 900});
+    let created = bank.post("/api/v1/authorizations", &key, &body).await;
+    assert_eq!(created.status(), StatusCode::OK, "the key was not retired");
+}
