@@ -65,9 +65,8 @@ impl Gateway {
                 lease: self.lease(),
             })
             .await;
-        let ours = |record: &KeyRecord| {
-            record.payment_id == Some(payment_id) && self.still_ours(leased_at)
-        };
+        let ours =
+            |record: &KeyRecord| (record.payment_id == Some(payment_id)).then_some(leased_at);
         let started = match submitted {
             Ok(Some(started)) => started,
             Ok(None) => {
@@ -103,9 +102,8 @@ impl Gateway {
         // request, whatever the database's reply said.
         let identity = operations::new_identity(action.kind());
         let leased_at = Instant::now();
-        let ours = |record: &KeyRecord| {
-            record.operation_id == Some(identity.0) && self.still_ours(leased_at)
-        };
+        let ours =
+            |record: &KeyRecord| (record.operation_id == Some(identity.0)).then_some(leased_at);
         for race in 0..KEY_RACES {
             let mut conn = self.pool.acquire().await?;
             // A new key is the usual case, and the start claims a key only
@@ -128,7 +126,7 @@ impl Gateway {
                 Err(refusal) => {
                     if let Some(record) = idempotency::read(&mut conn, merchant, key).await? {
                         drop(conn);
-                        return self.resume(merchant, key, fingerprint, record, false).await;
+                        return self.resume(merchant, key, fingerprint, record, None).await;
                     }
                     return Err(refusal);
                 }
@@ -142,7 +140,7 @@ impl Gateway {
             {
                 if let Some(record) = idempotency::read(&mut conn, merchant, key).await? {
                     drop(conn);
-                    return self.resume(merchant, key, fingerprint, record, false).await;
+                    return self.resume(merchant, key, fingerprint, record, None).await;
                 }
                 return Err(Error::BankUnavailable {
                     retry_after: open.retry_after,
@@ -353,9 +351,10 @@ impl Gateway {
 
     /// A start that did not say it started: its batch failed (`failed`),
     /// or was written again and found the key taken. If the key names what
-    /// this request wrote, while the lease it wrote still runs (`ours`),
-    /// the write landed and only the database's reply was lost: the
-    /// operation is this request's, lease and all, and goes on (else the client met a 409 "in use" for its own
+    /// this request wrote (`ours`, with when it leased it), the write
+    /// landed and only the database's reply was lost: while that lease
+    /// still runs, the operation is this request's, lease and all, and
+    /// goes on (else the client met a 409 "in use" for its own
     /// request until the lease ran out). Otherwise the error stands, or the
     /// key is resumed as anyone's.
     async fn unanswered(
@@ -363,19 +362,20 @@ impl Gateway {
         merchant: MerchantId,
         key: &IdempotencyKey,
         fingerprint: &Fingerprint,
-        ours: impl Fn(&KeyRecord) -> bool,
+        ours: impl Fn(&KeyRecord) -> Option<Instant>,
         failed: Option<Error>,
     ) -> Result<Start, Error> {
         let mut conn = self.pool.acquire().await?;
         let record = idempotency::read(&mut conn, merchant, key).await?;
         drop(conn);
         match (record, failed) {
-            (Some(record), _) if ours(&record) => {
+            (Some(record), _) if let Some(leased_at) = ours(&record) => {
                 metrics::counter!("gateway_lost_commit_replies_total").increment(1);
-                self.resume(merchant, key, fingerprint, record, true).await
+                self.resume(merchant, key, fingerprint, record, Some(leased_at))
+                    .await
             }
             (_, Some(failed)) => Err(failed),
-            (Some(record), None) => self.resume(merchant, key, fingerprint, record, false).await,
+            (Some(record), None) => self.resume(merchant, key, fingerprint, record, None).await,
             // Gone already (purged): rare enough that the client's retry,
             // after the 409, may simply start again.
             (None, None) => Err(ClaimError::InUse.into()),
@@ -387,15 +387,16 @@ impl Gateway {
     /// if nobody holds the key or the operation. Reads the key unlocked
     /// first (what it is for and its answer never change), then locks the
     /// payment, the operation and the key, in that order.
-    /// `ours`: this request wrote the key and its operation, and its lease
-    /// still runs (see [`Self::unanswered`]): the lease on them is its own.
+    /// `ours`: this request wrote the key and its operation, leasing them
+    /// no earlier than this; while that lease still runs once they are
+    /// locked here (see [`Self::still_ours`]), the lease on them is its own.
     async fn resume(
         &self,
         merchant: MerchantId,
         key: &IdempotencyKey,
         fingerprint: &Fingerprint,
         record: KeyRecord,
-        ours: bool,
+        ours: Option<Instant>,
     ) -> Result<Start, Error> {
         if !fingerprint.matches(&record.request_hash)
             && !self.faults.mutant(Mutant::RequestHashIgnored)
@@ -423,6 +424,9 @@ impl Gateway {
         if let Some(stored) = record.answer() {
             return self.replay(&record, stored).await;
         }
+        // Judged with the key and its operation locked: nobody can take
+        // them over from here on.
+        let ours = ours.is_some_and(|leased_at| self.still_ours(leased_at));
         if self.lease_runs(&record, &operation) && !ours {
             return Err(ClaimError::InUse.into());
         }
