@@ -414,9 +414,8 @@ fn replica_faults() -> impl Strategy<Value = ReplicaFaults> {
         // then: the batch's requests find their own writes under their own
         // ids and go on. Armed with the other batch fault, not drawn apart,
         // so that every seed's scenario stays the one documented runs drew.
-        choose("batch_before_write", &["2%sleep(300)"]).prop_map(|armed| {
-            armed.map(|slow| format!("{slow};batch_after_write=2%error"))
-        }),
+        choose("batch_before_write", &["2%sleep(300)"])
+            .prop_map(|armed| armed.map(|slow| format!("{slow};batch_after_write=2%error"))),
         choose("recovery_claimed", &["10%sleep(6000)"]),
         // Always: harmless to a gateway that reads a payment in one
         // statement, and the window a two-statement read needs.

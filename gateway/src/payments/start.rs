@@ -160,19 +160,14 @@ impl Gateway {
                 key,
                 fingerprint,
             };
-            match self
+            let started = match self
                 .start_in_one_statement(&new, found, action, &identity)
                 .await
             {
-                Ok(Some(start)) => return Ok(start),
-                Ok(None) => {}
-                Err(e) => {
-                    return self
-                        .unanswered(merchant, key, fingerprint, ours, Some(e))
-                        .await;
-                }
-            }
-            match self.begin(new, payment_id, action, &identity).await {
+                Ok(None) => self.begin(new, payment_id, action, &identity).await,
+                batched => batched,
+            };
+            match started {
                 Ok(Some(start)) => return Ok(start),
                 Ok(None) => {}
                 Err(e) => {

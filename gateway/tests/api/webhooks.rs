@@ -134,6 +134,24 @@ impl TestApp {
         (endpoint, secret)
     }
 
+    /// Authorizes a payment of `amount`; the id of its event of type `kind`.
+    async fn event_of_new_payment(&self, amount: i64, kind: &str) -> String {
+        let payment: Value = self
+            .create_payment(HAPPY_CARD, amount)
+            .await
+            .json()
+            .await
+            .unwrap();
+        self.json_of(&format!(
+            "/v1/events?type={kind}&payment_id={}",
+            payment["id"].as_str().unwrap()
+        ))
+        .await["data"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     async fn json_of(&self, path: &str) -> Value {
         let response = self.get(path).await;
         assert_eq!(response.status(), StatusCode::OK, "{path}");
@@ -723,18 +741,7 @@ async fn hostile_receivers_cost_an_attempt_and_never_a_payment() {
             .await;
     }
 
-    let response = app.create_payment(HAPPY_CARD, 900).await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let payment: Value = response.json().await.unwrap();
-    let event = app
-        .json_of(&format!(
-            "/v1/events?type=payment.authorized&payment_id={}",
-            payment["id"].as_str().unwrap()
-        ))
-        .await["data"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let event = app.event_of_new_payment(900, "payment.authorized").await;
     let started = Instant::now();
     let attempts = loop {
         let list = app.json_of(&format!("/v1/events/{event}/deliveries")).await;
@@ -1069,21 +1076,7 @@ async fn an_endpoint_at_a_private_address_is_not_called_once_they_are_refused() 
     .execute(&app.pool)
     .await
     .unwrap();
-    let payment: Value = app
-        .create_payment(HAPPY_CARD, 800)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let created = app
-        .json_of(&format!(
-            "/v1/events?type=payment.created&payment_id={}",
-            payment["id"].as_str().unwrap()
-        ))
-        .await["data"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let created = app.event_of_new_payment(800, "payment.created").await;
     let started = Instant::now();
     let attempt = loop {
         let list = app
@@ -1119,21 +1112,7 @@ async fn an_attempt_in_flight_when_its_endpoint_is_deleted_is_kept() {
     let (endpoint, _) = app
         .register(&receiver.uri(), Some(&["payment.authorized"]))
         .await;
-    let payment: Value = app
-        .create_payment(HAPPY_CARD, 650)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let event = app
-        .json_of(&format!(
-            "/v1/events?type=payment.authorized&payment_id={}",
-            payment["id"].as_str().unwrap()
-        ))
-        .await["data"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let event = app.event_of_new_payment(650, "payment.authorized").await;
     until(&receiver, |got| got.len() == 1).await;
     let deleted = app
         .client
