@@ -200,7 +200,7 @@ pub async fn resend_event(
         .map(DeliveryView::new)
         .collect();
     tracing::info!(event = %id, deliveries = touched.len(), "event re-sent");
-    let answer =
-        serde_json::to_vec(&DeliveryList { data }).map_err(|e| ApiError::Internal(e.into()))?;
-    keyed.finish(&state, 202, answer, None).await
+    keyed
+        .finish(&state, 202, &DeliveryList { data }, None)
+        .await
 }

@@ -96,9 +96,10 @@ impl Keyed {
         mut self,
         state: &AppState,
         status: u16,
-        body: Vec<u8>,
+        answer: &impl serde::Serialize,
         secret_salt: Option<&[u8]>,
     ) -> Result<HttpResponse, ApiError> {
+        let body = serde_json::to_vec(answer).map_err(|e| ApiError::Internal(e.into()))?;
         let answered = Answered {
             payment_id: None,
             status,

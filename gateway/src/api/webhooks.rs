@@ -64,13 +64,8 @@ fn endpoint_id(raw: &str) -> Result<EndpointId, ApiError> {
 
 /// The answer of the two requests that show the endpoint's secret: the
 /// view with [`SECRET_HOLE`] in its place, filled as it is sent.
-fn shows_secret(record: &EndpointRecord) -> Result<Vec<u8>, ApiError> {
-    let view = EndpointView::new(record, Some(SECRET_HOLE.to_owned()));
-    serde_json::to_vec(&view).map_err(|e| ApiError::Internal(e.into()))
-}
-
-fn shows(record: &EndpointRecord) -> Result<Vec<u8>, ApiError> {
-    serde_json::to_vec(&EndpointView::new(record, None)).map_err(|e| ApiError::Internal(e.into()))
+fn shows_secret(record: &EndpointRecord) -> EndpointView {
+    EndpointView::new(record, Some(SECRET_HOLE.to_owned()))
 }
 
 fn parse_event_types(fields: &Fields<'_>) -> Result<Option<Vec<String>>, ApiError> {
@@ -146,9 +141,13 @@ pub async fn create_endpoint(
         CreateError::Database(e) => e.into(),
     })?;
     tracing::info!(endpoint = %record.endpoint_id(), "webhook endpoint registered");
-    let answer = shows_secret(&record)?;
     keyed
-        .finish(&state, 201, answer, Some(&record.secret_salt))
+        .finish(
+            &state,
+            201,
+            &shows_secret(&record),
+            Some(&record.secret_salt),
+        )
         .await
 }
 
@@ -219,8 +218,8 @@ async fn change(
         .await?
         .ok_or(ApiError::Missing("webhook endpoint"))?;
     tracing::info!(endpoint = %id, status = %record.status, "webhook endpoint changed");
-    let answer = shows(&record)?;
-    keyed.finish(&state, 200, answer, None).await
+    let answer = EndpointView::new(&record, None);
+    keyed.finish(&state, 200, &answer, None).await
 }
 
 macro_rules! change_route {
@@ -349,8 +348,12 @@ pub async fn rotate_secret(
         .await?
         .ok_or(ApiError::Missing("webhook endpoint"))?;
     tracing::info!(endpoint = %id, grace_s = grace.as_secs(), "webhook secret rotated");
-    let answer = shows_secret(&record)?;
     keyed
-        .finish(&state, 200, answer, Some(&record.secret_salt))
+        .finish(
+            &state,
+            200,
+            &shows_secret(&record),
+            Some(&record.secret_salt),
+        )
         .await
 }
