@@ -336,13 +336,19 @@ mod tests {
     }
 
     fn batcher() -> Batcher<i64, i64> {
+        batcher_of(double, 4)
+    }
+
+    /// One flusher of batches of up to `max_rows` through `write`, on a
+    /// pool that connects nowhere (the writes here never use it).
+    fn batcher_of(write: WriteFn<i64, i64>, max_rows: usize) -> Batcher<i64, i64> {
         let pool = PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").expect("a lazy pool");
         let limits = BatchLimits {
-            max_rows: 4,
+            max_rows,
             flushers: 1,
-            queue: 16,
+            queue: 4 * max_rows,
         };
-        Batcher::spawn("unit", pool, limits, double, Faults::default(), None).0
+        Batcher::spawn("unit", pool, limits, write, Faults::default(), None).0
     }
 
     #[tokio::test]
@@ -401,20 +407,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_bad_row_fails_alone_in_a_few_statements() {
-        let pool = PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").expect("a lazy pool");
-        let limits = BatchLimits {
-            max_rows: 16,
-            flushers: 1,
-            queue: 64,
-        };
-        let (batcher, _) = Batcher::spawn(
-            "unit",
-            pool,
-            limits,
-            refuse_negatives,
-            Faults::default(),
-            None,
-        );
+        let batcher = batcher_of(refuse_negatives, 16);
         let rows = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, -16];
         let answers = futures_util::future::join_all(rows.map(|n| batcher.submit(n))).await;
         for (n, answer) in rows.iter().zip(&answers) {
@@ -441,14 +434,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_database_failing_fails_every_row_at_once() {
-        let pool = PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").expect("a lazy pool");
-        let limits = BatchLimits {
-            max_rows: 16,
-            flushers: 1,
-            queue: 64,
-        };
-        let (batcher, _) =
-            Batcher::spawn("unit", pool, limits, database_down, Faults::default(), None);
+        let batcher = batcher_of(database_down, 16);
         let answers = futures_util::future::join_all((0..16).map(|n| batcher.submit(n))).await;
         assert!(answers.iter().all(Result::is_err));
         assert_eq!(DOWN_WRITES.load(Ordering::Relaxed), 1, "not written again");
