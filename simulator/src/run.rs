@@ -593,6 +593,9 @@ impl Session {
                     &run_id,
                 )
                 .await?;
+                if scenario.faults.rewritten_answers {
+                    rewrite_answers(&tapped);
+                }
                 tap = Some(tapped);
                 let receiver = Receiver::start(scenario.seed).await?;
                 let endpoints = register_endpoints(
@@ -1240,6 +1243,9 @@ impl Session {
                 faults.insert(kind, n - before);
             }
         }
+        if let Some(tap) = &self.tap {
+            faults.extend(rewritten(tap));
+        }
         self.restore_chaos().await;
         let mut replicas = self.replicas.lock().await;
         replicas.stop().await;
@@ -1539,6 +1545,66 @@ async fn own_postgres() -> anyhow::Result<Option<Arc<throwaway_pg::Postgres>>> {
 /// and reconciling 100,000 payments through them took over an hour. The
 /// seed, and how long a fault that no longer fires would last, stay as
 /// they are.
+/// The tap rewrites one in this many of the bank's answers to money
+/// movements ...
+const REWRITE_EVERY: usize = 20;
+/// ... and answers one in this many resolves itself.
+const UNMARKED_RESOLVE_EVERY: usize = 4;
+/// What the bank's money movements are rewritten to.
+const MOVEMENT_PATHS: [&str; 4] = [
+    "/api/v1/authorizations",
+    "/api/v1/captures",
+    "/api/v1/voids",
+    "/api/v1/refunds",
+];
+const RESOLVE_PATH: &str = "/api/v1/authorizations/resolve";
+
+/// Answers the bank gives only in states a run does not otherwise reach,
+/// made in the tap in front of it:
+///
+/// - a money movement the bank did, answered 422 `idempotency_key_reused`
+///   (what a bank that stores only what it did answers a retry whose first
+///   answer was lost): the gateway must look at the bank and adopt what it
+///   did, never answer a failure for money that moved;
+/// - a resolve answered 404 `not_found` without the mark that says the key
+///   created nothing (what any path answers on a bank without resolve, or
+///   an ingress mid-deploy): it proves nothing, and the gateway must not
+///   abandon an authorization the bank may hold.
+fn rewrite_answers(tap: &bank_tap::BankProxy) {
+    use bank_tap::{Canned, Fault};
+    for path in MOVEMENT_PATHS {
+        tap.inject_every(
+            "POST",
+            path,
+            REWRITE_EVERY,
+            Fault::AfterSuccess(Canned::bank_error(422, "idempotency_key_reused")),
+        );
+    }
+    tap.inject_every(
+        "POST",
+        RESOLVE_PATH,
+        UNMARKED_RESOLVE_EVERY,
+        Fault::Instead(Canned::bank_error(404, "not_found")),
+    );
+}
+
+/// The tap's rewritten answers, by kind, for the report's faults.
+fn rewritten(tap: &bank_tap::BankProxy) -> Vec<(String, u64)> {
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let movements: usize = MOVEMENT_PATHS.iter().map(|p| tap.rewritten(p)).sum();
+    [
+        ("tap_422_after_the_bank_moved", count(movements)),
+        (
+            "tap_unmarked_resolve_404",
+            count(tap.rewritten(RESOLVE_PATH)),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(kind, n)| (kind.to_owned(), n))
+    .collect()
+}
+
 pub fn calm() -> Value {
     let mut calm =
         serde_json::to_value(mock_bank::chaos::ChaosConfig::calm(0)).unwrap_or_else(|_| json!({}));

@@ -54,6 +54,10 @@ pub struct Profile {
     /// a window) and clocks skewed per replica.
     #[serde(default)]
     pub gateway_faults: bool,
+    /// Answers rewritten between the gateways and the bank: refusals the
+    /// bank gives only in states a run does not otherwise reach.
+    #[serde(default)]
+    pub rewritten_answers: bool,
 }
 
 impl Profile {
@@ -93,6 +97,7 @@ impl Profile {
             sigterms: 0,
             expiry_waves: 0,
             gateway_faults: false,
+            rewritten_answers: false,
         };
         Ok(match raw {
             "calm" => profile("calm", quiet.clone(), 0, None),
@@ -122,6 +127,7 @@ impl Profile {
                 sigterms: 1,
                 expiry_waves: 1,
                 gateway_faults: true,
+                rewritten_answers: true,
                 ..profile(
                     "everything",
                     with(
@@ -297,6 +303,11 @@ pub struct FaultPlan {
     /// Per replica (the i-th uses entry i mod len): fault points and clock.
     #[serde(default)]
     pub gateways: Vec<ReplicaFaults>,
+    /// Whether the tap in front of the bank rewrites a steady share of its
+    /// answers (`run::rewrite_answers`): taken from the profile, not
+    /// drawn, so that every seed's scenario stays the one it was.
+    #[serde(default)]
+    pub rewritten_answers: bool,
 }
 
 /// A gateway replica's own faults.
@@ -320,6 +331,7 @@ impl FaultPlan {
             && self.sigterms.is_empty()
             && self.expiry_waves.is_empty()
             && self.console_waves.is_empty()
+            && !self.rewritten_answers
             && self.gateways.iter().all(|g| g == &ReplicaFaults::default())
     }
 }
@@ -573,6 +585,7 @@ pub fn strategy(seed: u64, params: &Params) -> BoxedStrategy<Scenario> {
                     } else {
                         Vec::new()
                     },
+                    rewritten_answers: profile.rewritten_answers,
                 };
                 Scenario {
                     seed,
@@ -658,7 +671,7 @@ impl Scenario {
             fewer.faults.kill_every_ms = None;
             out.push(fewer);
         }
-        let without: [fn(&mut FaultPlan) -> bool; 8] = [
+        let without: [fn(&mut FaultPlan) -> bool; 9] = [
             |f| !std::mem::take(&mut f.outages).is_empty(),
             |f| !std::mem::take(&mut f.db_restarts).is_empty(),
             |f| !std::mem::take(&mut f.backend_kills).is_empty(),
@@ -667,6 +680,7 @@ impl Scenario {
             |f| !std::mem::take(&mut f.expiry_waves).is_empty(),
             |f| !std::mem::take(&mut f.console_waves).is_empty(),
             |f| !std::mem::take(&mut f.gateways).is_empty(),
+            |f| std::mem::take(&mut f.rewritten_answers),
         ];
         for drop_them in without {
             let mut fewer = self.clone();

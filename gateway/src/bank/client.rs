@@ -839,18 +839,26 @@ impl BankClient {
 
 impl BankClient {
     /// [`classify`], or its pre-fix forms under a mutant: any 4xx refused,
-    /// or an authorization's 5xx refused.
+    /// an authorization's 5xx refused, or a resolve's 404 taken without
+    /// its mark.
     fn classify<T: DeserializeOwned>(
         &self,
         op: Operation,
         status: StatusCode,
         body: &[u8],
     ) -> Attempt<T> {
+        let is_lookup = matches!(
+            op,
+            Operation::ResolveAuthorization | Operation::FindAuthorization
+        );
         let refused_anyway = (status.is_client_error()
             && self.faults.mutant(Mutant::Any4xxIsDecline))
             || (status.is_server_error()
                 && op == Operation::Authorize
-                && self.faults.mutant(Mutant::ServerErrorIsDecline));
+                && self.faults.mutant(Mutant::ServerErrorIsDecline))
+            || (is_lookup
+                && status == StatusCode::NOT_FOUND
+                && self.faults.mutant(Mutant::UnmarkedNotFoundIsNothing));
         if refused_anyway {
             return Attempt::Refused(refusal(status, body));
         }

@@ -82,10 +82,18 @@ pub enum Mutant {
     /// refused as `invalid_state`, changing nothing and telling no lie a
     /// receipt could contradict.
     StaleStatusJudged,
+    /// The bank's 422 `idempotency_key_reused` to a capture, void or
+    /// refund is the gateway's fault: the operation fails, while the bank
+    /// (which stores only what it did) has moved the money.
+    KeyReusedIsGatewayFault,
+    /// A resolve's 404 `not_found` says the key created nothing, with or
+    /// without the bank's mark: a 404 from whatever answers in front of
+    /// the bank abandons an authorization the bank may hold.
+    UnmarkedNotFoundIsNothing,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 24] = [
+    pub const ALL: [Mutant; 26] = [
         Mutant::ResumeAnyOperation,
         Mutant::LateAnswerWins,
         Mutant::ReplayRecomputed,
@@ -110,6 +118,8 @@ impl Mutant {
         Mutant::ForeignPaymentOperable,
         Mutant::FailureAnnouncedAsSuccess,
         Mutant::StaleStatusJudged,
+        Mutant::KeyReusedIsGatewayFault,
+        Mutant::UnmarkedNotFoundIsNothing,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -138,6 +148,8 @@ impl Mutant {
             Mutant::ForeignPaymentOperable => "foreign_payment_operable",
             Mutant::FailureAnnouncedAsSuccess => "failure_announced_as_success",
             Mutant::StaleStatusJudged => "stale_status_judged",
+            Mutant::KeyReusedIsGatewayFault => "key_reused_is_gateway_fault",
+            Mutant::UnmarkedNotFoundIsNothing => "unmarked_not_found_is_nothing",
         }
     }
 
@@ -170,7 +182,9 @@ impl Mutant {
             | Mutant::FingerprintWithoutPath
             | Mutant::AuthorizedAmountOffByOne
             | Mutant::ForeignPaymentOperable
-            | Mutant::StaleStatusJudged => false,
+            | Mutant::StaleStatusJudged
+            | Mutant::KeyReusedIsGatewayFault
+            | Mutant::UnmarkedNotFoundIsNothing => false,
         }
     }
 
@@ -224,6 +238,12 @@ impl Mutant {
             }
             Mutant::StaleStatusJudged => {
                 "an operation's start judges the payment one change behind (a good capture refused)"
+            }
+            Mutant::KeyReusedIsGatewayFault => {
+                "the bank's 422 key-reused to a capture, void or refund is a failure (money moved)"
+            }
+            Mutant::UnmarkedNotFoundIsNothing => {
+                "any 404 to a resolve says the key created nothing (an unmarked one too)"
             }
         }
     }

@@ -218,6 +218,15 @@ impl Gateway {
         };
         match outcome {
             BankOutcome::Done(facts) => Resolution::succeeded(kind.succeeded(), facts),
+            BankOutcome::Refused(refusal)
+                if refusal.code == BankErrorCode::IdempotencyKeyReused
+                    && self.faults.mutant(Mutant::KeyReusedIsGatewayFault) =>
+            {
+                // The pre-fix form: the bank's refusal of its own key, taken
+                // for a refusal of the request.
+                alarm(kind, &refusal);
+                Resolution::failed(failed(kind), refusal.code.as_str())
+            }
             BankOutcome::Refused(refusal) => match meaning(kind, &refusal.code) {
                 Meaning::MaybeOurs => self.adopt(kind, payment, &refusal).await,
                 Meaning::Expired => Resolution::failed(expired(kind), refusal.code.as_str()),

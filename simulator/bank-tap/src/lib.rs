@@ -31,6 +31,8 @@ pub struct Forwarded {
     pub ended: Option<Instant>,
     /// Whether it reached the bank (false when a rule answered instead).
     pub reached_bank: bool,
+    /// Whether a rule answered it or replaced the bank's answer.
+    pub rewritten: bool,
 }
 
 /// An answer the proxy gives in place of the bank's.
@@ -76,13 +78,22 @@ pub enum Fault {
     /// Forward (the bank does the work and commits), then answer this
     /// instead of the bank's answer: the answer is lost.
     After(Canned),
+    /// Forward, and answer this instead only if the bank did the work (it
+    /// answered 2xx); any other answer passes: a refusal the bank would
+    /// give a retry of work it did, never one it did not do.
+    AfterSuccess(Canned),
 }
 
 #[derive(Debug, Clone)]
 struct Rule {
     method: &'static str,
     path: String,
+    /// Matching requests it still acts on.
     times: usize,
+    /// It acts on every `every`-th matching request (1: each of them) ...
+    every: usize,
+    /// ... counting the matching requests it has seen so far.
+    seen: usize,
     fault: Fault,
 }
 
@@ -143,8 +154,33 @@ impl BankProxy {
             method,
             path: path.to_owned(),
             times,
+            every: 1,
+            seen: 0,
             fault,
         });
+    }
+
+    /// Every `every`-th request `method path` meets `fault`, for as long as
+    /// the proxy runs (or until [`heal`](Self::heal)): a steady share of
+    /// rewritten answers under a chaos run, the same count whatever the
+    /// timing.
+    pub fn inject_every(&self, method: &'static str, path: &str, every: usize, fault: Fault) {
+        lock(&self.rules).push(Rule {
+            method,
+            path: path.to_owned(),
+            times: usize::MAX,
+            every: every.max(1),
+            seen: 0,
+            fault,
+        });
+    }
+
+    /// Requests to `path` a rule answered or rewrote.
+    pub fn rewritten(&self, path: &str) -> usize {
+        lock(&self.log)
+            .iter()
+            .filter(|f| f.path == path && f.rewritten)
+            .count()
     }
 
     /// Drops every rule: from now on everything is forwarded.
@@ -165,14 +201,21 @@ impl BankProxy {
     }
 }
 
-/// The first rule for this request, counted down.
+/// The first rule that acts on this request, counted down. A rule that
+/// lets this request pass (not its turn) still counts it.
 fn take_rule(state: &ProxyState, method: &str, path: &str) -> Option<Fault> {
     let mut rules = lock(&state.rules);
-    let rule = rules
+    for rule in rules
         .iter_mut()
-        .find(|rule| rule.times > 0 && rule.method == method && rule.path == path)?;
-    rule.times -= 1;
-    Some(rule.fault.clone())
+        .filter(|rule| rule.times > 0 && rule.method == method && rule.path == path)
+    {
+        rule.seen += 1;
+        if rule.seen % rule.every == 0 {
+            rule.times -= 1;
+            return Some(rule.fault.clone());
+        }
+    }
+    None
 }
 
 fn canned(answer: &Canned) -> HttpResponse {
@@ -204,6 +247,7 @@ async fn forward(req: HttpRequest, body: Bytes, state: Data<ProxyState>) -> Http
             started: Instant::now(),
             ended: None,
             reached_bank: !matches!(fault, Some(Fault::Instead(_))),
+            rewritten: matches!(fault, Some(Fault::Instead(_) | Fault::After(_))),
         });
         log.len() - 1
     };
@@ -217,7 +261,11 @@ async fn forward(req: HttpRequest, body: Bytes, state: Data<ProxyState>) -> Http
     let answer = relay(&req, body, key, &state).await;
     match fault {
         Some(Fault::After(lost)) => canned(&lost),
-        Some(Fault::Instead(_)) | None => answer,
+        Some(Fault::AfterSuccess(lost)) if answer.status().is_success() => {
+            lock(&state.log)[index].rewritten = true;
+            canned(&lost)
+        }
+        Some(Fault::AfterSuccess(_) | Fault::Instead(_)) | None => answer,
     }
 }
 
