@@ -5,17 +5,22 @@ use chrono::{DateTime, TimeDelta, Utc};
 use futures_util::StreamExt;
 use futures_util::stream;
 
-use crate::domain::{OperationKind, PaymentEvent, PaymentStatus};
+use crate::domain::OperationKind;
 use std::time::Instant;
 
 use crate::faults::{Mutant, Point};
+use crate::reconcile::ReconcileError;
+use crate::reconcile::expiry::{Expiry, expire_or_catch_up};
+use crate::store::clock;
 use crate::store::operations::{self, OperationRecord};
-use crate::store::payments::{self, BankFacts};
+use crate::store::payments;
 
 use super::{Error, Gateway};
 
 /// Bank calls one recovery pass makes at once.
 const RECOVERY_CONCURRENCY: usize = 16;
+/// Authorizations due to expire asked about at the bank at once.
+const EXPIRY_CONCURRENCY: usize = 8;
 
 /// The failure code of an authorization the gateway gave up on: its answer
 /// was lost, its client did not come back with the card within the grace
@@ -78,6 +83,20 @@ impl Gateway {
         claimed_at: DateTime<Utc>,
         leased_at: Instant,
     ) -> Result<bool, Error> {
+        // The payment is read before the lease is judged, never between the
+        // judgement and the call: a wait for a connection here could
+        // outlast the lease's margin, and the bank call would then overlap
+        // the next holder's, under one key.
+        let payment = match operation.kind {
+            OperationKind::Authorize => None,
+            OperationKind::Capture | OperationKind::Void | OperationKind::Refund => {
+                let mut conn = self.pool.acquire().await?;
+                let payment = payments::get_by_id(&mut conn, operation.payment_id)
+                    .await?
+                    .ok_or(Error::Invariant("an operation's payment is gone"))?;
+                Some(payment)
+            }
+        };
         if !self.lease_covers_call(&mut operation, leased_at).await? {
             return Ok(false);
         }
@@ -86,23 +105,15 @@ impl Gateway {
             operation_id = %operation.id, payment_id = %operation.payment_id, kind = operation.kind.as_str(),
             attempts = operation.attempts, "recovering an operation whose outcome is unknown"
         );
-        let resolution = match operation.kind {
-            OperationKind::Authorize => {
+        let resolution = match &payment {
+            None => {
                 let grace =
                     TimeDelta::from_std(self.leases.authorization_grace).unwrap_or(TimeDelta::MAX);
                 let past_grace = claimed_at - operation.created_at >= grace
                     || self.faults.mutant(Mutant::AbandonedIsDeclined);
                 self.resolve_authorization(operation, past_grace).await
             }
-            OperationKind::Capture | OperationKind::Void | OperationKind::Refund => {
-                let payment = {
-                    let mut conn = self.pool.acquire().await?;
-                    payments::get_by_id(&mut conn, operation.payment_id)
-                        .await?
-                        .ok_or(Error::Invariant("an operation's payment is gone"))?
-                };
-                self.call_bank(operation, &payment, None).await
-            }
+            Some(payment) => self.call_bank(operation, payment, None).await,
         };
         let settled = matches!(resolution, super::settle::Resolution::Settled { .. });
         metrics::counter!("gateway_recovery_attempts_total", "kind" => operation.kind.as_str(), "settled" => settled.to_string())
@@ -115,23 +126,51 @@ impl Gateway {
         Ok(settled)
     }
 
-    /// Marks authorized payments past their expiry as expired. The bank
-    /// releases the hold itself; nothing is sent to it.
+    /// Marks authorized payments past their expiry as expired, each once
+    /// the bank was asked about it: one the bank captured or voided (at its
+    /// console, in the hold's last hours) is caught up instead, and one the
+    /// bank does not answer for waits for the next sweep. Nothing is sent
+    /// to the bank but lookups: it releases the hold itself.
     pub async fn expire_due(&self, batch: i64) -> Result<u64, Error> {
-        let mut tx = self.pool.begin().await?;
-        let due = payments::lock_expired_authorizations(&mut tx, batch).await?;
-        for payment in &due {
-            debug_assert_eq!(payment.status(), PaymentStatus::Authorized);
-            payments::apply(
-                &mut tx,
-                payment,
-                PaymentEvent::AuthorizationExpired,
-                &BankFacts::default(),
-            )
-            .await?;
+        let due = {
+            let mut conn = self.pool.acquire().await?;
+            payments::expired_authorizations(&mut conn, batch).await?
+        };
+        if due.is_empty() {
+            return Ok(0);
         }
-        tx.commit().await?;
-        let expired = u64::try_from(due.len()).unwrap_or(u64::MAX);
+        let as_of = clock::now(&self.pool).await?;
+        let results: Vec<Result<Expiry, ReconcileError>> =
+            stream::iter(due)
+                .map(|payment| {
+                    let gateway = self.clone();
+                    async move {
+                        expire_or_catch_up(&gateway.pool, &gateway.bank, &payment, as_of).await
+                    }
+                })
+                .buffer_unordered(EXPIRY_CONCURRENCY)
+                .collect()
+                .await;
+        let mut expired = 0u64;
+        for result in results {
+            match result {
+                Ok(Expiry::Expired) => expired += 1,
+                Ok(Expiry::CaughtUp(status)) => {
+                    metrics::counter!("gateway_bank_moved_behind_total", "operation" => "expiry")
+                        .increment(1);
+                    tracing::warn!(
+                        %status,
+                        "an authorization due to expire was moved at the bank; its receipt caught up"
+                    );
+                }
+                Ok(Expiry::Left(reason)) => {
+                    tracing::info!(%reason, "an authorization due to expire is left for the next sweep");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "an authorization due to expire was not settled")
+                }
+            }
+        }
         if expired > 0 {
             metrics::counter!("gateway_payments_expired_total").increment(expired);
             tracing::info!(expired, "authorizations past their expiry marked expired");

@@ -35,7 +35,7 @@ pub enum BankState {
         refund_id: Option<String>,
     },
     Voided {
-        void_id: Option<String>,
+        void_id: String,
     },
     Expired,
 }
@@ -89,7 +89,7 @@ impl BankView {
 
     pub fn void_id(&self) -> Option<&str> {
         match self.state()? {
-            BankState::Voided { void_id } => void_id.as_deref(),
+            BankState::Voided { void_id } => Some(void_id),
             BankState::Active | BankState::Captured { .. } | BankState::Expired => None,
         }
     }
@@ -112,25 +112,48 @@ impl BankView {
                 capture_id,
                 refund_id: Some(refund_id),
             } => format!("captured (capture {capture_id}), refunded (refund {refund_id})"),
-            BankState::Voided {
-                void_id: Some(void_id),
-            } => format!("voided (void {void_id})"),
-            BankState::Voided { void_id: None } => "voided".to_owned(),
+            BankState::Voided { void_id } => format!("voided (void {void_id})"),
             BankState::Expired => "expired".to_owned(),
         };
         format!("authorization {} {state}", authorization.id)
     }
 }
 
+/// Why the bank's view of a payment could not be established.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unseen {
+    pub reason: String,
+    /// Whether the bank answered (and what it said cannot be used: a
+    /// bank without the lookups' extensions, a refusal), rather than not
+    /// answering at all.
+    pub answered: bool,
+}
+
+impl Unseen {
+    fn unanswered(reason: String) -> Self {
+        Self {
+            reason: format!("the bank did not answer: {reason}"),
+            answered: false,
+        }
+    }
+
+    fn unreadable(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            answered: true,
+        }
+    }
+}
+
 /// Asks the bank about the authorization `id` (and its capture, if any),
-/// at `as_of` by the database's clock. `Err` holds why the bank's view
+/// at `as_of` by the database's clock. `Err` says why the bank's view
 /// could not be established: it was unreachable, or answered something
 /// this reading cannot use.
 pub async fn fetch(
     bank: &BankClient,
     id: Option<&str>,
     as_of: DateTime<Utc>,
-) -> Result<BankView, String> {
+) -> Result<BankView, Unseen> {
     let Some(id) = id else {
         return Ok(BankView::NoAuthorization);
     };
@@ -140,9 +163,11 @@ pub async fn fetch(
             return Ok(BankView::NoAuthorization);
         }
         BankOutcome::Refused(refusal) => {
-            return Err(format!("the bank refused the lookup: {refusal}"));
+            return Err(Unseen::unreadable(format!(
+                "the bank refused the lookup: {refusal}"
+            )));
         }
-        BankOutcome::Unknown(reason) => return Err(format!("the bank did not answer: {reason}")),
+        BankOutcome::Unknown(reason) => return Err(Unseen::unanswered(reason.to_string())),
     };
     let state = state_of(bank, &authorization).await?;
     Ok(BankView::Authorization(BankAuthorization {
@@ -154,35 +179,48 @@ pub async fn fetch(
     }))
 }
 
-async fn state_of(bank: &BankClient, authorization: &Authorization) -> Result<BankState, String> {
+/// The authorization's state, with the ids a receipt entering it must
+/// record: a bank that says captured or voided without naming what it
+/// made says nothing a receipt can be moved to.
+async fn state_of(bank: &BankClient, authorization: &Authorization) -> Result<BankState, Unseen> {
     match authorization.state.as_deref() {
         Some("active") => Ok(BankState::Active),
         Some("expired") => Ok(BankState::Expired),
-        Some("voided") => Ok(BankState::Voided {
-            void_id: authorization.void_id.clone(),
-        }),
+        Some("voided") => {
+            let void_id = authorization
+                .void_id
+                .clone()
+                .ok_or(Unseen::unreadable("the bank says voided but names no void"))?;
+            Ok(BankState::Voided { void_id })
+        }
         Some("captured") => {
             let capture_id = authorization
                 .capture_id
                 .as_deref()
-                .ok_or("the bank says captured but names no capture")?;
+                .ok_or(Unseen::unreadable(
+                    "the bank says captured but names no capture",
+                ))?;
             let refund_id = refund_of(bank, capture_id).await?;
             Ok(BankState::Captured {
                 capture_id: capture_id.to_owned(),
                 refund_id,
             })
         }
-        Some(other) => Err(format!("the bank reports an unknown state {other:?}")),
-        None => Err("the bank does not report the authorization's state".to_owned()),
+        Some(other) => Err(Unseen::unreadable(format!(
+            "the bank reports an unknown state {other:?}"
+        ))),
+        None => Err(Unseen::unreadable(
+            "the bank does not report the authorization's state",
+        )),
     }
 }
 
-async fn refund_of(bank: &BankClient, capture_id: &str) -> Result<Option<String>, String> {
+async fn refund_of(bank: &BankClient, capture_id: &str) -> Result<Option<String>, Unseen> {
     match bank.get_capture(capture_id).await {
         BankOutcome::Done(capture) => Ok(capture.refund_id),
-        BankOutcome::Refused(refusal) => Err(format!(
+        BankOutcome::Refused(refusal) => Err(Unseen::unreadable(format!(
             "the bank refused the lookup of its own capture {capture_id}: {refusal}"
-        )),
-        BankOutcome::Unknown(reason) => Err(format!("the bank did not answer: {reason}")),
+        ))),
+        BankOutcome::Unknown(reason) => Err(Unseen::unanswered(reason.to_string())),
     }
 }

@@ -311,7 +311,7 @@ mod tests {
             Verdict::Matched
         );
         let voided = bank(BankState::Voided {
-            void_id: Some("void_1".into()),
+            void_id: "void_1".into(),
         });
         assert_eq!(classify(&receipt(S::Voided), &voided), Verdict::Matched);
         assert_eq!(

@@ -51,6 +51,7 @@ mod bank_view;
 mod classify;
 pub mod cli;
 pub mod due;
+pub mod expiry;
 mod repair;
 pub mod turn;
 
@@ -361,7 +362,7 @@ async fn check(
         }
         let view = match bank_view::fetch(bank, receipt.authorization_id.as_deref(), as_of).await {
             Ok(view) => view,
-            Err(reason) => return done(unverified(payment_id, &receipt, reason)),
+            Err(unseen) => return done(unverified(payment_id, &receipt, unseen.reason)),
         };
         let verdict = if judges_in_flight {
             classify::compare(&receipt, &view)
@@ -371,7 +372,13 @@ async fn check(
         let (Verdict::Behind(events), true) = (&verdict, repair) else {
             return done(entry(payment_id, &receipt, &view.describe(), verdict));
         };
-        match repair::apply(pool, &record, events, &view).await? {
+        let repaired = match repair::apply(pool, &record, events, &view).await {
+            Err(e) if let Some(reason) = unwritable(&e) => {
+                return done(unverified(payment_id, &receipt, reason));
+            }
+            repaired => repaired?,
+        };
+        match repaired {
             Repair::Applied => {
                 let entry = entry(payment_id, &receipt, &view.describe(), verdict);
                 return done(entry.repaired());
@@ -384,6 +391,22 @@ async fn check(
         entry: unverified(payment_id, &Receipt::of(&record), reason.to_owned()),
         version: (record.id, record.updated_at),
     })
+}
+
+/// A repair the schema refused (a bank view lacking what the status it
+/// leads to must record): this payment's problem, reported as
+/// unverified, not the pass's: one odd answer must not stop every other
+/// payment from being checked, pass after pass.
+fn unwritable(e: &ReconcileError) -> Option<String> {
+    let ReconcileError::Repair(TransitionError::Database(sqlx::Error::Database(refusal))) = e
+    else {
+        return None;
+    };
+    let by_the_rules = refusal.is_check_violation()
+        || refusal.is_foreign_key_violation()
+        || refusal.is_unique_violation()
+        || refusal.code().as_deref() == Some("23502");
+    by_the_rules.then(|| format!("the database refused the repair: {refusal}"))
 }
 
 fn entry(payment_id: String, receipt: &Receipt, bank: &str, verdict: Verdict) -> Entry {

@@ -167,15 +167,16 @@ pub async fn lock_by_id(
     find(conn, id, None, true).await
 }
 
-/// Authorized payments past their expiry, locked; rows another transaction
-/// holds are left for the next sweep.
-pub async fn lock_expired_authorizations(
+/// Authorized payments past their expiry, the longest past first;
+/// unlocked: the bank is asked about each before it is expired, and the
+/// expiry writes only over the version read.
+pub async fn expired_authorizations(
     conn: &mut PgConnection,
     limit: i64,
 ) -> Result<Vec<PaymentRecord>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM payments WHERE {EXPIRY_DUE} \
-         ORDER BY authorization_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED"
+         ORDER BY authorization_expires_at LIMIT $1"
     ))
     .bind(limit)
     .fetch_all(conn)

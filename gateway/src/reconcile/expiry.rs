@@ -1,0 +1,77 @@
+//! The bank asked before an authorization is marked expired.
+//!
+//! "Expired" is a claim about the bank's hold: the merchant hears
+//! `payment.expired` and lets the order go. But the bank's console can
+//! capture or void an authorization in its last hours, and the passes that
+//! would see it come by only so often (a sweep hourly). So the expiry
+//! sweeper asks the bank about each authorization due, and a receipt the
+//! bank moved is caught up instead of expired.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use crate::bank::BankClient;
+use crate::domain::{PaymentEvent, PaymentStatus};
+use crate::store::payments::PaymentRecord;
+
+use super::ReconcileError;
+use super::bank_view::{self, BankView};
+use super::classify::{Receipt, Verdict, classify};
+use super::repair::{self, Repair};
+
+/// What became of one authorization due to expire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expiry {
+    /// Marked expired: the bank holds it active past its expiry, or
+    /// expired, or cannot show its state (a bank without the lookups'
+    /// extensions: the receipt's own expiry decides, as the bank's would).
+    Expired,
+    /// The bank had captured or voided it: the receipt was brought up to
+    /// the bank instead.
+    CaughtUp(PaymentStatus),
+    /// Left for the next sweep: the bank did not answer, or the payment
+    /// moved since it was read.
+    Left(String),
+}
+
+/// Asks the bank about `read`, an authorized payment past its expiry read
+/// at `as_of` (the database's time), and expires it or catches it up, in
+/// one transaction that writes only over the version read.
+pub async fn expire_or_catch_up(
+    pool: &PgPool,
+    bank: &BankClient,
+    read: &PaymentRecord,
+    as_of: DateTime<Utc>,
+) -> Result<Expiry, ReconcileError> {
+    let receipt = Receipt::of(read);
+    let view = match bank_view::fetch(bank, receipt.authorization_id.as_deref(), as_of).await {
+        Ok(view) => view,
+        Err(unseen) if unseen.answered => BankView::NoAuthorization,
+        Err(unseen) => return Ok(Expiry::Left(unseen.reason)),
+    };
+    let moved_to = view
+        .authorization()
+        .map(|authorization| authorization.status())
+        .filter(|status| !matches!(status, PaymentStatus::Authorized | PaymentStatus::Expired));
+    let (events, outcome) = match (moved_to, classify(&receipt, &view)) {
+        (Some(to), Verdict::Behind(events)) => (events, Expiry::CaughtUp(to)),
+        // The bank moved it somewhere no legal path reaches from here:
+        // not a lapse either, and a person's to look at (reconciliation
+        // reports it).
+        (Some(to), Verdict::Matched | Verdict::InFlight | Verdict::Mismatch(_)) => {
+            return Ok(Expiry::Left(format!(
+                "the bank shows it {to}, which this receipt cannot be moved to"
+            )));
+        }
+        // Active past its expiry, expired, an authorization the bank does
+        // not know or cannot describe: the hold is over by the receipt's
+        // own expiry, which is the bank's.
+        (None, _) => (vec![PaymentEvent::AuthorizationExpired], Expiry::Expired),
+    };
+    match repair::apply(pool, read, &events, &view).await? {
+        Repair::Applied => Ok(outcome),
+        Repair::Moved(_) => Ok(Expiry::Left(
+            "it moved since it was read; the next sweep looks again".to_owned(),
+        )),
+    }
+}
