@@ -40,13 +40,18 @@ impl Resolution {
     }
 
     /// An authorization the bank holds: the payment is authorized with its id
-    /// and expiry.
+    /// and expiry. The expiry as Postgres keeps it (microseconds, which is
+    /// what sqlx sends): a bank may write nanoseconds, and the answer
+    /// rendered from these facts must show what every later read shows.
     pub fn approved(authorization: Authorization) -> Self {
+        let expires_at = authorization.expires_at;
+        let expires_at =
+            DateTime::from_timestamp_micros(expires_at.timestamp_micros()).unwrap_or(expires_at);
         Self::succeeded(
             PaymentEvent::AuthorizeApproved,
             BankFacts {
                 authorization_id: Some(authorization.authorization_id),
-                authorization_expires_at: Some(authorization.expires_at),
+                authorization_expires_at: Some(expires_at),
                 ..BankFacts::default()
             },
         )

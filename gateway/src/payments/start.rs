@@ -270,7 +270,15 @@ impl Gateway {
             // Judged on the locked payment this time: one read unlocked as
             // refusing the move may take it now, and then the open circuit
             // refuses it before anything is stored.
+            // A key already used answers as itself, never "nothing was
+            // done": the next race reads it.
             Ok(_) if let Err(open) = self.bank.circuit().check() => {
+                if idempotency::read(&mut tx, new.merchant, new.key)
+                    .await?
+                    .is_some()
+                {
+                    return Ok(None);
+                }
                 return Err(Error::BankUnavailable {
                     retry_after: open.retry_after,
                 });

@@ -1222,6 +1222,158 @@ async fn a_payment_the_bank_moved_is_not_expired_while_its_receipt_catches_up() 
 }
 
 #[tokio::test]
+async fn an_authorization_the_bank_captured_in_its_last_hours_is_caught_up_not_expired() {
+    let app = proxied(|s| s.expiry_sweep_interval_ms = 50).await;
+    // Captured at the bank's console, and no reconciliation pass has come
+    // by since (they are off here; a sweep comes hourly).
+    let (payment, capture) = captured_behind_the_gateway(&app).await;
+    let id = payment["id"].as_str().unwrap();
+    let untouched = app.authorized(HAPPY_CARD, 1_000).await;
+    let untouched_id = untouched["id"].as_str().unwrap();
+    sqlx::query(
+        "UPDATE payments SET authorization_expires_at = now() - interval '1 second' \
+         WHERE id = ANY($1)",
+    )
+    .bind(vec![uuid_of(id), uuid_of(untouched_id)])
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    // "Expired" is a claim about the bank's hold: the sweeper asks the
+    // bank first, and announces no lapse for money the bank took.
+    app.eventually(untouched_id, |p| p["status"] == "expired")
+        .await;
+    let caught_up = app.eventually(id, |p| p["status"] != "authorized").await;
+    assert_eq!(caught_up["status"], "captured", "{caught_up}");
+    assert_eq!(caught_up["bank"]["capture_id"], capture["capture_id"]);
+}
+
+#[tokio::test]
+async fn an_expiry_waits_for_a_bank_that_does_not_answer_and_not_for_one_without_extensions() {
+    let app = proxied(|s| s.expiry_sweep_interval_ms = 50).await;
+    let silent = app.authorized(HAPPY_CARD, 1_000).await;
+    let bare = app.authorized(HAPPY_CARD, 1_000).await;
+    let lookup = |p: &Value| {
+        format!(
+            "/api/v1/authorizations/{}",
+            p["bank"]["authorization_id"].as_str().unwrap()
+        )
+    };
+    proxy(&app).inject(
+        "GET",
+        &lookup(&silent),
+        usize::MAX,
+        Fault::Instead(Canned::html(503)),
+    );
+    // The original bank's lookup: no state to tell captured from active.
+    let plain = json!({
+        "authorization_id": bare["bank"]["authorization_id"],
+        "status": "authorized",
+        "amount": 1_000,
+        "currency": "USD",
+        "expires_at": "2030-01-01T00:00:00Z",
+        "created_at": "2026-01-01T00:00:00Z",
+    });
+    proxy(&app).inject(
+        "GET",
+        &lookup(&bare),
+        usize::MAX,
+        Fault::Instead(Canned::json(200, plain)),
+    );
+    let (silent_id, bare_id) = (silent["id"].as_str().unwrap(), bare["id"].as_str().unwrap());
+    sqlx::query(
+        "UPDATE payments SET authorization_expires_at = now() - interval '1 second' \
+         WHERE id = ANY($1)",
+    )
+    .bind(vec![uuid_of(silent_id), uuid_of(bare_id)])
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    // A bank that answers without the extensions cannot say; the receipt's
+    // own expiry decides, as it always did.
+    app.eventually(bare_id, |p| p["status"] == "expired").await;
+    let reached = proxy(&app)
+        .forwarded()
+        .iter()
+        .filter(|f| f.path == lookup(&silent))
+        .count();
+    assert!(reached >= 2, "asked {reached} time(s)");
+    assert_eq!(app.payment(silent_id).await["status"], "authorized");
+    proxy(&app).heal();
+    app.eventually(silent_id, |p| p["status"] == "expired")
+        .await;
+}
+
+#[tokio::test]
+async fn an_authorizations_answer_shows_its_expiry_as_it_is_stored() {
+    let app = proxied(|_| {}).await;
+    // The original bank writes its times with nanoseconds; Postgres keeps
+    // microseconds. The first answer, its replays and every read must
+    // show one expiry.
+    proxy(&app).inject(
+        "POST",
+        "/api/v1/authorizations",
+        1,
+        Fault::After(Canned::json(
+            201,
+            json!({
+                "authorization_id": "auth_with_nanoseconds",
+                "status": "authorized",
+                "amount": 1_000,
+                "currency": "USD",
+                "expires_at": "2030-01-08T12:00:00.123456789Z",
+                "created_at": "2030-01-01T12:00:00.987654321Z",
+            }),
+        )),
+    );
+    let answered = app.authorized(HAPPY_CARD, 1_000).await;
+    let read = app.payment(answered["id"].as_str().unwrap()).await;
+    assert_eq!(
+        answered["authorization_expires_at"], read["authorization_expires_at"],
+        "{answered} / {read}"
+    );
+}
+
+#[tokio::test]
+async fn one_odd_bank_answer_leaves_its_payment_unverified_and_the_pass_goes_on() {
+    let app = proxied(|_| {}).await;
+    let odd = app.authorized(HAPPY_CARD, 1_000).await;
+    let (behind, capture) = captured_behind_the_gateway(&app).await;
+    // Voided, says the bank, naming no void: nothing a receipt entering
+    // `voided` can record.
+    let authorization = odd["bank"]["authorization_id"].as_str().unwrap();
+    proxy(&app).inject(
+        "GET",
+        &format!("/api/v1/authorizations/{authorization}"),
+        usize::MAX,
+        Fault::Instead(Canned::json(
+            200,
+            json!({
+                "authorization_id": authorization,
+                "status": "authorized",
+                "state": "voided",
+                "amount": 1_000,
+                "currency": "USD",
+                "expires_at": "2030-01-01T00:00:00Z",
+                "created_at": "2026-01-01T00:00:00Z",
+            }),
+        )),
+    );
+
+    let bank = bank_at(&proxy(&app).url, gateway::bank::RetryPolicy::default());
+    let report = pass_with(&app, &bank, gateway::reconcile::Scope::All, true).await;
+    assert_eq!(report.counts.unverified, 1, "{report:#?}");
+    assert_eq!(report.counts.repaired, 1, "{report:#?}");
+    assert_eq!(
+        app.payment(odd["id"].as_str().unwrap()).await["status"],
+        "authorized"
+    );
+    let caught_up = app.payment(behind["id"].as_str().unwrap()).await;
+    assert_eq!(caught_up["bank"]["capture_id"], capture["capture_id"]);
+}
+
+#[tokio::test]
 async fn a_payments_version_only_moves_forward_whoever_stamps_it() {
     use gateway::domain::PaymentEvent;
 
