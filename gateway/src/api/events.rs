@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use super::error::ApiError;
 use super::keyed::begin_or_answer;
 use super::payments::page_size;
-use super::request::{Fields, Merchant, query_params, read_json};
+use super::request::{Fields, Merchant, idempotency_key, query_params, read_json};
 use crate::domain::{EndpointId, EventId, EventType, PaymentId};
 use crate::payments::view::ErrorBody;
 use crate::startup::AppState;
@@ -171,6 +171,9 @@ pub async fn resend_event(
     payload: web::Payload,
     state: Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    // The key first, as on every POST: a request without one is told so,
+    // whatever else is wrong with it.
+    idempotency_key(&req)?;
     let id = event_id(&id)?;
     let body = read_json(&req, payload, state.body).await?;
     let endpoint = if body.is_null() {

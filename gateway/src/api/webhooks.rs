@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::keyed::{SECRET_HOLE, begin_or_answer};
-use super::request::{Fields, Merchant, read_json};
+use super::request::{Fields, Merchant, idempotency_key, read_json};
 use crate::domain::{EndpointId, EventType};
 use crate::payments::view::ErrorBody;
 use crate::startup::AppState;
@@ -112,6 +112,9 @@ pub async fn create_endpoint(
     payload: web::Payload,
     state: Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    // The key first, as on every POST: a request without one is told so,
+    // whatever else is wrong with it.
+    idempotency_key(&req)?;
     key(&state)?;
     let body = read_json(&req, payload, state.body).await?;
     let fields = Fields::of(&body, "", &["url", "event_types"])?;
@@ -208,6 +211,9 @@ async fn change(
     state: Data<AppState>,
     change: EndpointChange,
 ) -> Result<HttpResponse, ApiError> {
+    // The key first, as on every POST: a request without one is told so,
+    // whatever else is wrong with it.
+    idempotency_key(&req)?;
     let id = endpoint_id(&id)?;
     let body = read_json(&req, payload, state.body).await?;
     if !body.is_null() {
@@ -323,6 +329,9 @@ pub async fn rotate_secret(
     payload: web::Payload,
     state: Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    // The key first, as on every POST: a request without one is told so,
+    // whatever else is wrong with it.
+    idempotency_key(&req)?;
     key(&state)?;
     let id = endpoint_id(&id)?;
     let body = read_json(&req, payload, state.body).await?;

@@ -12,6 +12,7 @@
 //! - [`operation`]: [`OperationKind`], [`OperationStatus`] and the [`Lease`]
 //!   under which one process at a time works on a key or an operation.
 //! - [`error`]: [`DomainError`], naming the offending request field.
+//! - [`timestamp`]: how the API writes a moment (six fractional digits).
 
 pub mod amount;
 pub mod card;
@@ -20,6 +21,7 @@ pub mod event_type;
 pub mod ids;
 pub mod operation;
 pub mod status;
+pub mod timestamp;
 
 #[cfg(test)]
 mod schema_sync;

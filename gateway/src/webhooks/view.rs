@@ -19,6 +19,7 @@ pub struct EventView {
     pub id: EventId,
     #[serde(rename = "type")]
     pub kind: EventType,
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
     pub data: EventData,
 }
@@ -28,7 +29,7 @@ pub struct EventData {
     /// 1, 2, 3, ... per payment in the order its changes happened: a
     /// receiver that orders by it rebuilds the payment's history.
     pub sequence: i32,
-    /// The status the transition left (absent for `payment.created` and
+    /// The status the transition left (`null` for `payment.created` and
     /// `payment.flagged`).
     pub previous_status: Option<PaymentStatus>,
     /// The payment right after the change, its history up to it.
@@ -88,8 +89,11 @@ pub struct EndpointView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
     /// Until when the secret before the last rotation still signs too.
+    #[serde(serialize_with = "crate::domain::timestamp::serialize_option")]
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -126,22 +130,26 @@ pub struct EventList {
 /// An event's delivery to one endpoint, with every attempt.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeliveryView {
-    #[schema(value_type = String)]
+    /// `null` once its endpoint was deleted.
+    #[schema(value_type = Option<String>)]
     pub endpoint_id: Option<EndpointId>,
     /// `pending`, `delivered` or `failed`.
     pub status: String,
     pub attempts: Vec<AttemptView>,
     /// When the next attempt is due, while pending.
+    #[serde(serialize_with = "crate::domain::timestamp::serialize_option")]
     pub next_attempt_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::domain::timestamp::serialize_option")]
     pub finished_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AttemptView {
     pub attempt: i32,
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub started_at: DateTime<Utc>,
     pub latency_ms: i32,
-    /// The receiver's HTTP status; absent when there was no answer.
+    /// The receiver's HTTP status; `null` when there was no answer.
     pub response_status: Option<i16>,
     /// The start of the receiver's answer (at most 1 KiB).
     pub response_body: Option<String>,

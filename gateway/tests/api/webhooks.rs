@@ -1211,8 +1211,44 @@ async fn endpoint_posts_are_idempotent_and_their_stored_answers_hold_no_secret()
         "missing_idempotency_key",
     )
     .await;
-
+    // The key is asked for first, whatever else is wrong: a client that
+    // forgot it hears that, not about its other mistakes one at a time.
     let id = endpoint["id"].as_str().unwrap();
+    for (path, body) in [
+        (
+            "/v1/webhook_endpoints".to_owned(),
+            json!({"url": "ftp://x"}),
+        ),
+        (
+            format!("/v1/webhook_endpoints/{id}/rotate_secret"),
+            json!({"grace_seconds": -1}),
+        ),
+        (
+            "/v1/webhook_endpoints/we_nonsense/disable".to_owned(),
+            json!({}),
+        ),
+        (
+            "/v1/events/evt_nonsense/resend".to_owned(),
+            json!({"endpoint_id": 7}),
+        ),
+    ] {
+        let keyless = app
+            .client
+            .post(app.url(&path))
+            .bearer_auth(&app.api_key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_error(
+            keyless,
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "missing_idempotency_key",
+        )
+        .await;
+    }
+
     let rotate = format!("/v1/webhook_endpoints/{id}/rotate_secret");
     let rotation = new_key();
     let rotated = keyed(&rotate, &rotation, json!({})).await.unwrap();
