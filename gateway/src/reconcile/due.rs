@@ -5,7 +5,9 @@
 //! moved since, and never stops being due while it does not match (a
 //! mismatch, an unverified one, one in flight). Terminal receipts that
 //! matched are not asked about again; receipts the bank can still move on
-//! its own are, by the periodic sweep.
+//! its own are, by the periodic sweep. A receipt left over (a mismatch, an
+//! unverified one) is remembered as such and asked about by every pass,
+//! however old, until it matches.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -111,6 +113,52 @@ pub async fn page(
     }
 }
 
+/// Receipts left over by an earlier pass that the scope's pages do not
+/// read (created before `since`, and for a sweep not an authorized one
+/// within its reach), oldest first, at most `limit`: every pass asks about
+/// them again, however old, until they match.
+pub async fn left_over_outside(
+    pool: &PgPool,
+    scope: Scope,
+    since: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<PaymentRecord>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM reconciled_payments r JOIN payments p ON p.id = r.payment_id \
+         WHERE r.left_over IS NOT NULL AND p.created_at < $1 \
+           AND NOT (p.status = 'authorized' AND p.created_at >= $2) \
+         ORDER BY p.created_at, p.id LIMIT $3"
+    ))
+    .bind(since)
+    .bind(reach(scope, since))
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Remembers these receipts as left over (`mismatch` or `unverified`), so
+/// that they stay due once they are older than any window.
+pub async fn remember_left_over(
+    pool: &PgPool,
+    left_over: &[(Uuid, &'static str)],
+) -> Result<u64, sqlx::Error> {
+    if left_over.is_empty() {
+        return Ok(0);
+    }
+    let (ids, kinds): (Vec<Uuid>, Vec<&str>) = left_over.iter().copied().unzip();
+    let written = sqlx::query(
+        "INSERT INTO reconciled_payments (payment_id, left_over) \
+         SELECT * FROM unnest($1::uuid[], $2::text[]) \
+         ON CONFLICT (payment_id) DO UPDATE SET left_over = excluded.left_over \
+         WHERE reconciled_payments.left_over IS DISTINCT FROM excluded.left_over",
+    )
+    .bind(ids)
+    .bind(kinds)
+    .execute(pool)
+    .await?;
+    Ok(written.rows_affected())
+}
+
 /// Remembers these receipts as matching the bank, each by the `updated_at`
 /// it was read with: one that moved meanwhile stays due. Rows already
 /// remembered as they are are not written again.
@@ -127,8 +175,10 @@ pub async fn remember_matched(
          SELECT m.id, m.updated_at \
          FROM unnest($1::uuid[], $2::timestamptz[]) AS m(id, updated_at) \
          JOIN payments p ON p.id = m.id AND p.updated_at = m.updated_at \
-         ON CONFLICT (payment_id) DO UPDATE SET matched_updated_at = excluded.matched_updated_at \
-         WHERE reconciled_payments.matched_updated_at IS DISTINCT FROM excluded.matched_updated_at",
+         ON CONFLICT (payment_id) DO UPDATE \
+           SET matched_updated_at = excluded.matched_updated_at, left_over = NULL \
+         WHERE reconciled_payments.matched_updated_at IS DISTINCT FROM excluded.matched_updated_at \
+            OR reconciled_payments.left_over IS NOT NULL",
     )
     .bind(ids)
     .bind(seen)

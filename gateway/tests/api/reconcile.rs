@@ -489,6 +489,60 @@ async fn what_did_not_match_stays_due_and_a_dry_run_remembers_nothing() {
 }
 
 #[tokio::test]
+async fn a_mismatch_stays_reported_past_the_window_until_it_matches() {
+    let app = app().await;
+    let payment = app.authorized(HAPPY_CARD, 1_000).await;
+    let id = payment["id"].as_str().unwrap().to_owned();
+    forge(
+        &app,
+        &id,
+        &["capturing", "captured"],
+        ", bank_capture_id = 'cap_forged'",
+    )
+    .await;
+    assert_eq!(pass_of(&app, Scope::Due, true).await.counts.mismatch, 1);
+
+    // Days later it is out of every pass's window, and still wrong: it
+    // stays reported (and the fleet's mismatch gauge stays up), by every
+    // kind of pass.
+    sqlx::query("UPDATE payments SET created_at = now() - interval '3 days' WHERE id = $1")
+        .bind(uuid_of(&id))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    for scope in [Scope::Due, Scope::Sweep, Scope::All] {
+        let report = pass_of(&app, scope, true).await;
+        assert_eq!(
+            (report.counts.checked, report.counts.mismatch),
+            (1, 1),
+            "{scope:?}: {report:#?}"
+        );
+    }
+
+    // Put right (the bank captures it, the receipt names that capture),
+    // it matches once, and is let go.
+    let capture = app
+        .at_bank(
+            "/api/v1/captures",
+            json!({"authorization_id": payment["bank"]["authorization_id"], "amount": 1_000}),
+        )
+        .await;
+    sqlx::query("UPDATE payments SET bank_capture_id = $2 WHERE id = $1")
+        .bind(uuid_of(&id))
+        .bind(capture["capture_id"].as_str().unwrap())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let report = pass_of(&app, Scope::Due, true).await;
+    assert_eq!(
+        (report.counts.checked, report.counts.matched),
+        (1, 1),
+        "{report:#?}"
+    );
+    assert_eq!(pass_of(&app, Scope::Due, true).await.counts.checked, 0);
+}
+
+#[tokio::test]
 async fn a_receipt_that_moves_while_it_is_checked_stays_due() {
     let app = app().await;
     let id = authorized_id(&app).await;
