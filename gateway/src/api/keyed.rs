@@ -61,7 +61,8 @@ pub struct Keyed {
 
 impl Keyed {
     /// Reads the request's key (400 without one) and what it holds; a new
-    /// key begins the transaction of the change.
+    /// key begins the transaction of the change, holding the key's turn
+    /// ([`idempotency::take_turn`]) and reading the key again under it.
     pub async fn begin(
         req: &HttpRequest,
         merchant: MerchantId,
@@ -75,7 +76,12 @@ impl Keyed {
             return answered_before(state, &fingerprint, &record).map(Begun::Answered);
         }
         drop(conn);
-        let tx = state.gateway.pool().begin().await?;
+        let mut tx = state.gateway.pool().begin().await?;
+        idempotency::take_turn(&mut tx, merchant, &key).await?;
+        if let Some(record) = idempotency::read(&mut tx, merchant, &key).await? {
+            tx.rollback().await?;
+            return answered_before(state, &fingerprint, &record).map(Begun::Answered);
+        }
         Ok(Begun::New(Self {
             tx,
             merchant,

@@ -95,6 +95,26 @@ pub async fn read(
     .await
 }
 
+/// Holds, until the transaction ends, the turn of every request presenting
+/// `key` for a change that is stored only with its answer (the webhook
+/// endpoints' and events' POSTs): a second request with the key waits for
+/// the first's change to commit and then finds its answer, instead of
+/// making the change again beside it. An advisory lock, because until the
+/// answer there is no row to lock; two keys whose hashes collide only wait
+/// for each other.
+pub async fn take_turn(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+    key: &IdempotencyKey,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))")
+        .bind(merchant.as_uuid().to_string())
+        .bind(key.as_str())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// The key, locked. Lock order: the payment, then the operation, then the key.
 pub async fn lock(
     conn: &mut PgConnection,

@@ -327,6 +327,47 @@ async fn two_registrations_at_once_with_room_for_one_leave_the_merchant_at_its_l
     assert_eq!(endpoints, 16);
 }
 
+/// The same registration sent twice at once under one key, with room for
+/// one more endpoint: the second waits for the first and is answered as
+/// it was, not refused for the endpoint the first just made.
+#[tokio::test]
+async fn one_registration_sent_twice_at_once_under_one_key_is_one_endpoint() {
+    let app = webhook_app(&[100], 1_000).await;
+    let endpoint = json!({"url": "https://example.com/"});
+    for _ in 0..15 {
+        let response = app.post_json("/v1/webhook_endpoints", &endpoint).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let key = new_key();
+    let register = || {
+        app.client
+            .post(app.url("/v1/webhook_endpoints"))
+            .bearer_auth(&app.api_key)
+            .header("Idempotency-Key", &key)
+            .json(&endpoint)
+            .send()
+    };
+    let mut merchants = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM merchants FOR UPDATE")
+        .execute(&mut *merchants)
+        .await
+        .unwrap();
+    let (first, second, ()) = tokio::join!(register(), register(), async {
+        let waited = throwaway_pg::until_sessions_wait_for_a_lock(&app.pool, 2, 1000)
+            .await
+            .unwrap();
+        assert!(waited, "the two registrations never both waited");
+        merchants.commit().await.unwrap();
+    });
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert_eq!(second.status(), StatusCode::CREATED);
+    let (first, second): (Value, Value) =
+        (first.json().await.unwrap(), second.json().await.unwrap());
+    assert_eq!(first["id"], second["id"]);
+    assert_eq!(first["secret"], second["secret"]);
+}
+
 #[tokio::test]
 async fn every_change_is_delivered_signed_and_in_sequence() {
     let app = webhook_app(&[100], 2_000).await;
