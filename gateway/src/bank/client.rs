@@ -614,7 +614,7 @@ impl BankClient {
             }
             attempts += 1;
             let attempt_started = Instant::now();
-            let verdict = {
+            let (verdict, asked_to_wait) = {
                 let _in_flight = InFlight::enter();
                 let key_header = self.mutated_key(key_header.as_ref(), attempts);
                 let verdict = self
@@ -700,10 +700,17 @@ impl BankClient {
             let Some(slack) = slack_before(deadline, attempt_timeout) else {
                 break deadline_passed(attempts, last_error);
             };
+            // A bank (or the proxy in front of it) that said when to come
+            // back is not asked sooner, and not again by this call if that
+            // is past its deadline: the operation is left to recovery.
+            if asked_to_wait.is_some_and(|wait| wait > slack) {
+                break deadline_passed(attempts, last_error);
+            }
             let sleep = {
                 let mut rng = rand::rng();
                 backoff(&self.policy, attempts, slack, &mut rng)
-            };
+            }
+            .max(asked_to_wait.unwrap_or_default());
             tokio::time::sleep(sleep).await;
             metrics::counter!("gateway_bank_retries_total", "operation" => op.name()).increment(1);
         };
@@ -781,7 +788,8 @@ impl BankClient {
     }
 
     /// One HTTP exchange, bounded by `timeout` (connect, send, and the whole
-    /// response body), classified.
+    /// response body), classified; with the wait a 429 or a 503 asked for
+    /// in its `Retry-After`.
     async fn attempt<T: DeserializeOwned>(
         &self,
         op: Operation,
@@ -789,7 +797,7 @@ impl BankClient {
         key: Option<&HeaderValue>,
         body: Option<&[u8]>,
         timeout: Duration,
-    ) -> Attempt<T> {
+    ) -> (Attempt<T>, Option<Duration>) {
         let mut request = self
             .shared
             .http
@@ -810,12 +818,13 @@ impl BankClient {
         let exchange = async {
             let response = request.send().await?;
             let status = response.status();
+            let asked_to_wait = asked_to_wait(status, response.headers());
             let bytes = response.bytes().await?;
-            Ok::<_, reqwest::Error>((status, bytes))
+            Ok::<_, reqwest::Error>((status, bytes, asked_to_wait))
         };
         // reqwest's own timeout covers the same span; this one is a guard
         // that holds whatever reqwest does with the body.
-        match tokio::time::timeout(timeout, exchange).await {
+        let verdict = match tokio::time::timeout(timeout, exchange).await {
             Err(_elapsed) => Attempt::Transient {
                 result: AttemptResult::Timeout,
                 status: None,
@@ -832,9 +841,35 @@ impl BankClient {
                 status: e.status(),
                 error: error_chain(&e),
             },
-            Ok(Ok((status, bytes))) => self.classify(op, status, &bytes),
-        }
+            Ok(Ok((status, bytes, asked_to_wait))) => {
+                return (self.classify(op, status, &bytes), asked_to_wait);
+            }
+        };
+        (verdict, None)
     }
+}
+
+/// The longest `Retry-After` honoured, in seconds: past it the call (and
+/// any call) would give up anyway; a larger value is taken as this.
+const MAX_RETRY_AFTER_SECONDS: u64 = 3_600;
+
+/// The wait a 429 or a 503 asks for in `Retry-After`, in whole seconds (the
+/// HTTP-date form is not honoured: it depends on two clocks agreeing).
+fn asked_to_wait(status: StatusCode, headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    if !matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        return None;
+    }
+    let seconds: u64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds.min(MAX_RETRY_AFTER_SECONDS)))
 }
 
 impl BankClient {

@@ -29,7 +29,9 @@
 //!   the situation changed. A 404 on a GET means the id is unknown.
 //! - **Backoff with full jitter** (`random(0..=min(max, base·2^n))`): when the
 //!   bank is down every gateway request fails at once; jitter spreads the
-//!   retries out instead of hammering the bank in synchronised waves.
+//!   retries out instead of hammering the bank in synchronised waves. A 429
+//!   or 503 with a `Retry-After` in seconds is not asked again sooner, and
+//!   not at all by this call if the wait is longer than it has left.
 //! - **A deadline per call, and a cap on attempts.** The HTTP request that
 //!   triggered the call has its own deadline; past it the gateway answers
 //!   202 and leaves the operation to the recovery worker, which calls again

@@ -136,6 +136,52 @@ async fn a_500_then_a_200_is_retried_with_the_same_key_and_body() {
 }
 
 #[tokio::test]
+async fn a_429_is_asked_again_no_sooner_than_its_retry_after_and_never_past_the_deadline() {
+    let limited = || {
+        ResponseTemplate::new(429)
+            .insert_header("Retry-After", "1")
+            .set_body_json(json!({"error": "rate_limited", "message": "slow down"}))
+    };
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/captures"))
+        .respond_with(limited())
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/captures"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(capture_json()))
+        .mount(&server)
+        .await;
+    let client = BankClient::new(&server.uri(), policy(), 4, no_circuit()).expect("client");
+    let started = Instant::now();
+    let outcome = client.capture("pay_1:capture", "auth_1", 4999).await;
+    assert!(matches!(outcome, BankOutcome::Done(_)), "{outcome:?}");
+    // The backoff alone is at most 50 ms here.
+    assert!(started.elapsed() >= ms(1000), "asked again too soon");
+
+    // A wait past what the call has left: it is not asked again at all.
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/captures"))
+        .respond_with(limited().insert_header("Retry-After", "60"))
+        .mount(&server)
+        .await;
+    let client = BankClient::new(&server.uri(), policy(), 4, no_circuit()).expect("client");
+    let outcome = client.capture("pay_2:capture", "auth_2", 4999).await;
+    assert!(
+        matches!(
+            outcome,
+            BankOutcome::Unknown(UnknownReason::DeadlinePassed { attempts: 1, .. })
+        ),
+        "{outcome:?}"
+    );
+    let requests = server.received_requests().await.expect("recording");
+    assert_eq!(requests.len(), 1);
+}
+
+#[tokio::test]
 async fn a_402_is_refused_and_never_retried() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
