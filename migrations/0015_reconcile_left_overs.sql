@@ -1,15 +1,41 @@
--- A receipt a pass left over (a mismatch, or one whose bank side could not
--- be established) is remembered as such, however old it is: every later
--- pass asks about it again until it matches, and it counts toward the
--- fleet's mismatches all that time. Before, a pass read only the last 24
--- hours, so a mismatched payment left the window after a day, and the
--- page for it resolved by itself, fixed or not.
+-- Reconciliation reads the payments of its window (the last 24 hours), so
+-- two kinds of receipt escaped it once a day old:
 --
+-- 1. One a pass left over (a mismatch, or one whose bank side could not be
+--    established): it left the window after a day, and the page for it
+--    resolved by itself, fixed or not.
+-- 2. One the gateway moved after its first day (a capture on day three of
+--    a week-long authorization, a refund a week later): never compared
+--    with the bank at all.
+--
+-- Both are now marked here, and every pass asks about the marked ones,
+-- however old, until they match (a match clears the mark).
 -- `matched_updated_at` is NULL for a receipt that never matched.
 ALTER TABLE reconciled_payments
     ALTER COLUMN matched_updated_at DROP NOT NULL,
-    ADD COLUMN left_over text CHECK (left_over IN ('mismatch', 'unverified'));
+    ADD COLUMN left_over text CHECK (left_over IN ('mismatch', 'unverified', 'moved_late'));
 
--- The few left over, found without reading the many that matched.
+-- The few marked, found without reading the many that matched.
 CREATE INDEX reconciled_payments_left_over_idx
     ON reconciled_payments (payment_id) WHERE left_over IS NOT NULL;
+
+-- A move of a payment older than the window marks it. The trigger's WHEN
+-- is evaluated without calling the function, so the payment path pays
+-- nothing for the young payments that make nearly all of its moves. The
+-- day is the server's window (`reconcile::DEFAULT_WINDOW`).
+CREATE FUNCTION payments_mark_late_move() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO reconciled_payments (payment_id, left_over)
+    VALUES (NEW.id, 'moved_late')
+    ON CONFLICT (payment_id) DO UPDATE SET left_over = 'moved_late'
+    WHERE reconciled_payments.left_over IS DISTINCT FROM 'mismatch';
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER payments_late_move
+    AFTER UPDATE OF status ON payments
+    FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status AND OLD.created_at < now() - interval '1 day')
+    EXECUTE FUNCTION payments_mark_late_move();
