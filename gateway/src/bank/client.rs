@@ -246,6 +246,12 @@ enum AttemptResult {
     Http4xx,
     /// A 4xx the bank's contract does not list for the operation.
     Undocumented4xx,
+    /// A refusal in the bank's own words (one of its error codes) that
+    /// proves nothing for this operation: an unmarked `not_found` to a
+    /// resolve, a code listed only for other operations. Retried like any
+    /// transient failure, but the bank answered: it is up, and the circuit
+    /// does not count it.
+    UnprovenRefusal,
     Timeout,
     Connect,
     Other,
@@ -258,6 +264,7 @@ impl AttemptResult {
             AttemptResult::Http5xx => "http_5xx",
             AttemptResult::Http4xx => "http_4xx",
             AttemptResult::Undocumented4xx => "http_4xx_undocumented",
+            AttemptResult::UnprovenRefusal => "http_4xx_unproven",
             AttemptResult::Timeout => "timeout",
             AttemptResult::Connect => "connect",
             AttemptResult::Other => "other",
@@ -636,7 +643,12 @@ impl BankClient {
                 Attempt::Transient { result, status, .. } => (*result, status.map(|s| s.as_u16())),
             };
             match &verdict {
-                Attempt::Done(_) | Attempt::Refused(_) => admission.success(),
+                Attempt::Done(_)
+                | Attempt::Refused(_)
+                | Attempt::Transient {
+                    result: AttemptResult::UnprovenRefusal,
+                    ..
+                } => admission.success(),
                 Attempt::Transient { .. } => admission.transient_failure(),
             }
             metrics::counter!(
@@ -921,8 +933,13 @@ fn classify<T: DeserializeOwned>(op: Operation, status: StatusCode, body: &[u8])
         if is_documented(op, refusal.status, &refusal.code) && vouched_for(op, body) {
             Attempt::Refused(refusal)
         } else {
+            let result = if matches!(refusal.code, BankErrorCode::Other(_)) {
+                AttemptResult::Undocumented4xx
+            } else {
+                AttemptResult::UnprovenRefusal
+            };
             Attempt::Transient {
-                result: AttemptResult::Undocumented4xx,
+                result,
                 status: Some(status),
                 error: format!(
                     "HTTP {} that the bank does not document: {refusal}",
@@ -1181,13 +1198,18 @@ mod tests {
             (Operation::FindAuthorization, 404, error("not_found")),
         ];
         for (op, status, body) in unknown {
+            // In the bank's own words (one of its codes), the bank is up.
+            let expected = if serde_json::from_slice::<ErrorBody>(&body)
+                .is_ok_and(|b| !matches!(BankErrorCode::parse(&b.error), BankErrorCode::Other(_)))
+            {
+                AttemptResult::UnprovenRefusal
+            } else {
+                AttemptResult::Undocumented4xx
+            };
             assert!(
                 matches!(
                     classified(op, status, &body),
-                    Attempt::Transient {
-                        result: AttemptResult::Undocumented4xx,
-                        ..
-                    }
+                    Attempt::Transient { result, .. } if result == expected
                 ),
                 "{op:?} {status} {}",
                 String::from_utf8_lossy(&body)

@@ -5,9 +5,9 @@
 //! moved since, and never stops being due while it does not match (a
 //! mismatch, an unverified one, one in flight). Terminal receipts that
 //! matched are not asked about again; receipts the bank can still move on
-//! its own are, by the periodic sweep. A receipt left over (a mismatch, an
-//! unverified one) is remembered as such and asked about by every pass,
-//! however old, until it matches.
+//! its own are, by the periodic sweep. A receipt in disagreement with the
+//! bank, or moved after its first day (marked by a trigger), is asked
+//! about by every pass, however old, until it matches.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -90,7 +90,7 @@ pub async fn page(
         "SELECT {COLUMNS} FROM payments p LEFT JOIN reconciled_payments r ON r.payment_id = p.id"
     );
     const IN_SCOPE: &str = "((p.created_at >= $3 AND (r.matched_updated_at IS DISTINCT FROM p.updated_at \
-         OR p.status::text = ANY($2))) OR (p.status = 'authorized' AND $4))";
+         OR r.left_over IS NOT NULL OR p.status::text = ANY($2))) OR (p.status = 'authorized' AND $4))";
     let sql = match after {
         None => format!(
             "{select} WHERE p.created_at >= $5 AND {IN_SCOPE} \
@@ -113,47 +113,50 @@ pub async fn page(
     }
 }
 
-/// Receipts left over by an earlier pass that the scope's pages do not
+/// One page of the receipts marked left over (in disagreement with the
+/// bank, or moved after their first day) that the scope's window does not
 /// read (created before `since`, and for a sweep not an authorized one
-/// within its reach), oldest first, at most `limit`: every pass asks about
-/// them again, however old, until they match.
+/// within its reach), in `(created_at, id)` order after `after`: every
+/// pass asks about them, however old, until they match.
 pub async fn left_over_outside(
     pool: &PgPool,
     scope: Scope,
     since: DateTime<Utc>,
+    after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<PaymentRecord>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM reconciled_payments r JOIN payments p ON p.id = r.payment_id \
          WHERE r.left_over IS NOT NULL AND p.created_at < $1 \
            AND NOT (p.status = 'authorized' AND p.created_at >= $2) \
-         ORDER BY p.created_at, p.id LIMIT $3"
+           AND ($3::timestamptz IS NULL OR (p.created_at, p.id) > ($3, $4)) \
+         ORDER BY p.created_at, p.id LIMIT $5"
     ))
     .bind(since)
     .bind(reach(scope, since))
+    .bind(after.map(|(at, _)| at))
+    .bind(after.map(|(_, id)| id))
     .bind(limit)
     .fetch_all(pool)
     .await
 }
 
-/// Remembers these receipts as left over (`mismatch` or `unverified`), so
-/// that they stay due once they are older than any window.
-pub async fn remember_left_over(
-    pool: &PgPool,
-    left_over: &[(Uuid, &'static str)],
-) -> Result<u64, sqlx::Error> {
-    if left_over.is_empty() {
+/// Remembers these receipts as in disagreement with the bank, so that
+/// every pass asks about them until they match, however old. (An
+/// unverified one is not remembered: the bank could not be asked, which
+/// says nothing against the receipt, and against a bank without the
+/// lookups' extensions every receipt is unverified.)
+pub async fn remember_mismatched(pool: &PgPool, ids: &[Uuid]) -> Result<u64, sqlx::Error> {
+    if ids.is_empty() {
         return Ok(0);
     }
-    let (ids, kinds): (Vec<Uuid>, Vec<&str>) = left_over.iter().copied().unzip();
     let written = sqlx::query(
         "INSERT INTO reconciled_payments (payment_id, left_over) \
-         SELECT * FROM unnest($1::uuid[], $2::text[]) \
-         ON CONFLICT (payment_id) DO UPDATE SET left_over = excluded.left_over \
-         WHERE reconciled_payments.left_over IS DISTINCT FROM excluded.left_over",
+         SELECT id, 'mismatch' FROM unnest($1::uuid[]) AS m(id) \
+         ON CONFLICT (payment_id) DO UPDATE SET left_over = 'mismatch' \
+         WHERE reconciled_payments.left_over IS DISTINCT FROM 'mismatch'",
     )
     .bind(ids)
-    .bind(kinds)
     .execute(pool)
     .await?;
     Ok(written.rows_affected())

@@ -40,7 +40,7 @@
 //! server's background pass ([`run_forever`]) runs in one replica at a
 //! time ([`turn`]) and asks the bank only about what can have changed
 //! ([`due`]): payments new or moved since they last matched, those left
-//! over (however old: a mismatch stays reported until it matches), and,
+//! over (a mismatch however old: it stays reported until it matches), and,
 //! in a periodic sweep, those the bank can move on its own.
 //!
 //! Metrics: `gateway_reconcile_payments_total{outcome}` (this process's
@@ -78,9 +78,6 @@ pub use turn::{Cadence, Turn, TurnLost};
 pub const PAGE_SIZE: i64 = 200;
 /// Payments checked at the bank at once.
 pub const CONCURRENCY: usize = 16;
-/// Receipts left over by earlier passes and older than a pass's window
-/// that one pass asks about again, at most (the oldest first).
-pub const LEFT_OVER_MAX: i64 = 1_000;
 /// What the background task and the CLI look back over by default.
 pub const DEFAULT_WINDOW: TimeDelta = TimeDelta::hours(24);
 
@@ -236,9 +233,10 @@ pub async fn reconcile(
     pass(pool, bank, since, Scope::All, repair, None).await
 }
 
-/// [`reconcile`] over the payments of `scope`, and those left over by
-/// earlier passes however old. With `repair`, receipts found matching or
-/// left over are remembered as such (a dry run writes nothing). With
+/// [`reconcile`] over the payments of `scope`, and those marked by
+/// earlier passes (or moved after their first day) however old. With
+/// `repair`, receipts found matching or in disagreement are remembered as
+/// such (a dry run writes nothing). With
 /// a `turn`, it is renewed while the bank answers and after every page,
 /// and the pass stops if another replica took it over.
 pub async fn pass(
@@ -260,19 +258,17 @@ pub async fn pass(
         counts: Counts::default(),
         entries: Vec::new(),
     };
-    // Those left over by earlier passes and older than this one reads:
-    // asked about until they match, so a mismatch stays reported (and
-    // paged) after it leaves the window.
-    let left_over = due::left_over_outside(pool, scope, since, LEFT_OVER_MAX).await?;
-    check_page(
-        pool,
-        bank,
-        left_over,
-        repair,
-        turn.as_deref_mut(),
-        &mut report,
-    )
-    .await?;
+    // Those marked (in disagreement with the bank, or moved after their
+    // first day) and older than this pass's window: asked about until they
+    // match, so a mismatch stays reported (and paged) after it leaves the
+    // window.
+    let mut after = None;
+    loop {
+        let page = due::left_over_outside(pool, scope, since, after, PAGE_SIZE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.created_at, last.id));
+        check_page(pool, bank, page, repair, turn.as_deref_mut(), &mut report).await?;
+    }
     let mut after = None;
     loop {
         let page = due::page(pool, scope, since, after, PAGE_SIZE).await?;
@@ -287,7 +283,7 @@ pub async fn pass(
 
 /// Checks one page of payments at the bank, at most [`CONCURRENCY`] at
 /// once, adds them to `report` and, with `repair`, remembers which matched
-/// and which are left over.
+/// and which disagree with the bank.
 async fn check_page(
     pool: &PgPool,
     bank: &BankClient,
@@ -314,12 +310,12 @@ async fn check_page(
             .map(|c| c.version)
             .collect();
         due::remember_matched(pool, &matched).await?;
-        let left_over: Vec<(Uuid, &'static str)> = checked
+        let mismatched: Vec<Uuid> = checked
             .iter()
-            .filter(|c| matches!(c.entry.outcome, Outcome::Mismatch | Outcome::Unverified))
-            .map(|c| (c.version.0, c.entry.outcome.as_str()))
+            .filter(|c| c.entry.outcome == Outcome::Mismatch)
+            .map(|c| c.version.0)
             .collect();
-        due::remember_left_over(pool, &left_over).await?;
+        due::remember_mismatched(pool, &mismatched).await?;
     }
     for Checked { entry, .. } in checked {
         report.counts.add(entry.outcome);

@@ -1374,6 +1374,29 @@ async fn one_odd_bank_answer_leaves_its_payment_unverified_and_the_pass_goes_on(
 }
 
 #[tokio::test]
+async fn a_mismatch_a_sweep_finds_on_a_receipt_that_had_matched_stays_reported() {
+    let app = proxied(|_| {}).await;
+    let payment = app.authorized(HAPPY_CARD, 1_000).await;
+    let bank = bank_at(&proxy(&app).url, gateway::bank::RetryPolicy::default());
+    let pass = |scope| pass_with(&app, &bank, scope, true);
+    assert_eq!(pass(gateway::reconcile::Scope::Due).await.counts.matched, 1);
+
+    // The receipt does not move; the bank loses the authorization.
+    let authorization = payment["bank"]["authorization_id"].as_str().unwrap();
+    proxy(&app).inject(
+        "GET",
+        &format!("/api/v1/authorizations/{authorization}"),
+        usize::MAX,
+        Fault::Instead(Canned::bank_error(404, "not_found")),
+    );
+    let sweep = pass(gateway::reconcile::Scope::Sweep).await;
+    assert_eq!(sweep.counts.mismatch, 1, "{sweep:#?}");
+    // Every later pass reports it too, not only the next sweep an hour on.
+    let due = pass(gateway::reconcile::Scope::Due).await;
+    assert_eq!(due.counts.mismatch, 1, "{due:#?}");
+}
+
+#[tokio::test]
 async fn a_payments_version_only_moves_forward_whoever_stamps_it() {
     use gateway::domain::PaymentEvent;
 

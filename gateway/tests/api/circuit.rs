@@ -128,6 +128,46 @@ async fn refusals_are_answers_and_do_not_open_it() {
     assert_eq!(client.circuit().state(), CircuitState::Closed);
 }
 
+/// A bank without resolve (the original's) answers it with its own 404
+/// `not_found`, unmarked: no proof of anything for the payment, but proof
+/// that the bank is up. Recovery resolving a few authorizations must not
+/// open the circuit on every checkout.
+#[tokio::test]
+async fn a_bank_answering_in_its_own_words_is_up_even_when_it_proves_nothing() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/authorizations/resolve"))
+        .respond_with(
+            ResponseTemplate::new(404)
+                .set_body_json(json!({"error": "not_found", "message": "no route"})),
+        )
+        .mount(&server)
+        .await;
+    let circuit = CircuitSettings {
+        failure_threshold: 2,
+        open_for: Duration::from_secs(60),
+    };
+    let client = BankClient::new(&server.uri(), few_attempts(), 4, circuit).expect("client");
+    for i in 0..3 {
+        let outcome = client.resolve_authorization(&format!("k-{i}")).await;
+        assert!(
+            matches!(
+                outcome,
+                BankOutcome::Unknown(UnknownReason::AttemptsExhausted { .. })
+            ),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(client.circuit().state(), CircuitState::Closed);
+}
+
+fn few_attempts() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 2,
+        ..policy()
+    }
+}
+
 #[tokio::test]
 async fn after_the_open_period_one_probe_closes_it() {
     let server = MockServer::start().await;
