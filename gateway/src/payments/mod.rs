@@ -14,13 +14,16 @@
 //!
 //! A crash between A and B leaves a pending operation whose lease runs
 //! out; a retry of the key that created it, or the recovery worker
-//! (recover.rs), resumes that operation with its bank key. An operation is
+//! (recover.rs), resumes that operation with its bank key. Authorizations
+//! past their expiry are expired by a sweep that asks the bank first
+//! (expiry.rs). An operation is
 //! settled once, and its answer is stored on its key in the same
 //! transaction, whoever settles it: every later answer to the key is that
 //! one, byte for byte.
 
 mod bank_call;
 mod command;
+pub mod expiry;
 mod recover;
 mod reply;
 mod settle;

@@ -9,9 +9,6 @@ use crate::domain::OperationKind;
 use std::time::Instant;
 
 use crate::faults::{Mutant, Point};
-use crate::reconcile::ReconcileError;
-use crate::reconcile::expiry::{Expiry, expire_or_catch_up};
-use crate::store::clock;
 use crate::store::operations::{self, OperationRecord};
 use crate::store::payments;
 
@@ -19,8 +16,6 @@ use super::{Error, Gateway};
 
 /// Bank calls one recovery pass makes at once.
 const RECOVERY_CONCURRENCY: usize = 16;
-/// Authorizations due to expire asked about at the bank at once.
-const EXPIRY_CONCURRENCY: usize = 8;
 
 /// The failure code of an authorization the gateway gave up on: its answer
 /// was lost, its client did not come back with the card within the grace
@@ -124,58 +119,6 @@ impl Gateway {
             self.settle(operation, resolution, None).await?;
         }
         Ok(settled)
-    }
-
-    /// Marks authorized payments past their expiry as expired, each once
-    /// the bank was asked about it: one the bank captured or voided (at its
-    /// console, in the hold's last hours) is caught up instead, and one the
-    /// bank does not answer for waits for the next sweep. Nothing is sent
-    /// to the bank but lookups: it releases the hold itself.
-    pub async fn expire_due(&self, batch: i64) -> Result<u64, Error> {
-        let due = {
-            let mut conn = self.pool.acquire().await?;
-            payments::expired_authorizations(&mut conn, batch).await?
-        };
-        if due.is_empty() {
-            return Ok(0);
-        }
-        let as_of = clock::now(&self.pool).await?;
-        let results: Vec<Result<Expiry, ReconcileError>> =
-            stream::iter(due)
-                .map(|payment| {
-                    let gateway = self.clone();
-                    async move {
-                        expire_or_catch_up(&gateway.pool, &gateway.bank, &payment, as_of).await
-                    }
-                })
-                .buffer_unordered(EXPIRY_CONCURRENCY)
-                .collect()
-                .await;
-        let mut expired = 0u64;
-        for result in results {
-            match result {
-                Ok(Expiry::Expired) => expired += 1,
-                Ok(Expiry::CaughtUp(status)) => {
-                    metrics::counter!("gateway_bank_moved_behind_total", "operation" => "expiry")
-                        .increment(1);
-                    tracing::warn!(
-                        %status,
-                        "an authorization due to expire was moved at the bank; its receipt caught up"
-                    );
-                }
-                Ok(Expiry::Left(reason)) => {
-                    tracing::info!(%reason, "an authorization due to expire is left for the next sweep");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "an authorization due to expire was not settled")
-                }
-            }
-        }
-        if expired > 0 {
-            metrics::counter!("gateway_payments_expired_total").increment(expired);
-            tracing::info!(expired, "authorizations past their expiry marked expired");
-        }
-        Ok(expired)
     }
 
     /// How many operations are unresolved, and how many of those for longer

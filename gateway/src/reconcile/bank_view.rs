@@ -123,24 +123,33 @@ impl BankView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unseen {
     pub reason: String,
-    /// Whether the bank answered (and what it said cannot be used: a
-    /// bank without the lookups' extensions, a refusal), rather than not
-    /// answering at all.
-    pub answered: bool,
+    pub kind: UnseenKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnseenKind {
+    /// The bank did not answer.
+    Unanswered,
+    /// The bank answers without the lookups' extensions (the original
+    /// bank's GET has no `state`): it cannot say, and never will.
+    NoState,
+    /// The bank answered something this reading cannot use: a refusal of
+    /// its own lookup, a state without the id it needs, a state unknown.
+    Unreadable,
 }
 
 impl Unseen {
     fn unanswered(reason: String) -> Self {
         Self {
             reason: format!("the bank did not answer: {reason}"),
-            answered: false,
+            kind: UnseenKind::Unanswered,
         }
     }
 
     fn unreadable(reason: impl Into<String>) -> Self {
         Self {
             reason: reason.into(),
-            answered: true,
+            kind: UnseenKind::Unreadable,
         }
     }
 }
@@ -209,9 +218,10 @@ async fn state_of(bank: &BankClient, authorization: &Authorization) -> Result<Ba
         Some(other) => Err(Unseen::unreadable(format!(
             "the bank reports an unknown state {other:?}"
         ))),
-        None => Err(Unseen::unreadable(
-            "the bank does not report the authorization's state",
-        )),
+        None => Err(Unseen {
+            reason: "the bank does not report the authorization's state".to_owned(),
+            kind: UnseenKind::NoState,
+        }),
     }
 }
 

@@ -15,7 +15,7 @@ use crate::domain::{PaymentEvent, PaymentStatus};
 use crate::store::payments::PaymentRecord;
 
 use super::ReconcileError;
-use super::bank_view::{self, BankView};
+use super::bank_view::{self, BankView, Unseen, UnseenKind};
 use super::classify::{Receipt, Verdict, classify};
 use super::repair::{self, Repair};
 
@@ -23,14 +23,14 @@ use super::repair::{self, Repair};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expiry {
     /// Marked expired: the bank holds it active past its expiry, or
-    /// expired, or cannot show its state (a bank without the lookups'
+    /// expired, or never shows a state (a bank without the lookups'
     /// extensions: the receipt's own expiry decides, as the bank's would).
     Expired,
     /// The bank had captured or voided it: the receipt was brought up to
     /// the bank instead.
     CaughtUp(PaymentStatus),
-    /// Left for the next sweep: the bank did not answer, or the payment
-    /// moved since it was read.
+    /// Left for a later sweep: the bank did not answer, or answered what
+    /// cannot be read, or the payment moved since it was read.
     Left(String),
 }
 
@@ -46,8 +46,18 @@ pub async fn expire_or_catch_up(
     let receipt = Receipt::of(read);
     let view = match bank_view::fetch(bank, receipt.authorization_id.as_deref(), as_of).await {
         Ok(view) => view,
-        Err(unseen) if unseen.answered => BankView::NoAuthorization,
-        Err(unseen) => return Ok(Expiry::Left(unseen.reason)),
+        // The original bank's lookup: the receipt's own expiry decides, as
+        // it did before the gateway asked.
+        Err(Unseen {
+            kind: UnseenKind::NoState,
+            ..
+        }) => BankView::NoAuthorization,
+        // Silent, or saying something odd (captured without a capture it
+        // can show): no lapse is announced on that.
+        Err(Unseen {
+            kind: UnseenKind::Unanswered | UnseenKind::Unreadable,
+            reason,
+        }) => return Ok(Expiry::Left(reason)),
     };
     let moved_to = view
         .authorization()

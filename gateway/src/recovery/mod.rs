@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use crate::payments::Gateway;
+use crate::payments::expiry::LeftAside;
 
 #[derive(Debug, Clone, Copy)]
 pub struct RecoverySettings {
@@ -68,9 +69,10 @@ async fn report_unresolved(gateway: &Gateway, flag_after: Duration, batch: i64) 
 pub async fn expire_forever(gateway: Gateway, interval: Duration, batch: i64) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut left_aside = LeftAside::default();
     loop {
         ticker.tick().await;
-        if let Err(e) = gateway.expire_due(batch).await {
+        if let Err(e) = gateway.expire_due(batch, &mut left_aside).await {
             tracing::warn!(error = %e, "expiry sweep failed; retrying next tick");
         }
     }

@@ -167,18 +167,20 @@ pub async fn lock_by_id(
     find(conn, id, None, true).await
 }
 
-/// Authorized payments past their expiry, the longest past first;
-/// unlocked: the bank is asked about each before it is expired, and the
-/// expiry writes only over the version read.
+/// Authorized payments past their expiry, the longest past first, but
+/// those `left_aside`; unlocked: the bank is asked about each before it is
+/// expired, and the expiry writes only over the version read.
 pub async fn expired_authorizations(
     conn: &mut PgConnection,
+    left_aside: &[Uuid],
     limit: i64,
 ) -> Result<Vec<PaymentRecord>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM payments WHERE {EXPIRY_DUE} \
+        "SELECT {COLUMNS} FROM payments WHERE {EXPIRY_DUE} AND NOT (id = ANY($2)) \
          ORDER BY authorization_expires_at LIMIT $1"
     ))
     .bind(limit)
+    .bind(left_aside)
     .fetch_all(conn)
     .await
 }

@@ -1306,6 +1306,59 @@ async fn an_expiry_waits_for_a_bank_that_does_not_answer_and_not_for_one_without
 }
 
 #[tokio::test]
+async fn an_expiry_the_bank_cannot_show_is_left_aside_and_does_not_hold_up_the_others() {
+    // A batch of one: the payment the bank is odd about is at the head of
+    // the queue, every sweep.
+    let app = proxied(|s| {
+        s.expiry_sweep_interval_ms = 50;
+        s.recovery_batch = 1;
+    })
+    .await;
+    let (odd, _) = captured_behind_the_gateway(&app).await;
+    let authorization = odd["bank"]["authorization_id"].as_str().unwrap();
+    // Captured, says the bank, naming no capture: no lapse to announce,
+    // and nothing a receipt could be moved to.
+    proxy(&app).inject(
+        "GET",
+        &format!("/api/v1/authorizations/{authorization}"),
+        usize::MAX,
+        Fault::Instead(Canned::json(
+            200,
+            json!({
+                "authorization_id": authorization,
+                "status": "authorized",
+                "state": "captured",
+                "amount": 1_000,
+                "currency": "USD",
+                "expires_at": "2030-01-01T00:00:00Z",
+                "created_at": "2026-01-01T00:00:00Z",
+            }),
+        )),
+    );
+    let behind = app.authorized(HAPPY_CARD, 1_000).await;
+    let (odd_id, behind_id) = (odd["id"].as_str().unwrap(), behind["id"].as_str().unwrap());
+    sqlx::query(
+        "UPDATE payments SET authorization_expires_at = now() - interval '1 second' \
+         WHERE id = ANY($1)",
+    )
+    .bind(vec![uuid_of(odd_id), uuid_of(behind_id)])
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE payments SET authorization_expires_at = now() - interval '1 hour' WHERE id = $1",
+    )
+    .bind(uuid_of(odd_id))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    app.eventually(behind_id, |p| p["status"] == "expired")
+        .await;
+    assert_eq!(app.payment(odd_id).await["status"], "authorized");
+}
+
+#[tokio::test]
 async fn an_authorizations_answer_shows_its_expiry_as_it_is_stored() {
     let app = proxied(|_| {}).await;
     // The original bank writes its times with nanoseconds; Postgres keeps
