@@ -117,6 +117,19 @@ pub enum Error {
     Invariant(&'static str),
 }
 
+/// An expiry settled with the bank (`reconcile::expiry`) fails as its
+/// database or its repair does.
+impl From<crate::reconcile::ReconcileError> for Error {
+    fn from(e: crate::reconcile::ReconcileError) -> Self {
+        use crate::reconcile::ReconcileError as R;
+        match e {
+            R::Database(e) => Self::Database(e),
+            R::Repair(e) => e.into(),
+            R::TurnLost(_) => Self::Invariant("an expiry lost a reconciliation turn it never held"),
+        }
+    }
+}
+
 /// A refused move here is the gateway's bug; a database error moving a
 /// payment is the database's, and stays one (a 503, retryable), not a 500.
 impl From<TransitionError> for Error {

@@ -11,6 +11,8 @@ use std::time::Instant;
 use crate::domain::{Amount, IdempotencyKey, MerchantId, PaymentEvent, PaymentId, transition};
 use crate::faults::Mutant;
 use crate::idempotency::{self, ClaimError, Fingerprint, KeyRecord, StoredResponse};
+use crate::reconcile::expiry::{Expiry, expire_or_catch_up};
+use crate::store::clock;
 use crate::store::operations::{self, OperationRecord};
 use crate::store::payments::TransitionError;
 use crate::store::payments::{self, BankFacts, Found, History, PaymentRecord};
@@ -23,6 +25,9 @@ use super::{Error, Gateway};
 /// How many times a new key is tried when another request with the same
 /// key inserts it first; then the key is simply in use.
 const KEY_RACES: usize = 2;
+/// The `Retry-After` of an operation on an authorization past its expiry
+/// that the bank would not settle (silent, or odd about it).
+const EXPIRY_UNSETTLED_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What tx A decided.
 pub(super) enum Start {
@@ -117,7 +122,22 @@ impl Gateway {
                 let own = ours(&record);
                 return self.resume(merchant, key, fingerprint, record, own).await;
             }
-            let found = payments::read_for_operation(&mut conn, merchant, payment_id).await?;
+            let mut found = payments::read_for_operation(&mut conn, merchant, payment_id).await?;
+            if let Some(due) = found.as_ref().filter(|found| found.expiry_due) {
+                // No connection is held while the bank answers.
+                drop(conn);
+                let settled = self.expire_with_the_bank(&due.payment).await;
+                conn = self.pool.acquire().await?;
+                if let Err(e) = settled {
+                    // A key already used answers as itself, not with this.
+                    if let Some(record) = idempotency::read(&mut conn, merchant, key).await? {
+                        drop(conn);
+                        return self.resume(merchant, key, fingerprint, record, None).await;
+                    }
+                    return Err(e);
+                }
+                found = payments::read_for_operation(&mut conn, merchant, payment_id).await?;
+            }
             let found = match operable(found, amount) {
                 Ok(found) => found,
                 Err(refusal) if self.faults.mutant(Mutant::RefusalBeforeStoredAnswer) => {
@@ -227,6 +247,26 @@ impl Gateway {
             known: Some((started.payment, history)),
             leased_at,
         }))))
+    }
+
+    /// An authorization found past its expiry is expired only once the
+    /// bank was asked about it, as the sweeper does: its console may have
+    /// captured or voided it in the hold's last hours, and an operation's
+    /// answer must not announce a lapse for money the bank took. Caught up
+    /// (or expired) here, the payment is then judged as the bank left it.
+    /// A bank that is silent or odd about it leaves nothing to judge by:
+    /// 503, nothing stored, retry.
+    async fn expire_with_the_bank(&self, payment: &PaymentRecord) -> Result<(), Error> {
+        let as_of = clock::now(&self.pool).await?;
+        match expire_or_catch_up(&self.pool, &self.bank, payment, as_of).await? {
+            Expiry::Expired | Expiry::CaughtUp(_) => Ok(()),
+            Expiry::Left(reason) => {
+                tracing::info!(payment_id = %payment.payment_id(), %reason, "an operation on an authorization past its expiry waits for the bank");
+                Err(Error::BankUnavailable {
+                    retry_after: EXPIRY_UNSETTLED_RETRY_AFTER,
+                })
+            }
+        }
     }
 
     /// Tx A for a new key, the general path: locks the payment, expires an

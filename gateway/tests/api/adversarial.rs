@@ -1249,6 +1249,50 @@ async fn an_authorization_the_bank_captured_in_its_last_hours_is_caught_up_not_e
 }
 
 #[tokio::test]
+async fn an_operation_on_an_authorization_past_its_expiry_asks_the_bank_before_expiring_it() {
+    // The sweeper is slow here: the operation meets the expiry first.
+    let app = proxied(|s| s.expiry_sweep_interval_ms = 3_600_000).await;
+    let (payment, capture) = captured_behind_the_gateway(&app).await;
+    let lapsed = app.authorized(HAPPY_CARD, 1_000).await;
+    let (id, lapsed_id) = (
+        payment["id"].as_str().unwrap(),
+        lapsed["id"].as_str().unwrap(),
+    );
+    sqlx::query(
+        "UPDATE payments SET authorization_expires_at = now() - interval '1 second' \
+         WHERE id = ANY($1)",
+    )
+    .bind(vec![uuid_of(id), uuid_of(lapsed_id)])
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    // The bank captured one at its console: the void meets a captured
+    // payment, not a lapse.
+    let void = app.act(id, "void").await;
+    let error = assert_error(
+        void,
+        StatusCode::CONFLICT,
+        "invalid_request_error",
+        "invalid_state",
+    )
+    .await;
+    assert_eq!(error["error"]["payment_id"], id);
+    let caught_up = app.payment(id).await;
+    assert_eq!(caught_up["status"], "captured", "{caught_up}");
+    assert_eq!(caught_up["bank"]["capture_id"], capture["capture_id"]);
+    // The other one's hold did lapse.
+    assert_error(
+        app.act(lapsed_id, "capture").await,
+        StatusCode::CONFLICT,
+        "invalid_request_error",
+        "authorization_expired",
+    )
+    .await;
+    assert_eq!(app.payment(lapsed_id).await["status"], "expired");
+}
+
+#[tokio::test]
 async fn an_expiry_waits_for_a_bank_that_does_not_answer_and_not_for_one_without_extensions() {
     let app = proxied(|s| s.expiry_sweep_interval_ms = 50).await;
     let silent = app.authorized(HAPPY_CARD, 1_000).await;
