@@ -30,17 +30,17 @@ pub struct PaymentView {
     pub bank: BankIdsView,
     /// Until when an authorization may be captured or voided; past it the
     /// bank releases the hold and the payment becomes `expired`.
-    #[schema(example = "2030-01-08T12:00:00Z")]
+    #[schema(example = "2030-01-08T12:00:00.000000Z")]
     #[serde(serialize_with = "crate::domain::timestamp::serialize_option")]
     pub authorization_expires_at: Option<DateTime<Utc>>,
     /// Why it was declined or failed; `null` otherwise.
     pub failure: Option<FailureView>,
     /// Every status the payment went through, oldest first.
     pub history: Vec<HistoryEntry>,
-    #[schema(example = "2030-01-01T12:00:00Z")]
+    #[schema(example = "2030-01-01T12:00:00.000000Z")]
     #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
-    #[schema(example = "2030-01-01T12:00:01Z")]
+    #[schema(example = "2030-01-01T12:00:01.000000Z")]
     #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub updated_at: DateTime<Utc>,
 }
@@ -83,7 +83,7 @@ pub struct FailureView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HistoryEntry {
     pub status: PaymentStatus,
-    #[schema(example = "2030-01-01T12:00:01Z")]
+    #[schema(example = "2030-01-01T12:00:01.000000Z")]
     #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub at: DateTime<Utc>,
 }

@@ -80,7 +80,8 @@ pub enum Fault {
     After(Canned),
     /// Forward, and answer this instead only if the bank did the work (it
     /// answered 2xx); any other answer passes: a refusal the bank would
-    /// give a retry of work it did, never one it did not do.
+    /// give a retry of work it did, never one it did not do. Its `every`
+    /// counts the bank's successes, not the requests.
     AfterSuccess(Canned),
 }
 
@@ -202,17 +203,42 @@ impl BankProxy {
 }
 
 /// The first rule that acts on this request, counted down. A rule that
-/// lets this request pass (not its turn) still counts it.
+/// lets this request pass (not its turn) still counts it. Rules that act
+/// only on work the bank did are counted once its answer says so
+/// ([`take_success_turn`]).
 fn take_rule(state: &ProxyState, method: &str, path: &str) -> Option<Fault> {
+    let mut rules = lock(&state.rules);
+    for rule in rules.iter_mut().filter(|rule| {
+        rule.times > 0
+            && rule.method == method
+            && rule.path == path
+            && !matches!(rule.fault, Fault::AfterSuccess(_))
+    }) {
+        rule.seen += 1;
+        if rule.seen % rule.every == 0 {
+            rule.times -= 1;
+            return Some(rule.fault.clone());
+        }
+    }
+    None
+}
+
+/// The answer that replaces a successful one, if this success is an
+/// `AfterSuccess` rule's turn: every `every`-th success, whatever the
+/// declines and failures between them.
+fn take_success_turn(state: &ProxyState, method: &str, path: &str) -> Option<Canned> {
     let mut rules = lock(&state.rules);
     for rule in rules
         .iter_mut()
         .filter(|rule| rule.times > 0 && rule.method == method && rule.path == path)
     {
+        let Fault::AfterSuccess(answer) = &rule.fault else {
+            continue;
+        };
         rule.seen += 1;
         if rule.seen % rule.every == 0 {
             rule.times -= 1;
-            return Some(rule.fault.clone());
+            return Some(answer.clone());
         }
     }
     None
@@ -261,11 +287,20 @@ async fn forward(req: HttpRequest, body: Bytes, state: Data<ProxyState>) -> Http
     let answer = relay(&req, body, key, &state).await;
     match fault {
         Some(Fault::After(lost)) => canned(&lost),
-        Some(Fault::AfterSuccess(lost)) if answer.status().is_success() => {
-            lock(&state.log)[index].rewritten = true;
-            canned(&lost)
+        Some(Fault::AfterSuccess(_) | Fault::Instead(_)) | None => {
+            let rewrite = answer
+                .status()
+                .is_success()
+                .then(|| take_success_turn(&state, req.method().as_str(), req.path()))
+                .flatten();
+            match rewrite {
+                Some(lost) => {
+                    lock(&state.log)[index].rewritten = true;
+                    canned(&lost)
+                }
+                None => answer,
+            }
         }
-        Some(Fault::AfterSuccess(_) | Fault::Instead(_)) | None => answer,
     }
 }
 
