@@ -22,7 +22,8 @@ ALTER TABLE reconciled_payments
 -- A move of a payment older than the window marks it. The trigger's WHEN
 -- is evaluated without calling the function, so the payment path pays
 -- nothing for the young payments that make nearly all of its moves. The
--- day is the server's window (`reconcile::DEFAULT_WINDOW`).
+-- server's window is a day (`reconcile::DEFAULT_WINDOW`); 23 hours leaves
+-- an hour for the passes between a move and the payment leaving it.
 CREATE FUNCTION payments_mark_late_move() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -37,5 +38,5 @@ $$;
 CREATE TRIGGER payments_late_move
     AFTER UPDATE OF status ON payments
     FOR EACH ROW
-    WHEN (OLD.status IS DISTINCT FROM NEW.status AND OLD.created_at < now() - interval '1 day')
+    WHEN (OLD.status IS DISTINCT FROM NEW.status AND OLD.created_at < now() - interval '23 hours')
     EXECUTE FUNCTION payments_mark_late_move();

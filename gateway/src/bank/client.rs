@@ -222,6 +222,22 @@ impl Operation {
         }
     }
 
+    /// Whether it only asks (a GET, or resolve's question about a key):
+    /// nothing of a payment's money moves on it.
+    fn is_lookup(self) -> bool {
+        match self {
+            Operation::Authorize | Operation::Capture | Operation::Void | Operation::Refund => {
+                false
+            }
+            Operation::ResolveAuthorization
+            | Operation::FindAuthorization
+            | Operation::GetAuthorization
+            | Operation::GetCapture
+            | Operation::GetVoid
+            | Operation::GetRefund => true,
+        }
+    }
+
     fn method(self) -> Method {
         match self {
             Operation::Authorize
@@ -246,11 +262,11 @@ enum AttemptResult {
     Http4xx,
     /// A 4xx the bank's contract does not list for the operation.
     Undocumented4xx,
-    /// A refusal in the bank's own words (one of its error codes) that
-    /// proves nothing for this operation: an unmarked `not_found` to a
-    /// resolve, a code listed only for other operations. Retried like any
-    /// transient failure, but the bank answered: it is up, and the circuit
-    /// does not count it.
+    /// A lookup refused in the bank's own words (one of its error codes)
+    /// in a way that proves nothing: an unmarked `not_found` to a resolve
+    /// the bank does not serve. Retried like any transient failure; the
+    /// circuit counts it neither as a failure (the bank answered) nor as
+    /// a success.
     UnprovenRefusal,
     Timeout,
     Connect,
@@ -643,12 +659,14 @@ impl BankClient {
                 Attempt::Transient { result, status, .. } => (*result, status.map(|s| s.as_u16())),
             };
             match &verdict {
-                Attempt::Done(_)
-                | Attempt::Refused(_)
-                | Attempt::Transient {
+                Attempt::Done(_) | Attempt::Refused(_) => admission.success(),
+                // Neither way: the bank answered, but a bank that answers
+                // every path so (a base URL that routes nowhere) must still
+                // open the circuit on the money movements it refuses.
+                Attempt::Transient {
                     result: AttemptResult::UnprovenRefusal,
                     ..
-                } => admission.success(),
+                } => admission.not_sent(),
                 Attempt::Transient { .. } => admission.transient_failure(),
             }
             metrics::counter!(
@@ -894,7 +912,7 @@ impl BankClient {
         status: StatusCode,
         body: &[u8],
     ) -> Attempt<T> {
-        let is_lookup = matches!(
+        let is_resolve = matches!(
             op,
             Operation::ResolveAuthorization | Operation::FindAuthorization
         );
@@ -903,7 +921,7 @@ impl BankClient {
             || (status.is_server_error()
                 && op == Operation::Authorize
                 && self.faults.mutant(Mutant::ServerErrorIsDecline))
-            || (is_lookup
+            || (is_resolve
                 && status == StatusCode::NOT_FOUND
                 && self.faults.mutant(Mutant::UnmarkedNotFoundIsNothing));
         if refused_anyway {
@@ -933,10 +951,16 @@ fn classify<T: DeserializeOwned>(op: Operation, status: StatusCode, body: &[u8])
         if is_documented(op, refusal.status, &refusal.code) && vouched_for(op, body) {
             Attempt::Refused(refusal)
         } else {
-            let result = if matches!(refusal.code, BankErrorCode::Other(_)) {
-                AttemptResult::Undocumented4xx
-            } else {
+            // A lookup the bank answers in its own words (an unmarked
+            // `not_found` to a resolve it does not serve) shows it up. A
+            // money movement refused so still counts toward the circuit: a
+            // bank that refuses every one (a base URL that routes nowhere)
+            // must open it, not answer every checkout 202.
+            let in_its_own_words = !matches!(refusal.code, BankErrorCode::Other(_));
+            let result = if in_its_own_words && op.is_lookup() {
                 AttemptResult::UnprovenRefusal
+            } else {
+                AttemptResult::Undocumented4xx
             };
             Attempt::Transient {
                 result,
@@ -1198,10 +1222,12 @@ mod tests {
             (Operation::FindAuthorization, 404, error("not_found")),
         ];
         for (op, status, body) in unknown {
-            // In the bank's own words (one of its codes), the bank is up.
-            let expected = if serde_json::from_slice::<ErrorBody>(&body)
-                .is_ok_and(|b| !matches!(BankErrorCode::parse(&b.error), BankErrorCode::Other(_)))
-            {
+            // A lookup answered in the bank's own words (one of its codes):
+            // the bank is up.
+            let expected = if op.is_lookup()
+                && serde_json::from_slice::<ErrorBody>(&body).is_ok_and(|b| {
+                    !matches!(BankErrorCode::parse(&b.error), BankErrorCode::Other(_))
+                }) {
                 AttemptResult::UnprovenRefusal
             } else {
                 AttemptResult::Undocumented4xx

@@ -116,6 +116,8 @@ impl Gateway {
                     );
                     "caught_up"
                 }
+                // Another sweep or an operation got there first.
+                Ok(Expiry::Moved) => "moved",
                 Ok(Expiry::Left(reason)) => {
                     left_aside.leave(id);
                     tracing::info!(%payment_id, %reason, "an authorization due to expire is left aside for a while");

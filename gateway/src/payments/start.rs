@@ -8,10 +8,10 @@
 
 use std::time::Instant;
 
-use crate::domain::{Amount, IdempotencyKey, MerchantId, PaymentEvent, PaymentId, transition};
+use crate::domain::{Amount, IdempotencyKey, MerchantId, PaymentId, transition};
 use crate::faults::Mutant;
 use crate::idempotency::{self, ClaimError, Fingerprint, KeyRecord, StoredResponse};
-use crate::reconcile::expiry::{Expiry, expire_or_catch_up};
+use crate::reconcile::expiry::{Expiry, expire_by_the_receipt, expire_or_catch_up};
 use crate::store::clock;
 use crate::store::operations::{self, OperationRecord};
 use crate::store::payments::TransitionError;
@@ -23,8 +23,10 @@ use super::reply::{self, Reply, render};
 use super::{Error, Gateway};
 
 /// How many times a new key is tried when another request with the same
-/// key inserts it first; then the key is simply in use.
-const KEY_RACES: usize = 2;
+/// key inserts it first (or the payment reached its expiry between the
+/// read and the start, and the bank must be asked first); then the key is
+/// simply in use.
+const KEY_RACES: usize = 3;
 /// The `Retry-After` of an operation on an authorization past its expiry
 /// that the bank would not settle (silent, or odd about it).
 const EXPIRY_UNSETTLED_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -203,9 +205,9 @@ impl Gateway {
     /// The usual case, in one batched statement: the payment as read can
     /// take the operation, so the statement puts it in flight (if it is
     /// still as read), records the operation and claims the key. `None`
-    /// when it did not (the payment moved meanwhile, the key appeared), and
-    /// for what only the locked path does: expire an authorization first,
-    /// or store a refusal on the key.
+    /// when it did not (the payment moved or reached its expiry meanwhile,
+    /// the key appeared), and for what only the locked path does: store a
+    /// refusal on the key.
     async fn start_in_one_statement(
         &self,
         new: &New<'_>,
@@ -256,10 +258,17 @@ impl Gateway {
     /// (or expired) here, the payment is then judged as the bank left it.
     /// A bank that is silent or odd about it leaves nothing to judge by:
     /// 503, nothing stored, retry.
+    /// With the circuit open the bank is not asked: the receipt's own
+    /// expiry decides, and the operation is answered as it always was.
     async fn expire_with_the_bank(&self, payment: &PaymentRecord) -> Result<(), Error> {
-        let as_of = clock::now(&self.pool).await?;
-        match expire_or_catch_up(&self.pool, &self.bank, payment, as_of).await? {
-            Expiry::Expired | Expiry::CaughtUp(_) => Ok(()),
+        let settled = if self.bank.circuit().check().is_err() {
+            expire_by_the_receipt(&self.pool, payment).await?
+        } else {
+            let as_of = clock::now(&self.pool).await?;
+            expire_or_catch_up(&self.pool, &self.bank, payment, as_of).await?
+        };
+        match settled {
+            Expiry::Expired | Expiry::CaughtUp(_) | Expiry::Moved => Ok(()),
             Expiry::Left(reason) => {
                 tracing::info!(payment_id = %payment.payment_id(), %reason, "an operation on an authorization past its expiry waits for the bank");
                 Err(Error::BankUnavailable {
@@ -269,10 +278,10 @@ impl Gateway {
         }
     }
 
-    /// Tx A for a new key, the general path: locks the payment, expires an
-    /// authorization past its expiry, checks the state machine, and
-    /// records the operation with the key, or the refusal on the key.
-    /// `None` if the key appeared meanwhile (nothing is committed then).
+    /// Tx A for a new key, the general path: locks the payment, checks the
+    /// state machine, and records the operation with the key, or the
+    /// refusal on the key. `None` if the key appeared meanwhile, or the
+    /// payment reached its expiry (nothing is committed then).
     async fn begin(
         &self,
         new: New<'_>,
@@ -296,14 +305,13 @@ impl Gateway {
         } else {
             payment
         };
-        // An authorization past its expiry is expired first, so that capture
-        // and void answer `authorization_expired` without calling the bank.
-        let payment = if expiry_due {
-            let expired = PaymentEvent::AuthorizationExpired;
-            payments::apply(&mut tx, &payment, expired, &BankFacts::default()).await?
-        } else {
-            payment
-        };
+        // An authorization that reached its expiry since it was read is
+        // not expired here, without the bank: the next race asks the bank
+        // first (`expire_with_the_bank`). Nothing was written.
+        if expiry_due {
+            tx.rollback().await?;
+            return Ok(None);
+        }
         let requested = action.requested();
         let start = match payments::apply(&mut tx, &payment, requested, &BankFacts::default()).await
         {

@@ -1,7 +1,8 @@
 //! Which payments a pass reads, and what it remembers of those that matched.
 //!
 //! A receipt found matching the bank is remembered by the `updated_at` it
-//! had then (`reconciled_payments`, a table apart from the payment path's). It is due again when it has
+//! had then (`reconciled_payments`, a table apart from the payment path's,
+//! which writes it only when it moves a payment older than a day). It is due again when it has
 //! moved since, and never stops being due while it does not match (a
 //! mismatch, an unverified one, one in flight). Terminal receipts that
 //! matched are not asked about again; receipts the bank can still move on
@@ -162,9 +163,28 @@ pub async fn remember_mismatched(pool: &PgPool, ids: &[Uuid]) -> Result<u64, sql
     Ok(written.rows_affected())
 }
 
+/// Drops the late-move marks of these receipts (not a mismatch's).
+pub async fn forget_late_moves(pool: &PgPool, ids: &[Uuid]) -> Result<u64, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let forgotten = sqlx::query(
+        "UPDATE reconciled_payments SET left_over = NULL \
+         WHERE payment_id = ANY($1) AND left_over = 'moved_late'",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await?;
+    Ok(forgotten.rows_affected())
+}
+
 /// Remembers these receipts as matching the bank, each by the `updated_at`
 /// it was read with: one that moved meanwhile stays due. Rows already
-/// remembered as they are are not written again.
+/// remembered as they are are not written again. A payment locked by a
+/// move in progress is skipped (it stays due): read under its lock, its
+/// committed version is the one compared, so a move after its first day
+/// cannot have its mark cleared by a match of the version before it, and
+/// no lock is waited for (nor taken in another order than the move's).
 pub async fn remember_matched(
     pool: &PgPool,
     matched: &[(Uuid, DateTime<Utc>)],
@@ -178,6 +198,7 @@ pub async fn remember_matched(
          SELECT m.id, m.updated_at \
          FROM unnest($1::uuid[], $2::timestamptz[]) AS m(id, updated_at) \
          JOIN payments p ON p.id = m.id AND p.updated_at = m.updated_at \
+         ORDER BY p.id FOR SHARE OF p SKIP LOCKED \
          ON CONFLICT (payment_id) DO UPDATE \
            SET matched_updated_at = excluded.matched_updated_at, left_over = NULL \
          WHERE reconciled_payments.matched_updated_at IS DISTINCT FROM excluded.matched_updated_at \

@@ -30,8 +30,11 @@ pub enum Expiry {
     /// the bank instead.
     CaughtUp(PaymentStatus),
     /// Left for a later sweep: the bank did not answer, or answered what
-    /// cannot be read, or the payment moved since it was read.
+    /// cannot be read.
     Left(String),
+    /// The payment moved since it was read (an operation, another sweep):
+    /// nothing written; it is to be read again.
+    Moved,
 }
 
 /// Asks the bank about `read`, an authorized payment past its expiry read
@@ -80,8 +83,20 @@ pub async fn expire_or_catch_up(
     };
     match repair::apply(pool, read, &events, &view).await? {
         Repair::Applied => Ok(outcome),
-        Repair::Moved(_) => Ok(Expiry::Left(
-            "it moved since it was read; the next sweep looks again".to_owned(),
-        )),
+        Repair::Moved(_) => Ok(Expiry::Moved),
+    }
+}
+
+/// Expires `read` by its own expiry, without the bank: for an operation
+/// that meets the expiry while the bank's circuit is open (it cannot be
+/// asked, and the operation is answered as it always was).
+pub async fn expire_by_the_receipt(
+    pool: &PgPool,
+    read: &PaymentRecord,
+) -> Result<Expiry, ReconcileError> {
+    let events = [PaymentEvent::AuthorizationExpired];
+    match repair::apply(pool, read, &events, &BankView::NoAuthorization).await? {
+        Repair::Applied => Ok(Expiry::Expired),
+        Repair::Moved(_) => Ok(Expiry::Moved),
     }
 }

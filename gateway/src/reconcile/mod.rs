@@ -68,6 +68,7 @@ use crate::faults::Mutant;
 use crate::store::clock;
 use crate::store::payments::{self, PaymentRecord, TransitionError};
 
+use bank_view::UnseenKind;
 use repair::Repair;
 
 pub use classify::{Receipt, Verdict, classify, forward_path};
@@ -316,6 +317,14 @@ async fn check_page(
             .map(|c| c.version.0)
             .collect();
         due::remember_mismatched(pool, &mismatched).await?;
+        // A late move the bank can never show is asked about once, not by
+        // every pass for good.
+        let unverifiable: Vec<Uuid> = checked
+            .iter()
+            .filter(|c| c.unverifiable)
+            .map(|c| c.version.0)
+            .collect();
+        due::forget_late_moves(pool, &unverifiable).await?;
     }
     for Checked { entry, .. } in checked {
         report.counts.add(entry.outcome);
@@ -374,6 +383,9 @@ const LOOKS_PER_PAYMENT: usize = 3;
 struct Checked {
     entry: Entry,
     version: (Uuid, DateTime<Utc>),
+    /// The bank never shows what this would need (a bank without the
+    /// lookups' extensions): asking again will not verify it either.
+    unverifiable: bool,
 }
 
 /// Asks the bank about one payment and acts on the verdict. A receipt
@@ -394,13 +406,25 @@ async fn check(
     for _ in 0..LOOKS_PER_PAYMENT {
         let receipt = Receipt::of(&record);
         let version = (record.id, record.updated_at);
-        let done = |entry| Ok(Checked { entry, version });
+        let done = |entry| {
+            Ok(Checked {
+                entry,
+                version,
+                unverifiable: false,
+            })
+        };
         if receipt.status.is_in_flight() && !judges_in_flight {
             return done(entry(payment_id, &receipt, "not asked", Verdict::InFlight));
         }
         let view = match bank_view::fetch(bank, receipt.authorization_id.as_deref(), as_of).await {
             Ok(view) => view,
-            Err(unseen) => return done(unverified(payment_id, &receipt, unseen.reason)),
+            Err(unseen) => {
+                return Ok(Checked {
+                    unverifiable: unseen.kind == UnseenKind::NoState,
+                    entry: unverified(payment_id, &receipt, unseen.reason),
+                    version,
+                });
+            }
         };
         let verdict = if judges_in_flight {
             classify::compare(&receipt, &view)
@@ -428,6 +452,7 @@ async fn check(
     Ok(Checked {
         entry: unverified(payment_id, &Receipt::of(&record), reason.to_owned()),
         version: (record.id, record.updated_at),
+        unverifiable: false,
     })
 }
 

@@ -591,6 +591,47 @@ async fn a_payment_moved_after_its_first_day_is_compared_with_the_bank() {
 }
 
 #[tokio::test]
+async fn a_match_of_the_version_before_a_late_move_does_not_clear_its_mark() {
+    let app = app().await;
+    let id = app.authorized(HAPPY_CARD, 1_000).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let version: chrono::DateTime<Utc> = sqlx::query_scalar(
+        "UPDATE payments SET created_at = now() - interval '3 days' WHERE id = $1 \
+         RETURNING updated_at",
+    )
+    .bind(uuid_of(&id))
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    // A pass matched that version; meanwhile the payment moves (a capture
+    // starting, not committed yet when the pass remembers its match).
+    let mut moving = app.pool.begin().await.unwrap();
+    sqlx::query("UPDATE payments SET status = 'capturing' WHERE id = $1")
+        .bind(uuid_of(&id))
+        .execute(&mut *moving)
+        .await
+        .unwrap();
+    let remembered = tokio::spawn({
+        let pool = app.pool.clone();
+        let uuid = uuid_of(&id);
+        async move { due::remember_matched(&pool, &[(uuid, version)]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    moving.commit().await.unwrap();
+    remembered.await.unwrap().unwrap();
+
+    let mark: Option<String> =
+        sqlx::query_scalar("SELECT left_over FROM reconciled_payments WHERE payment_id = $1")
+            .bind(uuid_of(&id))
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(mark.as_deref(), Some("moved_late"));
+}
+
+#[tokio::test]
 async fn a_receipt_that_moves_while_it_is_checked_stays_due() {
     let app = app().await;
     let id = authorized_id(&app).await;
