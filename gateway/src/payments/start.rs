@@ -23,10 +23,9 @@ use super::reply::{self, Reply, render};
 use super::{Error, Gateway};
 
 /// How many times a new key is tried when another request with the same
-/// key inserts it first (or the payment reached its expiry between the
-/// read and the start, and the bank must be asked first); then the key is
-/// simply in use.
-const KEY_RACES: usize = 3;
+/// key inserts it first (or the payment is past its expiry and is judged
+/// again once the bank was asked about it); then the key is simply in use.
+const KEY_RACES: usize = 4;
 /// The `Retry-After` of an operation on an authorization past its expiry
 /// that the bank would not settle (silent, or odd about it).
 const EXPIRY_UNSETTLED_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -108,9 +107,14 @@ impl Gateway {
         // One identity for every try: a key naming it was written by this
         // request, whatever the database's reply said.
         let identity = operations::new_identity(action.kind());
-        let leased_at = Instant::now();
-        let ours =
-            |record: &KeyRecord| (record.operation_id == Some(identity.0)).then_some(leased_at);
+        let operation_id = identity.0;
+        let ours = |leased_at: Instant| {
+            move |record: &KeyRecord| {
+                (record.operation_id == Some(operation_id)).then_some(leased_at)
+            }
+        };
+        let mut leased_at = Instant::now();
+        let mut asked_the_bank = false;
         for race in 0..KEY_RACES {
             let mut conn = self.pool.acquire().await?;
             // A new key is the usual case, and the start claims a key only
@@ -121,25 +125,10 @@ impl Gateway {
                 && let Some(record) = idempotency::read(&mut conn, merchant, key).await?
             {
                 drop(conn);
-                let own = ours(&record);
+                let own = ours(leased_at)(&record);
                 return self.resume(merchant, key, fingerprint, record, own).await;
             }
-            let mut found = payments::read_for_operation(&mut conn, merchant, payment_id).await?;
-            if let Some(due) = found.as_ref().filter(|found| found.expiry_due) {
-                // No connection is held while the bank answers.
-                drop(conn);
-                let settled = self.expire_with_the_bank(&due.payment).await;
-                conn = self.pool.acquire().await?;
-                if let Err(e) = settled {
-                    // A key already used answers as itself, not with this.
-                    if let Some(record) = idempotency::read(&mut conn, merchant, key).await? {
-                        drop(conn);
-                        return self.resume(merchant, key, fingerprint, record, None).await;
-                    }
-                    return Err(e);
-                }
-                found = payments::read_for_operation(&mut conn, merchant, payment_id).await?;
-            }
+            let found = payments::read_for_operation(&mut conn, merchant, payment_id).await?;
             let found = match operable(found, amount) {
                 Ok(found) => found,
                 Err(refusal) if self.faults.mutant(Mutant::RefusalBeforeStoredAnswer) => {
@@ -153,6 +142,24 @@ impl Gateway {
                     return Err(refusal);
                 }
             };
+            if found.expiry_due && !asked_the_bank {
+                asked_the_bank = true;
+                // No connection is held while the bank answers.
+                drop(conn);
+                if let Err(e) = self.expire_with_the_bank(&found.payment).await {
+                    // A key already used answers as itself, not with this.
+                    let mut conn = self.pool.acquire().await?;
+                    if let Some(record) = idempotency::read(&mut conn, merchant, key).await? {
+                        drop(conn);
+                        return self.resume(merchant, key, fingerprint, record, None).await;
+                    }
+                    return Err(e);
+                }
+                // The payment is judged again as the bank left it; the
+                // lease this request may write starts after the lookup.
+                leased_at = Instant::now();
+                continue;
+            }
             // With the circuit open, only an operation that would call the
             // bank is refused (503, nothing stored): one the state machine
             // refuses, or that expiry answers, is answered as always, and a
@@ -194,7 +201,7 @@ impl Gateway {
                 Ok(None) => {}
                 Err(e) => {
                     return self
-                        .unanswered(merchant, key, fingerprint, ours, Some(e))
+                        .unanswered(merchant, key, fingerprint, ours(leased_at), Some(e))
                         .await;
                 }
             }
