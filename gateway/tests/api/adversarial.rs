@@ -1078,6 +1078,37 @@ async fn a_stopping_gateway_keeps_the_lease_of_a_call_still_open_at_the_bank() {
 /// An authorized payment whose authorization the bank then captured
 /// behind the gateway (as its console would): the payment as the gateway
 /// answered it, and the bank's capture.
+/// Moves these payments' authorizations past their expiry, in the
+/// gateway's receipt only (the bank's hold lasts its week).
+async fn lapse(app: &TestApp, ids: &[&str]) {
+    sqlx::query(
+        "UPDATE payments SET authorization_expires_at = now() - interval '1 second' \
+         WHERE id = ANY($1)",
+    )
+    .bind(ids.iter().map(|id| uuid_of(id)).collect::<Vec<_>>())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+}
+
+/// The bank's lookup of `authorization` ($10.00), with the extension's
+/// `state` if given (the original bank's lookup has none), and nothing
+/// else: no capture or void id.
+fn looked_up(authorization: &Value, state: Option<&str>) -> Value {
+    let mut lookup = json!({
+        "authorization_id": authorization,
+        "status": "authorized",
+        "amount": 1_000,
+        "currency": "USD",
+        "expires_at": "2030-01-01T00:00:00Z",
+        "created_at": "2026-01-01T00:00:00Z",
+    });
+    if let Some(state) = state {
+        lookup["state"] = json!(state);
+    }
+    lookup
+}
+
 async fn captured_behind_the_gateway(app: &TestApp) -> (Value, Value) {
     let payment = app.authorized(HAPPY_CARD, 1_000).await;
     let capture = app
@@ -1135,14 +1166,7 @@ async fn a_bank_lookup_without_its_state_is_no_proof_the_bank_did_the_other_thin
     let authorization = payment["bank"]["authorization_id"].as_str().unwrap();
     // A bank without the lookup's extensions (the original's): no state, no
     // capture or void id, although the authorization was captured.
-    let bare = json!({
-        "authorization_id": authorization,
-        "status": "authorized",
-        "amount": 1_000,
-        "currency": "USD",
-        "expires_at": "2030-01-01T00:00:00Z",
-        "created_at": "2026-01-01T00:00:00Z",
-    });
+    let bare = looked_up(&json!(authorization), None);
     proxy(&app).inject(
         "GET",
         &format!("/api/v1/authorizations/{authorization}"),
@@ -1196,14 +1220,7 @@ async fn a_payment_the_bank_moved_is_not_expired_while_its_receipt_catches_up() 
     // Both it and an untouched payment reach their authorization's expiry.
     let untouched = app.authorized(HAPPY_CARD, 1_000).await;
     let untouched_id = untouched["id"].as_str().unwrap();
-    sqlx::query(
-        "UPDATE payments SET authorization_expires_at = now() - interval '1 second' \
-         WHERE id = ANY($1)",
-    )
-    .bind(vec![uuid_of(id), uuid_of(untouched_id)])
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    lapse(&app, &[id, untouched_id]).await;
     app.eventually(untouched_id, |p| p["status"] == "expired")
         .await;
     // The bank captured it: its hold did not lapse, it was taken.
@@ -1230,14 +1247,7 @@ async fn an_authorization_the_bank_captured_in_its_last_hours_is_caught_up_not_e
     let id = payment["id"].as_str().unwrap();
     let untouched = app.authorized(HAPPY_CARD, 1_000).await;
     let untouched_id = untouched["id"].as_str().unwrap();
-    sqlx::query(
-        "UPDATE payments SET authorization_expires_at = now() - interval '1 second' \
-         WHERE id = ANY($1)",
-    )
-    .bind(vec![uuid_of(id), uuid_of(untouched_id)])
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    lapse(&app, &[id, untouched_id]).await;
 
     // "Expired" is a claim about the bank's hold: the sweeper asks the
     // bank first, and announces no lapse for money the bank took.
@@ -1258,14 +1268,7 @@ async fn an_operation_on_an_authorization_past_its_expiry_asks_the_bank_before_e
         payment["id"].as_str().unwrap(),
         lapsed["id"].as_str().unwrap(),
     );
-    sqlx::query(
-        "UPDATE payments SET authorization_expires_at = now() - interval '1 second' \
-         WHERE id = ANY($1)",
-    )
-    .bind(vec![uuid_of(id), uuid_of(lapsed_id)])
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    lapse(&app, &[id, lapsed_id]).await;
 
     // The bank captured one at its console: the void meets a captured
     // payment, not a lapse.
@@ -1310,14 +1313,7 @@ async fn an_expiry_waits_for_a_bank_that_does_not_answer_and_not_for_one_without
         Fault::Instead(Canned::html(503)),
     );
     // The original bank's lookup: no state to tell captured from active.
-    let plain = json!({
-        "authorization_id": bare["bank"]["authorization_id"],
-        "status": "authorized",
-        "amount": 1_000,
-        "currency": "USD",
-        "expires_at": "2030-01-01T00:00:00Z",
-        "created_at": "2026-01-01T00:00:00Z",
-    });
+    let plain = looked_up(&bare["bank"]["authorization_id"], None);
     proxy(&app).inject(
         "GET",
         &lookup(&bare),
@@ -1325,14 +1321,7 @@ async fn an_expiry_waits_for_a_bank_that_does_not_answer_and_not_for_one_without
         Fault::Instead(Canned::json(200, plain)),
     );
     let (silent_id, bare_id) = (silent["id"].as_str().unwrap(), bare["id"].as_str().unwrap());
-    sqlx::query(
-        "UPDATE payments SET authorization_expires_at = now() - interval '1 second' \
-         WHERE id = ANY($1)",
-    )
-    .bind(vec![uuid_of(silent_id), uuid_of(bare_id)])
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    lapse(&app, &[silent_id, bare_id]).await;
 
     // A bank that answers without the extensions cannot say; the receipt's
     // own expiry decides, as it always did.
@@ -1368,27 +1357,12 @@ async fn an_expiry_the_bank_cannot_show_is_left_aside_and_does_not_hold_up_the_o
         usize::MAX,
         Fault::Instead(Canned::json(
             200,
-            json!({
-                "authorization_id": authorization,
-                "status": "authorized",
-                "state": "captured",
-                "amount": 1_000,
-                "currency": "USD",
-                "expires_at": "2030-01-01T00:00:00Z",
-                "created_at": "2026-01-01T00:00:00Z",
-            }),
+            looked_up(&json!(authorization), Some("captured")),
         )),
     );
     let behind = app.authorized(HAPPY_CARD, 1_000).await;
     let (odd_id, behind_id) = (odd["id"].as_str().unwrap(), behind["id"].as_str().unwrap());
-    sqlx::query(
-        "UPDATE payments SET authorization_expires_at = now() - interval '1 second' \
-         WHERE id = ANY($1)",
-    )
-    .bind(vec![uuid_of(odd_id), uuid_of(behind_id)])
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    lapse(&app, &[odd_id, behind_id]).await;
     sqlx::query(
         "UPDATE payments SET authorization_expires_at = now() - interval '1 hour' WHERE id = $1",
     )
@@ -1446,15 +1420,7 @@ async fn one_odd_bank_answer_leaves_its_payment_unverified_and_the_pass_goes_on(
         usize::MAX,
         Fault::Instead(Canned::json(
             200,
-            json!({
-                "authorization_id": authorization,
-                "status": "authorized",
-                "state": "voided",
-                "amount": 1_000,
-                "currency": "USD",
-                "expires_at": "2030-01-01T00:00:00Z",
-                "created_at": "2026-01-01T00:00:00Z",
-            }),
+            looked_up(&json!(authorization), Some("voided")),
         )),
     );
 

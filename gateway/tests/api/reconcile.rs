@@ -389,6 +389,15 @@ async fn an_unreachable_bank_leaves_payments_unverified() {
     );
 }
 
+/// Makes these payments three days old: out of every pass's window.
+async fn made_days_ago(app: &TestApp, ids: &[&str]) {
+    sqlx::query("UPDATE payments SET created_at = now() - interval '3 days' WHERE id = ANY($1)")
+        .bind(ids.iter().map(|id| uuid_of(id)).collect::<Vec<_>>())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+}
+
 fn checked(report: &Report) -> (u64, u64) {
     (report.counts.checked, report.counts.matched)
 }
@@ -505,11 +514,7 @@ async fn a_mismatch_stays_reported_past_the_window_until_it_matches() {
     // Days later it is out of every pass's window, and still wrong: it
     // stays reported (and the fleet's mismatch gauge stays up), by every
     // kind of pass.
-    sqlx::query("UPDATE payments SET created_at = now() - interval '3 days' WHERE id = $1")
-        .bind(uuid_of(&id))
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    made_days_ago(&app, &[&id]).await;
     for scope in [Scope::Due, Scope::Sweep, Scope::All] {
         let report = pass_of(&app, scope, true).await;
         assert_eq!(
@@ -554,11 +559,7 @@ async fn a_payment_moved_after_its_first_day_is_compared_with_the_bank() {
         .unwrap()
         .to_owned();
     assert_eq!(checked(&pass_of(&app, Scope::Due, true).await), (2, 2));
-    sqlx::query("UPDATE payments SET created_at = now() - interval '3 days' WHERE id = ANY($1)")
-        .bind(vec![uuid_of(&ours), uuid_of(&forged)])
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    made_days_ago(&app, &[&ours, &forged]).await;
 
     // Days into the hold, the gateway captures one, and a bug (or a hand
     // in psql) voids the other without the bank: both are older than any
