@@ -265,6 +265,7 @@ impl Gateway {
     /// (or expired) here, the payment is then judged as the bank left it.
     /// A bank that is silent or odd about it leaves nothing to judge by:
     /// 503, nothing stored, retry.
+    ///
     /// With the circuit open the bank is not asked: the receipt's own
     /// expiry decides, and the operation is answered as it always was.
     async fn expire_with_the_bank(&self, payment: &PaymentRecord) -> Result<(), Error> {
