@@ -11,7 +11,7 @@ use super::ids::{MAX_CUSTOMER_ID_LEN, MAX_IDEMPOTENCY_KEY_LEN, MAX_ORDER_ID_LEN}
 const MIGRATION: &str = include_str!("../../../migrations/0001_gateway.sql");
 
 /// Every migration, in order: a new file must be added here (a test counts them).
-const MIGRATIONS: [&str; 14] = [
+const MIGRATIONS: [&str; 17] = [
     MIGRATION,
     include_str!("../../../migrations/0002_recovery.sql"),
     include_str!("../../../migrations/0003_cheaper_checks.sql"),
@@ -26,6 +26,9 @@ const MIGRATIONS: [&str; 14] = [
     include_str!("../../../migrations/0012_any_three_digit_status.sql"),
     include_str!("../../../migrations/0013_resend_outlives_the_attempt_in_flight.sql"),
     include_str!("../../../migrations/0014_keys_for_webhook_posts.sql"),
+    include_str!("../../../migrations/0015_reconcile_left_overs.sql"),
+    include_str!("../../../migrations/0016_reconcile_left_overs_checked.sql"),
+    include_str!("../../../migrations/0017_reconcile_left_overs_index.sql"),
 ];
 
 /// The SQL with `--` comments removed, string literals left intact.
