@@ -1656,13 +1656,19 @@ async fn register_endpoints(
         // The run's id in the path: a gateway of an earlier run, still
         // stopping, may deliver to a receiver that got its old port.
         let path = format!("/{run_id}/m{i}");
-        let response = http
-            .post(format!("{gateway}/v1/webhook_endpoints"))
-            .bearer_auth(key)
-            .header("Idempotency-Key", format!("{run_id}-endpoint-{i}"))
-            .json(&json!({"url": receiver.url(&path)}))
-            .send()
-            .await?;
+        let register = || {
+            http.post(format!("{gateway}/v1/webhook_endpoints"))
+                .bearer_auth(key)
+                .header("Idempotency-Key", format!("{run_id}-endpoint-{i}"))
+                .json(&json!({"url": receiver.url(&path)}))
+                .send()
+        };
+        // Sent twice, as a client does whose first answer was lost: it
+        // keeps the second answer's secret, which must be the endpoint's
+        // (invariant 14 checks every delivery against it; a second
+        // endpoint would sign with a secret of its own).
+        register().await?;
+        let response = register().await?;
         let status = response.status();
         let body: Value = response.json().await?;
         if status != reqwest::StatusCode::CREATED {

@@ -22,6 +22,7 @@ use super::error::ApiError;
 use super::payments::respond;
 use super::request::idempotency_key;
 use crate::domain::{EndpointId, IdempotencyKey, MerchantId};
+use crate::faults::Mutant;
 use crate::idempotency::{self, Answered, Fingerprint, KeyRecord};
 use crate::payments::Reply;
 use crate::startup::AppState;
@@ -57,6 +58,8 @@ pub struct Keyed {
     merchant: MerchantId,
     key: IdempotencyKey,
     fingerprint: Fingerprint,
+    /// The mutant that stores nothing on the key.
+    unkeyed: bool,
 }
 
 impl Keyed {
@@ -71,6 +74,17 @@ impl Keyed {
     ) -> Result<Begun, ApiError> {
         let key = idempotency_key(req)?;
         let fingerprint = state.fingerprinter.fingerprint("POST", req.path(), body);
+        let unkeyed = state.gateway.faults().mutant(Mutant::WebhookPostsUnkeyed);
+        if unkeyed {
+            // The pre-fix form: the key is asked for, then ignored.
+            return Ok(Begun::New(Self {
+                tx: state.gateway.pool().begin().await?,
+                merchant,
+                key,
+                fingerprint,
+                unkeyed,
+            }));
+        }
         let mut conn = state.gateway.pool().acquire().await?;
         if let Some(record) = idempotency::read(&mut conn, merchant, &key).await? {
             return answered_before(state, &fingerprint, &record).map(Begun::Answered);
@@ -87,6 +101,7 @@ impl Keyed {
             merchant,
             key,
             fingerprint,
+            unkeyed,
         }))
     }
 
@@ -106,6 +121,15 @@ impl Keyed {
         secret_salt: Option<&[u8]>,
     ) -> Result<HttpResponse, ApiError> {
         let body = serde_json::to_vec(answer).map_err(|e| ApiError::Internal(e.into()))?;
+        if self.unkeyed {
+            self.tx.commit().await?;
+            let body = with_secret(state, body, secret_salt)?;
+            return Ok(respond(Reply {
+                status,
+                body,
+                replayed: false,
+            }));
+        }
         let answered = Answered {
             payment_id: None,
             status,

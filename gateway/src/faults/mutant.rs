@@ -90,10 +90,14 @@ pub enum Mutant {
     /// without the bank's mark: a 404 from whatever answers in front of
     /// the bank abandons an authorization the bank may hold.
     UnmarkedNotFoundIsNothing,
+    /// The webhook endpoints' and events' POSTs ask for an
+    /// `Idempotency-Key` and ignore it: a registration sent again after a
+    /// lost answer makes a second endpoint, with its own secret.
+    WebhookPostsUnkeyed,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 26] = [
+    pub const ALL: [Mutant; 27] = [
         Mutant::ResumeAnyOperation,
         Mutant::LateAnswerWins,
         Mutant::ReplayRecomputed,
@@ -120,6 +124,7 @@ impl Mutant {
         Mutant::StaleStatusJudged,
         Mutant::KeyReusedIsGatewayFault,
         Mutant::UnmarkedNotFoundIsNothing,
+        Mutant::WebhookPostsUnkeyed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -150,6 +155,7 @@ impl Mutant {
             Mutant::StaleStatusJudged => "stale_status_judged",
             Mutant::KeyReusedIsGatewayFault => "key_reused_is_gateway_fault",
             Mutant::UnmarkedNotFoundIsNothing => "unmarked_not_found_is_nothing",
+            Mutant::WebhookPostsUnkeyed => "webhook_posts_unkeyed",
         }
     }
 
@@ -184,7 +190,8 @@ impl Mutant {
             | Mutant::ForeignPaymentOperable
             | Mutant::StaleStatusJudged
             | Mutant::KeyReusedIsGatewayFault
-            | Mutant::UnmarkedNotFoundIsNothing => false,
+            | Mutant::UnmarkedNotFoundIsNothing
+            | Mutant::WebhookPostsUnkeyed => false,
         }
     }
 
@@ -244,6 +251,9 @@ impl Mutant {
             }
             Mutant::UnmarkedNotFoundIsNothing => {
                 "any 404 to a resolve says the key created nothing (an unmarked one too)"
+            }
+            Mutant::WebhookPostsUnkeyed => {
+                "a webhook registration's Idempotency-Key is ignored (a retry makes a second endpoint)"
             }
         }
     }
