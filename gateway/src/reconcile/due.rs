@@ -180,11 +180,14 @@ pub async fn forget_late_moves(pool: &PgPool, ids: &[Uuid]) -> Result<u64, sqlx:
 
 /// Remembers these receipts as matching the bank, each by the `updated_at`
 /// it was read with: one that moved meanwhile stays due. Rows already
-/// remembered as they are are not written again. A payment locked by a
-/// move in progress is skipped (it stays due): read under its lock, its
-/// committed version is the one compared, so a move after its first day
-/// cannot have its mark cleared by a match of the version before it, and
-/// no lock is waited for (nor taken in another order than the move's).
+/// remembered as they are are not written again; no payment row is
+/// locked or written for them.
+///
+/// The few that carry a mark (a mismatch, a late move) have it cleared
+/// apart, under the payment's lock: read so, the payment's committed
+/// version is the one compared, so a move after its first day cannot have
+/// its mark cleared by a match of the version before it. A payment a move
+/// holds is skipped (its mark stays); no lock is waited for.
 pub async fn remember_matched(
     pool: &PgPool,
     matched: &[(Uuid, DateTime<Utc>)],
@@ -198,14 +201,24 @@ pub async fn remember_matched(
          SELECT m.id, m.updated_at \
          FROM unnest($1::uuid[], $2::timestamptz[]) AS m(id, updated_at) \
          JOIN payments p ON p.id = m.id AND p.updated_at = m.updated_at \
-         ORDER BY p.id FOR SHARE OF p SKIP LOCKED \
-         ON CONFLICT (payment_id) DO UPDATE \
-           SET matched_updated_at = excluded.matched_updated_at, left_over = NULL \
-         WHERE reconciled_payments.matched_updated_at IS DISTINCT FROM excluded.matched_updated_at \
-            OR reconciled_payments.left_over IS NOT NULL",
+         ON CONFLICT (payment_id) DO UPDATE SET matched_updated_at = excluded.matched_updated_at \
+         WHERE reconciled_payments.matched_updated_at IS DISTINCT FROM excluded.matched_updated_at",
     )
-    .bind(ids)
-    .bind(seen)
+    .bind(&ids)
+    .bind(&seen)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "UPDATE reconciled_payments r SET left_over = NULL \
+         FROM (SELECT p.id FROM unnest($1::uuid[], $2::timestamptz[]) AS m(id, updated_at) \
+               JOIN payments p ON p.id = m.id AND p.updated_at = m.updated_at \
+               WHERE p.id IN (SELECT payment_id FROM reconciled_payments \
+                              WHERE payment_id = ANY($1) AND left_over IS NOT NULL) \
+               ORDER BY p.id FOR SHARE OF p SKIP LOCKED) AS still \
+         WHERE r.payment_id = still.id AND r.left_over IS NOT NULL",
+    )
+    .bind(&ids)
+    .bind(&seen)
     .execute(pool)
     .await?;
     Ok(written.rows_affected())
