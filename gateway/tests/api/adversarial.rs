@@ -1091,12 +1091,31 @@ async fn lapse(app: &TestApp, ids: &[&str]) {
     .unwrap();
 }
 
-/// The bank's lookup of `authorization` ($10.00), with the extension's
-/// `state` if given (the original bank's lookup has none), and nothing
-/// else: no capture or void id.
-fn looked_up(authorization: &Value, state: Option<&str>) -> Value {
+/// The bank's lookup path of this payment's authorization.
+fn lookup_path(payment: &Value) -> String {
+    format!(
+        "/api/v1/authorizations/{}",
+        payment["bank"]["authorization_id"].as_str().unwrap()
+    )
+}
+
+/// From now on the tap answers every lookup of this payment's
+/// authorization with `answer`; the bank never sees them.
+fn answer_lookups(app: &TestApp, payment: &Value, answer: Canned) {
+    proxy(app).inject(
+        "GET",
+        &lookup_path(payment),
+        usize::MAX,
+        Fault::Instead(answer),
+    );
+}
+
+/// The bank's lookup of this payment's authorization ($10.00), with the
+/// extension's `state` if given (the original bank's lookup has none), and
+/// nothing else: no capture or void id.
+fn looked_up(payment: &Value, state: Option<&str>) -> Value {
     let mut lookup = json!({
-        "authorization_id": authorization,
+        "authorization_id": payment["bank"]["authorization_id"],
         "status": "authorized",
         "amount": 1_000,
         "currency": "USD",
@@ -1128,16 +1147,7 @@ async fn a_proxys_404_on_the_banks_lookup_is_not_the_bank_saying_no() {
     // The capture meets the bank's "already used" and asks the bank what it
     // holds; something in front of the bank answers that lookup with its own
     // 404 page, which says nothing about the authorization.
-    let lookup = format!(
-        "/api/v1/authorizations/{}",
-        payment["bank"]["authorization_id"].as_str().unwrap()
-    );
-    proxy(&app).inject(
-        "GET",
-        &lookup,
-        usize::MAX,
-        Fault::Instead(Canned::html(404)),
-    );
+    answer_lookups(&app, &payment, Canned::html(404));
 
     let capture_path = format!("/v1/payments/{id}/capture");
     let key = new_key();
@@ -1163,16 +1173,9 @@ async fn a_bank_lookup_without_its_state_is_no_proof_the_bank_did_the_other_thin
     let app = proxied(|_| {}).await;
     let (payment, _) = captured_behind_the_gateway(&app).await;
     let id = payment["id"].as_str().unwrap();
-    let authorization = payment["bank"]["authorization_id"].as_str().unwrap();
     // A bank without the lookup's extensions (the original's): no state, no
     // capture or void id, although the authorization was captured.
-    let bare = looked_up(&json!(authorization), None);
-    proxy(&app).inject(
-        "GET",
-        &format!("/api/v1/authorizations/{authorization}"),
-        usize::MAX,
-        Fault::Instead(Canned::json(200, bare)),
-    );
+    answer_lookups(&app, &payment, Canned::json(200, looked_up(&payment, None)));
 
     let first = post(
         &app,
@@ -1300,26 +1303,9 @@ async fn an_expiry_waits_for_a_bank_that_does_not_answer_and_not_for_one_without
     let app = proxied(|s| s.expiry_sweep_interval_ms = 50).await;
     let silent = app.authorized(HAPPY_CARD, 1_000).await;
     let bare = app.authorized(HAPPY_CARD, 1_000).await;
-    let lookup = |p: &Value| {
-        format!(
-            "/api/v1/authorizations/{}",
-            p["bank"]["authorization_id"].as_str().unwrap()
-        )
-    };
-    proxy(&app).inject(
-        "GET",
-        &lookup(&silent),
-        usize::MAX,
-        Fault::Instead(Canned::html(503)),
-    );
+    answer_lookups(&app, &silent, Canned::html(503));
     // The original bank's lookup: no state to tell captured from active.
-    let plain = looked_up(&bare["bank"]["authorization_id"], None);
-    proxy(&app).inject(
-        "GET",
-        &lookup(&bare),
-        usize::MAX,
-        Fault::Instead(Canned::json(200, plain)),
-    );
+    answer_lookups(&app, &bare, Canned::json(200, looked_up(&bare, None)));
     let (silent_id, bare_id) = (silent["id"].as_str().unwrap(), bare["id"].as_str().unwrap());
     lapse(&app, &[silent_id, bare_id]).await;
 
@@ -1329,7 +1315,7 @@ async fn an_expiry_waits_for_a_bank_that_does_not_answer_and_not_for_one_without
     let reached = proxy(&app)
         .forwarded()
         .iter()
-        .filter(|f| f.path == lookup(&silent))
+        .filter(|f| f.path == lookup_path(&silent))
         .count();
     assert!(reached >= 2, "asked {reached} time(s)");
     assert_eq!(app.payment(silent_id).await["status"], "authorized");
@@ -1348,18 +1334,10 @@ async fn an_expiry_the_bank_cannot_show_is_left_aside_and_does_not_hold_up_the_o
     })
     .await;
     let (odd, _) = captured_behind_the_gateway(&app).await;
-    let authorization = odd["bank"]["authorization_id"].as_str().unwrap();
     // Captured, says the bank, naming no capture: no lapse to announce,
     // and nothing a receipt could be moved to.
-    proxy(&app).inject(
-        "GET",
-        &format!("/api/v1/authorizations/{authorization}"),
-        usize::MAX,
-        Fault::Instead(Canned::json(
-            200,
-            looked_up(&json!(authorization), Some("captured")),
-        )),
-    );
+    let captured = looked_up(&odd, Some("captured"));
+    answer_lookups(&app, &odd, Canned::json(200, captured));
     let behind = app.authorized(HAPPY_CARD, 1_000).await;
     let (odd_id, behind_id) = (odd["id"].as_str().unwrap(), behind["id"].as_str().unwrap());
     lapse(&app, &[odd_id, behind_id]).await;
@@ -1413,15 +1391,10 @@ async fn one_odd_bank_answer_leaves_its_payment_unverified_and_the_pass_goes_on(
     let (behind, capture) = captured_behind_the_gateway(&app).await;
     // Voided, says the bank, naming no void: nothing a receipt entering
     // `voided` can record.
-    let authorization = odd["bank"]["authorization_id"].as_str().unwrap();
-    proxy(&app).inject(
-        "GET",
-        &format!("/api/v1/authorizations/{authorization}"),
-        usize::MAX,
-        Fault::Instead(Canned::json(
-            200,
-            looked_up(&json!(authorization), Some("voided")),
-        )),
+    answer_lookups(
+        &app,
+        &odd,
+        Canned::json(200, looked_up(&odd, Some("voided"))),
     );
 
     let bank = bank_at(&proxy(&app).url, gateway::bank::RetryPolicy::default());
@@ -1445,13 +1418,7 @@ async fn a_mismatch_a_sweep_finds_on_a_receipt_that_had_matched_stays_reported()
     assert_eq!(pass(gateway::reconcile::Scope::Due).await.counts.matched, 1);
 
     // The receipt does not move; the bank loses the authorization.
-    let authorization = payment["bank"]["authorization_id"].as_str().unwrap();
-    proxy(&app).inject(
-        "GET",
-        &format!("/api/v1/authorizations/{authorization}"),
-        usize::MAX,
-        Fault::Instead(Canned::bank_error(404, "not_found")),
-    );
+    answer_lookups(&app, &payment, Canned::bank_error(404, "not_found"));
     let sweep = pass(gateway::reconcile::Scope::Sweep).await;
     assert_eq!(sweep.counts.mismatch, 1, "{sweep:#?}");
     // Every later pass reports it too, not only the next sweep an hour on.

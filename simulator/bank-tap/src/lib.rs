@@ -207,38 +207,33 @@ impl BankProxy {
 /// only on work the bank did are counted once its answer says so
 /// ([`take_success_turn`]).
 fn take_rule(state: &ProxyState, method: &str, path: &str) -> Option<Fault> {
-    let mut rules = lock(&state.rules);
-    for rule in rules.iter_mut().filter(|rule| {
-        rule.times > 0
-            && rule.method == method
-            && rule.path == path
-            && !matches!(rule.fault, Fault::AfterSuccess(_))
-    }) {
-        rule.seen += 1;
-        if rule.seen % rule.every == 0 {
-            rule.times -= 1;
-            return Some(rule.fault.clone());
-        }
-    }
-    None
+    take_turn(state, method, path, false)
 }
 
 /// The answer that replaces a successful one, if this success is an
 /// `AfterSuccess` rule's turn: every `every`-th success, whatever the
 /// declines and failures between them.
 fn take_success_turn(state: &ProxyState, method: &str, path: &str) -> Option<Canned> {
+    match take_turn(state, method, path, true)? {
+        Fault::AfterSuccess(answer) => Some(answer),
+        Fault::Instead(_) | Fault::After(_) => None,
+    }
+}
+
+/// The first rule for this request whose turn it is, among the rules
+/// that act on successes only (`on_success`) or the others, counted down.
+fn take_turn(state: &ProxyState, method: &str, path: &str, on_success: bool) -> Option<Fault> {
     let mut rules = lock(&state.rules);
-    for rule in rules
-        .iter_mut()
-        .filter(|rule| rule.times > 0 && rule.method == method && rule.path == path)
-    {
-        let Fault::AfterSuccess(answer) = &rule.fault else {
-            continue;
-        };
+    for rule in rules.iter_mut().filter(|rule| {
+        rule.times > 0
+            && rule.method == method
+            && rule.path == path
+            && matches!(rule.fault, Fault::AfterSuccess(_)) == on_success
+    }) {
         rule.seen += 1;
         if rule.seen % rule.every == 0 {
             rule.times -= 1;
-            return Some(answer.clone());
+            return Some(rule.fault.clone());
         }
     }
     None
